@@ -1,0 +1,455 @@
+//! The node's HTTP API (axum): jobs (submit, list, status, result, cancel), `/health` and
+//! `/metrics` (Prometheus text format).
+//!
+//! Handlers are thin: they parse the request, call [`NodeHandle`] / the queue, and map
+//! errors to `{"error": {"code", "message", "hint"}}` with a fitting status. Blocking reads go
+//! through `spawn_blocking`. No job logic lives here.
+
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use myco_jobs::JobKind;
+use myco_runtime::queue::{
+    CancelOutcome, Histogram, JobId, JobState, JobView, ListFilter, QueueError, StateName,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{NodeHandle, SpecSource, SubmitError};
+
+pub fn router(node: NodeHandle) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/{id}", get(status))
+        .route("/api/jobs/{id}/result", get(result))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .with_state(node)
+}
+
+/// An API error: `{"error": {"code", "message", "hint", "problems"?}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    hint: String,
+    problems: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String, hint: &str) -> Self {
+        ApiError {
+            status,
+            code,
+            message,
+            hint: hint.to_owned(),
+            problems: None,
+        }
+    }
+
+    fn bad_id(raw: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("`{raw}` is not a job id"),
+            "job ids are 26-character ULIDs, as printed by `myco submit` and `myco jobs`",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message, "hint": self.hint }
+        });
+        if let Some(p) = self.problems {
+            body["error"]["problems"] = p;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::NotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no job {id} on this node"),
+                "list jobs with `myco jobs`",
+            ),
+            QueueError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "invalid", m, ""),
+            QueueError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the node is shutting down".into(),
+                "retry once it is back",
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                other.to_string(),
+                "see the node's log",
+            ),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Spec { index, error } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_spec",
+                message: format!("job {index}: {error}"),
+                hint: "fix the fields named above; nothing was enqueued".into(),
+                problems: serde_json::to_value(&error.problems).ok(),
+            },
+            SubmitError::Queue(q) => q.into(),
+        }
+    }
+}
+
+fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::from_string(raw).map_err(|_| ApiError::bad_id(raw))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                "",
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    node: String,
+    holder: String,
+    version: &'static str,
+    uptime_s: u64,
+    jobs: std::collections::BTreeMap<&'static str, u64>,
+}
+
+async fn health(State(node): State<NodeHandle>) -> Result<Json<Health>, ApiError> {
+    let q = node.queue.clone();
+    let counts = blocking(move || q.counts()).await?;
+    Ok(Json(Health {
+        status: "ok",
+        node: node.name.clone(),
+        holder: node.queue.holder().to_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: node.started.elapsed().as_secs(),
+        jobs: StateName::ALL
+            .iter()
+            .map(|s| (s.as_str(), counts[s.index()]))
+            .collect(),
+    }))
+}
+
+/// `POST /api/jobs` body: one spec, or a batch.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SubmitBody {
+    Batch { jobs: Vec<SpecSource> },
+    One(SpecSource),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub jobs: Vec<myco_runtime::queue::Submitted>,
+}
+
+async fn submit(
+    State(node): State<NodeHandle>,
+    Json(body): Json<SubmitBody>,
+) -> Result<(StatusCode, Json<SubmitReply>), ApiError> {
+    let specs = match body {
+        SubmitBody::Batch { jobs } => jobs,
+        SubmitBody::One(one) => vec![one],
+    };
+    if specs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty",
+            "no jobs in the request".into(),
+            "send {\"toml\": ..., \"base_dir\": ...} or {\"jobs\": [...]}",
+        ));
+    }
+    let jobs = node.submit(specs).await?;
+    let status = if jobs.iter().any(|j| j.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SubmitReply { jobs })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    parent: Option<String>,
+    /// Include children in a listing without `parent`.
+    #[serde(default)]
+    all: bool,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListReply {
+    pub jobs: Vec<JobView>,
+}
+
+async fn list(
+    State(node): State<NodeHandle>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListReply>, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(StateName::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_state",
+                format!("unknown state `{s}`"),
+                "use queued, leased, done, failed, dead or cancelled",
+            )
+        })?),
+    };
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => Some(JobKind::parse(k).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_kind",
+                format!("unknown kind `{k}`"),
+                "use chunk or noop",
+            )
+        })?),
+    };
+    let parent = q.parent.as_deref().map(parse_id).transpose()?;
+    let filter = ListFilter {
+        state,
+        kind,
+        parent,
+        top_level: !q.all,
+        limit: q.limit.unwrap_or(100).min(100_000),
+    };
+    let queue = node.queue.clone();
+    let jobs = blocking(move || queue.list(&filter)).await?;
+    Ok(Json(ListReply {
+        jobs: jobs.iter().map(|r| r.view()).collect(),
+    }))
+}
+
+async fn status(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    match node.get(id).await? {
+        Some(rec) => Ok(Json(rec.view())),
+        None => Err(QueueError::NotFound(id).into()),
+    }
+}
+
+/// Stream a job's result as JSON Lines: a leaf's own, or a parent's children's in order.
+async fn result(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Some(rec) = node.get(id).await? else {
+        return Err(QueueError::NotFound(id).into());
+    };
+    if rec.state != JobState::Done {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_done",
+            format!("job {id} is {}, not done", rec.state.name()),
+            "wait for it with `myco submit --wait` or check `myco status ID`",
+        ));
+    }
+    let ids = if rec.children.is_some() {
+        let q = node.queue.clone();
+        blocking(move || q.children(id)).await?
+    } else {
+        vec![id]
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let queue = node.queue.clone();
+    // Reads one result at a time, so memory stays bounded whatever the job's size; ends
+    // when the client goes away.
+    tokio::task::spawn_blocking(move || {
+        for child in ids {
+            let item = match queue.result(child) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => continue,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                "",
+            )
+        })
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub id: JobId,
+    pub outcome: CancelOutcome,
+}
+
+async fn cancel(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelReply>, ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = node.cancel(id).await?;
+    Ok(Json(CancelReply { id, outcome }))
+}
+
+async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
+    let q = node.queue.clone();
+    let counts = blocking(move || q.counts()).await?;
+    let stats = node.queue.stats();
+    let restarts = node.worker_restarts().await;
+    let load = node.load().await;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP myco_jobs Jobs in this node's queue, by state.");
+    let _ = writeln!(out, "# TYPE myco_jobs gauge");
+    for s in StateName::ALL {
+        let _ = writeln!(out, "myco_jobs{{state=\"{s}\"}} {}", counts[s.index()]);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP myco_jobs_finished_total Jobs finished since the node started, by kind and final state."
+    );
+    let _ = writeln!(out, "# TYPE myco_jobs_finished_total counter");
+    for kind in JobKind::ALL {
+        for s in [StateName::Done, StateName::Dead, StateName::Cancelled] {
+            let n = stats.finished.get(&(kind, s)).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "myco_jobs_finished_total{{kind=\"{kind}\",state=\"{s}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP myco_job_attempts_failed_total Failed attempts since the node started, by kind."
+    );
+    let _ = writeln!(out, "# TYPE myco_job_attempts_failed_total counter");
+    for kind in JobKind::ALL {
+        let n = stats.failed_attempts.get(&kind).copied().unwrap_or(0);
+        let _ = writeln!(out, "myco_job_attempts_failed_total{{kind=\"{kind}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP myco_job_latency_seconds Time from submission to done, by kind."
+    );
+    let _ = writeln!(out, "# TYPE myco_job_latency_seconds histogram");
+    for kind in JobKind::ALL {
+        let h = stats.latency.get(&kind).cloned().unwrap_or_default();
+        write_histogram(&mut out, kind, &h);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP myco_queue_commits_total Queue write transactions committed."
+    );
+    let _ = writeln!(out, "# TYPE myco_queue_commits_total counter");
+    let _ = writeln!(out, "myco_queue_commits_total {}", stats.commits);
+    let _ = writeln!(
+        out,
+        "# HELP myco_queue_ops_total Queue operations committed."
+    );
+    let _ = writeln!(out, "# TYPE myco_queue_ops_total counter");
+    let _ = writeln!(out, "myco_queue_ops_total {}", stats.ops);
+    let _ = writeln!(
+        out,
+        "# HELP myco_worker_restarts_total Workers replaced after a failure."
+    );
+    let _ = writeln!(out, "# TYPE myco_worker_restarts_total counter");
+    let _ = writeln!(out, "myco_worker_restarts_total {restarts}");
+    if let Some(load) = load {
+        let _ = writeln!(
+            out,
+            "# HELP myco_jobs_running Jobs running on this node's workers."
+        );
+        let _ = writeln!(out, "# TYPE myco_jobs_running gauge");
+        let _ = writeln!(out, "myco_jobs_running {}", load.running);
+        let _ = writeln!(out, "# HELP myco_workers_idle Workers waiting for a job.");
+        let _ = writeln!(out, "# TYPE myco_workers_idle gauge");
+        let _ = writeln!(out, "myco_workers_idle {}", load.idle_workers);
+    }
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+fn write_histogram(out: &mut String, kind: JobKind, h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, bound) in Histogram::BOUNDS_MS.iter().enumerate() {
+        cumulative += h.buckets[i];
+        let le = *bound as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "myco_job_latency_seconds_bucket{{kind=\"{kind}\",le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "myco_job_latency_seconds_bucket{{kind=\"{kind}\",le=\"+Inf\"}} {}",
+        h.count
+    );
+    let _ = writeln!(
+        out,
+        "myco_job_latency_seconds_sum{{kind=\"{kind}\"}} {}",
+        h.sum_ms as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "myco_job_latency_seconds_count{{kind=\"{kind}\"}} {}",
+        h.count
+    );
+}

@@ -1,0 +1,186 @@
+//! The NodeSupervisor: owns the Coordinator and the Worker pool, restarts workers that fail,
+//! and runs the shutdown protocol (drain → stop workers → stop coordinator).
+//!
+//! A failed worker is replaced at once (its job was already recorded as failed). A failed
+//! coordinator stops the node: its state is volatile and every lease is in redb, so the node
+//! exits with an error and loses nothing. This actor does no work of its own.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use myco_runtime::queue::Queue;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::coordinator::{Coordinator, CoordinatorMsg};
+use crate::worker::{ExecutorFactory, Worker};
+
+/// Messages to the [`NodeSupervisor`].
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Drain the node: let running jobs finish within `grace`, hand back the rest, stop
+    /// every child, then reply.
+    Shutdown {
+        grace: Duration,
+        reply: RpcReplyPort<()>,
+    },
+    /// The coordinator, for the API (cancellations, load).
+    Coordinator(RpcReplyPort<ActorRef<CoordinatorMsg>>),
+    /// How many times workers were restarted.
+    Restarts(RpcReplyPort<u64>),
+}
+
+/// Fixed settings of a node's actor tree.
+pub struct NodeSupervisor {
+    pub coordinator: Coordinator,
+    pub workers: usize,
+    pub factory: ExecutorFactory,
+}
+
+impl std::fmt::Debug for NodeSupervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSupervisor")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub struct SupervisorState {
+    coordinator: ActorRef<CoordinatorMsg>,
+    /// Live workers by actor id → their index.
+    workers: HashMap<ActorId, usize>,
+    restarts: u64,
+    stopping: bool,
+}
+
+impl NodeSupervisor {
+    async fn spawn_worker(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        coordinator: &ActorRef<CoordinatorMsg>,
+        queue: &Queue,
+        index: usize,
+    ) -> Result<ActorId, ActorProcessingErr> {
+        let worker = Worker {
+            index,
+            coordinator: coordinator.clone(),
+            queue: queue.clone(),
+            factory: self.factory.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
+        Ok(actor.get_id())
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (coordinator, _) =
+            Actor::spawn_linked(None, self.coordinator.clone(), (), myself.get_cell()).await?;
+        let mut workers = HashMap::new();
+        for index in 0..self.workers {
+            let id = self
+                .spawn_worker(&myself, &coordinator, &self.coordinator.queue, index)
+                .await?;
+            workers.insert(id, index);
+        }
+        Ok(SupervisorState {
+            coordinator,
+            workers,
+            restarts: 0,
+            stopping: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Shutdown { grace, reply } => {
+                state.stopping = true;
+                let drained = state
+                    .coordinator
+                    .call(|r| CoordinatorMsg::Drain { grace, reply: r }, None)
+                    .await;
+                if !drained.is_ok_and(|r| r.is_success()) {
+                    tracing::warn!("the coordinator did not confirm the drain");
+                }
+                for child in myself.get_children() {
+                    if child.get_id() != state.coordinator.get_id() {
+                        let _ = child
+                            .stop_and_wait(
+                                Some("node shutting down".into()),
+                                Some(Duration::from_secs(5)),
+                            )
+                            .await;
+                    }
+                }
+                state
+                    .coordinator
+                    .stop_and_wait(
+                        Some("node shutting down".into()),
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await
+                    .ok();
+                let _ = reply.send(());
+                myself.stop(None);
+            }
+            SupervisorMsg::Coordinator(reply) => {
+                let _ = reply.send(state.coordinator.clone());
+            }
+            SupervisorMsg::Restarts(reply) => {
+                let _ = reply.send(state.restarts);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (who, failure) = match &event {
+            SupervisionEvent::ActorFailed(who, err) => (who.clone(), Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(who, _, _) => (who.clone(), None),
+            _ => return Ok(()),
+        };
+        if who.get_id() == state.coordinator.get_id() {
+            if !state.stopping {
+                tracing::error!(error = ?failure, "the coordinator stopped; stopping the node");
+                myself.stop(Some("coordinator stopped".into()));
+            }
+            return Ok(());
+        }
+        let Some(index) = state.workers.remove(&who.get_id()) else {
+            return Ok(());
+        };
+        if state.stopping {
+            return Ok(());
+        }
+        match failure {
+            Some(err) => {
+                tracing::warn!(worker = index, error = %err, "worker failed; restarting it")
+            }
+            None => tracing::warn!(worker = index, "worker stopped; restarting it"),
+        }
+        state.restarts += 1;
+        let id = self
+            .spawn_worker(&myself, &state.coordinator, &self.coordinator.queue, index)
+            .await?;
+        state.workers.insert(id, index);
+        Ok(())
+    }
+}

@@ -1,0 +1,205 @@
+//! A Worker: pulls one job at a time from its Coordinator and runs it on its own executor
+//! thread, then reports the outcome to the queue.
+//!
+//! The executor (llama.cpp, ONNX, or the CPU kinds) is synchronous and lives on a thread the
+//! worker owns ([`ExecutorThread`]); `handle` only awaits it. A panic inside the executor is
+//! recorded as a retryable failure, and then the worker fails on purpose so its supervisor
+//! replaces it (and its possibly broken executor state). A job that overruns its timeout is
+//! failed the same way: the stuck thread is abandoned to finish on its own.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use myco_jobs::{Executor, JobError, RunContext, Task};
+use myco_runtime::queue::Queue;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::coordinator::{Assignment, CoordinatorMsg};
+
+/// Makes the executor a new worker thread owns.
+pub type ExecutorFactory = Arc<dyn Fn() -> Box<dyn Executor> + Send + Sync>;
+
+/// Messages to a [`Worker`].
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Ask the coordinator for a job, run it, repeat.
+    Pull,
+}
+
+/// A worker's fixed settings.
+pub struct Worker {
+    pub index: usize,
+    pub coordinator: ActorRef<CoordinatorMsg>,
+    pub queue: Queue,
+    pub factory: ExecutorFactory,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt produced no result.
+#[derive(Debug)]
+enum RunError {
+    Job(JobError),
+    Panicked(String),
+    /// The thread is gone (it panicked earlier).
+    Gone,
+}
+
+struct Command {
+    task: Task,
+    attempt: u32,
+    cancel: Arc<AtomicBool>,
+    reply: oneshot::Sender<Result<Vec<u8>, RunError>>,
+}
+
+/// A thread that owns one executor and runs commands on it, one at a time.
+#[derive(Debug)]
+pub struct ExecutorThread {
+    tx: std::sync::mpsc::SyncSender<Command>,
+}
+
+impl ExecutorThread {
+    fn spawn(name: String, factory: ExecutorFactory) -> std::io::Result<ExecutorThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Command>(1);
+        std::thread::Builder::new().name(name).spawn(move || {
+            let mut exec = factory();
+            while let Ok(cmd) = rx.recv() {
+                let cancel = cmd.cancel.clone();
+                let cancelled = move || cancel.load(Ordering::Relaxed);
+                let ctx = RunContext {
+                    attempt: cmd.attempt,
+                    cancelled: &cancelled,
+                };
+                match catch_unwind(AssertUnwindSafe(|| exec.run(&cmd.task, &ctx))) {
+                    Ok(result) => {
+                        let _ = cmd.reply.send(result.map_err(RunError::Job));
+                    }
+                    Err(panic) => {
+                        let _ = cmd
+                            .reply
+                            .send(Err(RunError::Panicked(panic_message(&panic))));
+                        // The executor may be in a broken state: end the thread.
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(ExecutorThread { tx })
+    }
+
+    async fn run(
+        &self,
+        task: Task,
+        attempt: u32,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Vec<u8>, RunError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command {
+            task,
+            attempt,
+            cancel,
+            reply,
+        };
+        if self.tx.try_send(cmd).is_err() {
+            return Err(RunError::Gone);
+        }
+        rx.await.unwrap_or(Err(RunError::Gone))
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+impl Actor for Worker {
+    type Msg = WorkerMsg;
+    type State = ExecutorThread;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ExecutorThread::spawn(
+            format!("myco-exec-{}", self.index),
+            self.factory.clone(),
+        )?)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.cast(WorkerMsg::Pull)?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        exec: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let WorkerMsg::Pull = msg;
+        let got = self
+            .coordinator
+            .call(CoordinatorMsg::RequestWork, None)
+            .await?;
+        let Ok(Some(Assignment { lease, cancel })) = got.success_or(()) else {
+            // The node is draining (or the coordinator is gone).
+            myself.stop(Some("drained".into()));
+            return Ok(());
+        };
+        let id = lease.id;
+        let timeout = Duration::from_millis(lease.timeout_ms.max(1));
+        let outcome =
+            tokio::time::timeout(timeout, exec.run(lease.task, lease.attempt, cancel.clone()))
+                .await;
+        let cancelled = cancel.load(Ordering::SeqCst);
+        let mut broken: Option<String> = None;
+        let report = match outcome {
+            Ok(Ok(output)) => self.queue.complete_detached(id, output).await,
+            Ok(Err(_)) if cancelled => Ok(()),
+            Ok(Err(RunError::Job(e))) => self.queue.fail_detached(id, lease.token, e).await,
+            Ok(Err(RunError::Panicked(msg))) => {
+                broken = Some(format!("executor panicked on job {id}: {msg}"));
+                let e = JobError::retryable(format!("executor panicked: {msg}"));
+                self.queue.fail_detached(id, lease.token, e).await
+            }
+            Ok(Err(RunError::Gone)) => {
+                broken = Some("executor thread is gone".into());
+                let e = JobError::retryable("executor thread was lost");
+                self.queue.fail_detached(id, lease.token, e).await
+            }
+            Err(_) => {
+                cancel.store(true, Ordering::SeqCst);
+                broken = Some(format!("job {id} overran its timeout"));
+                let e = JobError::retryable(format!("timed out after {timeout:?}"));
+                self.queue.fail_detached(id, lease.token, e).await
+            }
+        };
+        let _ = self.coordinator.cast(CoordinatorMsg::Finished(id));
+        report?;
+        if let Some(why) = broken {
+            // Let the supervisor replace this worker and its executor thread.
+            return Err(why.into());
+        }
+        myself.cast(WorkerMsg::Pull)?;
+        Ok(())
+    }
+}

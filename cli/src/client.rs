@@ -1,0 +1,130 @@
+//! A small HTTP client for a node's API, with errors that say what to do.
+//!
+//! Only request plumbing here; what to print lives in `commands.rs`.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, anyhow};
+use myco_actors::SpecSource;
+use myco_actors::api::{CancelReply, ListReply, SubmitReply};
+use myco_runtime::queue::JobView;
+use serde::de::DeserializeOwned;
+
+/// Talks to one node.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// An error the node returned, already phrased for a person.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}{}", if .hint.is_empty() { String::new() } else { format!("\nhint: {}", .hint) })]
+pub struct NodeSaid {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// The node could not be reached at all.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach a myco node at {addr}: {why}\nhint: start one with `myco node`, point --api (or MYCO_API) at a running node, or run the job without a node: `myco run FILE`"
+)]
+pub struct Unreachable {
+    pub addr: String,
+    pub why: String,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|e| Unreachable {
+            addr: self.base.clone(),
+            why: root_cause(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let err = &body["error"];
+        let text = |k: &str| err[k].as_str().unwrap_or_default().to_owned();
+        Err(NodeSaid {
+            status,
+            code: text("code"),
+            message: if err.is_null() {
+                format!("the node answered HTTP {status}")
+            } else {
+                text("message")
+            },
+            hint: text("hint"),
+        }
+        .into())
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T> {
+        let resp = self.send(req).await?;
+        resp.json::<T>()
+            .await
+            .context("the node sent a reply this myco cannot read; are both the same version?")
+    }
+
+    pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<SubmitReply> {
+        let body = serde_json::json!({ "jobs": specs });
+        self.json(
+            self.http
+                .post(format!("{}/api/jobs", self.base))
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn status(&self, id: &str) -> Result<JobView> {
+        self.json(self.http.get(format!("{}/api/jobs/{id}", self.base)))
+            .await
+    }
+
+    pub async fn list(&self, query: &[(&str, String)]) -> Result<ListReply> {
+        self.json(
+            self.http
+                .get(format!("{}/api/jobs", self.base))
+                .query(query),
+        )
+        .await
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<CancelReply> {
+        self.json(
+            self.http
+                .post(format!("{}/api/jobs/{id}/cancel", self.base)),
+        )
+        .await
+    }
+
+    /// The raw result stream (JSON Lines).
+    pub async fn result(&self, id: &str) -> Result<reqwest::Response> {
+        self.send(self.http.get(format!("{}/api/jobs/{id}/result", self.base)))
+            .await
+    }
+}
+
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut source: &dyn std::error::Error = e;
+    while let Some(next) = source.source() {
+        source = next;
+    }
+    let text = source.to_string();
+    if text.is_empty() {
+        anyhow!("{e}").to_string()
+    } else {
+        text
+    }
+}

@@ -1,0 +1,479 @@
+//! The commands: each turns parsed flags into calls on a node (over HTTP, or embedded for
+//! `run` and `node`) and prints the outcome, human-readable or `--json`.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use myco_actors::{Node, SpecSource, SubmitError};
+use myco_runtime::config::{Home, NodeConfig};
+use myco_runtime::queue::{JobId, JobView, ListFilter, StateName};
+
+use crate::client::{Client, NodeSaid, Unreachable};
+use crate::progress::Progress;
+use crate::{Cli, Command, NodeArgs};
+
+/// A bad-input error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Unreachable>().is_some() {
+        3
+    } else if e.downcast_ref::<BadInput>().is_some()
+        || e.downcast_ref::<NodeSaid>()
+            .is_some_and(|n| n.code == "invalid_spec" || n.status == 400)
+        || e.downcast_ref::<SubmitError>()
+            .is_some_and(|s| matches!(s, SubmitError::Spec { .. }))
+    {
+        2
+    } else {
+        1
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let home = Home::new(cli.home.clone().unwrap_or_else(Home::default_root));
+    let verbose_node = matches!(cli.command, Command::Node(_));
+    init_logging(verbose_node);
+    match cli.command {
+        Command::Node(ref args) => node(&cli, &home, args).await,
+        Command::Run {
+            ref file,
+            ref out,
+            node: ref args,
+        } => run_embedded(&cli, &home, file, out.as_deref(), args).await,
+        Command::Submit { ref files, wait } => submit(&cli, &home, files, wait).await,
+        Command::Jobs {
+            ref state,
+            ref kind,
+            ref parent,
+            all,
+            limit,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(s) = state {
+                q.push(("state", s.clone()));
+            }
+            if let Some(k) = kind {
+                q.push(("kind", k.clone()));
+            }
+            if let Some(p) = parent {
+                q.push(("parent", p.clone()));
+            }
+            if all {
+                q.push(("all", "true".into()));
+            }
+            let reply = client(&cli, &home).list(&q).await?;
+            if cli.json {
+                print_json(&reply)?;
+            } else {
+                println!(
+                    "{:<26}  {:<6}  {:<9}  {:>13}  DESCRIPTION",
+                    "ID", "KIND", "STATE", "PROGRESS"
+                );
+                for j in &reply.jobs {
+                    println!(
+                        "{:<26}  {:<6}  {:<9}  {:>13}  {}",
+                        j.id,
+                        j.kind.as_str(),
+                        j.state.as_str(),
+                        format!("{}/{}", j.progress.done, j.progress.total),
+                        j.description
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { ref id } => {
+            let job = client(&cli, &home).status(id).await?;
+            if cli.json {
+                print_json(&job)?;
+            } else {
+                print_status(&job);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Result { ref id, ref out } => {
+            let resp = client(&cli, &home).result(id).await?;
+            let mut sink = open_out(out.as_deref())?;
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.context("the result stream broke off")?;
+                sink.write_all(&chunk)?;
+            }
+            sink.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { ref id } => {
+            let reply = client(&cli, &home).cancel(id).await?;
+            if cli.json {
+                print_json(&reply)?;
+            } else {
+                match reply.outcome {
+                    myco_runtime::queue::CancelOutcome::Cancelled => {
+                        println!("cancelled {}", reply.id)
+                    }
+                    myco_runtime::queue::CancelOutcome::AlreadyFinished(s) => {
+                        println!("{} had already finished: {s}", reply.id)
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Detect => {
+            let caps = myco_runtime::detect::detect();
+            if cli.json {
+                print_json(&caps)?;
+            } else {
+                println!("host      {} ({}, {})", caps.hostname, caps.os, caps.arch);
+                println!("cpu       {} cores, {}", caps.cores, caps.cpu_brand);
+                println!(
+                    "ram       {} total, {} free",
+                    gib(caps.ram_total_bytes),
+                    gib(caps.ram_free_bytes)
+                );
+                if caps.gpus.is_empty() {
+                    println!("gpus      none");
+                }
+                for g in &caps.gpus {
+                    println!("gpu       {} ({})", g.name, gib(g.vram_bytes));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+fn init_logging(node: bool) {
+    let default = if node { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MYCO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_status(j: &JobView) {
+    println!("id        {}", j.id);
+    println!("kind      {}  ({})", j.kind, j.description);
+    println!("state     {}", j.state);
+    println!(
+        "progress  {}/{} done, {} failed",
+        j.progress.done, j.progress.total, j.progress.failed
+    );
+    println!("attempts  {} of {}", j.attempts, j.max_attempts);
+    if let Some(h) = &j.holder {
+        println!("holder    {h}");
+    }
+    if let Some(e) = &j.error {
+        println!("error     {}", e.message);
+    }
+}
+
+fn open_out(path: Option<&Path>) -> Result<Box<dyn Write>> {
+    Ok(match path {
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?,
+        )),
+    })
+}
+
+/// The API address: --api / MYCO_API, else the one the node in --home wrote, else the default.
+fn api_addr(cli: &Cli, home: &Home) -> SocketAddr {
+    if let Some(a) = cli.api {
+        return a;
+    }
+    std::fs::read_to_string(home.api_addr_path())
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| NodeConfig::default().api)
+}
+
+fn client(cli: &Cli, home: &Home) -> Client {
+    Client::new(api_addr(cli, home))
+}
+
+fn read_spec(file: &Path) -> Result<SpecSource> {
+    let toml = std::fs::read_to_string(file).map_err(|e| {
+        BadInput(format!(
+            "cannot read job file {}: {e}\nhint: check the path; examples are in examples/",
+            file.display()
+        ))
+    })?;
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let base_dir = abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(SpecSource { toml, base_dir })
+}
+
+fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig> {
+    let mut cfg = home.load_config().map_err(|e| BadInput(e.to_string()))?;
+    if let Some(api) = cli.api {
+        cfg.api = api;
+    }
+    if let Some(w) = args.workers {
+        cfg.workers = w;
+    }
+    if let Some(n) = &args.name {
+        cfg.name = Some(n.clone());
+    }
+    if let Some(g) = args.shutdown_grace {
+        cfg.shutdown_grace = Duration::try_from_secs_f64(g)
+            .map_err(|e| BadInput(format!("--shutdown-grace: {e}")))?;
+    }
+    cfg.validate().map_err(|e| BadInput(e.to_string()))?;
+    Ok(cfg)
+}
+
+async fn node(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<ExitCode> {
+    let cfg = node_config(cli, home, args)?;
+    let mut node = Node::start(home.clone(), cfg, true).await?;
+    let addr = node
+        .api_addr()
+        .ok_or_else(|| anyhow!("the API did not start"))?;
+    if cli.json {
+        print_json(&serde_json::json!({
+            "event": "started",
+            "node": node.handle().name,
+            "api": addr.to_string(),
+            "home": home.root(),
+        }))?;
+    } else {
+        println!(
+            "myco node {} listening on http://{addr} (home {})",
+            node.handle().name,
+            home.root().display()
+        );
+    }
+    std::io::stdout().flush()?;
+    let failed = tokio::select! {
+        () = shutdown_signal() => false,
+        () = node.stopped() => true,
+    };
+    if failed {
+        bail!("the node's actors stopped unexpectedly; see the log above");
+    }
+    tracing::info!("stopping: finishing running jobs");
+    node.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Poll a job until it is finished, showing progress.
+async fn follow<F, Fut>(json: bool, mut fetch: F) -> Result<JobView>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<JobView>>,
+{
+    let mut progress = Progress::new(json);
+    loop {
+        let job = fetch().await?;
+        progress.update(&job);
+        if job.state.is_terminal() {
+            progress.finish();
+            return Ok(job);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn report_end(job: &JobView, failures: &[JobView]) {
+    for f in failures {
+        let why = f.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+        eprintln!("failed: {} ({}): {why}", f.id, f.description);
+    }
+    match job.state {
+        StateName::Done => eprintln!(
+            "job {} done: {}/{} parts done, {} failed",
+            job.id, job.progress.done, job.progress.total, job.progress.failed
+        ),
+        other => {
+            let why = job.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
+            eprintln!("job {} {other}: {why}", job.id);
+        }
+    }
+}
+
+async fn submit(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Result<ExitCode> {
+    let specs = files
+        .iter()
+        .map(|f| read_spec(f))
+        .collect::<Result<Vec<_>>>()?;
+    let client = client(cli, home);
+    let reply = client.submit(specs).await?;
+    if !wait {
+        if cli.json {
+            print_json(&reply)?;
+        } else {
+            for j in &reply.jobs {
+                let note = if j.created {
+                    ""
+                } else {
+                    " (already submitted)"
+                };
+                println!("{}{note}", j.id);
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all_done = true;
+    let mut views = Vec::new();
+    for j in &reply.jobs {
+        let id = j.id.to_string();
+        if !cli.json {
+            eprintln!("submitted {id}");
+        }
+        let job = follow(cli.json, || client.status(&id)).await?;
+        let failures = if job.progress.failed > 0 {
+            client
+                .list(&[
+                    ("parent", id.clone()),
+                    ("state", "dead".into()),
+                    ("limit", "1000".into()),
+                ])
+                .await
+                .map(|r| r.jobs)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if !cli.json {
+            report_end(&job, &failures);
+        }
+        all_done &= job.state == StateName::Done;
+        views.push(job);
+    }
+    if cli.json {
+        print_json(&serde_json::json!({ "jobs": views }))?;
+    }
+    Ok(if all_done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn run_embedded(
+    cli: &Cli,
+    home: &Home,
+    file: &Path,
+    out: Option<&Path>,
+    args: &NodeArgs,
+) -> Result<ExitCode> {
+    let spec = read_spec(file)?;
+    let cfg = node_config(cli, home, args)?;
+    let node = Node::start(home.clone(), cfg, false).await?;
+    let outcome = run_on(cli, &node, spec, out).await;
+    node.shutdown().await?;
+    outcome
+}
+
+async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) -> Result<ExitCode> {
+    let handle = node.handle().clone();
+    let submitted = handle.submit(vec![spec]).await?;
+    let id: JobId = submitted
+        .first()
+        .ok_or_else(|| anyhow!("the node accepted no job"))?
+        .id;
+    let fetch = || {
+        let handle = handle.clone();
+        async move {
+            handle
+                .get(id)
+                .await?
+                .map(|r| r.view())
+                .ok_or_else(|| anyhow!("job {id} vanished"))
+        }
+    };
+    let job = tokio::select! {
+        job = follow(cli.json, fetch) => job?,
+        () = shutdown_signal() => {
+            eprintln!("interrupted: job {id} stays queued in {}; run the same file again to resume", handle.queue.path().display());
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let queue = handle.queue.clone();
+    let failures = tokio::task::spawn_blocking(move || {
+        queue.list(&ListFilter {
+            parent: Some(id),
+            state: Some(StateName::Dead),
+            limit: 100_000,
+            ..ListFilter::default()
+        })
+    })
+    .await??;
+    let failures: Vec<JobView> = failures.iter().map(|r| r.view()).collect();
+    if job.state == StateName::Done && (out.is_some() || !cli.json) {
+        let queue = handle.queue.clone();
+        let out = out.map(Path::to_path_buf);
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let ids = if queue.get(id)?.and_then(|r| r.children).is_some() {
+                queue.children(id)?
+            } else {
+                vec![id]
+            };
+            let mut sink = open_out(out.as_deref())?;
+            for child in ids {
+                if let Some(bytes) = queue.result(child)? {
+                    sink.write_all(&bytes)?;
+                }
+            }
+            sink.flush()?;
+            Ok(())
+        })
+        .await??;
+    }
+    if cli.json {
+        print_json(&job)?;
+    } else {
+        report_end(&job, &failures);
+    }
+    Ok(if job.state == StateName::Done {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

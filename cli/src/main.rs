@@ -1,0 +1,121 @@
+//! `myco`: clap parses, the library does the work, and `main` maps errors to exit codes.
+//!
+//! Exit codes: 0 success; 1 a job ended other than done, or an operation failed; 2 bad input
+//! (a malformed job.toml, a bad flag); 3 no node reachable at the API address.
+
+mod client;
+mod commands;
+mod progress;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// One AI swarm from the machines you already own.
+#[derive(Debug, Parser)]
+#[command(name = "myco", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Where the node keeps its state.
+    #[arg(long, global = true, env = "MYCO_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// The node's HTTP API address [default: the address the node in --home wrote, else
+    /// 127.0.0.1:7700].
+    #[arg(long, global = true, env = "MYCO_API", value_name = "ADDR")]
+    pub api: Option<SocketAddr>,
+
+    /// Machine-readable output (JSON) with stable field names.
+    #[arg(long, global = true, env = "MYCO_JSON")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a node: the queue, the workers and the HTTP API, until SIGINT/SIGTERM.
+    Node(NodeArgs),
+    /// Submit job files to the node; with --wait, follow them to the end.
+    Submit {
+        /// One or more job.toml files (submitted together: all or none).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Wait until the jobs finish; exit 0 only if all are done.
+        #[arg(long, env = "MYCO_WAIT")]
+        wait: bool,
+    },
+    /// Run a job file on an embedded node in this process, print its result, and exit.
+    Run {
+        file: PathBuf,
+        /// Write the result (JSON Lines) here instead of standard output.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// List jobs (top-level jobs, newest first).
+    Jobs {
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only the children of this job.
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
+        /// Include child jobs.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one job's state and progress.
+    Status { id: String },
+    /// Print a done job's result (JSON Lines).
+    Result {
+        id: String,
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+    /// Cancel a job (and its children); a running attempt is stopped.
+    Cancel { id: String },
+    /// Show this machine's capabilities: cores, RAM, GPUs.
+    Detect,
+}
+
+/// Settings of a node this process starts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Executor threads for CPU jobs [default: one per core].
+    #[arg(long, env = "MYCO_WORKERS")]
+    pub workers: Option<usize>,
+    /// The node's name in the swarm [default: the host name].
+    #[arg(long, env = "MYCO_NAME")]
+    pub name: Option<String>,
+    /// Seconds a stopping node lets running jobs finish.
+    #[arg(long, env = "MYCO_SHUTDOWN_GRACE", value_name = "SECS")]
+    pub shutdown_grace: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(commands::exit_code(&e))
+        }
+    }
+}

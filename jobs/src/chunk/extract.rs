@@ -1,0 +1,406 @@
+//! Text extraction: turns one document's bytes into the plain text that gets chunked.
+//!
+//! Text and Markdown pass through unchanged (so chunk byte ranges index the file itself),
+//! HTML goes through lol_html's streaming rewriter (visible text only), PDF through
+//! pdf-extract's text layer, run under `catch_unwind` because it can panic on corrupt input.
+//! This file must not split text, walk directories or do any async work.
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+use std::path::Path;
+use std::rc::Rc;
+
+use lol_html::html_content::{Element, TextChunk, TextType};
+use lol_html::{HtmlRewriter, Settings, doc_text, element, end_tag};
+
+use super::{ChunkError, Format};
+
+/// Reads `path` and extracts its text, choosing the format from its extension.
+///
+/// # Errors
+///
+/// [`ChunkError::Unsupported`] for an unknown extension, [`ChunkError::Read`] when the file
+/// cannot be read, and whatever [`extract_bytes`] returns for bad content.
+pub fn extract(path: &Path) -> Result<(Format, String), ChunkError> {
+    let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
+    let bytes = std::fs::read(path).map_err(|source| ChunkError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = extract_bytes(path, format, &bytes)?;
+    Ok((format, text))
+}
+
+/// Extracts the text of a document already in memory; `path_for_messages` only names it in errors.
+///
+/// # Errors
+///
+/// [`ChunkError::NotUtf8`] for text, Markdown or HTML that is not UTF-8,
+/// [`ChunkError::Html`] if the HTML rewriter gives up, [`ChunkError::BadPdf`] for a PDF
+/// pdf-extract cannot read (or panics on), [`ChunkError::NoTextLayer`] for a PDF without text.
+pub fn extract_bytes(
+    path_for_messages: &Path,
+    format: Format,
+    bytes: &[u8],
+) -> Result<String, ChunkError> {
+    match format {
+        Format::Text | Format::Markdown => Ok(utf8(path_for_messages, bytes)?.to_owned()),
+        Format::Html => {
+            let source = utf8(path_for_messages, bytes)?;
+            html_text(source).map_err(|reason| ChunkError::Html {
+                path: path_for_messages.to_path_buf(),
+                reason,
+            })
+        }
+        Format::Pdf => pdf_text(path_for_messages, bytes),
+    }
+}
+
+fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ChunkError> {
+    std::str::from_utf8(bytes).map_err(|e| ChunkError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: e.valid_up_to(),
+    })
+}
+
+fn pdf_text(path: &Path, bytes: &[u8]) -> Result<String, ChunkError> {
+    // pdf-extract panics on some malformed files. The default hook prints the panic once; we
+    // only turn it into an error here (a temporary hook would be process-global).
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        pdf_extract::extract_text_from_mem(bytes)
+    }));
+    let text = match outcome {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            return Err(ChunkError::BadPdf {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+        Err(payload) => {
+            let reason = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "the PDF parser crashed".to_owned());
+            return Err(ChunkError::BadPdf {
+                path: path.to_path_buf(),
+                reason: format!("parser panicked: {reason}"),
+            });
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(ChunkError::NoTextLayer {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
+}
+
+/// Elements whose content is never visible text.
+const HIDDEN: &[&str] = &[
+    "script", "style", "noscript", "template", "head", "title", "iframe", "object", "svg", "math",
+    "canvas", "select",
+];
+
+/// Elements that start a new paragraph (two newlines).
+const PARAGRAPH: &[&str] = &[
+    "p",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "section",
+    "article",
+    "blockquote",
+    "pre",
+    "hr",
+    "table",
+    "ul",
+    "ol",
+    "dl",
+    "figure",
+    "header",
+    "footer",
+    "nav",
+    "aside",
+    "main",
+    "form",
+    "fieldset",
+    "address",
+    "details",
+];
+
+/// Elements that start a new line.
+const LINE: &[&str] = &[
+    "div",
+    "li",
+    "tr",
+    "dt",
+    "dd",
+    "caption",
+    "figcaption",
+    "summary",
+    "legend",
+    "body",
+    "html",
+    "option",
+    "textarea",
+];
+
+/// Elements separated from their neighbours by a space (table cells).
+const CELL: &[&str] = &["td", "th"];
+
+/// Accumulates visible text, collapsing whitespace and turning block boundaries into newlines.
+#[derive(Debug, Default)]
+struct TextSink {
+    out: String,
+    /// Depth of open hidden elements (script, style, ...): text is dropped while > 0.
+    hidden: usize,
+    /// Depth of open `<pre>` elements: whitespace is kept while > 0.
+    pre: usize,
+    /// Newlines owed before the next visible text (0, 1 or 2).
+    newlines: usize,
+    /// A space is owed before the next visible text.
+    space: bool,
+    /// Raw text of the current text node, decoded once the node ends (an entity may straddle
+    /// two lol_html text chunks).
+    raw: String,
+}
+
+impl TextSink {
+    fn block(&mut self, newlines: usize) {
+        self.newlines = self.newlines.max(newlines);
+    }
+
+    fn line_break(&mut self) {
+        self.newlines = (self.newlines + 1).min(2);
+    }
+
+    fn flush_pending(&mut self) {
+        if self.out.is_empty() {
+            self.newlines = 0;
+            self.space = false;
+            return;
+        }
+        if self.newlines > 0 {
+            // Drop trailing spaces on the line we are ending.
+            let kept = self.out.trim_end_matches([' ', '\t']).len();
+            self.out.truncate(kept);
+            for _ in 0..self.newlines {
+                self.out.push('\n');
+            }
+        } else if self.space {
+            self.out.push(' ');
+        }
+        self.newlines = 0;
+        self.space = false;
+    }
+
+    fn push_visible(&mut self, text: &str) {
+        if self.pre > 0 {
+            if !text.is_empty() {
+                self.flush_pending();
+                self.out.push_str(text);
+            }
+            return;
+        }
+        for c in text.chars() {
+            if c.is_whitespace() {
+                self.space = true;
+            } else {
+                self.flush_pending();
+                self.out.push(c);
+            }
+        }
+    }
+
+    fn text_chunk(&mut self, chunk: &TextChunk<'_>) {
+        let decodes = match chunk.text_type() {
+            TextType::Data | TextType::RCData => true,
+            TextType::CDataSection | TextType::PlainText => false,
+            // Script and raw text (style, iframe, noscript, ...) is never visible.
+            TextType::ScriptData | TextType::RawText => {
+                self.raw.clear();
+                return;
+            }
+        };
+        if self.hidden > 0 {
+            self.raw.clear();
+            return;
+        }
+        self.raw.push_str(chunk.as_str());
+        if !chunk.last_in_text_node() {
+            return;
+        }
+        let raw = std::mem::take(&mut self.raw);
+        if decodes {
+            let decoded = html_escape::decode_html_entities(&raw);
+            self.push_visible(&decoded);
+        } else {
+            self.push_visible(&raw);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        let raw = std::mem::take(&mut self.raw);
+        if self.hidden == 0 && !raw.is_empty() {
+            let decoded = html_escape::decode_html_entities(&raw);
+            self.push_visible(&decoded);
+        }
+        let kept = self.out.trim_end().len();
+        self.out.truncate(kept);
+        self.out
+    }
+}
+
+/// What an element does to the text around it, decided by its (lowercase) tag name.
+fn on_element(sink: &Rc<RefCell<TextSink>>, el: &mut Element<'_, '_>) -> lol_html::HandlerResult {
+    let name = el.tag_name();
+    let name = name.as_str();
+    let mut on_end: Option<fn(&mut TextSink)> = None;
+    {
+        let mut s = sink.borrow_mut();
+        if name == "body" {
+            // `</head>` is often implicit and lol_html only runs end handlers for explicit
+            // end tags: whatever head-level hiding is still open ends here.
+            s.hidden = 0;
+        }
+        if HIDDEN.contains(&name) {
+            s.hidden += 1;
+            on_end = Some(|s| s.hidden = s.hidden.saturating_sub(1));
+        } else if name == "br" {
+            s.line_break();
+        } else if name == "pre" {
+            s.block(2);
+            s.pre += 1;
+            on_end = Some(|s| {
+                s.pre = s.pre.saturating_sub(1);
+                s.block(2);
+            });
+        } else if PARAGRAPH.contains(&name) {
+            s.block(2);
+            on_end = Some(|s| s.block(2));
+        } else if LINE.contains(&name) {
+            s.block(1);
+            on_end = Some(|s| s.block(1));
+        } else if CELL.contains(&name) {
+            s.space = true;
+            on_end = Some(|s| s.space = true);
+        }
+    }
+    if let Some(action) = on_end
+        && el.can_have_content()
+    {
+        let sink = Rc::clone(sink);
+        el.on_end_tag(end_tag!(move |_end| {
+            action(&mut sink.borrow_mut());
+            Ok(())
+        }))?;
+    }
+    Ok(())
+}
+
+/// The visible text of an HTML document (see the module docs of [`super`]).
+pub(crate) fn html_text(source: &str) -> Result<String, String> {
+    let sink = Rc::new(RefCell::new(TextSink::default()));
+    {
+        let for_elements = Rc::clone(&sink);
+        let for_text = Rc::clone(&sink);
+        let settings = Settings::new()
+            .with_strict(false)
+            .append_element_content_handler(element!("*", move |el| {
+                on_element(&for_elements, el)
+            }))
+            .append_document_content_handler(doc_text!(move |t| {
+                for_text.borrow_mut().text_chunk(t);
+                Ok(())
+            }));
+        let mut rewriter = HtmlRewriter::new(settings, |_: &[u8]| {});
+        rewriter
+            .write(source.as_bytes())
+            .map_err(|e| e.to_string())?;
+        rewriter.end().map_err(|e| e.to_string())?;
+    }
+    let sink = Rc::try_unwrap(sink)
+        .map_err(|_| "HTML handlers outlived the rewriter".to_owned())?
+        .into_inner();
+    Ok(sink.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn html(s: &str) -> String {
+        html_text(s).unwrap()
+    }
+
+    #[test]
+    fn drops_script_style_head_and_friends() {
+        let doc = r#"<!doctype html><html><head><title>Tab title</title>
+            <style>body { color: red }</style><script>var x = "<p>nope</p>";</script></head>
+            <body><noscript>enable js</noscript><template><p>tmpl</p></template>
+            <p>Visible text.</p><script>alert(1)</script><p>More.</p></body></html>"#;
+        let text = html(doc);
+        assert_eq!(text, "Visible text.\n\nMore.");
+    }
+
+    #[test]
+    fn implicit_head_end_does_not_hide_body() {
+        let text = html("<html><head><title>t</title><body><p>Shown</p>");
+        assert_eq!(text, "Shown");
+    }
+
+    #[test]
+    fn decodes_entities_even_across_chunks() {
+        let text = html("<p>Fish &amp; chips &lt;3 &eacute;t&eacute; &#x263A; &nbsp;x</p>");
+        assert_eq!(text, "Fish & chips <3 été ☺ x");
+        // A literal ampersand without an entity stays as it is.
+        assert_eq!(html("<p>AT&T rocks</p>"), "AT&T rocks");
+    }
+
+    #[test]
+    fn blocks_become_newlines_and_inline_whitespace_collapses() {
+        let text = html(
+            "<h1>Title</h1>\n  <div>one   <b>bold</b>\n two</div><div>three<br>four</div>\
+             <ul><li>a</li><li>b</li></ul><table><tr><td>c1</td><td>c2</td></tr></table>",
+        );
+        assert_eq!(text, "Title\n\none bold two\nthree\nfour\n\na\nb\n\nc1 c2");
+    }
+
+    #[test]
+    fn pre_keeps_whitespace() {
+        let text = html("<p>x</p><pre>  a\n    b</pre><p>y</p>");
+        assert_eq!(text, "x\n\n  a\n    b\n\ny");
+    }
+
+    #[test]
+    fn inline_elements_do_not_split_words() {
+        assert_eq!(html("<p>un<em>believ</em>able</p>"), "unbelievable");
+    }
+
+    #[test]
+    fn text_and_markdown_pass_through_and_bad_utf8_is_reported() {
+        let p = Path::new("a.md");
+        assert_eq!(
+            extract_bytes(p, Format::Markdown, b"# x\n\ny ").unwrap(),
+            "# x\n\ny "
+        );
+        let err = extract_bytes(p, Format::Text, b"ok\xff").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("a.md") && msg.contains("byte 2"), "{msg}");
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn garbage_pdf_is_an_error_not_a_panic() {
+        let err = extract_bytes(Path::new("x.pdf"), Format::Pdf, b"%PDF-1.4 garbage").unwrap_err();
+        assert!(matches!(err, ChunkError::BadPdf { .. }), "{err}");
+        assert!(err.to_string().starts_with("x.pdf: not a readable PDF"));
+    }
+}

@@ -1,0 +1,12 @@
+//! myco's job layer: the `job.toml` format ([`spec`]), the stored [`task::Task`] enum with its
+//! classified errors, and the synchronous executors ([`chunk`], no-op).
+//!
+//! This crate is the bottom of the stack (`jobs ← runtime ← actors ← cli`): it must not know
+//! about queues, actors or HTTP. Heavy model crates will live here behind cargo features.
+
+pub mod chunk;
+pub mod spec;
+pub mod task;
+
+pub use spec::{JobSpec, Plan, Problem, SpecError};
+pub use task::{CpuExecutor, ErrorClass, Executor, JobError, JobKind, RunContext, Task};

@@ -1,0 +1,471 @@
+//! The `job.toml` format, version 1: parsing, validation and planning into [`Task`]s.
+//!
+//! This is the edge where strings become types: everything after [`JobSpec::parse`] works on
+//! enums and checked values. A malformed file yields a [`SpecError`] listing *every* problem
+//! with its field path and a hint. Nothing here touches the queue or runs a job.
+//!
+//! ```toml
+//! version = 1                  # required: the format version
+//! kind = "chunk"               # chunk | noop
+//! priority = 0                 # higher runs first (-1000..=1000), FIFO within a priority
+//! max_attempts = 3             # failed attempts before the job is dead (1..=100)
+//! timeout = "10m"              # one attempt's time limit (humantime: "30s", "1h 30m")
+//! idempotency_key = "nightly"  # optional: a second submit with this key returns the first job
+//!
+//! [chunk]
+//! input = "docs/"              # a file, a directory (recursive) or a glob, relative to this file
+//! max_tokens = 256             # chunk size in tokens (characters for now)
+//! overlap = 32                 # tokens shared by neighbouring chunks
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::chunk::{self, ChunkParams};
+use crate::task::{FailMode, NoopTask, Task};
+
+/// The only format version this build reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// What a user asks for, as read from `job.toml` (before validation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobFile {
+    pub version: u32,
+    pub kind: SpecKind,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub chunk: Option<ChunkSection>,
+    #[serde(default)]
+    pub noop: Option<NoopSection>,
+}
+
+/// The job kinds a user can name in `kind = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecKind {
+    Chunk,
+    Noop,
+}
+
+/// `[chunk]`: cut documents into token-sized pieces.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkSection {
+    pub input: PathBuf,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "default_overlap")]
+    pub overlap: usize,
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+}
+
+/// `[noop]`: a job that does nothing but return its payload. For smoke tests, benchmarks and
+/// failure drills (`fail_attempts`, `fail_mode`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoopSection {
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub sleep_ms: u64,
+    #[serde(default)]
+    pub fail_attempts: u32,
+    #[serde(default)]
+    pub fail_mode: FailMode,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_max_tokens() -> usize {
+    256
+}
+fn default_overlap() -> usize {
+    32
+}
+fn default_tokenizer() -> String {
+    "chars".to_owned()
+}
+
+/// One thing wrong with a job file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Problem {
+    /// Dotted field path (`chunk.max_tokens`), or empty for the file as a whole.
+    pub field: String,
+    pub message: String,
+    pub hint: String,
+}
+
+/// Every problem found in a job file. Display prints one problem per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[error("{}", render(.problems))]
+pub struct SpecError {
+    pub problems: Vec<Problem>,
+}
+
+fn render(problems: &[Problem]) -> String {
+    let mut out = String::from("invalid job spec:");
+    for p in problems {
+        let field = if p.field.is_empty() {
+            "(file)"
+        } else {
+            &p.field
+        };
+        out.push_str(&format!("\n  - {field}: {}", p.message));
+        if !p.hint.is_empty() {
+            out.push_str(&format!("\n    hint: {}", p.hint));
+        }
+    }
+    out
+}
+
+impl SpecError {
+    fn one(field: &str, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        SpecError {
+            problems: vec![Problem {
+                field: field.to_owned(),
+                message: message.into(),
+                hint: hint.into(),
+            }],
+        }
+    }
+}
+
+/// A validated job: the scheduling envelope plus the task to run.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+    pub idempotency_key: Option<String>,
+    pub task: Task,
+}
+
+/// A job ready for the queue: its own task and the children it fans out into.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub task: Task,
+    pub children: Vec<Task>,
+}
+
+impl JobSpec {
+    /// Parse and validate `job.toml` text. Relative paths resolve against `base_dir` (the
+    /// directory of the job file). Checks that input paths exist.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<JobSpec, SpecError> {
+        let file = parse_file(text)?;
+        file.validate(base_dir)
+    }
+
+    /// Expand the job into the tasks the queue stores. A directory or glob input becomes a
+    /// parent with one child per file.
+    pub fn plan(&self) -> Result<Plan, SpecError> {
+        match &self.task {
+            Task::Chunk { input, params } => {
+                let files = chunk::expand_input(input).map_err(|e| {
+                    SpecError::one(
+                        "chunk.input",
+                        e.to_string(),
+                        "point `input` at an existing file, directory or glob",
+                    )
+                })?;
+                if input.is_file() {
+                    return Ok(Plan {
+                        task: Task::ChunkFile {
+                            path: input.clone(),
+                            params: *params,
+                        },
+                        children: Vec::new(),
+                    });
+                }
+                if files.is_empty() {
+                    return Err(SpecError::one(
+                        "chunk.input",
+                        format!("`{}` holds no files", input.display()),
+                        "add documents to it or point `input` elsewhere",
+                    ));
+                }
+                let children = files
+                    .into_iter()
+                    .map(|path| Task::ChunkFile {
+                        path,
+                        params: *params,
+                    })
+                    .collect();
+                Ok(Plan {
+                    task: self.task.clone(),
+                    children,
+                })
+            }
+            Task::ChunkFile { .. } | Task::Noop(_) => Ok(Plan {
+                task: self.task.clone(),
+                children: Vec::new(),
+            }),
+        }
+    }
+}
+
+fn parse_file(text: &str) -> Result<JobFile, SpecError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_problem(text, "", &e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        toml_problem(text, &path, e.inner())
+    })
+}
+
+fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> SpecError {
+    let message = e.message().trim().to_owned();
+    let at = e
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        })
+        .unwrap_or_default();
+    let hint = if message.contains("unknown field") {
+        "remove the field or fix its spelling; see examples/*.toml for every field"
+    } else if message.contains("missing field") {
+        "add the field; `version = 1` and `kind` are required"
+    } else if message.contains("invalid type") {
+        "give the field a value of the expected type"
+    } else if message.contains("unknown variant") {
+        "use one of the listed values"
+    } else {
+        "fix the TOML syntax at the place shown"
+    };
+    SpecError::one(field, format!("{message}{at}"), hint)
+}
+
+impl JobFile {
+    /// Check every field; report all problems at once.
+    pub fn validate(self, base_dir: &Path) -> Result<JobSpec, SpecError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, message: String, hint: &str| {
+            problems.push(Problem {
+                field: field.to_owned(),
+                message,
+                hint: hint.to_owned(),
+            })
+        };
+        if self.version != SPEC_VERSION {
+            bad(
+                "version",
+                format!("unsupported version {}", self.version),
+                "this myco reads `version = 1`",
+            );
+        }
+        if !(-1000..=1000).contains(&self.priority) {
+            bad(
+                "priority",
+                format!("{} is out of range", self.priority),
+                "use a priority from -1000 to 1000 (higher runs first)",
+            );
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            bad(
+                "max_attempts",
+                format!("{} is out of range", self.max_attempts),
+                "use 1 to 100 attempts",
+            );
+        }
+        if self.timeout.is_zero() {
+            bad(
+                "timeout",
+                "must be longer than zero".into(),
+                "write a duration such as \"30s\" or \"10m\"",
+            );
+        }
+        if let Some(key) = &self.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            bad(
+                "idempotency_key",
+                "must be 1 to 256 bytes long".into(),
+                "use a short stable name, e.g. \"archive-2026-11-22\"",
+            );
+        }
+        let (want, other) = match self.kind {
+            SpecKind::Chunk => ("chunk", self.noop.is_some().then_some("noop")),
+            SpecKind::Noop => ("noop", self.chunk.is_some().then_some("chunk")),
+        };
+        if let Some(other) = other {
+            bad(
+                other,
+                format!("a `[{other}]` table does not belong in a `kind = \"{want}\"` job"),
+                "remove it, or change `kind`",
+            );
+        }
+        let task = match self.kind {
+            SpecKind::Chunk => match &self.chunk {
+                None => {
+                    bad(
+                        "chunk",
+                        "missing `[chunk]` table".into(),
+                        "add `[chunk]` with at least `input = \"path/to/docs\"`",
+                    );
+                    None
+                }
+                Some(c) => {
+                    if c.max_tokens == 0 || c.max_tokens > 1_000_000 {
+                        bad(
+                            "chunk.max_tokens",
+                            format!("{} is out of range", c.max_tokens),
+                            "use 1 to 1000000 tokens per chunk",
+                        );
+                    }
+                    if c.overlap >= c.max_tokens.max(1) {
+                        bad(
+                            "chunk.overlap",
+                            format!(
+                                "{} must be smaller than max_tokens ({})",
+                                c.overlap, c.max_tokens
+                            ),
+                            "lower `overlap`, e.g. to an eighth of `max_tokens`",
+                        );
+                    }
+                    if c.tokenizer != "chars" {
+                        bad(
+                            "chunk.tokenizer",
+                            format!("tokenizer `{}` is not supported", c.tokenizer),
+                            "use `tokenizer = \"chars\"`",
+                        );
+                    }
+                    let input = resolve(base_dir, &c.input);
+                    if !input.exists() && !is_glob(&c.input) {
+                        bad(
+                            "chunk.input",
+                            format!("`{}` does not exist", input.display()),
+                            "point `input` at an existing file, directory or glob (relative paths start at the job file's directory)",
+                        );
+                    } else if input.is_file() && chunk::Format::from_path(&input).is_none() {
+                        bad(
+                            "chunk.input",
+                            format!("`{}` is not a supported document", input.display()),
+                            &format!("myco chunks {}", chunk::Format::SUPPORTED),
+                        );
+                    }
+                    Some(Task::Chunk {
+                        input,
+                        params: ChunkParams {
+                            max_tokens: c.max_tokens,
+                            overlap: c.overlap,
+                        },
+                    })
+                }
+            },
+            SpecKind::Noop => {
+                let n = self.noop.clone().unwrap_or_default();
+                Some(Task::Noop(NoopTask {
+                    payload: n.payload,
+                    sleep_ms: n.sleep_ms,
+                    fail_attempts: n.fail_attempts,
+                    fail_mode: n.fail_mode,
+                }))
+            }
+        };
+        match task {
+            Some(task) if problems.is_empty() => Ok(JobSpec {
+                priority: self.priority,
+                max_attempts: self.max_attempts,
+                timeout: self.timeout,
+                idempotency_key: self.idempotency_key,
+                task,
+            }),
+            _ => Err(SpecError { problems }),
+        }
+    }
+}
+
+fn is_glob(p: &Path) -> bool {
+    p.to_string_lossy().contains(['*', '?', '['])
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match JobSpec::parse(text, Path::new(env!("CARGO_MANIFEST_DIR"))) {
+            Ok(spec) => panic!("expected an error, got {spec:?}"),
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn noop_parses_with_defaults() {
+        let spec = JobSpec::parse("version = 1\nkind = \"noop\"\n", Path::new("/")).unwrap();
+        assert_eq!(spec.max_attempts, 3);
+        assert_eq!(spec.priority, 0);
+        assert!(matches!(spec.task, Task::Noop(_)));
+    }
+
+    #[test]
+    fn bad_toml_names_the_line() {
+        let p = problems("version = 1\nkind = \"noop\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].message.contains("line 2"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let p =
+            problems("version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"src\"\nmax_tokenz = 3\n");
+        assert_eq!(p[0].field, "chunk.max_tokenz");
+        assert!(p[0].message.contains("unknown field"), "{p:?}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let p = problems(
+            "version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"src\"\nmax_tokens = \"big\"\n",
+        );
+        assert_eq!(p[0].field, "chunk.max_tokens", "{p:?}");
+        assert!(p[0].hint.contains("type"));
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let p = problems(
+            "version = 2\nkind = \"chunk\"\nmax_attempts = 0\n[chunk]\ninput = \"nope/\"\nmax_tokens = 10\noverlap = 10\n",
+        );
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["version", "max_attempts", "chunk.overlap", "chunk.input"]
+        );
+    }
+
+    #[test]
+    fn missing_section_and_unknown_kind() {
+        let p = problems("version = 1\nkind = \"chunk\"\n");
+        assert_eq!(p[0].field, "chunk");
+        let p = problems("version = 1\nkind = \"embedd\"\n");
+        assert_eq!(p[0].field, "kind");
+        assert!(
+            p[0].message.contains("chunk"),
+            "lists the valid kinds: {p:?}"
+        );
+    }
+}

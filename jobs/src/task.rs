@@ -1,0 +1,212 @@
+//! What the queue stores and the executors run: the [`Task`] enum, its [`JobKind`] label, the
+//! classified [`JobError`], and the sync [`Executor`] that runs a task on the caller's thread.
+//!
+//! Executors are synchronous and own their model state; the actor layer puts each one on a
+//! thread of its own. Nothing here knows about queues, leases or actors.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{self, ChunkError, ChunkParams};
+
+/// A unit of work, as stored in the queue. Parents (`Chunk` over a directory) fan out into
+/// children at submit time and never run themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// Chunk every file under `input` (a parent: one `ChunkFile` child per file).
+    Chunk { input: PathBuf, params: ChunkParams },
+    /// Chunk one file.
+    ChunkFile { path: PathBuf, params: ChunkParams },
+    /// Return the payload; for smoke tests, benchmarks and failure drills.
+    Noop(NoopTask),
+}
+
+/// The diagnostic no-op job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoopTask {
+    pub payload: String,
+    pub sleep_ms: u64,
+    /// Fail this many attempts before succeeding.
+    pub fail_attempts: u32,
+    pub fail_mode: FailMode,
+}
+
+/// How a failing no-op fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    #[default]
+    Retryable,
+    Fatal,
+    Panic,
+}
+
+/// The job-kind label used for listing, metrics and capability matching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Chunk,
+    Noop,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Chunk, JobKind::Noop];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Chunk => "chunk",
+            JobKind::Noop => "noop",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Task {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Task::Chunk { .. } | Task::ChunkFile { .. } => JobKind::Chunk,
+            Task::Noop(_) => JobKind::Noop,
+        }
+    }
+
+    /// A short human description, e.g. the file a child chunks.
+    pub fn describe(&self) -> String {
+        match self {
+            Task::Chunk { input, .. } => format!("chunk {}", input.display()),
+            Task::ChunkFile { path, .. } => format!("chunk {}", path.display()),
+            Task::Noop(_) => "noop".to_owned(),
+        }
+    }
+}
+
+/// Whether a failed attempt is worth repeating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// Transient: the queue retries with backoff until `max_attempts`.
+    Retryable,
+    /// The input or spec is wrong: retrying cannot help, the job is dead at once.
+    Fatal,
+}
+
+/// A failed attempt, classified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        JobError {
+            class: ErrorClass::Retryable,
+            message: message.into(),
+        }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        JobError {
+            class: ErrorClass::Fatal,
+            message: message.into(),
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.class == ErrorClass::Retryable
+    }
+}
+
+impl From<ChunkError> for JobError {
+    fn from(e: ChunkError) -> Self {
+        if e.is_retryable() {
+            JobError::retryable(e.to_string())
+        } else {
+            JobError::fatal(e.to_string())
+        }
+    }
+}
+
+/// What an executor sees of the attempt it runs.
+pub struct RunContext<'a> {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// Polled between units of work; true once the job is cancelled or timed out.
+    pub cancelled: &'a (dyn Fn() -> bool + Sync),
+}
+
+impl std::fmt::Debug for RunContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs tasks synchronously. Output is JSON Lines: one JSON object per line, so results of
+/// children concatenate into their parent's result.
+pub trait Executor: Send {
+    fn run(&mut self, task: &Task, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError>;
+}
+
+/// The executor for the built-in CPU job kinds (chunk, noop).
+#[derive(Debug, Default)]
+pub struct CpuExecutor;
+
+impl Executor for CpuExecutor {
+    fn run(&mut self, task: &Task, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+        match task {
+            Task::Chunk { input, .. } => Err(JobError::fatal(format!(
+                "chunk job over {} has no children to run: it is a parent and never runs itself",
+                input.display()
+            ))),
+            Task::ChunkFile { path, params } => {
+                let chunks = chunk::chunk_file(path, params, ctx.cancelled)?;
+                let mut out = Vec::with_capacity(chunks.iter().map(|c| c.text.len() + 96).sum());
+                for c in &chunks {
+                    serde_json::to_writer(&mut out, c)
+                        .map_err(|e| JobError::fatal(format!("encoding chunk: {e}")))?;
+                    out.push(b'\n');
+                }
+                Ok(out)
+            }
+            Task::Noop(n) => run_noop(n, ctx),
+        }
+    }
+}
+
+fn run_noop(n: &NoopTask, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    if n.sleep_ms > 0 {
+        let until = std::time::Instant::now() + Duration::from_millis(n.sleep_ms);
+        while std::time::Instant::now() < until {
+            if (ctx.cancelled)() {
+                return Err(JobError::retryable("cancelled"));
+            }
+            std::thread::sleep(Duration::from_millis(5).min(until - std::time::Instant::now()));
+        }
+    }
+    if ctx.attempt <= n.fail_attempts {
+        let msg = format!("noop: planned failure on attempt {}", ctx.attempt);
+        match n.fail_mode {
+            FailMode::Retryable => return Err(JobError::retryable(msg)),
+            FailMode::Fatal => return Err(JobError::fatal(msg)),
+            #[allow(clippy::panic)]
+            FailMode::Panic => panic!("{msg}"),
+        }
+    }
+    let mut out = serde_json::to_vec(&serde_json::json!({ "payload": n.payload }))
+        .map_err(|e| JobError::fatal(format!("encoding result: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}

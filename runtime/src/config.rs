@@ -1,0 +1,277 @@
+//! The node's home directory (`~/.myco` or `$MYCO_HOME`) and its config file
+//! (`config.toml` there, optional).
+//!
+//! Config is a serde struct with `deny_unknown_fields`, defaults for every field, and a
+//! [`NodeConfig::validate`] that reports every problem with its field path. This file reads
+//! files; it starts nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a node keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    root: PathBuf,
+}
+
+impl Home {
+    pub fn new(root: impl Into<PathBuf>) -> Home {
+        Home { root: root.into() }
+    }
+
+    /// `$MYCO_HOME` is read by the CLI; this is the fallback, `~/.myco`.
+    pub fn default_root() -> PathBuf {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".myco")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn queue_path(&self) -> PathBuf {
+        self.root.join("queue.redb")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// The file a running node writes its HTTP address to.
+    pub fn api_addr_path(&self) -> PathBuf {
+        self.root.join("node.addr")
+    }
+
+    /// Create the directory if needed.
+    pub fn ensure(&self) -> Result<(), ConfigError> {
+        std::fs::create_dir_all(&self.root).map_err(|e| {
+            ConfigError::one(
+                "home",
+                format!("cannot create {}: {e}", self.root.display()),
+                "pick a writable directory with --home or MYCO_HOME",
+            )
+        })
+    }
+
+    /// Read `config.toml` if present, else defaults.
+    pub fn load_config(&self) -> Result<NodeConfig, ConfigError> {
+        let path = self.config_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => NodeConfig::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(NodeConfig::default()),
+            Err(e) => Err(ConfigError::one(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+                "fix its permissions or remove it",
+            )),
+        }
+    }
+}
+
+/// A node's settings. Every field has a default; CLI flags override the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's name in the swarm; defaults to the host name.
+    pub name: Option<String>,
+    /// The HTTP API's listen address.
+    pub api: SocketAddr,
+    /// Executor threads for CPU jobs; 0 means one per core.
+    pub workers: usize,
+    /// How long a lease lasts without renewal.
+    #[serde(with = "humantime_secs")]
+    pub lease: Duration,
+    /// How often leases are renewed and expired ones collected.
+    #[serde(with = "humantime_secs")]
+    pub tick: Duration,
+    /// First retry delay (doubles per attempt, ±25 % jitter).
+    #[serde(with = "humantime_secs")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_secs")]
+    pub backoff_max: Duration,
+    /// How long a stopping node lets running jobs finish before handing them back.
+    #[serde(with = "humantime_secs")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: None,
+            api: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            workers: 0,
+            lease: Duration::from_secs(30),
+            tick: Duration::from_millis(500),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Durations in config files are seconds as a float (`lease = 30`, `tick = 0.5`).
+mod humantime_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+impl NodeConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<NodeConfig, ConfigError> {
+        let cfg: NodeConfig = toml::from_str(text).map_err(|e| {
+            ConfigError::one(
+                "",
+                format!("{}: {}", path.display(), e.message()),
+                "fix the field named above; every field is optional",
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every problem, with its field path.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &str, message: &str, hint: &str| {
+            problems.push((field.to_owned(), message.to_owned(), hint.to_owned()))
+        };
+        if let Some(name) = &self.name
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+        {
+            bad(
+                "name",
+                "must be 1-64 characters of letters, digits, '-', '_' or '.'",
+                "e.g. name = \"workstation\"",
+            );
+        }
+        if self.workers > 1024 {
+            bad(
+                "workers",
+                "more than 1024 workers",
+                "use 0 for one per core",
+            );
+        }
+        if self.lease < Duration::from_secs(1) {
+            bad(
+                "lease",
+                "shorter than 1 s",
+                "leases of 10-60 s suit most jobs",
+            );
+        }
+        if self.tick.is_zero() || self.tick * 3 > self.lease {
+            bad(
+                "tick",
+                "must be above zero and at most a third of `lease`",
+                "renewals need a few chances before a lease runs out",
+            );
+        }
+        if self.backoff_base.is_zero() || self.backoff_max < self.backoff_base {
+            bad(
+                "backoff_base",
+                "must be above zero and at most `backoff_max`",
+                "e.g. backoff_base = 1, backoff_max = 300",
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The node's name: the configured one, else the host name.
+    pub fn node_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = sysinfo::System::host_name().unwrap_or_else(|_| "node".into());
+            host.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect()
+        })
+    }
+
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+}
+
+/// Problems in a config, each `(field, message, hint)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", render(.problems))]
+pub struct ConfigError {
+    pub problems: Vec<(String, String, String)>,
+}
+
+impl ConfigError {
+    fn one(field: &str, message: String, hint: &str) -> Self {
+        ConfigError {
+            problems: vec![(field.to_owned(), message, hint.to_owned())],
+        }
+    }
+}
+
+fn render(problems: &[(String, String, String)]) -> String {
+    let mut out = String::from("invalid node config:");
+    for (field, message, hint) in problems {
+        let field = if field.is_empty() { "(file)" } else { field };
+        out.push_str(&format!("\n  - {field}: {message}\n    hint: {hint}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = NodeConfig::parse("wrokers = 3\n", Path::new("config.toml")).unwrap_err();
+        assert!(e.to_string().contains("wrokers"), "{e}");
+    }
+
+    #[test]
+    fn all_problems_are_reported() {
+        let cfg = NodeConfig {
+            lease: Duration::from_millis(10),
+            workers: 5000,
+            ..NodeConfig::default()
+        };
+        let e = cfg.validate().unwrap_err();
+        let fields: Vec<_> = e.problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(fields, ["workers", "lease", "tick"]);
+    }
+}

@@ -1,0 +1,84 @@
+//! Capability detection: what this machine can offer the swarm (cores, memory, GPUs).
+//!
+//! Detection reads the OS (sysinfo) and never fails: a machine without a GPU reports none.
+
+use serde::{Deserialize, Serialize};
+
+/// A GPU and its memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub name: String,
+    pub vram_bytes: u64,
+}
+
+/// What this machine has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub cpu_brand: String,
+    pub cores: usize,
+    pub ram_total_bytes: u64,
+    pub ram_free_bytes: u64,
+    pub gpus: Vec<Gpu>,
+}
+
+/// Read this machine's capabilities.
+pub fn detect() -> Capabilities {
+    let sys = sysinfo::System::new().map(|mut sys| {
+        sys.refresh_memory();
+        sys.refresh_cpu_all();
+        sys
+    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    Capabilities {
+        hostname: sysinfo::System::host_name().unwrap_or_else(|_| "localhost".into()),
+        os: sysinfo::System::long_os_version().unwrap_or_else(|_| std::env::consts::OS.into()),
+        arch: std::env::consts::ARCH.into(),
+        cpu_brand: sys
+            .as_ref()
+            .ok()
+            .and_then(|s| s.cpus().first().map(|c| c.brand().trim().to_owned()))
+            .unwrap_or_default(),
+        cores,
+        ram_total_bytes: sys.as_ref().map(|s| s.total_memory()).unwrap_or(0),
+        ram_free_bytes: sys.as_ref().map(|s| s.available_memory()).unwrap_or(0),
+        gpus: detect_gpus(),
+    }
+}
+
+/// GPUs visible through the NVIDIA driver's procfs entries. Without a GPU (or a driver) this
+/// is empty, silently. NVML and other vendors come with the swarm issue.
+fn detect_gpus() -> Vec<Gpu> {
+    let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
+        .map(|info| {
+            let name = info
+                .lines()
+                .find_map(|l| l.strip_prefix("Model:"))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|| "NVIDIA GPU".into());
+            Gpu {
+                name,
+                vram_bytes: 0,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn detects_this_machine() {
+        let caps = super::detect();
+        assert!(caps.cores >= 1);
+        assert!(caps.ram_total_bytes > 0);
+        assert!(caps.ram_free_bytes <= caps.ram_total_bytes);
+    }
+}

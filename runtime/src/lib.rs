@@ -1,0 +1,10 @@
+//! myco's pure building blocks: the node's home directory and config ([`config`]), capability
+//! detection ([`detect`]), and the durable redb job queue ([`queue`]).
+//!
+//! No actors and no HTTP here: those live in `myco-actors`, which builds on this crate.
+
+pub mod config;
+pub mod detect;
+pub mod queue;
+
+pub use queue::{JobId, Queue, QueueError, QueueOptions};

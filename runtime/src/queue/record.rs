@@ -1,0 +1,236 @@
+//! The stored shape of a job: [`JobRecord`], its [`JobState`] machine and the public
+//! [`JobView`] / [`StateName`] that the API and CLI show.
+//!
+//! Records are serde structs encoded with bincode; they change only inside the queue's write
+//! transactions (`store.rs`). Nothing here does I/O.
+
+use myco_jobs::{JobError, JobKind, Task};
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+/// A job's identity: a ULID, unique across the swarm and sortable by creation time.
+pub type JobId = Ulid;
+
+/// How many transitions a record keeps in its history.
+pub const HISTORY_LEN: usize = 32;
+
+/// A job as stored by its owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub parent: Option<JobId>,
+    pub kind: JobKind,
+    pub task: Task,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub state: JobState,
+    /// Attempts that ended in failure (retryable or not).
+    pub attempts: u32,
+    /// Times the job was leased; the current value is the lease's fencing token.
+    pub leases: u64,
+    /// Leases that expired because their holder stopped renewing (a lost node).
+    pub lost: u32,
+    /// Submission order: FIFO within a priority.
+    pub seq: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub last_error: Option<JobError>,
+    /// For a parent: how its children stand.
+    pub children: Option<ChildCounts>,
+    /// The last [`HISTORY_LEN`] transitions, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// The state machine: `Queued → Leased → Done | Failed → (backoff) → Queued | Dead`, plus
+/// `Cancelled` from any live state, and `Waiting` for a parent whose children run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Leased {
+        holder: String,
+        token: u64,
+        deadline_ms: u64,
+    },
+    /// A parent job; done when all its children are finished.
+    Waiting,
+    Done,
+    /// A failed attempt; queued again at `retry_at_ms`.
+    Failed {
+        retry_at_ms: u64,
+    },
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn name(&self) -> StateName {
+        match self {
+            JobState::Queued => StateName::Queued,
+            JobState::Leased { .. } | JobState::Waiting => StateName::Leased,
+            JobState::Done => StateName::Done,
+            JobState::Failed { .. } => StateName::Failed,
+            JobState::Dead => StateName::Dead,
+            JobState::Cancelled => StateName::Cancelled,
+        }
+    }
+
+    /// Done, dead or cancelled: nothing will change it again.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, JobState::Done | JobState::Dead | JobState::Cancelled)
+    }
+}
+
+/// The public state names (`--json` field `state`). A parent waiting on its children shows
+/// as `leased`: it is being worked on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateName {
+    Queued,
+    Leased,
+    Done,
+    Failed,
+    Dead,
+    Cancelled,
+}
+
+impl StateName {
+    pub const ALL: [StateName; 6] = [
+        StateName::Queued,
+        StateName::Leased,
+        StateName::Done,
+        StateName::Failed,
+        StateName::Dead,
+        StateName::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Queued => "queued",
+            StateName::Leased => "leased",
+            StateName::Done => "done",
+            StateName::Failed => "failed",
+            StateName::Dead => "dead",
+            StateName::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StateName> {
+        StateName::ALL.into_iter().find(|n| n.as_str() == s)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            StateName::Done | StateName::Dead | StateName::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for StateName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A parent's children, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildCounts {
+    pub total: u32,
+    pub done: u32,
+    pub dead: u32,
+    pub cancelled: u32,
+}
+
+impl ChildCounts {
+    pub fn finished(&self) -> u32 {
+        self.done + self.dead + self.cancelled
+    }
+}
+
+/// One step in a job's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at_ms: u64,
+    pub state: StateName,
+    pub note: Option<String>,
+}
+
+/// Progress as `done` of `total` units (children for a parent, 0/1 for a leaf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub done: u32,
+    pub failed: u32,
+    pub total: u32,
+}
+
+/// What the API and CLI show of a job. Field names are a stable interface.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub parent: Option<JobId>,
+    pub kind: JobKind,
+    pub state: StateName,
+    pub progress: Progress,
+    pub priority: i32,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub lost: u32,
+    pub holder: Option<String>,
+    pub retry_at_ms: Option<u64>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub finished_ms: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub description: String,
+    pub error: Option<JobError>,
+    pub history: Vec<Transition>,
+}
+
+impl JobRecord {
+    pub fn view(&self) -> JobView {
+        let progress = match &self.children {
+            Some(c) => Progress {
+                done: c.done,
+                failed: c.dead + c.cancelled,
+                total: c.total,
+            },
+            None => Progress {
+                done: u32::from(self.state == JobState::Done),
+                failed: u32::from(matches!(self.state, JobState::Dead | JobState::Cancelled)),
+                total: 1,
+            },
+        };
+        let (holder, retry_at_ms) = match &self.state {
+            JobState::Leased { holder, .. } => (Some(holder.clone()), None),
+            JobState::Failed { retry_at_ms } => (None, Some(*retry_at_ms)),
+            _ => (None, None),
+        };
+        JobView {
+            id: self.id,
+            parent: self.parent,
+            kind: self.kind,
+            state: self.state.name(),
+            progress,
+            priority: self.priority,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            lost: self.lost,
+            holder,
+            retry_at_ms,
+            created_ms: self.created_ms,
+            updated_ms: self.updated_ms,
+            finished_ms: self.finished_ms,
+            idempotency_key: self.idempotency_key.clone(),
+            description: self.task.describe(),
+            error: self.last_error.clone(),
+            history: self.history.clone(),
+        }
+    }
+}

@@ -1,0 +1,643 @@
+//! The queue's tables and the state transitions, each applied inside a caller's redb write
+//! transaction. The writer thread (`mod.rs`) batches many of these into one commit.
+//!
+//! Every operation checks before it writes, so an operation that returns an error has changed
+//! nothing and the other operations of the same transaction still commit. Only a storage
+//! error aborts the whole transaction. This file must not commit, sleep or talk to actors.
+
+use myco_jobs::{JobError, JobKind, Task};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::record::{ChildCounts, HISTORY_LEN, JobId, JobRecord, JobState, StateName, Transition};
+use super::{QueueError, QueueOptions};
+
+pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+/// Queued jobs in lease order: (inverted priority, seq) → id.
+pub(crate) const READY: TableDefinition<(u32, u64), u128> = TableDefinition::new("ready");
+/// Failed jobs waiting for their retry: (retry_at_ms, id).
+pub(crate) const DELAYED: TableDefinition<(u64, u128), ()> = TableDefinition::new("delayed");
+/// Leased jobs by deadline: (deadline_ms, id).
+pub(crate) const LEASES: TableDefinition<(u64, u128), ()> = TableDefinition::new("leases");
+pub(crate) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
+/// A parent's children in order: (parent, index) → child.
+pub(crate) const CHILDREN: TableDefinition<(u128, u32), u128> = TableDefinition::new("children");
+/// Leaf results, JSON Lines.
+pub(crate) const RESULTS: TableDefinition<u128, &[u8]> = TableDefinition::new("results");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Job count per public state, kept exact by every transition.
+pub(crate) const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
+
+pub(crate) const META_SEQ: &str = "seq";
+pub(crate) const META_INCARNATION: &str = "incarnation";
+
+/// A job for [`Queue::submit`](super::Queue::submit), with the children it fans out into.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub task: Task,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub children: Vec<Task>,
+}
+
+impl NewJob {
+    /// A validated spec, planned into its children.
+    pub fn from_spec(spec: &myco_jobs::JobSpec, plan: myco_jobs::Plan) -> NewJob {
+        NewJob {
+            task: plan.task,
+            priority: spec.priority,
+            max_attempts: spec.max_attempts,
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            idempotency_key: spec.idempotency_key.clone(),
+            children: plan.children,
+        }
+    }
+}
+
+/// What a submission made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub id: JobId,
+    /// False when the idempotency key matched an earlier job, whose id this is.
+    pub created: bool,
+}
+
+/// A job handed to a worker. `token` fences the lease: only its holder may fail or release it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub id: JobId,
+    pub token: u64,
+    pub task: Task,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub timeout_ms: u64,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompleteOutcome {
+    Recorded,
+    /// The job was already done: this result is a duplicate and was dropped.
+    AlreadyDone,
+    /// The job ended otherwise (cancelled or dead) before the result came.
+    Rejected(StateName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailOutcome {
+    Retrying {
+        retry_at_ms: u64,
+    },
+    Dead,
+    /// The lease was no longer the caller's (expired, cancelled, finished): nothing changed.
+    Stale,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelOutcome {
+    Cancelled,
+    /// Already finished: its final state.
+    AlreadyFinished(StateName),
+}
+
+/// What a tick changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickOutcome {
+    pub expired: u32,
+    pub promoted: u32,
+    pub killed: u32,
+}
+
+/// Per-transaction bookkeeping: count deltas and the events published after commit.
+#[derive(Debug, Default)]
+pub(crate) struct TxnEffects {
+    pub counts: [i64; 6],
+    pub ready: bool,
+    pub finished: Vec<(JobKind, StateName, u64)>,
+    /// Kinds of the attempts that failed in this transaction.
+    pub failures: Vec<JobKind>,
+}
+
+impl TxnEffects {
+    fn moved(&mut self, from: Option<StateName>, to: StateName) {
+        if let Some(from) = from {
+            self.counts[from.index()] -= 1;
+        }
+        self.counts[to.index()] += 1;
+        if to == StateName::Queued {
+            self.ready = true;
+        }
+    }
+}
+
+pub(crate) fn ready_key(priority: i32, seq: u64) -> (u32, u64) {
+    // Higher priority first: invert the order-preserving map of i32 onto u32.
+    let ordered = (priority as u32) ^ 0x8000_0000;
+    (u32::MAX - ordered, seq)
+}
+
+fn encode(rec: &JobRecord) -> Result<Vec<u8>, QueueError> {
+    bincode::serde::encode_to_vec(rec, bincode::config::standard())
+        .map_err(|e| QueueError::Corrupt(format!("encoding job {}: {e}", rec.id)))
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<JobRecord, QueueError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(rec, _)| rec)
+        .map_err(|e| QueueError::Corrupt(format!("decoding a job record: {e}")))
+}
+
+/// The operations, applied to one open write transaction.
+pub(crate) struct Txn<'a> {
+    pub tx: &'a WriteTransaction,
+    pub now_ms: u64,
+    pub opts: &'a QueueOptions,
+    pub next_seq: &'a mut u64,
+    pub effects: TxnEffects,
+}
+
+impl Txn<'_> {
+    pub fn load(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let jobs = self.tx.open_table(JOBS)?;
+        let got = jobs.get(u128::from(id))?;
+        got.map(|v| decode(v.value())).transpose()
+    }
+
+    fn store(&self, rec: &JobRecord) -> Result<(), QueueError> {
+        let bytes = encode(rec)?;
+        self.tx
+            .open_table(JOBS)?
+            .insert(u128::from(rec.id), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Move `rec` to `state`, keeping the index tables and counts in step, and store it.
+    fn transition(
+        &mut self,
+        rec: &mut JobRecord,
+        state: JobState,
+        note: Option<String>,
+    ) -> Result<(), QueueError> {
+        let id = u128::from(rec.id);
+        match &rec.state {
+            JobState::Queued => {
+                self.tx
+                    .open_table(READY)?
+                    .remove(ready_key(rec.priority, rec.seq))?;
+            }
+            JobState::Leased { deadline_ms, .. } => {
+                self.tx.open_table(LEASES)?.remove((*deadline_ms, id))?;
+            }
+            JobState::Failed { retry_at_ms } => {
+                self.tx.open_table(DELAYED)?.remove((*retry_at_ms, id))?;
+            }
+            JobState::Waiting | JobState::Done | JobState::Dead | JobState::Cancelled => {}
+        }
+        match &state {
+            JobState::Queued => {
+                self.tx
+                    .open_table(READY)?
+                    .insert(ready_key(rec.priority, rec.seq), id)?;
+            }
+            JobState::Leased { deadline_ms, .. } => {
+                self.tx.open_table(LEASES)?.insert((*deadline_ms, id), ())?;
+            }
+            JobState::Failed { retry_at_ms } => {
+                self.tx
+                    .open_table(DELAYED)?
+                    .insert((*retry_at_ms, id), ())?;
+            }
+            JobState::Waiting | JobState::Done | JobState::Dead | JobState::Cancelled => {}
+        }
+        let (from, to) = (rec.state.name(), state.name());
+        let terminal = state.is_terminal();
+        rec.state = state;
+        rec.updated_ms = self.now_ms;
+        if from != to || note.is_some() {
+            if rec.history.len() >= HISTORY_LEN {
+                rec.history.remove(0);
+            }
+            rec.history.push(Transition {
+                at_ms: self.now_ms,
+                state: to,
+                note,
+            });
+        }
+        if from != to {
+            self.effects.moved(Some(from), to);
+        } else if to == StateName::Queued {
+            self.effects.ready = true;
+        }
+        if terminal {
+            rec.finished_ms = Some(self.now_ms);
+            let latency = self.now_ms.saturating_sub(rec.created_ms);
+            self.effects.finished.push((rec.kind, to, latency));
+        }
+        self.store(rec)?;
+        if terminal && let Some(parent) = rec.parent {
+            self.child_finished(parent, to)?;
+        }
+        Ok(())
+    }
+
+    fn child_finished(&mut self, parent: JobId, outcome: StateName) -> Result<(), QueueError> {
+        let Some(mut p) = self.load(parent)? else {
+            return Err(QueueError::Corrupt(format!("parent {parent} is missing")));
+        };
+        let mut counts = p.children.unwrap_or_default();
+        match outcome {
+            StateName::Done => counts.done += 1,
+            StateName::Dead => counts.dead += 1,
+            _ => counts.cancelled += 1,
+        }
+        p.children = Some(counts);
+        if p.state == JobState::Waiting && counts.finished() >= counts.total {
+            if counts.done > 0 {
+                let note = (counts.dead + counts.cancelled > 0).then(|| {
+                    format!(
+                        "{} of {} children failed",
+                        counts.dead + counts.cancelled,
+                        counts.total
+                    )
+                });
+                self.transition(&mut p, JobState::Done, note)
+            } else {
+                p.last_error = Some(JobError::fatal(format!(
+                    "all {} children failed or were cancelled",
+                    counts.total
+                )));
+                self.transition(&mut p, JobState::Dead, None)
+            }
+        } else {
+            self.store(&p)
+        }
+    }
+
+    fn new_record(&mut self, job: &NewJob, task: Task, parent: Option<JobId>) -> JobRecord {
+        let seq = *self.next_seq;
+        *self.next_seq += 1;
+        JobRecord {
+            id: JobId::new(),
+            parent,
+            kind: task.kind(),
+            task,
+            priority: job.priority,
+            max_attempts: job.max_attempts.max(1),
+            timeout_ms: job.timeout_ms,
+            idempotency_key: if parent.is_none() {
+                job.idempotency_key.clone()
+            } else {
+                None
+            },
+            state: JobState::Queued,
+            attempts: 0,
+            leases: 0,
+            lost: 0,
+            seq,
+            created_ms: self.now_ms,
+            updated_ms: self.now_ms,
+            finished_ms: None,
+            last_error: None,
+            children: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// Insert `rec` in state `state` (it is not in any index yet).
+    fn insert_new(&mut self, rec: &mut JobRecord, state: JobState) -> Result<(), QueueError> {
+        let id = u128::from(rec.id);
+        if state == JobState::Queued {
+            self.tx
+                .open_table(READY)?
+                .insert(ready_key(rec.priority, rec.seq), id)?;
+        }
+        let name = state.name();
+        rec.state = state;
+        rec.history.push(Transition {
+            at_ms: self.now_ms,
+            state: name,
+            note: Some("submitted".into()),
+        });
+        self.effects.moved(None, name);
+        self.store(rec)
+    }
+
+    pub fn submit(&mut self, job: &NewJob) -> Result<Submitted, QueueError> {
+        if let Some(key) = &job.idempotency_key {
+            let existing = self
+                .tx
+                .open_table(IDEMPOTENCY)?
+                .get(key.as_str())?
+                .map(|v| v.value());
+            if let Some(id) = existing {
+                return Ok(Submitted {
+                    id: JobId::from(id),
+                    created: false,
+                });
+            }
+        }
+        let mut rec = self.new_record(job, job.task.clone(), None);
+        if let Some(key) = &job.idempotency_key {
+            self.tx
+                .open_table(IDEMPOTENCY)?
+                .insert(key.as_str(), u128::from(rec.id))?;
+        }
+        if job.children.is_empty() {
+            self.insert_new(&mut rec, JobState::Queued)?;
+        } else {
+            let total = u32::try_from(job.children.len())
+                .map_err(|_| QueueError::Invalid("more than 4 billion children".into()))?;
+            rec.children = Some(ChildCounts {
+                total,
+                ..ChildCounts::default()
+            });
+            self.insert_new(&mut rec, JobState::Waiting)?;
+            for (index, task) in job.children.iter().enumerate() {
+                let mut child = self.new_record(job, task.clone(), Some(rec.id));
+                self.insert_new(&mut child, JobState::Queued)?;
+                self.tx
+                    .open_table(CHILDREN)?
+                    .insert((u128::from(rec.id), index as u32), u128::from(child.id))?;
+            }
+        }
+        Ok(Submitted {
+            id: rec.id,
+            created: true,
+        })
+    }
+
+    /// Lease up to `max` queued jobs of the given kinds to `holder`, best first.
+    pub fn lease(
+        &mut self,
+        holder: &str,
+        max: usize,
+        kinds: &[JobKind],
+        lease_ms: u64,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let mut picked = Vec::new();
+        {
+            let ready = self.tx.open_table(READY)?;
+            let jobs = self.tx.open_table(JOBS)?;
+            for entry in ready.iter()? {
+                if picked.len() >= max {
+                    break;
+                }
+                let (_, id) = entry?;
+                let id = id.value();
+                let Some(bytes) = jobs.get(id)? else {
+                    return Err(QueueError::Corrupt(format!("ready job {id} is missing")));
+                };
+                let rec = decode(bytes.value())?;
+                if kinds.contains(&rec.kind) {
+                    picked.push(rec);
+                }
+            }
+        }
+        let deadline_ms = self.now_ms + lease_ms;
+        let mut out = Vec::with_capacity(picked.len());
+        for mut rec in picked {
+            rec.leases += 1;
+            let token = rec.leases;
+            let state = JobState::Leased {
+                holder: holder.to_owned(),
+                token,
+                deadline_ms,
+            };
+            self.transition(&mut rec, state, None)?;
+            out.push(Lease {
+                id: rec.id,
+                token,
+                attempt: rec.attempts + 1,
+                timeout_ms: rec.timeout_ms,
+                deadline_ms,
+                task: rec.task,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Record a result. Any live job accepts it (a late result from an expired lease is
+    /// still a valid result); a finished job keeps its first result.
+    pub fn complete(&mut self, id: JobId, output: &[u8]) -> Result<CompleteOutcome, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        match rec.state {
+            JobState::Done => return Ok(CompleteOutcome::AlreadyDone),
+            JobState::Dead | JobState::Cancelled => {
+                return Ok(CompleteOutcome::Rejected(rec.state.name()));
+            }
+            JobState::Waiting => {
+                return Err(QueueError::Invalid(format!(
+                    "job {id} is a parent: it finishes with its children"
+                )));
+            }
+            JobState::Queued | JobState::Leased { .. } | JobState::Failed { .. } => {}
+        }
+        self.tx
+            .open_table(RESULTS)?
+            .insert(u128::from(id), output)?;
+        self.transition(&mut rec, JobState::Done, None)?;
+        Ok(CompleteOutcome::Recorded)
+    }
+
+    /// Record a failed attempt by the lease `token`.
+    pub fn fail(
+        &mut self,
+        id: JobId,
+        token: u64,
+        error: &JobError,
+    ) -> Result<FailOutcome, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        if !matches!(rec.state, JobState::Leased { token: t, .. } if t == token) {
+            return Ok(FailOutcome::Stale);
+        }
+        rec.attempts += 1;
+        rec.last_error = Some(error.clone());
+        self.effects.failures.push(rec.kind);
+        let note = Some(error.message.clone());
+        if !error.is_retryable() || rec.attempts >= rec.max_attempts {
+            self.transition(&mut rec, JobState::Dead, note)?;
+            return Ok(FailOutcome::Dead);
+        }
+        let retry_at_ms = self.now_ms + self.opts.backoff_ms(rec.attempts);
+        self.transition(&mut rec, JobState::Failed { retry_at_ms }, note)?;
+        Ok(FailOutcome::Retrying { retry_at_ms })
+    }
+
+    /// Give a leased job back untouched (a clean shutdown, or work never started).
+    pub fn release(&mut self, id: JobId, token: u64) -> Result<bool, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        if !matches!(rec.state, JobState::Leased { token: t, .. } if t == token) {
+            return Ok(false);
+        }
+        self.transition(&mut rec, JobState::Queued, Some("released".into()))?;
+        Ok(true)
+    }
+
+    /// Extend the deadlines of `holder`'s leases; returns the ids it no longer holds.
+    pub fn renew(
+        &mut self,
+        holder: &str,
+        leases: &[(JobId, u64)],
+        lease_ms: u64,
+    ) -> Result<Vec<JobId>, QueueError> {
+        let mut lost = Vec::new();
+        for &(id, token) in leases {
+            let Some(mut rec) = self.load(id)? else {
+                lost.push(id);
+                continue;
+            };
+            match &rec.state {
+                JobState::Leased {
+                    holder: h,
+                    token: t,
+                    ..
+                } if h == holder && *t == token => {
+                    let state = JobState::Leased {
+                        holder: holder.to_owned(),
+                        token,
+                        deadline_ms: self.now_ms + lease_ms,
+                    };
+                    self.transition(&mut rec, state, None)?;
+                }
+                _ => lost.push(id),
+            }
+        }
+        Ok(lost)
+    }
+
+    pub fn cancel(&mut self, id: JobId) -> Result<CancelOutcome, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        if rec.state.is_terminal() {
+            return Ok(CancelOutcome::AlreadyFinished(rec.state.name()));
+        }
+        if rec.state == JobState::Waiting {
+            // Mark the parent first, so that children finishing below do not complete it.
+            self.transition(&mut rec, JobState::Cancelled, None)?;
+            for child in self.children_of(id)? {
+                if let Some(mut c) = self.load(child)?
+                    && !c.state.is_terminal()
+                {
+                    self.transition(&mut c, JobState::Cancelled, None)?;
+                }
+            }
+            return Ok(CancelOutcome::Cancelled);
+        }
+        self.transition(&mut rec, JobState::Cancelled, None)?;
+        Ok(CancelOutcome::Cancelled)
+    }
+
+    fn children_of(&self, parent: JobId) -> Result<Vec<JobId>, QueueError> {
+        let p = u128::from(parent);
+        let table = self.tx.open_table(CHILDREN)?;
+        let mut out = Vec::new();
+        for entry in table.range((p, 0)..=(p, u32::MAX))? {
+            out.push(JobId::from(entry?.1.value()));
+        }
+        Ok(out)
+    }
+
+    /// Expire overdue leases and queue the failed jobs whose backoff has passed.
+    pub fn tick(&mut self) -> Result<TickOutcome, QueueError> {
+        let mut out = TickOutcome::default();
+        let expired: Vec<u128> = {
+            let leases = self.tx.open_table(LEASES)?;
+            let mut v = Vec::new();
+            for entry in leases.range(..=(self.now_ms, u128::MAX))? {
+                v.push(entry?.0.value().1);
+            }
+            v
+        };
+        for id in expired {
+            if let Some(rec) = self.load(JobId::from(id))? {
+                let holder = match &rec.state {
+                    JobState::Leased { holder, .. } => holder.clone(),
+                    _ => continue,
+                };
+                if self.lose(rec, &format!("lease of {holder} expired"))? {
+                    out.killed += 1;
+                } else {
+                    out.expired += 1;
+                }
+            }
+        }
+        let due: Vec<u128> = {
+            let delayed = self.tx.open_table(DELAYED)?;
+            let mut v = Vec::new();
+            for entry in delayed.range(..=(self.now_ms, u128::MAX))? {
+                v.push(entry?.0.value().1);
+            }
+            v
+        };
+        for id in due {
+            if let Some(mut rec) = self.load(JobId::from(id))? {
+                self.transition(&mut rec, JobState::Queued, Some("retry".into()))?;
+                out.promoted += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A lease whose holder is gone: queue the job again, unless it keeps getting lost.
+    /// Returns true when the job was declared dead.
+    fn lose(&mut self, mut rec: JobRecord, why: &str) -> Result<bool, QueueError> {
+        rec.lost += 1;
+        if rec.lost > self.opts.max_lost {
+            rec.last_error = Some(JobError::fatal(format!(
+                "lost {} times ({why}): the nodes running it keep dying; is the job itself crashing them?",
+                rec.lost
+            )));
+            self.transition(&mut rec, JobState::Dead, Some(why.to_owned()))?;
+            return Ok(true);
+        }
+        self.transition(&mut rec, JobState::Queued, Some(why.to_owned()))?;
+        Ok(false)
+    }
+
+    /// At start-up: leases held by an earlier incarnation of this node died with it.
+    pub fn recover_local(&mut self, node: &str) -> Result<u32, QueueError> {
+        let prefix = format!("{node}#");
+        let all: Vec<u128> = {
+            let leases = self.tx.open_table(LEASES)?;
+            let mut v = Vec::new();
+            for entry in leases.iter()? {
+                v.push(entry?.0.value().1);
+            }
+            v
+        };
+        let mut n = 0;
+        for id in all {
+            if let Some(rec) = self.load(JobId::from(id))?
+                && let JobState::Leased { holder, .. } = &rec.state
+                && holder.starts_with(&prefix)
+            {
+                let why = format!("{holder} restarted");
+                self.lose(rec, &why)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Add the transaction's per-state deltas to the `counts` table.
+pub(crate) fn apply_counts(tx: &WriteTransaction, deltas: &[i64; 6]) -> Result<(), QueueError> {
+    let mut table = tx.open_table(COUNTS)?;
+    for (i, delta) in deltas.iter().enumerate() {
+        if *delta != 0 {
+            let key = i as u8;
+            let old = table.get(key)?.map(|v| v.value()).unwrap_or(0);
+            table.insert(key, old.saturating_add_signed(*delta))?;
+        }
+    }
+    Ok(())
+}
