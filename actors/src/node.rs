@@ -206,6 +206,13 @@ impl Node {
             let token = CancellationToken::new();
             let app = crate::api::router(handle.clone());
             let stop = token.clone();
+            // Results stream in several writes: without TCP_NODELAY, Nagle's algorithm and
+            // delayed ACKs add ~40 ms to each response.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let task = tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -1,0 +1,173 @@
+//! Test support: start real `myco node` processes on port 0, talk to them over HTTP, and
+//! poll for conditions with a deadline (never sleep-and-hope).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MYCO: &str = env!("CARGO_BIN_EXE_myco");
+
+/// A `myco` command with its home set and logs quiet.
+pub fn myco(home: &Path) -> Command {
+    let mut cmd = Command::new(MYCO);
+    cmd.arg("--home").arg(home).env("MYCO_LOG", "warn");
+    for var in ["MYCO_API", "MYCO_JSON", "MYCO_WORKERS", "MYCO_NAME"] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// A running `myco node` process.
+pub struct NodeProc {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub home: PathBuf,
+}
+
+impl NodeProc {
+    /// Start a node on 127.0.0.1:0 and wait for it to say where it listens.
+    pub fn start(home: &Path, extra: &[&str]) -> NodeProc {
+        let mut child = myco(home)
+            .args(["--api", "127.0.0.1:0", "--json", "node", "--name", "test"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn myco node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the node's first line");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("node printed {line:?}: {e}"));
+        let addr = v["api"].as_str().expect("api").parse().expect("addr");
+        NodeProc {
+            child,
+            addr,
+            home: home.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        wait_exit(&mut self.child, Duration::from_secs(60))
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Poll `cond` until it returns Some, or panic after `limit` with `what`.
+pub fn eventually<T>(limit: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking HTTP helper (a reqwest client on a private runtime).
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Http {
+    pub fn new() -> Http {
+        Http {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// GET → (status, JSON body).
+    pub fn get(&self, url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await?;
+            let status = r.status().as_u16();
+            let text = r.text().await?;
+            Ok((
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            ))
+        })
+    }
+
+    pub fn get_text(&self, url: &str) -> Result<(u16, String), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await?;
+            let status = r.status().as_u16();
+            Ok((status, r.text().await?))
+        })
+    }
+
+    /// POST JSON → (status, JSON body).
+    pub fn post(
+        &self,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.post(url).json(body).send().await?;
+            let status = r.status().as_u16();
+            let text = r.text().await?;
+            Ok((
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            ))
+        })
+    }
+}
+
+/// A noop job spec as the API takes it.
+pub fn noop_spec(payload: &str, extra: &str) -> serde_json::Value {
+    serde_json::json!({
+        "toml": format!("version = 1\nkind = \"noop\"\n{extra}\n[noop]\npayload = {payload:?}\n"),
+        "base_dir": "/",
+    })
+}
