@@ -246,7 +246,28 @@ struct Shared {
 pub struct Queue {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Op>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    writer: Arc<WriterHandle>,
+}
+
+/// Joins the writer thread when the last handle goes, so that the file is closed (and can
+/// be opened again) once the last `Queue` is dropped.
+struct WriterHandle {
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        // Every `Queue` clone is gone; this is the last sender. Closing it ends the writer
+        // after it has committed what it holds.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Queue {
@@ -290,8 +311,10 @@ impl Queue {
                 (inc, seq)
             };
             let mut next_seq = seq;
+            let mut ids = ulid::Generator::new();
             let mut txn = Txn {
                 tx: &tx,
+                ids: &mut ids,
                 now_ms: clock.now_ms(),
                 opts: &opts,
                 next_seq: &mut next_seq,
@@ -336,8 +359,11 @@ impl Queue {
             .map_err(|e| QueueError::Invalid(format!("cannot start the queue writer: {e}")))?;
         Ok(Queue {
             shared,
-            tx,
-            writer: Arc::new(Mutex::new(Some(writer))),
+            tx: tx.clone(),
+            writer: Arc::new(WriterHandle {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(writer)),
+            }),
         })
     }
 
@@ -496,7 +522,7 @@ impl Queue {
         if self.tx.send(Op::Shutdown(reply)).await.is_ok() {
             let _ = rx.await;
         }
-        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        let handle = self.writer.thread.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
@@ -625,6 +651,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
 /// once, then reply to each.
 fn writer_loop(shared: Arc<Shared>, opts: QueueOptions, mut rx: mpsc::Receiver<Op>, seq: u64) {
     let mut next_seq = seq;
+    let mut ids = ulid::Generator::new();
     let mut batch: Vec<Op> = Vec::with_capacity(opts.max_batch);
     loop {
         let Some(first) = rx.blocking_recv() else {
@@ -640,7 +667,14 @@ fn writer_loop(shared: Arc<Shared>, opts: QueueOptions, mut rx: mpsc::Receiver<O
         let mut stop: Option<oneshot::Sender<()>> = None;
         let ops = batch.len() as u64;
         let seq_before = next_seq;
-        let result = apply_batch(&shared, &opts, &mut batch, &mut next_seq, &mut stop);
+        let result = apply_batch(
+            &shared,
+            &opts,
+            &mut batch,
+            &mut next_seq,
+            &mut ids,
+            &mut stop,
+        );
         let (replies, effects, err) = match result {
             (replies, Ok(effects)) => (replies, Some(effects), None),
             (replies, Err(e)) => {
@@ -704,6 +738,7 @@ fn apply_batch(
     opts: &QueueOptions,
     batch: &mut Vec<Op>,
     next_seq: &mut u64,
+    ids: &mut ulid::Generator,
     stop: &mut Option<oneshot::Sender<()>>,
 ) -> Applied {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -719,6 +754,7 @@ fn apply_batch(
     };
     let mut txn = Txn {
         tx: &tx,
+        ids,
         now_ms: shared.clock.now_ms(),
         opts,
         next_seq,

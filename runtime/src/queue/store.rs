@@ -152,6 +152,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<JobRecord, QueueError> {
 /// The operations, applied to one open write transaction.
 pub(crate) struct Txn<'a> {
     pub tx: &'a WriteTransaction,
+    /// Makes job ids that increase within a millisecond, so ids sort in submission order.
+    pub ids: &'a mut ulid::Generator,
     pub now_ms: u64,
     pub opts: &'a QueueOptions,
     pub next_seq: &'a mut u64,
@@ -278,8 +280,13 @@ impl Txn<'_> {
     fn new_record(&mut self, job: &NewJob, task: Task, parent: Option<JobId>) -> JobRecord {
         let seq = *self.next_seq;
         *self.next_seq += 1;
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.now_ms);
+        let id = self
+            .ids
+            .generate_from_datetime(at)
+            .unwrap_or_else(|_| JobId::from_datetime(at));
         JobRecord {
-            id: JobId::new(),
+            id,
             parent,
             kind: task.kind(),
             task,
@@ -338,6 +345,8 @@ impl Txn<'_> {
                 });
             }
         }
+        let total = u32::try_from(job.children.len())
+            .map_err(|_| QueueError::Invalid("more than 4 billion children".into()))?;
         let mut rec = self.new_record(job, job.task.clone(), None);
         if let Some(key) = &job.idempotency_key {
             self.tx
@@ -347,8 +356,6 @@ impl Txn<'_> {
         if job.children.is_empty() {
             self.insert_new(&mut rec, JobState::Queued)?;
         } else {
-            let total = u32::try_from(job.children.len())
-                .map_err(|_| QueueError::Invalid("more than 4 billion children".into()))?;
             rec.children = Some(ChildCounts {
                 total,
                 ..ChildCounts::default()
@@ -469,10 +476,11 @@ impl Txn<'_> {
         Ok(FailOutcome::Retrying { retry_at_ms })
     }
 
-    /// Give a leased job back untouched (a clean shutdown, or work never started).
+    /// Give a leased job back untouched (a clean shutdown, or work never started). Returns
+    /// false, changing nothing, for a job that is not (or no longer) held with `token`.
     pub fn release(&mut self, id: JobId, token: u64) -> Result<bool, QueueError> {
         let Some(mut rec) = self.load(id)? else {
-            return Err(QueueError::NotFound(id));
+            return Ok(false);
         };
         if !matches!(rec.state, JobState::Leased { token: t, .. } if t == token) {
             return Ok(false);
