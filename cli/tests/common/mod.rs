@@ -13,7 +13,10 @@ pub const MYCO: &str = env!("CARGO_BIN_EXE_myco");
 /// A `myco` command with its home set and logs quiet.
 pub fn myco(home: &Path) -> Command {
     let mut cmd = Command::new(MYCO);
-    cmd.arg("--home").arg(home).env("MYCO_LOG", "warn");
+    cmd.arg("--home")
+        .arg(home)
+        .env("MYCO_LOG", "warn")
+        .env_remove("RUST_BACKTRACE");
     for var in ["MYCO_API", "MYCO_JSON", "MYCO_WORKERS", "MYCO_NAME"] {
         cmd.env_remove(var);
     }
