@@ -175,7 +175,7 @@ impl Node {
                 kinds: JobKind::ALL.to_vec(),
                 lease: config.lease,
                 tick: config.tick,
-                prefetch: (workers * 2).max(8),
+                prefetch: (workers * 16).max(32),
             },
             workers,
             factory,

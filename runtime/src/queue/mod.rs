@@ -313,7 +313,7 @@ impl Queue {
             let mut next_seq = seq;
             let mut ids = ulid::Generator::new();
             let mut txn = Txn {
-                tx: &tx,
+                t: store::Tables::open(&tx)?,
                 ids: &mut ids,
                 now_ms: clock.now_ms(),
                 opts: &opts,
@@ -321,7 +321,9 @@ impl Queue {
                 effects: TxnEffects::default(),
             };
             let recovered = txn.recover_local(&opts.node)?;
-            store::apply_counts(&tx, &txn.effects.counts)?;
+            let counts = txn.effects.counts;
+            drop(txn);
+            store::apply_counts(&tx, &counts)?;
             tx.open_table(META)?.insert(META_SEQ, next_seq)?;
             if recovered > 0 {
                 tracing::info!(
@@ -752,8 +754,17 @@ fn apply_batch(
             return (replies, Err(e));
         }
     };
+    let tables = match store::Tables::open(&tx) {
+        Ok(t) => t,
+        Err(e) => {
+            for op in batch.drain(..) {
+                replies.push(fail_op(op, &e, stop));
+            }
+            return (replies, Err(e));
+        }
+    };
     let mut txn = Txn {
-        tx: &tx,
+        t: tables,
         ids,
         now_ms: shared.clock.now_ms(),
         opts,
@@ -781,7 +792,7 @@ fn apply_batch(
             Op::Submit(jobs, reply) => run!(reply, {
                 let mut out = Vec::with_capacity(jobs.len());
                 let mut r = Ok(());
-                for job in &jobs {
+                for job in jobs {
                     match txn.submit(job) {
                         Ok(s) => out.push(s),
                         Err(e) => {
@@ -829,6 +840,7 @@ fn apply_batch(
     }
     let effects = std::mem::take(&mut txn.effects);
     let seq = *txn.next_seq;
+    drop(txn);
     let finish = || -> Result<(), QueueError> {
         if let Some(e) = fatal {
             return Err(e);

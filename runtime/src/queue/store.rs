@@ -6,7 +6,7 @@
 //! error aborts the whole transaction. This file must not commit, sleep or talk to actors.
 
 use myco_jobs::{JobError, JobKind, Task};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::record::{ChildCounts, HISTORY_LEN, JobId, JobRecord, JobState, StateName, Transition};
@@ -54,6 +54,13 @@ impl NewJob {
             children: plan.children,
         }
     }
+}
+
+/// The scheduling fields a parent passes on to its children.
+struct Envelope {
+    priority: i32,
+    max_attempts: u32,
+    timeout_ms: u64,
 }
 
 /// What a submission made.
@@ -150,8 +157,33 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<JobRecord, QueueError> {
 }
 
 /// The operations, applied to one open write transaction.
+/// Every table of the queue, opened once per transaction.
+pub(crate) struct Tables<'a> {
+    pub jobs: Table<'a, u128, &'static [u8]>,
+    pub ready: Table<'a, (u32, u64), u128>,
+    pub delayed: Table<'a, (u64, u128), ()>,
+    pub leases: Table<'a, (u64, u128), ()>,
+    pub idempotency: Table<'a, &'static str, u128>,
+    pub children: Table<'a, (u128, u32), u128>,
+    pub results: Table<'a, u128, &'static [u8]>,
+}
+
+impl<'a> Tables<'a> {
+    pub fn open(tx: &'a WriteTransaction) -> Result<Tables<'a>, QueueError> {
+        Ok(Tables {
+            jobs: tx.open_table(JOBS)?,
+            ready: tx.open_table(READY)?,
+            delayed: tx.open_table(DELAYED)?,
+            leases: tx.open_table(LEASES)?,
+            idempotency: tx.open_table(IDEMPOTENCY)?,
+            children: tx.open_table(CHILDREN)?,
+            results: tx.open_table(RESULTS)?,
+        })
+    }
+}
+
 pub(crate) struct Txn<'a> {
-    pub tx: &'a WriteTransaction,
+    pub t: Tables<'a>,
     /// Makes job ids that increase within a millisecond, so ids sort in submission order.
     pub ids: &'a mut ulid::Generator,
     pub now_ms: u64,
@@ -162,16 +194,14 @@ pub(crate) struct Txn<'a> {
 
 impl Txn<'_> {
     pub fn load(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        let jobs = self.tx.open_table(JOBS)?;
+        let jobs = &self.t.jobs;
         let got = jobs.get(u128::from(id))?;
         got.map(|v| decode(v.value())).transpose()
     }
 
-    fn store(&self, rec: &JobRecord) -> Result<(), QueueError> {
+    fn store(&mut self, rec: &JobRecord) -> Result<(), QueueError> {
         let bytes = encode(rec)?;
-        self.tx
-            .open_table(JOBS)?
-            .insert(u128::from(rec.id), bytes.as_slice())?;
+        self.t.jobs.insert(u128::from(rec.id), bytes.as_slice())?;
         Ok(())
     }
 
@@ -185,31 +215,25 @@ impl Txn<'_> {
         let id = u128::from(rec.id);
         match &rec.state {
             JobState::Queued => {
-                self.tx
-                    .open_table(READY)?
-                    .remove(ready_key(rec.priority, rec.seq))?;
+                self.t.ready.remove(ready_key(rec.priority, rec.seq))?;
             }
             JobState::Leased { deadline_ms, .. } => {
-                self.tx.open_table(LEASES)?.remove((*deadline_ms, id))?;
+                self.t.leases.remove((*deadline_ms, id))?;
             }
             JobState::Failed { retry_at_ms } => {
-                self.tx.open_table(DELAYED)?.remove((*retry_at_ms, id))?;
+                self.t.delayed.remove((*retry_at_ms, id))?;
             }
             JobState::Waiting | JobState::Done | JobState::Dead | JobState::Cancelled => {}
         }
         match &state {
             JobState::Queued => {
-                self.tx
-                    .open_table(READY)?
-                    .insert(ready_key(rec.priority, rec.seq), id)?;
+                self.t.ready.insert(ready_key(rec.priority, rec.seq), id)?;
             }
             JobState::Leased { deadline_ms, .. } => {
-                self.tx.open_table(LEASES)?.insert((*deadline_ms, id), ())?;
+                self.t.leases.insert((*deadline_ms, id), ())?;
             }
             JobState::Failed { retry_at_ms } => {
-                self.tx
-                    .open_table(DELAYED)?
-                    .insert((*retry_at_ms, id), ())?;
+                self.t.delayed.insert((*retry_at_ms, id), ())?;
             }
             JobState::Waiting | JobState::Done | JobState::Dead | JobState::Cancelled => {}
         }
@@ -277,7 +301,13 @@ impl Txn<'_> {
         }
     }
 
-    fn new_record(&mut self, job: &NewJob, task: Task, parent: Option<JobId>) -> JobRecord {
+    fn new_record(
+        &mut self,
+        env: &Envelope,
+        task: Task,
+        parent: Option<JobId>,
+        idempotency_key: Option<String>,
+    ) -> JobRecord {
         let seq = *self.next_seq;
         *self.next_seq += 1;
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.now_ms);
@@ -290,14 +320,10 @@ impl Txn<'_> {
             parent,
             kind: task.kind(),
             task,
-            priority: job.priority,
-            max_attempts: job.max_attempts.max(1),
-            timeout_ms: job.timeout_ms,
-            idempotency_key: if parent.is_none() {
-                job.idempotency_key.clone()
-            } else {
-                None
-            },
+            priority: env.priority,
+            max_attempts: env.max_attempts.max(1),
+            timeout_ms: env.timeout_ms,
+            idempotency_key,
             state: JobState::Queued,
             attempts: 0,
             leases: 0,
@@ -316,28 +342,22 @@ impl Txn<'_> {
     fn insert_new(&mut self, rec: &mut JobRecord, state: JobState) -> Result<(), QueueError> {
         let id = u128::from(rec.id);
         if state == JobState::Queued {
-            self.tx
-                .open_table(READY)?
-                .insert(ready_key(rec.priority, rec.seq), id)?;
+            self.t.ready.insert(ready_key(rec.priority, rec.seq), id)?;
         }
         let name = state.name();
         rec.state = state;
         rec.history.push(Transition {
             at_ms: self.now_ms,
             state: name,
-            note: Some("submitted".into()),
+            note: None,
         });
         self.effects.moved(None, name);
         self.store(rec)
     }
 
-    pub fn submit(&mut self, job: &NewJob) -> Result<Submitted, QueueError> {
+    pub fn submit(&mut self, job: NewJob) -> Result<Submitted, QueueError> {
         if let Some(key) = &job.idempotency_key {
-            let existing = self
-                .tx
-                .open_table(IDEMPOTENCY)?
-                .get(key.as_str())?
-                .map(|v| v.value());
+            let existing = self.t.idempotency.get(key.as_str())?.map(|v| v.value());
             if let Some(id) = existing {
                 return Ok(Submitted {
                     id: JobId::from(id),
@@ -347,13 +367,26 @@ impl Txn<'_> {
         }
         let total = u32::try_from(job.children.len())
             .map_err(|_| QueueError::Invalid("more than 4 billion children".into()))?;
-        let mut rec = self.new_record(job, job.task.clone(), None);
-        if let Some(key) = &job.idempotency_key {
-            self.tx
-                .open_table(IDEMPOTENCY)?
+        let NewJob {
+            task,
+            priority,
+            max_attempts,
+            timeout_ms,
+            idempotency_key,
+            children,
+        } = job;
+        let envelope = Envelope {
+            priority,
+            max_attempts,
+            timeout_ms,
+        };
+        let mut rec = self.new_record(&envelope, task, None, idempotency_key);
+        if let Some(key) = &rec.idempotency_key {
+            self.t
+                .idempotency
                 .insert(key.as_str(), u128::from(rec.id))?;
         }
-        if job.children.is_empty() {
+        if children.is_empty() {
             self.insert_new(&mut rec, JobState::Queued)?;
         } else {
             rec.children = Some(ChildCounts {
@@ -361,11 +394,11 @@ impl Txn<'_> {
                 ..ChildCounts::default()
             });
             self.insert_new(&mut rec, JobState::Waiting)?;
-            for (index, task) in job.children.iter().enumerate() {
-                let mut child = self.new_record(job, task.clone(), Some(rec.id));
+            for (index, task) in children.into_iter().enumerate() {
+                let mut child = self.new_record(&envelope, task, Some(rec.id), None);
                 self.insert_new(&mut child, JobState::Queued)?;
-                self.tx
-                    .open_table(CHILDREN)?
+                self.t
+                    .children
                     .insert((u128::from(rec.id), index as u32), u128::from(child.id))?;
             }
         }
@@ -385,8 +418,8 @@ impl Txn<'_> {
     ) -> Result<Vec<Lease>, QueueError> {
         let mut picked = Vec::new();
         {
-            let ready = self.tx.open_table(READY)?;
-            let jobs = self.tx.open_table(JOBS)?;
+            let ready = &self.t.ready;
+            let jobs = &self.t.jobs;
             for entry in ready.iter()? {
                 if picked.len() >= max {
                     break;
@@ -443,9 +476,7 @@ impl Txn<'_> {
             }
             JobState::Queued | JobState::Leased { .. } | JobState::Failed { .. } => {}
         }
-        self.tx
-            .open_table(RESULTS)?
-            .insert(u128::from(id), output)?;
+        self.t.results.insert(u128::from(id), output)?;
         self.transition(&mut rec, JobState::Done, None)?;
         Ok(CompleteOutcome::Recorded)
     }
@@ -546,7 +577,7 @@ impl Txn<'_> {
 
     fn children_of(&self, parent: JobId) -> Result<Vec<JobId>, QueueError> {
         let p = u128::from(parent);
-        let table = self.tx.open_table(CHILDREN)?;
+        let table = &self.t.children;
         let mut out = Vec::new();
         for entry in table.range((p, 0)..=(p, u32::MAX))? {
             out.push(JobId::from(entry?.1.value()));
@@ -558,7 +589,7 @@ impl Txn<'_> {
     pub fn tick(&mut self) -> Result<TickOutcome, QueueError> {
         let mut out = TickOutcome::default();
         let expired: Vec<u128> = {
-            let leases = self.tx.open_table(LEASES)?;
+            let leases = &self.t.leases;
             let mut v = Vec::new();
             for entry in leases.range(..=(self.now_ms, u128::MAX))? {
                 v.push(entry?.0.value().1);
@@ -579,7 +610,7 @@ impl Txn<'_> {
             }
         }
         let due: Vec<u128> = {
-            let delayed = self.tx.open_table(DELAYED)?;
+            let delayed = &self.t.delayed;
             let mut v = Vec::new();
             for entry in delayed.range(..=(self.now_ms, u128::MAX))? {
                 v.push(entry?.0.value().1);
@@ -615,7 +646,7 @@ impl Txn<'_> {
     pub fn recover_local(&mut self, node: &str) -> Result<u32, QueueError> {
         let prefix = format!("{node}#");
         let all: Vec<u128> = {
-            let leases = self.tx.open_table(LEASES)?;
+            let leases = &self.t.leases;
             let mut v = Vec::new();
             for entry in leases.iter()? {
                 v.push(entry?.0.value().1);
