@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up everything myco needs on a fresh Debian machine with the Rust toolchain, then build
-# the `myco` binary. Idempotent: run it as often as you like.
+# Set up everything myco needs on a fresh Debian machine with the Rust toolchain: system
+# packages and (with later job kinds) model files. Idempotent: run it as often as you like.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -25,6 +25,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-say "building myco (release)"
-cargo build --release --locked -p myco
-say "ready: cargo run --release -q -p myco -- --help"
+say "fetching crates"
+cargo fetch --locked
+say "ready: cargo run --release -p myco -- --help"
