@@ -52,6 +52,9 @@ pub enum CoordinatorMsg {
     Load(RpcReplyPort<Load>),
 }
 
+// Local only: never serialized (the cluster feature requires the impl).
+impl ractor::Message for CoordinatorMsg {}
+
 /// What a coordinator holds right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Load {

@@ -29,6 +29,9 @@ pub enum SupervisorMsg {
     Restarts(RpcReplyPort<u64>),
 }
 
+// Local only: never serialized (the cluster feature requires the impl).
+impl ractor::Message for SupervisorMsg {}
+
 /// Fixed settings of a node's actor tree.
 pub struct NodeSupervisor {
     pub coordinator: Coordinator,

@@ -29,6 +29,9 @@ pub enum WorkerMsg {
     Pull,
 }
 
+// Local only: never serialized (the cluster feature requires the impl).
+impl ractor::Message for WorkerMsg {}
+
 /// A worker's fixed settings.
 pub struct Worker {
     pub index: usize,

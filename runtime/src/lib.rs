@@ -8,3 +8,4 @@ pub mod detect;
 pub mod queue;
 
 pub use queue::{JobId, Queue, QueueError, QueueOptions};
+pub mod cluster;

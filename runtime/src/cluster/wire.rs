@@ -1,0 +1,209 @@
+//! What nodes say to each other: heartbeats with capabilities, steal requests and grants,
+//! lease renewals, and result deliveries. Encoded with bincode (serde), versioned by
+//! [`PROTOCOL`].
+//!
+//! Every payload travels as [`Wire<T>`]: decoding never panics, a frame that does not decode
+//! arrives as `Err` and the receiver logs and drops it. No I/O here.
+
+use myco_jobs::{JobError, JobKind, Task};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::detect::Capabilities;
+use crate::queue::{JobId, Lease};
+
+/// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
+pub const PROTOCOL: u32 = 1;
+
+/// A payload that may have failed to decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wire<T>(pub Result<T, String>);
+
+impl<T> Wire<T> {
+    pub fn new(value: T) -> Wire<T> {
+        Wire(Ok(value))
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> ractor::BytesConvertable for Wire<T> {
+    fn into_bytes(self) -> Vec<u8> {
+        match self.0 {
+            Ok(v) => {
+                bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        Wire(
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+                .map(|(v, _)| v)
+                .map_err(|e| format!("undecodable frame of {} bytes: {e}", bytes.len())),
+        )
+    }
+}
+
+/// A node's roles, which follow its capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds a queue (every node).
+    Coordinator,
+    /// Runs CPU jobs (nodes with spare cores).
+    Worker,
+    /// Hosts models on a GPU.
+    Executive,
+}
+
+/// How busy a node is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Jobs waiting in this node's own queue (what a thief may take).
+    pub queued: u64,
+    /// Jobs running on its workers (its own and stolen).
+    pub running: u32,
+    /// Executor slots in all.
+    pub slots: u32,
+}
+
+impl NodeLoad {
+    pub fn free_slots(&self) -> u32 {
+        self.slots.saturating_sub(self.running)
+    }
+}
+
+/// What a node advertises in every heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub protocol: u32,
+    pub version: String,
+    /// Where it accepts cluster connections (`host:port`).
+    pub cluster_addr: String,
+    /// Its HTTP API, if it serves one.
+    pub api_addr: Option<String>,
+    pub roles: Vec<Role>,
+    pub caps: Capabilities,
+    pub kinds: Vec<JobKind>,
+    pub load: NodeLoad,
+}
+
+/// "I am alive, and this is me."
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub seq: u64,
+    pub sent_ms: u64,
+    pub info: NodeInfo,
+}
+
+/// A thief asks a victim for work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StealRequest {
+    /// The lease holder name of the thief (`name#incarnation`).
+    pub holder: String,
+    pub kinds: Vec<JobKind>,
+    /// The most jobs it wants.
+    pub max: u32,
+    pub lease_ms: u64,
+}
+
+/// A lease as it crosses the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireLease {
+    pub id: JobId,
+    pub token: u64,
+    pub task: Task,
+    pub attempt: u32,
+    pub timeout_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl From<Lease> for WireLease {
+    fn from(l: Lease) -> Self {
+        WireLease {
+            id: l.id,
+            token: l.token,
+            task: l.task,
+            attempt: l.attempt,
+            timeout_ms: l.timeout_ms,
+            deadline_ms: l.deadline_ms,
+        }
+    }
+}
+
+impl From<WireLease> for Lease {
+    fn from(l: WireLease) -> Self {
+        Lease {
+            id: l.id,
+            token: l.token,
+            task: l.task,
+            attempt: l.attempt,
+            timeout_ms: l.timeout_ms,
+            deadline_ms: l.deadline_ms,
+        }
+    }
+}
+
+/// The victim's answer: the jobs it durably leased to the thief (maybe none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StealGrant {
+    pub owner: String,
+    pub leases: Vec<WireLease>,
+}
+
+/// A thief extends its leases at the owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub holder: String,
+    pub leases: Vec<(JobId, u64)>,
+    pub lease_ms: u64,
+}
+
+/// The leases the thief no longer holds (expired, cancelled, finished).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewReply {
+    pub lost: Vec<JobId>,
+}
+
+/// The end of one attempt at a stolen job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub id: JobId,
+    pub token: u64,
+    pub result: Result<Vec<u8>, JobError>,
+}
+
+/// A thief hands finished work back to the owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub from: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The owner has durably recorded (or knowingly dropped) these: the thief may forget them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryAck {
+    pub settled: Vec<JobId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use ractor::BytesConvertable;
+
+    use super::*;
+
+    #[test]
+    fn round_trip_and_garbage_is_an_error_not_a_panic() {
+        let req = StealRequest {
+            holder: "a#1".into(),
+            kinds: vec![JobKind::Noop],
+            max: 4,
+            lease_ms: 30_000,
+        };
+        let bytes = Wire::new(req.clone()).into_bytes();
+        assert_eq!(Wire::<StealRequest>::from_bytes(bytes).0, Ok(req));
+        let bad = Wire::<StealRequest>::from_bytes(vec![0xff; 3]);
+        assert!(bad.0.is_err());
+    }
+}
