@@ -185,7 +185,7 @@ fn bench_end_to_end(c: &mut Criterion, rt: &Runtime, r: &mut Results) {
         .block_on(Node::start(
             Home::new(dir.path()),
             NodeConfig::default(),
-            false,
+            myco_actors::Services::EMBEDDED,
         ))
         .expect("start the bench node");
     let queue = node.handle().queue.clone();

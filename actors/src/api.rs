@@ -30,6 +30,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}", get(status))
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/swarm", get(swarm))
         .with_state(node)
 }
 
@@ -342,6 +343,18 @@ async fn cancel(
     let id = parse_id(&id)?;
     let outcome = node.cancel(id).await?;
     Ok(Json(CancelReply { id, outcome }))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwarmReply {
+    pub nodes: Vec<crate::membership::MemberView>,
+}
+
+/// The swarm as this node sees it: itself first, then every peer it knows of.
+async fn swarm(State(node): State<NodeHandle>) -> Json<SwarmReply> {
+    Json(SwarmReply {
+        nodes: node.members().await,
+    })
 }
 
 async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {

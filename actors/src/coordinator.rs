@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use myco_jobs::JobKind;
-use myco_runtime::queue::{JobId, Lease, Queue};
+use myco_runtime::cluster::wire::NodeLoad;
+use myco_runtime::queue::{JobId, Lease, Queue, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
+
+use crate::membership::MembershipMsg;
 
 /// A job handed to a worker, with the flag that tells it to stop.
 #[derive(Debug, Clone)]
@@ -73,6 +76,10 @@ pub struct Coordinator {
     pub tick: Duration,
     /// Most leased-but-unstarted jobs to keep on hand.
     pub prefetch: usize,
+    /// Executor slots (workers) on this node.
+    pub slots: u32,
+    /// The swarm's membership, if this node is in one: told this node's load every tick.
+    pub membership: Option<ActorRef<MembershipMsg>>,
 }
 
 #[derive(Debug)]
@@ -317,6 +324,13 @@ impl Coordinator {
 
     /// Run the queue clock and renew our leases, off the actor.
     fn tick(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+        if let Some(m) = &self.membership {
+            let _ = m.cast(MembershipMsg::Load(NodeLoad {
+                queued: self.queue.stats().by_state[StateName::Queued.index()],
+                running: state.running.len() as u32,
+                slots: self.slots,
+            }));
+        }
         if state.ticking {
             return;
         }

@@ -7,8 +7,11 @@
 
 pub mod api;
 pub mod coordinator;
+pub mod listener;
+pub mod membership;
 pub mod node;
+pub mod peer;
 pub mod supervisor;
 pub mod worker;
 
-pub use node::{Node, NodeError, NodeHandle, SpecSource, SubmitError};
+pub use node::{Node, NodeError, NodeHandle, Services, SpecSource, SubmitError};

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use myco_jobs::{JobKind, JobSpec, SpecError};
+use myco_runtime::cluster::discovery::DiscoveryConfig;
+use myco_runtime::cluster::secret::SwarmSecret;
+use myco_runtime::cluster::wire::Role;
 use myco_runtime::config::{ConfigError, Home, NodeConfig};
 use myco_runtime::queue::{
     CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, QueueOptions, Submitted,
@@ -19,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::{Coordinator, CoordinatorMsg, Load};
+use crate::membership::{MemberView, Membership, MembershipMsg};
 use crate::supervisor::{NodeSupervisor, SupervisorMsg};
 use crate::worker::ExecutorFactory;
 
@@ -65,6 +69,7 @@ pub struct NodeHandle {
     pub queue: Queue,
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub supervisor: ActorRef<SupervisorMsg>,
+    pub membership: Option<ActorRef<MembershipMsg>>,
     pub started: Instant,
 }
 
@@ -130,6 +135,24 @@ impl NodeHandle {
             .and_then(|r| r.success_or(()).ok())
     }
 
+    /// The swarm as this node sees it (itself first); just itself outside a swarm.
+    pub async fn members(&self) -> Vec<MemberView> {
+        match &self.membership {
+            Some(m) => m
+                .call(MembershipMsg::Members, Some(Duration::from_secs(2)))
+                .await
+                .ok()
+                .and_then(|r| r.success_or(()).ok())
+                .unwrap_or_default(),
+            None => vec![MemberView {
+                name: self.name.clone(),
+                status: "self".into(),
+                info: None,
+                heartbeat_age_ms: 0,
+            }],
+        }
+    }
+
     pub async fn worker_restarts(&self) -> u64 {
         self.supervisor
             .call(SupervisorMsg::Restarts, Some(Duration::from_secs(2)))
@@ -138,6 +161,28 @@ impl NodeHandle {
             .and_then(|r| r.success_or(()).ok())
             .unwrap_or(0)
     }
+}
+
+/// What a node runs besides its queue and workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    /// Serve the HTTP API.
+    pub api: bool,
+    /// Join the swarm (cluster port, discovery, heartbeats, stealing).
+    pub cluster: bool,
+}
+
+impl Services {
+    /// `myco node`: everything.
+    pub const NODE: Services = Services {
+        api: true,
+        cluster: true,
+    };
+    /// `myco run`: the queue and workers of this process only.
+    pub const EMBEDDED: Services = Services {
+        api: false,
+        cluster: false,
+    };
 }
 
 /// A started node.
@@ -151,8 +196,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// Open the queue under `home`, start the actors, and serve the API if `serve_api`.
-    pub async fn start(home: Home, config: NodeConfig, serve_api: bool) -> Result<Node, NodeError> {
+    /// Open the queue under `home`, start the actors, serve the API if `services.api`, and
+    /// join the swarm if `services.cluster`.
+    pub async fn start(
+        home: Home,
+        config: NodeConfig,
+        services: Services,
+    ) -> Result<Node, NodeError> {
+        let serve_api = services.api;
         config.validate()?;
         home.ensure()?;
         let name = config.node_name();
@@ -169,6 +220,61 @@ impl Node {
         let workers = config.worker_count();
         let factory: ExecutorFactory =
             Arc::new(|| Box::new(myco_jobs::CpuExecutor) as Box<dyn myco_jobs::Executor>);
+        // The API listener is bound first so that the swarm can advertise its address.
+        let api_listener = if serve_api {
+            Some(
+                tokio::net::TcpListener::bind(config.api)
+                    .await
+                    .map_err(|source| NodeError::Bind {
+                        addr: config.api,
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
+        let api_addr = match &api_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let membership = if services.cluster {
+            let (secret, created) = SwarmSecret::load_or_create(&home.secret_path())
+                .map_err(|e| NodeError::Actors(e.to_string()))?;
+            if created {
+                tracing::info!(
+                    path = %home.secret_path().display(),
+                    "created a new swarm secret; other machines join with `myco invite`"
+                );
+            }
+            let caps = myco_runtime::detect::detect();
+            let mut roles = vec![Role::Coordinator];
+            if workers > 0 {
+                roles.push(Role::Worker);
+            }
+            if !caps.gpus.is_empty() {
+                roles.push(Role::Executive);
+            }
+            Some(Membership {
+                name: name.clone(),
+                secret,
+                listen: config.cluster,
+                join: config.join.clone(),
+                discovery: config.discovery.then(|| DiscoveryConfig {
+                    iface: config.discovery_iface,
+                    port: config.discovery_port,
+                    ..DiscoveryConfig::default()
+                }),
+                heartbeat: config.heartbeat,
+                peer_timeout: config.peer_timeout,
+                api_addr: api_addr.map(|a| a.to_string()),
+                caps,
+                kinds: JobKind::ALL.to_vec(),
+                roles,
+                slots: workers as u32,
+            })
+        } else {
+            None
+        };
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
                 queue: queue.clone(),
@@ -176,9 +282,12 @@ impl Node {
                 lease: config.lease,
                 tick: config.tick,
                 prefetch: (workers * 16).max(32),
+                slots: workers as u32,
+                membership: None,
             },
             workers,
             factory,
+            membership,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
@@ -188,21 +297,20 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no coordinator".into()))?;
+        let membership = supervisor
+            .call(SupervisorMsg::Membership, None)
+            .await
+            .map_err(|e| NodeError::Actors(e.to_string()))?
+            .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
         let handle = NodeHandle {
             name,
             queue,
             coordinator,
             supervisor,
+            membership,
             started: Instant::now(),
         };
-        let api = if serve_api {
-            let listener = tokio::net::TcpListener::bind(config.api)
-                .await
-                .map_err(|source| NodeError::Bind {
-                    addr: config.api,
-                    source,
-                })?;
-            let addr = listener.local_addr()?;
+        let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();
             let app = crate::api::router(handle.clone());
             let stop = token.clone();

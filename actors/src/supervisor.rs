@@ -12,6 +12,8 @@ use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::coordinator::{Coordinator, CoordinatorMsg};
+use crate::membership::{Membership, MembershipMsg};
+use crate::peer::{PeerMsg, PeerService};
 use crate::worker::{ExecutorFactory, Worker};
 
 /// Messages to the [`NodeSupervisor`].
@@ -27,6 +29,8 @@ pub enum SupervisorMsg {
     Coordinator(RpcReplyPort<ActorRef<CoordinatorMsg>>),
     /// How many times workers were restarted.
     Restarts(RpcReplyPort<u64>),
+    /// The Membership actor, if this node is in a swarm.
+    Membership(RpcReplyPort<Option<ActorRef<MembershipMsg>>>),
 }
 
 // Local only: never serialized (the cluster feature requires the impl).
@@ -37,6 +41,8 @@ pub struct NodeSupervisor {
     pub coordinator: Coordinator,
     pub workers: usize,
     pub factory: ExecutorFactory,
+    /// The swarm side (membership, peer service), if this node joins one.
+    pub membership: Option<Membership>,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -50,6 +56,8 @@ impl std::fmt::Debug for NodeSupervisor {
 #[derive(Debug)]
 pub struct SupervisorState {
     coordinator: ActorRef<CoordinatorMsg>,
+    membership: Option<ActorRef<MembershipMsg>>,
+    peer: Option<ActorRef<PeerMsg>>,
     /// Live workers by actor id → their index.
     workers: HashMap<ActorId, usize>,
     restarts: u64,
@@ -85,8 +93,24 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
+        let mut coordinator = self.coordinator.clone();
+        let (membership, peer) = match &self.membership {
+            Some(m) => {
+                let (membership, _) =
+                    Actor::spawn_linked(None, m.clone(), (), myself.get_cell()).await?;
+                let service = PeerService {
+                    name: m.name.clone(),
+                    queue: self.coordinator.queue.clone(),
+                    membership: membership.clone(),
+                };
+                let (peer, _) = Actor::spawn_linked(None, service, (), myself.get_cell()).await?;
+                coordinator.membership = Some(membership.clone());
+                (Some(membership), Some(peer))
+            }
+            None => (None, None),
+        };
         let (coordinator, _) =
-            Actor::spawn_linked(None, self.coordinator.clone(), (), myself.get_cell()).await?;
+            Actor::spawn_linked(None, coordinator, (), myself.get_cell()).await?;
         let mut workers = HashMap::new();
         for index in 0..self.workers {
             let id = self
@@ -96,6 +120,8 @@ impl Actor for NodeSupervisor {
         }
         Ok(SupervisorState {
             coordinator,
+            membership,
+            peer,
             workers,
             restarts: 0,
             stopping: false,
@@ -145,6 +171,9 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarts);
             }
+            SupervisorMsg::Membership(reply) => {
+                let _ = reply.send(state.membership.clone());
+            }
         }
         Ok(())
     }
@@ -160,10 +189,15 @@ impl Actor for NodeSupervisor {
             SupervisionEvent::ActorTerminated(who, _, _) => (who.clone(), None),
             _ => return Ok(()),
         };
-        if who.get_id() == state.coordinator.get_id() {
+        let core = [
+            Some(state.coordinator.get_id()),
+            state.membership.as_ref().map(|m| m.get_id()),
+            state.peer.as_ref().map(|p| p.get_id()),
+        ];
+        if core.contains(&Some(who.get_id())) {
             if !state.stopping {
-                tracing::error!(error = ?failure, "the coordinator stopped; stopping the node");
-                myself.stop(Some("coordinator stopped".into()));
+                tracing::error!(actor = ?who.get_name(), error = ?failure, "a core actor stopped; stopping the node");
+                myself.stop(Some("core actor stopped".into()));
             }
             return Ok(());
         }

@@ -109,6 +109,11 @@ impl Client {
         .await
     }
 
+    pub async fn swarm(&self) -> Result<myco_actors::api::SwarmReply> {
+        self.json(self.http.get(format!("{}/api/swarm", self.base)))
+            .await
+    }
+
     /// The raw result stream (JSON Lines).
     pub async fn result(&self, id: &str) -> Result<reqwest::Response> {
         self.send(self.http.get(format!("{}/api/jobs/{id}/result", self.base)))

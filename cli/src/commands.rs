@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
-use myco_actors::{Node, SpecSource, SubmitError};
+use myco_actors::{Node, Services, SpecSource, SubmitError};
+use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{JobId, JobView, ListFilter, StateName};
 
@@ -127,6 +128,43 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Swarm => {
+            let reply = client(&cli, &home).swarm().await?;
+            if cli.json {
+                print_json(&reply)?;
+            } else {
+                print_swarm(&reply.nodes);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Invite { ref addr } => {
+            let (secret, _) = SwarmSecret::load_or_create(&home.secret_path())
+                .map_err(|e| BadInput(e.to_string()))?;
+            let addrs = if addr.is_empty() {
+                let reply = client(&cli, &home).swarm().await?;
+                reply
+                    .nodes
+                    .into_iter()
+                    .next()
+                    .and_then(|m| m.info)
+                    .map(|i| vec![i.cluster_addr])
+                    .ok_or_else(|| {
+                        anyhow!("the node is not in a swarm (started without a cluster port?)")
+                    })?
+            } else {
+                addr.clone()
+            };
+            let token = secret.invite_token(&addrs);
+            if cli.json {
+                print_json(&serde_json::json!({ "token": token, "swarm": secret.swarm_id() }))?;
+            } else {
+                println!("{token}");
+                eprintln!(
+                    "join with: myco node --join-token <that token>   (it holds the swarm secret: share it like a password)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Detect => {
             let caps = myco_runtime::detect::detect();
             if cli.json {
@@ -151,12 +189,64 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn print_swarm(nodes: &[myco_actors::membership::MemberView]) {
+    println!(
+        "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>11} {:>7} {:>9}",
+        "NAME",
+        "STATUS",
+        "ROLES",
+        "CORES",
+        "RAM FREE/TOTAL",
+        "GPUS",
+        "RUNNING",
+        "QUEUED",
+        "HEARTBEAT"
+    );
+    for n in nodes {
+        let Some(i) = &n.info else {
+            println!("{:<16} {:<6}", n.name, n.status);
+            continue;
+        };
+        let roles: Vec<String> = i
+            .roles
+            .iter()
+            .map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!(
+            "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>11} {:>7} {:>8.1}s",
+            n.name,
+            n.status,
+            roles.join(","),
+            i.caps.cores,
+            format!(
+                "{:.1}/{:.1} GiB",
+                i.caps.ram_free_bytes as f64 / (1u64 << 30) as f64,
+                i.caps.ram_total_bytes as f64 / (1u64 << 30) as f64
+            ),
+            i.caps.gpus.len(),
+            format!("{}/{}", i.load.running, i.load.slots),
+            i.load.queued,
+            n.heartbeat_age_ms as f64 / 1000.0
+        );
+    }
+}
+
 fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
 fn init_logging(node: bool) {
-    let default = if node { "info" } else { "warn" };
+    // ractor_cluster logs every duplicate or closed session; myco logs what matters.
+    let default = if node {
+        "info,ractor_cluster=error"
+    } else {
+        "warn,ractor_cluster=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MYCO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -240,6 +330,42 @@ fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig> {
     if let Some(n) = &args.name {
         cfg.name = Some(n.clone());
     }
+    if let Some(c) = args.cluster {
+        cfg.cluster = c;
+    }
+    cfg.join.extend(args.join.iter().cloned());
+    if args.no_discovery {
+        cfg.discovery = false;
+    }
+    if let Some(ip) = args.discovery_iface {
+        cfg.discovery_iface = Some(ip);
+    }
+    if let Some(p) = args.discovery_port {
+        cfg.discovery_port = p;
+    }
+    if let Some(token) = &args.join_token {
+        let (secret, addrs) =
+            SwarmSecret::parse_token(token).map_err(|e| BadInput(e.to_string()))?;
+        home.ensure().map_err(|e| BadInput(e.to_string()))?;
+        let path = home.secret_path();
+        if path.exists() {
+            let (mine, _) =
+                SwarmSecret::load_or_create(&path).map_err(|e| BadInput(e.to_string()))?;
+            if mine != secret {
+                return Err(BadInput(format!(
+                    "{} already holds the secret of swarm {}, and the token is for swarm {}\nhint: use a fresh --home for the other swarm, or remove {} to leave this one",
+                    home.root().display(),
+                    mine.swarm_id(),
+                    secret.swarm_id(),
+                    path.display()
+                ))
+                .into());
+            }
+        } else {
+            secret.save(&path).map_err(|e| BadInput(e.to_string()))?;
+        }
+        cfg.join.extend(addrs);
+    }
     if let Some(g) = args.shutdown_grace {
         cfg.shutdown_grace = Duration::try_from_secs_f64(g)
             .map_err(|e| BadInput(format!("--shutdown-grace: {e}")))?;
@@ -250,15 +376,24 @@ fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig> {
 
 async fn node(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<ExitCode> {
     let cfg = node_config(cli, home, args)?;
-    let mut node = Node::start(home.clone(), cfg, true).await?;
+    let mut node = Node::start(home.clone(), cfg, Services::NODE).await?;
     let addr = node
         .api_addr()
         .ok_or_else(|| anyhow!("the API did not start"))?;
+    let cluster = node
+        .handle()
+        .members()
+        .await
+        .into_iter()
+        .next()
+        .and_then(|m| m.info)
+        .map(|i| i.cluster_addr);
     if cli.json {
         print_json(&serde_json::json!({
             "event": "started",
             "node": node.handle().name,
             "api": addr.to_string(),
+            "cluster": cluster,
             "home": home.root(),
         }))?;
     } else {
@@ -406,7 +541,7 @@ async fn run_embedded(
 ) -> Result<ExitCode> {
     let spec = read_spec(file)?;
     let cfg = node_config(cli, home, args)?;
-    let node = Node::start(home.clone(), cfg, false).await?;
+    let node = Node::start(home.clone(), cfg, Services::EMBEDDED).await?;
     let outcome = run_on(cli, &node, spec, out).await;
     node.shutdown().await?;
     outcome

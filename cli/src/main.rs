@@ -83,6 +83,15 @@ pub enum Command {
     Cancel { id: String },
     /// Show this machine's capabilities: cores, RAM, GPUs.
     Detect,
+    /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.
+    Swarm,
+    /// Print a one-line token another machine joins with: `myco node --join-token TOKEN`.
+    /// It contains the swarm secret: share it like a password.
+    Invite {
+        /// The address peers should dial [default: this node's advertised cluster address].
+        #[arg(long, value_name = "HOST:PORT")]
+        addr: Vec<String>,
+    },
 }
 
 /// Settings of a node this process starts.
@@ -97,6 +106,29 @@ pub struct NodeArgs {
     /// Seconds a stopping node lets running jobs finish.
     #[arg(long, env = "MYCO_SHUTDOWN_GRACE", value_name = "SECS")]
     pub shutdown_grace: Option<f64>,
+    /// Where to accept peers [default: 0.0.0.0:7701].
+    #[arg(long, env = "MYCO_CLUSTER", value_name = "ADDR")]
+    pub cluster: Option<std::net::SocketAddr>,
+    /// A peer to dial (repeatable), for networks without multicast.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "MYCO_JOIN",
+        value_delimiter = ','
+    )]
+    pub join: Vec<String>,
+    /// Join the swarm of an invite token (from `myco invite`).
+    #[arg(long, env = "MYCO_JOIN_TOKEN", value_name = "TOKEN")]
+    pub join_token: Option<String>,
+    /// Do not look for peers on the LAN.
+    #[arg(long, env = "MYCO_NO_DISCOVERY")]
+    pub no_discovery: bool,
+    /// The interface (IPv4 address) to discover peers on [default: every LAN interface].
+    #[arg(long, env = "MYCO_DISCOVERY_IFACE", value_name = "IP")]
+    pub discovery_iface: Option<std::net::Ipv4Addr>,
+    /// The UDP port of discovery beacons [default: 7702].
+    #[arg(long, env = "MYCO_DISCOVERY_PORT", value_name = "PORT")]
+    pub discovery_port: Option<u16>,
 }
 
 fn main() -> ExitCode {

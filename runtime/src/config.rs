@@ -47,6 +47,11 @@ impl Home {
         self.root.join("node.addr")
     }
 
+    /// The swarm secret: whoever holds it is a member.
+    pub fn secret_path(&self) -> PathBuf {
+        self.root.join("swarm.key")
+    }
+
     /// Create the directory if needed.
     pub fn ensure(&self) -> Result<(), ConfigError> {
         std::fs::create_dir_all(&self.root).map_err(|e| {
@@ -97,6 +102,21 @@ pub struct NodeConfig {
     /// How long a stopping node lets running jobs finish before handing them back.
     #[serde(with = "humantime_secs")]
     pub shutdown_grace: Duration,
+    /// Where this node accepts peers (mutual TLS).
+    pub cluster: SocketAddr,
+    /// Peers to dial (`host:port`), for networks without multicast.
+    pub join: Vec<String>,
+    /// Find peers on the LAN by multicast beacons.
+    pub discovery: bool,
+    /// The interface (IPv4 address) discovery uses; unset means every LAN interface.
+    pub discovery_iface: Option<std::net::Ipv4Addr>,
+    pub discovery_port: u16,
+    /// How often heartbeats go out.
+    #[serde(with = "humantime_secs")]
+    pub heartbeat: Duration,
+    /// A peer silent this long is dropped from the swarm.
+    #[serde(with = "humantime_secs")]
+    pub peer_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -110,6 +130,13 @@ impl Default for NodeConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
+            cluster: SocketAddr::from(([0, 0, 0, 0], 7701)),
+            join: Vec::new(),
+            discovery: true,
+            discovery_iface: None,
+            discovery_port: 7702,
+            heartbeat: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -189,6 +216,22 @@ impl NodeConfig {
                 "must be above zero and at most `backoff_max`",
                 "e.g. backoff_base = 1, backoff_max = 300",
             );
+        }
+        if self.heartbeat.is_zero() || self.heartbeat * 2 > self.peer_timeout {
+            bad(
+                "heartbeat",
+                "must be above zero and at most half of `peer_timeout`",
+                "e.g. heartbeat = 0.5, peer_timeout = 3",
+            );
+        }
+        for (i, addr) in self.join.iter().enumerate() {
+            if !addr.contains(':') {
+                problems.push((
+                    format!("join[{i}]"),
+                    format!("`{addr}` has no port"),
+                    "write host:port, e.g. 192.168.1.20:7701".to_owned(),
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

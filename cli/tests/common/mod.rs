@@ -15,7 +15,7 @@ pub fn myco(home: &Path) -> Command {
     let mut cmd = Command::new(MYCO);
     cmd.arg("--home")
         .arg(home)
-        .env("MYCO_LOG", "warn")
+        .env("MYCO_LOG", "warn,ractor_cluster=error")
         .env_remove("RUST_BACKTRACE");
     for var in ["MYCO_API", "MYCO_JSON", "MYCO_WORKERS", "MYCO_NAME"] {
         cmd.env_remove(var);
@@ -27,19 +27,54 @@ pub fn myco(home: &Path) -> Command {
 pub struct NodeProc {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The cluster address it advertises.
+    pub cluster: Option<String>,
     pub home: PathBuf,
 }
 
 impl NodeProc {
-    /// Start a node on 127.0.0.1:0 and wait for it to say where it listens.
+    /// Start a lone node (no discovery) on 127.0.0.1:0 and wait for it to say where it
+    /// listens.
     pub fn start(home: &Path, extra: &[&str]) -> NodeProc {
-        let mut child = myco(home)
-            .args(["--api", "127.0.0.1:0", "--json", "node", "--name", "test"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn myco node");
+        let mut args = vec!["--name", "test", "--no-discovery"];
+        args.extend_from_slice(extra);
+        NodeProc::start_with(home, &args)
+    }
+
+    /// Start a node with exactly these `node` arguments (API and cluster port on
+    /// 127.0.0.1:0). Tests that discover peers must pass `--discovery-iface 127.0.0.1`.
+    pub fn start_with(home: &Path, node_args: &[&str]) -> NodeProc {
+        NodeProc::spawn(home, node_args, None)
+    }
+
+    /// Like [`NodeProc::start_with`], with the node's log (level info) written to `log`.
+    pub fn start_logged(home: &Path, node_args: &[&str], log: &Path) -> NodeProc {
+        NodeProc::spawn(home, node_args, Some(log))
+    }
+
+    fn spawn(home: &Path, node_args: &[&str], log: Option<&Path>) -> NodeProc {
+        let mut cmd = myco(home);
+        cmd.args([
+            "--api",
+            "127.0.0.1:0",
+            "--json",
+            "node",
+            "--cluster",
+            "127.0.0.1:0",
+        ])
+        .args(node_args)
+        .stdout(Stdio::piped());
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("log file");
+                cmd.env("MYCO_LOG", "info,ractor_cluster=error")
+                    .stderr(file);
+            }
+            None => {
+                cmd.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn myco node");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -48,9 +83,11 @@ impl NodeProc {
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("node printed {line:?}: {e}"));
         let addr = v["api"].as_str().expect("api").parse().expect("addr");
+        let cluster = v["cluster"].as_str().map(str::to_owned);
         NodeProc {
             child,
             addr,
+            cluster,
             home: home.to_path_buf(),
         }
     }
@@ -62,6 +99,16 @@ impl NodeProc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
     }
 
     /// SIGTERM, then wait for the exit status.

@@ -508,6 +508,24 @@ impl Queue {
         .await
     }
 
+    /// Extend a named holder's leases (a peer's, in the swarm); returns the ids it no
+    /// longer holds.
+    pub async fn renew_as(
+        &self,
+        holder: String,
+        leases: Vec<(JobId, u64)>,
+        lease: Duration,
+    ) -> Result<Vec<JobId>, QueueError> {
+        let lease_ms = lease.as_millis() as u64;
+        self.call(|reply| Op::Renew {
+            holder,
+            leases,
+            lease_ms,
+            reply,
+        })
+        .await
+    }
+
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, QueueError> {
         self.call(|r| Op::Cancel(id, r)).await
     }

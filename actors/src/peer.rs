@@ -1,0 +1,197 @@
+//! The PeerService: the one actor of a node that other nodes talk to. It joins the
+//! `myco.peers` process group, which ractor_cluster mirrors to every connected node.
+//!
+//! It forwards heartbeats to the Membership actor, and answers the owner's side of work
+//! stealing: grant leases to a thief, renew a thief's leases, and record a thief's results
+//! (idempotently, by job id). Queue commits run in tracked tasks, never inside `handle`.
+
+use std::time::Duration;
+
+use myco_runtime::cluster::wire::{
+    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StealGrant, StealRequest, Wire,
+};
+use myco_runtime::queue::{Queue, QueueError, StateName};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use tokio::task::JoinSet;
+
+use crate::membership::MembershipMsg;
+
+/// The process group every node's PeerService joins.
+pub const PEERS_GROUP: &str = "myco.peers";
+
+/// Messages between nodes. Every payload is a [`Wire`] frame: one that fails to decode is
+/// logged and dropped.
+#[derive(RactorClusterMessage)]
+pub enum PeerMsg {
+    /// "I am alive, and this is me" (every second).
+    Heartbeat(Wire<Box<Heartbeat>>),
+    /// A thief asks for work; the reply holds the jobs durably leased to it.
+    #[rpc]
+    Steal(Wire<StealRequest>, RpcReplyPort<Wire<StealGrant>>),
+    /// A thief extends its leases.
+    #[rpc]
+    Renew(Wire<RenewRequest>, RpcReplyPort<Wire<RenewReply>>),
+    /// A thief hands back finished work; the reply lists what the owner has settled.
+    #[rpc]
+    Deliver(Wire<Delivery>, RpcReplyPort<Wire<DeliveryAck>>),
+}
+
+impl std::fmt::Debug for PeerMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerMsg::Heartbeat(_) => "Heartbeat",
+            PeerMsg::Steal(..) => "Steal",
+            PeerMsg::Renew(..) => "Renew",
+            PeerMsg::Deliver(..) => "Deliver",
+        })
+    }
+}
+
+/// The PeerService's fixed settings.
+#[derive(Debug)]
+pub struct PeerService {
+    pub name: String,
+    pub queue: Queue,
+    pub membership: ActorRef<MembershipMsg>,
+}
+
+#[derive(Debug)]
+pub struct PeerState {
+    tasks: JoinSet<()>,
+}
+
+impl Actor for PeerService {
+    type Msg = PeerMsg;
+    type State = PeerState;
+    type Arguments = ();
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
+        ractor::pg::join(PEERS_GROUP.to_owned(), vec![myself.get_cell()]);
+        Ok(PeerState {
+            tasks: JoinSet::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::leave(PEERS_GROUP.to_owned(), vec![myself.get_cell()]);
+        state.tasks.abort_all();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.tasks.try_join_next().is_some() {}
+        match msg {
+            PeerMsg::Heartbeat(Wire(Ok(hb))) => {
+                let _ = self.membership.cast(MembershipMsg::Heard(hb));
+            }
+            PeerMsg::Steal(Wire(Ok(req)), reply) => {
+                let queue = self.queue.clone();
+                let owner = self.name.clone();
+                state.tasks.spawn(async move {
+                    let grant = steal(&queue, owner, req).await;
+                    let _ = reply.send(Wire::new(grant));
+                });
+            }
+            PeerMsg::Renew(Wire(Ok(req)), reply) => {
+                let queue = self.queue.clone();
+                state.tasks.spawn(async move {
+                    let lease = Duration::from_millis(req.lease_ms);
+                    match queue.renew_as(req.holder, req.leases, lease).await {
+                        Ok(lost) => {
+                            let _ = reply.send(Wire::new(RenewReply { lost }));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "renewing a peer's leases failed"),
+                    }
+                });
+            }
+            PeerMsg::Deliver(Wire(Ok(delivery)), reply) => {
+                let queue = self.queue.clone();
+                state.tasks.spawn(async move {
+                    let settled = record(&queue, delivery).await;
+                    let _ = reply.send(Wire::new(DeliveryAck { settled }));
+                });
+            }
+            PeerMsg::Heartbeat(Wire(Err(e)))
+            | PeerMsg::Steal(Wire(Err(e)), _)
+            | PeerMsg::Renew(Wire(Err(e)), _)
+            | PeerMsg::Deliver(Wire(Err(e)), _) => {
+                tracing::warn!(error = %e, "dropped a peer message this node cannot read (a different myco version?)");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lease about half of what waits here (at most what the thief asked for) to the thief.
+async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
+    let queued = queue.stats().by_state[StateName::Queued.index()];
+    let n = (queued.div_ceil(2) as usize).min(req.max as usize);
+    let leases = if n == 0 {
+        Vec::new()
+    } else {
+        let lease = Duration::from_millis(req.lease_ms);
+        match queue
+            .lease_to(req.holder.clone(), n, &req.kinds, lease)
+            .await
+        {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::warn!(error = %e, thief = %req.holder, "leasing to a thief failed");
+                Vec::new()
+            }
+        }
+    };
+    if !leases.is_empty() {
+        tracing::debug!(thief = %req.holder, jobs = leases.len(), "lent jobs");
+    }
+    StealGrant {
+        owner,
+        leases: leases.into_iter().map(Into::into).collect(),
+    }
+}
+
+/// Record a thief's outcomes. Every outcome that is durably settled (recorded, a duplicate,
+/// or about a job that has moved on) is acknowledged; storage errors are not, so the thief
+/// keeps them and delivers again.
+async fn record(queue: &Queue, delivery: Delivery) -> Vec<myco_runtime::queue::JobId> {
+    let mut settled = Vec::with_capacity(delivery.outcomes.len());
+    let mut pending = Vec::with_capacity(delivery.outcomes.len());
+    for o in delivery.outcomes {
+        let id = o.id;
+        let queue = queue.clone();
+        // Issue them all at once so they share commits.
+        pending.push(tokio::spawn(async move {
+            let r = match o.result {
+                Ok(output) => queue.complete(id, output).await.map(|_| ()),
+                Err(e) => queue.fail(id, o.token, e).await.map(|_| ()),
+            };
+            (id, r)
+        }));
+    }
+    for p in pending {
+        match p.await {
+            Ok((id, Ok(()) | Err(QueueError::NotFound(_) | QueueError::Invalid(_)))) => {
+                settled.push(id)
+            }
+            Ok((id, Err(e))) => {
+                tracing::warn!(%id, error = %e, from = %delivery.from, "recording a peer's result failed; it will deliver again")
+            }
+            Err(e) => tracing::warn!(error = %e, "a recording task failed"),
+        }
+    }
+    settled
+}
