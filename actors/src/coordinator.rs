@@ -1,10 +1,13 @@
 //! The Coordinator: the node's link to its durable queue. It leases work in batches, hands it
 //! to workers that **pull** when idle, renews the leases of jobs in flight, runs the queue's
-//! clock (expiry, retries), relays cancellations, and drains on shutdown.
+//! clock (expiry, retries), relays cancellations, and drains on shutdown. In a swarm it also
+//! **steals** when its workers idle, renews stolen leases at their owners, and delivers the
+//! outbox (results of stolen jobs) to their owners until they acknowledge.
 //!
-//! Its state (buffered leases, running jobs) is volatile by design: every lease is in redb,
-//! so a crash loses nothing, and leases it no longer renews expire back into the queue.
-//! Queue commits never run inside `handle`: they run in tracked tasks that report back.
+//! Its state (buffered leases, running jobs) is volatile by design: every lease is in redb
+//! (the owner's), so a crash loses nothing, and leases it no longer renews expire back into
+//! their owner's queue. Queue commits and peer calls never run inside `handle`: they run in
+//! tracked tasks that report back with a message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,12 +21,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use crate::membership::MembershipMsg;
+use crate::stealing;
 
 /// A job handed to a worker, with the flag that tells it to stop.
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub lease: Lease,
     pub cancel: Arc<AtomicBool>,
+    /// The node that owns the job, when it was stolen; `None` for this node's own jobs.
+    pub owner: Option<String>,
 }
 
 /// Messages to the [`Coordinator`].
@@ -31,16 +37,26 @@ pub struct Assignment {
 pub enum CoordinatorMsg {
     /// A worker is idle and wants a job; `None` means the node is draining: stop pulling.
     RequestWork(RpcReplyPort<Option<Assignment>>),
-    /// A worker is done with a job (its result or failure is on its way to the queue).
+    /// A worker is done with a job (its result or failure is on its way to the queue, or to
+    /// the outbox for a stolen job).
     Finished(JobId),
     /// Jobs may have become ready in the queue.
     WorkAvailable,
     /// A lease round came back (internal).
     Leased(Result<Vec<Lease>, String>),
+    /// A steal attempt came back: the owner and what it lent (internal).
+    Stolen(Option<(String, Vec<Lease>)>),
     /// Periodic: expire leases, promote retries, renew what we hold (internal).
     Tick,
-    /// A background queue call ended (internal).
+    /// A background renewal ended: the leases we no longer hold (internal).
     TickDone(Vec<JobId>),
+    /// An outbox delivery round ended; `true` if something is left (internal).
+    Delivered(bool),
+    /// How many peers are up (from Membership): with peers, keep fewer jobs on hand so that
+    /// they can be stolen.
+    Peers(usize),
+    /// A peer's heartbeat shows queued work (from Membership).
+    PeerWork,
     /// A job was cancelled through the API: stop it if it runs here.
     Cancel(JobId),
     /// Stop handing out work, give back unstarted leases, and reply once the running jobs
@@ -64,6 +80,8 @@ pub struct Load {
     pub buffered: usize,
     pub running: usize,
     pub idle_workers: usize,
+    /// Of the running jobs, those stolen from peers.
+    pub running_stolen: usize,
 }
 
 /// The coordinator's fixed settings.
@@ -74,27 +92,53 @@ pub struct Coordinator {
     pub kinds: Vec<JobKind>,
     pub lease: Duration,
     pub tick: Duration,
-    /// Most leased-but-unstarted jobs to keep on hand.
+    /// Most leased-but-unstarted jobs to keep on hand when alone.
     pub prefetch: usize,
     /// Executor slots (workers) on this node.
     pub slots: u32,
-    /// The swarm's membership, if this node is in one: told this node's load every tick.
+    /// The swarm's membership, if this node is in one.
     pub membership: Option<ActorRef<MembershipMsg>>,
 }
 
 #[derive(Debug)]
+struct Work {
+    lease: Lease,
+    owner: Option<String>,
+}
+
+#[derive(Debug)]
+struct Running {
+    token: u64,
+    cancel: Arc<AtomicBool>,
+    owner: Option<String>,
+}
+
+#[derive(Debug)]
 pub struct CoordinatorState {
-    buffer: VecDeque<Lease>,
+    buffer: VecDeque<Work>,
     idle: VecDeque<RpcReplyPort<Option<Assignment>>>,
-    running: HashMap<JobId, (u64, Arc<AtomicBool>)>,
+    running: HashMap<JobId, Running>,
     leasing: bool,
     ticking: bool,
     last_renew: Instant,
+    peers: usize,
+    stealing: bool,
+    next_steal: Instant,
+    steal_backoff: Duration,
+    delivering: bool,
+    outbox_pending: bool,
+    /// Something was added to the outbox while a delivery round ran.
+    redeliver: bool,
+    ticks: u64,
     /// Set once a drain starts: no more work goes out.
     stopping: bool,
     drain_reply: Option<RpcReplyPort<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// The shortest pause between two steal attempts, and the longest after empty-handed ones.
+const STEAL_MIN: Duration = Duration::from_millis(50);
+const STEAL_MAX: Duration = Duration::from_secs(2);
 
 impl Actor for Coordinator {
     type Msg = CoordinatorMsg;
@@ -132,6 +176,7 @@ impl Actor for Coordinator {
                 }
             })
         };
+        let outbox_pending = self.queue.outbox_len().map(|n| n > 0).unwrap_or(true);
         Ok(CoordinatorState {
             buffer: VecDeque::new(),
             idle: VecDeque::new(),
@@ -139,6 +184,14 @@ impl Actor for Coordinator {
             leasing: false,
             ticking: false,
             last_renew: Instant::now(),
+            peers: 0,
+            stealing: false,
+            next_steal: Instant::now(),
+            steal_backoff: STEAL_MIN,
+            delivering: false,
+            outbox_pending,
+            redeliver: false,
+            ticks: 0,
             stopping: false,
             drain_reply: None,
             tasks: vec![ticker, watcher],
@@ -173,7 +226,12 @@ impl Actor for Coordinator {
                 self.refill(&myself, state);
             }
             CoordinatorMsg::Finished(id) => {
-                state.running.remove(&id);
+                if let Some(r) = state.running.remove(&id)
+                    && r.owner.is_some()
+                {
+                    state.outbox_pending = true;
+                    self.deliver(&myself, state);
+                }
                 self.maybe_drained(state);
             }
             CoordinatorMsg::WorkAvailable => self.refill(&myself, state),
@@ -186,31 +244,83 @@ impl Actor for Coordinator {
                             self.give_back(state, leases);
                             return Ok(());
                         }
-                        state.buffer.extend(leases);
+                        state
+                            .buffer
+                            .extend(leases.into_iter().map(|lease| Work { lease, owner: None }));
                         self.dispatch(state);
                         if got {
                             self.refill(&myself, state);
+                        } else {
+                            self.maybe_steal(&myself, state);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "leasing from the queue failed"),
                 }
             }
-            CoordinatorMsg::Tick => self.tick(&myself, state),
+            CoordinatorMsg::Stolen(grant) => {
+                state.stealing = false;
+                match grant {
+                    Some((owner, leases)) if !leases.is_empty() => {
+                        state.steal_backoff = STEAL_MIN;
+                        state.next_steal = Instant::now() + STEAL_MIN;
+                        tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
+                        state.buffer.extend(leases.into_iter().map(|lease| Work {
+                            lease,
+                            owner: Some(owner.clone()),
+                        }));
+                        self.dispatch(state);
+                    }
+                    _ => {
+                        state.steal_backoff = (state.steal_backoff * 2).min(STEAL_MAX);
+                        state.next_steal = Instant::now() + state.steal_backoff;
+                    }
+                }
+            }
+            CoordinatorMsg::Tick => {
+                state.ticks += 1;
+                if state.ticks.is_multiple_of(20) {
+                    // A safety net: look at the outbox now and then even without a cue.
+                    state.outbox_pending = true;
+                }
+                self.tick(&myself, state);
+                if state.buffer.is_empty() && !state.idle.is_empty() {
+                    self.maybe_steal(&myself, state);
+                }
+                if state.outbox_pending {
+                    self.deliver(&myself, state);
+                }
+            }
             CoordinatorMsg::TickDone(lost) => {
                 state.ticking = false;
                 for id in lost {
                     // We no longer hold it (cancelled or expired): stop working on it.
-                    state.buffer.retain(|l| l.id != id);
-                    if let Some((_, flag)) = state.running.get(&id) {
-                        flag.store(true, Ordering::SeqCst);
+                    state.buffer.retain(|w| w.lease.id != id);
+                    if let Some(r) = state.running.get(&id) {
+                        r.cancel.store(true, Ordering::SeqCst);
                     }
                 }
                 self.refill(&myself, state);
             }
+            CoordinatorMsg::Delivered(left) => {
+                state.delivering = false;
+                state.outbox_pending = left || state.redeliver;
+                if std::mem::take(&mut state.redeliver) {
+                    self.deliver(&myself, state);
+                }
+            }
+            CoordinatorMsg::PeerWork => {
+                // A peer has work again: do not sit out the steal backoff.
+                state.steal_backoff = STEAL_MIN;
+                state.next_steal = Instant::now();
+                if state.buffer.is_empty() {
+                    self.maybe_steal(&myself, state);
+                }
+            }
+            CoordinatorMsg::Peers(n) => state.peers = n,
             CoordinatorMsg::Cancel(id) => {
-                state.buffer.retain(|l| l.id != id);
-                if let Some((_, flag)) = state.running.get(&id) {
-                    flag.store(true, Ordering::SeqCst);
+                state.buffer.retain(|w| w.lease.id != id);
+                if let Some(r) = state.running.get(&id) {
+                    r.cancel.store(true, Ordering::SeqCst);
                 }
             }
             CoordinatorMsg::Drain { grace, reply } => {
@@ -220,8 +330,13 @@ impl Actor for Coordinator {
                     let _ = port.send(None);
                 }
                 // Hand back what never started, before anyone is told the drain is done.
-                let unstarted: Vec<(JobId, u64)> =
-                    state.buffer.drain(..).map(|l| (l.id, l.token)).collect();
+                // Stolen leases not started simply expire at their owners.
+                let unstarted: Vec<(JobId, u64)> = state
+                    .buffer
+                    .drain(..)
+                    .filter(|w| w.owner.is_none())
+                    .map(|w| (w.lease.id, w.lease.token))
+                    .collect();
                 if !unstarted.is_empty()
                     && let Err(e) = self.queue.release(unstarted).await
                 {
@@ -243,10 +358,11 @@ impl Actor for Coordinator {
                     let held: Vec<(JobId, u64)> = state
                         .running
                         .iter()
-                        .map(|(id, (token, flag))| {
-                            flag.store(true, Ordering::SeqCst);
-                            (*id, *token)
+                        .filter(|(_, r)| {
+                            r.cancel.store(true, Ordering::SeqCst);
+                            r.owner.is_none()
                         })
+                        .map(|(id, r)| (*id, r.token))
                         .collect();
                     let _ = self.queue.release(held).await;
                     state.running.clear();
@@ -258,6 +374,7 @@ impl Actor for Coordinator {
                     buffered: state.buffer.len(),
                     running: state.running.len(),
                     idle_workers: state.idle.len(),
+                    running_stolen: state.running.values().filter(|r| r.owner.is_some()).count(),
                 });
             }
         }
@@ -272,27 +389,48 @@ impl Coordinator {
             let Some(port) = state.idle.pop_front() else {
                 return;
             };
-            let Some(lease) = state.buffer.pop_front() else {
+            let Some(work) = state.buffer.pop_front() else {
                 return;
             };
             let cancel = Arc::new(AtomicBool::new(false));
-            let id = lease.id;
-            let token = lease.token;
+            let id = work.lease.id;
+            let token = work.lease.token;
+            let owner = work.owner.clone();
             let assignment = Assignment {
-                lease,
+                lease: work.lease,
                 cancel: cancel.clone(),
+                owner: work.owner,
             };
             match port.send(Some(assignment)) {
                 Ok(()) => {
-                    state.running.insert(id, (token, cancel));
+                    state.running.insert(
+                        id,
+                        Running {
+                            token,
+                            cancel,
+                            owner,
+                        },
+                    );
                 }
                 Err(e) => {
                     // The worker is gone (restarted): keep the job for the next one.
                     if let ractor::MessagingErr::SendErr(Some(a)) = e {
-                        state.buffer.push_front(a.lease);
+                        state.buffer.push_front(Work {
+                            lease: a.lease,
+                            owner: a.owner,
+                        });
                     }
                 }
             }
+        }
+    }
+
+    /// How many unstarted jobs to keep: few when peers could run them instead.
+    fn prefetch(&self, state: &CoordinatorState) -> usize {
+        if state.peers > 0 {
+            (self.slots as usize).max(1)
+        } else {
+            self.prefetch
         }
     }
 
@@ -301,8 +439,9 @@ impl Coordinator {
         if state.leasing || state.stopping {
             return;
         }
-        let want = (self.prefetch + state.idle.len()).saturating_sub(state.buffer.len());
-        if want == 0 || (state.idle.is_empty() && state.buffer.len() * 2 > self.prefetch) {
+        let prefetch = self.prefetch(state);
+        let want = (prefetch + state.idle.len()).saturating_sub(state.buffer.len());
+        if want == 0 || (state.idle.is_empty() && state.buffer.len() * 2 > prefetch) {
             return;
         }
         state.leasing = true;
@@ -322,7 +461,40 @@ impl Coordinator {
         );
     }
 
-    /// Run the queue clock and renew our leases, off the actor.
+    /// With idle workers and nothing of our own, ask the busiest peer for work. At most one
+    /// attempt in flight, spaced out with a backoff when peers have nothing to give.
+    fn maybe_steal(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        if state.stealing
+            || state.stopping
+            || state.peers == 0
+            || state.idle.is_empty()
+            || !state.buffer.is_empty()
+            || Instant::now() < state.next_steal
+        {
+            return;
+        }
+        state.stealing = true;
+        let request = stealing::StealPlan {
+            holder: self.queue.holder().to_owned(),
+            kinds: self.kinds.clone(),
+            max: state.idle.len() as u32 + 1,
+            lease: self.lease,
+        };
+        let membership = membership.clone();
+        let me = myself.clone();
+        track(
+            state,
+            tokio::spawn(async move {
+                let grant = stealing::steal(&membership, request).await;
+                let _ = me.cast(CoordinatorMsg::Stolen(grant));
+            }),
+        );
+    }
+
+    /// Run the queue clock and renew our leases (local and stolen), off the actor.
     fn tick(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
         if let Some(m) = &self.membership {
             let _ = m.cast(MembershipMsg::Load(NodeLoad {
@@ -336,19 +508,30 @@ impl Coordinator {
         }
         state.ticking = true;
         let renew_due = state.last_renew.elapsed() >= self.lease / 3;
-        let held: Vec<(JobId, u64)> = if renew_due {
+        let mut local: Vec<(JobId, u64)> = Vec::new();
+        let mut remote: HashMap<String, Vec<(JobId, u64)>> = HashMap::new();
+        if renew_due {
             state.last_renew = Instant::now();
-            state
+            let held = state
                 .buffer
                 .iter()
-                .map(|l| (l.id, l.token))
-                .chain(state.running.iter().map(|(id, (t, _))| (*id, *t)))
-                .collect()
-        } else {
-            Vec::new()
-        };
+                .map(|w| (w.lease.id, w.lease.token, w.owner.as_ref()))
+                .chain(
+                    state
+                        .running
+                        .iter()
+                        .map(|(id, r)| (*id, r.token, r.owner.as_ref())),
+                );
+            for (id, token, owner) in held {
+                match owner {
+                    None => local.push((id, token)),
+                    Some(o) => remote.entry(o.clone()).or_default().push((id, token)),
+                }
+            }
+        }
         let queue = self.queue.clone();
         let lease = self.lease;
+        let membership = self.membership.clone();
         let me = myself.clone();
         track(
             state,
@@ -356,15 +539,41 @@ impl Coordinator {
                 if let Err(e) = queue.tick().await {
                     tracing::warn!(error = %e, "queue tick failed");
                 }
-                let lost = if held.is_empty() {
+                let mut lost = if local.is_empty() {
                     Vec::new()
                 } else {
-                    queue.renew(held, lease).await.unwrap_or_else(|e| {
+                    queue.renew(local, lease).await.unwrap_or_else(|e| {
                         tracing::warn!(error = %e, "renewing leases failed");
                         Vec::new()
                     })
                 };
+                if let Some(m) = membership {
+                    let holder = queue.holder().to_owned();
+                    lost.extend(stealing::renew_remote(&m, &holder, remote, lease).await);
+                }
                 let _ = me.cast(CoordinatorMsg::TickDone(lost));
+            }),
+        );
+    }
+
+    /// Send the outbox to the owners, off the actor.
+    fn deliver(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+        let Some(membership) = &self.membership else {
+            return;
+        };
+        if state.delivering {
+            state.redeliver = true;
+            return;
+        }
+        state.delivering = true;
+        let queue = self.queue.clone();
+        let membership = membership.clone();
+        let me = myself.clone();
+        track(
+            state,
+            tokio::spawn(async move {
+                let left = stealing::deliver_outbox(&queue, &membership).await;
+                let _ = me.cast(CoordinatorMsg::Delivered(left));
             }),
         );
     }

@@ -11,6 +11,7 @@ pub mod listener;
 pub mod membership;
 pub mod node;
 pub mod peer;
+pub mod stealing;
 pub mod supervisor;
 pub mod worker;
 

@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::coordinator::CoordinatorMsg;
 use crate::peer::{PEERS_GROUP, PeerMsg};
 
 /// Messages to the [`Membership`] actor.
@@ -51,6 +52,12 @@ pub enum MembershipMsg {
     Load(NodeLoad),
     /// The swarm as this node sees it, itself first.
     Members(RpcReplyPort<Vec<MemberView>>),
+    /// Peers that are up with queued jobs of these kinds, busiest first.
+    Victims(Vec<JobKind>, RpcReplyPort<Vec<(String, ActorRef<PeerMsg>)>>),
+    /// The PeerService of a named peer, if it is up.
+    PeerRef(String, RpcReplyPort<Option<ActorRef<PeerMsg>>>),
+    /// The local coordinator, told how many peers are up.
+    Attach(ActorRef<CoordinatorMsg>),
 }
 
 impl ractor::Message for MembershipMsg {}
@@ -113,6 +120,8 @@ struct Target {
 
 pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
+    coordinator: Option<ActorRef<CoordinatorMsg>>,
+    peers_up: usize,
     tls: SwarmTls,
     cluster_addr: SocketAddr,
     peers: HashMap<String, Peer>,
@@ -349,6 +358,8 @@ impl Actor for Membership {
         tracing::info!(node = %self.name, cluster = %cluster_addr, swarm = %self.secret.swarm_id(), "cluster port open");
         Ok(MembershipState {
             server,
+            coordinator: None,
+            peers_up: 0,
             tls,
             cluster_addr,
             peers: HashMap::new(),
@@ -448,6 +459,13 @@ impl Actor for Membership {
                     sessions: HashMap::new(),
                 });
                 peer.last_heard = Instant::now();
+                let had_work = peer.info.as_ref().is_some_and(|i| i.load.queued > 0);
+                if !had_work
+                    && hb.info.load.queued > 0
+                    && let Some(c) = &state.coordinator
+                {
+                    let _ = c.cast(CoordinatorMsg::PeerWork);
+                }
                 peer.info = Some(hb.info);
                 if !peer.up && !peer.sessions.is_empty() {
                     peer.up = true;
@@ -478,6 +496,13 @@ impl Actor for Membership {
             }
             MembershipMsg::Tick => {
                 self.send_heartbeats(state);
+                let up = state.peers.values().filter(|p| p.up).count();
+                if up != state.peers_up {
+                    state.peers_up = up;
+                    if let Some(c) = &state.coordinator {
+                        let _ = c.cast(CoordinatorMsg::Peers(up));
+                    }
+                }
                 let silent: Vec<(String, Duration)> = state
                     .peers
                     .iter()
@@ -534,6 +559,31 @@ impl Actor for Membership {
                 }
             }
             MembershipMsg::Load(load) => state.load = load,
+            MembershipMsg::Attach(c) => {
+                let _ = c.cast(CoordinatorMsg::Peers(state.peers_up));
+                state.coordinator = Some(c);
+            }
+            MembershipMsg::Victims(kinds, reply) => {
+                let mut victims: Vec<(u64, String)> = state
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.up)
+                    .filter_map(|(n, p)| {
+                        let info = p.info.as_ref()?;
+                        let runs = kinds.iter().any(|k| info.kinds.contains(k));
+                        (runs && info.load.queued > 0).then(|| (info.load.queued, n.clone()))
+                    })
+                    .collect();
+                victims.sort_by_key(|v| std::cmp::Reverse(v.0));
+                let out = victims
+                    .into_iter()
+                    .filter_map(|(_, n)| peer_ref(state, &n).map(|r| (n, r)))
+                    .collect();
+                let _ = reply.send(out);
+            }
+            MembershipMsg::PeerRef(name, reply) => {
+                let _ = reply.send(peer_ref(state, &name));
+            }
             MembershipMsg::Members(reply) => {
                 let mut out = vec![MemberView {
                     name: self.name.clone(),
@@ -557,6 +607,18 @@ impl Actor for Membership {
         }
         Ok(())
     }
+}
+
+/// The PeerService of `name`: the `myco.peers` member on one of its sessions.
+fn peer_ref(state: &MembershipState, name: &str) -> Option<ActorRef<PeerMsg>> {
+    let peer = state.peers.get(name).filter(|p| p.up)?;
+    ractor::pg::get_members(&PEERS_GROUP.to_owned())
+        .into_iter()
+        .find(|cell| match cell.get_id() {
+            ractor::ActorId::Remote { node_id, .. } => peer.sessions.contains_key(&node_id),
+            ractor::ActorId::Local(_) => false,
+        })
+        .map(ActorRef::from)
 }
 
 impl Membership {

@@ -111,6 +111,9 @@ impl Actor for NodeSupervisor {
         };
         let (coordinator, _) =
             Actor::spawn_linked(None, coordinator, (), myself.get_cell()).await?;
+        if let Some(m) = &membership {
+            m.cast(MembershipMsg::Attach(coordinator.clone()))?;
+        }
         let mut workers = HashMap::new();
         for index in 0..self.workers {
             let id = self

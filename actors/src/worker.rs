@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use myco_jobs::{Executor, JobError, RunContext, Task};
-use myco_runtime::queue::Queue;
+use myco_runtime::queue::{OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
@@ -163,38 +163,60 @@ impl Actor for Worker {
             .coordinator
             .call(CoordinatorMsg::RequestWork, None)
             .await?;
-        let Ok(Some(Assignment { lease, cancel })) = got.success_or(()) else {
+        let Ok(Some(Assignment {
+            lease,
+            cancel,
+            owner,
+        })) = got.success_or(())
+        else {
             // The node is draining (or the coordinator is gone).
             myself.stop(Some("drained".into()));
             return Ok(());
         };
         let id = lease.id;
+        let token = lease.token;
         let timeout = Duration::from_millis(lease.timeout_ms.max(1));
         let outcome =
             tokio::time::timeout(timeout, exec.run(lease.task, lease.attempt, cancel.clone()))
                 .await;
         let cancelled = cancel.load(Ordering::SeqCst);
         let mut broken: Option<String> = None;
-        let report = match outcome {
-            Ok(Ok(output)) => self.queue.complete_detached(id, output).await,
-            Ok(Err(_)) if cancelled => Ok(()),
-            Ok(Err(RunError::Job(e))) => self.queue.fail_detached(id, lease.token, e).await,
+        let result: Option<Result<Vec<u8>, JobError>> = match outcome {
+            Ok(Ok(output)) => Some(Ok(output)),
+            Ok(Err(_)) if cancelled => None,
+            Ok(Err(RunError::Job(e))) => Some(Err(e)),
             Ok(Err(RunError::Panicked(msg))) => {
                 broken = Some(format!("executor panicked on job {id}: {msg}"));
-                let e = JobError::retryable(format!("executor panicked: {msg}"));
-                self.queue.fail_detached(id, lease.token, e).await
+                Some(Err(JobError::retryable(format!(
+                    "executor panicked: {msg}"
+                ))))
             }
             Ok(Err(RunError::Gone)) => {
                 broken = Some("executor thread is gone".into());
-                let e = JobError::retryable("executor thread was lost");
-                self.queue.fail_detached(id, lease.token, e).await
+                Some(Err(JobError::retryable("executor thread was lost")))
             }
             Err(_) => {
                 cancel.store(true, Ordering::SeqCst);
                 broken = Some(format!("job {id} overran its timeout"));
-                let e = JobError::retryable(format!("timed out after {timeout:?}"));
-                self.queue.fail_detached(id, lease.token, e).await
+                Some(Err(JobError::retryable(format!(
+                    "timed out after {timeout:?}"
+                ))))
             }
+        };
+        let report = match (result, owner) {
+            (None, _) => Ok(()),
+            // A stolen job: keep the outcome durably until its owner acknowledges it. Wait
+            // for the commit, so the delivery that `Finished` triggers finds it.
+            (Some(result), Some(owner)) => {
+                let entry = OutboxEntry {
+                    owner,
+                    token,
+                    result,
+                };
+                self.queue.outbox_put(id, entry).await
+            }
+            (Some(Ok(output)), None) => self.queue.complete_detached(id, output).await,
+            (Some(Err(e)), None) => self.queue.fail_detached(id, token, e).await,
         };
         let _ = self.coordinator.cast(CoordinatorMsg::Finished(id));
         report?;

@@ -20,18 +20,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use myco_jobs::{JobError, JobKind};
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use record::{
     ChildCounts, JobId, JobRecord, JobState, JobView, Progress, StateName, Transition,
 };
 use store::{
-    CHILDREN, COUNTS, DELAYED, IDEMPOTENCY, JOBS, LEASES, META, META_INCARNATION, META_SEQ, READY,
-    RESULTS, Txn, TxnEffects,
+    CHILDREN, COUNTS, DELAYED, IDEMPOTENCY, JOBS, LEASES, META, META_INCARNATION, META_SEQ, OUTBOX,
+    READY, RESULTS, Txn, TxnEffects,
 };
 pub use store::{
-    CancelOutcome, CompleteOutcome, FailOutcome, Lease, NewJob, Submitted, TickOutcome,
+    CancelOutcome, CompleteOutcome, FailOutcome, Lease, NewJob, OutboxEntry, Submitted, TickOutcome,
 };
 
 /// Errors from the queue. Storage and corruption errors are the node's problem, the others
@@ -228,6 +228,8 @@ enum Op {
     },
     Cancel(JobId, oneshot::Sender<Result<CancelOutcome, QueueError>>),
     Tick(oneshot::Sender<Result<TickOutcome, QueueError>>),
+    OutboxPut(JobId, OutboxEntry, oneshot::Sender<Result<(), QueueError>>),
+    OutboxRemove(Vec<JobId>, oneshot::Sender<Result<u32, QueueError>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -486,6 +488,34 @@ impl Queue {
             .map_err(|_| QueueError::Closed)
     }
 
+    /// Keep the outcome of another node's job durably until its owner acknowledges it.
+    pub async fn outbox_put(&self, id: JobId, entry: OutboxEntry) -> Result<(), QueueError> {
+        self.call(|r| Op::OutboxPut(id, entry, r)).await
+    }
+
+    /// Forget outbox entries their owner has acknowledged.
+    pub async fn outbox_remove(&self, ids: Vec<JobId>) -> Result<u32, QueueError> {
+        self.call(|r| Op::OutboxRemove(ids, r)).await
+    }
+
+    /// Up to `limit` outbox entries, oldest job first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(JobId, OutboxEntry)>, QueueError> {
+        let tx = self.shared.db.begin_read()?;
+        let table = tx.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (k, v) = entry?;
+            out.push((JobId::from(k.value()), store::decode_entry(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// How many outcomes wait in the outbox.
+    pub fn outbox_len(&self) -> Result<u64, QueueError> {
+        let tx = self.shared.db.begin_read()?;
+        Ok(tx.open_table(OUTBOX)?.len()?)
+    }
+
     /// Give leased jobs back without counting an attempt; returns how many were still held.
     pub async fn release(&self, leases: Vec<(JobId, u64)>) -> Result<u32, QueueError> {
         self.call(|r| Op::Release(leases, r)).await
@@ -664,6 +694,7 @@ fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
     tx.open_table(RESULTS)?;
     tx.open_table(META)?;
     tx.open_table(COUNTS)?;
+    tx.open_table(OUTBOX)?;
     Ok(())
 }
 
@@ -853,6 +884,8 @@ fn apply_batch(
             } => run!(reply, txn.renew(&holder, &leases, lease_ms)),
             Op::Cancel(id, reply) => run!(reply, txn.cancel(id)),
             Op::Tick(reply) => run!(reply, txn.tick()),
+            Op::OutboxPut(id, entry, reply) => run!(reply, txn.outbox_put(id, &entry)),
+            Op::OutboxRemove(ids, reply) => run!(reply, txn.outbox_remove(&ids)),
             Op::Shutdown(reply) => *stop = Some(reply),
         }
     }
@@ -885,6 +918,8 @@ fn fail_op(op: Op, e: &QueueError, stop: &mut Option<oneshot::Sender<()>>) -> Re
         Op::Renew { reply, .. } => respond(reply, err(e)),
         Op::Cancel(_, r) => respond(r, err(e)),
         Op::Tick(r) => respond(r, err(e)),
+        Op::OutboxPut(_, _, r) => respond(r, err(e)),
+        Op::OutboxRemove(_, r) => respond(r, err(e)),
         Op::Shutdown(r) => {
             *stop = Some(r);
             Box::new(|_| ())

@@ -27,6 +27,8 @@ pub(crate) const RESULTS: TableDefinition<u128, &[u8]> = TableDefinition::new("r
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Job count per public state, kept exact by every transition.
 pub(crate) const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts");
+/// A thief's finished work for other owners, kept until the owner acknowledges it.
+pub(crate) const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
 pub(crate) const META_SEQ: &str = "seq";
 pub(crate) const META_INCARNATION: &str = "incarnation";
@@ -166,6 +168,7 @@ pub(crate) struct Tables<'a> {
     pub idempotency: Table<'a, &'static str, u128>,
     pub children: Table<'a, (u128, u32), u128>,
     pub results: Table<'a, u128, &'static [u8]>,
+    pub outbox: Table<'a, u128, &'static [u8]>,
 }
 
 impl<'a> Tables<'a> {
@@ -178,6 +181,7 @@ impl<'a> Tables<'a> {
             idempotency: tx.open_table(IDEMPOTENCY)?,
             children: tx.open_table(CHILDREN)?,
             results: tx.open_table(RESULTS)?,
+            outbox: tx.open_table(OUTBOX)?,
         })
     }
 }
@@ -445,7 +449,8 @@ impl Txn<'_> {
                 token,
                 deadline_ms,
             };
-            self.transition(&mut rec, state, None)?;
+            // The history names who ran each attempt.
+            self.transition(&mut rec, state, Some(holder.to_owned()))?;
             out.push(Lease {
                 id: rec.id,
                 token,
@@ -661,6 +666,45 @@ impl Txn<'_> {
             {
                 let why = format!("{holder} restarted");
                 self.lose(rec, &why)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The end of an attempt at another node's job, waiting in the outbox for its owner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub owner: String,
+    pub token: u64,
+    pub result: Result<Vec<u8>, JobError>,
+}
+
+pub(crate) fn encode_entry(e: &OutboxEntry) -> Result<Vec<u8>, QueueError> {
+    bincode::serde::encode_to_vec(e, bincode::config::standard())
+        .map_err(|err| QueueError::Corrupt(format!("encoding an outbox entry: {err}")))
+}
+
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<OutboxEntry, QueueError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(e, _)| e)
+        .map_err(|err| QueueError::Corrupt(format!("decoding an outbox entry: {err}")))
+}
+
+impl Txn<'_> {
+    /// Keep a finished stolen job until its owner acknowledges it. A later attempt at the
+    /// same job replaces an earlier one that was not yet delivered.
+    pub fn outbox_put(&mut self, id: JobId, entry: &OutboxEntry) -> Result<(), QueueError> {
+        let bytes = encode_entry(entry)?;
+        self.t.outbox.insert(u128::from(id), bytes.as_slice())?;
+        Ok(())
+    }
+
+    pub fn outbox_remove(&mut self, ids: &[JobId]) -> Result<u32, QueueError> {
+        let mut n = 0;
+        for id in ids {
+            if self.t.outbox.remove(u128::from(*id))?.is_some() {
                 n += 1;
             }
         }
