@@ -31,6 +31,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/swarm", get(swarm))
+        .route("/api/swarm/ping", get(ping))
         .with_state(node)
 }
 
@@ -357,6 +358,59 @@ async fn swarm(State(node): State<NodeHandle>) -> Json<SwarmReply> {
     })
 }
 
+#[derive(Debug, Deserialize)]
+struct PingQuery {
+    peer: String,
+    count: Option<u32>,
+}
+
+/// Round trip of calls to a peer's PeerService against the same calls to our own (an
+/// in-process actor call): the remote call overhead.
+async fn ping(
+    State(node): State<NodeHandle>,
+    Query(q): Query<PingQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let count = q.count.unwrap_or(200).clamp(1, 100_000);
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_peer",
+            format!("no peer `{}` is up", q.peer),
+            "see `myco swarm`",
+        )
+    };
+    let membership = node.membership.clone().ok_or_else(not_found)?;
+    let remote = membership
+        .call(
+            |r| crate::membership::MembershipMsg::PeerRef(q.peer.clone(), r),
+            None,
+        )
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .flatten()
+        .ok_or_else(not_found)?;
+    let local = ractor::pg::get_members(&crate::peer::PEERS_GROUP.to_owned())
+        .into_iter()
+        .find(|c| c.get_id().is_local())
+        .map(ractor::ActorRef::<crate::peer::PeerMsg>::from)
+        .ok_or_else(not_found)?;
+    let remote_us = crate::stealing::ping(&remote, count)
+        .await
+        .ok_or_else(not_found)?;
+    let local_us = crate::stealing::ping(&local, count)
+        .await
+        .ok_or_else(not_found)?;
+    Ok(Json(serde_json::json!({
+        "peer": q.peer,
+        "count": count,
+        "remote_us": remote_us,
+        "local_us": local_us,
+        "overhead_us": remote_us - local_us,
+        "ratio": remote_us / local_us.max(1e-9),
+    })))
+}
+
 async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
     let q = node.queue.clone();
     let counts = blocking(move || q.counts()).await?;
@@ -429,6 +483,24 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
         let _ = writeln!(out, "# HELP myco_workers_idle Workers waiting for a job.");
         let _ = writeln!(out, "# TYPE myco_workers_idle gauge");
         let _ = writeln!(out, "myco_workers_idle {}", load.idle_workers);
+        let _ = writeln!(
+            out,
+            "# HELP myco_steals_total Successful steals by this node."
+        );
+        let _ = writeln!(out, "# TYPE myco_steals_total counter");
+        let _ = writeln!(out, "myco_steals_total {}", load.steals);
+        let _ = writeln!(
+            out,
+            "# HELP myco_stolen_jobs_total Jobs this node stole from peers."
+        );
+        let _ = writeln!(out, "# TYPE myco_stolen_jobs_total counter");
+        let _ = writeln!(out, "myco_stolen_jobs_total {}", load.stolen_jobs);
+        let _ = writeln!(
+            out,
+            "# HELP myco_steal_seconds_total Summed latency of successful steals."
+        );
+        let _ = writeln!(out, "# TYPE myco_steal_seconds_total counter");
+        let _ = writeln!(out, "myco_steal_seconds_total {}", load.steal_seconds);
     }
     Ok((
         [(

@@ -44,8 +44,8 @@ pub enum CoordinatorMsg {
     WorkAvailable,
     /// A lease round came back (internal).
     Leased(Result<Vec<Lease>, String>),
-    /// A steal attempt came back: the owner and what it lent (internal).
-    Stolen(Option<(String, Vec<Lease>)>),
+    /// A steal attempt came back: the owner, what it lent, and how long it took (internal).
+    Stolen(Option<(String, Vec<Lease>, Duration)>),
     /// Periodic: expire leases, promote retries, renew what we hold (internal).
     Tick,
     /// A background renewal ended: the leases we no longer hold (internal).
@@ -75,13 +75,17 @@ pub enum CoordinatorMsg {
 impl ractor::Message for CoordinatorMsg {}
 
 /// What a coordinator holds right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Load {
     pub buffered: usize,
     pub running: usize,
     pub idle_workers: usize,
     /// Of the running jobs, those stolen from peers.
     pub running_stolen: usize,
+    /// Successful steals since start, the jobs they brought, and their summed latency.
+    pub steals: u64,
+    pub stolen_jobs: u64,
+    pub steal_seconds: f64,
 }
 
 /// The coordinator's fixed settings.
@@ -125,6 +129,9 @@ pub struct CoordinatorState {
     stealing: bool,
     next_steal: Instant,
     steal_backoff: Duration,
+    steals: u64,
+    stolen_jobs: u64,
+    steal_secs: f64,
     delivering: bool,
     outbox_pending: bool,
     /// Something was added to the outbox while a delivery round ran.
@@ -188,6 +195,9 @@ impl Actor for Coordinator {
             stealing: false,
             next_steal: Instant::now(),
             steal_backoff: STEAL_MIN,
+            steals: 0,
+            stolen_jobs: 0,
+            steal_secs: 0.0,
             delivering: false,
             outbox_pending,
             redeliver: false,
@@ -234,7 +244,10 @@ impl Actor for Coordinator {
                 }
                 self.maybe_drained(state);
             }
-            CoordinatorMsg::WorkAvailable => self.refill(&myself, state),
+            CoordinatorMsg::WorkAvailable => {
+                self.report_load(state);
+                self.refill(&myself, state);
+            }
             CoordinatorMsg::Leased(result) => {
                 state.leasing = false;
                 match result {
@@ -260,7 +273,10 @@ impl Actor for Coordinator {
             CoordinatorMsg::Stolen(grant) => {
                 state.stealing = false;
                 match grant {
-                    Some((owner, leases)) if !leases.is_empty() => {
+                    Some((owner, leases, took)) if !leases.is_empty() => {
+                        state.steals += 1;
+                        state.stolen_jobs += leases.len() as u64;
+                        state.steal_secs += took.as_secs_f64();
                         state.steal_backoff = STEAL_MIN;
                         state.next_steal = Instant::now() + STEAL_MIN;
                         tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
@@ -375,6 +391,9 @@ impl Actor for Coordinator {
                     running: state.running.len(),
                     idle_workers: state.idle.len(),
                     running_stolen: state.running.values().filter(|r| r.owner.is_some()).count(),
+                    steals: state.steals,
+                    stolen_jobs: state.stolen_jobs,
+                    steal_seconds: state.steal_secs,
                 });
             }
         }
@@ -495,7 +514,8 @@ impl Coordinator {
     }
 
     /// Run the queue clock and renew our leases (local and stolen), off the actor.
-    fn tick(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+    /// Tell Membership how busy this node is (it goes out with the next heartbeat).
+    fn report_load(&self, state: &CoordinatorState) {
         if let Some(m) = &self.membership {
             let _ = m.cast(MembershipMsg::Load(NodeLoad {
                 queued: self.queue.stats().by_state[StateName::Queued.index()],
@@ -503,6 +523,10 @@ impl Coordinator {
                 slots: self.slots,
             }));
         }
+    }
+
+    fn tick(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
+        self.report_load(state);
         if state.ticking {
             return;
         }

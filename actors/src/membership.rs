@@ -183,6 +183,12 @@ impl Membership {
             caps: self.caps.clone(),
             kinds: self.kinds.clone(),
             load: state.load,
+            peers: state
+                .peers
+                .iter()
+                .filter(|(_, p)| p.up)
+                .filter_map(|(n, p)| Some((n.clone(), p.info.as_ref()?.cluster_addr.clone())))
+                .collect(),
         }
     }
 
@@ -459,6 +465,9 @@ impl Actor for Membership {
                     sessions: HashMap::new(),
                 });
                 peer.last_heard = Instant::now();
+                // Learn whose address this is, and of the peers it knows (gossip).
+                let gossip = hb.info.peers.clone();
+                let own = hb.info.cluster_addr.clone();
                 let had_work = peer.info.as_ref().is_some_and(|i| i.load.queued > 0);
                 if !had_work
                     && hb.info.load.queued > 0
@@ -470,6 +479,26 @@ impl Actor for Membership {
                 if !peer.up && !peer.sessions.is_empty() {
                     peer.up = true;
                     tracing::info!(peer = %name, "peer is back");
+                }
+                if let Some(t) = state.targets.get_mut(&own) {
+                    t.name = Some(name.clone());
+                }
+                let me = state.cluster_addr.to_string();
+                for (other, addr) in gossip {
+                    if other == self.name || addr == me {
+                        continue;
+                    }
+                    if state.peers.get(&other).is_some_and(|p| p.up) {
+                        continue;
+                    }
+                    let target = state.targets.entry(addr).or_default();
+                    if target.name.is_none() {
+                        target.name = Some(other.clone());
+                        // The smaller name dials first, as with discovery.
+                        if self.name > other {
+                            target.next_try = Some(Instant::now() + self.heartbeat * 3);
+                        }
+                    }
                 }
             }
             MembershipMsg::Discovered(found) => {
@@ -558,7 +587,14 @@ impl Actor for Membership {
                     }
                 }
             }
-            MembershipMsg::Load(load) => state.load = load,
+            MembershipMsg::Load(load) => {
+                let news = state.load.queued == 0 && load.queued > 0;
+                state.load = load;
+                if news {
+                    // Work just arrived: tell idle peers now, not at the next heartbeat.
+                    self.send_heartbeats(state);
+                }
+            }
             MembershipMsg::Attach(c) => {
                 let _ = c.cast(CoordinatorMsg::Peers(state.peers_up));
                 state.coordinator = Some(c);

@@ -35,6 +35,9 @@ pub enum PeerMsg {
     /// A thief hands back finished work; the reply lists what the owner has settled.
     #[rpc]
     Deliver(Wire<Delivery>, RpcReplyPort<Wire<DeliveryAck>>),
+    /// Echo: measures the round trip of a call (for `myco bench steal`).
+    #[rpc]
+    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
 }
 
 impl std::fmt::Debug for PeerMsg {
@@ -44,6 +47,7 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::Steal(..) => "Steal",
             PeerMsg::Renew(..) => "Renew",
             PeerMsg::Deliver(..) => "Deliver",
+            PeerMsg::Ping(..) => "Ping",
         })
     }
 }
@@ -125,7 +129,11 @@ impl Actor for PeerService {
                     let _ = reply.send(Wire::new(DeliveryAck { settled }));
                 });
             }
+            PeerMsg::Ping(Wire(Ok(n)), reply) => {
+                let _ = reply.send(Wire::new(n));
+            }
             PeerMsg::Heartbeat(Wire(Err(e)))
+            | PeerMsg::Ping(Wire(Err(e)), _)
             | PeerMsg::Steal(Wire(Err(e)), _)
             | PeerMsg::Renew(Wire(Err(e)), _)
             | PeerMsg::Deliver(Wire(Err(e)), _) => {

@@ -43,7 +43,7 @@ async fn peer(membership: &ActorRef<MembershipMsg>, name: &str) -> Option<ActorR
 pub async fn steal(
     membership: &ActorRef<MembershipMsg>,
     plan: StealPlan,
-) -> Option<(String, Vec<Lease>)> {
+) -> Option<(String, Vec<Lease>, Duration)> {
     let victims = membership
         .call(
             |r| MembershipMsg::Victims(plan.kinds.clone(), r),
@@ -60,6 +60,7 @@ pub async fn steal(
             max: plan.max,
             lease_ms: plan.lease.as_millis() as u64,
         };
+        let started = std::time::Instant::now();
         let grant = peer
             .call(|r| PeerMsg::Steal(Wire::new(request), r), Some(CALL))
             .await;
@@ -68,6 +69,7 @@ pub async fn steal(
                 return Some((
                     grant.owner,
                     grant.leases.into_iter().map(Into::into).collect(),
+                    started.elapsed(),
                 ));
             }
             Ok(Ok(Wire(Err(e)))) => {
@@ -160,4 +162,21 @@ pub async fn deliver_outbox(queue: &Queue, membership: &ActorRef<MembershipMsg>)
         }
     }
     left
+}
+
+/// Mean round trip of `count` calls to a PeerService, in microseconds.
+pub async fn ping(peer: &ActorRef<PeerMsg>, count: u32) -> Option<f64> {
+    let started = std::time::Instant::now();
+    for i in 0..count {
+        let r = peer
+            .call(|r| PeerMsg::Ping(Wire::new(u64::from(i)), r), Some(CALL))
+            .await
+            .ok()?
+            .success_or(())
+            .ok()?;
+        if r.0 != Ok(u64::from(i)) {
+            return None;
+        }
+    }
+    Some(started.elapsed().as_secs_f64() * 1e6 / f64::from(count.max(1)))
 }

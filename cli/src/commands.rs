@@ -128,6 +128,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(crate::BenchCommand::Steal(ref args)) => {
+            crate::bench::steal(args, cli.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Swarm => {
             let reply = client(&cli, &home).swarm().await?;
             if cli.json {

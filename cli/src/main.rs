@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a job ended other than done, or an operation failed; 2 bad input
 //! (a malformed job.toml, a bad flag); 3 no node reachable at the API address.
 
+mod bench;
 mod client;
 mod commands;
 mod progress;
@@ -85,6 +86,9 @@ pub enum Command {
     Detect,
     /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.
     Swarm,
+    /// Measure myco on this machine, each figure against its baseline.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print a one-line token another machine joins with: `myco node --join-token TOKEN`.
     /// It contains the swarm secret: share it like a password.
     Invite {
@@ -92,6 +96,13 @@ pub enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         addr: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Skewed load on a local swarm of node processes: makespan against the ideal, steal
+    /// latency, remote call overhead.
+    Steal(bench::StealArgs),
 }
 
 /// Settings of a node this process starts.

@@ -87,6 +87,9 @@ pub struct NodeInfo {
     pub caps: Capabilities,
     pub kinds: Vec<JobKind>,
     pub load: NodeLoad,
+    /// The peers it is connected to, as `(name, cluster address)`: a node that joined
+    /// through one member dials the rest (gossip), so `--join` needs one address.
+    pub peers: Vec<(String, String)>,
 }
 
 /// "I am alive, and this is me."
