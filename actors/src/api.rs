@@ -147,12 +147,15 @@ struct Health {
     version: &'static str,
     uptime_s: u64,
     jobs: std::collections::BTreeMap<&'static str, u64>,
+    /// Results of stolen jobs waiting for their owners.
+    outbox: u64,
 }
 
 async fn health(State(node): State<NodeHandle>) -> Result<Json<Health>, ApiError> {
     let q = node.queue.clone();
-    let counts = blocking(move || q.counts()).await?;
+    let (counts, outbox) = blocking(move || Ok((q.counts()?, q.outbox_len()?))).await?;
     Ok(Json(Health {
+        outbox,
         status: "ok",
         node: node.name.clone(),
         holder: node.queue.holder().to_owned(),

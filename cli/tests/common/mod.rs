@@ -52,18 +52,23 @@ impl NodeProc {
         NodeProc::spawn(home, node_args, Some(log))
     }
 
+    /// Run a prepared `myco ... --json node ...` command (e.g. inside a network namespace)
+    /// and wait for it to say where it listens.
+    pub fn from_command(mut cmd: Command, home: &Path) -> NodeProc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn myco node");
+        NodeProc::started(child, home)
+    }
+
     fn spawn(home: &Path, node_args: &[&str], log: Option<&Path>) -> NodeProc {
         let mut cmd = myco(home);
-        cmd.args([
-            "--api",
-            "127.0.0.1:0",
-            "--json",
-            "node",
-            "--cluster",
-            "127.0.0.1:0",
-        ])
-        .args(node_args)
-        .stdout(Stdio::piped());
+        if !node_args.contains(&"--cluster") {
+            // Keep the cluster port on loopback unless the test says otherwise.
+            cmd.env("MYCO_CLUSTER", "127.0.0.1:0");
+        }
+        cmd.args(["--api", "127.0.0.1:0", "--json", "node"])
+            .args(node_args)
+            .stdout(Stdio::piped());
         match log {
             Some(path) => {
                 let file = std::fs::File::create(path).expect("log file");
@@ -74,7 +79,11 @@ impl NodeProc {
                 cmd.stderr(Stdio::inherit());
             }
         }
-        let mut child = cmd.spawn().expect("spawn myco node");
+        let child = cmd.spawn().expect("spawn myco node");
+        NodeProc::started(child, home)
+    }
+
+    fn started(mut child: Child, home: &Path) -> NodeProc {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)

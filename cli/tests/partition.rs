@@ -1,0 +1,247 @@
+//! A network partition with real node processes: node C runs in a network namespace this
+//! test creates, linked to the host by a veth pair on a private /30 that exists only on this
+//! machine. A and B listen on the host end. Mid-run the link goes down (C is cut off), then
+//! comes back. Nothing may be lost or duplicated: every job ends done exactly once at its
+//! owner, including those C was running when the link went down.
+//!
+//! Needs root (`ip netns`); without it the test says so and does nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Http, NodeProc, eventually};
+
+/// The namespace and veth pair, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Netns {
+    fn create(tag: u32) -> Option<Netns> {
+        let name = format!("myco-part-{tag}");
+        let host_if = format!("mph{tag}");
+        let ns_if = format!("mpn{tag}");
+        let _ = ip(&["netns", "del", &name]);
+        let ok = ip(&["netns", "add", &name])
+            && ip(&[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ])
+            && ip(&["link", "set", &ns_if, "netns", &name])
+            && ip(&["addr", "add", "10.213.77.1/30", "dev", &host_if])
+            && ip(&["link", "set", &host_if, "up"])
+            && ip(&[
+                "netns",
+                "exec",
+                &name,
+                "ip",
+                "addr",
+                "add",
+                "10.213.77.2/30",
+                "dev",
+                &ns_if,
+            ])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"])
+            && ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        let ns = Netns { name, host_if };
+        ok.then_some(ns)
+    }
+
+    fn link(&self, up: bool) {
+        assert!(ip(&[
+            "link",
+            "set",
+            &self.host_if,
+            if up { "up" } else { "down" }
+        ]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+const JOBS: usize = 400;
+
+#[test]
+fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
+    if !is_root() {
+        eprintln!("skipped: the partition test needs root for `ip netns`");
+        return;
+    }
+    let tag = std::process::id() % 100_000;
+    let Some(ns) = Netns::create(tag) else {
+        panic!("cannot create network namespace myco-part-{tag} (ip netns)");
+    };
+    let root = tempfile::tempdir().unwrap();
+    let home = |n: &str| root.path().join(n);
+    let config = "lease = 3\ntick = 0.2\nheartbeat = 0.25\npeer_timeout = 2\nbackoff_base = 0.05\n";
+    for n in ["a", "b", "c"] {
+        std::fs::create_dir_all(home(n)).unwrap();
+        std::fs::write(home(n).join("config.toml"), config).unwrap();
+    }
+    let a = NodeProc::start_with(
+        &home("a"),
+        &[
+            "--name",
+            "a",
+            "--no-discovery",
+            "--cluster",
+            "10.213.77.1:0",
+        ],
+    );
+    let a_cluster = a.cluster.clone().unwrap();
+    for n in ["b", "c"] {
+        std::fs::copy(home("a").join("swarm.key"), home(n).join("swarm.key")).unwrap();
+    }
+    let b = NodeProc::start_with(
+        &home("b"),
+        &[
+            "--name",
+            "b",
+            "--no-discovery",
+            "--cluster",
+            "10.213.77.1:0",
+            "--join",
+            &a_cluster,
+        ],
+    );
+    // C lives in the namespace: `ip netns exec` runs the same binary there.
+    let c = {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.name, common::MYCO])
+            .arg("--home")
+            .arg(home("c"))
+            .args(["--api", "10.213.77.2:0", "--json", "node", "--name", "c"])
+            .args([
+                "--no-discovery",
+                "--cluster",
+                "10.213.77.2:0",
+                "--join",
+                &a_cluster,
+            ])
+            .env("MYCO_LOG", "warn,ractor_cluster=error")
+            .env_remove("RUST_BACKTRACE");
+        NodeProc::from_command(cmd, &home("c"))
+    };
+    let http = Http::new();
+    let up = |node: &NodeProc, names: &[&str]| {
+        let Ok((200, v)) = http.get(&node.url("/api/swarm")) else {
+            return false;
+        };
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        names.iter().all(|want| {
+            nodes
+                .iter()
+                .any(|n| n["name"] == *want && (n["status"] == "up" || n["status"] == "self"))
+        })
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the three-node swarm forms",
+        || (up(&a, &["a", "b", "c"]) && up(&c, &["a", "b", "c"])).then_some(()),
+    );
+
+    let jobs: Vec<_> = (0..JOBS)
+        .map(|i| {
+            serde_json::json!({
+                "toml": format!("version = 1\nkind = \"noop\"\nmax_attempts = 10\n[noop]\npayload = \"part-{i}\"\nsleep_ms = 25\n"),
+                "base_dir": "/",
+            })
+        })
+        .collect();
+    let (status, reply) = http
+        .post(&a.url("/api/jobs"), &serde_json::json!({ "jobs": jobs }))
+        .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let ids: Vec<String> = reply["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // Cut C off once it is running stolen jobs.
+    eventually(Duration::from_secs(30), "c runs stolen jobs", || {
+        let (_, m) = http.get_text(&c.url("/metrics")).ok()?;
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("myco_stolen_jobs_total ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .filter(|n| *n >= 6.0)
+    });
+    ns.link(false);
+    eventually(Duration::from_secs(20), "a notices the partition", || {
+        (!up(&a, &["c"])).then_some(())
+    });
+    // Let the leases C held expire at A and the work go on without it.
+    std::thread::sleep(Duration::from_secs(4));
+    ns.link(true);
+    eventually(
+        Duration::from_secs(30),
+        "c rejoins after the partition heals",
+        || up(&a, &["a", "b", "c"]).then_some(()),
+    );
+
+    let done = eventually(Duration::from_secs(120), "every job done", || {
+        let (_, v) = http.get(&a.url("/api/jobs?all=true&limit=100000")).ok()?;
+        let jobs = v["jobs"].as_array()?.clone();
+        (jobs.iter().filter(|j| j["state"] == "done").count() == JOBS).then_some(jobs)
+    });
+    assert_eq!(done.len(), JOBS, "nothing beyond what was submitted");
+    let mut by_holder = std::collections::BTreeMap::<String, usize>::new();
+    for j in &done {
+        let history = j["history"].as_array().unwrap();
+        let dones = history.iter().filter(|t| t["state"] == "done").count();
+        assert_eq!(dones, 1, "recorded once: {j}");
+        let holder = history
+            .iter()
+            .rev()
+            .find(|t| t["state"] == "leased")
+            .and_then(|t| t["note"].as_str())
+            .unwrap_or("?")
+            .split('#')
+            .next()
+            .unwrap()
+            .to_owned();
+        *by_holder.entry(holder).or_default() += 1;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (status, text) = http
+            .get_text(&a.url(&format!("/api/jobs/{id}/result")))
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(text.contains(&format!("\"part-{i}\"")), "job {i}: {text}");
+    }
+    eprintln!("partition: jobs by last holder {by_holder:?}");
+    // C's outbox drains once it is back: nothing left undelivered.
+    eventually(Duration::from_secs(30), "c's outbox is delivered", || {
+        let (_, h) = http.get(&c.url("/health")).ok()?;
+        (h["outbox"].as_u64() == Some(0)).then_some(())
+    });
+    drop(b);
+}
