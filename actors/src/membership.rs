@@ -17,6 +17,7 @@ use myco_runtime::cluster::discovery::{self, Beacon, DiscoveryConfig, Found};
 use myco_runtime::cluster::secret::{SwarmSecret, SwarmTls};
 use myco_runtime::cluster::wire::{Heartbeat, NodeInfo, NodeLoad, PROTOCOL, Role, Wire};
 use myco_runtime::detect::Capabilities;
+use myco_runtime::models::ModelFile;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
@@ -58,6 +59,8 @@ pub enum MembershipMsg {
     PeerRef(String, RpcReplyPort<Option<ActorRef<PeerMsg>>>),
     /// The local coordinator, told how many peers are up.
     Attach(ActorRef<CoordinatorMsg>),
+    /// Fresh capabilities and model list (internal, every few seconds).
+    Refreshed(Box<(Capabilities, Vec<ModelFile>)>),
 }
 
 impl ractor::Message for MembershipMsg {}
@@ -95,6 +98,8 @@ pub struct Membership {
     pub peer_timeout: Duration,
     pub api_addr: Option<String>,
     pub caps: Capabilities,
+    /// Where this node's model files are (re-scanned every few seconds).
+    pub models_dir: std::path::PathBuf,
     pub kinds: Vec<JobKind>,
     pub roles: Vec<Role>,
     pub slots: u32,
@@ -120,6 +125,8 @@ struct Target {
 
 pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
+    caps: Capabilities,
+    models: Vec<ModelFile>,
     coordinator: Option<ActorRef<CoordinatorMsg>>,
     peers_up: usize,
     tls: SwarmTls,
@@ -180,7 +187,8 @@ impl Membership {
             cluster_addr: state.cluster_addr.to_string(),
             api_addr: self.api_addr.clone(),
             roles: self.roles.clone(),
-            caps: self.caps.clone(),
+            caps: state.caps.clone(),
+            models: state.models.clone(),
             kinds: self.kinds.clone(),
             load: state.load,
             peers: state
@@ -362,8 +370,37 @@ impl Actor for Membership {
             targets.insert(addr.clone(), Target::default());
         }
         tracing::info!(node = %self.name, cluster = %cluster_addr, swarm = %self.secret.swarm_id(), "cluster port open");
+        let refresher = {
+            let me = myself.clone();
+            let dir = self.models_dir.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = interval.tick() => {}
+                    }
+                    let dir = dir.clone();
+                    let fresh = tokio::task::spawn_blocking(move || {
+                        (
+                            myco_runtime::detect::detect(),
+                            myco_runtime::models::scan(&dir),
+                        )
+                    })
+                    .await;
+                    let Ok(fresh) = fresh else { break };
+                    if me.cast(MembershipMsg::Refreshed(Box::new(fresh))).is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        tasks.push(refresher);
         Ok(MembershipState {
             server,
+            caps: self.caps.clone(),
+            models: Vec::new(),
             coordinator: None,
             peers_up: 0,
             tls,
@@ -585,6 +622,16 @@ impl Actor for Membership {
                             }
                         }
                     }
+                }
+            }
+            MembershipMsg::Refreshed(fresh) => {
+                let (caps, models) = *fresh;
+                let changed = models != state.models || caps.gpus != state.caps.gpus;
+                state.caps = caps;
+                state.models = models;
+                if changed {
+                    // What this node can run changed: say so now.
+                    self.send_heartbeats(state);
                 }
             }
             MembershipMsg::Load(load) => {

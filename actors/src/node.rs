@@ -246,7 +246,9 @@ impl Node {
                     "created a new swarm secret; other machines join with `myco invite`"
                 );
             }
-            let caps = myco_runtime::detect::detect();
+            let caps = tokio::task::spawn_blocking(myco_runtime::detect::detect)
+                .await
+                .map_err(|e| NodeError::Actors(e.to_string()))?;
             let mut roles = vec![Role::Coordinator];
             if workers > 0 {
                 roles.push(Role::Worker);
@@ -268,6 +270,7 @@ impl Node {
                 peer_timeout: config.peer_timeout,
                 api_addr: api_addr.map(|a| a.to_string()),
                 caps,
+                models_dir: home.models_dir(),
                 kinds: JobKind::ALL.to_vec(),
                 roles,
                 slots: workers as u32,

@@ -222,7 +222,7 @@ fn print_swarm(nodes: &[myco_actors::membership::MemberView]) {
             })
             .collect();
         println!(
-            "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>11} {:>7} {:>8.1}s",
+            "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>6} {:>11} {:>7} {:>8.1}s",
             n.name,
             n.status,
             roles.join(","),
@@ -233,6 +233,7 @@ fn print_swarm(nodes: &[myco_actors::membership::MemberView]) {
                 i.caps.ram_total_bytes as f64 / (1u64 << 30) as f64
             ),
             i.caps.gpus.len(),
+            i.models.len(),
             format!("{}/{}", i.load.running, i.load.slots),
             i.load.queued,
             n.heartbeat_age_ms as f64 / 1000.0

@@ -63,6 +63,28 @@ fn sees_up(http: &Http, node: &NodeProc, names: &[&str]) -> bool {
     })
 }
 
+/// The head of a GGUF file: magic, version 3, no tensors, two metadata entries.
+fn tiny_gguf_header() -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    let mut s = |v: &str| {
+        b.extend((v.len() as u64).to_le_bytes());
+        b.extend(v.as_bytes());
+    };
+    s("general.architecture");
+    let mut out = b;
+    out.extend(8u32.to_le_bytes());
+    out.extend(5u64.to_le_bytes());
+    out.extend(b"llama");
+    out.extend(17u64.to_le_bytes());
+    out.extend(b"llama.block_count");
+    out.extend(4u32.to_le_bytes());
+    out.extend(2u32.to_le_bytes());
+    out
+}
+
 fn copy_secret(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     std::fs::copy(from.join("swarm.key"), to.join("swarm.key")).unwrap();
@@ -76,6 +98,9 @@ fn three_nodes_discover_each_other_and_notice_failures() {
     let a = NodeProc::start_with(&home("a"), &args(&discovering(&port, "a")));
     copy_secret(&home("a"), &home("b"));
     copy_secret(&home("a"), &home("c"));
+    // C holds a model file: its header is advertised.
+    std::fs::create_dir_all(home("c").join("models")).unwrap();
+    std::fs::write(home("c").join("models/tiny.gguf"), tiny_gguf_header()).unwrap();
     let b = NodeProc::start_with(&home("b"), &args(&discovering(&port, "b")));
     let mut c = NodeProc::start_with(&home("c"), &args(&discovering(&port, "c")));
     let last_start = Instant::now();
@@ -104,6 +129,16 @@ fn three_nodes_discover_each_other_and_notice_failures() {
         assert!(n["info"]["caps"]["cores"].as_u64().unwrap() >= 1, "{n}");
         assert!(!n["info"]["roles"].as_array().unwrap().is_empty());
     }
+    let model = eventually(Duration::from_secs(20), "b sees c's model", || {
+        let (_, v) = http.get(&b.url("/api/swarm")).ok()?;
+        v["nodes"].as_array()?.iter().find(|n| n["name"] == "c")?["info"]["models"]
+            .as_array()?
+            .first()
+            .cloned()
+    });
+    assert_eq!(model["name"], "tiny");
+    assert_eq!(model["architecture"], "llama");
+    assert_eq!(model["layers"], 2);
 
     // A hung node (SIGSTOP) is dropped, and rejoins after SIGCONT.
     b.signal("-STOP");

@@ -47,6 +47,11 @@ impl Home {
         self.root.join("node.addr")
     }
 
+    /// Model files this node holds and advertises.
+    pub fn models_dir(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
     /// The swarm secret: whoever holds it is a member.
     pub fn secret_path(&self) -> PathBuf {
         self.root.join("swarm.key")

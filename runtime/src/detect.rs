@@ -24,7 +24,8 @@ pub struct Capabilities {
     pub gpus: Vec<Gpu>,
 }
 
-/// Read this machine's capabilities.
+/// Read this machine's capabilities. GPU detection loads driver libraries: call it from a
+/// blocking context, not on an async thread.
 pub fn detect() -> Capabilities {
     let sys = sysinfo::System::new().map(|mut sys| {
         sys.refresh_memory();
@@ -50,24 +51,23 @@ pub fn detect() -> Capabilities {
     }
 }
 
-/// GPUs visible through the NVIDIA driver's procfs entries. Without a GPU (or a driver) this
-/// is empty, silently. NVML and other vendors come with the swarm issue.
+/// GPUs with their memory, from sysinfo (PCI display devices, with NVML loaded dynamically
+/// for NVIDIA memory figures). Devices that report no memory of their own (virtual display
+/// adapters) are left out. Without a GPU or a driver this is empty, silently.
 fn detect_gpus() -> Vec<Gpu> {
-    let Ok(dir) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
+    let Ok(gpus) = sysinfo::Gpus::new_with_refreshed_list() else {
         return Vec::new();
     };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("information")).ok())
-        .map(|info| {
-            let name = info
-                .lines()
-                .find_map(|l| l.strip_prefix("Model:"))
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|| "NVIDIA GPU".into());
-            Gpu {
-                name,
-                vram_bytes: 0,
-            }
+    gpus.iter()
+        .filter_map(|g| {
+            let vram_bytes = g.total_memory().filter(|m| *m > 0)?;
+            let name = match (g.vendor(), g.model()) {
+                (Some(v), Some(m)) => format!("{v} {m}"),
+                (None, Some(m)) => m.to_owned(),
+                (Some(v), None) => v.to_owned(),
+                (None, None) => "GPU".to_owned(),
+            };
+            Some(Gpu { name, vram_bytes })
         })
         .collect()
 }

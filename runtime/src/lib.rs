@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod detect;
+pub mod models;
 pub mod queue;
 
 pub use queue::{JobId, Queue, QueueError, QueueOptions};

@@ -85,6 +85,8 @@ pub struct NodeInfo {
     pub api_addr: Option<String>,
     pub roles: Vec<Role>,
     pub caps: Capabilities,
+    /// Model files it holds (name, format, size, architecture from the header).
+    pub models: Vec<crate::models::ModelFile>,
     pub kinds: Vec<JobKind>,
     pub load: NodeLoad,
     /// The peers it is connected to, as `(name, cluster address)`: a node that joined
