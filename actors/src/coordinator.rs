@@ -332,7 +332,32 @@ impl Actor for Coordinator {
                     self.maybe_steal(&myself, state);
                 }
             }
-            CoordinatorMsg::Peers(n) => state.peers = n,
+            CoordinatorMsg::Peers(n) => {
+                state.peers = n;
+                // Jobs leased while alone would sit here while peers idle: hand back all
+                // unstarted ones beyond what our own workers take next, so they can be
+                // stolen.
+                let keep = self.prefetch(state);
+                let local = state.buffer.iter().filter(|w| w.owner.is_none()).count();
+                if n > 0 && local > keep {
+                    let mut excess = Vec::new();
+                    let mut kept = 0;
+                    state.buffer.retain(|w| {
+                        if w.owner.is_some() || kept < keep {
+                            kept += usize::from(w.owner.is_none());
+                            true
+                        } else {
+                            excess.push(w.lease.clone());
+                            false
+                        }
+                    });
+                    tracing::debug!(
+                        released = excess.len(),
+                        "peers joined: handing back buffered jobs"
+                    );
+                    self.give_back(state, excess);
+                }
+            }
             CoordinatorMsg::Cancel(id) => {
                 state.buffer.retain(|w| w.lease.id != id);
                 if let Some(r) = state.running.get(&id) {

@@ -219,6 +219,7 @@ impl Membership {
                 session.stop(Some(format!("myco: {why}")));
             }
         }
+        notify_peers_up(state);
     }
 
     fn dial(&self, myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, addr: String) {
@@ -485,6 +486,7 @@ impl Actor for Membership {
                     }
                     _ => {}
                 }
+                notify_peers_up(state);
             }
             MembershipMsg::Heard(hb) => {
                 let name = hb.info.name.clone();
@@ -562,13 +564,7 @@ impl Actor for Membership {
             }
             MembershipMsg::Tick => {
                 self.send_heartbeats(state);
-                let up = state.peers.values().filter(|p| p.up).count();
-                if up != state.peers_up {
-                    state.peers_up = up;
-                    if let Some(c) = &state.coordinator {
-                        let _ = c.cast(CoordinatorMsg::Peers(up));
-                    }
-                }
+                notify_peers_up(state);
                 let silent: Vec<(String, Duration)> = state
                     .peers
                     .iter()
@@ -689,6 +685,17 @@ impl Actor for Membership {
             }
         }
         Ok(())
+    }
+}
+
+/// Tell the coordinator when the number of peers that are up changes.
+fn notify_peers_up(state: &mut MembershipState) {
+    let up = state.peers.values().filter(|p| p.up).count();
+    if up != state.peers_up {
+        state.peers_up = up;
+        if let Some(c) = &state.coordinator {
+            let _ = c.cast(CoordinatorMsg::Peers(up));
+        }
     }
 }
 
