@@ -421,16 +421,21 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
     let restarts = node.worker_restarts().await;
     let load = node.load().await;
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP myco_jobs Jobs in this node's queue, by state.");
-    let _ = writeln!(out, "# TYPE myco_jobs gauge");
+    family(
+        &mut out,
+        "myco_jobs",
+        "Jobs in this node's queue, by state.",
+        "gauge",
+    );
     for s in StateName::ALL {
         let _ = writeln!(out, "myco_jobs{{state=\"{s}\"}} {}", counts[s.index()]);
     }
-    let _ = writeln!(
-        out,
-        "# HELP myco_jobs_finished_total Jobs finished since the node started, by kind and final state."
+    family(
+        &mut out,
+        "myco_jobs_finished_total",
+        "Jobs finished since the node started, by kind and final state.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE myco_jobs_finished_total counter");
     for kind in JobKind::ALL {
         for s in [StateName::Done, StateName::Dead, StateName::Cancelled] {
             let n = stats.finished.get(&(kind, s)).copied().unwrap_or(0);
@@ -440,69 +445,82 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP myco_job_attempts_failed_total Failed attempts since the node started, by kind."
+    family(
+        &mut out,
+        "myco_job_attempts_failed_total",
+        "Failed attempts since the node started, by kind.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE myco_job_attempts_failed_total counter");
     for kind in JobKind::ALL {
         let n = stats.failed_attempts.get(&kind).copied().unwrap_or(0);
         let _ = writeln!(out, "myco_job_attempts_failed_total{{kind=\"{kind}\"}} {n}");
     }
-    let _ = writeln!(
-        out,
-        "# HELP myco_job_latency_seconds Time from submission to done, by kind."
+    family(
+        &mut out,
+        "myco_job_latency_seconds",
+        "Time from submission to done, by kind.",
+        "histogram",
     );
-    let _ = writeln!(out, "# TYPE myco_job_latency_seconds histogram");
     for kind in JobKind::ALL {
         let h = stats.latency.get(&kind).cloned().unwrap_or_default();
         write_histogram(&mut out, kind, &h);
     }
-    let _ = writeln!(
-        out,
-        "# HELP myco_queue_commits_total Queue write transactions committed."
+    family(
+        &mut out,
+        "myco_queue_commits_total",
+        "Queue write transactions committed.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE myco_queue_commits_total counter");
     let _ = writeln!(out, "myco_queue_commits_total {}", stats.commits);
-    let _ = writeln!(
-        out,
-        "# HELP myco_queue_ops_total Queue operations committed."
+    family(
+        &mut out,
+        "myco_queue_ops_total",
+        "Queue operations committed.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE myco_queue_ops_total counter");
     let _ = writeln!(out, "myco_queue_ops_total {}", stats.ops);
-    let _ = writeln!(
-        out,
-        "# HELP myco_worker_restarts_total Workers replaced after a failure."
+    family(
+        &mut out,
+        "myco_worker_restarts_total",
+        "Workers replaced after a failure.",
+        "counter",
     );
-    let _ = writeln!(out, "# TYPE myco_worker_restarts_total counter");
     let _ = writeln!(out, "myco_worker_restarts_total {restarts}");
     if let Some(load) = load {
-        let _ = writeln!(
-            out,
-            "# HELP myco_jobs_running Jobs running on this node's workers."
+        family(
+            &mut out,
+            "myco_jobs_running",
+            "Jobs running on this node's workers.",
+            "gauge",
         );
-        let _ = writeln!(out, "# TYPE myco_jobs_running gauge");
         let _ = writeln!(out, "myco_jobs_running {}", load.running);
-        let _ = writeln!(out, "# HELP myco_workers_idle Workers waiting for a job.");
-        let _ = writeln!(out, "# TYPE myco_workers_idle gauge");
+        family(
+            &mut out,
+            "myco_workers_idle",
+            "Workers waiting for a job.",
+            "gauge",
+        );
         let _ = writeln!(out, "myco_workers_idle {}", load.idle_workers);
-        let _ = writeln!(
-            out,
-            "# HELP myco_steals_total Successful steals by this node."
+        family(
+            &mut out,
+            "myco_steals_total",
+            "Successful steals by this node.",
+            "counter",
         );
-        let _ = writeln!(out, "# TYPE myco_steals_total counter");
         let _ = writeln!(out, "myco_steals_total {}", load.steals);
-        let _ = writeln!(
-            out,
-            "# HELP myco_stolen_jobs_total Jobs this node stole from peers."
+        family(
+            &mut out,
+            "myco_stolen_jobs_total",
+            "Jobs this node stole from peers.",
+            "counter",
         );
-        let _ = writeln!(out, "# TYPE myco_stolen_jobs_total counter");
         let _ = writeln!(out, "myco_stolen_jobs_total {}", load.stolen_jobs);
-        let _ = writeln!(
-            out,
-            "# HELP myco_steal_seconds_total Summed latency of successful steals."
+        family(
+            &mut out,
+            "myco_steal_seconds_total",
+            "Summed latency of successful steals.",
+            "counter",
         );
-        let _ = writeln!(out, "# TYPE myco_steal_seconds_total counter");
         let _ = writeln!(out, "myco_steal_seconds_total {}", load.steal_seconds);
     }
     Ok((
@@ -513,6 +531,12 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
         out,
     )
         .into_response())
+}
+
+/// The `# HELP` and `# TYPE` lines that open a metric family.
+fn family(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 fn write_histogram(out: &mut String, kind: JobKind, h: &Histogram) {

@@ -129,6 +129,9 @@ pub struct CoordinatorState {
     stealing: bool,
     next_steal: Instant,
     steal_backoff: Duration,
+    /// Owners this node stole from, and when: renewals go to them even when nothing of
+    /// theirs is held any more, so they can reclaim grants that never arrived.
+    owners: HashMap<String, Instant>,
     steals: u64,
     stolen_jobs: u64,
     steal_secs: f64,
@@ -195,6 +198,7 @@ impl Actor for Coordinator {
             stealing: false,
             next_steal: Instant::now(),
             steal_backoff: STEAL_MIN,
+            owners: HashMap::new(),
             steals: 0,
             stolen_jobs: 0,
             steal_secs: 0.0,
@@ -275,6 +279,7 @@ impl Actor for Coordinator {
                 match grant {
                     Some((owner, leases, took)) if !leases.is_empty() => {
                         state.steals += 1;
+                        state.owners.insert(owner.clone(), Instant::now());
                         state.stolen_jobs += leases.len() as u64;
                         state.steal_secs += took.as_secs_f64();
                         state.steal_backoff = STEAL_MIN;
@@ -576,6 +581,11 @@ impl Coordinator {
                     None => local.push((id, token)),
                     Some(o) => remote.entry(o.clone()).or_default().push((id, token)),
                 }
+            }
+            let recent = self.lease * 2;
+            state.owners.retain(|_, at| at.elapsed() < recent);
+            for owner in state.owners.keys() {
+                remote.entry(owner.clone()).or_default();
             }
         }
         let queue = self.queue.clone();

@@ -491,6 +491,14 @@ impl Actor for Membership {
             MembershipMsg::Heard(hb) => {
                 let name = hb.info.name.clone();
                 if name == self.name {
+                    if hb.info.cluster_addr != state.cluster_addr.to_string() {
+                        // Leases are held by name: two nodes with one name would take each
+                        // other's jobs for their own.
+                        tracing::error!(
+                            other = %hb.info.cluster_addr,
+                            "another node in this swarm is also named `{name}`; give each node a unique --name (or `name` in config.toml)"
+                        );
+                    }
                     return Ok(());
                 }
                 if hb.info.protocol != PROTOCOL {

@@ -114,7 +114,13 @@ impl Actor for PeerService {
                 let queue = self.queue.clone();
                 state.tasks.spawn(async move {
                     let lease = Duration::from_millis(req.lease_ms);
-                    match queue.renew_as(req.holder, req.leases, lease).await {
+                    // A grant still on its way when the thief listed its leases is younger
+                    // than this.
+                    let grace = (lease / 2).max(Duration::from_secs(5));
+                    match queue
+                        .renew_as(req.holder, req.leases, lease, Some(grace))
+                        .await
+                    {
                         Ok(lost) => {
                             let _ = reply.send(Wire::new(RenewReply { lost }));
                         }

@@ -899,3 +899,56 @@ async fn list_is_newest_first_within_a_millisecond() {
             .collect();
     assert_eq!(listed, newest_first);
 }
+
+/// A thief's renewal lists everything it holds from this owner: a lease it never received
+/// (a steal grant lost on the way) goes back to the queue once it is older than the grace,
+/// while listed and young leases stay, and another holder's are untouched.
+#[tokio::test]
+async fn a_complete_renewal_reclaims_grants_that_never_arrived() {
+    let f = Fixture::new();
+    for i in 0..4 {
+        f.submit_one(job(&format!("j{i}"))).await;
+    }
+    let thief = "thief#1".to_owned();
+    let got = f.q.lease_to(thief.clone(), 3, &NOOP, LEASE).await.unwrap();
+    let other =
+        f.q.lease_to("other#1".into(), 1, &NOOP, LEASE)
+            .await
+            .unwrap();
+    let (kept, lost_grant) = (&got[..2], &got[2]);
+    let listed: Vec<(JobId, u64)> = kept.iter().map(|l| (l.id, l.token)).collect();
+    let grace = Duration::from_secs(5);
+
+    // Too young to judge: a grant may still be on its way.
+    f.q.renew_as(thief.clone(), listed.clone(), LEASE, Some(grace))
+        .await
+        .unwrap();
+    assert_eq!(f.state(lost_grant.id), StateName::Leased);
+
+    f.clock.advance(6_000);
+    let lost =
+        f.q.renew_as(thief.clone(), listed.clone(), LEASE, Some(grace))
+            .await
+            .unwrap();
+    assert!(lost.is_empty());
+    assert_eq!(f.state(lost_grant.id), StateName::Queued, "reclaimed");
+    let rec = f.q.get(lost_grant.id).unwrap().unwrap();
+    assert_eq!(
+        rec.lost, 0,
+        "not the job's fault: no attempt or loss counted"
+    );
+    for l in kept {
+        assert_eq!(f.state(l.id), StateName::Leased, "listed leases stay");
+    }
+    assert_eq!(
+        f.state(other[0].id),
+        StateName::Leased,
+        "other holders untouched"
+    );
+    // Without the promise of a complete list, nothing is reclaimed.
+    f.clock.advance(6_000);
+    f.q.renew_as(thief, listed[..1].to_vec(), LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(f.state(listed[1].0), StateName::Leased);
+}

@@ -161,6 +161,8 @@ pub struct StealGrant {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenewRequest {
     pub holder: String,
+    /// Every lease the thief holds from this owner: the owner queues again the thief's
+    /// older leases missing here (grants that never arrived).
     pub leases: Vec<(JobId, u64)>,
     pub lease_ms: u64,
 }

@@ -224,6 +224,8 @@ enum Op {
         holder: String,
         leases: Vec<(JobId, u64)>,
         lease_ms: u64,
+        /// `Some(grace)`: the list is complete; reclaim the holder's older unlisted leases.
+        complete: Option<u64>,
         reply: oneshot::Sender<Result<Vec<JobId>, QueueError>>,
     },
     Cancel(JobId, oneshot::Sender<Result<CancelOutcome, QueueError>>),
@@ -533,24 +535,30 @@ impl Queue {
             holder,
             leases,
             lease_ms,
+            complete: None,
             reply,
         })
         .await
     }
 
     /// Extend a named holder's leases (a peer's, in the swarm); returns the ids it no
-    /// longer holds.
+    /// longer holds. With `complete = Some(grace)` the list is everything the holder holds
+    /// here, and its unlisted leases older than `grace` are queued again (a grant that
+    /// never reached it).
     pub async fn renew_as(
         &self,
         holder: String,
         leases: Vec<(JobId, u64)>,
         lease: Duration,
+        complete: Option<Duration>,
     ) -> Result<Vec<JobId>, QueueError> {
         let lease_ms = lease.as_millis() as u64;
+        let complete = complete.map(|g| g.as_millis() as u64);
         self.call(|reply| Op::Renew {
             holder,
             leases,
             lease_ms,
+            complete,
             reply,
         })
         .await
@@ -880,8 +888,17 @@ fn apply_batch(
                 holder,
                 leases,
                 lease_ms,
+                complete,
                 reply,
-            } => run!(reply, txn.renew(&holder, &leases, lease_ms)),
+            } => run!(reply, {
+                let lost = txn.renew(&holder, &leases, lease_ms);
+                match (lost, complete) {
+                    (Ok(lost), Some(grace)) => txn
+                        .reclaim_unlisted(&holder, &leases, lease_ms, grace)
+                        .map(|_| lost),
+                    (other, _) => other,
+                }
+            }),
             Op::Cancel(id, reply) => run!(reply, txn.cancel(id)),
             Op::Tick(reply) => run!(reply, txn.tick()),
             Op::OutboxPut(id, entry, reply) => run!(reply, txn.outbox_put(id, &entry)),

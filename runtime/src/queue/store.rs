@@ -557,6 +557,45 @@ impl Txn<'_> {
         Ok(lost)
     }
 
+    /// The holder says `held` is everything it holds here: its other leases, granted or
+    /// renewed at least `grace_ms` ago, were lost on the way (a steal grant that never
+    /// arrived) and go back to the queue now instead of at their deadline. Returns how
+    /// many were given back.
+    pub fn reclaim_unlisted(
+        &mut self,
+        holder: &str,
+        held: &[(JobId, u64)],
+        lease_ms: u64,
+        grace_ms: u64,
+    ) -> Result<u32, QueueError> {
+        let listed: std::collections::HashSet<JobId> = held.iter().map(|(id, _)| *id).collect();
+        let candidates: Vec<u128> = {
+            let mut v = Vec::new();
+            for entry in self.t.leases.iter()? {
+                let (deadline, id) = entry?.0.value();
+                // Last granted or renewed at deadline - lease_ms.
+                if deadline.saturating_sub(lease_ms) + grace_ms <= self.now_ms
+                    && !listed.contains(&JobId::from(id))
+                {
+                    v.push(id);
+                }
+            }
+            v
+        };
+        let mut n = 0;
+        for id in candidates {
+            let Some(mut rec) = self.load(JobId::from(id))? else {
+                continue;
+            };
+            if matches!(&rec.state, JobState::Leased { holder: h, .. } if h == holder) {
+                let note = format!("{holder} never received this lease; queued again");
+                self.transition(&mut rec, JobState::Queued, Some(note))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub fn cancel(&mut self, id: JobId) -> Result<CancelOutcome, QueueError> {
         let Some(mut rec) = self.load(id)? else {
             return Err(QueueError::NotFound(id));
