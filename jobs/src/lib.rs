@@ -5,6 +5,8 @@
 //! about queues, actors or HTTP. Heavy model crates will live here behind cargo features.
 
 pub mod chunk;
+#[cfg(feature = "embed")]
+pub mod embed;
 pub mod spec;
 pub mod task;
 

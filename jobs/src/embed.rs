@@ -1,0 +1,168 @@
+//! Text embeddings: an ONNX sentence-embedding model run by fastembed on ONNX Runtime,
+//! which is loaded at run time from a shared library (ort's `load-dynamic`).
+//!
+//! A model is a directory with `model.onnx`, `tokenizer.json`, `config.json`,
+//! `special_tokens_map.json`, `tokenizer_config.json` and, optionally,
+//! `1_Pooling/config.json` (sentence-transformers' pooling config: myco reads it, since
+//! fastembed would silently use CLS pooling for a user-defined model). Vectors are
+//! L2-normalised. Everything here is synchronous and owns its model: callers keep an
+//! [`EmbedModel`] on a thread of its own. Every failure names the file and the fix.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use fastembed::{
+    InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
+};
+
+/// The command that fetches the default model and ONNX Runtime.
+pub const SETUP_HINT: &str = "run ./setup.sh from the myco source tree (it fetches the default model and ONNX Runtime), or point MYCO_ORT_LIB at libonnxruntime.so";
+
+/// Why embedding could not start or run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmbedError {
+    #[error("ONNX Runtime library not found (looked for {looked}); {SETUP_HINT}")]
+    RuntimeMissing { looked: String },
+    #[error(
+        "cannot load ONNX Runtime from {path}: {why}; it must be ONNX Runtime >= 1.24 for this platform; {SETUP_HINT}"
+    )]
+    RuntimeBroken { path: String, why: String },
+    #[error(
+        "embedding model file {path} is missing; {SETUP_HINT}, or give the path of a directory holding model.onnx and its tokenizer files"
+    )]
+    ModelFileMissing { path: String },
+    #[error("embedding model {path} cannot be loaded: {why}; is model.onnx complete? {SETUP_HINT}")]
+    ModelBroken { path: String, why: String },
+    #[error("embedding failed: {0}")]
+    Run(String),
+}
+
+/// Where to find `libonnxruntime.so`: `MYCO_ORT_LIB` or `ORT_DYLIB_PATH` if set (and then
+/// only there: an explicit path that is wrong is an error, not a fallback), else the `lib/`
+/// directory of `home`, where setup.sh puts it.
+pub fn runtime_candidates(home: &Path) -> Vec<PathBuf> {
+    for var in ["MYCO_ORT_LIB", "ORT_DYLIB_PATH"] {
+        if let Some(p) = std::env::var_os(var) {
+            return vec![PathBuf::from(p)];
+        }
+    }
+    vec![home.join("lib").join("libonnxruntime.so")]
+}
+
+static RUNTIME: OnceLock<Result<PathBuf, EmbedError>> = OnceLock::new();
+
+/// Load ONNX Runtime once per process, from where [`runtime_candidates`] says. A missing or
+/// wrong library is an error, not a panic.
+pub fn init_runtime(home: &Path) -> Result<PathBuf, EmbedError> {
+    if let Some(done) = RUNTIME.get() {
+        // A process loads one ONNX Runtime, once.
+        return done.clone();
+    }
+    let candidates = runtime_candidates(home);
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(path) => init_runtime_at(path),
+        None => Err(EmbedError::RuntimeMissing {
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Load ONNX Runtime from `path`. Only the first call in a process loads anything; later
+/// calls return its outcome.
+pub fn init_runtime_at(path: &Path) -> Result<PathBuf, EmbedError> {
+    RUNTIME
+        .get_or_init(|| {
+            let shown = path.display().to_string();
+            let builder = std::panic::catch_unwind(|| ort::init_from(path))
+                .map_err(|_| EmbedError::RuntimeBroken {
+                    path: shown.clone(),
+                    why: "loading it crashed".into(),
+                })?
+                .map_err(|e| EmbedError::RuntimeBroken {
+                    path: shown.clone(),
+                    why: e.to_string(),
+                })?;
+            // Loading the library and its API table is the check; the environment itself is
+            // made by the first session (fastembed's), which refuses one made here.
+            drop(builder);
+            Ok(path.to_path_buf())
+        })
+        .clone()
+}
+
+fn read(dir: &Path, name: &str) -> Result<Vec<u8>, EmbedError> {
+    let path = dir.join(name);
+    std::fs::read(&path).map_err(|_| EmbedError::ModelFileMissing {
+        path: path.display().to_string(),
+    })
+}
+
+/// The pooling a sentence-transformers model asks for; mean if it does not say.
+fn pooling(dir: &Path) -> Pooling {
+    let Ok(text) = std::fs::read_to_string(dir.join("1_Pooling").join("config.json")) else {
+        return Pooling::Mean;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if v["pooling_mode_cls_token"].as_bool() == Some(true) {
+        Pooling::Cls
+    } else {
+        Pooling::Mean
+    }
+}
+
+/// A loaded embedding model. Not `Sync`: keep it on the thread that owns it.
+pub struct EmbedModel {
+    inner: TextEmbedding,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for EmbedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbedModel")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+impl EmbedModel {
+    /// Load the model in `dir`, with ONNX Runtime from `home` (see [`init_runtime`]).
+    pub fn load(dir: &Path, home: &Path) -> Result<EmbedModel, EmbedError> {
+        init_runtime(home)?;
+        let onnx = read(dir, "model.onnx")?;
+        let files = TokenizerFiles {
+            tokenizer_file: read(dir, "tokenizer.json")?,
+            config_file: read(dir, "config.json")?,
+            special_tokens_map_file: read(dir, "special_tokens_map.json")?,
+            tokenizer_config_file: read(dir, "tokenizer_config.json")?,
+        };
+        let model = UserDefinedEmbeddingModel::new(onnx, files).with_pooling(pooling(dir));
+        let inner = TextEmbedding::try_new_from_user_defined(model, InitOptionsUserDefined::new())
+            .map_err(|e| EmbedError::ModelBroken {
+                path: dir.join("model.onnx").display().to_string(),
+                why: e.to_string(),
+            })?;
+        Ok(EmbedModel {
+            inner,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Embed texts, L2-normalised, in batches of `batch`.
+    pub fn embed(&mut self, texts: &[String], batch: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut vectors = self
+            .inner
+            .embed(texts, Some(batch.max(1)))
+            .map_err(|e| EmbedError::Run(e.to_string()))?;
+        for v in &mut vectors {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        Ok(vectors)
+    }
+}
