@@ -239,7 +239,7 @@ fn bench_end_to_end(c: &mut Criterion, rt: &Runtime, r: &mut Results) {
     let dir = tempfile::tempdir().expect("tempdir");
     let queue = open_queue(&dir);
     let mut seq = 0u64;
-    let mut executor = CpuExecutor;
+    let mut executor = CpuExecutor::new(dir.path());
     g.throughput(Throughput::Elements(1));
     g.bench_function("naive_loop", |b| {
         b.iter_custom(|iters| {

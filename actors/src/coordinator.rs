@@ -528,7 +528,14 @@ impl Coordinator {
         state.stealing = true;
         let request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
-            kinds: self.kinds.clone(),
+            // Embed jobs name a model by path on their owner: until jobs carry `requires`
+            // (and models travel or are matched), only their owner runs them.
+            kinds: self
+                .kinds
+                .iter()
+                .copied()
+                .filter(|k| *k != JobKind::Embed)
+                .collect(),
             max: state.idle.len() as u32 + 1,
             lease: self.lease,
         };

@@ -71,6 +71,8 @@ pub struct NodeHandle {
     pub supervisor: ActorRef<SupervisorMsg>,
     pub membership: Option<ActorRef<MembershipMsg>>,
     pub started: Instant,
+    /// Where model names in job files resolve.
+    pub models_dir: std::path::PathBuf,
 }
 
 impl NodeHandle {
@@ -78,12 +80,13 @@ impl NodeHandle {
     /// refuses the whole submission.
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
         // Planning walks directories: keep it off the async threads.
+        let models_dir = self.models_dir.clone();
         let jobs = tokio::task::spawn_blocking(move || {
             specs
                 .into_iter()
                 .enumerate()
                 .map(|(index, src)| {
-                    let spec = JobSpec::parse(&src.toml, &src.base_dir)
+                    let spec = JobSpec::parse_in(&src.toml, &src.base_dir, &models_dir)
                         .map_err(|error| SubmitError::Spec { index, error })?;
                     let plan = spec
                         .plan()
@@ -218,8 +221,10 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))??;
         let workers = config.worker_count();
-        let factory: ExecutorFactory =
-            Arc::new(|| Box::new(myco_jobs::CpuExecutor) as Box<dyn myco_jobs::Executor>);
+        let exec_home = home.root().to_path_buf();
+        let factory: ExecutorFactory = Arc::new(move || {
+            Box::new(myco_jobs::CpuExecutor::new(&exec_home)) as Box<dyn myco_jobs::Executor>
+        });
         // The API listener is bound first so that the swarm can advertise its address.
         let api_listener = if serve_api {
             Some(
@@ -312,6 +317,7 @@ impl Node {
             supervisor,
             membership,
             started: Instant::now(),
+            models_dir: home.models_dir(),
         };
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();

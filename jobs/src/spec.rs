@@ -47,6 +47,8 @@ pub struct JobFile {
     pub chunk: Option<ChunkSection>,
     #[serde(default)]
     pub noop: Option<NoopSection>,
+    #[serde(default)]
+    pub embed: Option<EmbedSection>,
 }
 
 /// The job kinds a user can name in `kind = "..."`.
@@ -55,6 +57,27 @@ pub struct JobFile {
 pub enum SpecKind {
     Chunk,
     Noop,
+    Embed,
+}
+
+/// `[embed]`: turn texts into vectors with a sentence-embedding model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedSection {
+    /// A model name under `~/.myco/models`, or a path to a model directory.
+    #[serde(default = "default_embed_model")]
+    pub model: String,
+    pub texts: Vec<String>,
+    /// Estimated tokens per batch: short texts go many to a batch, long ones few.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+fn default_embed_model() -> String {
+    "all-MiniLM-L6-v2".to_owned()
+}
+fn default_batch_tokens() -> usize {
+    8192
 }
 
 /// `[chunk]`: cut documents into token-sized pieces.
@@ -166,8 +189,18 @@ impl JobSpec {
     /// Parse and validate `job.toml` text. Relative paths resolve against `base_dir` (the
     /// directory of the job file). Checks that input paths exist.
     pub fn parse(text: &str, base_dir: &Path) -> Result<JobSpec, SpecError> {
+        let models = std::env::var_os("MYCO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".myco")))
+            .unwrap_or_else(|| PathBuf::from(".myco"))
+            .join("models");
+        JobSpec::parse_in(text, base_dir, &models)
+    }
+
+    /// Like [`JobSpec::parse`], resolving model names in `models_dir` (the node's).
+    pub fn parse_in(text: &str, base_dir: &Path, models_dir: &Path) -> Result<JobSpec, SpecError> {
         let file = parse_file(text)?;
-        file.validate(base_dir)
+        file.validate_in(base_dir, models_dir)
     }
 
     /// Expand the job into the tasks the queue stores. A directory or glob input becomes a
@@ -210,7 +243,7 @@ impl JobSpec {
                     children,
                 })
             }
-            Task::ChunkFile { .. } | Task::Noop(_) => Ok(Plan {
+            Task::ChunkFile { .. } | Task::Noop(_) | Task::Embed { .. } => Ok(Plan {
                 task: self.task.clone(),
                 children: Vec::new(),
             }),
@@ -252,7 +285,7 @@ fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> SpecError {
 
 impl JobFile {
     /// Check every field; report all problems at once.
-    pub fn validate(self, base_dir: &Path) -> Result<JobSpec, SpecError> {
+    pub fn validate_in(self, base_dir: &Path, models_dir: &Path) -> Result<JobSpec, SpecError> {
         let mut problems = Vec::new();
         let mut bad = |field: &str, message: String, hint: &str| {
             problems.push(Problem {
@@ -298,11 +331,17 @@ impl JobFile {
                 "use a short stable name, e.g. \"archive-2026-11-22\"",
             );
         }
-        let (want, other) = match self.kind {
-            SpecKind::Chunk => ("chunk", self.noop.is_some().then_some("noop")),
-            SpecKind::Noop => ("noop", self.chunk.is_some().then_some("chunk")),
+        let want = match self.kind {
+            SpecKind::Chunk => "chunk",
+            SpecKind::Noop => "noop",
+            SpecKind::Embed => "embed",
         };
-        if let Some(other) = other {
+        let present = [
+            ("chunk", self.chunk.is_some()),
+            ("noop", self.noop.is_some()),
+            ("embed", self.embed.is_some()),
+        ];
+        for (other, _) in present.iter().filter(|(n, p)| *p && *n != want) {
             bad(
                 other,
                 format!("a `[{other}]` table does not belong in a `kind = \"{want}\"` job"),
@@ -364,6 +403,50 @@ impl JobFile {
                             max_tokens: c.max_tokens,
                             overlap: c.overlap,
                         },
+                    })
+                }
+            },
+            SpecKind::Embed => match &self.embed {
+                None => {
+                    bad(
+                        "embed",
+                        "missing `[embed]` table".into(),
+                        "add `[embed]` with `texts = [\"...\"]`",
+                    );
+                    None
+                }
+                Some(e) => {
+                    if e.texts.is_empty() || e.texts.len() > 100_000 {
+                        bad(
+                            "embed.texts",
+                            format!("{} texts", e.texts.len()),
+                            "give 1 to 100000 texts per job; submit more jobs for more",
+                        );
+                    }
+                    if e.batch_tokens == 0 {
+                        bad(
+                            "embed.batch_tokens",
+                            "must be at least 1".into(),
+                            "leave it out for the default (8192)",
+                        );
+                    }
+                    let as_path = Path::new(&e.model);
+                    let dir = if e.model.contains('/') || e.model.starts_with('.') {
+                        resolve(base_dir, as_path)
+                    } else {
+                        models_dir.join(&e.model)
+                    };
+                    if !dir.join("model.onnx").is_file() {
+                        bad(
+                            "embed.model",
+                            format!("no embedding model at {} (no model.onnx)", dir.display()),
+                            "run ./setup.sh for the default all-MiniLM-L6-v2, or give the path of a directory with model.onnx and its tokenizer files",
+                        );
+                    }
+                    Some(Task::Embed {
+                        model: dir,
+                        texts: e.texts.clone(),
+                        batch_tokens: e.batch_tokens,
                     })
                 }
             },

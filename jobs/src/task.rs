@@ -21,6 +21,12 @@ pub enum Task {
     ChunkFile { path: PathBuf, params: ChunkParams },
     /// Return the payload; for smoke tests, benchmarks and failure drills.
     Noop(NoopTask),
+    /// Embed texts with the model in `model` (a directory).
+    Embed {
+        model: PathBuf,
+        texts: Vec<String>,
+        batch_tokens: usize,
+    },
 }
 
 /// The diagnostic no-op job.
@@ -49,15 +55,17 @@ pub enum FailMode {
 pub enum JobKind {
     Chunk,
     Noop,
+    Embed,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 2] = [JobKind::Chunk, JobKind::Noop];
+    pub const ALL: [JobKind; 3] = [JobKind::Chunk, JobKind::Noop, JobKind::Embed];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Chunk => "chunk",
             JobKind::Noop => "noop",
+            JobKind::Embed => "embed",
         }
     }
 
@@ -77,6 +85,7 @@ impl Task {
         match self {
             Task::Chunk { .. } | Task::ChunkFile { .. } => JobKind::Chunk,
             Task::Noop(_) => JobKind::Noop,
+            Task::Embed { .. } => JobKind::Embed,
         }
     }
 
@@ -86,6 +95,11 @@ impl Task {
             Task::Chunk { input, .. } => format!("chunk {}", input.display()),
             Task::ChunkFile { path, .. } => format!("chunk {}", path.display()),
             Task::Noop(_) => "noop".to_owned(),
+            Task::Embed { model, texts, .. } => format!(
+                "embed {} texts with {}",
+                texts.len(),
+                model.file_name().unwrap_or_default().to_string_lossy()
+            ),
         }
     }
 }
@@ -160,9 +174,72 @@ pub trait Executor: Send {
     fn run(&mut self, task: &Task, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError>;
 }
 
-/// The executor for the built-in CPU job kinds (chunk, noop).
-#[derive(Debug, Default)]
-pub struct CpuExecutor;
+/// The executor for the built-in job kinds (chunk, noop, embed). Embedding models are
+/// loaded on first use and kept: one instance lives on one worker thread.
+#[derive(Debug)]
+pub struct CpuExecutor {
+    /// The node's home: where ONNX Runtime is found (`lib/`).
+    home: PathBuf,
+    #[cfg(feature = "embed")]
+    models: std::collections::HashMap<PathBuf, crate::embed::EmbedModel>,
+}
+
+impl CpuExecutor {
+    pub fn new(home: &std::path::Path) -> CpuExecutor {
+        CpuExecutor {
+            home: home.to_path_buf(),
+            #[cfg(feature = "embed")]
+            models: std::collections::HashMap::new(),
+        }
+    }
+
+    #[cfg(feature = "embed")]
+    fn embed(
+        &mut self,
+        model: &std::path::Path,
+        texts: &[String],
+        batch_tokens: usize,
+        ctx: &RunContext<'_>,
+    ) -> Result<Vec<u8>, JobError> {
+        use std::collections::hash_map::Entry;
+        let m = match self.models.entry(model.to_path_buf()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => v.insert(
+                crate::embed::EmbedModel::load(model, &self.home)
+                    .map_err(|e| JobError::fatal(e.to_string()))?,
+            ),
+        };
+        let mut out = Vec::new();
+        let mut start = 0;
+        while start < texts.len() {
+            if (ctx.cancelled)() {
+                return Err(JobError::retryable("cancelled"));
+            }
+            // A batch holds texts up to the token budget (estimated at 4 bytes a token).
+            let mut end = start;
+            let mut tokens = 0;
+            while end < texts.len()
+                && (end == start || tokens + texts[end].len() / 4 + 2 <= batch_tokens)
+            {
+                tokens += texts[end].len() / 4 + 2;
+                end += 1;
+            }
+            let vectors = m
+                .embed(&texts[start..end], end - start)
+                .map_err(|e| JobError::fatal(e.to_string()))?;
+            for (i, v) in vectors.iter().enumerate() {
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({ "index": start + i, "vector": v }),
+                )
+                .map_err(|e| JobError::fatal(format!("encoding a vector: {e}")))?;
+                out.push(b'\n');
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+}
 
 impl Executor for CpuExecutor {
     fn run(&mut self, task: &Task, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
@@ -182,6 +259,16 @@ impl Executor for CpuExecutor {
                 Ok(out)
             }
             Task::Noop(n) => run_noop(n, ctx),
+            #[cfg(feature = "embed")]
+            Task::Embed {
+                model,
+                texts,
+                batch_tokens,
+            } => self.embed(model, texts, *batch_tokens, ctx),
+            #[cfg(not(feature = "embed"))]
+            Task::Embed { .. } => Err(JobError::fatal(
+                "this myco was built without the `embed` feature; rebuild with it",
+            )),
         }
     }
 }

@@ -1,0 +1,104 @@
+//! Embed jobs end to end through `myco run` (embedded node, real ONNX Runtime and model
+//! from ./setup.sh), checked against the independent reference vectors; a missing model is
+//! refused at submit with the field and the fix.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::myco;
+
+fn real_home() -> PathBuf {
+    std::env::var_os("MYCO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt()
+        * b.iter().map(|x| x * x).sum::<f64>().sqrt())
+}
+
+#[test]
+fn myco_run_embeds_texts_like_the_reference() {
+    let model = real_home().join("models/all-MiniLM-L6-v2");
+    assert!(model.join("model.onnx").is_file(), "run ./setup.sh first");
+    let reference: serde_json::Value = serde_json::from_str(include_str!(
+        "../../jobs/tests/fixtures/minilm_reference.json"
+    ))
+    .unwrap();
+    let items = reference["items"].as_array().unwrap();
+    let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    // The node's home gets the runtime library and the model by their paths.
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    std::os::unix::fs::symlink(
+        real_home().join("lib/libonnxruntime.so"),
+        home.join("lib/libonnxruntime.so"),
+    )
+    .unwrap();
+    let job = dir.path().join("embed.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "version = 1\nkind = \"embed\"\n[embed]\nmodel = {:?}\ntexts = {}\nbatch_tokens = 40\n",
+            model.display().to_string(),
+            serde_json::to_string(&texts).unwrap()
+        ),
+    )
+    .unwrap();
+    let out = myco(&home).args(["run"]).arg(&job).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), texts.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["index"], i);
+        let got: Vec<f64> = line["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = items[i]["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let c = cosine(&got, &want);
+        assert!(c >= 0.9999, "text {i}: cosine {c}");
+    }
+}
+
+#[test]
+fn a_missing_model_is_refused_at_submit() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("embed.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"embed\"\n[embed]\nmodel = \"no-such-model\"\ntexts = [\"hello\"]\n",
+    )
+    .unwrap();
+    let out = myco(&dir.path().join("home"))
+        .args(["run"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("embed.model") && err.contains("setup.sh"),
+        "{err}"
+    );
+}
