@@ -17,6 +17,9 @@ use tokio::task::JoinSet;
 
 use crate::membership::MembershipMsg;
 
+/// The most document bytes one steal grant carries (cluster frames are capped at 64 MiB).
+const GRANT_BYTES: u64 = 32 << 20;
+
 /// The process group every node's PeerService joins.
 pub const PEERS_GROUP: &str = "myco.peers";
 
@@ -169,12 +172,39 @@ async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
             }
         }
     };
-    if !leases.is_empty() {
-        tracing::debug!(thief = %req.holder, jobs = leases.len(), "lent jobs");
+    // The thief may not have the files: documents travel with their tasks, up to a budget
+    // per grant (frames are capped); what does not fit goes back to the queue.
+    let (lent, back) = tokio::task::spawn_blocking(move || {
+        let mut budget: u64 = GRANT_BYTES;
+        let mut lent = Vec::new();
+        let mut back = Vec::new();
+        for mut lease in leases {
+            match lease.task.portable(budget) {
+                Some(task) => {
+                    if let myco_jobs::Task::ChunkInline { bytes, .. } = &task {
+                        budget = budget.saturating_sub(bytes.len() as u64);
+                    }
+                    lease.task = task;
+                    lent.push(lease);
+                }
+                None => back.push((lease.id, lease.token)),
+            }
+        }
+        (lent, back)
+    })
+    .await
+    .unwrap_or_default();
+    if !back.is_empty()
+        && let Err(e) = queue.release(back).await
+    {
+        tracing::warn!(error = %e, "handing back unlendable jobs failed; they will expire");
+    }
+    if !lent.is_empty() {
+        tracing::debug!(thief = %req.holder, jobs = lent.len(), "lent jobs");
     }
     StealGrant {
         owner,
-        leases: leases.into_iter().map(Into::into).collect(),
+        leases: lent.into_iter().map(Into::into).collect(),
     }
 }
 

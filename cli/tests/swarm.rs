@@ -269,3 +269,92 @@ fn a_wrong_secret_is_refused_and_an_invite_token_joins() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds the secret"));
 }
+
+/// A chunk job's files travel with the tasks a thief steals: the swarm's result is the
+/// same as one node's, and the thief did part of it.
+#[test]
+fn stolen_chunk_jobs_carry_their_documents_and_give_the_same_chunks() {
+    let root = tempfile::tempdir().unwrap();
+    let home = |n: &str| root.path().join(n);
+    let docs = root.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..120 {
+        let mut text = format!("# Document {i}\n\n");
+        for p in 0..200 {
+            text.push_str(&format!(
+                "Paragraph {p} of document {i} says something about swarms and queues.\n\n"
+            ));
+        }
+        std::fs::write(docs.join(format!("doc{i:03}.md")), text).unwrap();
+    }
+    let job = root.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"docs\"\nmax_tokens = 200\noverlap = 0\n",
+    )
+    .unwrap();
+    // The reference: one embedded node.
+    let alone = myco(&home("alone")).arg("run").arg(&job).output().unwrap();
+    assert!(alone.status.success());
+
+    let a = NodeProc::start_with(
+        &home("a"),
+        &["--name", "a", "--no-discovery", "--workers", "1"],
+    );
+    copy_secret(&home("a"), &home("b"));
+    let b = NodeProc::start_with(
+        &home("b"),
+        &[
+            "--name",
+            "b",
+            "--no-discovery",
+            "--join",
+            a.cluster.as_deref().unwrap(),
+        ],
+    );
+    let http = Http::new();
+    eventually(Duration::from_secs(20), "a and b meet", || {
+        (sees_up(&http, &a, &["a", "b"]) && sees_up(&http, &b, &["a", "b"])).then_some(())
+    });
+    let out = myco(&home("a"))
+        .args(["--api", &a.addr.to_string(), "submit", "--wait", "--json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let (_, children) = http
+        .get(&a.url(&format!("/api/jobs?parent={id}&limit=1000")))
+        .unwrap();
+    let by_b = children["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|t| t["state"] == "leased")
+                .and_then(|t| t["note"].as_str())
+                .is_some_and(|h| h.starts_with("b#"))
+        })
+        .count();
+    eprintln!("b chunked {by_b} of 120 files");
+    assert!(by_b > 0, "the thief did part of the work");
+    let (status, swarm_result) = http
+        .get_text(&a.url(&format!("/api/jobs/{id}/result")))
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        swarm_result,
+        String::from_utf8(alone.stdout).unwrap(),
+        "the swarm gives the same chunks as one node"
+    );
+}

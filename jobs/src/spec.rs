@@ -243,7 +243,10 @@ impl JobSpec {
                     children,
                 })
             }
-            Task::ChunkFile { .. } | Task::Noop(_) | Task::Embed { .. } => Ok(Plan {
+            Task::ChunkFile { .. }
+            | Task::ChunkInline { .. }
+            | Task::Noop(_)
+            | Task::Embed { .. } => Ok(Plan {
                 task: self.task.clone(),
                 children: Vec::new(),
             }),

@@ -19,6 +19,13 @@ pub enum Task {
     Chunk { input: PathBuf, params: ChunkParams },
     /// Chunk one file.
     ChunkFile { path: PathBuf, params: ChunkParams },
+    /// Chunk one file whose bytes travel with the task: what a `ChunkFile` becomes when it
+    /// is lent to another node, which may not have the file.
+    ChunkInline {
+        path: PathBuf,
+        bytes: Vec<u8>,
+        params: ChunkParams,
+    },
     /// Return the payload; for smoke tests, benchmarks and failure drills.
     Noop(NoopTask),
     /// Embed texts with the model in `model` (a directory).
@@ -81,9 +88,36 @@ impl std::fmt::Display for JobKind {
 }
 
 impl Task {
+    /// The task as it should travel to another node: a file it names is read here and
+    /// carried inline, up to `max_bytes`; `None` if the file is larger (run it here). An
+    /// unreadable file travels by name, to fail there as it would here.
+    pub fn portable(&self, max_bytes: u64) -> Option<Task> {
+        match self {
+            Task::ChunkFile { path, params } => {
+                let Ok(meta) = std::fs::metadata(path) else {
+                    return Some(self.clone());
+                };
+                if meta.len() > max_bytes {
+                    return None;
+                }
+                match std::fs::read(path) {
+                    Ok(bytes) => Some(Task::ChunkInline {
+                        path: path.clone(),
+                        bytes,
+                        params: *params,
+                    }),
+                    Err(_) => Some(self.clone()),
+                }
+            }
+            other => Some(other.clone()),
+        }
+    }
+
     pub fn kind(&self) -> JobKind {
         match self {
-            Task::Chunk { .. } | Task::ChunkFile { .. } => JobKind::Chunk,
+            Task::Chunk { .. } | Task::ChunkFile { .. } | Task::ChunkInline { .. } => {
+                JobKind::Chunk
+            }
             Task::Noop(_) => JobKind::Noop,
             Task::Embed { .. } => JobKind::Embed,
         }
@@ -93,7 +127,9 @@ impl Task {
     pub fn describe(&self) -> String {
         match self {
             Task::Chunk { input, .. } => format!("chunk {}", input.display()),
-            Task::ChunkFile { path, .. } => format!("chunk {}", path.display()),
+            Task::ChunkFile { path, .. } | Task::ChunkInline { path, .. } => {
+                format!("chunk {}", path.display())
+            }
             Task::Noop(_) => "noop".to_owned(),
             Task::Embed { model, texts, .. } => format!(
                 "embed {} texts with {}",
@@ -248,8 +284,18 @@ impl Executor for CpuExecutor {
                 "chunk job over {} has no children to run: it is a parent and never runs itself",
                 input.display()
             ))),
-            Task::ChunkFile { path, params } => {
-                let chunks = chunk::chunk_file(path, params, ctx.cancelled)?;
+            Task::ChunkFile { .. } | Task::ChunkInline { .. } => {
+                let chunks = match task {
+                    Task::ChunkInline {
+                        path,
+                        bytes,
+                        params,
+                    } => chunk::chunk_bytes(path, bytes, params, ctx.cancelled)?,
+                    Task::ChunkFile { path, params } => {
+                        chunk::chunk_file(path, params, ctx.cancelled)?
+                    }
+                    _ => Vec::new(),
+                };
                 let mut out = Vec::with_capacity(chunks.iter().map(|c| c.text.len() + 96).sum());
                 for c in &chunks {
                     serde_json::to_writer(&mut out, c)

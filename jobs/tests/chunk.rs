@@ -268,3 +268,33 @@ fn a_pdf_that_crashes_the_parser_is_an_error() {
     );
     assert!(!err.is_retryable());
 }
+
+/// A chunk task lent to another node carries its document: chunking the inline bytes gives
+/// exactly what chunking the file gives, and a file over the budget is not lent.
+#[test]
+fn portable_chunk_tasks_carry_their_document() {
+    use myco_jobs::Task;
+    use myco_jobs::chunk::ChunkParams;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("doc.md");
+    std::fs::write(
+        &path,
+        "# Title\n\nSome text that is long enough to chunk.\n\n## Next\n\nMore.\n",
+    )
+    .unwrap();
+    let params = ChunkParams {
+        max_tokens: 24,
+        overlap: 0,
+    };
+    let task = Task::ChunkFile {
+        path: path.clone(),
+        params,
+    };
+    let Some(Task::ChunkInline { bytes, .. }) = task.portable(1 << 20) else {
+        panic!("a small file travels inline");
+    };
+    let inline = myco_jobs::chunk::chunk_bytes(&path, &bytes, &params, &|| false).unwrap();
+    let from_file = myco_jobs::chunk::chunk_file(&path, &params, &|| false).unwrap();
+    assert_eq!(inline, from_file);
+    assert!(task.portable(4).is_none(), "too big to lend");
+}

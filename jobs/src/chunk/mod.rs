@@ -175,7 +175,24 @@ pub fn chunk_file(
     if cancelled() {
         return Err(ChunkError::Cancelled);
     }
-    let (format, text) = extract(path)?;
+    Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
+    let bytes = std::fs::read(path).map_err(|source| ChunkError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    chunk_bytes(path, &bytes, params, cancelled)
+}
+
+/// Like [`chunk_file`], for a document already in memory (one that travelled from another
+/// node); `path` names it and decides its format.
+pub fn chunk_bytes(
+    path: &Path,
+    bytes: &[u8],
+    params: &ChunkParams,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Vec<Chunk>, ChunkError> {
+    let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
+    let text = extract_bytes(path, format, bytes)?;
     let ranges =
         split_cancellable(&text, format, params, cancelled).ok_or(ChunkError::Cancelled)?;
     let source = path.display().to_string();
