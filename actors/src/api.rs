@@ -31,6 +31,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/swarm", get(swarm))
+        .route("/v1/embeddings", post(crate::openai::embeddings))
         .route("/api/swarm/ping", get(ping))
         .with_state(node)
 }

@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod listener;
 pub mod membership;
 pub mod node;
+pub mod openai;
 pub mod peer;
 pub mod stealing;
 pub mod supervisor;

@@ -102,3 +102,83 @@ fn a_missing_model_is_refused_at_submit() {
         "{err}"
     );
 }
+
+/// OpenAI-compatible `POST /v1/embeddings` on a running node, with a real HTTP client: the
+/// vectors match the reference, and an unknown model gets OpenAI's error shape.
+#[test]
+fn openai_embeddings_endpoint() {
+    let reference: serde_json::Value = serde_json::from_str(include_str!(
+        "../../jobs/tests/fixtures/minilm_reference.json"
+    ))
+    .unwrap();
+    let items = reference["items"].as_array().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    std::os::unix::fs::symlink(
+        real_home().join("lib/libonnxruntime.so"),
+        home.join("lib/libonnxruntime.so"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        real_home().join("models/all-MiniLM-L6-v2"),
+        home.join("models/all-MiniLM-L6-v2"),
+    )
+    .unwrap();
+    let node = common::NodeProc::start(&home, &[]);
+    let http = common::Http::new();
+    let texts: Vec<&str> = items
+        .iter()
+        .take(3)
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    let (status, v) = http
+        .post(
+            &node.url("/v1/embeddings"),
+            &serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": texts }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "list");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["object"], "embedding");
+        assert_eq!(d["index"], i);
+        let got: Vec<f64> = d["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let want: Vec<f64> = items[i]["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert!(cosine(&got, &want) >= 0.9999);
+    }
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    // A single string works too.
+    let (status, v) = http
+        .post(
+            &node.url("/v1/embeddings"),
+            &serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": "short" }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    // OpenAI's error shape.
+    let (status, v) = http
+        .post(
+            &node.url("/v1/embeddings"),
+            &serde_json::json!({ "model": "nope", "input": "x" }),
+        )
+        .unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(v["error"]["code"], "model_not_found");
+    assert_eq!(v["error"]["param"], "model");
+    assert!(v["error"]["message"].as_str().unwrap().contains("setup.sh"));
+}
