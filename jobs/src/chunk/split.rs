@@ -56,7 +56,7 @@ fn split_in_sections(
         Format::Markdown => Splitter::Markdown(MarkdownSplitter::new(config())),
         Format::Text | Format::Html | Format::Pdf => Splitter::Text(TextSplitter::new(config())),
     };
-    let mut ranges = Vec::new();
+    let mut ranges: Vec<Range<usize>> = Vec::new();
     for section in sections(text, format, limit) {
         if cancelled() {
             return None;
@@ -64,8 +64,20 @@ fn split_in_sections(
         let base = section.start;
         let piece = &text[section];
         let mut push = |offset: usize, chunk: &str| {
-            if !chunk.trim().is_empty() {
-                ranges.push(base + offset..base + offset + chunk.len());
+            if chunk.trim().is_empty() {
+                return;
+            }
+            let r = base + offset..base + offset + chunk.len();
+            // With overlap, text-splitter can emit a chunk and then one that contains it
+            // (same start, longer): keep only the larger, so starts strictly increase.
+            match ranges.last_mut() {
+                Some(last) if r.start <= last.start => {
+                    if r.end > last.end {
+                        *last = r;
+                    }
+                }
+                Some(last) if r.end <= last.end => {}
+                _ => ranges.push(r),
             }
         };
         match &splitter {
@@ -310,6 +322,13 @@ mod tests {
                 "char {c:?} at {i} not in any chunk"
             );
         }
+    }
+
+    /// Found by `ranges_are_sound`: text-splitter emitted 1..15 and then 1..35.
+    #[test]
+    fn a_chunk_contained_in_the_next_is_dropped() {
+        let text = " éé☺☺ é.\na☺  ☺éaa☺ a.";
+        check_invariants(text, Format::Markdown, &params(20, 7));
     }
 
     proptest! {
