@@ -204,7 +204,7 @@ async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
     }
     StealGrant {
         owner,
-        leases: lent.into_iter().map(Into::into).collect(),
+        leases: lent,
     }
 }
 

@@ -66,11 +66,7 @@ pub async fn steal(
             .await;
         match grant.map(|g| g.success_or(())) {
             Ok(Ok(Wire(Ok(grant)))) if !grant.leases.is_empty() => {
-                return Some((
-                    grant.owner,
-                    grant.leases.into_iter().map(Into::into).collect(),
-                    started.elapsed(),
-                ));
+                return Some((grant.owner, grant.leases, started.elapsed()));
             }
             Ok(Ok(Wire(Err(e)))) => {
                 tracing::warn!(peer = %name, error = %e, "unreadable steal grant")

@@ -15,6 +15,14 @@ fn real_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
 }
 
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt()
@@ -64,19 +72,7 @@ fn myco_run_embeds_texts_like_the_reference() {
     assert_eq!(lines.len(), texts.len());
     for (i, line) in lines.iter().enumerate() {
         assert_eq!(line["index"], i);
-        let got: Vec<f64> = line["vector"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let want: Vec<f64> = items[i]["vector"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let c = cosine(&got, &want);
+        let c = cosine(&floats(&line["vector"]), &floats(&items[i]["vector"]));
         assert!(c >= 0.9999, "text {i}: cosine {c}");
     }
 }
@@ -146,19 +142,7 @@ fn openai_embeddings_endpoint() {
     for (i, d) in data.iter().enumerate() {
         assert_eq!(d["object"], "embedding");
         assert_eq!(d["index"], i);
-        let got: Vec<f64> = d["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        let want: Vec<f64> = items[i]["vector"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        assert!(cosine(&got, &want) >= 0.9999);
+        assert!(cosine(&floats(&d["embedding"]), &floats(&items[i]["vector"])) >= 0.9999);
     }
     assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
     // A single string works too.

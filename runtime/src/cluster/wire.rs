@@ -5,7 +5,7 @@
 //! Every payload travels as [`Wire<T>`]: decoding never panics, a frame that does not decode
 //! arrives as `Err` and the receiver logs and drops it. No I/O here.
 
-use myco_jobs::{JobError, JobKind, Task};
+use myco_jobs::{JobError, JobKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -113,48 +113,11 @@ pub struct StealRequest {
     pub lease_ms: u64,
 }
 
-/// A lease as it crosses the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireLease {
-    pub id: JobId,
-    pub token: u64,
-    pub task: Task,
-    pub attempt: u32,
-    pub timeout_ms: u64,
-    pub deadline_ms: u64,
-}
-
-impl From<Lease> for WireLease {
-    fn from(l: Lease) -> Self {
-        WireLease {
-            id: l.id,
-            token: l.token,
-            task: l.task,
-            attempt: l.attempt,
-            timeout_ms: l.timeout_ms,
-            deadline_ms: l.deadline_ms,
-        }
-    }
-}
-
-impl From<WireLease> for Lease {
-    fn from(l: WireLease) -> Self {
-        Lease {
-            id: l.id,
-            token: l.token,
-            task: l.task,
-            attempt: l.attempt,
-            timeout_ms: l.timeout_ms,
-            deadline_ms: l.deadline_ms,
-        }
-    }
-}
-
 /// The victim's answer: the jobs it durably leased to the thief (maybe none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StealGrant {
     pub owner: String,
-    pub leases: Vec<WireLease>,
+    pub leases: Vec<Lease>,
 }
 
 /// A thief extends its leases at the owner.

@@ -73,8 +73,9 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// A job handed to a worker. `token` fences the lease: only its holder may fail or release it.
-#[derive(Debug, Clone, PartialEq)]
+/// A job handed to a worker (or, in a steal grant, to another node). `token` fences the
+/// lease: only its holder may fail or release it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lease {
     pub id: JobId,
     pub token: u64,
