@@ -2,7 +2,7 @@
 //! total of what a bench measured (so each goal can be compared with its baseline in the
 //! same run), and number formatting for the summary table.
 //!
-//! Std only, no timing assertions, no myco types: the benches themselves live in `queue.rs`.
+//! Std (and lopdf, for the archive generator), no timing assertions, no myco types.
 
 use std::fmt::Write as _;
 use std::io;
@@ -384,4 +384,282 @@ mod tests {
         assert_eq!(fmt_ratio(Some(45_000.0), Some(900.0)), "50.0x");
         assert_eq!(fmt_ratio(None, Some(1.0)), "n/a");
     }
+}
+
+/// A generated document archive (see [`write_archive`]): each file's relative path and the
+/// sentences it holds, so a test can query for one and know where it must be found.
+#[derive(Debug, Clone)]
+pub struct ArchiveFile {
+    pub rel: String,
+    pub sentences: Vec<String>,
+}
+
+const NOUNS: &[&str] = &[
+    "otter",
+    "lighthouse",
+    "violin",
+    "glacier",
+    "bakery",
+    "tractor",
+    "orchid",
+    "volcano",
+    "submarine",
+    "falcon",
+    "library",
+    "vineyard",
+    "telescope",
+    "harbor",
+    "beekeeper",
+    "canyon",
+    "locomotive",
+    "cathedral",
+    "mushroom",
+    "satellite",
+    "blacksmith",
+    "waterfall",
+    "tortoise",
+    "accordion",
+    "windmill",
+    "lagoon",
+    "astronaut",
+    "pottery",
+    "avalanche",
+    "chessboard",
+    "hedgehog",
+    "monastery",
+    "saxophone",
+    "cactus",
+    "ferry",
+    "quarry",
+    "parrot",
+    "sawmill",
+    "compass",
+    "iceberg",
+    "pharmacy",
+    "kangaroo",
+    "carousel",
+    "lantern",
+    "meadow",
+    "typewriter",
+    "dolphin",
+    "observatory",
+    "marathon",
+    "bicycle",
+];
+/// Things in sentences, never subjects (so a sentence points at its own file's subject).
+const OBJECTS: &[&str] = &[
+    "kettle", "umbrella", "scarf", "ladder", "bucket", "basket", "mirror", "anchor", "candle",
+    "blanket", "hammer", "spoon", "ribbon", "helmet", "wagon", "kite", "barrel", "feather",
+    "trumpet", "rope",
+];
+const ADJECTIVES: &[&str] = &[
+    "ancient",
+    "rusty",
+    "silent",
+    "golden",
+    "frozen",
+    "noisy",
+    "gentle",
+    "crooked",
+    "bright",
+    "hollow",
+    "stubborn",
+    "tiny",
+    "enormous",
+    "curious",
+    "patient",
+    "damp",
+    "elegant",
+    "broken",
+    "restless",
+    "forgotten",
+];
+const VERBS: &[&str] = &[
+    "repairs",
+    "paints",
+    "guards",
+    "measures",
+    "follows",
+    "feeds",
+    "carries",
+    "photographs",
+    "studies",
+    "cleans",
+    "sells",
+    "borrows",
+    "hides",
+    "counts",
+    "sketches",
+    "tunes",
+    "polishes",
+    "rescues",
+    "weighs",
+    "visits",
+];
+const PLACES: &[&str] = &[
+    "Lisbon",
+    "Oslo",
+    "Nairobi",
+    "Kyoto",
+    "Lima",
+    "Tbilisi",
+    "Reykjavik",
+    "Hanoi",
+    "Cusco",
+    "Tromsø",
+    "Marrakesh",
+    "Valparaíso",
+    "Tallinn",
+    "Hobart",
+    "Quebec",
+    "Bergen",
+    "Zanzibar",
+    "Ushuaia",
+    "Kraków",
+    "Mandalay",
+];
+
+/// A sentence about `subject` (each file has its own), in one of several shapes.
+fn archive_sentence(rng: &mut Rng, subject: &str) -> String {
+    let (adj, noun, verb) = (rng.pick(ADJECTIVES), rng.pick(OBJECTS), rng.pick(VERBS));
+    let day = rng.pick(&[
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+    ]);
+    match rng.range(0, 6) {
+        0 => format!("Every {day}, {subject} {verb} a {adj} {noun}."),
+        1 => format!("Nobody expected {subject} to be so {adj} after the {noun} arrived."),
+        2 => format!("In the old records, {subject} {verb} the {noun} twice a year."),
+        3 => format!("Visitors say {subject} smells of {noun} and looks {adj} on {day}s."),
+        4 => format!("A {adj} {noun} once {verb} {subject}, and the town still talks about it."),
+        _ => format!("Since {day}, {subject} has had a {adj} {noun} beside it."),
+    }
+}
+
+/// Write `files` documents under `dir` in nested folders, cycling through Markdown, text,
+/// HTML and PDF, each of 4 to 16 sentences (about 0.3 to 1.3 KB) about a subject of its
+/// own (unique for up to 500 files), deterministically from `seed`.
+///
+/// # Errors
+///
+/// Any I/O error writing the files.
+pub fn write_archive(dir: &Path, files: usize, seed: u64) -> io::Result<Vec<ArchiveFile>> {
+    let mut rng = Rng::new(seed);
+    let mut out = Vec::with_capacity(files);
+    for i in 0..files {
+        let folder = format!("shelf-{:02}/box-{}", i % 17, i % 3);
+        // Each file is about its own subject: two nouns no other file pairs (for the first
+        // 500 files; then subjects repeat).
+        let a = i % NOUNS.len();
+        let b = (a + 1 + (i / NOUNS.len()) % 10) % NOUNS.len();
+        let place = rng.pick(PLACES);
+        let subject = format!("the {} and the {} of {place}", NOUNS[a], NOUNS[b]);
+        let n = rng.range(4, 17);
+        let sentences: Vec<String> = (0..n)
+            .map(|_| archive_sentence(&mut rng, &subject))
+            .collect();
+        let title = format!("Notes {i} on {subject}");
+        let (ext, bytes) = match i % 4 {
+            0 => {
+                let mut s = format!("# {title}\n\n");
+                for (j, p) in sentences.chunks(4).enumerate() {
+                    let _ = write!(s, "## Part {}\n\n{}\n\n", j + 1, p.join(" "));
+                }
+                ("md", s.into_bytes())
+            }
+            1 => (
+                "txt",
+                format!("{title}\n\n{}\n", sentences.join("\n")).into_bytes(),
+            ),
+            2 => {
+                let mut s = format!(
+                    "<!doctype html><html><head><title>{title}</title><style>p {{ margin: 0 }}</style></head><body><h1>{title}</h1>"
+                );
+                for p in sentences.chunks(3) {
+                    let _ = write!(s, "<p>{}</p>", p.join(" "));
+                }
+                s.push_str("</body></html>\n");
+                ("html", s.into_bytes())
+            }
+            _ => ("pdf", pdf(&title, &sentences)?),
+        };
+        let rel = format!("{folder}/doc-{i:04}.{ext}");
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, bytes)?;
+        out.push(ArchiveFile { rel, sentences });
+    }
+    Ok(out)
+}
+
+/// A one-page PDF (Helvetica, one line per sentence).
+fn pdf(title: &str, lines: &[String]) -> io::Result<Vec<u8>> {
+    use lopdf::content::{Content, Operation};
+    use lopdf::{Document, Object, Stream, dictionary};
+    let mut doc = Document::with_version("1.5");
+    let pages_id = doc.new_object_id();
+    let font_id = doc.add_object(dictionary! {
+        "Type" => "Font",
+        "Subtype" => "Type1",
+        "BaseFont" => "Helvetica",
+    });
+    let resources_id = doc.add_object(dictionary! {
+        "Font" => dictionary! { "F1" => font_id },
+    });
+    let mut ops = vec![
+        Operation::new("BT", vec![]),
+        Operation::new("Tf", vec!["F1".into(), 9.into()]),
+        Operation::new("TL", vec![12.into()]),
+        Operation::new("Td", vec![40.into(), 800.into()]),
+        Operation::new("Tj", vec![Object::string_literal(ascii(title))]),
+    ];
+    for l in lines {
+        ops.push(Operation::new("T*", vec![]));
+        ops.push(Operation::new("Tj", vec![Object::string_literal(ascii(l))]));
+    }
+    ops.push(Operation::new("ET", vec![]));
+    let content = Content { operations: ops };
+    let encoded = content.encode().map_err(io::Error::other)?;
+    let content_id = doc.add_object(Stream::new(dictionary! {}, encoded));
+    let page_id = doc.add_object(dictionary! {
+        "Type" => "Page",
+        "Parent" => pages_id,
+        "Contents" => content_id,
+    });
+    let pages = dictionary! {
+        "Type" => "Pages",
+        "Kids" => vec![page_id.into()],
+        "Count" => 1,
+        "Resources" => resources_id,
+        "MediaBox" => vec![0.into(), 0.into(), 595.into(), 842.into()],
+    };
+    doc.objects.insert(pages_id, Object::Dictionary(pages));
+    let catalog_id = doc.add_object(dictionary! {
+        "Type" => "Catalog",
+        "Pages" => pages_id,
+    });
+    doc.trailer.set("Root", catalog_id);
+    doc.compress();
+    let mut out = Vec::new();
+    doc.save_to(&mut out).map_err(io::Error::other)?;
+    Ok(out)
+}
+
+/// Standard Type1 fonts in a plain PDF string are Latin-1 at best: keep to ASCII.
+fn ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            'ø' => 'o',
+            'í' => 'i',
+            'ó' => 'o',
+            c if c.is_ascii() => c,
+            _ => '?',
+        })
+        .collect()
 }

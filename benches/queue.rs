@@ -258,6 +258,7 @@ fn bench_end_to_end(c: &mut Criterion, rt: &Runtime, r: &mut Results) {
                     let ctx = RunContext {
                         attempt: lease.attempt,
                         cancelled: &|| false,
+                        children: None,
                     };
                     let output = executor.run(&lease.task, &ctx).expect("noop runs");
                     queue.complete(lease.id, output).await.expect("complete");

@@ -31,6 +31,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/swarm", get(swarm))
+        .route("/api/query", post(query))
         .route("/v1/embeddings", post(crate::openai::embeddings))
         .route("/api/swarm/ping", get(ping))
         .with_state(node)
@@ -292,7 +293,7 @@ async fn result(
             "wait for it with `myco submit --wait` or check `myco status ID`",
         ));
     }
-    let ids = if rec.children.is_some() {
+    let ids = if rec.children.is_some() && !rec.task.joins() {
         let q = node.queue.clone();
         blocking(move || q.children(id)).await?
     } else {
@@ -353,6 +354,45 @@ async fn cancel(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SwarmReply {
     pub nodes: Vec<crate::membership::MemberView>,
+}
+
+/// Nearest chunks of a collection to a text.
+async fn query(
+    State(node): State<NodeHandle>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::query::QueryReply>, ApiError> {
+    use crate::query::QueryError;
+    let req: crate::query::QueryRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("cannot read the query: {e}"),
+            "send {\"collection\": \"NAME\", \"text\": \"...\", \"k\": 5}",
+        )
+    })?;
+    crate::query::query(&node, req)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            QueryError::BadRequest(m) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                m,
+                "send {\"collection\": \"NAME\", \"text\": \"...\", \"k\": 5}",
+            ),
+            QueryError::NotFound(m) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_collection",
+                m,
+                "list collections under ~/.myco/collections of the node",
+            ),
+            QueryError::Failed(m) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "query_failed",
+                m,
+                "see the node's log",
+            ),
+        })
 }
 
 /// The swarm as this node sees it: itself first, then every peer it knows of.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use myco_jobs::JobKind;
+use myco_jobs::{Fit, JobKind};
 use myco_runtime::cluster::wire::NodeLoad;
 use myco_runtime::queue::{JobId, Lease, Queue, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -94,6 +94,8 @@ pub struct Coordinator {
     pub queue: Queue,
     /// Job kinds this node's workers run.
     pub kinds: Vec<JobKind>,
+    /// The node's home: where its models are.
+    pub home: std::path::PathBuf,
     pub lease: Duration,
     pub tick: Duration,
     /// Most leased-but-unstarted jobs to keep on hand when alone.
@@ -528,14 +530,11 @@ impl Coordinator {
         state.stealing = true;
         let request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
-            // Embed jobs name a model by path on their owner: until jobs carry `requires`
-            // (and models travel or are matched), only their owner runs them.
-            kinds: self
-                .kinds
-                .iter()
-                .copied()
-                .filter(|k| *k != JobKind::Embed)
-                .collect(),
+            // The owner lends only jobs whose model this node holds too.
+            fit: Fit {
+                kinds: self.kinds.clone(),
+                models: Some(myco_jobs::archive::local_models(&self.home)),
+            },
             max: state.idle.len() as u32 + 1,
             lease: self.lease,
         };

@@ -12,6 +12,7 @@ pub mod membership;
 pub mod node;
 pub mod openai;
 pub mod peer;
+pub mod query;
 pub mod stealing;
 pub mod supervisor;
 pub mod worker;

@@ -81,6 +81,7 @@ impl NodeHandle {
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
         // Planning walks directories: keep it off the async threads.
         let models_dir = self.models_dir.clone();
+        let collections = self.collections_dir();
         let jobs = tokio::task::spawn_blocking(move || {
             specs
                 .into_iter()
@@ -89,7 +90,7 @@ impl NodeHandle {
                     let spec = JobSpec::parse_in(&src.toml, &src.base_dir, &models_dir)
                         .map_err(|error| SubmitError::Spec { index, error })?;
                     let plan = spec
-                        .plan()
+                        .plan_in(&collections)
                         .map_err(|error| SubmitError::Spec { index, error })?;
                     Ok(NewJob::from_spec(&spec, plan))
                 })
@@ -98,6 +99,19 @@ impl NodeHandle {
         .await
         .map_err(|e| QueueError::Invalid(format!("planning failed: {e}")))??;
         Ok(self.queue.submit(jobs).await?)
+    }
+
+    /// Where collections live: beside the models, in the node's home.
+    pub fn collections_dir(&self) -> PathBuf {
+        self.home().join("collections")
+    }
+
+    /// The node's home directory.
+    pub fn home(&self) -> PathBuf {
+        self.models_dir
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     /// Cancel a job (and its children); a running attempt is told to stop.
@@ -287,6 +301,7 @@ impl Node {
             coordinator: Coordinator {
                 queue: queue.clone(),
                 kinds: JobKind::ALL.to_vec(),
+                home: home.root().to_path_buf(),
                 lease: config.lease,
                 tick: config.tick,
                 prefetch: (workers * 16).max(32),

@@ -4,21 +4,14 @@
 //! ahead of batch work), goes through the durable queue like any other, and the handler waits
 //! for it. Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use myco_jobs::Task;
-use myco_runtime::queue::{JobState, NewJob};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::node::NodeHandle;
-
-/// Interactive requests go ahead of batch jobs (which default to 0).
-const INTERACTIVE_PRIORITY: i32 = 500;
 
 fn error(
     status: StatusCode,
@@ -110,67 +103,24 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
         );
     }
     let estimated_tokens: usize = texts.iter().map(|t| t.len() / 4 + 2).sum();
-    let job = NewJob {
-        task: Task::Embed {
-            model: dir,
-            texts,
-            batch_tokens: 8192,
-        },
-        priority: INTERACTIVE_PRIORITY,
-        max_attempts: 2,
-        timeout_ms: 120_000,
-        idempotency_key: None,
-        children: Vec::new(),
-    };
-    let internal = |m: String| {
-        error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            None,
-            "internal",
-            m,
-        )
-    };
-    let id = match node.queue.submit(vec![job]).await {
-        Ok(s) => match s.first() {
-            Some(s) => s.id,
-            None => return internal("the queue accepted no job".into()),
-        },
-        Err(e) => return internal(e.to_string()),
-    };
-    let finished = tokio::time::timeout(
-        Duration::from_secs(130),
-        node.wait(id, Duration::from_millis(2)),
-    )
-    .await;
-    let rec = match finished {
-        Ok(Ok(rec)) => rec,
-        Ok(Err(e)) => return internal(e.to_string()),
-        Err(_) => {
-            let _ = node.cancel(id).await;
-            return internal(format!("job {id} did not finish in time; it was cancelled"));
+    let model = myco_jobs::archive::ModelRef::at(&dir);
+    let vectors = match crate::query::embed_now(&node, model, texts).await {
+        Ok(v) => v,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "internal",
+                e.to_string(),
+            );
         }
     };
-    if rec.state != JobState::Done {
-        let why = rec.last_error.map(|e| e.message).unwrap_or_default();
-        return internal(format!(
-            "embedding job {id} ended {}: {why}",
-            rec.state.name()
-        ));
-    }
-    let q = node.queue.clone();
-    let result = match tokio::task::spawn_blocking(move || q.result(id)).await {
-        Ok(Ok(Some(bytes))) => bytes,
-        other => return internal(format!("job {id}'s result is unreadable: {other:?}")),
-    };
-    let mut data = Vec::new();
-    for line in result.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let v: serde_json::Value = match serde_json::from_slice(line) {
-            Ok(v) => v,
-            Err(e) => return internal(format!("job {id}'s result is unreadable: {e}")),
-        };
-        data.push(json!({ "object": "embedding", "index": v["index"], "embedding": v["vector"] }));
-    }
+    let data: Vec<_> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .collect();
     Json(json!({
         "object": "list",
         "data": data,

@@ -161,10 +161,7 @@ async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
         Vec::new()
     } else {
         let lease = Duration::from_millis(req.lease_ms);
-        match queue
-            .lease_to(req.holder.clone(), n, &req.kinds, lease)
-            .await
-        {
+        match queue.lease_to(req.holder.clone(), n, &req.fit, lease).await {
             Ok(leases) => leases,
             Err(e) => {
                 tracing::warn!(error = %e, thief = %req.holder, "leasing to a thief failed");
@@ -181,9 +178,7 @@ async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
         for mut lease in leases {
             match lease.task.portable(budget) {
                 Some(task) => {
-                    if let myco_jobs::Task::ChunkInline { bytes, .. } = &task {
-                        budget = budget.saturating_sub(bytes.len() as u64);
-                    }
+                    budget = budget.saturating_sub(task.inline_bytes());
                     lease.task = task;
                     lent.push(lease);
                 }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use myco_jobs::JobKind;
+use myco_jobs::Fit;
 use myco_runtime::cluster::wire::{Delivery, Outcome, RenewRequest, StealRequest, Wire};
 use myco_runtime::queue::{JobId, Lease, Queue};
 use ractor::ActorRef;
@@ -25,7 +25,7 @@ const DELIVERY_BATCH: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct StealPlan {
     pub holder: String,
-    pub kinds: Vec<JobKind>,
+    pub fit: Fit,
     pub max: u32,
     pub lease: Duration,
 }
@@ -46,7 +46,7 @@ pub async fn steal(
 ) -> Option<(String, Vec<Lease>, Duration)> {
     let victims = membership
         .call(
-            |r| MembershipMsg::Victims(plan.kinds.clone(), r),
+            |r| MembershipMsg::Victims(plan.fit.kinds.clone(), r),
             Some(CALL),
         )
         .await
@@ -56,7 +56,7 @@ pub async fn steal(
     for (name, peer) in victims.into_iter().take(2) {
         let request = StealRequest {
             holder: plan.holder.clone(),
-            kinds: plan.kinds.clone(),
+            fit: plan.fit.clone(),
             max: plan.max,
             lease_ms: plan.lease.as_millis() as u64,
         };

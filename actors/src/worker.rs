@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use myco_jobs::{Executor, JobError, RunContext, Task};
+use myco_jobs::{ChildResults, Executor, JobError, RunContext, Task};
 use myco_runtime::queue::{OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
@@ -59,6 +59,8 @@ enum RunError {
 
 struct Command {
     task: Task,
+    /// For a parent that joins its children: the queue to read their results from.
+    children: Option<(Queue, myco_runtime::queue::JobId)>,
     attempt: u32,
     cancel: Arc<AtomicBool>,
     reply: oneshot::Sender<Result<Vec<u8>, RunError>>,
@@ -78,9 +80,27 @@ impl ExecutorThread {
             while let Ok(cmd) = rx.recv() {
                 let cancel = cmd.cancel.clone();
                 let cancelled = move || cancel.load(Ordering::Relaxed);
+                let visit = |f: &mut dyn FnMut(&[u8]) -> Result<(), JobError>| {
+                    let Some((queue, id)) = &cmd.children else {
+                        return Ok(());
+                    };
+                    let read = |e: myco_runtime::queue::QueueError| {
+                        JobError::retryable(format!("reading the children's results: {e}"))
+                    };
+                    for child in queue.children(*id).map_err(read)? {
+                        if let Some(result) = queue.result(child).map_err(read)? {
+                            f(&result)?;
+                        }
+                    }
+                    Ok(())
+                };
                 let ctx = RunContext {
                     attempt: cmd.attempt,
                     cancelled: &cancelled,
+                    children: cmd
+                        .children
+                        .is_some()
+                        .then_some(&visit as &ChildResults<'_>),
                 };
                 match catch_unwind(AssertUnwindSafe(|| exec.run(&cmd.task, &ctx))) {
                     Ok(result) => {
@@ -102,12 +122,14 @@ impl ExecutorThread {
     async fn run(
         &self,
         task: Task,
+        children: Option<(Queue, myco_runtime::queue::JobId)>,
         attempt: u32,
         cancel: Arc<AtomicBool>,
     ) -> Result<Vec<u8>, RunError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             task,
+            children,
             attempt,
             cancel,
             reply,
@@ -176,9 +198,13 @@ impl Actor for Worker {
         let id = lease.id;
         let token = lease.token;
         let timeout = Duration::from_millis(lease.timeout_ms.max(1));
-        let outcome =
-            tokio::time::timeout(timeout, exec.run(lease.task, lease.attempt, cancel.clone()))
-                .await;
+        // A joining parent reads its children's results here, at its owner.
+        let children = (owner.is_none() && lease.task.joins()).then(|| (self.queue.clone(), id));
+        let outcome = tokio::time::timeout(
+            timeout,
+            exec.run(lease.task, children, lease.attempt, cancel.clone()),
+        )
+        .await;
         let cancelled = cancel.load(Ordering::SeqCst);
         let mut broken: Option<String> = None;
         let result: Option<Result<Vec<u8>, JobError>> = match outcome {

@@ -114,6 +114,14 @@ impl Client {
             .await
     }
 
+    pub async fn query(
+        &self,
+        req: &myco_actors::query::QueryRequest,
+    ) -> Result<myco_actors::query::QueryReply> {
+        self.json(self.http.post(format!("{}/api/query", self.base)).json(req))
+            .await
+    }
+
     /// The raw result stream (JSON Lines).
     pub async fn result(&self, id: &str) -> Result<reqwest::Response> {
         self.send(self.http.get(format!("{}/api/jobs/{id}/result", self.base)))

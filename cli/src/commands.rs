@@ -128,6 +128,48 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Query {
+            ref text,
+            ref collection,
+            k,
+            node: ref args,
+        } => {
+            let req = myco_actors::query::QueryRequest {
+                collection: collection.clone(),
+                text: text.clone(),
+                k,
+            };
+            let reply = match client(&cli, &home).query(&req).await {
+                Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+                    let cfg = node_config(&cli, &home, args)?;
+                    let node = Node::start(home.clone(), cfg, Services::EMBEDDED).await?;
+                    let reply = myco_actors::query::query(node.handle(), req).await;
+                    node.shutdown().await?;
+                    reply.map_err(|e| match e {
+                        myco_actors::query::QueryError::Failed(m) => anyhow!(m),
+                        other => BadInput(other.to_string()).into(),
+                    })?
+                }
+                other => other?,
+            };
+            if cli.json {
+                print_json(&reply)?;
+            } else {
+                for h in &reply.hits {
+                    let snippet: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let snippet: String = snippet.chars().take(100).collect();
+                    println!(
+                        "{:>2}. {:.4}  {} #{}  {snippet}",
+                        h.rank, h.score, h.source, h.index
+                    );
+                }
+                eprintln!(
+                    "{} chunks searched; embedding {:.1} ms, search {:.2} ms",
+                    reply.searched, reply.embed_ms, reply.search_ms
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(crate::BenchCommand::Steal(ref args)) => {
             crate::bench::steal(args, cli.json).await?;
             Ok(ExitCode::SUCCESS)
@@ -276,6 +318,14 @@ fn print_status(j: &JobView) {
         "progress  {}/{} done, {} failed",
         j.progress.done, j.progress.total, j.progress.failed
     );
+    if j.progress.items_total > 0 {
+        println!(
+            "files     {}/{}, {}",
+            j.progress.items_done,
+            j.progress.items_total,
+            crate::progress::rate(j)
+        );
+    }
     println!("attempts  {} of {}", j.attempts, j.max_attempts);
     if let Some(h) = &j.holder {
         println!("holder    {h}");
@@ -591,7 +641,11 @@ async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) ->
         let queue = handle.queue.clone();
         let out = out.map(Path::to_path_buf);
         tokio::task::spawn_blocking(move || -> Result<()> {
-            let ids = if queue.get(id)?.and_then(|r| r.children).is_some() {
+            // A parent's result is its children's, unless it joins them into its own.
+            let ids = if queue
+                .get(id)?
+                .is_some_and(|r| r.children.is_some() && !r.task.joins())
+            {
                 queue.children(id)?
             } else {
                 vec![id]

@@ -82,6 +82,19 @@ pub enum Command {
     },
     /// Cancel a job (and its children); a running attempt is stopped.
     Cancel { id: String },
+    /// Search a collection (built by an archive job) for the chunks nearest to a text. Asks
+    /// the node at --api; with none running, starts one in this process.
+    Query {
+        text: String,
+        /// The collection's name (`collection` in the archive job).
+        #[arg(long, short = 'c')]
+        collection: String,
+        /// How many chunks to return.
+        #[arg(short = 'k', long, default_value_t = 5)]
+        k: usize,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
     /// Show this machine's capabilities: cores, RAM, GPUs.
     Detect,
     /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.

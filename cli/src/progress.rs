@@ -40,15 +40,32 @@ impl Progress {
         let p = job.progress;
         match self {
             Progress::Bar(bar) => {
-                bar.set_length(u64::from(p.total));
-                bar.set_position(u64::from(p.done + p.failed));
-                bar.set_message(job.state.to_string());
+                if p.items_total > 0 {
+                    bar.set_length(p.items_total);
+                    bar.set_position(p.items_done);
+                    bar.set_message(format!("{} {}", job.state, rate(job)));
+                } else {
+                    bar.set_length(u64::from(p.total));
+                    bar.set_position(u64::from(p.done + p.failed));
+                    bar.set_message(job.state.to_string());
+                }
             }
             Progress::Log { last, last_line } => {
-                let line = format!(
-                    "job {} {}: {}/{} done, {} failed",
-                    job.id, job.state, p.done, p.total, p.failed
-                );
+                let line = if p.items_total > 0 {
+                    format!(
+                        "job {} {}: {}/{} files, {}",
+                        job.id,
+                        job.state,
+                        p.items_done,
+                        p.items_total,
+                        rate(job)
+                    )
+                } else {
+                    format!(
+                        "job {} {}: {}/{} done, {} failed",
+                        job.id, job.state, p.done, p.total, p.failed
+                    )
+                };
                 // The end is reported by the caller.
                 if !job.state.is_terminal()
                     && line != *last_line
@@ -68,4 +85,20 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// "1234 chunks, 56.7 chunks/s, eta 1m 5s" for a job whose children report outputs.
+pub fn rate(job: &JobView) -> String {
+    let p = job.progress;
+    let mut out = format!("{} chunks", p.outputs);
+    if let Some(r) = p.outputs_per_s {
+        out.push_str(&format!(", {r:.1} chunks/s"));
+    }
+    if let Some(eta) = p.eta_s {
+        out.push_str(&format!(
+            ", eta {}",
+            humantime::format_duration(Duration::from_secs(eta))
+        ));
+    }
+    out
 }

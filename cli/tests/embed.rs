@@ -77,6 +77,83 @@ fn myco_run_embeds_texts_like_the_reference() {
     }
 }
 
+/// An embed job over a chunk job's result: one vector per chunk, each linked to its chunk.
+#[test]
+fn chunk_results_feed_an_embed_job() {
+    let model = real_home().join("models/all-MiniLM-L6-v2");
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    std::os::unix::fs::symlink(
+        real_home().join("lib/libonnxruntime.so"),
+        home.join("lib/libonnxruntime.so"),
+    )
+    .unwrap();
+    let docs = dir.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(
+        docs.join("a.md"),
+        "# A\n\nThe otter repairs a kettle.\n\n## B\n\nThe falcon guards a ladder on Mondays.\n",
+    )
+    .unwrap();
+    std::fs::write(docs.join("b.txt"), "Plain notes about a lighthouse.\n").unwrap();
+    std::fs::write(
+        dir.path().join("chunk.toml"),
+        "version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"docs\"\nmax_tokens = 40\noverlap = 0\n",
+    )
+    .unwrap();
+    let chunks = dir.path().join("chunks.jsonl");
+    let out = myco(&home)
+        .args(["run", "--out"])
+        .arg(&chunks)
+        .arg(dir.path().join("chunk.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chunk_lines: Vec<serde_json::Value> = std::fs::read_to_string(&chunks)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(chunk_lines.len() >= 3, "{chunk_lines:?}");
+    std::fs::write(
+        dir.path().join("embed.toml"),
+        format!(
+            "version = 1\nkind = \"embed\"\n[embed]\nmodel = {:?}\nchunks = \"chunks.jsonl\"\n",
+            model.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = myco(&home)
+        .arg("run")
+        .arg(dir.path().join("embed.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), chunk_lines.len());
+    for (v, c) in lines.iter().zip(&chunk_lines) {
+        assert_eq!(v["source"], c["source"]);
+        assert_eq!(v["chunk"], c["index"]);
+        assert_eq!(v["start"], c["start"]);
+        assert_eq!(v["end"], c["end"]);
+        assert_eq!(v["text"], c["text"]);
+        assert_eq!(v["vector"].as_array().unwrap().len(), 384);
+    }
+}
+
 #[test]
 fn a_missing_model_is_refused_at_submit() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,8 @@ pub enum EmbedError {
     ModelBroken { path: String, why: String },
     #[error("embedding failed: {0}")]
     Run(String),
+    #[error("cancelled")]
+    Cancelled,
 }
 
 /// Where to find `libonnxruntime.so`: `MYCO_ORT_LIB` or `ORT_DYLIB_PATH` if set (and then
@@ -151,8 +153,61 @@ impl EmbedModel {
         })
     }
 
+    /// The model's token count for each text (after truncation to the model's maximum).
+    pub fn token_counts(&self, texts: &[&str]) -> Result<Vec<usize>, EmbedError> {
+        texts
+            .iter()
+            .map(|t| {
+                self.inner
+                    .tokenizer
+                    .encode(*t, true)
+                    .map(|e| e.len())
+                    .map_err(|e| EmbedError::Run(format!("tokenizing: {e}")))
+            })
+            .collect()
+    }
+
+    /// Embed texts in batches formed by a token budget: texts are counted with the model's
+    /// tokenizer and grouped by length, and a batch holds as many as fit in `batch_tokens`
+    /// counting padding (a batch costs `texts × longest`). Short texts thus go many to a
+    /// batch and long ones few, and little compute is spent on padding. Vectors come back in
+    /// the order of `texts`, L2-normalised. `cancelled` is polled between batches.
+    pub fn embed_budget(
+        &mut self,
+        texts: &[&str],
+        batch_tokens: usize,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let counts = self.token_counts(texts)?;
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| (counts[i], i));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
+        let mut start = 0;
+        while start < order.len() {
+            if cancelled() {
+                return Err(EmbedError::Cancelled);
+            }
+            let mut end = start + 1;
+            // Sorted ascending: the text added last is the longest of the batch.
+            while end < order.len() && (end + 1 - start) * counts[order[end]] <= batch_tokens {
+                end += 1;
+            }
+            let batch: Vec<&str> = order[start..end].iter().map(|&i| texts[i]).collect();
+            let vectors = self.embed(&batch, batch.len())?;
+            for (&i, v) in order[start..end].iter().zip(vectors) {
+                out[i] = v;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
     /// Embed texts, L2-normalised, in batches of `batch`.
-    pub fn embed(&mut self, texts: &[String], batch: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+    pub fn embed<S: AsRef<str> + Send + Sync>(
+        &mut self,
+        texts: &[S],
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut vectors = self
             .inner
             .embed(texts, Some(batch.max(1)))

@@ -4,11 +4,15 @@
 //! This crate is the bottom of the stack (`jobs ← runtime ← actors ← cli`): it must not know
 //! about queues, actors or HTTP. Heavy model crates will live here behind cargo features.
 
+pub mod archive;
 pub mod chunk;
+pub mod collection;
 #[cfg(feature = "embed")]
 pub mod embed;
 pub mod spec;
 pub mod task;
 
 pub use spec::{JobSpec, Plan, Problem, SpecError};
-pub use task::{CpuExecutor, ErrorClass, Executor, JobError, JobKind, RunContext, Task};
+pub use task::{
+    ChildResults, CpuExecutor, ErrorClass, Executor, Fit, JobError, JobKind, RunContext, Task,
+};

@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! version = 1                  # required: the format version
-//! kind = "chunk"               # chunk | noop
+//! kind = "chunk"               # chunk | noop | embed | archive
 //! priority = 0                 # higher runs first (-1000..=1000), FIFO within a priority
 //! max_attempts = 3             # failed attempts before the job is dead (1..=100)
 //! timeout = "10m"              # one attempt's time limit (humantime: "30s", "1h 30m")
@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::archive::{self, ArchiveTask, ModelRef};
 use crate::chunk::{self, ChunkParams};
 use crate::task::{FailMode, NoopTask, Task};
 
@@ -49,6 +50,8 @@ pub struct JobFile {
     pub noop: Option<NoopSection>,
     #[serde(default)]
     pub embed: Option<EmbedSection>,
+    #[serde(default)]
+    pub archive: Option<ArchiveSection>,
 }
 
 /// The job kinds a user can name in `kind = "..."`.
@@ -58,6 +61,34 @@ pub enum SpecKind {
     Chunk,
     Noop,
     Embed,
+    Archive,
+}
+
+/// `[archive]`: chunk and embed a directory tree into a named collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSection {
+    /// A directory (recursive), a file or a glob, relative to this file.
+    pub input: PathBuf,
+    /// The collection's name: it is written to `~/.myco/collections/NAME`.
+    pub collection: String,
+    #[serde(default = "default_embed_model")]
+    pub model: String,
+    /// Chunk size in characters (all-MiniLM-L6-v2 reads at most 256 tokens, about 1000
+    /// characters of English).
+    #[serde(default = "default_archive_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "default_archive_overlap")]
+    pub overlap: usize,
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+fn default_archive_max_tokens() -> usize {
+    800
+}
+fn default_archive_overlap() -> usize {
+    100
 }
 
 /// `[embed]`: turn texts into vectors with a sentence-embedding model.
@@ -67,7 +98,13 @@ pub struct EmbedSection {
     /// A model name under `~/.myco/models`, or a path to a model directory.
     #[serde(default = "default_embed_model")]
     pub model: String,
+    /// The texts; or give `chunks` instead.
+    #[serde(default)]
     pub texts: Vec<String>,
+    /// A chunk job's result (JSON Lines, e.g. from `myco run chunk.toml --out chunks.jsonl`):
+    /// each chunk is embedded, and its vector's line names the chunk.
+    #[serde(default)]
+    pub chunks: Option<PathBuf>,
     /// Estimated tokens per batch: short texts go many to a batch, long ones few.
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
@@ -189,12 +226,7 @@ impl JobSpec {
     /// Parse and validate `job.toml` text. Relative paths resolve against `base_dir` (the
     /// directory of the job file). Checks that input paths exist.
     pub fn parse(text: &str, base_dir: &Path) -> Result<JobSpec, SpecError> {
-        let models = std::env::var_os("MYCO_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".myco")))
-            .unwrap_or_else(|| PathBuf::from(".myco"))
-            .join("models");
-        JobSpec::parse_in(text, base_dir, &models)
+        JobSpec::parse_in(text, base_dir, &default_home().join("models"))
     }
 
     /// Like [`JobSpec::parse`], resolving model names in `models_dir` (the node's).
@@ -203,10 +235,30 @@ impl JobSpec {
         file.validate_in(base_dir, models_dir)
     }
 
-    /// Expand the job into the tasks the queue stores. A directory or glob input becomes a
-    /// parent with one child per file.
+    /// Expand the job into the tasks the queue stores, with collections in the default
+    /// home (see [`JobSpec::plan_in`]).
     pub fn plan(&self) -> Result<Plan, SpecError> {
+        self.plan_in(&default_home().join("collections"))
+    }
+
+    /// Expand the job into the tasks the queue stores. A directory or glob input becomes a
+    /// parent with one child per file; an archive becomes a parent with one child per group
+    /// of files that `collections` does not already hold.
+    pub fn plan_in(&self, collections: &Path) -> Result<Plan, SpecError> {
         match &self.task {
+            Task::Archive(a) => {
+                let planned = archive::plan(a, collections).map_err(|e| {
+                    SpecError::one(
+                        "archive.input",
+                        e.to_string(),
+                        "point `input` at a readable directory of documents",
+                    )
+                })?;
+                Ok(Plan {
+                    task: self.task.clone(),
+                    children: planned.children.into_iter().map(Task::EmbedDocs).collect(),
+                })
+            }
             Task::Chunk { input, params } => {
                 let files = chunk::expand_input(input).map_err(|e| {
                     SpecError::one(
@@ -246,12 +298,21 @@ impl JobSpec {
             Task::ChunkFile { .. }
             | Task::ChunkInline { .. }
             | Task::Noop(_)
-            | Task::Embed { .. } => Ok(Plan {
+            | Task::Embed { .. }
+            | Task::EmbedDocs(_) => Ok(Plan {
                 task: self.task.clone(),
                 children: Vec::new(),
             }),
         }
     }
+}
+
+/// `$MYCO_HOME`, else `~/.myco`.
+fn default_home() -> PathBuf {
+    std::env::var_os("MYCO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".myco")))
+        .unwrap_or_else(|| PathBuf::from(".myco"))
 }
 
 fn parse_file(text: &str) -> Result<JobFile, SpecError> {
@@ -338,11 +399,13 @@ impl JobFile {
             SpecKind::Chunk => "chunk",
             SpecKind::Noop => "noop",
             SpecKind::Embed => "embed",
+            SpecKind::Archive => "archive",
         };
         let present = [
             ("chunk", self.chunk.is_some()),
             ("noop", self.noop.is_some()),
             ("embed", self.embed.is_some()),
+            ("archive", self.archive.is_some()),
         ];
         for (other, _) in present.iter().filter(|(n, p)| *p && *n != want) {
             bad(
@@ -362,23 +425,7 @@ impl JobFile {
                     None
                 }
                 Some(c) => {
-                    if c.max_tokens == 0 || c.max_tokens > 1_000_000 {
-                        bad(
-                            "chunk.max_tokens",
-                            format!("{} is out of range", c.max_tokens),
-                            "use 1 to 1000000 tokens per chunk",
-                        );
-                    }
-                    if c.overlap >= c.max_tokens.max(1) {
-                        bad(
-                            "chunk.overlap",
-                            format!(
-                                "{} must be smaller than max_tokens ({})",
-                                c.overlap, c.max_tokens
-                            ),
-                            "lower `overlap`, e.g. to an eighth of `max_tokens`",
-                        );
-                    }
+                    check_chunking(&mut bad, "chunk", c.max_tokens, c.overlap);
                     if c.tokenizer != "chars" {
                         bad(
                             "chunk.tokenizer",
@@ -419,10 +466,42 @@ impl JobFile {
                     None
                 }
                 Some(e) => {
-                    if e.texts.is_empty() || e.texts.len() > 100_000 {
+                    let mut texts = e.texts.clone();
+                    let mut links = Vec::new();
+                    match &e.chunks {
+                        Some(_) if !texts.is_empty() => bad(
+                            "embed.chunks",
+                            "give `texts` or `chunks`, not both".into(),
+                            "remove one of them",
+                        ),
+                        Some(path) => match read_chunks(&resolve(base_dir, path)) {
+                            Ok(chunks) => {
+                                for c in chunks {
+                                    links.push(crate::task::ChunkLink {
+                                        source: c.source,
+                                        index: c.index,
+                                        start: c.start,
+                                        end: c.end,
+                                    });
+                                    texts.push(c.text);
+                                }
+                            }
+                            Err(why) => bad(
+                                "embed.chunks",
+                                why,
+                                "point `chunks` at a chunk job's result: `myco run chunk.toml --out chunks.jsonl`",
+                            ),
+                        },
+                        None => {}
+                    }
+                    if texts.is_empty() || texts.len() > 100_000 {
                         bad(
-                            "embed.texts",
-                            format!("{} texts", e.texts.len()),
+                            if e.chunks.is_some() {
+                                "embed.chunks"
+                            } else {
+                                "embed.texts"
+                            },
+                            format!("{} texts", texts.len()),
                             "give 1 to 100000 texts per job; submit more jobs for more",
                         );
                     }
@@ -433,24 +512,59 @@ impl JobFile {
                             "leave it out for the default (8192)",
                         );
                     }
-                    let as_path = Path::new(&e.model);
-                    let dir = if e.model.contains('/') || e.model.starts_with('.') {
-                        resolve(base_dir, as_path)
-                    } else {
-                        models_dir.join(&e.model)
-                    };
-                    if !dir.join("model.onnx").is_file() {
+                    let dir = model_dir(&mut bad, "embed.model", &e.model, base_dir, models_dir);
+                    Some(Task::Embed {
+                        model: ModelRef::at(&dir),
+                        texts,
+                        batch_tokens: e.batch_tokens,
+                        links,
+                    })
+                }
+            },
+            SpecKind::Archive => match &self.archive {
+                None => {
+                    bad(
+                        "archive",
+                        "missing `[archive]` table".into(),
+                        "add `[archive]` with `input = \"docs/\"` and `collection = \"NAME\"`",
+                    );
+                    None
+                }
+                Some(a) => {
+                    check_chunking(&mut bad, "archive", a.max_tokens, a.overlap);
+                    if !crate::collection::valid_name(&a.collection) {
                         bad(
-                            "embed.model",
-                            format!("no embedding model at {} (no model.onnx)", dir.display()),
-                            "run ./setup.sh for the default all-MiniLM-L6-v2, or give the path of a directory with model.onnx and its tokenizer files",
+                            "archive.collection",
+                            format!("`{}` is not a valid collection name", a.collection),
+                            "use letters, digits, `-`, `_` and `.` (not first), at most 128",
                         );
                     }
-                    Some(Task::Embed {
-                        model: dir,
-                        texts: e.texts.clone(),
-                        batch_tokens: e.batch_tokens,
-                    })
+                    if a.batch_tokens == 0 {
+                        bad(
+                            "archive.batch_tokens",
+                            "must be at least 1".into(),
+                            "leave it out for the default (8192)",
+                        );
+                    }
+                    let input = resolve(base_dir, &a.input);
+                    if !input.exists() && !is_glob(&a.input) {
+                        bad(
+                            "archive.input",
+                            format!("`{}` does not exist", input.display()),
+                            "point `input` at the archive's directory (relative paths start at the job file's directory)",
+                        );
+                    }
+                    let dir = model_dir(&mut bad, "archive.model", &a.model, base_dir, models_dir);
+                    Some(Task::Archive(ArchiveTask {
+                        input,
+                        collection: a.collection.clone(),
+                        model: ModelRef::at(&dir),
+                        params: ChunkParams {
+                            max_tokens: a.max_tokens,
+                            overlap: a.overlap,
+                        },
+                        batch_tokens: a.batch_tokens,
+                    }))
                 }
             },
             SpecKind::Noop => {
@@ -468,12 +582,78 @@ impl JobFile {
                 priority: self.priority,
                 max_attempts: self.max_attempts,
                 timeout: self.timeout,
-                idempotency_key: self.idempotency_key,
+                // An archive is keyed by its collection unless it says otherwise: submitting
+                // it again while it runs resumes that run (see `Task::joins`).
+                idempotency_key: self.idempotency_key.or_else(|| match &task {
+                    Task::Archive(a) => Some(format!("archive:{}", a.collection)),
+                    _ => None,
+                }),
                 task,
             }),
             _ => Err(SpecError { problems }),
         }
     }
+}
+
+/// The chunks in a chunk job's result file (JSON Lines of `{source, index, start, end,
+/// text}`).
+fn read_chunks(path: &Path) -> Result<Vec<chunk::Chunk>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("{} line {}: not a chunk: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn check_chunking(
+    bad: &mut impl FnMut(&str, String, &str),
+    table: &str,
+    max_tokens: usize,
+    overlap: usize,
+) {
+    if max_tokens == 0 || max_tokens > 1_000_000 {
+        bad(
+            &format!("{table}.max_tokens"),
+            format!("{max_tokens} is out of range"),
+            "use 1 to 1000000 tokens per chunk",
+        );
+    }
+    if overlap >= max_tokens.max(1) {
+        bad(
+            &format!("{table}.overlap"),
+            format!("{overlap} must be smaller than max_tokens ({max_tokens})"),
+            "lower `overlap`, e.g. to an eighth of `max_tokens`",
+        );
+    }
+}
+
+/// The directory of the embedding model `name`: a path if it looks like one, else a name
+/// under `models_dir`. Reports a missing `model.onnx`.
+fn model_dir(
+    bad: &mut impl FnMut(&str, String, &str),
+    field: &str,
+    name: &str,
+    base_dir: &Path,
+    models_dir: &Path,
+) -> PathBuf {
+    let dir = if name.contains('/') || name.starts_with('.') {
+        resolve(base_dir, Path::new(name))
+    } else {
+        models_dir.join(name)
+    };
+    if !dir.join("model.onnx").is_file() {
+        bad(
+            field,
+            format!("no embedding model at {} (no model.onnx)", dir.display()),
+            "run ./setup.sh for the default all-MiniLM-L6-v2, or give the path of a directory with model.onnx and its tokenizer files",
+        );
+    }
+    dir
 }
 
 fn is_glob(p: &Path) -> bool {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::{self, ArchiveTask, DocsTask, ModelRef};
 use crate::chunk::{self, ChunkError, ChunkParams};
 
 /// A unit of work, as stored in the queue. Parents (`Chunk` over a directory) fan out into
@@ -28,12 +29,29 @@ pub enum Task {
     },
     /// Return the payload; for smoke tests, benchmarks and failure drills.
     Noop(NoopTask),
-    /// Embed texts with the model in `model` (a directory).
+    /// Embed texts with `model`. When the texts are chunks (the result of a chunk job),
+    /// `links` says where each came from, and each vector's line carries it.
     Embed {
-        model: PathBuf,
+        model: ModelRef,
         texts: Vec<String>,
         batch_tokens: usize,
+        links: Vec<ChunkLink>,
     },
+    /// Chunk and embed a group of documents: a child of an archive job.
+    EmbedDocs(DocsTask),
+    /// Build a collection from a directory tree: a parent whose children are `EmbedDocs`,
+    /// and which runs itself, on its owner, once they have finished (it writes the
+    /// collection from their results).
+    Archive(ArchiveTask),
+}
+
+/// Where an embedded text came from: a chunk of a document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLink {
+    pub source: String,
+    pub index: u32,
+    pub start: usize,
+    pub end: usize,
 }
 
 /// The diagnostic no-op job.
@@ -63,16 +81,23 @@ pub enum JobKind {
     Chunk,
     Noop,
     Embed,
+    Archive,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 3] = [JobKind::Chunk, JobKind::Noop, JobKind::Embed];
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Chunk,
+        JobKind::Noop,
+        JobKind::Embed,
+        JobKind::Archive,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Chunk => "chunk",
             JobKind::Noop => "noop",
             JobKind::Embed => "embed",
+            JobKind::Archive => "archive",
         }
     }
 
@@ -109,7 +134,77 @@ impl Task {
                     Err(_) => Some(self.clone()),
                 }
             }
+            Task::EmbedDocs(t) => {
+                let mut t = t.clone();
+                let mut total = 0u64;
+                for doc in &mut t.docs {
+                    if doc.bytes.is_some() {
+                        continue;
+                    }
+                    let Ok(bytes) = std::fs::read(&doc.path) else {
+                        continue;
+                    };
+                    total += bytes.len() as u64;
+                    if total > max_bytes {
+                        return None;
+                    }
+                    doc.bytes = Some(bytes);
+                }
+                Some(Task::EmbedDocs(t))
+            }
             other => Some(other.clone()),
+        }
+    }
+
+    /// The bytes of documents this task carries with it.
+    pub fn inline_bytes(&self) -> u64 {
+        match self {
+            Task::ChunkInline { bytes, .. } => bytes.len() as u64,
+            Task::EmbedDocs(t) => t
+                .docs
+                .iter()
+                .map(|d| d.bytes.as_ref().map_or(0, |b| b.len() as u64))
+                .sum(),
+            _ => 0,
+        }
+    }
+
+    /// The model a node must hold to run this task.
+    pub fn model(&self) -> Option<&ModelRef> {
+        match self {
+            Task::Embed { model, .. } => Some(model),
+            Task::EmbedDocs(t) => Some(&t.model),
+            Task::Archive(t) => Some(&t.model),
+            _ => None,
+        }
+    }
+
+    /// Only the owner may run it (it writes the owner's files, or reads its children).
+    pub fn owner_only(&self) -> bool {
+        matches!(self, Task::Archive(_) | Task::Chunk { .. })
+    }
+
+    /// A parent that runs itself once its children have finished, with their results.
+    pub fn joins(&self) -> bool {
+        matches!(self, Task::Archive(_))
+    }
+
+    /// Input items (documents) the task covers, for progress.
+    pub fn items(&self) -> u32 {
+        match self {
+            Task::EmbedDocs(t) => u32::try_from(t.docs.len()).unwrap_or(u32::MAX),
+            _ => 1,
+        }
+    }
+
+    /// Output units (chunks) in a result of this task, for progress.
+    pub fn outputs(&self, result: &[u8]) -> u64 {
+        match self {
+            Task::EmbedDocs(t) => archive::count_chunks(t, result),
+            Task::ChunkFile { .. } | Task::ChunkInline { .. } => {
+                result.iter().filter(|b| **b == b'\n').count() as u64
+            }
+            _ => 0,
         }
     }
 
@@ -119,7 +214,8 @@ impl Task {
                 JobKind::Chunk
             }
             Task::Noop(_) => JobKind::Noop,
-            Task::Embed { .. } => JobKind::Embed,
+            Task::Embed { .. } | Task::EmbedDocs(_) => JobKind::Embed,
+            Task::Archive(_) => JobKind::Archive,
         }
     }
 
@@ -131,10 +227,18 @@ impl Task {
                 format!("chunk {}", path.display())
             }
             Task::Noop(_) => "noop".to_owned(),
-            Task::Embed { model, texts, .. } => format!(
-                "embed {} texts with {}",
-                texts.len(),
-                model.file_name().unwrap_or_default().to_string_lossy()
+            Task::Embed { model, texts, .. } => {
+                format!("embed {} texts with {}", texts.len(), model.name)
+            }
+            Task::EmbedDocs(t) => match &t.docs[..] {
+                [one] => format!("embed {}", one.rel),
+                [first, ..] => format!("embed {} and {} more", first.rel, t.docs.len() - 1),
+                [] => "embed nothing".to_owned(),
+            },
+            Task::Archive(t) => format!(
+                "archive {} into collection {}",
+                t.input.display(),
+                t.collection
             ),
         }
     }
@@ -188,12 +292,18 @@ impl From<ChunkError> for JobError {
     }
 }
 
+/// Visits the results of a joining parent's finished children, one result at a time.
+pub type ChildResults<'a> =
+    dyn Fn(&mut dyn FnMut(&[u8]) -> Result<(), JobError>) -> Result<(), JobError> + 'a;
+
 /// What an executor sees of the attempt it runs.
 pub struct RunContext<'a> {
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Polled between units of work; true once the job is cancelled or timed out.
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
+    /// For a parent that [`Task::joins`]: its children's results.
+    pub children: Option<&'a ChildResults<'a>>,
 }
 
 impl std::fmt::Debug for RunContext<'_> {
@@ -229,49 +339,77 @@ impl CpuExecutor {
         }
     }
 
+    /// The loaded model `m`, loading it on first use.
     #[cfg(feature = "embed")]
-    fn embed(
+    fn model(&mut self, m: &ModelRef) -> Result<&mut crate::embed::EmbedModel, JobError> {
+        use std::collections::hash_map::Entry;
+        let dir = m.resolve(&self.home);
+        Ok(match self.models.entry(dir) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let loaded = crate::embed::EmbedModel::load(v.key(), &self.home)
+                    .map_err(|e| JobError::fatal(e.to_string()))?;
+                v.insert(loaded)
+            }
+        })
+    }
+
+    #[cfg(feature = "embed")]
+    fn embed_texts(
         &mut self,
-        model: &std::path::Path,
-        texts: &[String],
+        model: &ModelRef,
+        texts: &[&str],
         batch_tokens: usize,
         ctx: &RunContext<'_>,
+    ) -> Result<Vec<Vec<f32>>, JobError> {
+        self.model(model)?
+            .embed_budget(texts, batch_tokens, ctx.cancelled)
+            .map_err(|e| match e {
+                crate::embed::EmbedError::Cancelled => JobError::retryable("cancelled"),
+                e => JobError::fatal(e.to_string()),
+            })
+    }
+
+    #[cfg(not(feature = "embed"))]
+    fn embed_texts(
+        &mut self,
+        _: &ModelRef,
+        _: &[&str],
+        _: usize,
+        _: &RunContext<'_>,
+    ) -> Result<Vec<Vec<f32>>, JobError> {
+        Err(JobError::fatal(
+            "this myco was built without the `embed` feature; rebuild with it",
+        ))
+    }
+
+    fn embed(
+        &mut self,
+        model: &ModelRef,
+        texts: &[String],
+        batch_tokens: usize,
+        links: &[ChunkLink],
+        ctx: &RunContext<'_>,
     ) -> Result<Vec<u8>, JobError> {
-        use std::collections::hash_map::Entry;
-        let m = match self.models.entry(model.to_path_buf()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(v) => v.insert(
-                crate::embed::EmbedModel::load(model, &self.home)
-                    .map_err(|e| JobError::fatal(e.to_string()))?,
-            ),
-        };
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < texts.len() {
-            if (ctx.cancelled)() {
-                return Err(JobError::retryable("cancelled"));
-            }
-            // A batch holds texts up to the token budget (estimated at 4 bytes a token).
-            let mut end = start;
-            let mut tokens = 0;
-            while end < texts.len()
-                && (end == start || tokens + texts[end].len() / 4 + 2 <= batch_tokens)
-            {
-                tokens += texts[end].len() / 4 + 2;
-                end += 1;
-            }
-            let vectors = m
-                .embed(&texts[start..end], end - start)
-                .map_err(|e| JobError::fatal(e.to_string()))?;
-            for (i, v) in vectors.iter().enumerate() {
-                serde_json::to_writer(
-                    &mut out,
-                    &serde_json::json!({ "index": start + i, "vector": v }),
-                )
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = self.embed_texts(model, &refs, batch_tokens, ctx)?;
+        let mut out = Vec::with_capacity(vectors.len() * 4096);
+        for (i, v) in vectors.iter().enumerate() {
+            let line = match links.get(i) {
+                None => serde_json::json!({ "index": i, "vector": v }),
+                Some(l) => serde_json::json!({
+                    "index": i,
+                    "vector": v,
+                    "source": l.source,
+                    "chunk": l.index,
+                    "start": l.start,
+                    "end": l.end,
+                    "text": texts[i],
+                }),
+            };
+            serde_json::to_writer(&mut out, &line)
                 .map_err(|e| JobError::fatal(format!("encoding a vector: {e}")))?;
-                out.push(b'\n');
-            }
-            start = end;
+            out.push(b'\n');
         }
         Ok(out)
     }
@@ -305,16 +443,16 @@ impl Executor for CpuExecutor {
                 Ok(out)
             }
             Task::Noop(n) => run_noop(n, ctx),
-            #[cfg(feature = "embed")]
             Task::Embed {
                 model,
                 texts,
                 batch_tokens,
-            } => self.embed(model, texts, *batch_tokens, ctx),
-            #[cfg(not(feature = "embed"))]
-            Task::Embed { .. } => Err(JobError::fatal(
-                "this myco was built without the `embed` feature; rebuild with it",
-            )),
+                links,
+            } => self.embed(model, texts, *batch_tokens, links, ctx),
+            Task::EmbedDocs(t) => archive::run_docs(t, ctx.cancelled, &mut |texts| {
+                self.embed_texts(&t.model, texts, t.batch_tokens, ctx)
+            }),
+            Task::Archive(t) => archive::join(t, &self.home, ctx.children),
         }
     }
 }
@@ -342,4 +480,39 @@ fn run_noop(n: &NoopTask, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
         .map_err(|e| JobError::fatal(format!("encoding result: {e}")))?;
     out.push(b'\n');
     Ok(out)
+}
+
+/// Which tasks a node may take: its job kinds, and for a thief (`models` set) only tasks
+/// that need no owner and whose model it holds. The owner itself (`models: None`) takes
+/// anything of its kinds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fit {
+    pub kinds: Vec<JobKind>,
+    /// The thief's embedding models as `(name, model.onnx bytes)`; `None` for the owner.
+    pub models: Option<Vec<(String, u64)>>,
+}
+
+impl Fit {
+    /// What the owner's own workers take.
+    pub fn local(kinds: &[JobKind]) -> Fit {
+        Fit {
+            kinds: kinds.to_vec(),
+            models: None,
+        }
+    }
+
+    pub fn accepts(&self, task: &Task) -> bool {
+        if !self.kinds.contains(&task.kind()) {
+            return false;
+        }
+        match &self.models {
+            None => true,
+            Some(models) => {
+                !task.owner_only()
+                    && task
+                        .model()
+                        .is_none_or(|m| models.iter().any(|(n, b)| *n == m.name && *b == m.bytes))
+            }
+        }
+    }
 }

@@ -166,6 +166,7 @@ fn progress(rec: &JobRecord) -> (u32, u32, u32) {
         done,
         failed,
         total,
+        ..
     } = rec.view().progress;
     (done, failed, total)
 }
@@ -307,7 +308,10 @@ async fn cancel_parent_cascades_to_unfinished_children() {
             total: 4,
             done: 1,
             dead: 0,
-            cancelled: 3
+            cancelled: 3,
+            items_total: 4,
+            items_done: 4,
+            outputs: 0,
         })
     );
     assert_eq!(progress(&f.get(p)), (1, 3, 4));
@@ -530,7 +534,7 @@ async fn expired_lease_requeues_and_late_result_is_recorded_once() {
     assert_eq!(f.q.release(vec![(id, token)]).await.unwrap(), 0);
     // Another worker takes it over; the first one's late result still counts, once.
     let second =
-        f.q.lease_to("peer#1".into(), 1, &NOOP, LEASE)
+        f.q.lease_to("peer#1".into(), 1, &myco_jobs::Fit::local(&NOOP), LEASE)
             .await
             .unwrap();
     assert_eq!((second[0].id, second[0].attempt), (id, 1));
@@ -579,9 +583,14 @@ async fn renew_extends_only_own_current_leases() {
     let b = f.submit_one(job("b")).await;
     let mine = f.q.lease(1, &NOOP, Duration::from_secs(1)).await.unwrap();
     let theirs =
-        f.q.lease_to("peer#1".into(), 1, &NOOP, Duration::from_secs(1))
-            .await
-            .unwrap();
+        f.q.lease_to(
+            "peer#1".into(),
+            1,
+            &myco_jobs::Fit::local(&NOOP),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
     assert_eq!((mine[0].id, theirs[0].id), (a, b));
     f.clock.advance(900);
     let lost =
@@ -629,7 +638,7 @@ async fn restart_requeues_own_leases_only() {
     assert_eq!(f.q.holder(), "n1#1");
     let mine = f.q.lease(2, &NOOP, LEASE).await.unwrap();
     let theirs =
-        f.q.lease_to("peer#1".into(), 1, &NOOP, LEASE)
+        f.q.lease_to("peer#1".into(), 1, &myco_jobs::Fit::local(&NOOP), LEASE)
             .await
             .unwrap();
     f.q.complete(ids[0], b"kept".to_vec()).await.unwrap();
@@ -910,9 +919,12 @@ async fn a_complete_renewal_reclaims_grants_that_never_arrived() {
         f.submit_one(job(&format!("j{i}"))).await;
     }
     let thief = "thief#1".to_owned();
-    let got = f.q.lease_to(thief.clone(), 3, &NOOP, LEASE).await.unwrap();
+    let got =
+        f.q.lease_to(thief.clone(), 3, &myco_jobs::Fit::local(&NOOP), LEASE)
+            .await
+            .unwrap();
     let other =
-        f.q.lease_to("other#1".into(), 1, &NOOP, LEASE)
+        f.q.lease_to("other#1".into(), 1, &myco_jobs::Fit::local(&NOOP), LEASE)
             .await
             .unwrap();
     let (kept, lost_grant) = (&got[..2], &got[2]);

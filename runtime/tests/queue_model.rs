@@ -237,6 +237,8 @@ impl Model {
             lost: 0,
             counts: is_parent.then(|| ChildCounts {
                 total: job.children.len() as u32,
+                // A no-op child covers one item and reports no outputs.
+                items_total: job.children.len() as u64,
                 ..ChildCounts::default()
             }),
             result: None,
@@ -317,6 +319,7 @@ impl Model {
             JobState::Dead => counts.dead += 1,
             _ => counts.cancelled += 1,
         }
+        counts.items_done += 1;
         let counts = *counts;
         if self.jobs[p].state == JobState::Waiting && counts.finished() >= counts.total {
             let end = if counts.done > 0 {
@@ -579,7 +582,9 @@ async fn run(ops: Vec<Op>, path: &Path) {
             } => {
                 let lease = Duration::from_millis(*lease_ms);
                 let (holder, got) = if *peer {
-                    let got = q.lease_to(PEER.into(), *max, &kinds, lease).await;
+                    let got = q
+                        .lease_to(PEER.into(), *max, &myco_jobs::Fit::local(&kinds), lease)
+                        .await;
                     (PEER.to_owned(), got.unwrap())
                 } else {
                     (m.holder(), q.lease(*max, &kinds, lease).await.unwrap())

@@ -107,7 +107,8 @@ pub struct Heartbeat {
 pub struct StealRequest {
     /// The lease holder name of the thief (`name#incarnation`).
     pub holder: String,
-    pub kinds: Vec<JobKind>,
+    /// What it can run: its kinds and the models it holds.
+    pub fit: myco_jobs::Fit,
     /// The most jobs it wants.
     pub max: u32,
     pub lease_ms: u64,
@@ -167,7 +168,7 @@ mod tests {
     fn round_trip_and_garbage_is_an_error_not_a_panic() {
         let req = StealRequest {
             holder: "a#1".into(),
-            kinds: vec![JobKind::Noop],
+            fit: myco_jobs::Fit::local(&[JobKind::Noop]),
             max: 4,
             lease_ms: 30_000,
         };

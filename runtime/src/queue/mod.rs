@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use myco_jobs::{JobError, JobKind};
+use myco_jobs::{Fit, JobError, JobKind};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -204,7 +204,7 @@ enum Op {
     Lease {
         holder: String,
         max: usize,
-        kinds: Vec<JobKind>,
+        fit: Fit,
         lease_ms: u64,
         reply: oneshot::Sender<Result<Vec<Lease>, QueueError>>,
     },
@@ -426,23 +426,23 @@ impl Queue {
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
         let holder = self.shared.holder.clone();
-        self.lease_to(holder, max, kinds, lease).await
+        self.lease_to(holder, max, &Fit::local(kinds), lease).await
     }
 
-    /// Lease up to `max` jobs to a named holder (a peer, in the swarm).
+    /// Lease up to `max` jobs that `fit` accepts to a named holder (a peer, in the swarm).
     pub async fn lease_to(
         &self,
         holder: String,
         max: usize,
-        kinds: &[JobKind],
+        fit: &Fit,
         lease: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let kinds = kinds.to_vec();
+        let fit = fit.clone();
         let lease_ms = lease.as_millis() as u64;
         self.call(|reply| Op::Lease {
             holder,
             max,
-            kinds,
+            fit,
             lease_ms,
             reply,
         })
@@ -863,10 +863,10 @@ fn apply_batch(
             Op::Lease {
                 holder,
                 max,
-                kinds,
+                fit,
                 lease_ms,
                 reply,
-            } => run!(reply, txn.lease(&holder, max, &kinds, lease_ms)),
+            } => run!(reply, txn.lease(&holder, max, &fit, lease_ms)),
             Op::Complete(id, output, reply) => run!(reply, txn.complete(id, &output)),
             Op::Fail(id, token, error, reply) => run!(reply, txn.fail(id, token, &error)),
             Op::Release(leases, reply) => run!(reply, {

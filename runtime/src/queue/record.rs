@@ -146,6 +146,11 @@ pub struct ChildCounts {
     pub done: u32,
     pub dead: u32,
     pub cancelled: u32,
+    /// Input items (documents) the children cover, and those of finished children.
+    pub items_total: u64,
+    pub items_done: u64,
+    /// Output units (chunks) the finished children produced.
+    pub outputs: u64,
 }
 
 impl ChildCounts {
@@ -162,12 +167,19 @@ pub struct Transition {
     pub note: Option<String>,
 }
 
-/// Progress as `done` of `total` units (children for a parent, 0/1 for a leaf).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Progress as `done` of `total` units (children for a parent, 0/1 for a leaf), with the
+/// items (documents) and outputs (chunks) of a parent's finished children, their rate since
+/// submission and the estimated time left.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     pub done: u32,
     pub failed: u32,
     pub total: u32,
+    pub items_done: u64,
+    pub items_total: u64,
+    pub outputs: u64,
+    pub outputs_per_s: Option<f64>,
+    pub eta_s: Option<u64>,
 }
 
 /// What the API and CLI show of a job. Field names are a stable interface.
@@ -196,15 +208,35 @@ pub struct JobView {
 impl JobRecord {
     pub fn view(&self) -> JobView {
         let progress = match &self.children {
-            Some(c) => Progress {
-                done: c.done,
-                failed: c.dead + c.cancelled,
-                total: c.total,
-            },
+            Some(c) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let end = self.finished_ms.unwrap_or(now);
+                let secs = end.saturating_sub(self.created_ms) as f64 / 1000.0;
+                let live = self.finished_ms.is_none();
+                Progress {
+                    done: c.done,
+                    failed: c.dead + c.cancelled,
+                    total: c.total,
+                    items_done: c.items_done,
+                    items_total: c.items_total,
+                    outputs: c.outputs,
+                    outputs_per_s: (secs > 0.0 && c.outputs > 0).then(|| c.outputs as f64 / secs),
+                    eta_s: (live && c.items_done > 0 && c.items_done < c.items_total).then(|| {
+                        ((c.items_total - c.items_done) as f64 * secs / c.items_done as f64) as u64
+                    }),
+                }
+            }
             None => Progress {
                 done: u32::from(self.state == JobState::Done),
                 failed: u32::from(matches!(self.state, JobState::Dead | JobState::Cancelled)),
                 total: 1,
+                items_done: 0,
+                items_total: 0,
+                outputs: 0,
+                outputs_per_s: None,
+                eta_s: None,
             },
         };
         let (holder, retry_at_ms) = match &self.state {

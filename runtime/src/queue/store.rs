@@ -5,7 +5,7 @@
 //! nothing and the other operations of the same transaction still commit. Only a storage
 //! error aborts the whole transaction. This file must not commit, sleep or talk to actors.
 
-use myco_jobs::{JobError, JobKind, Task};
+use myco_jobs::{Fit, JobError, JobKind, Task};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
@@ -268,24 +268,42 @@ impl Txn<'_> {
         }
         self.store(rec)?;
         if terminal && let Some(parent) = rec.parent {
-            self.child_finished(parent, to)?;
+            self.child_finished(parent, to, rec)?;
         }
         Ok(())
     }
 
-    fn child_finished(&mut self, parent: JobId, outcome: StateName) -> Result<(), QueueError> {
+    fn child_finished(
+        &mut self,
+        parent: JobId,
+        outcome: StateName,
+        child: &JobRecord,
+    ) -> Result<(), QueueError> {
         let Some(mut p) = self.load(parent)? else {
             return Err(QueueError::Corrupt(format!("parent {parent} is missing")));
         };
         let mut counts = p.children.unwrap_or_default();
         match outcome {
-            StateName::Done => counts.done += 1,
+            StateName::Done => {
+                counts.done += 1;
+                if let Some(result) = self.t.results.get(u128::from(child.id))? {
+                    counts.outputs += child.task.outputs(result.value());
+                }
+            }
             StateName::Dead => counts.dead += 1,
             _ => counts.cancelled += 1,
         }
+        counts.items_done += u64::from(child.task.items());
         p.children = Some(counts);
         if p.state == JobState::Waiting && counts.finished() >= counts.total {
-            if counts.done > 0 {
+            if counts.done > 0 && p.task.joins() {
+                // It runs itself now, on its children's results.
+                let note = format!(
+                    "{} of {} children done; joining their results",
+                    counts.done, counts.total
+                );
+                self.transition(&mut p, JobState::Queued, Some(note))
+            } else if counts.done > 0 {
                 let note = (counts.dead + counts.cancelled > 0).then(|| {
                     format!(
                         "{} of {} children failed",
@@ -364,10 +382,14 @@ impl Txn<'_> {
         if let Some(key) = &job.idempotency_key {
             let existing = self.t.idempotency.get(key.as_str())?.map(|v| v.value());
             if let Some(id) = existing {
-                return Ok(Submitted {
-                    id: JobId::from(id),
-                    created: false,
-                });
+                let id = JobId::from(id);
+                // An archive's key names its collection: it resumes a live run, and starts
+                // a new one once the last has finished.
+                let rerun =
+                    job.task.joins() && self.load(id)?.is_none_or(|r| r.state.is_terminal());
+                if !rerun {
+                    return Ok(Submitted { id, created: false });
+                }
             }
         }
         let total = u32::try_from(job.children.len())
@@ -396,6 +418,7 @@ impl Txn<'_> {
         } else {
             rec.children = Some(ChildCounts {
                 total,
+                items_total: children.iter().map(|c| u64::from(c.items())).sum(),
                 ..ChildCounts::default()
             });
             self.insert_new(&mut rec, JobState::Waiting)?;
@@ -413,12 +436,12 @@ impl Txn<'_> {
         })
     }
 
-    /// Lease up to `max` queued jobs of the given kinds to `holder`, best first.
+    /// Lease up to `max` queued jobs that `fit` accepts to `holder`, best first.
     pub fn lease(
         &mut self,
         holder: &str,
         max: usize,
-        kinds: &[JobKind],
+        fit: &Fit,
         lease_ms: u64,
     ) -> Result<Vec<Lease>, QueueError> {
         let mut picked = Vec::new();
@@ -435,7 +458,7 @@ impl Txn<'_> {
                     return Err(QueueError::Corrupt(format!("ready job {id} is missing")));
                 };
                 let rec = decode(bytes.value())?;
-                if kinds.contains(&rec.kind) {
+                if fit.accepts(&rec.task) {
                     picked.push(rec);
                 }
             }

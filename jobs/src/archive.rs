@@ -1,0 +1,527 @@
+//! The archive pipeline: a directory tree in, a searchable [`collection`] out.
+//!
+//! An `archive` job is planned at submit time into children ([`DocsTask`]), each a group of
+//! files to chunk and embed. Files whose content hash the collection already holds (with the
+//! same model) are left out, so a re-run on a grown archive only does the new work. The
+//! children run anywhere in the swarm; when they have finished, the parent ([`ArchiveTask`])
+//! runs on its owner and writes the collection from their results ([`join`]). Killed
+//! mid-run, the queue resumes the children that had not finished; finished ones keep their
+//! results.
+//!
+//! A child's result is JSON Lines: for each document, one line per chunk
+//! (`{"source", "hash", "index", "start", "end", "text", "vector"}`, the vector as base64
+//! little-endian f32), then one line `{"doc", "hash", "chunks", "error"}` closing it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chunk::{self, ChunkError, ChunkParams, Format};
+use crate::collection::{self, ChunkRow, FileEntry, Meta};
+use crate::task::{ChildResults, JobError};
+
+/// A child holds documents up to this many bytes (a larger file gets a child of its own)...
+pub const CHILD_BYTES: u64 = 16 * 1024;
+/// ...and at most this many documents: small enough for the swarm to share the work and for
+/// progress to move, big enough for full embedding batches (about 16 KiB is 20 chunks).
+pub const CHILD_DOCS: usize = 16;
+
+/// An embedding model as a job names it. Nodes match models by directory name and the size
+/// of `model.onnx`: a thief runs the job with its own copy under `models/NAME` if it has
+/// one of that size, and a node without one is never given the job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    /// Where the submitting node has it.
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl ModelRef {
+    /// The model in directory `dir`.
+    pub fn at(dir: &Path) -> ModelRef {
+        ModelRef {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: dir.to_path_buf(),
+            bytes: onnx_bytes(dir).unwrap_or(0),
+        }
+    }
+
+    /// The directory to load it from on a node whose home is `home`: the node's own copy,
+    /// else the path it was submitted with.
+    pub fn resolve(&self, home: &Path) -> PathBuf {
+        let local = home.join("models").join(&self.name);
+        if onnx_bytes(&local) == Some(self.bytes) {
+            local
+        } else {
+            self.path.clone()
+        }
+    }
+
+    pub fn id(&self) -> (String, u64) {
+        (self.name.clone(), self.bytes)
+    }
+}
+
+fn onnx_bytes(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir.join("model.onnx"))
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// The embedding models under `home/models`, as `(name, model.onnx bytes)`.
+pub fn local_models(home: &Path) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(home.join("models")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64)> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let bytes = onnx_bytes(&e.path())?;
+            Some((e.file_name().to_string_lossy().into_owned(), bytes))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// One document of a child.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doc {
+    /// Where the owner has it.
+    pub path: PathBuf,
+    /// Its path relative to the archive root, `/`-separated: its name in the collection.
+    pub rel: String,
+    /// SHA-256 of its bytes when planned.
+    pub hash: String,
+    /// The bytes, when the task travels to a node that may not have the file.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A child of an archive job: chunk and embed these documents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocsTask {
+    pub docs: Vec<Doc>,
+    pub model: ModelRef,
+    pub params: ChunkParams,
+    pub batch_tokens: usize,
+}
+
+/// The archive job itself: after its children, write the collection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTask {
+    pub input: PathBuf,
+    pub collection: String,
+    pub model: ModelRef,
+    pub params: ChunkParams,
+    pub batch_tokens: usize,
+}
+
+/// Lowercase hex SHA-256.
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rel_name(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The supported documents under `input`, as `(path, relative name)`.
+fn documents(input: &Path) -> Result<Vec<(PathBuf, String)>, ChunkError> {
+    let root = if input.is_file() {
+        input.parent().unwrap_or(Path::new("")).to_path_buf()
+    } else {
+        input.to_path_buf()
+    };
+    Ok(chunk::expand_input(input)?
+        .into_iter()
+        .filter(|p| Format::from_path(p).is_some())
+        .map(|p| {
+            let rel = rel_name(&root, &p);
+            (p, rel)
+        })
+        .collect())
+}
+
+/// Whether the collection in `dir` was made with `model` (so its vectors can be kept).
+fn same_model(dir: &Path, model: &ModelRef) -> bool {
+    matches!(collection::read_meta(dir), Ok(Some(m)) if m.model == model.name && m.model_bytes == model.bytes)
+}
+
+/// What an archive job will do: its children, and how many files it leaves alone.
+#[derive(Debug)]
+pub struct ArchivePlan {
+    pub children: Vec<DocsTask>,
+    pub unchanged: usize,
+}
+
+/// Plan an archive job against the collections in `collections`: hash every supported
+/// document, leave out those the collection holds with that hash, and group the rest.
+pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, ChunkError> {
+    let dir = collections.join(&task.collection);
+    let _ = collection::recover(&dir);
+    let known = if same_model(&dir, &task.model) {
+        collection::manifest(&dir).unwrap_or_default()
+    } else {
+        Default::default()
+    };
+    let mut children = Vec::new();
+    let mut group: Vec<Doc> = Vec::new();
+    let mut group_bytes = 0u64;
+    let mut unchanged = 0;
+    for (path, rel) in documents(&task.input)? {
+        let bytes = std::fs::read(&path).map_err(|source| ChunkError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let hash = hash_bytes(&bytes);
+        if known.get(&rel) == Some(&hash) {
+            unchanged += 1;
+            continue;
+        }
+        let size = bytes.len() as u64;
+        if !group.is_empty() && (group_bytes + size > CHILD_BYTES || group.len() >= CHILD_DOCS) {
+            children.push(std::mem::take(&mut group));
+            group_bytes = 0;
+        }
+        group_bytes += size;
+        group.push(Doc {
+            path,
+            rel,
+            hash,
+            bytes: None,
+        });
+    }
+    if !group.is_empty() {
+        children.push(group);
+    }
+    Ok(ArchivePlan {
+        children: children
+            .into_iter()
+            .map(|docs| DocsTask {
+                docs,
+                model: task.model.clone(),
+                params: task.params,
+                batch_tokens: task.batch_tokens,
+            })
+            .collect(),
+        unchanged,
+    })
+}
+
+/// One chunk line of a child's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct ChunkLine {
+    source: String,
+    hash: String,
+    index: u32,
+    start: usize,
+    end: usize,
+    text: String,
+    vector: String,
+}
+
+/// The line closing a document in a child's result.
+#[derive(Debug, Serialize, Deserialize)]
+struct DocLine {
+    doc: String,
+    hash: String,
+    chunks: u32,
+    /// Why the document could not be chunked (it stays out of the collection, and the next
+    /// run tries it again).
+    error: Option<String>,
+}
+
+/// Embeds texts, in order: the executor's loaded model.
+pub type EmbedFn<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>, JobError> + 'a;
+
+/// Run a child: chunk every document, embed all chunks with `embed`, and write the result
+/// lines. A document that cannot be read or parsed is reported in its line; trouble that may
+/// pass (I/O) fails the child for a retry.
+pub fn run_docs(
+    task: &DocsTask,
+    cancelled: &dyn Fn() -> bool,
+    embed: &mut EmbedFn<'_>,
+) -> Result<Vec<u8>, JobError> {
+    struct Done {
+        rel: String,
+        hash: String,
+        chunks: Vec<chunk::Chunk>,
+        error: Option<String>,
+    }
+    let mut docs = Vec::with_capacity(task.docs.len());
+    for doc in &task.docs {
+        if cancelled() {
+            return Err(JobError::retryable("cancelled"));
+        }
+        let read;
+        let bytes = match &doc.bytes {
+            Some(b) => b.as_slice(),
+            None => match std::fs::read(&doc.path) {
+                Ok(b) => {
+                    read = b;
+                    read.as_slice()
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    docs.push(Done {
+                        rel: doc.rel.clone(),
+                        hash: doc.hash.clone(),
+                        chunks: Vec::new(),
+                        error: Some(format!("{}: the file is gone", doc.path.display())),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    return Err(JobError::retryable(format!(
+                        "reading {}: {e}",
+                        doc.path.display()
+                    )));
+                }
+            },
+        };
+        let hash = hash_bytes(bytes);
+        match chunk::chunk_bytes(&doc.path, bytes, &task.params, cancelled) {
+            Ok(chunks) => docs.push(Done {
+                rel: doc.rel.clone(),
+                hash,
+                chunks,
+                error: None,
+            }),
+            Err(ChunkError::Cancelled) => return Err(JobError::retryable("cancelled")),
+            Err(e) if e.is_retryable() => return Err(JobError::retryable(e.to_string())),
+            Err(e) => docs.push(Done {
+                rel: doc.rel.clone(),
+                hash,
+                chunks: Vec::new(),
+                error: Some(e.to_string()),
+            }),
+        }
+    }
+    let texts: Vec<&str> = docs
+        .iter()
+        .flat_map(|d| d.chunks.iter().map(|c| c.text.as_str()))
+        .collect();
+    let vectors = if texts.is_empty() {
+        Vec::new()
+    } else {
+        embed(&texts)?
+    };
+    if vectors.len() != texts.len() {
+        return Err(JobError::fatal(format!(
+            "the model returned {} vectors for {} texts",
+            vectors.len(),
+            texts.len()
+        )));
+    }
+    let mut vectors = vectors.into_iter();
+    let mut out = Vec::with_capacity(texts.iter().map(|t| t.len() + 2200).sum());
+    let encode = |e: serde_json::Error| JobError::fatal(format!("encoding a result: {e}"));
+    for d in docs {
+        for c in &d.chunks {
+            let v = vectors.next().unwrap_or_default();
+            let mut raw = Vec::with_capacity(v.len() * 4);
+            v.iter()
+                .for_each(|x| raw.extend_from_slice(&x.to_le_bytes()));
+            let line = ChunkLine {
+                source: d.rel.clone(),
+                hash: d.hash.clone(),
+                index: c.index,
+                start: c.start,
+                end: c.end,
+                text: c.text.clone(),
+                vector: B64.encode(raw),
+            };
+            serde_json::to_writer(&mut out, &line).map_err(encode)?;
+            out.push(b'\n');
+        }
+        let line = DocLine {
+            doc: d.rel,
+            hash: d.hash,
+            chunks: u32::try_from(d.chunks.len()).unwrap_or(u32::MAX),
+            error: d.error,
+        };
+        serde_json::to_writer(&mut out, &line).map_err(encode)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// How many chunks a child's result holds (for progress): its lines less one per document.
+pub fn count_chunks(task: &DocsTask, output: &[u8]) -> u64 {
+    let lines = output.iter().filter(|b| **b == b'\n').count();
+    lines.saturating_sub(task.docs.len()) as u64
+}
+
+/// The archive job's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSummary {
+    pub collection: String,
+    pub dir: PathBuf,
+    /// Files and chunks in the collection now.
+    pub files: usize,
+    pub chunks: usize,
+    /// Files embedded by this run, and kept from the previous one.
+    pub embedded: usize,
+    pub kept: usize,
+    /// Files the previous collection held that are gone from the archive.
+    pub removed: usize,
+    /// Documents that could not be chunked: `(path, why)`. They are retried by the next run.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Write the collection: what the children embedded, plus what the previous collection holds
+/// for files still in the archive and not embedded again. Runs on the job's owner.
+pub fn join(
+    task: &ArchiveTask,
+    home: &Path,
+    children: Option<&ChildResults<'_>>,
+) -> Result<Vec<u8>, JobError> {
+    let dir = home.join("collections").join(&task.collection);
+    collection::recover(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
+    let current: BTreeSet<String> = documents(&task.input)
+        .map_err(|e| JobError::fatal(e.to_string()))?
+        .into_iter()
+        .map(|(_, rel)| rel)
+        .collect();
+    let mut rows: Vec<(ChunkRow, Vec<f32>)> = Vec::new();
+    let mut files: BTreeMap<String, (String, u32)> = BTreeMap::new();
+    let mut failed = Vec::new();
+    if let Some(children) = children {
+        children(&mut |bytes: &[u8]| {
+            for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                if line.starts_with(b"{\"doc\"") {
+                    let d: DocLine = serde_json::from_slice(line).map_err(|e| {
+                        JobError::fatal(format!("a child's result is damaged: {e}"))
+                    })?;
+                    match d.error {
+                        Some(why) => failed.push((d.doc, why)),
+                        None => {
+                            files.insert(d.doc, (d.hash, d.chunks));
+                        }
+                    }
+                    continue;
+                }
+                let c: ChunkLine = serde_json::from_slice(line)
+                    .map_err(|e| JobError::fatal(format!("a child's result is damaged: {e}")))?;
+                let raw = B64
+                    .decode(c.vector.as_bytes())
+                    .map_err(|e| JobError::fatal(format!("a child's vector is damaged: {e}")))?;
+                let v: Vec<f32> = raw
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                let row = ChunkRow {
+                    source: c.source,
+                    hash: c.hash,
+                    index: c.index,
+                    start: c.start,
+                    end: c.end,
+                    text: c.text,
+                };
+                rows.push((row, v));
+            }
+            Ok(())
+        })?;
+    }
+    let embedded = files.len();
+    rows.retain(|(r, _)| current.contains(&r.source) && files.contains_key(&r.source));
+    files.retain(|rel, _| current.contains(rel));
+    // Keep the previous collection's rows for files still here and not embedded again.
+    let mut kept = 0;
+    let mut removed = 0;
+    if same_model(&dir, &task.model) {
+        let old =
+            collection::Collection::open(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
+        let old_files =
+            collection::manifest(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
+        for rel in old_files.keys() {
+            if !current.contains(rel) {
+                removed += 1;
+            } else if !files.contains_key(rel) {
+                kept += 1;
+            }
+        }
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for i in 0..old.len() {
+            let row = old.row(i).map_err(|e| JobError::fatal(e.to_string()))?;
+            if current.contains(&row.source) && !files.contains_key(&row.source) {
+                *counts.entry(row.source.clone()).or_default() += 1;
+                rows.push((row, old.vector(i).to_vec()));
+            }
+        }
+        for (rel, hash) in old_files {
+            if current.contains(&rel) && !files.contains_key(&rel) {
+                let n = counts.get(&rel).copied().unwrap_or(0);
+                files.insert(rel, (hash, n));
+            }
+        }
+    }
+    rows.sort_by(|a, b| (&a.0.source, a.0.index).cmp(&(&b.0.source, b.0.index)));
+    let dim = rows.first().map_or(0, |(_, v)| v.len());
+    if let Some((r, v)) = rows.iter().find(|(_, v)| v.len() != dim) {
+        return Err(JobError::fatal(format!(
+            "{} chunk {} has a {}-dimensional vector, others {dim}: the model changed during the run; run the job again",
+            r.source,
+            r.index,
+            v.len()
+        )));
+    }
+    let mut entries = Vec::with_capacity(files.len());
+    let mut first_row = 0u64;
+    for (path, (hash, chunks)) in &files {
+        entries.push(FileEntry {
+            path: path.clone(),
+            hash: hash.clone(),
+            chunks: *chunks,
+            first_row,
+        });
+        first_row += u64::from(*chunks);
+    }
+    let meta = Meta {
+        format: collection::FORMAT.into(),
+        version: collection::VERSION,
+        name: task.collection.clone(),
+        model: task.model.name.clone(),
+        model_bytes: task.model.bytes,
+        dim,
+        count: rows.len(),
+        files: entries.len(),
+        metric: "cosine".into(),
+        normalized: true,
+        input: task.input.display().to_string(),
+        updated_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    collection::write(&dir, &meta, &rows, &entries)
+        .map_err(|e| JobError::retryable(e.to_string()))?;
+    let summary = JoinSummary {
+        collection: task.collection.clone(),
+        dir,
+        files: entries.len(),
+        chunks: rows.len(),
+        embedded,
+        kept,
+        removed,
+        failed,
+    };
+    let mut out = serde_json::to_vec(&summary)
+        .map_err(|e| JobError::fatal(format!("encoding the summary: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
