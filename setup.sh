@@ -11,9 +11,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Debian packages the build needs, installed only if absent. The current job kinds (chunk,
-# noop) are pure Rust, so the list is empty; llama.cpp (cmake, clang) joins it with inference.
-APT_PACKAGES=()
+# Debian packages the build needs, installed only if absent: llama.cpp (built from source by
+# llama-cpp-sys-2) needs cmake and a C/C++ compiler, and its bindings need libclang.
+APT_PACKAGES=(cmake g++ clang libclang-dev)
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -134,12 +134,21 @@ impl NodeHandle {
     }
 
     /// Wait until a job is finished; returns its record.
+    /// Wait until job `id` is finished: woken by the queue's commits that finish jobs, and
+    /// at the latest every `poll`.
     pub async fn wait(&self, id: JobId, poll: Duration) -> Result<JobRecord, QueueError> {
         loop {
+            let finished = self.queue.finished();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
             match self.get(id).await? {
                 Some(rec) if rec.state.is_terminal() => return Ok(rec),
-                Some(_) => tokio::time::sleep(poll).await,
+                Some(_) => {}
                 None => return Err(QueueError::NotFound(id)),
+            }
+            tokio::select! {
+                () = &mut finished => {}
+                () = tokio::time::sleep(poll) => {}
             }
         }
     }

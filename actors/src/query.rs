@@ -142,7 +142,7 @@ pub async fn embed_now(
         .id;
     let rec = match tokio::time::timeout(
         Duration::from_secs(130),
-        node.wait(id, Duration::from_millis(2)),
+        node.wait(id, Duration::from_millis(250)),
     )
     .await
     {

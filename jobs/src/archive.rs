@@ -30,9 +30,10 @@ pub const CHILD_BYTES: u64 = 16 * 1024;
 /// progress to move, big enough for full embedding batches (about 16 KiB is 20 chunks).
 pub const CHILD_DOCS: usize = 16;
 
-/// An embedding model as a job names it. Nodes match models by directory name and the size
-/// of `model.onnx`: a thief runs the job with its own copy under `models/NAME` if it has
-/// one of that size, and a node without one is never given the job.
+/// A model as a job names it: an embedding model directory (`model.onnx` and its tokenizer
+/// files) or a GGUF file. Nodes match models by name and size (of `model.onnx`, or of the
+/// file): a thief runs the job with its own copy under `models/NAME` if it has one of that
+/// size, and a node without one is never given the job.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelRef {
     pub name: String,
@@ -42,7 +43,7 @@ pub struct ModelRef {
 }
 
 impl ModelRef {
-    /// The model in directory `dir`.
+    /// The model at `dir` (a directory, or a GGUF file).
     pub fn at(dir: &Path) -> ModelRef {
         ModelRef {
             name: dir
@@ -70,14 +71,20 @@ impl ModelRef {
     }
 }
 
-fn onnx_bytes(dir: &Path) -> Option<u64> {
-    std::fs::metadata(dir.join("model.onnx"))
+/// A model's size: a file's own, or a directory's `model.onnx`.
+fn onnx_bytes(path: &Path) -> Option<u64> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some(meta.len());
+    }
+    std::fs::metadata(path.join("model.onnx"))
         .ok()
         .filter(|m| m.is_file())
         .map(|m| m.len())
 }
 
-/// The embedding models under `home/models`, as `(name, model.onnx bytes)`.
+/// The models under `home/models` (embedding model directories and GGUF files), as
+/// `(name, bytes)`.
 pub fn local_models(home: &Path) -> Vec<(String, u64)> {
     let Ok(dir) = std::fs::read_dir(home.join("models")) else {
         return Vec::new();

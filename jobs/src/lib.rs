@@ -9,6 +9,8 @@ pub mod chunk;
 pub mod collection;
 #[cfg(feature = "embed")]
 pub mod embed;
+pub mod gguf;
+pub mod infer;
 pub mod spec;
 pub mod task;
 

@@ -52,6 +52,8 @@ pub struct JobFile {
     pub embed: Option<EmbedSection>,
     #[serde(default)]
     pub archive: Option<ArchiveSection>,
+    #[serde(default)]
+    pub infer: Option<InferSection>,
 }
 
 /// The job kinds a user can name in `kind = "..."`.
@@ -62,6 +64,49 @@ pub enum SpecKind {
     Noop,
     Embed,
     Archive,
+    Infer,
+}
+
+/// `[infer]`: generate text with an LLM (a GGUF file).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferSection {
+    /// A GGUF file: a path, or a file name under `~/.myco/models`.
+    pub model: String,
+    /// Text to continue; or give `messages`.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// Chat messages, rendered with the model's chat template.
+    #[serde(default)]
+    pub messages: Option<Vec<crate::infer::Message>>,
+    #[serde(default = "default_max_new")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<i32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub seed: u32,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default = "default_n_ctx")]
+    pub n_ctx: u32,
+    /// Decoding threads (0: one per core).
+    #[serde(default)]
+    pub threads: u32,
+}
+
+fn default_max_new() -> u32 {
+    256
+}
+fn default_n_ctx() -> u32 {
+    4096
 }
 
 /// `[archive]`: chunk and embed a directory tree into a named collection.
@@ -299,7 +344,8 @@ impl JobSpec {
             | Task::ChunkInline { .. }
             | Task::Noop(_)
             | Task::Embed { .. }
-            | Task::EmbedDocs(_) => Ok(Plan {
+            | Task::EmbedDocs(_)
+            | Task::Infer(_) => Ok(Plan {
                 task: self.task.clone(),
                 children: Vec::new(),
             }),
@@ -400,12 +446,14 @@ impl JobFile {
             SpecKind::Noop => "noop",
             SpecKind::Embed => "embed",
             SpecKind::Archive => "archive",
+            SpecKind::Infer => "infer",
         };
         let present = [
             ("chunk", self.chunk.is_some()),
             ("noop", self.noop.is_some()),
             ("embed", self.embed.is_some()),
             ("archive", self.archive.is_some()),
+            ("infer", self.infer.is_some()),
         ];
         for (other, _) in present.iter().filter(|(n, p)| *p && *n != want) {
             bad(
@@ -565,6 +613,77 @@ impl JobFile {
                         },
                         batch_tokens: a.batch_tokens,
                     }))
+                }
+            },
+            SpecKind::Infer => match &self.infer {
+                None => {
+                    bad(
+                        "infer",
+                        "missing `[infer]` table".into(),
+                        "add `[infer]` with `model = \"file.gguf\"` and `prompt = \"...\"`",
+                    );
+                    None
+                }
+                Some(i) => {
+                    let prompt = match (&i.prompt, &i.messages) {
+                        (Some(p), None) => Some(crate::infer::Prompt::Text(p.clone())),
+                        (None, Some(m)) if !m.is_empty() => {
+                            Some(crate::infer::Prompt::Chat(m.clone()))
+                        }
+                        _ => {
+                            bad(
+                                "infer.prompt",
+                                "give `prompt` or `messages` (not both, not neither)".into(),
+                                "e.g. prompt = \"Once upon a time\", or messages = [{ role = \"user\", content = \"hi\" }]",
+                            );
+                            None
+                        }
+                    };
+                    if i.max_tokens == 0 || i.max_tokens > 1_000_000 {
+                        bad(
+                            "infer.max_tokens",
+                            format!("{} is out of range", i.max_tokens),
+                            "use 1 to 1000000",
+                        );
+                    }
+                    if i.n_ctx < 8 {
+                        bad(
+                            "infer.n_ctx",
+                            format!("{} is too small", i.n_ctx),
+                            "use at least 8 tokens of context (the default is 4096)",
+                        );
+                    }
+                    let path = if i.model.contains('/') || i.model.starts_with('.') {
+                        resolve(base_dir, Path::new(&i.model))
+                    } else {
+                        models_dir.join(&i.model)
+                    };
+                    if !path.is_file() {
+                        bad(
+                            "infer.model",
+                            format!("no model file at {}", path.display()),
+                            "give the path of a GGUF file, or put it in ~/.myco/models and give its file name",
+                        );
+                    }
+                    let d = crate::infer::InferParams::default();
+                    prompt.map(|prompt| {
+                        Task::Infer(crate::infer::InferTask {
+                            model: ModelRef::at(&path),
+                            prompt,
+                            params: crate::infer::InferParams {
+                                max_tokens: i.max_tokens,
+                                temperature: i.temperature.unwrap_or(d.temperature),
+                                top_k: i.top_k.unwrap_or(d.top_k),
+                                top_p: i.top_p.unwrap_or(d.top_p),
+                                min_p: i.min_p.unwrap_or(d.min_p),
+                                repeat_penalty: i.repeat_penalty.unwrap_or(d.repeat_penalty),
+                                seed: i.seed,
+                                stop: i.stop.clone(),
+                                n_ctx: i.n_ctx,
+                                threads: i.threads,
+                            },
+                        })
+                    })
                 }
             },
             SpecKind::Noop => {

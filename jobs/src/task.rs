@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, ArchiveTask, DocsTask, ModelRef};
 use crate::chunk::{self, ChunkError, ChunkParams};
+use crate::infer::InferTask;
 
 /// A unit of work, as stored in the queue. Parents (`Chunk` over a directory) fan out into
 /// children at submit time and never run themselves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Task {
     /// Chunk every file under `input` (a parent: one `ChunkFile` child per file).
     Chunk { input: PathBuf, params: ChunkParams },
@@ -43,6 +44,8 @@ pub enum Task {
     /// and which runs itself, on its owner, once they have finished (it writes the
     /// collection from their results).
     Archive(ArchiveTask),
+    /// Generate text with an LLM (a GGUF file, whole on one node).
+    Infer(InferTask),
 }
 
 /// Where an embedded text came from: a chunk of a document.
@@ -82,14 +85,16 @@ pub enum JobKind {
     Noop,
     Embed,
     Archive,
+    Infer,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 4] = [
+    pub const ALL: [JobKind; 5] = [
         JobKind::Chunk,
         JobKind::Noop,
         JobKind::Embed,
         JobKind::Archive,
+        JobKind::Infer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +103,7 @@ impl JobKind {
             JobKind::Noop => "noop",
             JobKind::Embed => "embed",
             JobKind::Archive => "archive",
+            JobKind::Infer => "infer",
         }
     }
 
@@ -175,6 +181,7 @@ impl Task {
             Task::Embed { model, .. } => Some(model),
             Task::EmbedDocs(t) => Some(&t.model),
             Task::Archive(t) => Some(&t.model),
+            Task::Infer(t) => Some(&t.model),
             _ => None,
         }
     }
@@ -216,6 +223,7 @@ impl Task {
             Task::Noop(_) => JobKind::Noop,
             Task::Embed { .. } | Task::EmbedDocs(_) => JobKind::Embed,
             Task::Archive(_) => JobKind::Archive,
+            Task::Infer(_) => JobKind::Infer,
         }
     }
 
@@ -240,6 +248,7 @@ impl Task {
                 t.input.display(),
                 t.collection
             ),
+            Task::Infer(t) => format!("infer {} tokens with {}", t.params.max_tokens, t.model.name),
         }
     }
 }
@@ -453,8 +462,40 @@ impl Executor for CpuExecutor {
                 self.embed_texts(&t.model, texts, t.batch_tokens, ctx)
             }),
             Task::Archive(t) => archive::join(t, &self.home, ctx.children),
+            Task::Infer(t) => infer(t, &self.home, ctx),
         }
     }
+}
+
+/// Run an infer job on the process's shared copy of its model.
+#[cfg(feature = "infer")]
+fn infer(t: &InferTask, home: &std::path::Path, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    use crate::infer::engine;
+    let path = t.model.resolve(home);
+    let model = engine::shared_model(&path).map_err(infer_error)?;
+    let generation = model
+        .generate(&t.prompt, &t.params, ctx.cancelled, &mut |_, _| {})
+        .map_err(infer_error)?;
+    let mut out = serde_json::to_vec(&generation)
+        .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+#[cfg(feature = "infer")]
+fn infer_error(e: crate::infer::InferError) -> JobError {
+    if e.is_retryable() {
+        JobError::retryable(e.to_string())
+    } else {
+        JobError::fatal(e.to_string())
+    }
+}
+
+#[cfg(not(feature = "infer"))]
+fn infer(_: &InferTask, _: &std::path::Path, _: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    Err(JobError::fatal(
+        "this myco was built without the `infer` feature (llama.cpp); rebuild with it",
+    ))
 }
 
 fn run_noop(n: &NoopTask, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {

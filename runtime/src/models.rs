@@ -245,6 +245,20 @@ pub fn scan(dir: &Path) -> Vec<ModelFile> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn reads_the_tiny_llama_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let shape = myco_jobs::gguf::TinyLlama::default();
+        shape.write(&path, true).unwrap();
+        let h = read_gguf_header(&path).unwrap();
+        assert_eq!(h.version, 3);
+        assert_eq!(h.architecture.as_deref(), Some("llama"));
+        assert_eq!(h.layers, Some(u64::from(shape.n_layer)));
+        assert_eq!(h.embedding, Some(u64::from(shape.n_embd)));
+        assert_eq!(h.tensors, 3 + 9 * u64::from(shape.n_layer));
+    }
+
     fn s(out: &mut Vec<u8>, v: &str) {
         out.extend((v.len() as u64).to_le_bytes());
         out.extend(v.as_bytes());

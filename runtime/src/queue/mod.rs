@@ -241,6 +241,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     holder: String,
     ready: Notify,
+    /// Jobs finished (done, dead or cancelled) in the last commit.
+    finished: Notify,
     stats: Mutex<QueueStats>,
 }
 
@@ -352,6 +354,7 @@ impl Queue {
             clock,
             holder,
             ready: Notify::new(),
+            finished: Notify::new(),
             stats: Mutex::new(QueueStats {
                 by_state,
                 ..QueueStats::default()
@@ -390,6 +393,12 @@ impl Queue {
     /// since the last call. Meant for one waiter, the node's coordinator.
     pub async fn ready(&self) {
         self.shared.ready.notified().await
+    }
+
+    /// Resolves after a commit that finished jobs (any jobs: check the one you wait for).
+    /// Create it, `enable` it, then check, so that no commit in between is missed.
+    pub fn finished(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.finished.notified()
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -761,6 +770,9 @@ fn writer_loop(shared: Arc<Shared>, opts: QueueOptions, mut rx: mpsc::Receiver<O
             }
             if effects.ready {
                 shared.ready.notify_waiters();
+            }
+            if !effects.finished.is_empty() {
+                shared.finished.notify_waiters();
             }
         }
         for reply in replies {

@@ -1,0 +1,291 @@
+//! The llama.cpp engine (through `llama-cpp-2`): a whole GGUF model on one node.
+//!
+//! [`LlmModel`] owns a loaded model; [`LlmModel::generate`] runs one request with a context of
+//! its own (so requests never share a KV cache), calling `on_token` with each piece of text as
+//! it is decoded, and polling `cancelled` between tokens. Everything is synchronous: callers
+//! keep models on an executor thread, never inside an actor's handler.
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+
+use super::{Finish, Generation, InferError, InferParams, Prompt};
+
+/// The process's llama.cpp backend: one per process, made on first use, logs off unless
+/// `MYCO_LLAMA_LOG` is set.
+fn backend() -> Result<&'static LlamaBackend, InferError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
+            if std::env::var_os("MYCO_LLAMA_LOG").is_none() {
+                b.void_logs();
+            }
+            Ok(b)
+        })
+        .as_ref()
+        .map_err(|e| InferError::Engine(e.clone()))
+}
+
+/// Loaded models, shared by every executor thread of the process (each request makes its own
+/// context). The least recently used is dropped when more than [`MAX_LOADED`] are loaded.
+static LOADED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<LlmModel>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many models a process keeps loaded at once.
+pub const MAX_LOADED: usize = 2;
+
+/// The model at `path`, loaded once per process and kept (see [`LOADED`]).
+pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError> {
+    {
+        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = loaded.iter().position(|(p, _)| p == path) {
+            let entry = loaded.remove(i);
+            let model = entry.1.clone();
+            loaded.push(entry);
+            return Ok(model);
+        }
+    }
+    // Load outside the lock: other threads keep using other models meanwhile.
+    let model = std::sync::Arc::new(LlmModel::load(path)?);
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = loaded.iter().find(|(p, _)| p == path) {
+        return Ok(m.clone());
+    }
+    loaded.push((path.to_path_buf(), model.clone()));
+    if loaded.len() > MAX_LOADED {
+        loaded.remove(0);
+    }
+    Ok(model)
+}
+
+/// A loaded GGUF model.
+pub struct LlmModel {
+    model: LlamaModel,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LlmModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmModel")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn threads(n: u32) -> i32 {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    } else {
+        n
+    };
+    i32::try_from(n).unwrap_or(1)
+}
+
+impl LlmModel {
+    /// Load the model at `path` (CPU).
+    pub fn load(path: &Path) -> Result<LlmModel, InferError> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(InferError::Missing { path: shown });
+        }
+        // llama.cpp rejects a file that is not GGUF with a null result and a log line: check
+        // the magic first so the common mistake gets a precise message.
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        if read.is_err() || &magic != b"GGUF" {
+            return Err(InferError::Corrupt { path: shown });
+        }
+        let backend = backend()?;
+        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
+            .map_err(|_| InferError::Corrupt { path: shown })?;
+        Ok(LlmModel {
+            model,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The prompt as text: chat messages go through the model's chat template.
+    pub fn render(&self, prompt: &Prompt) -> Result<String, InferError> {
+        let messages = match prompt {
+            Prompt::Text(t) => return Ok(t.clone()),
+            Prompt::Chat(m) => m,
+        };
+        let path = self.path.display().to_string();
+        let template = self
+            .model
+            .chat_template(None)
+            .map_err(|_| InferError::NoChatTemplate { path: path.clone() })?;
+        let chat = messages
+            .iter()
+            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| InferError::Template {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        self.model
+            .apply_chat_template(&template, &chat, true)
+            .map_err(|e| InferError::Template {
+                path,
+                why: e.to_string(),
+            })
+    }
+
+    /// Token ids of `text` as this model reads a prompt (with BOS, special tokens parsed).
+    pub fn tokenize(&self, text: &str) -> Vec<i32> {
+        self.model
+            .vocab()
+            .tokenize(text.as_bytes(), true, true)
+            .into_iter()
+            .map(|t| t.0)
+            .collect()
+    }
+
+    /// Run one request. `on_token` gets each token id with the text it completes (a token
+    /// that ends inside a UTF-8 character yields its text with the next one).
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        params: &InferParams,
+        cancelled: &dyn Fn() -> bool,
+        on_token: &mut dyn FnMut(i32, &str),
+    ) -> Result<Generation, InferError> {
+        let text = self.render(prompt)?;
+        let vocab = self.model.vocab();
+        let tokens = vocab.tokenize(text.as_bytes(), true, true);
+        let n_ctx = params.n_ctx.max(8);
+        if tokens.len() >= n_ctx as usize {
+            return Err(InferError::PromptTooLong {
+                tokens: tokens.len(),
+                n_ctx,
+            });
+        }
+        let backend = backend()?;
+        let ctx_params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_threads(threads(params.threads))
+            .with_n_threads_batch(threads(params.threads));
+        let mut ctx = self
+            .model
+            .new_context(backend, ctx_params)
+            .map_err(|e| InferError::Engine(format!("cannot create a context: {e}")))?;
+        let engine = |e: &dyn std::fmt::Display| InferError::Engine(e.to_string());
+
+        let started = Instant::now();
+        let mut batch = LlamaBatch::new(tokens.len().max(1), 1);
+        let last = tokens.len() as i32 - 1;
+        for (i, t) in (0i32..).zip(tokens.iter().copied()) {
+            batch.add(t, i, &[0], i == last).map_err(|e| engine(&e))?;
+        }
+        ctx.decode(&mut batch).map_err(|e| engine(&e))?;
+        let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+        let mut sampler = sampler(params, self.model.n_vocab());
+        let started = Instant::now();
+        let mut pos = tokens.len() as i32;
+        let mut out_tokens = Vec::new();
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut emitted = 0usize; // bytes of `bytes` already given to on_token
+        let mut finish = Finish::Length;
+        let mut piece = Vec::with_capacity(16);
+        while out_tokens.len() < params.max_tokens as usize {
+            if cancelled() {
+                return Err(InferError::Cancelled);
+            }
+            if pos as u32 >= ctx.n_ctx() {
+                break;
+            }
+            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            if vocab.is_eog(token) {
+                finish = Finish::Stop;
+                break;
+            }
+            out_tokens.push(token.0);
+            piece.clear();
+            vocab.token_to_piece_into(token, &mut piece, false, None);
+            bytes.extend_from_slice(&piece);
+            // Give out the complete UTF-8 text so far.
+            let valid = match std::str::from_utf8(&bytes[emitted..]) {
+                Ok(s) => s.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let new = std::str::from_utf8(&bytes[emitted..emitted + valid]).unwrap_or_default();
+            on_token(token.0, new);
+            emitted += valid;
+            if let Some(cut) = stop_at(&bytes, &params.stop) {
+                bytes.truncate(cut);
+                finish = Finish::Stop;
+                break;
+            }
+            batch.clear();
+            batch.add(token, pos, &[0], true).map_err(|e| engine(&e))?;
+            pos += 1;
+            ctx.decode(&mut batch).map_err(|e| engine(&e))?;
+        }
+        let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(Generation {
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            completion_tokens: out_tokens.len() as u32,
+            tokens: out_tokens,
+            prompt_tokens: tokens.len() as u32,
+            finish_reason: finish,
+            prompt_ms,
+            generation_ms,
+        })
+    }
+}
+
+/// Where the first stop string starts in `bytes`, if one appears.
+fn stop_at(bytes: &[u8], stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| bytes.windows(s.len()).position(|w| w == s.as_bytes()))
+        .min()
+}
+
+/// The sampler chain for `p`: greedy at temperature 0, else penalties → top-k → top-p →
+/// min-p → temperature → a seeded draw.
+fn sampler(p: &InferParams, n_vocab: i32) -> LlamaSampler {
+    if p.temperature <= 0.0 {
+        return if (p.repeat_penalty - 1.0).abs() > f32::EPSILON {
+            LlamaSampler::chain_simple([
+                LlamaSampler::penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0),
+                LlamaSampler::greedy(),
+            ])
+        } else {
+            LlamaSampler::greedy()
+        };
+    }
+    LlamaSampler::chain_simple([
+        LlamaSampler::penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0),
+        LlamaSampler::top_k(p.top_k),
+        LlamaSampler::top_p(p.top_p, 1),
+        LlamaSampler::min_p(p.min_p, 1),
+        LlamaSampler::temp(p.temperature),
+        LlamaSampler::dist(p.seed),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_at_the_first() {
+        let stop = vec!["END".to_owned(), "xy".to_owned()];
+        assert_eq!(stop_at(b"abc xy END", &stop), Some(4));
+        assert_eq!(stop_at(b"abc", &stop), None);
+        assert_eq!(stop_at(b"abc", &[String::new()]), None);
+    }
+}
