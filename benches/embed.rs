@@ -34,7 +34,7 @@ use tokio::runtime::Runtime;
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 /// Texts per embed round: chunk-sized pieces of the generated archive.
-const TEXTS: usize = 256;
+const TEXTS: usize = 128;
 /// Files in the pipeline's archive.
 const PIPELINE_FILES: usize = 160;
 
@@ -111,8 +111,10 @@ fn node_home(root: &Path, name: &str) -> Home {
     Home::new(home)
 }
 
-fn config(workers: usize, cluster: bool, join: Vec<String>) -> NodeConfig {
+fn config(name: &str, workers: usize, cluster: bool, join: Vec<String>) -> NodeConfig {
     let mut cfg = NodeConfig {
+        // Nodes are told apart by name: the default (the host name) is the same for all.
+        name: Some(name.to_owned()),
         workers,
         discovery: false,
         join,
@@ -144,7 +146,7 @@ fn bench_embed_path(
     let node = rt
         .block_on(Node::start(
             home,
-            config(1, false, vec![]),
+            config("bench", 1, false, vec![]),
             Services::EMBEDDED,
         ))
         .expect("start the node");
@@ -280,7 +282,7 @@ fn pipeline(rt: &Runtime, nodes: usize) -> (usize, Duration) {
     rt.block_on(async {
         let mut started = Vec::new();
         let first = node_home(root.path(), "n0");
-        let owner = Node::start(first.clone(), config(2, true, vec![]), Services::NODE)
+        let owner = Node::start(first.clone(), config("n0", 2, true, vec![]), Services::NODE)
             .await
             .expect("start the owner");
         let join = owner
@@ -296,9 +298,13 @@ fn pipeline(rt: &Runtime, nodes: usize) -> (usize, Duration) {
             let home = node_home(root.path(), &format!("n{i}"));
             home.ensure().unwrap();
             std::fs::copy(first.secret_path(), home.secret_path()).unwrap();
-            let n = Node::start(home, config(2, true, vec![join.clone()]), Services::NODE)
-                .await
-                .expect("start a member");
+            let n = Node::start(
+                home,
+                config(&format!("n{i}"), 2, true, vec![join.clone()]),
+                Services::NODE,
+            )
+            .await
+            .expect("start a member");
             started.push(n);
         }
         // Wait until the owner sees every member.
