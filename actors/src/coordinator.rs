@@ -528,21 +528,28 @@ impl Coordinator {
             return;
         }
         state.stealing = true;
-        let request = stealing::StealPlan {
+        let mut request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
-            // The owner lends only jobs whose model this node holds too.
             fit: Fit {
                 kinds: self.kinds.clone(),
-                models: Some(myco_jobs::archive::local_models(&self.home)),
+                models: Some(Vec::new()),
             },
             max: state.idle.len() as u32 + 1,
             lease: self.lease,
         };
         let membership = membership.clone();
         let me = myself.clone();
+        let home = self.home.clone();
         track(
             state,
             tokio::spawn(async move {
+                // The owner lends only jobs whose model this node holds too. Reading the
+                // models directory is file I/O: not on the actor.
+                let models =
+                    tokio::task::spawn_blocking(move || myco_jobs::archive::local_models(&home))
+                        .await
+                        .unwrap_or_default();
+                request.fit.models = Some(models);
                 let grant = stealing::steal(&membership, request).await;
                 let _ = me.cast(CoordinatorMsg::Stolen(grant));
             }),

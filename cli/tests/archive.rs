@@ -10,39 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Http, NodeProc, eventually, myco};
+use common::{Http, MODEL, NodeProc, eventually, linked_home, myco, real_home};
 use myco_benches::{ArchiveFile, write_archive};
 
-const MODEL: &str = "all-MiniLM-L6-v2";
-
-fn real_home() -> PathBuf {
-    std::env::var_os("MYCO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
-}
-
-/// A fresh node home holding (links to) the runtime library and the default model, as
-/// ./setup.sh leaves a real home.
+/// A fresh home with (links to) the runtime library and the default model.
 fn home_with_model(root: &Path, name: &str) -> PathBuf {
-    let real = real_home();
-    assert!(
-        real.join("models").join(MODEL).join("model.onnx").is_file(),
-        "run ./setup.sh first"
-    );
-    let home = root.join(name);
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    std::fs::create_dir_all(home.join("models")).unwrap();
-    std::os::unix::fs::symlink(
-        real.join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        real.join("models").join(MODEL),
-        home.join("models").join(MODEL),
-    )
-    .unwrap();
-    home
+    linked_home(root, name, true)
 }
 
 fn job_file(dir: &Path, input: &Path, collection: &str) -> PathBuf {

@@ -5,15 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::myco;
-
-fn real_home() -> PathBuf {
-    std::env::var_os("MYCO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
-}
+use common::{linked_home, myco, real_home};
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
@@ -40,14 +32,8 @@ fn myco_run_embeds_texts_like_the_reference() {
     let items = reference["items"].as_array().unwrap();
     let texts: Vec<&str> = items.iter().map(|i| i["text"].as_str().unwrap()).collect();
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    // The node's home gets the runtime library and the model by their paths.
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    std::os::unix::fs::symlink(
-        real_home().join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
+    // The node's home gets the runtime library; the job names the model by its path.
+    let home = linked_home(dir.path(), "home", false);
     let job = dir.path().join("embed.toml");
     std::fs::write(
         &job,
@@ -82,13 +68,7 @@ fn myco_run_embeds_texts_like_the_reference() {
 fn chunk_results_feed_an_embed_job() {
     let model = real_home().join("models/all-MiniLM-L6-v2");
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    std::os::unix::fs::symlink(
-        real_home().join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
+    let home = linked_home(dir.path(), "home", false);
     let docs = dir.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
     std::fs::write(
@@ -186,19 +166,7 @@ fn openai_embeddings_endpoint() {
     .unwrap();
     let items = reference["items"].as_array().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    std::fs::create_dir_all(home.join("models")).unwrap();
-    std::os::unix::fs::symlink(
-        real_home().join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        real_home().join("models/all-MiniLM-L6-v2"),
-        home.join("models/all-MiniLM-L6-v2"),
-    )
-    .unwrap();
+    let home = linked_home(dir.path(), "home", true);
     let node = common::NodeProc::start(&home, &[]);
     let http = common::Http::new();
     let texts: Vec<&str> = items

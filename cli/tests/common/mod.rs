@@ -230,3 +230,40 @@ pub fn noop_spec(payload: &str, extra: &str) -> serde_json::Value {
         "base_dir": "/",
     })
 }
+
+/// The home ./setup.sh filled (`MYCO_HOME`, else `~/.myco`): ONNX Runtime and the default
+/// embedding model.
+pub fn real_home() -> PathBuf {
+    std::env::var_os("MYCO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
+}
+
+/// The default embedding model's name.
+pub const MODEL: &str = "all-MiniLM-L6-v2";
+
+/// A fresh home `root/name` linking the real home's ONNX Runtime and, if `model`, the
+/// default embedding model, as ./setup.sh leaves a real home.
+pub fn linked_home(root: &Path, name: &str, model: bool) -> PathBuf {
+    let real = real_home();
+    assert!(
+        real.join("models").join(MODEL).join("model.onnx").is_file(),
+        "run ./setup.sh first"
+    );
+    let home = root.join(name);
+    std::fs::create_dir_all(home.join("lib")).unwrap();
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    std::os::unix::fs::symlink(
+        real.join("lib/libonnxruntime.so"),
+        home.join("lib/libonnxruntime.so"),
+    )
+    .unwrap();
+    if model {
+        std::os::unix::fs::symlink(
+            real.join("models").join(MODEL),
+            home.join("models").join(MODEL),
+        )
+        .unwrap();
+    }
+    home
+}
