@@ -259,6 +259,7 @@ fn bench_end_to_end(c: &mut Criterion, rt: &Runtime, r: &mut Results) {
                         attempt: lease.attempt,
                         cancelled: &|| false,
                         children: None,
+                        stream: None,
                     };
                     let output = executor.run(&lease.task, &ctx).expect("noop runs");
                     queue.complete(lease.id, output).await.expect("complete");

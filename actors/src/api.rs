@@ -32,7 +32,14 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/swarm", get(swarm))
         .route("/api/query", post(query))
+        .route("/api/jobs/{id}/stream", get(stream))
         .route("/v1/embeddings", post(crate::openai::embeddings))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai::chat_completions),
+        )
+        .route("/v1/completions", post(crate::openai::completions))
+        .route("/v1/models", get(crate::openai::models))
         .route("/api/swarm/ping", get(ping))
         .with_state(node)
 }
@@ -270,10 +277,34 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let id = parse_id(&id)?;
-    match node.get(id).await? {
-        Some(rec) => Ok(Json(rec.view())),
-        None => Err(QueueError::NotFound(id).into()),
+    let Some(rec) = node.get(id).await? else {
+        return Err(QueueError::NotFound(id).into());
+    };
+    let mut view = rec.view();
+    if rec.state == JobState::Queued
+        && rec.kind == JobKind::Infer
+        && let Some(m) = rec.task.model()
+    {
+        let holders: Vec<String> = crate::infer::swarm_models(&node)
+            .await
+            .into_iter()
+            .filter(|s| s.file == m.name && s.bytes == m.bytes)
+            .flat_map(|s| s.nodes)
+            .collect();
+        if holders.is_empty() {
+            view.waiting = Some(format!(
+                "no node of the swarm holds the model {} ({} bytes); the job waits until a node with that file is up",
+                m.name, m.bytes
+            ));
+        } else if rec.task.needs_gpu() && !crate::infer::any_gpu(&node, &holders).await {
+            view.waiting = Some(format!(
+                "the job requires a GPU, and no node holding {} has one ({}); it waits until one is up",
+                m.name,
+                holders.join(", ")
+            ));
+        }
     }
+    Ok(Json(view))
 }
 
 /// Stream a job's result as JSON Lines: a leaf's own, or a parent's children's in order.
@@ -334,6 +365,73 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    /// Cancel the job if the client disconnects before it ends.
+    #[serde(default)]
+    cancel_on_disconnect: bool,
+}
+
+/// Follow a job as server-sent events: `piece` events (`{"attempt", "token", "text"}`) as its
+/// output streams (LLM tokens), then one `end` event with the job's status. Works for any
+/// job; only streaming kinds (infer) send pieces.
+async fn stream(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if node.get(id).await?.is_none() {
+        return Err(QueueError::NotFound(id).into());
+    }
+    let mut rx = crate::infer::spawn_follow(&node, id, q.cancel_on_disconnect);
+    let (tx, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    tokio::spawn(async move {
+        // A comment now and then while nothing else is sent: a client that went away is only
+        // noticed when a write fails.
+        let mut beat = tokio::time::interval(std::time::Duration::from_secs(2));
+        beat.reset();
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+                _ = beat.tick() => {
+                    if tx.send(Ok(b": keep-alive\n\n".to_vec())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let (name, data, end) = match event {
+                crate::infer::Followed::Piece(p) => ("piece", serde_json::to_string(&p), false),
+                crate::infer::Followed::End(rec) => {
+                    ("end", serde_json::to_string(&rec.view()), true)
+                }
+            };
+            let Ok(data) = data else { return };
+            let frame = format!("event: {name}\ndata: {data}\n\n").into_bytes();
+            // A failed send: the client went away (and `rx` drops with this task).
+            if tx.send(Ok(frame)).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(crate::openai::receiver_stream(body)))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                "",
+            )
+        })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -538,10 +636,17 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
         family(
             &mut out,
             "myco_workers_idle",
-            "Workers waiting for a job.",
+            "Batch workers waiting for a job.",
             "gauge",
         );
         let _ = writeln!(out, "myco_workers_idle {}", load.idle_workers);
+        family(
+            &mut out,
+            "myco_executives_idle",
+            "Executives (LLM inference) waiting for a job.",
+            "gauge",
+        );
+        let _ = writeln!(out, "myco_executives_idle {}", load.idle_executives);
         family(
             &mut out,
             "myco_steals_total",

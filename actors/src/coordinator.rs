@@ -4,6 +4,13 @@
 //! **steals** when its workers idle, renews stolen leases at their owners, and delivers the
 //! outbox (results of stolen jobs) to their owners until they acknowledge.
 //!
+//! Work runs in two **lanes**. The batch lane's workers run the CPU kinds (chunk, embed,
+//! archive, ...); the executive lane runs LLM inference, whose models are big, loaded once and
+//! kept, and whose decode loop takes every core for a moment. Each lane leases and buffers
+//! only its own kinds, so a user's question never waits behind an overnight batch, and the
+//! executive lane leases only jobs whose model file this node holds: the rest stay queued for
+//! a peer that holds it to steal.
+//!
 //! Its state (buffered leases, running jobs) is volatile by design: every lease is in redb
 //! (the owner's), so a crash loses nothing, and leases it no longer renews expire back into
 //! their owner's queue. Queue commits and peer calls never run inside `handle`: they run in
@@ -32,18 +39,45 @@ pub struct Assignment {
     pub owner: Option<String>,
 }
 
+/// Which workers run a job: the batch lane (CPU kinds) or the executive (LLM inference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Batch = 0,
+    Executive = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Batch, Lane::Executive];
+
+    /// The lane that runs jobs of `kind`.
+    pub fn of(kind: JobKind) -> Lane {
+        match kind {
+            JobKind::Infer => Lane::Executive,
+            _ => Lane::Batch,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Batch => "batch",
+            Lane::Executive => "executive",
+        }
+    }
+}
+
 /// Messages to the [`Coordinator`].
 #[derive(Debug)]
 pub enum CoordinatorMsg {
-    /// A worker is idle and wants a job; `None` means the node is draining: stop pulling.
-    RequestWork(RpcReplyPort<Option<Assignment>>),
+    /// A worker of a lane is idle and wants a job; `None` means the node is draining: stop
+    /// pulling.
+    RequestWork(Lane, RpcReplyPort<Option<Assignment>>),
     /// A worker is done with a job (its result or failure is on its way to the queue, or to
     /// the outbox for a stolen job).
     Finished(JobId),
     /// Jobs may have become ready in the queue.
     WorkAvailable,
-    /// A lease round came back (internal).
-    Leased(Result<Vec<Lease>, String>),
+    /// A lease round of a lane came back (internal).
+    Leased(Lane, Result<Vec<Lease>, String>),
     /// A steal attempt came back: the owner, what it lent, and how long it took (internal).
     Stolen(Option<(String, Vec<Lease>, Duration)>),
     /// Periodic: expire leases, promote retries, renew what we hold (internal).
@@ -79,7 +113,10 @@ impl ractor::Message for CoordinatorMsg {}
 pub struct Load {
     pub buffered: usize,
     pub running: usize,
+    /// Idle batch workers.
     pub idle_workers: usize,
+    /// Idle executives.
+    pub idle_executives: usize,
     /// Of the running jobs, those stolen from peers.
     pub running_stolen: usize,
     /// Successful steals since start, the jobs they brought, and their summed latency.
@@ -100,8 +137,12 @@ pub struct Coordinator {
     pub tick: Duration,
     /// Most leased-but-unstarted jobs to keep on hand when alone.
     pub prefetch: usize,
-    /// Executor slots (workers) on this node.
+    /// Executor slots (workers of both lanes) on this node.
     pub slots: u32,
+    /// Of those, the executive lane's.
+    pub executives: u32,
+    /// This node has a GPU (jobs that require one may run here).
+    pub gpu: bool,
     /// The swarm's membership, if this node is in one.
     pub membership: Option<ActorRef<MembershipMsg>>,
 }
@@ -121,10 +162,12 @@ struct Running {
 
 #[derive(Debug)]
 pub struct CoordinatorState {
-    buffer: VecDeque<Work>,
-    idle: VecDeque<RpcReplyPort<Option<Assignment>>>,
+    /// Leased, unstarted jobs, by lane.
+    buffer: [VecDeque<Work>; 2],
+    /// Idle workers, by lane.
+    idle: [VecDeque<RpcReplyPort<Option<Assignment>>>; 2],
     running: HashMap<JobId, Running>,
-    leasing: bool,
+    leasing: [bool; 2],
     ticking: bool,
     last_renew: Instant,
     peers: usize,
@@ -190,10 +233,10 @@ impl Actor for Coordinator {
         };
         let outbox_pending = self.queue.outbox_len().map(|n| n > 0).unwrap_or(true);
         Ok(CoordinatorState {
-            buffer: VecDeque::new(),
-            idle: VecDeque::new(),
+            buffer: [VecDeque::new(), VecDeque::new()],
+            idle: [VecDeque::new(), VecDeque::new()],
             running: HashMap::new(),
-            leasing: false,
+            leasing: [false, false],
             ticking: false,
             last_renew: Instant::now(),
             peers: 0,
@@ -232,12 +275,12 @@ impl Actor for Coordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CoordinatorMsg::RequestWork(reply) => {
+            CoordinatorMsg::RequestWork(lane, reply) => {
                 if state.stopping {
                     let _ = reply.send(None);
                     return Ok(());
                 }
-                state.idle.push_back(reply);
+                state.idle[lane as usize].push_back(reply);
                 self.dispatch(state);
                 self.refill(&myself, state);
             }
@@ -254,8 +297,8 @@ impl Actor for Coordinator {
                 self.report_load(state);
                 self.refill(&myself, state);
             }
-            CoordinatorMsg::Leased(result) => {
-                state.leasing = false;
+            CoordinatorMsg::Leased(lane, result) => {
+                state.leasing[lane as usize] = false;
                 match result {
                     Ok(leases) => {
                         let got = !leases.is_empty();
@@ -263,9 +306,10 @@ impl Actor for Coordinator {
                             self.give_back(state, leases);
                             return Ok(());
                         }
-                        state
-                            .buffer
-                            .extend(leases.into_iter().map(|lease| Work { lease, owner: None }));
+                        for lease in leases {
+                            let lane = Lane::of(lease.task.kind());
+                            state.buffer[lane as usize].push_back(Work { lease, owner: None });
+                        }
                         self.dispatch(state);
                         if got {
                             self.refill(&myself, state);
@@ -287,10 +331,13 @@ impl Actor for Coordinator {
                         state.steal_backoff = STEAL_MIN;
                         state.next_steal = Instant::now() + STEAL_MIN;
                         tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
-                        state.buffer.extend(leases.into_iter().map(|lease| Work {
-                            lease,
-                            owner: Some(owner.clone()),
-                        }));
+                        for lease in leases {
+                            let lane = Lane::of(lease.task.kind());
+                            state.buffer[lane as usize].push_back(Work {
+                                lease,
+                                owner: Some(owner.clone()),
+                            });
+                        }
                         self.dispatch(state);
                     }
                     _ => {
@@ -306,9 +353,14 @@ impl Actor for Coordinator {
                     state.outbox_pending = true;
                 }
                 self.tick(&myself, state);
-                if state.buffer.is_empty() && !state.idle.is_empty() {
-                    self.maybe_steal(&myself, state);
+                if state.ticks.is_multiple_of(4)
+                    && self.queue.stats().by_state[StateName::Queued.index()] > 0
+                {
+                    // A model may have arrived since the executive last looked: queued infer
+                    // jobs for it are not announced by the queue.
+                    self.refill_lane(&myself, state, Lane::Executive);
                 }
+                self.maybe_steal(&myself, state);
                 if state.outbox_pending {
                     self.deliver(&myself, state);
                 }
@@ -317,7 +369,9 @@ impl Actor for Coordinator {
                 state.ticking = false;
                 for id in lost {
                     // We no longer hold it (cancelled or expired): stop working on it.
-                    state.buffer.retain(|w| w.lease.id != id);
+                    for buffer in &mut state.buffer {
+                        buffer.retain(|w| w.lease.id != id);
+                    }
                     if let Some(r) = state.running.get(&id) {
                         r.cancel.store(true, Ordering::SeqCst);
                     }
@@ -335,21 +389,20 @@ impl Actor for Coordinator {
                 // A peer has work again: do not sit out the steal backoff.
                 state.steal_backoff = STEAL_MIN;
                 state.next_steal = Instant::now();
-                if state.buffer.is_empty() {
-                    self.maybe_steal(&myself, state);
-                }
+                self.maybe_steal(&myself, state);
             }
             CoordinatorMsg::Peers(n) => {
                 state.peers = n;
                 // Jobs leased while alone would sit here while peers idle: hand back all
                 // unstarted ones beyond what our own workers take next, so they can be
                 // stolen.
-                let keep = self.prefetch(state);
-                let local = state.buffer.iter().filter(|w| w.owner.is_none()).count();
+                let keep = self.prefetch(state, Lane::Batch);
+                let buffer = &mut state.buffer[Lane::Batch as usize];
+                let local = buffer.iter().filter(|w| w.owner.is_none()).count();
                 if n > 0 && local > keep {
                     let mut excess = Vec::new();
                     let mut kept = 0;
-                    state.buffer.retain(|w| {
+                    buffer.retain(|w| {
                         if w.owner.is_some() || kept < keep {
                             kept += usize::from(w.owner.is_none());
                             true
@@ -366,7 +419,9 @@ impl Actor for Coordinator {
                 }
             }
             CoordinatorMsg::Cancel(id) => {
-                state.buffer.retain(|w| w.lease.id != id);
+                for buffer in &mut state.buffer {
+                    buffer.retain(|w| w.lease.id != id);
+                }
                 if let Some(r) = state.running.get(&id) {
                     r.cancel.store(true, Ordering::SeqCst);
                 }
@@ -374,14 +429,15 @@ impl Actor for Coordinator {
             CoordinatorMsg::Drain { grace, reply } => {
                 state.stopping = true;
                 state.drain_reply = Some(reply);
-                for port in state.idle.drain(..) {
+                for port in state.idle.iter_mut().flat_map(|idle| idle.drain(..)) {
                     let _ = port.send(None);
                 }
                 // Hand back what never started, before anyone is told the drain is done.
                 // Stolen leases not started simply expire at their owners.
                 let unstarted: Vec<(JobId, u64)> = state
                     .buffer
-                    .drain(..)
+                    .iter_mut()
+                    .flat_map(|buffer| buffer.drain(..))
                     .filter(|w| w.owner.is_none())
                     .map(|w| (w.lease.id, w.lease.token))
                     .collect();
@@ -419,9 +475,10 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Load(reply) => {
                 let _ = reply.send(Load {
-                    buffered: state.buffer.len(),
+                    buffered: state.buffer.iter().map(VecDeque::len).sum(),
                     running: state.running.len(),
-                    idle_workers: state.idle.len(),
+                    idle_workers: state.idle[Lane::Batch as usize].len(),
+                    idle_executives: state.idle[Lane::Executive as usize].len(),
                     running_stolen: state.running.values().filter(|r| r.owner.is_some()).count(),
                     steals: state.steals,
                     stolen_jobs: state.stolen_jobs,
@@ -434,13 +491,20 @@ impl Actor for Coordinator {
 }
 
 impl Coordinator {
-    /// Hand buffered jobs to idle workers.
+    /// Hand buffered jobs to idle workers of their lane.
     fn dispatch(&self, state: &mut CoordinatorState) {
-        while !state.buffer.is_empty() {
-            let Some(port) = state.idle.pop_front() else {
+        for lane in Lane::ALL {
+            self.dispatch_lane(state, lane);
+        }
+    }
+
+    fn dispatch_lane(&self, state: &mut CoordinatorState, lane: Lane) {
+        let l = lane as usize;
+        while !state.buffer[l].is_empty() {
+            let Some(port) = state.idle[l].pop_front() else {
                 return;
             };
-            let Some(work) = state.buffer.pop_front() else {
+            let Some(work) = state.buffer[l].pop_front() else {
                 return;
             };
             let cancel = Arc::new(AtomicBool::new(false));
@@ -466,7 +530,7 @@ impl Coordinator {
                 Err(e) => {
                     // The worker is gone (restarted): keep the job for the next one.
                     if let ractor::MessagingErr::SendErr(Some(a)) = e {
-                        state.buffer.push_front(Work {
+                        state.buffer[l].push_front(Work {
                             lease: a.lease,
                             owner: a.owner,
                         });
@@ -476,65 +540,113 @@ impl Coordinator {
         }
     }
 
-    /// How many unstarted jobs to keep: few when peers could run them instead.
-    fn prefetch(&self, state: &CoordinatorState) -> usize {
-        if state.peers > 0 {
-            (self.slots as usize).max(1)
-        } else {
-            self.prefetch
+    /// How many unstarted jobs of a lane to keep: few when peers could run them instead,
+    /// and none beyond what its idle workers take for the executive (LLM requests are few and
+    /// long: one held here waits while a peer could start it).
+    fn prefetch(&self, state: &CoordinatorState, lane: Lane) -> usize {
+        match lane {
+            Lane::Executive => 0,
+            Lane::Batch if state.peers > 0 => {
+                (self.slots.saturating_sub(self.executives) as usize).max(1)
+            }
+            Lane::Batch => self.prefetch,
         }
     }
 
-    /// Lease more jobs if workers wait or the buffer runs low.
+    /// The kinds a lane runs here.
+    fn lane_kinds(&self, lane: Lane) -> Vec<JobKind> {
+        self.kinds
+            .iter()
+            .copied()
+            .filter(|k| Lane::of(*k) == lane)
+            .collect()
+    }
+
+    /// Lease more jobs for lanes whose workers wait or whose buffer runs low.
     fn refill(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
-        if state.leasing || state.stopping {
+        for lane in Lane::ALL {
+            self.refill_lane(myself, state, lane);
+        }
+    }
+
+    fn refill_lane(
+        &self,
+        myself: &ActorRef<CoordinatorMsg>,
+        state: &mut CoordinatorState,
+        lane: Lane,
+    ) {
+        let l = lane as usize;
+        if state.leasing[l] || state.stopping {
             return;
         }
-        let prefetch = self.prefetch(state);
-        let want = (prefetch + state.idle.len()).saturating_sub(state.buffer.len());
-        if want == 0 || (state.idle.is_empty() && state.buffer.len() * 2 > prefetch) {
+        let prefetch = self.prefetch(state, lane);
+        let (idle, buffered) = (state.idle[l].len(), state.buffer[l].len());
+        let want = (prefetch + idle).saturating_sub(buffered);
+        if want == 0 || (idle == 0 && buffered * 2 > prefetch) {
             return;
         }
-        state.leasing = true;
+        let kinds = self.lane_kinds(lane);
+        if kinds.is_empty() {
+            return;
+        }
+        state.leasing[l] = true;
         let queue = self.queue.clone();
-        let kinds = self.kinds.clone();
         let lease = self.lease;
+        let home = self.home.clone();
+        let gpu = self.gpu;
         let me = myself.clone();
         track(
             state,
             tokio::spawn(async move {
+                let fit = match lane {
+                    Lane::Batch => Fit::local(&kinds),
+                    // Only what this node holds the model for; reading the models
+                    // directory is file I/O: not on the actor.
+                    Lane::Executive => Fit {
+                        models: Some(local_models(home).await),
+                        gpu,
+                        ..Fit::local(&kinds)
+                    },
+                };
+                let holder = queue.holder().to_owned();
                 let result = queue
-                    .lease(want, &kinds, lease)
+                    .lease_to(holder, want, &fit, lease)
                     .await
                     .map_err(|e| e.to_string());
-                let _ = me.cast(CoordinatorMsg::Leased(result));
+                let _ = me.cast(CoordinatorMsg::Leased(lane, result));
             }),
         );
     }
 
-    /// With idle workers and nothing of our own, ask the busiest peer for work. At most one
-    /// attempt in flight, spaced out with a backoff when peers have nothing to give.
+    /// With idle workers in a lane that has nothing of its own, ask the busiest peer for
+    /// work of that lane's kinds. At most one attempt in flight, spaced out with a backoff
+    /// when peers have nothing to give.
     fn maybe_steal(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
         let Some(membership) = &self.membership else {
             return;
         };
+        let starving: Vec<Lane> = Lane::ALL
+            .into_iter()
+            .filter(|l| !state.idle[*l as usize].is_empty() && state.buffer[*l as usize].is_empty())
+            .collect();
         if state.stealing
             || state.stopping
             || state.peers == 0
-            || state.idle.is_empty()
-            || !state.buffer.is_empty()
+            || starving.is_empty()
             || Instant::now() < state.next_steal
         {
             return;
         }
         state.stealing = true;
+        let kinds: Vec<JobKind> = starving.iter().flat_map(|l| self.lane_kinds(*l)).collect();
+        let idle: usize = starving.iter().map(|l| state.idle[*l as usize].len()).sum();
         let mut request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
             fit: Fit {
-                kinds: self.kinds.clone(),
-                models: Some(Vec::new()),
+                gpu: self.gpu,
+                ..Fit::thief(&kinds, Vec::new())
             },
-            max: state.idle.len() as u32 + 1,
+            max: idle as u32 + 1,
             lease: self.lease,
         };
         let membership = membership.clone();
@@ -543,13 +655,8 @@ impl Coordinator {
         track(
             state,
             tokio::spawn(async move {
-                // The owner lends only jobs whose model this node holds too. Reading the
-                // models directory is file I/O: not on the actor.
-                let models =
-                    tokio::task::spawn_blocking(move || myco_jobs::archive::local_models(&home))
-                        .await
-                        .unwrap_or_default();
-                request.fit.models = Some(models);
+                // The owner lends only jobs whose model this node holds too.
+                request.fit.models = Some(local_models(home).await);
                 let grant = stealing::steal(&membership, request).await;
                 let _ = me.cast(CoordinatorMsg::Stolen(grant));
             }),
@@ -582,6 +689,7 @@ impl Coordinator {
             let held = state
                 .buffer
                 .iter()
+                .flatten()
                 .map(|w| (w.lease.id, w.lease.token, w.owner.as_ref()))
                 .chain(
                     state
@@ -673,6 +781,13 @@ impl Coordinator {
             let _ = reply.send(());
         }
     }
+}
+
+/// The models this node holds, as `(name, bytes)`; read off the async threads.
+async fn local_models(home: std::path::PathBuf) -> Vec<(String, u64)> {
+    tokio::task::spawn_blocking(move || myco_jobs::archive::local_models(&home))
+        .await
+        .unwrap_or_default()
 }
 
 /// Keep a handle on a background task; finished ones are dropped.

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod coordinator;
+pub mod infer;
 pub mod listener;
 pub mod membership;
 pub mod node;
@@ -14,6 +15,7 @@ pub mod openai;
 pub mod peer;
 pub mod query;
 pub mod stealing;
+pub mod streams;
 pub mod supervisor;
 pub mod worker;
 

@@ -73,12 +73,29 @@ pub struct NodeHandle {
     pub started: Instant,
     /// Where model names in job files resolve.
     pub models_dir: std::path::PathBuf,
+    /// Streamed output (LLM tokens) of this node's jobs.
+    pub streams: crate::streams::Streams,
 }
 
 impl NodeHandle {
     /// Validate and plan every spec, then enqueue them all in one transaction. A bad spec
     /// refuses the whole submission.
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
+        // Infer jobs may name a model only a peer holds.
+        let remote: Vec<myco_jobs::archive::ModelRef> =
+            if self.membership.is_some() && specs.iter().any(|s| s.toml.contains("infer")) {
+                crate::infer::swarm_models(self)
+                    .await
+                    .into_iter()
+                    .map(|m| myco_jobs::archive::ModelRef {
+                        path: PathBuf::from(&m.file),
+                        name: m.file,
+                        bytes: m.bytes,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         // Planning walks directories: keep it off the async threads.
         let models_dir = self.models_dir.clone();
         let collections = self.collections_dir();
@@ -87,7 +104,7 @@ impl NodeHandle {
                 .into_iter()
                 .enumerate()
                 .map(|(index, src)| {
-                    let spec = JobSpec::parse_in(&src.toml, &src.base_dir, &models_dir)
+                    let spec = JobSpec::parse_swarm(&src.toml, &src.base_dir, &models_dir, &remote)
                         .map_err(|error| SubmitError::Spec { index, error })?;
                     let plan = spec
                         .plan_in(&collections)
@@ -244,6 +261,8 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))??;
         let workers = config.worker_count();
+        // One executive runs LLM inference: a decode already uses every core.
+        let executives = 1;
         let exec_home = home.root().to_path_buf();
         let factory: ExecutorFactory = Arc::new(move || {
             Box::new(myco_jobs::CpuExecutor::new(&exec_home)) as Box<dyn myco_jobs::Executor>
@@ -265,6 +284,10 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let caps = tokio::task::spawn_blocking(myco_runtime::detect::detect)
+            .await
+            .map_err(|e| NodeError::Actors(e.to_string()))?;
+        let gpu = !caps.gpus.is_empty();
         let membership = if services.cluster {
             let (secret, created) = SwarmSecret::load_or_create(&home.secret_path())
                 .map_err(|e| NodeError::Actors(e.to_string()))?;
@@ -274,9 +297,7 @@ impl Node {
                     "created a new swarm secret; other machines join with `myco invite`"
                 );
             }
-            let caps = tokio::task::spawn_blocking(myco_runtime::detect::detect)
-                .await
-                .map_err(|e| NodeError::Actors(e.to_string()))?;
+            let caps = caps.clone();
             let mut roles = vec![Role::Coordinator];
             if workers > 0 {
                 roles.push(Role::Worker);
@@ -301,11 +322,12 @@ impl Node {
                 models_dir: home.models_dir(),
                 kinds: JobKind::ALL.to_vec(),
                 roles,
-                slots: workers as u32,
+                slots: (workers + executives) as u32,
             })
         } else {
             None
         };
+        let streams = crate::streams::Streams::default();
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
                 queue: queue.clone(),
@@ -314,10 +336,14 @@ impl Node {
                 lease: config.lease,
                 tick: config.tick,
                 prefetch: (workers * 16).max(32),
-                slots: workers as u32,
+                slots: (workers + executives) as u32,
+                executives: executives as u32,
+                gpu,
                 membership: None,
             },
             workers,
+            executives,
+            streams: streams.clone(),
             factory,
             membership,
         };
@@ -342,6 +368,7 @@ impl Node {
             membership,
             started: Instant::now(),
             models_dir: home.models_dir(),
+            streams,
         };
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();

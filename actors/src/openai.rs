@@ -1,8 +1,11 @@
-//! OpenAI-compatible endpoints, so existing RAG tools can use a node: `POST /v1/embeddings`.
+//! OpenAI-compatible endpoints, so existing clients and RAG tools can use a node:
+//! `POST /v1/embeddings`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
+//! `stream: true` as server-sent events, or without) and `GET /v1/models`.
 //!
-//! A request becomes an ordinary job (kind `embed`, high priority so interactive requests go
-//! ahead of batch work), goes through the durable queue like any other, and the handler waits
-//! for it. Errors use OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+//! A request becomes an ordinary job (kind `embed` or `infer`, high priority so interactive
+//! requests go ahead of batch work), goes through the durable queue like any other, and runs
+//! wherever the model is. A streaming client that disconnects cancels its job. Errors use
+//! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
 use axum::Json;
 use axum::extract::State;
@@ -10,7 +13,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
+use std::time::Duration;
 
+use crate::infer::{Followed, Relay};
 use crate::node::NodeHandle;
 
 fn error(
@@ -127,6 +132,504 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
         "model": req.model,
         // An estimate (4 bytes a token) until the tokenizer counts them.
         "usage": { "prompt_tokens": estimated_tokens, "total_tokens": estimated_tokens },
+    }))
+    .into_response()
+}
+
+/// `stop` is a string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The fields of `/v1/chat/completions` and `/v1/completions` that myco reads (others are
+/// ignored, as OpenAI-compatible servers do). `top_k`, `min_p`, `repeat_penalty` and `n_ctx`
+/// are llama.cpp's extensions.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    #[serde(default)]
+    pub messages: Option<Vec<myco_jobs::infer::Message>>,
+    #[serde(default)]
+    pub prompt: Option<String>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub top_k: Option<i32>,
+    #[serde(default)]
+    pub min_p: Option<f32>,
+    #[serde(default)]
+    pub repeat_penalty: Option<f32>,
+    #[serde(default)]
+    pub seed: Option<u32>,
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub n_ctx: Option<u32>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Chat,
+    Text,
+}
+
+impl Flavor {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Flavor::Chat, false) => "chat.completion",
+            (Flavor::Chat, true) => "chat.completion.chunk",
+            (Flavor::Text, _) => "text_completion",
+        }
+    }
+
+    fn id(self, job: myco_runtime::queue::JobId) -> String {
+        match self {
+            Flavor::Chat => format!("chatcmpl-{job}"),
+            Flavor::Text => format!("cmpl-{job}"),
+        }
+    }
+
+    /// One choice of a streamed chunk.
+    fn delta(self, text: &str, finish: Option<&str>) -> serde_json::Value {
+        match self {
+            Flavor::Chat => json!({
+                "index": 0,
+                "delta": if text.is_empty() && finish.is_none() {
+                    json!({ "role": "assistant", "content": "" })
+                } else if text.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "content": text })
+                },
+                "finish_reason": finish,
+            }),
+            Flavor::Text => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        }
+    }
+}
+
+fn bad_request(param: &str, message: String) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some(param),
+        "invalid_value",
+        message,
+    )
+}
+
+pub async fn chat_completions(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
+    complete(node, body, Flavor::Chat).await
+}
+
+pub async fn completions(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
+    complete(node, body, Flavor::Text).await
+}
+
+/// `GET /v1/models`: the GGUF models the swarm holds, and which nodes hold them.
+pub async fn models(State(node): State<NodeHandle>) -> Response {
+    let data: Vec<_> = crate::infer::swarm_models(&node)
+        .await
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "object": "model", "created": 0, "owned_by": "myco",
+                "file": m.file, "bytes": m.bytes, "architecture": m.architecture,
+                "nodes": m.nodes,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> Response {
+    let req: CompletionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let shape = match flavor {
+                Flavor::Chat => {
+                    "{\"model\": ..., \"messages\": [{\"role\": \"user\", \"content\": ...}]}"
+                }
+                Flavor::Text => "{\"model\": ..., \"prompt\": ...}",
+            };
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "invalid_body",
+                format!("cannot read the request: {e}; send {shape}"),
+            );
+        }
+    };
+    let prompt = match (flavor, req.messages, req.prompt) {
+        (Flavor::Chat, Some(m), _) if !m.is_empty() => myco_jobs::infer::Prompt::Chat(m),
+        (Flavor::Chat, _, _) => {
+            return bad_request("messages", "messages is missing or empty".into());
+        }
+        (Flavor::Text, _, Some(p)) => myco_jobs::infer::Prompt::Text(p),
+        (Flavor::Text, _, None) => return bad_request("prompt", "prompt is missing".into()),
+    };
+    if req.n.is_some_and(|n| n != 1) {
+        return bad_request("n", "only n = 1 is supported".into());
+    }
+    let d = myco_jobs::infer::InferParams::default();
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .unwrap_or(d.max_tokens);
+    if max_tokens == 0 || max_tokens > 1_000_000 {
+        return bad_request(
+            "max_tokens",
+            format!("{max_tokens} is out of range; use 1 to 1000000"),
+        );
+    }
+    let model = match crate::infer::find_model(&node, &req.model).await {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model"),
+                "model_not_found",
+                e.to_string(),
+            );
+        }
+    };
+    let params = myco_jobs::infer::InferParams {
+        max_tokens,
+        temperature: req.temperature.unwrap_or(d.temperature),
+        top_k: req.top_k.unwrap_or(d.top_k),
+        top_p: req.top_p.unwrap_or(d.top_p),
+        min_p: req.min_p.unwrap_or(d.min_p),
+        repeat_penalty: req.repeat_penalty.unwrap_or(d.repeat_penalty),
+        seed: req.seed.unwrap_or(d.seed),
+        stop: match req.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        },
+        n_ctx: req.n_ctx.unwrap_or(d.n_ctx).max(8),
+        threads: 0,
+    };
+    let task = myco_jobs::infer::InferTask {
+        gpu: false,
+        model,
+        prompt,
+        params,
+    };
+    let id = match crate::infer::submit(&node, task).await {
+        Ok(id) => id,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                "queue",
+                e.to_string(),
+            );
+        }
+    };
+    let mut rx = crate::infer::spawn_follow(&node, id, req.stream);
+    let name = req.model;
+    if !req.stream {
+        // The whole answer at once: wait for the end. A client that goes away stops
+        // waiting, and the job still finishes (its result stays on record).
+        loop {
+            match rx.recv().await {
+                Some(Followed::Piece(_)) => {}
+                Some(Followed::End(rec)) => return finished(&node, flavor, &name, *rec).await,
+                None => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        None,
+                        "internal",
+                        format!("lost track of job {id}"),
+                    );
+                }
+            }
+        }
+    }
+    // Wait for the first event: a request that fails at once (a prompt too long, no chat
+    // template) gets a plain error response, not a broken stream.
+    let first = match rx.recv().await {
+        Some(Followed::End(rec)) if rec.state != myco_runtime::queue::JobState::Done => {
+            return failed(&rec);
+        }
+        Some(first) => first,
+        None => return failed_internal(id),
+    };
+    let created = unix_now();
+    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    let node2 = node.clone();
+    tokio::spawn(async move {
+        let frame = |v: serde_json::Value| format!("data: {v}\n\n").into_bytes();
+        let chunk = |choice: serde_json::Value| {
+            json!({
+                "id": flavor.id(id), "object": flavor.object(true), "created": created,
+                "model": name, "choices": [choice],
+            })
+        };
+        if flavor == Flavor::Chat
+            && tx
+                .send(Ok(frame(chunk(flavor.delta("", None)))))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let mut relay = Relay::default();
+        let mut next = Some(first);
+        // A comment now and then while nothing else is sent: a client that went away is only
+        // noticed when a write fails, and proxies keep the stream open.
+        let mut beat = tokio::time::interval(Duration::from_secs(2));
+        beat.reset();
+        loop {
+            let event = match next.take() {
+                Some(e) => e,
+                None => tokio::select! {
+                    e = rx.recv() => match e {
+                        Some(e) => e,
+                        None => return,
+                    },
+                    _ = beat.tick() => {
+                        if tx.send(Ok(b": keep-alive\n\n".to_vec())).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            match event {
+                Followed::Piece(p) => {
+                    if let Some(text) = relay.piece(&p)
+                        && tx
+                            .send(Ok(frame(chunk(flavor.delta(&text, None)))))
+                            .await
+                            .is_err()
+                    {
+                        // The client went away: dropping `rx` cancels the job.
+                        return;
+                    }
+                }
+                Followed::End(rec) => {
+                    let out = match generation(&node2, &rec).await {
+                        Ok(g) => {
+                            let mut out = Vec::new();
+                            if let Some(rest) = relay.rest(&g.text) {
+                                out.push(frame(chunk(flavor.delta(&rest, None))));
+                            }
+                            let finish = finish_name(g.finish_reason);
+                            let mut last = chunk(flavor.delta("", Some(finish)));
+                            last["usage"] = usage(&g);
+                            out.push(frame(last));
+                            out
+                        }
+                        Err((_, kind, code, message)) => vec![frame(json!({
+                            "error": { "message": message, "type": kind, "param": null, "code": code }
+                        }))],
+                    };
+                    for f in out {
+                        let _ = tx.send(Ok(f)).await;
+                    }
+                    let _ = tx.send(Ok(b"data: [DONE]\n\n".to_vec())).await;
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
+        .header(axum::http::header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(receiver_stream(body_rx)))
+        .unwrap_or_else(|_| failed_internal(id))
+}
+
+/// A channel's receiving end as a body stream; dropping the body drops the receiver.
+pub fn receiver_stream(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn finish_name(f: myco_jobs::infer::Finish) -> &'static str {
+    match f {
+        myco_jobs::infer::Finish::Stop => "stop",
+        myco_jobs::infer::Finish::Length => "length",
+    }
+}
+
+fn usage(g: &myco_jobs::infer::Generation) -> serde_json::Value {
+    json!({
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "total_tokens": g.prompt_tokens + g.completion_tokens,
+    })
+}
+
+fn failed_internal(id: myco_runtime::queue::JobId) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        None,
+        "internal",
+        format!("lost track of job {id}"),
+    )
+}
+
+/// A finished job's generation, or the error to answer with (status, type, code, message).
+async fn generation(
+    node: &NodeHandle,
+    rec: &myco_runtime::queue::JobRecord,
+) -> Result<myco_jobs::infer::Generation, (StatusCode, &'static str, &'static str, String)> {
+    use myco_runtime::queue::JobState;
+    let id = rec.id;
+    match rec.state {
+        JobState::Done => {}
+        JobState::Cancelled => {
+            return Err((
+                StatusCode::CONFLICT,
+                "server_error",
+                "cancelled",
+                format!("request {id} was cancelled"),
+            ));
+        }
+        _ => {
+            let why = rec
+                .last_error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "unknown".into());
+            // The request's own faults are fatal in the engine: report them as the
+            // client's; anything else is the server's.
+            let fatal = rec.last_error.as_ref().is_some_and(|e| !e.is_retryable());
+            return Err(if fatal {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    why,
+                )
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "failed",
+                    why,
+                )
+            });
+        }
+    }
+    let q = node.queue.clone();
+    let bytes = match tokio::task::spawn_blocking(move || q.result(id)).await {
+        Ok(Ok(Some(b))) => b,
+        other => {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal",
+                format!("the result of {id} is unreadable: {other:?}"),
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            format!("the result of {id} is unreadable: {e}"),
+        )
+    })
+}
+
+fn failed(rec: &myco_runtime::queue::JobRecord) -> Response {
+    let (status, kind, code, message) = match rec.state {
+        myco_runtime::queue::JobState::Cancelled => (
+            StatusCode::CONFLICT,
+            "server_error",
+            "cancelled",
+            format!("request {} was cancelled", rec.id),
+        ),
+        _ => {
+            let e = rec.last_error.as_ref();
+            let message = e
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "unknown".into());
+            if e.is_some_and(|e| !e.is_retryable()) {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    message,
+                )
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "failed",
+                    message,
+                )
+            }
+        }
+    };
+    error(status, kind, None, code, message)
+}
+
+/// The non-streaming answer for a finished job.
+async fn finished(
+    node: &NodeHandle,
+    flavor: Flavor,
+    model: &str,
+    rec: myco_runtime::queue::JobRecord,
+) -> Response {
+    let g = match generation(node, &rec).await {
+        Ok(g) => g,
+        Err((status, kind, code, message)) => return error(status, kind, None, code, message),
+    };
+    let finish = finish_name(g.finish_reason);
+    let choice = match flavor {
+        Flavor::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": g.text },
+            "finish_reason": finish,
+        }),
+        Flavor::Text => json!({
+            "index": 0, "text": g.text, "logprobs": null, "finish_reason": finish,
+        }),
+    };
+    Json(json!({
+        "id": flavor.id(rec.id),
+        "object": flavor.object(false),
+        "created": unix_now(),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(&g),
+        // myco's own: the token ids and timings, for clients that want them.
+        "myco": {
+            "job": rec.id, "tokens": g.tokens,
+            "prompt_ms": g.prompt_ms, "generation_ms": g.generation_ms,
+        },
     }))
     .into_response()
 }

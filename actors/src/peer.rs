@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use myco_runtime::cluster::wire::{
-    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StealGrant, StealRequest, Wire,
+    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StealGrant, StealRequest,
+    StreamFrame, Wire,
 };
 use myco_runtime::queue::{Queue, QueueError, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -41,6 +42,8 @@ pub enum PeerMsg {
     /// Echo: measures the round trip of a call (for `myco bench steal`).
     #[rpc]
     Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
+    /// A thief streams output of a job of ours (tokens) for our clients.
+    Stream(Wire<StreamFrame>),
 }
 
 impl std::fmt::Debug for PeerMsg {
@@ -51,6 +54,7 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::Renew(..) => "Renew",
             PeerMsg::Deliver(..) => "Deliver",
             PeerMsg::Ping(..) => "Ping",
+            PeerMsg::Stream(_) => "Stream",
         })
     }
 }
@@ -61,6 +65,7 @@ pub struct PeerService {
     pub name: String,
     pub queue: Queue,
     pub membership: ActorRef<MembershipMsg>,
+    pub streams: crate::streams::Streams,
 }
 
 #[derive(Debug)]
@@ -141,7 +146,11 @@ impl Actor for PeerService {
             PeerMsg::Ping(Wire(Ok(n)), reply) => {
                 let _ = reply.send(Wire::new(n));
             }
+            PeerMsg::Stream(Wire(Ok(frame))) => {
+                self.streams.publish(frame.id, frame.pieces);
+            }
             PeerMsg::Heartbeat(Wire(Err(e)))
+            | PeerMsg::Stream(Wire(Err(e)))
             | PeerMsg::Ping(Wire(Err(e)), _)
             | PeerMsg::Steal(Wire(Err(e)), _)
             | PeerMsg::Renew(Wire(Err(e)), _)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::coordinator::{Coordinator, CoordinatorMsg};
+use crate::coordinator::{Coordinator, CoordinatorMsg, Lane};
 use crate::membership::{Membership, MembershipMsg};
 use crate::peer::{PeerMsg, PeerService};
 use crate::worker::{ExecutorFactory, Worker};
@@ -39,7 +39,11 @@ impl ractor::Message for SupervisorMsg {}
 /// Fixed settings of a node's actor tree.
 pub struct NodeSupervisor {
     pub coordinator: Coordinator,
+    /// Batch-lane workers.
     pub workers: usize,
+    /// Executive-lane workers (LLM inference; 0 on a node that runs none).
+    pub executives: usize,
+    pub streams: crate::streams::Streams,
     pub factory: ExecutorFactory,
     /// The swarm side (membership, peer service), if this node joins one.
     pub membership: Option<Membership>,
@@ -49,6 +53,7 @@ impl std::fmt::Debug for NodeSupervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSupervisor")
             .field("workers", &self.workers)
+            .field("executives", &self.executives)
             .finish_non_exhaustive()
     }
 }
@@ -65,16 +70,27 @@ pub struct SupervisorState {
 }
 
 impl NodeSupervisor {
+    /// Spawn worker `index`: the first [`NodeSupervisor::workers`] are the batch lane's, the
+    /// rest the executive's.
     async fn spawn_worker(
         &self,
         myself: &ActorRef<SupervisorMsg>,
         coordinator: &ActorRef<CoordinatorMsg>,
+        membership: Option<&ActorRef<MembershipMsg>>,
         queue: &Queue,
         index: usize,
     ) -> Result<ActorId, ActorProcessingErr> {
+        let lane = if index < self.workers {
+            Lane::Batch
+        } else {
+            Lane::Executive
+        };
         let worker = Worker {
             index,
+            lane,
             coordinator: coordinator.clone(),
+            streams: self.streams.clone(),
+            membership: membership.cloned(),
             queue: queue.clone(),
             factory: self.factory.clone(),
         };
@@ -102,6 +118,7 @@ impl Actor for NodeSupervisor {
                     name: m.name.clone(),
                     queue: self.coordinator.queue.clone(),
                     membership: membership.clone(),
+                    streams: self.streams.clone(),
                 };
                 let (peer, _) = Actor::spawn_linked(None, service, (), myself.get_cell()).await?;
                 coordinator.membership = Some(membership.clone());
@@ -115,9 +132,15 @@ impl Actor for NodeSupervisor {
             m.cast(MembershipMsg::Attach(coordinator.clone()))?;
         }
         let mut workers = HashMap::new();
-        for index in 0..self.workers {
+        for index in 0..self.workers + self.executives {
             let id = self
-                .spawn_worker(&myself, &coordinator, &self.coordinator.queue, index)
+                .spawn_worker(
+                    &myself,
+                    &coordinator,
+                    membership.as_ref(),
+                    &self.coordinator.queue,
+                    index,
+                )
                 .await?;
             workers.insert(id, index);
         }
@@ -218,7 +241,13 @@ impl Actor for NodeSupervisor {
         }
         state.restarts += 1;
         let id = self
-            .spawn_worker(&myself, &state.coordinator, &self.coordinator.queue, index)
+            .spawn_worker(
+                &myself,
+                &state.coordinator,
+                state.membership.as_ref(),
+                &self.coordinator.queue,
+                index,
+            )
             .await?;
         state.workers.insert(id, index);
         Ok(())

@@ -13,11 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use myco_jobs::{ChildResults, Executor, JobError, RunContext, Task};
+use myco_runtime::cluster::wire::{StreamFrame, StreamPiece, Wire};
 use myco_runtime::queue::{OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::coordinator::{Assignment, CoordinatorMsg};
+use crate::coordinator::{Assignment, CoordinatorMsg, Lane};
+use crate::membership::MembershipMsg;
+use crate::peer::PeerMsg;
+use crate::streams::Streams;
 
 /// Makes the executor a new worker thread owns.
 pub type ExecutorFactory = Arc<dyn Fn() -> Box<dyn Executor> + Send + Sync>;
@@ -35,7 +39,13 @@ impl ractor::Message for WorkerMsg {}
 /// A worker's fixed settings.
 pub struct Worker {
     pub index: usize,
+    /// The lane it pulls from: batch, or the executive (LLM inference).
+    pub lane: Lane,
     pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Where the output of streaming jobs of this node goes.
+    pub streams: Streams,
+    /// For streaming a stolen job's output to its owner.
+    pub membership: Option<ActorRef<MembershipMsg>>,
     pub queue: Queue,
     pub factory: ExecutorFactory,
 }
@@ -44,6 +54,7 @@ impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("index", &self.index)
+            .field("lane", &self.lane)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +74,8 @@ struct Command {
     children: Option<(Queue, myco_runtime::queue::JobId)>,
     attempt: u32,
     cancel: Arc<AtomicBool>,
+    /// Where a streaming task's pieces go.
+    stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
     reply: oneshot::Sender<Result<Vec<u8>, RunError>>,
 }
 
@@ -94,6 +107,16 @@ impl ExecutorThread {
                     }
                     Ok(())
                 };
+                let attempt = cmd.attempt;
+                let stream = cmd.stream.clone().map(|tx| {
+                    move |token: Option<i32>, text: &str| {
+                        let _ = tx.send(StreamPiece {
+                            attempt,
+                            token,
+                            text: text.to_owned(),
+                        });
+                    }
+                });
                 let ctx = RunContext {
                     attempt: cmd.attempt,
                     cancelled: &cancelled,
@@ -101,6 +124,7 @@ impl ExecutorThread {
                         .children
                         .is_some()
                         .then_some(&visit as &ChildResults<'_>),
+                    stream: stream.as_ref().map(|s| s as &myco_jobs::task::Stream<'_>),
                 };
                 match catch_unwind(AssertUnwindSafe(|| exec.run(&cmd.task, &ctx))) {
                     Ok(result) => {
@@ -125,6 +149,7 @@ impl ExecutorThread {
         children: Option<(Queue, myco_runtime::queue::JobId)>,
         attempt: u32,
         cancel: Arc<AtomicBool>,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
     ) -> Result<Vec<u8>, RunError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
@@ -132,12 +157,50 @@ impl ExecutorThread {
             children,
             attempt,
             cancel,
+            stream,
             reply,
         };
         if self.tx.try_send(cmd).is_err() {
             return Err(RunError::Gone);
         }
         rx.await.unwrap_or(Err(RunError::Gone))
+    }
+}
+
+/// Send a job's streamed pieces where its clients wait: this node's [`Streams`], or for a
+/// stolen job, the owner's PeerService. Pieces that pile up go out together.
+async fn forward(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<StreamPiece>,
+    id: myco_runtime::queue::JobId,
+    owner: Option<String>,
+    streams: Streams,
+    membership: Option<ActorRef<MembershipMsg>>,
+) {
+    let peer: Option<ActorRef<PeerMsg>> = match (&owner, &membership) {
+        (Some(owner), Some(m)) => m
+            .call(
+                |r| MembershipMsg::PeerRef(owner.clone(), r),
+                Some(Duration::from_secs(5)),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten(),
+        _ => None,
+    };
+    if owner.is_some() && peer.is_none() {
+        tracing::debug!(%id, "the owner is unreachable: its clients get the result at the end");
+    }
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let pieces = std::mem::take(&mut batch);
+        match (&owner, &peer) {
+            (None, _) => streams.publish(id, pieces),
+            (Some(_), Some(peer)) => {
+                let _ = peer.cast(PeerMsg::Stream(Wire::new(StreamFrame { id, pieces })));
+            }
+            (Some(_), None) => {}
+        }
     }
 }
 
@@ -181,9 +244,10 @@ impl Actor for Worker {
         exec: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let WorkerMsg::Pull = msg;
+        let lane = self.lane;
         let got = self
             .coordinator
-            .call(CoordinatorMsg::RequestWork, None)
+            .call(|reply| CoordinatorMsg::RequestWork(lane, reply), None)
             .await?;
         let Ok(Some(Assignment {
             lease,
@@ -200,11 +264,36 @@ impl Actor for Worker {
         let timeout = Duration::from_millis(lease.timeout_ms.max(1));
         // A joining parent reads its children's results here, at its owner.
         let children = (owner.is_none() && lease.task.joins()).then(|| (self.queue.clone(), id));
+        let (stream, forwarder) = if lease.task.streams() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let forwarder = tokio::spawn(forward(
+                rx,
+                id,
+                owner.clone(),
+                self.streams.clone(),
+                self.membership.clone(),
+            ));
+            (Some(tx), Some(forwarder))
+        } else {
+            (None, None)
+        };
         let outcome = tokio::time::timeout(
             timeout,
-            exec.run(lease.task, children, lease.attempt, cancel.clone()),
+            exec.run(lease.task, children, lease.attempt, cancel.clone(), stream),
         )
         .await;
+        if let Some(mut f) = forwarder {
+            // Once the executor has dropped its sender, the forwarder ends after sending the
+            // rest, so every piece goes out before the result. A stuck executor (a timeout)
+            // keeps its sender: then stop forwarding.
+            if outcome.is_err()
+                || tokio::time::timeout(Duration::from_secs(5), &mut f)
+                    .await
+                    .is_err()
+            {
+                f.abort();
+            }
+        }
         let cancelled = cancel.load(Ordering::SeqCst);
         let mut broken: Option<String> = None;
         let result: Option<Result<Vec<u8>, JobError>> = match outcome {

@@ -122,6 +122,22 @@ impl Client {
             .await
     }
 
+    /// A job's events as server-sent events (`piece`s, then `end`).
+    pub async fn stream(&self, id: &str) -> Result<reqwest::Response> {
+        self.send(self.http.get(format!("{}/api/jobs/{id}/stream", self.base)))
+            .await
+    }
+
+    /// `POST /v1/chat/completions` (or `/v1/completions`) with `stream: true`.
+    pub async fn complete_stream(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<reqwest::Response> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
     /// The raw result stream (JSON Lines).
     pub async fn result(&self, id: &str) -> Result<reqwest::Response> {
         self.send(self.http.get(format!("{}/api/jobs/{id}/result", self.base)))
@@ -140,4 +156,43 @@ fn root_cause(e: &reqwest::Error) -> String {
     } else {
         text
     }
+}
+
+/// Read server-sent events from `resp`, calling `on_event(event, data)` for each (the event
+/// name is `message` when none is given). Stops when `on_event` returns false or the
+/// stream ends.
+pub async fn read_sse(
+    resp: reqwest::Response,
+    mut on_event: impl FnMut(&str, &str) -> Result<bool>,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow!("the stream broke off: {}", root_cause(&e)))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let frame = String::from_utf8_lossy(&frame);
+            let mut event = "message";
+            let mut data: Option<String> = None;
+            for line in frame.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    let data = data.get_or_insert_with(String::new);
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            // A frame without data (a keep-alive comment) is no event.
+            let Some(data) = data else { continue };
+            if !on_event(event, &data)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{JobId, JobView, ListFilter, StateName};
 
+use crate::ask::Ask;
 use crate::client::{Client, NodeSaid, Unreachable};
 use crate::progress::Progress;
 use crate::{Cli, Command, NodeArgs};
@@ -25,6 +26,11 @@ use crate::{Cli, Command, NodeArgs};
 pub struct BadInput(pub String);
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<NodeSaid>()
+        .is_some_and(|n| n.code == "model_not_found")
+    {
+        return 2;
+    }
     if e.downcast_ref::<Unreachable>().is_some() {
         3
     } else if e.downcast_ref::<BadInput>().is_some()
@@ -211,6 +217,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Ask {
+            ref prompt,
+            ref model,
+            ref system,
+            raw,
+            max_tokens,
+            temperature,
+            seed,
+            n_ctx,
+            node: ref args,
+        } => {
+            let ask = Ask {
+                prompt: prompt.clone(),
+                model: model.clone(),
+                system: system.clone(),
+                raw,
+                max_tokens,
+                temperature,
+                seed,
+                n_ctx,
+            };
+            crate::ask::ask(&cli, &home, ask, args).await
+        }
         Command::Detect => {
             let caps = myco_runtime::detect::detect();
             if cli.json {
@@ -330,6 +359,9 @@ fn print_status(j: &JobView) {
     if let Some(h) = &j.holder {
         println!("holder    {h}");
     }
+    if let Some(w) = &j.waiting {
+        println!("waiting   {w}");
+    }
     if let Some(e) = &j.error {
         println!("error     {}", e.message);
     }
@@ -355,7 +387,7 @@ fn api_addr(cli: &Cli, home: &Home) -> SocketAddr {
         .unwrap_or_else(|| NodeConfig::default().api)
 }
 
-fn client(cli: &Cli, home: &Home) -> Client {
+pub(crate) fn client(cli: &Cli, home: &Home) -> Client {
     Client::new(api_addr(cli, home))
 }
 
@@ -374,7 +406,7 @@ fn read_spec(file: &Path) -> Result<SpecSource> {
     Ok(SpecSource { toml, base_dir })
 }
 
-fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig> {
+pub(crate) fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig> {
     let mut cfg = home.load_config().map_err(|e| BadInput(e.to_string()))?;
     if let Some(api) = cli.api {
         cfg.api = api;
@@ -557,7 +589,12 @@ async fn submit(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Result
         if !cli.json {
             eprintln!("submitted {id}");
         }
-        let job = follow(cli.json, || client.status(&id)).await?;
+        let first = client.status(&id).await?;
+        let job = if first.kind == myco_jobs::JobKind::Infer && !cli.json {
+            crate::ask::stream_job(&client, &id).await?
+        } else {
+            follow(cli.json, || client.status(&id)).await?
+        };
         let failures = if job.progress.failed > 0 {
             client
                 .list(&[

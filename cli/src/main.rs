@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 a job ended other than done, or an operation failed; 2 bad input
 //! (a malformed job.toml, a bad flag); 3 no node reachable at the API address.
 
+mod ask;
 mod bench;
 mod client;
 mod commands;
@@ -92,6 +93,33 @@ pub enum Command {
         /// How many chunks to return.
         #[arg(short = 'k', long, default_value_t = 5)]
         k: usize,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Ask an LLM (a GGUF model some node of the swarm holds) and print the answer as it is
+    /// generated. Asks the node at --api; with none running, starts one in this process.
+    Ask {
+        prompt: String,
+        /// The model: a GGUF file name in ~/.myco/models of some node (with or without
+        /// `.gguf`), or a path.
+        #[arg(long, short = 'm')]
+        model: String,
+        /// A system message put before the prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Send the prompt as raw text (no chat template).
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: u32,
+        /// 0 is greedy (deterministic).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u32,
+        /// Context size in tokens.
+        #[arg(long, default_value_t = 4096)]
+        n_ctx: u32,
         #[command(flatten)]
         node: NodeArgs,
     },

@@ -93,6 +93,9 @@ pub struct InferSection {
     pub repeat_penalty: Option<f32>,
     #[serde(default)]
     pub seed: u32,
+    /// Run only on a node that has a GPU.
+    #[serde(default)]
+    pub gpu: bool,
     #[serde(default)]
     pub stop: Vec<String>,
     #[serde(default = "default_n_ctx")]
@@ -276,8 +279,19 @@ impl JobSpec {
 
     /// Like [`JobSpec::parse`], resolving model names in `models_dir` (the node's).
     pub fn parse_in(text: &str, base_dir: &Path, models_dir: &Path) -> Result<JobSpec, SpecError> {
+        JobSpec::parse_swarm(text, base_dir, models_dir, &[])
+    }
+
+    /// Like [`JobSpec::parse_in`], also accepting an infer model held only by peers
+    /// (`remote`: their GGUF files, by file name and size). Such a job runs where the model is.
+    pub fn parse_swarm(
+        text: &str,
+        base_dir: &Path,
+        models_dir: &Path,
+        remote: &[ModelRef],
+    ) -> Result<JobSpec, SpecError> {
         let file = parse_file(text)?;
-        file.validate_in(base_dir, models_dir)
+        file.validate_in(base_dir, models_dir, remote)
     }
 
     /// Expand the job into the tasks the queue stores, with collections in the default
@@ -395,7 +409,12 @@ fn toml_problem(text: &str, field: &str, e: &toml::de::Error) -> SpecError {
 
 impl JobFile {
     /// Check every field; report all problems at once.
-    pub fn validate_in(self, base_dir: &Path, models_dir: &Path) -> Result<JobSpec, SpecError> {
+    pub fn validate_in(
+        self,
+        base_dir: &Path,
+        models_dir: &Path,
+        remote: &[ModelRef],
+    ) -> Result<JobSpec, SpecError> {
         let mut problems = Vec::new();
         let mut bad = |field: &str, message: String, hint: &str| {
             problems.push(Problem {
@@ -653,22 +672,47 @@ impl JobFile {
                             "use at least 8 tokens of context (the default is 4096)",
                         );
                     }
-                    let path = if i.model.contains('/') || i.model.starts_with('.') {
-                        resolve(base_dir, Path::new(&i.model))
+                    let by_name = !(i.model.contains('/') || i.model.starts_with('.'));
+                    let bare = i.model.strip_suffix(".gguf").unwrap_or(&i.model);
+                    let path = if by_name {
+                        let exact = models_dir.join(&i.model);
+                        let with_ext = models_dir.join(format!("{bare}.gguf"));
+                        if !exact.is_file() && with_ext.is_file() {
+                            with_ext
+                        } else {
+                            exact
+                        }
                     } else {
-                        models_dir.join(&i.model)
+                        resolve(base_dir, Path::new(&i.model))
                     };
-                    if !path.is_file() {
+                    // Held here, or else by a peer (then the job waits for that peer).
+                    let model = if path.is_file() {
+                        Some(ModelRef::at(
+                            &std::path::absolute(&path).unwrap_or_else(|_| path.clone()),
+                        ))
+                    } else if by_name {
+                        remote
+                            .iter()
+                            .find(|m| m.name == i.model || m.name == format!("{bare}.gguf"))
+                            .cloned()
+                    } else {
+                        None
+                    };
+                    if model.is_none() {
                         bad(
                             "infer.model",
-                            format!("no model file at {}", path.display()),
-                            "give the path of a GGUF file, or put it in ~/.myco/models and give its file name",
+                            format!(
+                                "no model file at {}, and no peer holds one of that name",
+                                path.display()
+                            ),
+                            "give the path of a GGUF file, or put it in ~/.myco/models on a node of the swarm and give its name",
                         );
                     }
                     let d = crate::infer::InferParams::default();
-                    prompt.map(|prompt| {
+                    prompt.zip(model).map(|(prompt, model)| {
                         Task::Infer(crate::infer::InferTask {
-                            model: ModelRef::at(&path),
+                            gpu: i.gpu,
+                            model,
                             prompt,
                             params: crate::infer::InferParams {
                                 max_tokens: i.max_tokens,

@@ -191,6 +191,16 @@ impl Task {
         matches!(self, Task::Archive(_) | Task::Chunk { .. })
     }
 
+    /// Only a node with a GPU may run it.
+    pub fn needs_gpu(&self) -> bool {
+        matches!(self, Task::Infer(t) if t.gpu)
+    }
+
+    /// A task whose output streams to its clients as it runs (see [`RunContext::stream`]).
+    pub fn streams(&self) -> bool {
+        matches!(self, Task::Infer(_))
+    }
+
     /// A parent that runs itself once its children have finished, with their results.
     pub fn joins(&self) -> bool {
         matches!(self, Task::Archive(_))
@@ -313,7 +323,13 @@ pub struct RunContext<'a> {
     pub cancelled: &'a (dyn Fn() -> bool + Sync),
     /// For a parent that [`Task::joins`]: its children's results.
     pub children: Option<&'a ChildResults<'a>>,
+    /// Where a streaming task (infer) sends its output as it goes: a token id (`None` for
+    /// text released at the end) and the text it completes.
+    pub stream: Option<&'a Stream<'a>>,
 }
+
+/// Receives a streaming task's pieces (see [`RunContext::stream`]).
+pub type Stream<'a> = dyn Fn(Option<i32>, &str) + 'a;
 
 impl std::fmt::Debug for RunContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -474,7 +490,11 @@ fn infer(t: &InferTask, home: &std::path::Path, ctx: &RunContext<'_>) -> Result<
     let path = t.model.resolve(home);
     let model = engine::shared_model(&path).map_err(infer_error)?;
     let generation = model
-        .generate(&t.prompt, &t.params, ctx.cancelled, &mut |_, _| {})
+        .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {
+            if let Some(stream) = ctx.stream {
+                stream(id, text);
+            }
+        })
         .map_err(infer_error)?;
     let mut out = serde_json::to_vec(&generation)
         .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;
@@ -523,37 +543,53 @@ fn run_noop(n: &NoopTask, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
     Ok(out)
 }
 
-/// Which tasks a node may take: its job kinds, and for a thief (`models` set) only tasks
-/// that need no owner and whose model it holds. The owner itself (`models: None`) takes
-/// anything of its kinds.
+/// Which tasks a holder may take: its job kinds; with `models` set, only tasks whose model
+/// it holds; and unless it is the owner, only tasks that need no owner.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fit {
     pub kinds: Vec<JobKind>,
-    /// The thief's embedding models as `(name, model.onnx bytes)`; `None` for the owner.
+    /// The holder's models as `(name, bytes)` (see [`ModelRef::id`]); `None`: any model.
     pub models: Option<Vec<(String, u64)>>,
+    /// The job's own node (it may run owner-only tasks such as an archive's join).
+    pub owner: bool,
+    /// The holder has a GPU.
+    pub gpu: bool,
 }
 
 impl Fit {
-    /// What the owner's own workers take.
+    /// What the owner's own workers take: anything of their kinds.
     pub fn local(kinds: &[JobKind]) -> Fit {
         Fit {
             kinds: kinds.to_vec(),
             models: None,
+            owner: true,
+            gpu: false,
+        }
+    }
+
+    /// What a thief holding `models` takes.
+    pub fn thief(kinds: &[JobKind], models: Vec<(String, u64)>) -> Fit {
+        Fit {
+            kinds: kinds.to_vec(),
+            models: Some(models),
+            owner: false,
+            gpu: false,
         }
     }
 
     pub fn accepts(&self, task: &Task) -> bool {
-        if !self.kinds.contains(&task.kind()) {
+        if !self.kinds.contains(&task.kind())
+            || (!self.owner && task.owner_only())
+            || (task.needs_gpu() && !self.gpu)
+        {
             return false;
         }
-        match &self.models {
-            None => true,
-            Some(models) => {
-                !task.owner_only()
-                    && task
-                        .model()
-                        .is_none_or(|m| models.iter().any(|(n, b)| *n == m.name && *b == m.bytes))
-            }
+        match (&self.models, task.model()) {
+            // The owner found a model given by path at submit (the path is absolute); one
+            // named only by a peer's copy has a bare file name for its path.
+            (Some(_), Some(m)) if self.owner && m.path.is_absolute() => true,
+            (Some(models), Some(m)) => models.iter().any(|(n, b)| *n == m.name && *b == m.bytes),
+            _ => true,
         }
     }
 }

@@ -30,9 +30,11 @@ fn greedy_generation_is_deterministic_and_streams_every_token() {
     let m = model(dir.path(), true);
     let prompt = Prompt::Text("hello swarm, run the job".into());
     let mut streamed = Vec::new();
+    let mut text = String::new();
     let a = m
-        .generate(&prompt, &greedy(24), &|| false, &mut |t, _| {
-            streamed.push(t)
+        .generate(&prompt, &greedy(24), &|| false, &mut |t, piece| {
+            streamed.extend(t);
+            text.push_str(piece);
         })
         .unwrap();
     let b = m
@@ -42,6 +44,29 @@ fn greedy_generation_is_deterministic_and_streams_every_token() {
     assert_eq!(a.tokens, b.tokens, "greedy decoding repeats itself");
     assert_eq!(a.text, b.text);
     assert_eq!(streamed, a.tokens, "every token was streamed, in order");
+    assert_eq!(text, a.text, "the pieces add up to the text");
+
+    // With a stop string taken from the middle of that text, the pieces still add up to
+    // the (shorter) text, and none of the stop string was given out.
+    let chars: Vec<char> = a.text.chars().collect();
+    if chars.len() >= 6 {
+        let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+        let mut params = greedy(24);
+        params.stop = vec![stop.clone()];
+        let mut pieces = String::new();
+        let s = m
+            .generate(&prompt, &params, &|| false, &mut |_, piece| {
+                pieces.push_str(piece)
+            })
+            .unwrap();
+        assert_eq!(s.finish_reason, Finish::Stop);
+        assert!(!s.text.contains(&stop), "{:?} holds {stop:?}", s.text);
+        assert!(a.text.starts_with(&s.text));
+        assert_eq!(
+            pieces, s.text,
+            "the streamed pieces stop before the stop string"
+        );
+    }
     assert_eq!(
         a.prompt_tokens as usize,
         m.tokenize("hello swarm, run the job").len()
@@ -126,4 +151,44 @@ fn bad_models_and_long_prompts_are_precise_errors() {
         )
         .unwrap_err();
     assert_eq!(err, InferError::Cancelled);
+}
+
+#[test]
+fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
+    use myco_jobs::infer::engine::{loaded_models, shared_model_with};
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = ["m0", "m1", "m2"]
+        .iter()
+        .map(|n| {
+            let p = dir.path().join(format!("{n}.gguf"));
+            TinyLlama::default().write(&p, false).unwrap();
+            p
+        })
+        .collect();
+    let plenty = || u64::MAX;
+    let a = shared_model_with(&paths[0], plenty).unwrap();
+    shared_model_with(&paths[1], plenty).unwrap();
+    // The same file again is the same loaded model, now the most recently used.
+    let again = shared_model_with(&paths[0], plenty).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &again));
+    let mine = |all: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
+        all.into_iter().filter(|p| paths.contains(p)).collect()
+    };
+    assert_eq!(mine(loaded_models()), [paths[1].clone(), paths[0].clone()]);
+    // Memory is short: loading a third evicts until it fits (here: everything else).
+    let calls = std::cell::Cell::new(0);
+    shared_model_with(&paths[2], || {
+        calls.set(calls.get() + 1);
+        if calls.get() > 1 { u64::MAX } else { 0 }
+    })
+    .unwrap();
+    let left = mine(loaded_models());
+    assert_eq!(
+        left,
+        [paths[0].clone(), paths[2].clone()],
+        "m1, least recently used, went first"
+    );
+    // A model in use stays alive for its user even once evicted.
+    shared_model_with(&paths[1], || 0).unwrap();
+    assert!(a.tokenize("hello").len() > 1);
 }

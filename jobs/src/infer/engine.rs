@@ -21,7 +21,7 @@ use super::{Finish, Generation, InferError, InferParams, Prompt};
 
 /// The process's llama.cpp backend: one per process, made on first use, logs off unless
 /// `MYCO_LLAMA_LOG` is set.
-fn backend() -> Result<&'static LlamaBackend, InferError> {
+pub fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -36,15 +36,28 @@ fn backend() -> Result<&'static LlamaBackend, InferError> {
 }
 
 /// Loaded models, shared by every executor thread of the process (each request makes its own
-/// context). The least recently used is dropped when more than [`MAX_LOADED`] are loaded.
+/// context), least recently used first. They stay loaded while memory allows: loading one
+/// more evicts the least recently used until the new file fits in available memory with
+/// [`HEADROOM`] to spare. A model still in use by a running request stays alive (it is an
+/// `Arc`) until that request ends.
 static LOADED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<LlmModel>)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// How many models a process keeps loaded at once.
-pub const MAX_LOADED: usize = 2;
+/// Memory kept free beyond a model's file size when deciding what stays loaded (contexts,
+/// KV caches, the rest of the node).
+pub const HEADROOM: u64 = 512 << 20;
 
-/// The model at `path`, loaded once per process and kept (see [`LOADED`]).
+/// The model at `path`, loaded once per process and kept while memory allows (see
+/// [`LOADED`]).
 pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError> {
+    shared_model_with(path, available_memory)
+}
+
+/// Like [`shared_model`], with the available-memory reading given (for tests).
+pub fn shared_model_with(
+    path: &Path,
+    available: impl Fn() -> u64,
+) -> Result<std::sync::Arc<LlmModel>, InferError> {
     {
         let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = loaded.iter().position(|(p, _)| p == path) {
@@ -52,6 +65,12 @@ pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError>
             let model = entry.1.clone();
             loaded.push(entry);
             return Ok(model);
+        }
+        // Make room first: evicting after the load would have both in memory at once.
+        let need = std::fs::metadata(path).map_or(0, |m| m.len()) + HEADROOM;
+        while !loaded.is_empty() && available() < need {
+            let (evicted, _) = loaded.remove(0);
+            tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
         }
     }
     // Load outside the lock: other threads keep using other models meanwhile.
@@ -61,10 +80,21 @@ pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError>
         return Ok(m.clone());
     }
     loaded.push((path.to_path_buf(), model.clone()));
-    if loaded.len() > MAX_LOADED {
-        loaded.remove(0);
-    }
     Ok(model)
+}
+
+/// The paths of the models loaded now, least recently used first.
+pub fn loaded_models() -> Vec<PathBuf> {
+    let loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    loaded.iter().map(|(p, _)| p.clone()).collect()
+}
+
+/// Memory the system can give without swapping (bytes); unknown counts as plenty.
+fn available_memory() -> u64 {
+    sysinfo::System::new().map_or(u64::MAX, |mut sys| {
+        sys.refresh_memory();
+        sys.available_memory()
+    })
 }
 
 /// A loaded GGUF model.
@@ -151,14 +181,16 @@ impl LlmModel {
             .collect()
     }
 
-    /// Run one request. `on_token` gets each token id with the text it completes (a token
-    /// that ends inside a UTF-8 character yields its text with the next one).
+    /// Run one request. `on_token` gets each token id with the text it releases, and at the
+    /// end `None` with any text still held back. Text is released as complete UTF-8 and never
+    /// past a possible start of a stop string, so the pieces always add up to the result's
+    /// text.
     pub fn generate(
         &self,
         prompt: &Prompt,
         params: &InferParams,
         cancelled: &dyn Fn() -> bool,
-        on_token: &mut dyn FnMut(i32, &str),
+        on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
         let text = self.render(prompt)?;
         let vocab = self.model.vocab();
@@ -197,6 +229,14 @@ impl LlmModel {
         let mut out_tokens = Vec::new();
         let mut bytes: Vec<u8> = Vec::new();
         let mut emitted = 0usize; // bytes of `bytes` already given to on_token
+        // A stop string may be completed by a later token: hold back what could begin one.
+        let hold = params
+            .stop
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .saturating_sub(1);
         let mut finish = Finish::Length;
         let mut piece = Vec::with_capacity(16);
         while out_tokens.len() < params.max_tokens as usize {
@@ -215,23 +255,23 @@ impl LlmModel {
             piece.clear();
             vocab.token_to_piece_into(token, &mut piece, false, None);
             bytes.extend_from_slice(&piece);
-            // Give out the complete UTF-8 text so far.
-            let valid = match std::str::from_utf8(&bytes[emitted..]) {
-                Ok(s) => s.len(),
-                Err(e) => e.valid_up_to(),
-            };
-            let new = std::str::from_utf8(&bytes[emitted..emitted + valid]).unwrap_or_default();
-            on_token(token.0, new);
-            emitted += valid;
             if let Some(cut) = stop_at(&bytes, &params.stop) {
-                bytes.truncate(cut);
+                bytes.truncate(cut.max(emitted));
                 finish = Finish::Stop;
+                on_token(Some(token.0), "");
                 break;
             }
+            let upto = bytes.len().saturating_sub(hold).max(emitted);
+            let (new, used) = utf8_release(&bytes[emitted..upto]);
+            emitted += used;
+            on_token(Some(token.0), &new);
             batch.clear();
             batch.add(token, pos, &[0], true).map_err(|e| engine(&e))?;
             pos += 1;
             ctx.decode(&mut batch).map_err(|e| engine(&e))?;
+        }
+        if emitted < bytes.len() {
+            on_token(None, &String::from_utf8_lossy(&bytes[emitted..]));
         }
         let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(Generation {
@@ -244,6 +284,36 @@ impl LlmModel {
             generation_ms,
         })
     }
+}
+
+/// The text `bytes` can release now, and how many bytes that uses: everything up to an
+/// incomplete character at the end (it may be completed by the next token). Invalid
+/// sequences become U+FFFD, as `String::from_utf8_lossy` makes them in the final text, so
+/// the released pieces add up to it.
+fn utf8_release(bytes: &[u8]) -> (String, usize) {
+    let mut out = String::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        match std::str::from_utf8(&bytes[at..]) {
+            Ok(s) => {
+                out.push_str(s);
+                at = bytes.len();
+            }
+            Err(e) => {
+                let valid = at + e.valid_up_to();
+                out.push_str(std::str::from_utf8(&bytes[at..valid]).unwrap_or_default());
+                match e.error_len() {
+                    Some(n) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        at = valid + n;
+                    }
+                    // Incomplete at the end: keep it for the next token.
+                    None => return (out, valid),
+                }
+            }
+        }
+    }
+    (out, at)
 }
 
 /// Where the first stop string starts in `bytes`, if one appears.
@@ -280,6 +350,20 @@ fn sampler(p: &InferParams, n_vocab: i32) -> LlamaSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn released_text_adds_up_to_the_lossy_text() {
+        // Valid text, an invalid byte, a character cut in two at the end.
+        let bytes = b"ab\xffc\xe2\x82";
+        let (text, used) = utf8_release(bytes);
+        assert_eq!(text, "ab\u{fffd}c");
+        assert_eq!(used, 4);
+        let (rest, _) = utf8_release(b"\xe2\x82\xac");
+        assert_eq!(
+            format!("{text}{rest}"),
+            String::from_utf8_lossy(b"ab\xffc\xe2\x82\xac")
+        );
+    }
 
     #[test]
     fn stop_strings_cut_at_the_first() {

@@ -16,6 +16,9 @@ pub struct InferTask {
     pub model: ModelRef,
     pub prompt: Prompt,
     pub params: InferParams,
+    /// Run only on a node with a GPU (`requires`: the model file is always required).
+    #[serde(default)]
+    pub gpu: bool,
 }
 
 /// Sampling and length settings of one request.

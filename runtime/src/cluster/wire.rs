@@ -13,7 +13,7 @@ use crate::detect::Capabilities;
 use crate::queue::{JobId, Lease};
 
 /// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// A payload that may have failed to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +156,23 @@ pub struct Delivery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryAck {
     pub settled: Vec<JobId>,
+}
+
+/// A piece of a running job's streamed output (an LLM token and the text it completes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPiece {
+    /// The attempt that produced it: a retried job streams again from the start.
+    pub attempt: u32,
+    /// The token id; `None` for text released at the end of the generation.
+    pub token: Option<i32>,
+    pub text: String,
+}
+
+/// A thief streams a stolen job's output to the job's owner, where clients wait for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFrame {
+    pub id: JobId,
+    pub pieces: Vec<StreamPiece>,
 }
 
 #[cfg(test)]

@@ -203,6 +203,9 @@ pub struct JobView {
     pub description: String,
     pub error: Option<JobError>,
     pub history: Vec<Transition>,
+    /// Why a queued job is not running, when its node knows (no node holds its model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 impl JobRecord {
@@ -263,6 +266,7 @@ impl JobRecord {
             description: self.task.describe(),
             error: self.last_error.clone(),
             history: self.history.clone(),
+            waiting: None,
         }
     }
 }

@@ -1,0 +1,649 @@
+//! LLM requests against real node processes on the tiny llama GGUF (real llama.cpp): the
+//! OpenAI-compatible API in both modes through a real HTTP client, `myco ask` streaming, a
+//! client that disconnects mid-stream, request errors, and chat ahead of a batch.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{Http, NodeProc, eventually, myco};
+use futures_util::StreamExt;
+use myco_jobs::gguf::TinyLlama;
+
+/// A home with the tiny model as `models/tiny.gguf` (with a chat template) and
+/// `models/plain.gguf` (without).
+fn home_with_models(root: &Path, name: &str) -> std::path::PathBuf {
+    let home = root.join(name);
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    TinyLlama::default()
+        .write(&home.join("models/tiny.gguf"), true)
+        .unwrap();
+    TinyLlama::default()
+        .write(&home.join("models/plain.gguf"), false)
+        .unwrap();
+    home
+}
+
+fn chat(max_tokens: u32, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "tiny",
+        "messages": [{ "role": "user", "content": "hello swarm" }],
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "repeat_penalty": 1.0,
+        "n_ctx": 256,
+        "stream": stream,
+    })
+}
+
+/// The `data:` payloads of a server-sent event stream, as they arrive, until `[DONE]`.
+async fn sse_data(resp: reqwest::Response, mut each: impl FnMut(&str) -> bool) {
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk.unwrap());
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let frame = String::from_utf8(frame).unwrap();
+            for line in frame.lines() {
+                if let Some(d) = line.strip_prefix("data: ")
+                    && !each(d)
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn openai_chat_and_completions_in_both_modes_and_errors_in_openai_shape() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+
+    let (status, models) = http.get(&node.url("/v1/models")).unwrap();
+    assert_eq!(status, 200, "{models}");
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["plain", "tiny"], "{models}");
+
+    // Without streaming: the whole answer, its token ids, usage and finish reason.
+    let (status, whole) = http
+        .post(&node.url("/v1/chat/completions"), &chat(24, false))
+        .unwrap();
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["object"], "chat.completion");
+    let text = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tokens = whole["myco"]["tokens"].as_array().unwrap().clone();
+    assert!(!tokens.is_empty(), "{whole}");
+    assert_eq!(whole["usage"]["completion_tokens"], tokens.len());
+    let again = http
+        .post(&node.url("/v1/chat/completions"), &chat(24, false))
+        .unwrap()
+        .1;
+    assert_eq!(
+        again["myco"]["tokens"], whole["myco"]["tokens"],
+        "greedy is deterministic"
+    );
+
+    // Streaming: several chunks that add up to the same text, then the finish, then [DONE].
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (chunks, streamed, finish, done) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(node.url("/v1/chat/completions"))
+            .json(&chat(24, true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let (mut chunks, mut text, mut finish, mut done) = (0, String::new(), None, false);
+        sse_data(resp, |d| {
+            if d == "[DONE]" {
+                done = true;
+                return false;
+            }
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            assert_eq!(v["object"], "chat.completion.chunk", "{v}");
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str()
+                && !t.is_empty()
+            {
+                chunks += 1;
+                text.push_str(t);
+            }
+            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                finish = Some(f.to_owned());
+            }
+            true
+        })
+        .await;
+        (chunks, text, finish, done)
+    });
+    assert!(done, "the stream ends with [DONE]");
+    assert_eq!(streamed, text, "the streamed pieces add up to the answer");
+    assert!(chunks > 1, "the answer came in {chunks} pieces");
+    assert_eq!(
+        finish.as_deref(),
+        whole["choices"][0]["finish_reason"].as_str()
+    );
+
+    // Plain completions, both modes.
+    let body = serde_json::json!({
+        "model": "plain.gguf", "prompt": "once upon", "max_tokens": 8, "temperature": 0.0,
+        "n_ctx": 128,
+    });
+    let (status, plain) = http.post(&node.url("/v1/completions"), &body).unwrap();
+    assert_eq!(status, 200, "{plain}");
+    assert_eq!(plain["object"], "text_completion");
+    assert!(plain["choices"][0]["text"].is_string());
+
+    // Errors: OpenAI's shape, a status that fits, the node keeps serving.
+    let mut missing = chat(4, false);
+    missing["model"] = "no-such-model".into();
+    let (status, e) = http
+        .post(&node.url("/v1/chat/completions"), &missing)
+        .unwrap();
+    assert_eq!(status, 404, "{e}");
+    assert_eq!(e["error"]["code"], "model_not_found");
+    assert_eq!(e["error"]["param"], "model");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model")
+    );
+
+    let mut no_template = chat(4, true);
+    no_template["model"] = "plain".into();
+    let (status, e) = http
+        .post(&node.url("/v1/chat/completions"), &no_template)
+        .unwrap();
+    assert_eq!(status, 400, "{e}");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no chat template"),
+        "{e}"
+    );
+
+    // A corrupt GGUF (its tensors cut off) is named.
+    let bytes = std::fs::read(home.join("models/tiny.gguf")).unwrap();
+    std::fs::write(home.join("models/broken.gguf"), &bytes[..bytes.len() / 2]).unwrap();
+    let mut broken = chat(4, false);
+    broken["model"] = "broken".into();
+    let (status, e) = http
+        .post(&node.url("/v1/chat/completions"), &broken)
+        .unwrap();
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("broken.gguf"),
+        "{e}"
+    );
+
+    let mut too_long = chat(4, false);
+    too_long["messages"][0]["content"] = "word ".repeat(400).into();
+    too_long["n_ctx"] = 64.into();
+    let (status, e) = http
+        .post(&node.url("/v1/chat/completions"), &too_long)
+        .unwrap();
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("n_ctx"),
+        "{e}"
+    );
+    // Fatal: one attempt, no retries.
+    let (_, dead) = http.get(&node.url("/api/jobs?state=dead")).unwrap();
+    let dead = dead["jobs"].as_array().unwrap();
+    assert_eq!(dead.len(), 3, "no template, corrupt, too long: {dead:?}");
+    for job in dead {
+        assert_eq!(job["attempts"], 1, "{job}");
+        assert_eq!(leased_by(job).len(), 1, "{job}");
+    }
+
+    let (status, after) = http
+        .post(&node.url("/v1/chat/completions"), &chat(24, false))
+        .unwrap();
+    assert_eq!(status, 200, "the node keeps serving: {after}");
+    assert_eq!(after["myco"]["tokens"], whole["myco"]["tokens"]);
+}
+
+#[test]
+fn a_client_that_disconnects_mid_stream_cancels_and_frees_the_executor() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // A long generation (the context is the limit, far beyond what the test waits for).
+    let mut long = chat(100_000, true);
+    long["n_ctx"] = 16_384.into();
+    let id = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(node.url("/v1/chat/completions"))
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut id = String::new();
+        let mut pieces = 0;
+        sse_data(resp, |d| {
+            let v: serde_json::Value = serde_json::from_str(d).unwrap();
+            id = v["id"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("chatcmpl-")
+                .to_owned();
+            if v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+            {
+                pieces += 1;
+            }
+            // Leave after a few tokens: the response (and its connection) is dropped.
+            pieces < 5
+        })
+        .await;
+        id
+    });
+    // Dropping the runtime closes the connection for sure.
+    drop(rt);
+    let job = eventually(Duration::from_secs(60), "the job is cancelled", || {
+        let (_, job) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
+        (job["state"] == "cancelled").then_some(job)
+    });
+    assert_eq!(leased_by(&job), ["test"], "it ran once: {job}");
+
+    // The executive is free: the next request is answered.
+    let (status, next) = http
+        .post(&node.url("/v1/chat/completions"), &chat(8, false))
+        .unwrap();
+    assert_eq!(status, 200, "{next}");
+    assert!(next["choices"][0]["finish_reason"].is_string(), "{next}");
+}
+
+#[test]
+fn myco_ask_prints_tokens_as_they_come() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+    // `myco ask` leaves repeat_penalty at its default.
+    let mut req = chat(24, false);
+    req.as_object_mut().unwrap().remove("repeat_penalty");
+    let (_, whole) = http.post(&node.url("/v1/chat/completions"), &req).unwrap();
+    let expected = whole["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let ask = |max: &str| {
+        let mut cmd = myco(&home);
+        cmd.args([
+            "--api",
+            &node.addr.to_string(),
+            "ask",
+            "hello swarm",
+            "--model",
+            "tiny",
+        ])
+        .args([
+            "--temperature",
+            "0",
+            "--n-ctx",
+            "16384",
+            "--max-tokens",
+            max,
+        ]);
+        cmd
+    };
+    // Greedy: the same text as the API's answer.
+    let out = ask("24").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{expected}\n")
+    );
+
+    // The first bytes arrive while the generation still runs.
+    let mut child = ask("100000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "output came before the end"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    // Killing the client cancels the generation.
+    eventually(
+        Duration::from_secs(60),
+        "the abandoned request is cancelled",
+        || {
+            let (_, jobs) = http.get(&node.url("/api/jobs?state=cancelled")).unwrap();
+            (!jobs["jobs"].as_array().unwrap().is_empty()).then_some(())
+        },
+    );
+
+    // An unknown model is bad input (exit 2), named.
+    let out = myco(&home)
+        .args([
+            "--api",
+            &node.addr.to_string(),
+            "ask",
+            "hi",
+            "--model",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+#[test]
+fn a_chat_request_is_served_while_a_batch_of_1000_chunk_jobs_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let docs = root.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..1000 {
+        std::fs::write(
+            docs.join(format!("doc{i:04}.md")),
+            format!(
+                "# Note {i}\n\n{}",
+                format!("The swarm keeps note {i} about the mini PC. ").repeat(80)
+            ),
+        )
+        .unwrap();
+    }
+    let job = root.path().join("batch.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"docs\"\nmax_tokens = 64\n",
+    )
+    .unwrap();
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+    let out = myco(&home)
+        .args(["--api", &node.addr.to_string(), "--json", "submit"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    // Once the batch is under way, ask.
+    eventually(Duration::from_secs(60), "the batch starts", || {
+        let (_, j) = http.get(&node.url(&format!("/api/jobs/{batch}"))).unwrap();
+        (j["progress"]["done"].as_u64().unwrap() > 0).then_some(())
+    });
+    let (status, answer) = http
+        .post(&node.url("/v1/chat/completions"), &chat(16, false))
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let chat_id = answer["myco"]["job"].as_str().unwrap().to_owned();
+    let (_, chat_job) = http
+        .get(&node.url(&format!("/api/jobs/{chat_id}")))
+        .unwrap();
+    let chat_done = chat_job["finished_ms"].as_u64().unwrap();
+
+    let batch_job = eventually(Duration::from_secs(300), "the batch ends", || {
+        let (_, j) = http.get(&node.url(&format!("/api/jobs/{batch}"))).unwrap();
+        (j["state"] == "done").then_some(j)
+    });
+    let (_, children) = http
+        .get(&node.url(&format!("/api/jobs?parent={batch}&limit=2000")))
+        .unwrap();
+    let children = children["jobs"].as_array().unwrap();
+    assert_eq!(children.len(), 1000, "{batch_job}");
+    let after = children
+        .iter()
+        .filter(|c| c["finished_ms"].as_u64().unwrap() > chat_done)
+        .count();
+    eprintln!("{after} of 1000 batch jobs finished after the chat request");
+    assert!(
+        after > 0,
+        "the chat request was answered before the batch ended"
+    );
+}
+
+fn copy_secret(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("swarm.key"), to.join("swarm.key")).unwrap();
+}
+
+/// The leases in a job's history, by holder name (`c#...` → `c`).
+fn leased_by(job: &serde_json::Value) -> Vec<String> {
+    job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "leased")
+        .filter_map(|t| t["note"].as_str())
+        .map(|h| h.split('#').next().unwrap_or(h).to_owned())
+        .collect()
+}
+
+#[test]
+fn infer_jobs_run_where_the_model_is_and_give_the_same_tokens_on_any_node() {
+    let root = tempfile::tempdir().unwrap();
+    let home = |n: &str| root.path().join(n);
+    let job = root.path().join("ask.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"infer\"\n[infer]\nmodel = \"tiny\"\nprompt = \"hello swarm\"\ntemperature = 0.0\nrepeat_penalty = 1.0\nthreads = 1\nn_ctx = 256\nmax_tokens = 16\n",
+    )
+    .unwrap();
+    let one = &["--workers", "1", "--no-discovery"];
+    let a = NodeProc::start_with(&home("a"), &[&["--name", "a"][..], one].concat());
+    let joined = |n: &'static str| {
+        copy_secret(&home("a"), &home(n));
+        [
+            &["--name", n, "--join", a.cluster.as_deref().unwrap()][..],
+            one,
+        ]
+        .concat()
+    };
+    let b = NodeProc::start_with(&home("b"), &joined("b"));
+    // Only c holds the model.
+    let c_home = home_with_models(root.path(), "c");
+    let mut c = NodeProc::start_with(&c_home, &joined("c"));
+    let http = Http::new();
+    for node in [&a, &b] {
+        eventually(Duration::from_secs(30), "c's model is seen", || {
+            let (_, m) = http.get(&node.url("/v1/models")).unwrap();
+            let tiny = m["data"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == "tiny")?
+                .clone();
+            (tiny["nodes"] == serde_json::json!(["c"])).then_some(())
+        });
+    }
+
+    let submit = |node: &NodeProc, json: bool| {
+        let mut cmd = myco(&node.home);
+        cmd.args(["--api", &node.addr.to_string()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.args(["submit", "--wait"]).arg(&job).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let run_at = |node: &NodeProc| -> (Vec<String>, serde_json::Value) {
+        let v: serde_json::Value = serde_json::from_str(&submit(node, true)).unwrap();
+        let id = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+        let (_, job) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
+        let (_, result) = http
+            .get_text(&node.url(&format!("/api/jobs/{id}/result")))
+            .unwrap();
+        (leased_by(&job), serde_json::from_str(&result).unwrap())
+    };
+
+    let (by, reference) = run_at(&c);
+    assert_eq!(by, ["c"]);
+    for node in [&a, &b] {
+        let (by, got) = run_at(node);
+        assert_eq!(by, ["c"], "only the node with the model ever held the job");
+        assert_eq!(got["tokens"], reference["tokens"]);
+    }
+    // `submit --wait` streams the tokens, across the swarm, to the terminal.
+    let printed = submit(&b, false);
+    assert_eq!(
+        printed,
+        format!("{}\n", reference["text"].as_str().unwrap())
+    );
+
+    // A job accepted for c's model waits at a, and says why, while no node holding the
+    // model is up. c's executive is kept busy by a long request so that it cannot take the
+    // job; then c dies.
+    let c_url = c.url("/v1/chat/completions");
+    std::thread::spawn(move || {
+        let mut long = chat(60_000, false);
+        long["n_ctx"] = 65_536.into();
+        let _ = Http::new().post(&c_url, &long);
+    });
+    eventually(Duration::from_secs(30), "c is busy", || {
+        let (_, jobs) = http.get(&c.url("/api/jobs?state=leased")).unwrap();
+        (!jobs["jobs"].as_array()?.is_empty()).then_some(())
+    });
+    let out = myco(&a.home)
+        .args(["--api", &a.addr.to_string(), "submit"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let waiting = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    c.kill9();
+    let status = eventually(Duration::from_secs(30), "the job says why it waits", || {
+        let (_, j) = http.get(&a.url(&format!("/api/jobs/{waiting}"))).unwrap();
+        j["waiting"].as_str().map(str::to_owned)
+    });
+    assert!(status.contains("tiny.gguf"), "{status}");
+    let shown = myco(&a.home)
+        .args(["--api", &a.addr.to_string(), "status", &waiting])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("waiting"));
+
+    // The model copied to a and b: the waiting job runs, and each node runs what is
+    // submitted to it itself, with the same tokens.
+    for n in ["a", "b"] {
+        std::fs::create_dir_all(home(n).join("models")).unwrap();
+        std::fs::copy(
+            c_home.join("models/tiny.gguf"),
+            home(n).join("models/tiny.gguf"),
+        )
+        .unwrap();
+    }
+    let done = eventually(Duration::from_secs(60), "the waiting job runs", || {
+        let (_, j) = http.get(&a.url(&format!("/api/jobs/{waiting}"))).unwrap();
+        (j["state"] == "done").then_some(j)
+    });
+    // a runs it, or b steals it: both now hold the model.
+    let by = leased_by(&done);
+    assert!(by == ["a"] || by == ["b"], "{by:?}");
+    let (_, result) = http
+        .get_text(&a.url(&format!("/api/jobs/{waiting}/result")))
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    assert_eq!(result["tokens"], reference["tokens"]);
+    for (node, name) in [(&a, "a"), (&b, "b")] {
+        let (by, got) = run_at(node);
+        assert_eq!(by, [name]);
+        assert_eq!(
+            got["tokens"], reference["tokens"],
+            "the same tokens on node {name}"
+        );
+    }
+}
+
+#[test]
+fn a_job_that_requires_a_gpu_waits_and_says_why_where_no_node_has_one() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let detect = myco(&home).args(["--json", "detect"]).output().unwrap();
+    let caps: serde_json::Value = serde_json::from_slice(&detect.stdout).unwrap();
+    if caps["gpus"].as_array().is_some_and(|g| !g.is_empty()) {
+        eprintln!("this machine has a GPU: nothing to show");
+        return;
+    }
+    let job = root.path().join("gpu.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"infer\"\n[infer]\nmodel = \"tiny\"\nprompt = \"hi\"\ngpu = true\nmax_tokens = 4\nn_ctx = 64\n",
+    )
+    .unwrap();
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+    let out = myco(&home)
+        .args(["--api", &node.addr.to_string(), "submit"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let job = eventually(Duration::from_secs(20), "the job says why it waits", || {
+        let (_, j) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
+        j["waiting"].is_string().then_some(j)
+    });
+    assert_eq!(job["state"], "queued", "{job}");
+    assert!(job["waiting"].as_str().unwrap().contains("GPU"), "{job}");
+    // Other requests are served meanwhile.
+    let (status, _) = http
+        .post(&node.url("/v1/chat/completions"), &chat(4, false))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (_, still) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
+    assert_eq!(still["state"], "queued", "{still}");
+}
