@@ -357,7 +357,7 @@ pub fn fmt_rate(rate: Option<f64>) -> String {
 /// `a / b` formatted as `"56.3x"`, or `"n/a"`.
 pub fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "n/a".to_owned(),
     }
 }

@@ -167,6 +167,9 @@ impl ExecutorThread {
     }
 }
 
+/// How often streamed pieces go out after the first: about 60 times a second.
+const FLUSH: Duration = Duration::from_millis(16);
+
 /// Send a job's streamed pieces where its clients wait: this node's [`Streams`], or for a
 /// stolen job, the owner's PeerService. Pieces that pile up go out together.
 async fn forward(
@@ -201,6 +204,10 @@ async fn forward(
             }
             (Some(_), None) => {}
         }
+        // The first piece goes out at once (time to first token); after it, pieces go out
+        // in groups at most every FLUSH, so that a fast decode loop does not wake this task
+        // (and take a core from it) once per token.
+        tokio::time::sleep(FLUSH).await;
     }
 }
 
