@@ -381,7 +381,8 @@ mod tests {
         assert_eq!(group_digits(1_234_567.0), "1,234,567");
         assert_eq!(group_digits(800.0), "800");
         assert_eq!(group_digits(81.25), "81.2");
-        assert_eq!(fmt_ratio(Some(45_000.0), Some(900.0)), "50.0x");
+        assert_eq!(fmt_ratio(Some(45_000.0), Some(900.0)), "50.00x");
+        assert_eq!(fmt_ratio(Some(96.1), Some(102.0)), "0.94x");
         assert_eq!(fmt_ratio(None, Some(1.0)), "n/a");
     }
 }

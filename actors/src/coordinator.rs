@@ -180,6 +180,8 @@ pub struct CoordinatorState {
     steals: u64,
     stolen_jobs: u64,
     steal_secs: f64,
+    /// Steal attempts made (picks the lane of the next one).
+    steal_rounds: u64,
     delivering: bool,
     outbox_pending: bool,
     /// Something was added to the outbox while a delivery round ran.
@@ -247,6 +249,7 @@ impl Actor for Coordinator {
             steals: 0,
             stolen_jobs: 0,
             steal_secs: 0.0,
+            steal_rounds: 0,
             delivering: false,
             outbox_pending,
             redeliver: false,
@@ -353,9 +356,7 @@ impl Actor for Coordinator {
                     state.outbox_pending = true;
                 }
                 self.tick(&myself, state);
-                if state.ticks.is_multiple_of(4)
-                    && self.queue.stats().by_state[StateName::Queued.index()] > 0
-                {
+                if state.ticks.is_multiple_of(4) {
                     // A model may have arrived since the executive last looked: queued infer
                     // jobs for it are not announced by the queue.
                     self.refill_lane(&myself, state, Lane::Executive);
@@ -586,7 +587,10 @@ impl Coordinator {
             return;
         }
         let kinds = self.lane_kinds(lane);
-        if kinds.is_empty() {
+        // A lease that finds nothing still walks the whole ready table: skip it when no job
+        // of the lane's kinds is queued (the idle executive would otherwise scan a queue of
+        // batch work on every event).
+        if kinds.is_empty() || self.queue.queued_of(&kinds) == 0 {
             return;
         }
         state.leasing[l] = true;
@@ -637,16 +641,24 @@ impl Coordinator {
         {
             return;
         }
+        // One lane a round (alternating when both starve), each asking for what it can start:
+        // the executive takes no more requests than it has idle executives.
+        state.steal_rounds += 1;
+        let lane = starving[state.steal_rounds as usize % starving.len()];
+        let idle = state.idle[lane as usize].len() as u32;
+        let max = match lane {
+            Lane::Batch => idle + 1,
+            Lane::Executive => idle,
+        };
         state.stealing = true;
-        let kinds: Vec<JobKind> = starving.iter().flat_map(|l| self.lane_kinds(*l)).collect();
-        let idle: usize = starving.iter().map(|l| state.idle[*l as usize].len()).sum();
+        let kinds = self.lane_kinds(lane);
         let mut request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
             fit: Fit {
                 gpu: self.gpu,
                 ..Fit::thief(&kinds, Vec::new())
             },
-            max: idle as u32 + 1,
+            max,
             lease: self.lease,
         };
         let membership = membership.clone();

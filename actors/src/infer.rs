@@ -148,30 +148,40 @@ pub enum Followed {
 
 /// Follow job `id`: its streamed pieces, then its final record. Runs until the job ends or
 /// the receiver is dropped; with `cancel_on_drop`, a receiver dropped before the end (a
-/// client that went away) cancels the job, which frees the executor running it.
+/// client that went away) cancels the job, which frees the executor running it. The job's
+/// record is read when the queue finishes jobs (and every second), not once per piece.
 pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, cancel_on_drop: bool) {
     let mut sub = Subscription::new(&node.streams, id);
+    let queue = node.queue.clone();
+    let mut finished = Box::pin(queue.finished());
+    finished.as_mut().enable();
+    let mut check = true;
     loop {
-        let finished = node.queue.finished();
-        tokio::pin!(finished);
-        finished.as_mut().enable();
-        match node.get(id).await {
-            Ok(Some(rec)) if rec.state.is_terminal() => {
-                // Pieces published before the end are all here by now.
-                while let Some(p) = sub.try_next() {
-                    if tx.send(Followed::Piece(p)).await.is_err() {
-                        return;
+        if check {
+            check = false;
+            match node.get(id).await {
+                Ok(Some(rec)) if rec.state.is_terminal() => {
+                    // Pieces published before the end are all here by now.
+                    while let Some(p) = sub.try_next() {
+                        if tx.send(Followed::Piece(p)).await.is_err() {
+                            return;
+                        }
                     }
+                    let _ = tx.send(Followed::End(Box::new(rec))).await;
+                    return;
                 }
-                let _ = tx.send(Followed::End(Box::new(rec))).await;
-                return;
+                Ok(Some(_)) => {}
+                _ => return,
             }
-            Ok(Some(_)) => {}
-            _ => return,
         }
         tokio::select! {
             piece = sub.next() => {
-                let Some(p) = piece else { return };
+                let Some(p) = piece else {
+                    // The stream was dropped: keep waiting for the end on the record.
+                    sub = Subscription::new(&node.streams, id);
+                    check = true;
+                    continue;
+                };
                 if tx.send(Followed::Piece(p)).await.is_err() {
                     if cancel_on_drop {
                         let _ = node.cancel(id).await;
@@ -179,7 +189,12 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, can
                     return;
                 }
             }
-            () = &mut finished => {}
+            () = &mut finished => {
+                // Arm the next wake-up before reading, so no commit in between is missed.
+                finished = Box::pin(queue.finished());
+                finished.as_mut().enable();
+                check = true;
+            }
             () = tx.closed() => {
                 if cancel_on_drop {
                     tracing::info!(%id, "the client went away: cancelling its request");
@@ -187,7 +202,7 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, can
                 }
                 return;
             }
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => check = true,
         }
     }
 }
@@ -203,18 +218,18 @@ pub fn spawn_follow(
     rx
 }
 
-/// Keeps the text a client has been sent: pieces of one attempt only (a retried job streams
+/// Keeps the text a client has been sent: pieces of one run only (a job run again streams
 /// again from its start), and at the end whatever of the final text it has not seen.
 #[derive(Debug, Default)]
 pub struct Relay {
-    attempt: Option<u32>,
+    run: Option<u64>,
     sent: String,
 }
 
 impl Relay {
     /// The text of `piece` to send on, if any.
     pub fn piece(&mut self, piece: &StreamPiece) -> Option<String> {
-        if *self.attempt.get_or_insert(piece.attempt) != piece.attempt || piece.text.is_empty() {
+        if *self.run.get_or_insert(piece.run) != piece.run || piece.text.is_empty() {
             return None;
         }
         self.sent.push_str(&piece.text);

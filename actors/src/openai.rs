@@ -223,6 +223,9 @@ impl Flavor {
     }
 }
 
+/// The longest a non-streaming request waits for its answer.
+const WAIT_LIMIT: Duration = Duration::from_secs(900);
+
 fn bad_request(param: &str, message: String) -> Response {
     error(
         StatusCode::BAD_REQUEST,
@@ -353,23 +356,36 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
     let mut rx = crate::infer::spawn_follow(&node, id, req.stream);
     let name = req.model;
     if !req.stream {
-        // The whole answer at once: wait for the end. A client that goes away stops
-        // waiting, and the job still finishes (its result stays on record).
-        loop {
-            match rx.recv().await {
-                Some(Followed::Piece(_)) => {}
-                Some(Followed::End(rec)) => return finished(&node, flavor, &name, *rec).await,
-                None => {
-                    return error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "server_error",
-                        None,
-                        "internal",
-                        format!("lost track of job {id}"),
-                    );
+        // The whole answer at once: wait for the end, at most WAIT_LIMIT (then the job is
+        // cancelled: it may wait for a node holding its model that never comes). A client
+        // that goes away stops waiting, and the job still finishes (its result stays on
+        // record).
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Some(Followed::Piece(_)) => {}
+                    Some(Followed::End(rec)) => return Some(rec),
+                    None => return None,
                 }
             }
-        }
+        };
+        return match tokio::time::timeout(WAIT_LIMIT, wait).await {
+            Ok(Some(rec)) => finished(&node, flavor, &name, *rec).await,
+            Ok(None) => failed_internal(id),
+            Err(_) => {
+                let _ = node.cancel(id).await;
+                error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "server_error",
+                    None,
+                    "timeout",
+                    format!(
+                        "request {id} did not finish within {} s and was cancelled; GET /api/jobs/{id} says why it waited",
+                        WAIT_LIMIT.as_secs()
+                    ),
+                )
+            }
+        };
     }
     // Wait for the first event: a request that fails at once (a prompt too long, no chat
     // template) gets a plain error response, not a broken stream.

@@ -11,7 +11,7 @@ use myco_runtime::cluster::wire::{
     Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StealGrant, StealRequest,
     StreamFrame, Wire,
 };
-use myco_runtime::queue::{Queue, QueueError, StateName};
+use myco_runtime::queue::{Queue, QueueError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use tokio::task::JoinSet;
@@ -164,7 +164,8 @@ impl Actor for PeerService {
 
 /// Lease about half of what waits here (at most what the thief asked for) to the thief.
 async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
-    let queued = queue.stats().by_state[StateName::Queued.index()];
+    // Only what the thief could run counts (a lease that finds nothing scans the queue).
+    let queued = queue.queued_of(&req.fit.kinds);
     let n = (queued.div_ceil(2) as usize).min(req.max as usize);
     let leases = if n == 0 {
         Vec::new()

@@ -6,7 +6,7 @@
 //! subscribes by job id and gets what was published so far, then the rest as it comes, so it
 //! does not matter whether it subscribes before or after the job starts. Streams are volatile
 //! (a restart loses them; the job's durable result does not), and are forgotten a while after
-//! their last piece.
+//! their last piece or subscriber, never while a client follows them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +50,7 @@ impl Streams {
     pub fn publish(&self, id: JobId, pieces: Vec<StreamPiece>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        map.retain(|_, e| now.duration_since(e.touched) < KEEP);
+        map.retain(|_, e| e.tx.receiver_count() > 0 || now.duration_since(e.touched) < KEEP);
         let entry = map.entry(id).or_insert_with(Entry::new);
         entry.touched = now;
         for piece in pieces {
@@ -65,6 +65,7 @@ impl Streams {
     pub fn subscribe(&self, id: JobId) -> (Vec<StreamPiece>, broadcast::Receiver<StreamPiece>) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let entry = map.entry(id).or_insert_with(Entry::new);
+        entry.touched = Instant::now();
         (entry.pieces.clone(), entry.tx.subscribe())
     }
 }
@@ -143,7 +144,7 @@ mod tests {
 
     fn piece(i: i32) -> StreamPiece {
         StreamPiece {
-            attempt: 1,
+            run: 1,
             token: Some(i),
             text: i.to_string(),
         }

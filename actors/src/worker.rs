@@ -73,6 +73,8 @@ struct Command {
     /// For a parent that joins its children: the queue to read their results from.
     children: Option<(Queue, myco_runtime::queue::JobId)>,
     attempt: u32,
+    /// The lease token: tells this run's streamed pieces from another's.
+    run: u64,
     cancel: Arc<AtomicBool>,
     /// Where a streaming task's pieces go.
     stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
@@ -107,11 +109,11 @@ impl ExecutorThread {
                     }
                     Ok(())
                 };
-                let attempt = cmd.attempt;
+                let run = cmd.run;
                 let stream = cmd.stream.clone().map(|tx| {
                     move |token: Option<i32>, text: &str| {
                         let _ = tx.send(StreamPiece {
-                            attempt,
+                            run,
                             token,
                             text: text.to_owned(),
                         });
@@ -148,6 +150,7 @@ impl ExecutorThread {
         task: Task,
         children: Option<(Queue, myco_runtime::queue::JobId)>,
         attempt: u32,
+        run: u64,
         cancel: Arc<AtomicBool>,
         stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
     ) -> Result<Vec<u8>, RunError> {
@@ -156,6 +159,7 @@ impl ExecutorThread {
             task,
             children,
             attempt,
+            run,
             cancel,
             stream,
             reply,
@@ -286,7 +290,14 @@ impl Actor for Worker {
         };
         let outcome = tokio::time::timeout(
             timeout,
-            exec.run(lease.task, children, lease.attempt, cancel.clone(), stream),
+            exec.run(
+                lease.task,
+                children,
+                lease.attempt,
+                token,
+                cancel.clone(),
+                stream,
+            ),
         )
         .await;
         if let Some(mut f) = forwarder {

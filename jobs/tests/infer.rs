@@ -166,10 +166,10 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
         })
         .collect();
     let plenty = || u64::MAX;
-    let a = shared_model_with(&paths[0], plenty).unwrap();
-    shared_model_with(&paths[1], plenty).unwrap();
+    let a = shared_model_with(&paths[0], plenty, u64::MAX).unwrap();
+    shared_model_with(&paths[1], plenty, u64::MAX).unwrap();
     // The same file again is the same loaded model, now the most recently used.
-    let again = shared_model_with(&paths[0], plenty).unwrap();
+    let again = shared_model_with(&paths[0], plenty, u64::MAX).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &again));
     let mine = |all: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
         all.into_iter().filter(|p| paths.contains(p)).collect()
@@ -177,10 +177,14 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
     assert_eq!(mine(loaded_models()), [paths[1].clone(), paths[0].clone()]);
     // Memory is short: loading a third evicts until it fits (here: everything else).
     let calls = std::cell::Cell::new(0);
-    shared_model_with(&paths[2], || {
-        calls.set(calls.get() + 1);
-        if calls.get() > 1 { u64::MAX } else { 0 }
-    })
+    shared_model_with(
+        &paths[2],
+        || {
+            calls.set(calls.get() + 1);
+            if calls.get() > 1 { u64::MAX } else { 0 }
+        },
+        u64::MAX,
+    )
     .unwrap();
     let left = mine(loaded_models());
     assert_eq!(
@@ -188,7 +192,14 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
         [paths[0].clone(), paths[2].clone()],
         "m1, least recently used, went first"
     );
+    // Mapped files count as available memory: the loaded models' sizes also count against
+    // the total. Room for two models beside the headroom: loading m1 evicts m0, the least
+    // recently used.
+    let one = std::fs::metadata(&paths[0]).unwrap().len();
+    let headroom = myco_jobs::infer::engine::HEADROOM;
+    shared_model_with(&paths[1], plenty, 2 * one + headroom).unwrap();
+    assert_eq!(mine(loaded_models()), [paths[2].clone(), paths[1].clone()]);
     // A model in use stays alive for its user even once evicted.
-    shared_model_with(&paths[1], || 0).unwrap();
+    shared_model_with(&paths[1], || 0, u64::MAX).unwrap();
     assert!(a.tokenize("hello").len() > 1);
 }

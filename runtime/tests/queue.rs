@@ -964,3 +964,23 @@ async fn a_complete_renewal_reclaims_grants_that_never_arrived() {
         .unwrap();
     assert_eq!(f.state(listed[1].0), StateName::Leased);
 }
+
+#[tokio::test]
+async fn queued_jobs_are_counted_per_kind_and_recounted_on_open() {
+    let f = Fixture::new();
+    for i in 0..3 {
+        f.submit_one(job(&format!("q{i}"))).await;
+    }
+    assert_eq!(f.q.queued_of(&NOOP), 3);
+    assert_eq!(f.q.queued_of(&[JobKind::Infer]), 0);
+    let leased = f.q.lease(2, &NOOP, LEASE).await.unwrap();
+    assert_eq!(f.q.queued_of(&NOOP), 1);
+    f.q.release(leased.iter().map(|l| (l.id, l.token)).collect())
+        .await
+        .unwrap();
+    assert_eq!(f.q.queued_of(&NOOP), 3);
+    f.q.lease(1, &NOOP, LEASE).await.unwrap();
+    let f = f.restart().await;
+    // The lease died with the "node": requeued at open, and counted.
+    assert_eq!(f.q.queued_of(&NOOP), 3);
+}

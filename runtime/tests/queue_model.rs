@@ -542,6 +542,11 @@ fn check(q: &Queue, m: &Model, finals: &mut HashMap<JobId, JobState>, ctx: &str)
         counts,
         "{ctx}: stats().by_state vs counts()"
     );
+    assert_eq!(
+        q.queued_of(&myco_jobs::JobKind::ALL),
+        counts[myco_runtime::queue::StateName::Queued.index()],
+        "{ctx}: queued per kind vs counts()"
+    );
     assert_eq!(q.holder(), m.holder(), "{ctx}: holder");
 }
 

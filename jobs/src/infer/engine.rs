@@ -37,9 +37,11 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
 
 /// Loaded models, shared by every executor thread of the process (each request makes its own
 /// context), least recently used first. They stay loaded while memory allows: loading one
-/// more evicts the least recently used until the new file fits in available memory with
-/// [`HEADROOM`] to spare. A model still in use by a running request stays alive (it is an
-/// `Arc`) until that request ends.
+/// more evicts the least recently used until the new file fits, with [`HEADROOM`] to spare,
+/// both in available memory and beside the models kept (llama.cpp maps model files, and
+/// mapped pages count as available, so the sizes of the loaded files are counted against
+/// total memory too). A model still in use by a running request stays alive (it is an `Arc`)
+/// until that request ends.
 static LOADED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<LlmModel>)>> =
     std::sync::Mutex::new(Vec::new());
 
@@ -50,13 +52,14 @@ pub const HEADROOM: u64 = 512 << 20;
 /// The model at `path`, loaded once per process and kept while memory allows (see
 /// [`LOADED`]).
 pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError> {
-    shared_model_with(path, available_memory)
+    shared_model_with(path, || memory().0, memory().1)
 }
 
-/// Like [`shared_model`], with the available-memory reading given (for tests).
+/// Like [`shared_model`], with the available-memory reading and the total given (for tests).
 pub fn shared_model_with(
     path: &Path,
     available: impl Fn() -> u64,
+    total: u64,
 ) -> Result<std::sync::Arc<LlmModel>, InferError> {
     {
         let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
@@ -67,8 +70,12 @@ pub fn shared_model_with(
             return Ok(model);
         }
         // Make room first: evicting after the load would have both in memory at once.
-        let need = std::fs::metadata(path).map_or(0, |m| m.len()) + HEADROOM;
-        while !loaded.is_empty() && available() < need {
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let need = size(path) + HEADROOM;
+        while !loaded.is_empty()
+            && (available() < need
+                || loaded.iter().map(|(p, _)| size(p)).sum::<u64>() + need > total)
+        {
             let (evicted, _) = loaded.remove(0);
             tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
         }
@@ -89,11 +96,12 @@ pub fn loaded_models() -> Vec<PathBuf> {
     loaded.iter().map(|(p, _)| p.clone()).collect()
 }
 
-/// Memory the system can give without swapping (bytes); unknown counts as plenty.
-fn available_memory() -> u64 {
-    sysinfo::System::new().map_or(u64::MAX, |mut sys| {
+/// Memory the system can give without swapping, and its total (bytes); unknown counts as
+/// plenty.
+fn memory() -> (u64, u64) {
+    sysinfo::System::new().map_or((u64::MAX, u64::MAX), |mut sys| {
         sys.refresh_memory();
-        sys.available_memory()
+        (sys.available_memory(), sys.total_memory())
     })
 }
 

@@ -161,8 +161,9 @@ pub struct DeliveryAck {
 /// A piece of a running job's streamed output (an LLM token and the text it completes).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamPiece {
-    /// The attempt that produced it: a retried job streams again from the start.
-    pub attempt: u32,
+    /// The run that produced it (its lease token): a job run again (a retry, or a lease lost
+    /// with its node) streams again from the start.
+    pub run: u64,
     /// The token id; `None` for text released at the end of the generation.
     pub token: Option<i32>,
     pub text: String,

@@ -159,6 +159,8 @@ impl QueueOptions {
 pub struct QueueStats {
     /// Jobs per public state (exact, from the `counts` table).
     pub by_state: [u64; 6],
+    /// Queued jobs per kind (counted from the ready table at open, then kept in step).
+    pub queued_by_kind: HashMap<JobKind, u64>,
     /// Jobs finished since start, per (kind, final state).
     pub finished: HashMap<(JobKind, StateName), u64>,
     /// Submit-to-done latency since start, per kind.
@@ -344,9 +346,11 @@ impl Queue {
                     *slot = counts.get(i as u8)?.map(|v| v.value()).unwrap_or(0);
                 }
             }
+            let queued_by_kind = store::queued_by_kind(&tx)?;
             tx.commit()?;
-            (inc, next_seq, by_state)
+            (inc, next_seq, (by_state, queued_by_kind))
         };
+        let (by_state, queued_by_kind) = by_state;
         let holder = format!("{}#{incarnation}", opts.node);
         let shared = Arc::new(Shared {
             db: db.clone(),
@@ -357,6 +361,7 @@ impl Queue {
             finished: Notify::new(),
             stats: Mutex::new(QueueStats {
                 by_state,
+                queued_by_kind,
                 ..QueueStats::default()
             }),
         });
@@ -399,6 +404,16 @@ impl Queue {
     /// Create it, `enable` it, then check, so that no commit in between is missed.
     pub fn finished(&self) -> tokio::sync::futures::Notified<'_> {
         self.shared.finished.notified()
+    }
+
+    /// Jobs queued now whose kind is one of `kinds`.
+    pub fn queued_of(&self, kinds: &[JobKind]) -> u64 {
+        self.shared.stats.lock().map_or(0, |s| {
+            kinds
+                .iter()
+                .map(|k| s.queued_by_kind.get(k).copied().unwrap_or(0))
+                .sum()
+        })
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -755,6 +770,10 @@ fn writer_loop(shared: Arc<Shared>, opts: QueueOptions, mut rx: mpsc::Receiver<O
             if let Ok(mut stats) = shared.stats.lock() {
                 for (i, d) in effects.counts.iter().enumerate() {
                     stats.by_state[i] = stats.by_state[i].saturating_add_signed(*d);
+                }
+                for (kind, d) in &effects.queued {
+                    let n = stats.queued_by_kind.entry(*kind).or_default();
+                    *n = n.saturating_add_signed(*d);
                 }
                 for (kind, state, latency) in &effects.finished {
                     *stats.finished.entry((*kind, *state)).or_default() += 1;

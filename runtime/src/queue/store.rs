@@ -124,6 +124,8 @@ pub struct TickOutcome {
 #[derive(Debug, Default)]
 pub(crate) struct TxnEffects {
     pub counts: [i64; 6],
+    /// Change of the queued jobs per kind.
+    pub queued: std::collections::HashMap<JobKind, i64>,
     pub ready: bool,
     pub finished: Vec<(JobKind, StateName, u64)>,
     /// Kinds of the attempts that failed in this transaction.
@@ -221,6 +223,7 @@ impl Txn<'_> {
         match &rec.state {
             JobState::Queued => {
                 self.t.ready.remove(ready_key(rec.priority, rec.seq))?;
+                *self.effects.queued.entry(rec.kind).or_default() -= 1;
             }
             JobState::Leased { deadline_ms, .. } => {
                 self.t.leases.remove((*deadline_ms, id))?;
@@ -233,6 +236,7 @@ impl Txn<'_> {
         match &state {
             JobState::Queued => {
                 self.t.ready.insert(ready_key(rec.priority, rec.seq), id)?;
+                *self.effects.queued.entry(rec.kind).or_default() += 1;
             }
             JobState::Leased { deadline_ms, .. } => {
                 self.t.leases.insert((*deadline_ms, id), ())?;
@@ -366,6 +370,7 @@ impl Txn<'_> {
         let id = u128::from(rec.id);
         if state == JobState::Queued {
             self.t.ready.insert(ready_key(rec.priority, rec.seq), id)?;
+            *self.effects.queued.entry(rec.kind).or_default() += 1;
         }
         let name = state.name();
         rec.state = state;
@@ -786,4 +791,20 @@ pub(crate) fn apply_counts(tx: &WriteTransaction, deltas: &[i64; 6]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Queued jobs per kind, counted from the ready table (at open).
+pub(crate) fn queued_by_kind(
+    tx: &WriteTransaction,
+) -> Result<std::collections::HashMap<JobKind, u64>, QueueError> {
+    let ready = tx.open_table(READY)?;
+    let jobs = tx.open_table(JOBS)?;
+    let mut out = std::collections::HashMap::new();
+    for entry in ready.iter()? {
+        let (_, id) = entry?;
+        if let Some(bytes) = jobs.get(id.value())? {
+            *out.entry(decode(bytes.value())?.kind).or_default() += 1;
+        }
+    }
+    Ok(out)
 }
