@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -347,10 +346,9 @@ async fn result(
             }
         }
     });
-    let stream = tokio_stream_from(rx);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
+        .body(crate::sse::body(rx))
         .map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -361,12 +359,6 @@ async fn result(
         })
 }
 
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[derive(Debug, Deserialize)]
 struct StreamQuery {
     /// Cancel the job if the client disconnects before it ends.
@@ -374,7 +366,7 @@ struct StreamQuery {
     cancel_on_disconnect: bool,
 }
 
-/// Follow a job as server-sent events: `piece` events (`{"attempt", "token", "text"}`) as its
+/// Follow a job as server-sent events: `piece` events (`{"run", "token", "text"}`) as its
 /// output streams (LLM tokens), then one `end` event with the job's status. Works for any
 /// job; only streaming kinds (infer) send pieces.
 async fn stream(
@@ -387,25 +379,10 @@ async fn stream(
         return Err(QueueError::NotFound(id).into());
     }
     let mut rx = crate::infer::spawn_follow(&node, id, q.cancel_on_disconnect);
-    let (tx, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
+    let (mut sse, response) = crate::sse::channel();
     tokio::spawn(async move {
-        // A comment now and then while nothing else is sent: a client that went away is only
-        // noticed when a write fails.
-        let mut beat = tokio::time::interval(std::time::Duration::from_secs(2));
-        beat.reset();
-        loop {
-            let event = tokio::select! {
-                e = rx.recv() => match e {
-                    Some(e) => e,
-                    None => return,
-                },
-                _ = beat.tick() => {
-                    if tx.send(Ok(b": keep-alive\n\n".to_vec())).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            };
+        // Returning drops `rx` (and with `cancel_on_disconnect`, a client gone cancels).
+        while let Some(event) = sse.next(&mut rx).await {
             let (name, data, end) = match event {
                 crate::infer::Followed::Piece(p) => ("piece", serde_json::to_string(&p), false),
                 crate::infer::Followed::End(rec) => {
@@ -414,24 +391,12 @@ async fn stream(
             };
             let Ok(data) = data else { return };
             let frame = format!("event: {name}\ndata: {data}\n\n").into_bytes();
-            // A failed send: the client went away (and `rx` drops with this task).
-            if tx.send(Ok(frame)).await.is_err() || end {
+            if !sse.send(frame).await || end {
                 return;
             }
         }
     });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(crate::openai::receiver_stream(body)))
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-                "",
-            )
-        })
+    Ok(response)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
-use myco_jobs::infer::InferTask;
+use myco_jobs::infer::{Generation, InferTask};
 use myco_runtime::cluster::wire::StreamPiece;
 use myco_runtime::models::ModelFormat;
 use myco_runtime::queue::{JobId, JobRecord, NewJob, QueueError};
@@ -33,20 +33,22 @@ pub struct SwarmModel {
     pub nodes: Vec<String>,
 }
 
-/// The GGUF models of the swarm (this node's included), by name.
+/// The GGUF models of the swarm (this node's included), by name: as Membership last scanned
+/// and heard them; a node outside a swarm scans its own directory.
 pub async fn swarm_models(node: &NodeHandle) -> Vec<SwarmModel> {
     let mut files: Vec<(String, myco_runtime::models::ModelFile)> = Vec::new();
-    let dir = node.models_dir.clone();
-    let local = tokio::task::spawn_blocking(move || myco_runtime::models::scan(&dir))
-        .await
-        .unwrap_or_default();
-    files.extend(local.into_iter().map(|m| (node.name.clone(), m)));
     for member in node.members().await {
-        if member.status == "up"
-            && let Some(info) = member.info
-        {
-            files.extend(info.models.into_iter().map(|m| (member.name.clone(), m)));
-        }
+        let models = match member.info {
+            Some(info) if member.status == "self" || member.status == "up" => info.models,
+            None if member.status == "self" => {
+                let dir = node.models_dir.clone();
+                tokio::task::spawn_blocking(move || myco_runtime::models::scan(&dir))
+                    .await
+                    .unwrap_or_default()
+            }
+            _ => continue,
+        };
+        files.extend(models.into_iter().map(|m| (member.name.clone(), m)));
     }
     let mut out: Vec<SwarmModel> = Vec::new();
     for (holder, m) in files {
@@ -115,6 +117,18 @@ pub async fn find_model(node: &NodeHandle, name: &str) -> Result<ModelRef, Model
             bytes: m.bytes,
         })
         .ok_or_else(|| ModelLookupError::NotFound(name.to_owned()))
+}
+
+/// The result of infer job `id`, done.
+pub async fn generation(node: &NodeHandle, id: JobId) -> Result<Generation, String> {
+    let q = node.queue.clone();
+    let bytes = match tokio::task::spawn_blocking(move || q.result(id)).await {
+        Ok(Ok(Some(b))) => b,
+        Ok(Ok(None)) => return Err(format!("job {id} has no result")),
+        Ok(Err(e)) => return Err(format!("the result of {id} is unreadable: {e}")),
+        Err(e) => return Err(format!("the result of {id} is unreadable: {e}")),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("the result of {id} is unreadable: {e}"))
 }
 
 /// Submit an interactive infer job (ahead of batch work); returns its id.
@@ -247,15 +261,10 @@ impl Relay {
     }
 }
 
-/// Whether any of the named nodes (this one included) advertises a GPU.
+/// Whether any of the named nodes (this one included) has a GPU.
 pub async fn any_gpu(node: &NodeHandle, names: &[String]) -> bool {
-    if names.contains(&node.name) {
-        let caps = tokio::task::spawn_blocking(myco_runtime::detect::detect)
-            .await
-            .ok();
-        if caps.is_some_and(|c| !c.gpus.is_empty()) {
-            return true;
-        }
+    if node.gpu && names.contains(&node.name) {
+        return true;
     }
     node.members().await.into_iter().any(|m| {
         m.status == "up"

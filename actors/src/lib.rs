@@ -14,6 +14,7 @@ pub mod node;
 pub mod openai;
 pub mod peer;
 pub mod query;
+pub mod sse;
 pub mod stealing;
 pub mod streams;
 pub mod supervisor;

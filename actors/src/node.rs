@@ -75,6 +75,8 @@ pub struct NodeHandle {
     pub models_dir: std::path::PathBuf,
     /// Streamed output (LLM tokens) of this node's jobs.
     pub streams: crate::streams::Streams,
+    /// This node has a GPU (detected at start).
+    pub gpu: bool,
 }
 
 impl NodeHandle {
@@ -82,20 +84,19 @@ impl NodeHandle {
     /// refuses the whole submission.
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
         // Infer jobs may name a model only a peer holds.
-        let remote: Vec<myco_jobs::archive::ModelRef> =
-            if self.membership.is_some() && specs.iter().any(|s| s.toml.contains("infer")) {
-                crate::infer::swarm_models(self)
-                    .await
-                    .into_iter()
-                    .map(|m| myco_jobs::archive::ModelRef {
-                        path: PathBuf::from(&m.file),
-                        name: m.file,
-                        bytes: m.bytes,
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        let remote: Vec<myco_jobs::archive::ModelRef> = if self.membership.is_some() {
+            crate::infer::swarm_models(self)
+                .await
+                .into_iter()
+                .map(|m| myco_jobs::archive::ModelRef {
+                    path: PathBuf::from(&m.file),
+                    name: m.file,
+                    bytes: m.bytes,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Planning walks directories: keep it off the async threads.
         let models_dir = self.models_dir.clone();
         let collections = self.collections_dir();
@@ -369,6 +370,7 @@ impl Node {
             started: Instant::now(),
             models_dir: home.models_dir(),
             streams,
+            gpu,
         };
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();

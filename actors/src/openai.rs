@@ -397,8 +397,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         None => return failed_internal(id),
     };
     let created = unix_now();
-    let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(64);
-    let node2 = node.clone();
+    let (mut sse, response) = crate::sse::channel();
     tokio::spawn(async move {
         let frame = |v: serde_json::Value| format!("data: {v}\n\n").into_bytes();
         let chunk = |choice: serde_json::Value| {
@@ -407,50 +406,26 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
                 "model": name, "choices": [choice],
             })
         };
-        if flavor == Flavor::Chat
-            && tx
-                .send(Ok(frame(chunk(flavor.delta("", None)))))
-                .await
-                .is_err()
-        {
+        if flavor == Flavor::Chat && !sse.send(frame(chunk(flavor.delta("", None)))).await {
             return;
         }
         let mut relay = Relay::default();
         let mut next = Some(first);
-        // A comment now and then while nothing else is sent: a client that went away is only
-        // noticed when a write fails, and proxies keep the stream open.
-        let mut beat = tokio::time::interval(Duration::from_secs(2));
-        beat.reset();
-        loop {
-            let event = match next.take() {
-                Some(e) => e,
-                None => tokio::select! {
-                    e = rx.recv() => match e {
-                        Some(e) => e,
-                        None => return,
-                    },
-                    _ = beat.tick() => {
-                        if tx.send(Ok(b": keep-alive\n\n".to_vec())).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                },
-            };
+        // Returning drops `rx`: a client that went away cancels the job.
+        while let Some(event) = match next.take() {
+            Some(e) => Some(e),
+            None => sse.next(&mut rx).await,
+        } {
             match event {
                 Followed::Piece(p) => {
                     if let Some(text) = relay.piece(&p)
-                        && tx
-                            .send(Ok(frame(chunk(flavor.delta(&text, None)))))
-                            .await
-                            .is_err()
+                        && !sse.send(frame(chunk(flavor.delta(&text, None)))).await
                     {
-                        // The client went away: dropping `rx` cancels the job.
                         return;
                     }
                 }
                 Followed::End(rec) => {
-                    let out = match generation(&node2, &rec).await {
+                    let out = match generation(&node, &rec).await {
                         Ok(g) => {
                             let mut out = Vec::new();
                             if let Some(rest) = relay.rest(&g.text) {
@@ -467,26 +442,15 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
                         }))],
                     };
                     for f in out {
-                        let _ = tx.send(Ok(f)).await;
+                        sse.send(f).await;
                     }
-                    let _ = tx.send(Ok(b"data: [DONE]\n\n".to_vec())).await;
+                    sse.send(b"data: [DONE]\n\n".to_vec()).await;
                     return;
                 }
             }
         }
     });
-    Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, "text/event-stream")
-        .header(axum::http::header::CACHE_CONTROL, "no-cache")
-        .body(axum::body::Body::from_stream(receiver_stream(body_rx)))
-        .unwrap_or_else(|_| failed_internal(id))
-}
-
-/// A channel's receiving end as a body stream; dropping the body drops the receiver.
-pub fn receiver_stream(
-    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    response
 }
 
 fn finish_name(f: myco_jobs::infer::Finish) -> &'static str {
@@ -557,24 +521,12 @@ async fn generation(
             });
         }
     }
-    let q = node.queue.clone();
-    let bytes = match tokio::task::spawn_blocking(move || q.result(id)).await {
-        Ok(Ok(Some(b))) => b,
-        other => {
-            return Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "internal",
-                format!("the result of {id} is unreadable: {other:?}"),
-            ));
-        }
-    };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    crate::infer::generation(node, id).await.map_err(|why| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "internal",
-            format!("the result of {id} is unreadable: {e}"),
+            why,
         )
     })
 }

@@ -105,15 +105,17 @@ impl Subscription {
                     self.seen += 1;
                     return Some(p);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind: read again from the start, skipping what was handed out.
-                    let (all, rx) = self.streams.subscribe(self.id);
-                    self.rx = rx;
-                    self.backlog = all.into_iter().skip(self.seen).collect();
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up(),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+
+    /// Fell behind: read again from the start, skipping what was handed out.
+    fn catch_up(&mut self) {
+        let (all, rx) = self.streams.subscribe(self.id);
+        self.rx = rx;
+        self.backlog = all.into_iter().skip(self.seen).collect();
     }
 
     /// A piece that is already here, without waiting.
@@ -128,9 +130,7 @@ impl Subscription {
                 Some(p)
             }
             Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                let (all, rx) = self.streams.subscribe(self.id);
-                self.rx = rx;
-                self.backlog = all.into_iter().skip(self.seen).collect();
+                self.catch_up();
                 self.try_next()
             }
             Err(_) => None,

@@ -195,11 +195,9 @@ async fn ask_on(cli: &Cli, node: &Node, ask: Ask) -> Result<ExitCode> {
                     let why = rec.last_error.map(|e| e.message).unwrap_or_default();
                     return Err(anyhow!("the request ended {}: {why}", rec.state.name()));
                 }
-                let q = handle.queue.clone();
-                let bytes = tokio::task::spawn_blocking(move || q.result(id))
-                    .await??
-                    .ok_or_else(|| anyhow!("job {id} has no result"))?;
-                let g: Generation = serde_json::from_slice(&bytes)?;
+                let g = myco_actors::infer::generation(handle, id)
+                    .await
+                    .map_err(|e| anyhow!(e))?;
                 if let Some(rest) = relay.rest(&g.text) {
                     answer.text.push_str(&rest);
                     if !cli.json {

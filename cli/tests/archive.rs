@@ -182,21 +182,6 @@ fn children(http: &Http, node: &NodeProc, id: &str) -> Vec<serde_json::Value> {
     body["jobs"].as_array().unwrap().clone()
 }
 
-fn submit(home: &Path, node: &NodeProc, job: &Path) -> String {
-    let out = myco(home)
-        .args(["--json", "--api", &node.addr.to_string(), "submit"])
-        .arg(job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["jobs"][0]["id"].as_str().unwrap().to_owned()
-}
-
 fn wait_done(http: &Http, node: &NodeProc, id: &str) -> serde_json::Value {
     eventually(Duration::from_secs(600), "the archive job finishes", || {
         let (_, job) = http.get(&node.url(&format!("/api/jobs/{id}"))).ok()?;
@@ -231,7 +216,7 @@ fn killed_three_times_the_run_resumes_and_matches_an_uninterrupted_one() {
 
     let home = home_with_model(tmp.path(), "home");
     let mut node = NodeProc::start(&home, &["--workers", "2"]);
-    let id = submit(&home, &node, &job);
+    let id = node.submit(&job);
     let mut kills = 0;
     // Child id → the wall-clock time (ms) of the first kill it had finished before.
     let mut done_before_kill: BTreeMap<String, u64> = BTreeMap::new();
@@ -263,11 +248,7 @@ fn killed_three_times_the_run_resumes_and_matches_an_uninterrupted_one() {
         }
         node = NodeProc::start(&home, &["--workers", "2"]);
         // Submitting the same file again finds the live run (its key is the collection).
-        assert_eq!(
-            submit(&home, &node, &job),
-            id,
-            "resubmitting resumes the run"
-        );
+        assert_eq!(node.submit(&job), id, "resubmitting resumes the run");
     }
     assert_eq!(kills, 3, "the run was killed three times before it ended");
     let parent = wait_done(&http, &node, &id);
@@ -356,7 +337,7 @@ fn three_nodes_share_the_archive_and_build_the_same_collection() {
             .count();
         (up == 3).then_some(())
     });
-    let id = submit(&homes[0], &a, &job);
+    let id = a.submit(&job);
     wait_done(&http, &a, &id);
     let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
     for c in children(&http, &a, &id) {

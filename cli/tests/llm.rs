@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{Http, NodeProc, eventually, myco};
+use common::{Http, NodeProc, copy_secret, eventually, myco};
 use futures_util::StreamExt;
 use myco_jobs::gguf::TinyLlama;
 
@@ -397,18 +397,7 @@ fn a_chat_request_is_served_while_a_batch_of_1000_chunk_jobs_runs() {
     .unwrap();
     let node = NodeProc::start(&home, &["--workers", "1"]);
     let http = Http::new();
-    let out = myco(&home)
-        .args(["--api", &node.addr.to_string(), "--json", "submit"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let batch = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let batch = node.submit(&job);
     // Once the batch is under way, ask.
     eventually(Duration::from_secs(60), "the batch starts", || {
         let (_, j) = http.get(&node.url(&format!("/api/jobs/{batch}"))).unwrap();
@@ -442,11 +431,6 @@ fn a_chat_request_is_served_while_a_batch_of_1000_chunk_jobs_runs() {
         after > 0,
         "the chat request was answered before the batch ended"
     );
-}
-
-fn copy_secret(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::copy(from.join("swarm.key"), to.join("swarm.key")).unwrap();
 }
 
 /// The leases in a job's history, by holder name (`c#...` → `c`).
@@ -549,17 +533,7 @@ fn infer_jobs_run_where_the_model_is_and_give_the_same_tokens_on_any_node() {
         let (_, jobs) = http.get(&c.url("/api/jobs?state=leased")).unwrap();
         (!jobs["jobs"].as_array()?.is_empty()).then_some(())
     });
-    let out = myco(&a.home)
-        .args(["--api", &a.addr.to_string(), "submit"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let waiting = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let waiting = a.submit(&job);
     c.kill9();
     let status = eventually(Duration::from_secs(30), "the job says why it waits", || {
         let (_, j) = http.get(&a.url(&format!("/api/jobs/{waiting}"))).unwrap();
@@ -622,17 +596,7 @@ fn a_job_that_requires_a_gpu_waits_and_says_why_where_no_node_has_one() {
     .unwrap();
     let node = NodeProc::start(&home, &["--workers", "1"]);
     let http = Http::new();
-    let out = myco(&home)
-        .args(["--api", &node.addr.to_string(), "submit"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let id = node.submit(&job);
     let job = eventually(Duration::from_secs(20), "the job says why it waits", || {
         let (_, j) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
         j["waiting"].is_string().then_some(j)

@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Http, NodeProc, eventually, myco};
+use common::{Http, NodeProc, copy_secret, eventually, myco};
 
 /// A discovery port of this test's own, so parallel tests do not hear each other.
 fn discovery_port(salt: u16) -> String {
@@ -83,11 +82,6 @@ fn tiny_gguf_header() -> Vec<u8> {
     out.extend(4u32.to_le_bytes());
     out.extend(2u32.to_le_bytes());
     out
-}
-
-fn copy_secret(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::copy(from.join("swarm.key"), to.join("swarm.key")).unwrap();
 }
 
 #[test]

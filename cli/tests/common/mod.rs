@@ -101,6 +101,22 @@ impl NodeProc {
         }
     }
 
+    /// `myco submit JOB` to this node; the id of the (first) job.
+    pub fn submit(&self, job: &Path) -> String {
+        let out = myco(&self.home)
+            .args(["--json", "--api", &self.addr.to_string(), "submit"])
+            .arg(job)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["jobs"][0]["id"].as_str().unwrap().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -221,6 +237,12 @@ impl Http {
             ))
         })
     }
+}
+
+/// Give the node at home `to` the swarm secret of the node at `from`, so it may join.
+pub fn copy_secret(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("swarm.key"), to.join("swarm.key")).unwrap();
 }
 
 /// A noop job spec as the API takes it.
