@@ -56,13 +56,6 @@ impl Lane {
             _ => Lane::Batch,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Lane::Batch => "batch",
-            Lane::Executive => "executive",
-        }
-    }
 }
 
 /// Messages to the [`Coordinator`].
@@ -171,9 +164,12 @@ pub struct CoordinatorState {
     ticking: bool,
     last_renew: Instant,
     peers: usize,
-    stealing: bool,
-    next_steal: Instant,
-    steal_backoff: Duration,
+    /// The lane of the steal attempt in flight.
+    stealing: Option<Lane>,
+    /// Per lane: the executive's attempts come back empty far more often than the batch
+    /// lane's, and must not hold back its steals.
+    next_steal: [Instant; 2],
+    steal_backoff: [Duration; 2],
     /// Owners this node stole from, and when: renewals go to them even when nothing of
     /// theirs is held any more, so they can reclaim grants that never arrived.
     owners: HashMap<String, Instant>,
@@ -242,9 +238,9 @@ impl Actor for Coordinator {
             ticking: false,
             last_renew: Instant::now(),
             peers: 0,
-            stealing: false,
-            next_steal: Instant::now(),
-            steal_backoff: STEAL_MIN,
+            stealing: None,
+            next_steal: [Instant::now(); 2],
+            steal_backoff: [STEAL_MIN; 2],
             owners: HashMap::new(),
             steals: 0,
             stolen_jobs: 0,
@@ -324,15 +320,15 @@ impl Actor for Coordinator {
                 }
             }
             CoordinatorMsg::Stolen(grant) => {
-                state.stealing = false;
+                let l = state.stealing.take().unwrap_or(Lane::Batch) as usize;
                 match grant {
                     Some((owner, leases, took)) if !leases.is_empty() => {
                         state.steals += 1;
                         state.owners.insert(owner.clone(), Instant::now());
                         state.stolen_jobs += leases.len() as u64;
                         state.steal_secs += took.as_secs_f64();
-                        state.steal_backoff = STEAL_MIN;
-                        state.next_steal = Instant::now() + STEAL_MIN;
+                        state.steal_backoff[l] = STEAL_MIN;
+                        state.next_steal[l] = Instant::now() + STEAL_MIN;
                         tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
                         for lease in leases {
                             let lane = Lane::of(lease.task.kind());
@@ -344,8 +340,8 @@ impl Actor for Coordinator {
                         self.dispatch(state);
                     }
                     _ => {
-                        state.steal_backoff = (state.steal_backoff * 2).min(STEAL_MAX);
-                        state.next_steal = Instant::now() + state.steal_backoff;
+                        state.steal_backoff[l] = (state.steal_backoff[l] * 2).min(STEAL_MAX);
+                        state.next_steal[l] = Instant::now() + state.steal_backoff[l];
                     }
                 }
             }
@@ -388,8 +384,8 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::PeerWork => {
                 // A peer has work again: do not sit out the steal backoff.
-                state.steal_backoff = STEAL_MIN;
-                state.next_steal = Instant::now();
+                state.steal_backoff = [STEAL_MIN; 2];
+                state.next_steal = [Instant::now(); 2];
                 self.maybe_steal(&myself, state);
             }
             CoordinatorMsg::Peers(n) => {
@@ -629,16 +625,17 @@ impl Coordinator {
         let Some(membership) = &self.membership else {
             return;
         };
+        let now = Instant::now();
         let starving: Vec<Lane> = Lane::ALL
             .into_iter()
-            .filter(|l| !state.idle[*l as usize].is_empty() && state.buffer[*l as usize].is_empty())
+            .filter(|l| {
+                let l = *l as usize;
+                !state.idle[l].is_empty()
+                    && state.buffer[l].is_empty()
+                    && now >= state.next_steal[l]
+            })
             .collect();
-        if state.stealing
-            || state.stopping
-            || state.peers == 0
-            || starving.is_empty()
-            || Instant::now() < state.next_steal
-        {
+        if state.stealing.is_some() || state.stopping || state.peers == 0 || starving.is_empty() {
             return;
         }
         // One lane a round (alternating when both starve), each asking for what it can start:
@@ -650,7 +647,7 @@ impl Coordinator {
             Lane::Batch => idle + 1,
             Lane::Executive => idle,
         };
-        state.stealing = true;
+        state.stealing = Some(lane);
         let kinds = self.lane_kinds(lane);
         let mut request = stealing::StealPlan {
             holder: self.queue.holder().to_owned(),
