@@ -6,6 +6,7 @@
 pub mod config;
 pub mod detect;
 pub mod models;
+pub mod plan;
 pub mod queue;
 
 pub use queue::{JobId, Queue, QueueError, QueueOptions};
