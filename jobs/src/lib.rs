@@ -12,6 +12,8 @@ pub mod embed;
 pub mod gguf;
 pub mod infer;
 pub mod spec;
+#[cfg(feature = "pipeline")]
+pub mod stage;
 pub mod task;
 
 pub use spec::{JobSpec, Plan, Problem, SpecError};

@@ -1,0 +1,178 @@
+use super::*;
+use crate::gguf::TinyLlama;
+
+fn model(dir: &Path, layers: u32) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    TinyLlama {
+        n_layer: layers,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .expect("write the model");
+    path
+}
+
+/// Greedy generation through a chain of stages: the prompt as one batch, then one token at
+/// a time. Returns the tokens and every logits vector.
+fn run_chain(stages: &mut [Stage], prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    let mut input = prompt.to_vec();
+    let mut pos = 0;
+    let (mut tokens, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let mut x = StageInput::Tokens(input.clone());
+        let mut logits = None;
+        for s in stages.iter_mut() {
+            match s.forward(7, pos, x.clone()).expect("forward") {
+                StageOutput::Hidden(h) => x = StageInput::Hidden(h),
+                StageOutput::Logits(l) => logits = Some(l),
+            }
+        }
+        let logits = logits.expect("the last stage returns logits");
+        let t = argmax(&logits);
+        pos += input.len();
+        input = vec![t];
+        tokens.push(t);
+        all.push(logits);
+    }
+    (tokens, all)
+}
+
+#[test]
+fn a_chain_of_stages_computes_exactly_what_the_whole_model_does() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = model(dir.path(), 3);
+    let prompt = [1, 270, 280, 100, 101, 102, 275];
+    let mut whole = vec![Stage::load(&path, 0, 3, 512).expect("load whole")];
+    let (want, want_logits) = run_chain(&mut whole, &prompt, 12);
+    for split in [vec![(0, 1), (1, 3)], vec![(0, 1), (1, 2), (2, 3)]] {
+        let mut chain: Vec<Stage> = split
+            .iter()
+            .map(|&(a, b)| Stage::load(&path, a, b, 512).expect("load stage"))
+            .collect();
+        let (got, got_logits) = run_chain(&mut chain, &prompt, 12);
+        assert_eq!(got, want, "split {split:?}");
+        // Bit for bit, not approximately.
+        assert_eq!(got_logits, want_logits, "split {split:?}");
+        assert_eq!(chain[1].sequence_len(7), prompt.len() + 11);
+    }
+}
+
+#[test]
+fn stages_read_only_their_own_tensors_and_together_the_whole_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = model(dir.path(), 4);
+    let info = ModelInfo::read(&path).expect("info");
+    assert_eq!(info.hp.n_layer, 4);
+    let stages: Vec<Stage> = [(0, 1), (1, 3), (3, 4)]
+        .iter()
+        .map(|&(a, b)| Stage::load(&path, a, b, 64).expect("load"))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for s in &stages {
+        for (name, _) in s.tensors() {
+            assert!(seen.insert(name.clone()), "{name} loaded twice");
+            if let Some(layer) = layer_of(name) {
+                let (a, b) = s.range();
+                assert!(
+                    (a as usize..b as usize).contains(&layer),
+                    "{name} in {a}..{b}"
+                );
+            }
+        }
+    }
+    assert!(
+        stages[1]
+            .tensors()
+            .iter()
+            .all(|(n, _)| n.starts_with("blk."))
+    );
+    let total: u64 = stages.iter().map(Stage::tensor_bytes).sum();
+    assert_eq!(total, info.file_tensor_bytes);
+    assert_eq!(
+        info.layer_bytes.iter().sum::<u64>() + info.embed_bytes + info.head_bytes,
+        info.file_tensor_bytes
+    );
+}
+
+#[test]
+fn sequences_keep_separate_caches_and_positions_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = model(dir.path(), 2);
+    let mut s = Stage::load(&path, 0, 2, 64).expect("load");
+    let a = s
+        .forward(1, 0, StageInput::Tokens(vec![1, 270]))
+        .expect("a");
+    s.forward(2, 0, StageInput::Tokens(vec![1, 200, 201]))
+        .expect("b");
+    let a2 = s
+        .forward(1, 0, StageInput::Tokens(vec![1, 270]))
+        .expect("a again");
+    assert_eq!(a, a2, "a restarted sequence forgets its old cache");
+    assert_eq!(s.sequence_len(2), 3);
+    let err = s.forward(2, 5, StageInput::Tokens(vec![5])).unwrap_err();
+    assert!(err.to_string().contains("at position 3, not 5"), "{err}");
+    let err = s
+        .forward(3, 60, StageInput::Tokens(vec![5; 10]))
+        .unwrap_err();
+    assert!(matches!(err, StageError::Context { .. }), "{err}");
+    let err = s
+        .forward(3, 0, StageInput::Tokens(vec![99_999]))
+        .unwrap_err();
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let err = s
+        .forward(3, 0, StageInput::Hidden(vec![0.0; 128]))
+        .unwrap_err();
+    assert!(err.to_string().contains("takes token ids"), "{err}");
+    s.drop_sequence(2);
+    assert_eq!(s.sequences(), 1);
+    let mut mid = Stage::load(&path, 1, 2, 64).expect("load");
+    let err = mid
+        .forward(1, 0, StageInput::Hidden(vec![0.0; 100]))
+        .unwrap_err();
+    assert!(err.to_string().contains("whole rows of 128"), "{err}");
+}
+
+#[test]
+fn other_architectures_and_bad_ranges_are_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("phi.gguf");
+    let bytes = crate::gguf::encode(
+        &[(
+            "general.architecture",
+            crate::gguf::Value::Str("phi3".into()),
+        )],
+        &[],
+    );
+    std::fs::write(&path, bytes).expect("write");
+    let err = Stage::load(&path, 0, 1, 64).unwrap_err();
+    assert!(err.to_string().contains("`phi3`"), "{err}");
+    let good = model(dir.path(), 2);
+    let err = Stage::load(&good, 1, 3, 64).unwrap_err();
+    assert!(matches!(err, StageError::Range { n_layer: 2, .. }), "{err}");
+    let err = Stage::load(&dir.path().join("none.gguf"), 0, 1, 64).unwrap_err();
+    assert!(matches!(err, StageError::Missing { .. }), "{err}");
+    std::fs::write(
+        dir.path().join("cut.gguf"),
+        &std::fs::read(&good).expect("read")[..200],
+    )
+    .expect("write");
+    let err = Stage::load(&dir.path().join("cut.gguf"), 0, 1, 64).unwrap_err();
+    assert!(matches!(err, StageError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn sampling_is_greedy_at_zero_and_seeded_above() {
+    let logits = [0.1, 2.0, 1.9, -1.0];
+    assert_eq!(Sampler::new(0.0, 40, 0.95, 1).sample(&logits), 1);
+    let draw = |seed| {
+        let mut s = Sampler::new(1.0, 3, 1.0, seed);
+        (0..32).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+    };
+    assert_eq!(draw(5), draw(5));
+    let d = draw(5);
+    assert!(
+        d.iter().all(|&t| t < 3),
+        "top-k keeps the three best: {d:?}"
+    );
+    assert!(d.contains(&1) && d.contains(&2), "{d:?}");
+}
