@@ -30,6 +30,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
         .route("/api/swarm", get(swarm))
+        .route("/api/plan", get(plan))
         .route("/api/query", post(query))
         .route("/api/jobs/{id}/stream", get(stream))
         .route("/v1/embeddings", post(crate::openai::embeddings))
@@ -281,7 +282,7 @@ async fn status(
     };
     let mut view = rec.view();
     if rec.state == JobState::Queued
-        && rec.kind == JobKind::Infer
+        && matches!(rec.kind, JobKind::Infer | JobKind::Pipeline)
         && let Some(m) = rec.task.model()
     {
         let holders: Vec<String> = crate::infer::swarm_models(&node)
@@ -463,6 +464,82 @@ async fn swarm(State(node): State<NodeHandle>) -> Json<SwarmReply> {
     Json(SwarmReply {
         nodes: node.members().await,
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct PlanQuery {
+    model: String,
+    n_ctx: Option<u32>,
+}
+
+/// `GET /api/plan`: how a pipeline job of this model would be placed now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanReply {
+    pub model: String,
+    pub architecture: String,
+    pub layers: u32,
+    pub n_ctx: u32,
+    /// Everything, with the KV cache at `n_ctx`.
+    pub total_bytes: u64,
+    pub kv_bytes_per_layer: u64,
+    /// The nodes holding the file, with the memory each offers to stages.
+    pub nodes: Vec<myco_runtime::plan::NodeMemory>,
+    pub stages: Vec<myco_runtime::plan::Stage>,
+    /// Why no plan exists, if none does.
+    pub error: Option<String>,
+}
+
+async fn plan(
+    State(node): State<NodeHandle>,
+    Query(q): Query<PlanQuery>,
+) -> Result<Json<PlanReply>, ApiError> {
+    let n_ctx = q.n_ctx.unwrap_or(4096).max(8);
+    let bare = q.model.strip_suffix(".gguf").unwrap_or(&q.model);
+    let by_name = !(q.model.contains('/') || q.model.starts_with('.'));
+    let path = if by_name {
+        [q.model.clone(), format!("{bare}.gguf")]
+            .iter()
+            .map(|n| node.models_dir.join(n))
+            .find(|p| p.is_file())
+    } else {
+        Some(std::path::PathBuf::from(&q.model)).filter(|p| p.is_file())
+    };
+    let path = path.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("this node ({}) holds no model `{}`", node.name, q.model),
+            "put the GGUF file in ~/.myco/models, or ask a node that holds it (--api)",
+        )
+    })?;
+    let (info, shape, nodes, planned) = crate::pipeline::plan_for(&node.pipeline, &path, n_ctx)
+        .await
+        .map_err(|why| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_model",
+                why,
+                "layer-range stages need a llama, mistral or qwen2 GGUF",
+            )
+        })?;
+    let (stages, error) = match planned {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Ok(Json(PlanReply {
+        model: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        architecture: info.hp.arch.clone(),
+        layers: info.hp.n_layer,
+        n_ctx,
+        total_bytes: shape.total_bytes(),
+        kv_bytes_per_layer: shape.kv_bytes_per_layer,
+        nodes,
+        stages,
+        error,
+    }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -52,7 +52,7 @@ impl Lane {
     /// The lane that runs jobs of `kind`.
     pub fn of(kind: JobKind) -> Lane {
         match kind {
-            JobKind::Infer => Lane::Executive,
+            JobKind::Infer | JobKind::Pipeline => Lane::Executive,
             _ => Lane::Batch,
         }
     }

@@ -103,6 +103,8 @@ pub struct Membership {
     pub kinds: Vec<JobKind>,
     pub roles: Vec<Role>,
     pub slots: u32,
+    /// A cap on the memory offered to model stages (`--stage-memory`).
+    pub stage_memory: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -191,6 +193,14 @@ impl Membership {
             models: state.models.clone(),
             kinds: self.kinds.clone(),
             load: state.load,
+            // VRAM before RAM: a GPU build's stages run on the first GPU.
+            stage_memory: {
+                let free = match state.caps.gpus.first() {
+                    Some(gpu) if myco_jobs::stage::GPU_BUILD => gpu.vram_bytes,
+                    _ => state.caps.ram_free_bytes,
+                };
+                self.stage_memory.map_or(free, |cap| cap.min(free))
+            },
             peers: state
                 .peers
                 .iter()

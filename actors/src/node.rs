@@ -77,6 +77,8 @@ pub struct NodeHandle {
     pub streams: crate::streams::Streams,
     /// This node has a GPU (detected at start).
     pub gpu: bool,
+    /// What pipeline planning needs (`/api/plan`).
+    pub pipeline: crate::pipeline::PipelineEnv,
 }
 
 impl NodeHandle {
@@ -324,6 +326,7 @@ impl Node {
                 kinds: JobKind::ALL.to_vec(),
                 roles,
                 slots: (workers + executives) as u32,
+                stage_memory: config.stage_memory,
             })
         } else {
             None
@@ -347,6 +350,9 @@ impl Node {
             streams: streams.clone(),
             factory,
             membership,
+            name: name.clone(),
+            home: home.root().to_path_buf(),
+            stage_memory: config.stage_memory,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
@@ -361,7 +367,20 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
+        let stages = supervisor
+            .call(SupervisorMsg::Stages, None)
+            .await
+            .map_err(|e| NodeError::Actors(e.to_string()))?
+            .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
+        let pipeline = crate::pipeline::PipelineEnv {
+            name: name.clone(),
+            home: home.root().to_path_buf(),
+            stages,
+            membership: membership.clone(),
+            stage_memory: config.stage_memory,
+        };
         let handle = NodeHandle {
+            pipeline,
             name,
             queue,
             coordinator,

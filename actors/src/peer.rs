@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use myco_runtime::cluster::wire::{
-    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StealGrant, StealRequest,
-    StreamFrame, Wire,
+    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StageFrame, StealGrant,
+    StealRequest, StreamFrame, Wire,
 };
 use myco_runtime::queue::{Queue, QueueError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -44,6 +44,8 @@ pub enum PeerMsg {
     Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
     /// A thief streams output of a job of ours (tokens) for our clients.
     Stream(Wire<StreamFrame>),
+    /// The stage chain of pipeline jobs (see `stages`).
+    Stage(Wire<StageFrame>),
 }
 
 impl std::fmt::Debug for PeerMsg {
@@ -55,6 +57,7 @@ impl std::fmt::Debug for PeerMsg {
             PeerMsg::Deliver(..) => "Deliver",
             PeerMsg::Ping(..) => "Ping",
             PeerMsg::Stream(_) => "Stream",
+            PeerMsg::Stage(_) => "Stage",
         })
     }
 }
@@ -66,6 +69,7 @@ pub struct PeerService {
     pub queue: Queue,
     pub membership: ActorRef<MembershipMsg>,
     pub streams: crate::streams::Streams,
+    pub stages: ActorRef<crate::stages::StagesMsg>,
 }
 
 #[derive(Debug)]
@@ -149,8 +153,12 @@ impl Actor for PeerService {
             PeerMsg::Stream(Wire(Ok(frame))) => {
                 self.streams.publish(frame.id, frame.pieces);
             }
+            PeerMsg::Stage(Wire(Ok(frame))) => {
+                let _ = self.stages.cast(crate::stages::StagesMsg::Frame(frame));
+            }
             PeerMsg::Heartbeat(Wire(Err(e)))
             | PeerMsg::Stream(Wire(Err(e)))
+            | PeerMsg::Stage(Wire(Err(e)))
             | PeerMsg::Ping(Wire(Err(e)), _)
             | PeerMsg::Steal(Wire(Err(e)), _)
             | PeerMsg::Renew(Wire(Err(e)), _)

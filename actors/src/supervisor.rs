@@ -14,6 +14,8 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use crate::coordinator::{Coordinator, CoordinatorMsg, Lane};
 use crate::membership::{Membership, MembershipMsg};
 use crate::peer::{PeerMsg, PeerService};
+use crate::pipeline::PipelineEnv;
+use crate::stages::{Stages, StagesMsg};
 use crate::worker::{ExecutorFactory, Worker};
 
 /// Messages to the [`NodeSupervisor`].
@@ -31,6 +33,8 @@ pub enum SupervisorMsg {
     Restarts(RpcReplyPort<u64>),
     /// The Membership actor, if this node is in a swarm.
     Membership(RpcReplyPort<Option<ActorRef<MembershipMsg>>>),
+    /// The Stages actor (pipeline jobs).
+    Stages(RpcReplyPort<ActorRef<StagesMsg>>),
 }
 
 // Local only: never serialized (the cluster feature requires the impl).
@@ -47,6 +51,10 @@ pub struct NodeSupervisor {
     pub factory: ExecutorFactory,
     /// The swarm side (membership, peer service), if this node joins one.
     pub membership: Option<Membership>,
+    /// The node's name, home directory and the memory it offers stages (pipeline jobs).
+    pub name: String,
+    pub home: std::path::PathBuf,
+    pub stage_memory: Option<u64>,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -63,6 +71,7 @@ pub struct SupervisorState {
     coordinator: ActorRef<CoordinatorMsg>,
     membership: Option<ActorRef<MembershipMsg>>,
     peer: Option<ActorRef<PeerMsg>>,
+    stages: ActorRef<StagesMsg>,
     /// Live workers by actor id → their index.
     workers: HashMap<ActorId, usize>,
     restarts: u64,
@@ -70,6 +79,20 @@ pub struct SupervisorState {
 }
 
 impl NodeSupervisor {
+    async fn spawn_stages(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        membership: Option<&ActorRef<MembershipMsg>>,
+    ) -> Result<ActorRef<StagesMsg>, ActorProcessingErr> {
+        let stages = Stages {
+            name: self.name.clone(),
+            models_dir: self.home.join("models"),
+            membership: membership.cloned(),
+        };
+        let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;
+        Ok(stages)
+    }
+
     /// Spawn worker `index`: the first [`NodeSupervisor::workers`] are the batch lane's, the
     /// rest the executive's.
     async fn spawn_worker(
@@ -77,6 +100,7 @@ impl NodeSupervisor {
         myself: &ActorRef<SupervisorMsg>,
         coordinator: &ActorRef<CoordinatorMsg>,
         membership: Option<&ActorRef<MembershipMsg>>,
+        stages: &ActorRef<StagesMsg>,
         queue: &Queue,
         index: usize,
     ) -> Result<ActorId, ActorProcessingErr> {
@@ -93,6 +117,13 @@ impl NodeSupervisor {
             membership: membership.cloned(),
             queue: queue.clone(),
             factory: self.factory.clone(),
+            pipeline: PipelineEnv {
+                name: self.name.clone(),
+                home: self.home.clone(),
+                stages: stages.clone(),
+                membership: membership.cloned(),
+                stage_memory: self.stage_memory,
+            },
         };
         let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
         Ok(actor.get_id())
@@ -110,21 +141,23 @@ impl Actor for NodeSupervisor {
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut coordinator = self.coordinator.clone();
-        let (membership, peer) = match &self.membership {
+        let (membership, peer, stages) = match &self.membership {
             Some(m) => {
                 let (membership, _) =
                     Actor::spawn_linked(None, m.clone(), (), myself.get_cell()).await?;
+                let stages = self.spawn_stages(&myself, Some(&membership)).await?;
                 let service = PeerService {
                     name: m.name.clone(),
                     queue: self.coordinator.queue.clone(),
                     membership: membership.clone(),
                     streams: self.streams.clone(),
+                    stages: stages.clone(),
                 };
                 let (peer, _) = Actor::spawn_linked(None, service, (), myself.get_cell()).await?;
                 coordinator.membership = Some(membership.clone());
-                (Some(membership), Some(peer))
+                (Some(membership), Some(peer), stages)
             }
-            None => (None, None),
+            None => (None, None, self.spawn_stages(&myself, None).await?),
         };
         let (coordinator, _) =
             Actor::spawn_linked(None, coordinator, (), myself.get_cell()).await?;
@@ -138,6 +171,7 @@ impl Actor for NodeSupervisor {
                     &myself,
                     &coordinator,
                     membership.as_ref(),
+                    &stages,
                     &self.coordinator.queue,
                     index,
                 )
@@ -148,6 +182,7 @@ impl Actor for NodeSupervisor {
             coordinator,
             membership,
             peer,
+            stages,
             workers,
             restarts: 0,
             stopping: false,
@@ -200,6 +235,9 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Membership(reply) => {
                 let _ = reply.send(state.membership.clone());
             }
+            SupervisorMsg::Stages(reply) => {
+                let _ = reply.send(state.stages.clone());
+            }
         }
         Ok(())
     }
@@ -219,6 +257,7 @@ impl Actor for NodeSupervisor {
             Some(state.coordinator.get_id()),
             state.membership.as_ref().map(|m| m.get_id()),
             state.peer.as_ref().map(|p| p.get_id()),
+            Some(state.stages.get_id()),
         ];
         if core.contains(&Some(who.get_id())) {
             if !state.stopping {
@@ -245,6 +284,7 @@ impl Actor for NodeSupervisor {
                 &myself,
                 &state.coordinator,
                 state.membership.as_ref(),
+                &state.stages,
                 &self.coordinator.queue,
                 index,
             )

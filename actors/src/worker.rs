@@ -48,6 +48,8 @@ pub struct Worker {
     pub membership: Option<ActorRef<MembershipMsg>>,
     pub queue: Queue,
     pub factory: ExecutorFactory,
+    /// For pipeline jobs: the node's stage host and swarm.
+    pub pipeline: crate::pipeline::PipelineEnv,
 }
 
 impl std::fmt::Debug for Worker {
@@ -288,18 +290,24 @@ impl Actor for Worker {
         } else {
             (None, None)
         };
-        let outcome = tokio::time::timeout(
-            timeout,
-            exec.run(
-                lease.task,
-                children,
-                lease.attempt,
-                token,
-                cancel.clone(),
-                stream,
-            ),
-        )
-        .await;
+        let outcome = match lease.task {
+            // A pipeline job drives stages across the swarm: async, on no executor thread.
+            Task::Pipeline(task) => {
+                tokio::time::timeout(timeout, async {
+                    crate::pipeline::run(&self.pipeline, id, &task, token, cancel.clone(), stream)
+                        .await
+                        .map_err(RunError::Job)
+                })
+                .await
+            }
+            task => {
+                tokio::time::timeout(
+                    timeout,
+                    exec.run(task, children, lease.attempt, token, cancel.clone(), stream),
+                )
+                .await
+            }
+        };
         if let Some(mut f) = forwarder {
             // Once the executor has dropped its sender, the forwarder ends after sending the
             // rest, so every piece goes out before the result. A stuck executor (a timeout)

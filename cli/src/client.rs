@@ -114,6 +114,15 @@ impl Client {
             .await
     }
 
+    pub async fn plan(&self, model: &str, n_ctx: u32) -> Result<myco_actors::api::PlanReply> {
+        self.json(
+            self.http
+                .get(format!("{}/api/plan", self.base))
+                .query(&[("model", model.to_owned()), ("n_ctx", n_ctx.to_string())]),
+        )
+        .await
+    }
+
     pub async fn query(
         &self,
         req: &myco_actors::query::QueryRequest,

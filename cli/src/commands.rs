@@ -180,6 +180,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::bench::steal(args, cli.json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Plan { ref model, n_ctx } => {
+            let reply = client(&cli, &home).plan(model, n_ctx).await?;
+            if cli.json {
+                print_json(&reply)?;
+            } else {
+                print_plan(&reply);
+            }
+            Ok(if reply.error.is_some() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Swarm => {
             let reply = client(&cli, &home).swarm().await?;
             if cli.json {
@@ -261,6 +274,47 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// `myco plan`: the model, the candidate nodes, then node → layers → bytes.
+fn print_plan(p: &myco_actors::api::PlanReply) {
+    println!(
+        "{} ({}, {} layers): {} with the KV cache for {} tokens ({} a layer)",
+        p.model,
+        p.architecture,
+        p.layers,
+        mib(p.total_bytes),
+        p.n_ctx,
+        mib(p.kv_bytes_per_layer)
+    );
+    println!("nodes holding it, with the memory each offers to stages:");
+    for n in &p.nodes {
+        let used = p.stages.iter().any(|s| s.node == n.name);
+        let note = if used || p.stages.is_empty() {
+            ""
+        } else {
+            "  (left out: too small for one layer, or not needed)"
+        };
+        println!("  {:<16} {:>12}{note}", n.name, mib(n.free_bytes));
+    }
+    match (&p.error, p.stages.len()) {
+        (Some(e), _) => println!("no plan: {e}"),
+        (None, 1) => println!("runs whole on {} (it fits; no split):", p.stages[0].node),
+        (None, n) => println!("split over {n} nodes, in proportion to their memory:"),
+    }
+    for s in &p.stages {
+        println!(
+            "  {:<16} -> layers {:>3}..{:<3} -> {}",
+            s.node,
+            s.first,
+            s.end,
+            mib(s.bytes)
+        );
     }
 }
 
@@ -430,6 +484,9 @@ pub(crate) fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<Nod
     if let Some(p) = args.discovery_port {
         cfg.discovery_port = p;
     }
+    if let Some(m) = args.stage_memory {
+        cfg.stage_memory = Some(m);
+    }
     if let Some(token) = &args.join_token {
         let (secret, addrs) =
             SwarmSecret::parse_token(token).map_err(|e| BadInput(e.to_string()))?;
@@ -590,7 +647,11 @@ async fn submit(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Result
             eprintln!("submitted {id}");
         }
         let first = client.status(&id).await?;
-        let job = if first.kind == myco_jobs::JobKind::Infer && !cli.json {
+        let job = if matches!(
+            first.kind,
+            myco_jobs::JobKind::Infer | myco_jobs::JobKind::Pipeline
+        ) && !cli.json
+        {
             crate::ask::stream_job(&client, &id).await?
         } else {
             follow(cli.json, || client.status(&id)).await?

@@ -123,6 +123,15 @@ pub enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Show how a pipeline job of MODEL would be split now: node → layers → bytes, over the
+    /// nodes that hold the file, in proportion to the memory each offers.
+    Plan {
+        /// A GGUF file name in ~/.myco/models of the node at --api (with or without `.gguf`).
+        model: String,
+        /// Context size in tokens (sizes the KV caches).
+        #[arg(long, default_value_t = 4096)]
+        n_ctx: u32,
+    },
     /// Show this machine's capabilities: cores, RAM, GPUs.
     Detect,
     /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.
@@ -181,6 +190,39 @@ pub struct NodeArgs {
     /// The UDP port of discovery beacons [default: 7702].
     #[arg(long, env = "MYCO_DISCOVERY_PORT", value_name = "PORT")]
     pub discovery_port: Option<u16>,
+    /// Memory this node offers to model stages of pipeline jobs, e.g. `6GiB` [default: its
+    /// free memory].
+    #[arg(long, env = "MYCO_STAGE_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub stage_memory: Option<u64>,
+}
+
+/// `123`, `512KiB`, `1.5GB`, `6GiB`, `2g`: a size in bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size; write e.g. 6GiB, 512MiB or 1000000"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`; use B, KiB, MiB, GiB, KB, MB or GB"
+            ));
+        }
+    };
+    Ok((n * mult) as u64)
 }
 
 fn main() -> ExitCode {

@@ -54,6 +54,9 @@ pub struct JobFile {
     pub archive: Option<ArchiveSection>,
     #[serde(default)]
     pub infer: Option<InferSection>,
+    /// The same settings as `[infer]`, run as layer-range stages across nodes.
+    #[serde(default)]
+    pub pipeline: Option<InferSection>,
 }
 
 /// The job kinds a user can name in `kind = "..."`.
@@ -65,6 +68,7 @@ pub enum SpecKind {
     Embed,
     Archive,
     Infer,
+    Pipeline,
 }
 
 /// `[infer]`: generate text with an LLM (a GGUF file).
@@ -359,7 +363,8 @@ impl JobSpec {
             | Task::Noop(_)
             | Task::Embed { .. }
             | Task::EmbedDocs(_)
-            | Task::Infer(_) => Ok(Plan {
+            | Task::Infer(_)
+            | Task::Pipeline(_) => Ok(Plan {
                 task: self.task.clone(),
                 children: Vec::new(),
             }),
@@ -466,6 +471,7 @@ impl JobFile {
             SpecKind::Embed => "embed",
             SpecKind::Archive => "archive",
             SpecKind::Infer => "infer",
+            SpecKind::Pipeline => "pipeline",
         };
         let present = [
             ("chunk", self.chunk.is_some()),
@@ -473,6 +479,7 @@ impl JobFile {
             ("embed", self.embed.is_some()),
             ("archive", self.archive.is_some()),
             ("infer", self.infer.is_some()),
+            ("pipeline", self.pipeline.is_some()),
         ];
         for (other, _) in present.iter().filter(|(n, p)| *p && *n != want) {
             bad(
@@ -481,6 +488,10 @@ impl JobFile {
                 "remove it, or change `kind`",
             );
         }
+        let infer_section = match self.kind {
+            SpecKind::Pipeline => &self.pipeline,
+            _ => &self.infer,
+        };
         let task = match self.kind {
             SpecKind::Chunk => match &self.chunk {
                 None => {
@@ -634,12 +645,14 @@ impl JobFile {
                     }))
                 }
             },
-            SpecKind::Infer => match &self.infer {
+            SpecKind::Infer | SpecKind::Pipeline => match infer_section {
                 None => {
                     bad(
-                        "infer",
-                        "missing `[infer]` table".into(),
-                        "add `[infer]` with `model = \"file.gguf\"` and `prompt = \"...\"`",
+                        want,
+                        format!("missing `[{want}]` table"),
+                        &format!(
+                            "add `[{want}]` with `model = \"file.gguf\"` and `prompt = \"...\"`"
+                        ),
                     );
                     None
                 }
@@ -651,7 +664,7 @@ impl JobFile {
                         }
                         _ => {
                             bad(
-                                "infer.prompt",
+                                &format!("{want}.prompt"),
                                 "give `prompt` or `messages` (not both, not neither)".into(),
                                 "e.g. prompt = \"Once upon a time\", or messages = [{ role = \"user\", content = \"hi\" }]",
                             );
@@ -660,14 +673,14 @@ impl JobFile {
                     };
                     if i.max_tokens == 0 || i.max_tokens > 1_000_000 {
                         bad(
-                            "infer.max_tokens",
+                            &format!("{want}.max_tokens"),
                             format!("{} is out of range", i.max_tokens),
                             "use 1 to 1000000",
                         );
                     }
                     if i.n_ctx < 8 {
                         bad(
-                            "infer.n_ctx",
+                            &format!("{want}.n_ctx"),
                             format!("{} is too small", i.n_ctx),
                             "use at least 8 tokens of context (the default is 4096)",
                         );
@@ -700,7 +713,7 @@ impl JobFile {
                     };
                     if model.is_none() {
                         bad(
-                            "infer.model",
+                            &format!("{want}.model"),
                             format!(
                                 "no model file at {}, and no peer holds one of that name",
                                 path.display()
@@ -710,7 +723,7 @@ impl JobFile {
                     }
                     let d = crate::infer::InferParams::default();
                     prompt.zip(model).map(|(prompt, model)| {
-                        Task::Infer(crate::infer::InferTask {
+                        let task = crate::infer::InferTask {
                             gpu: i.gpu,
                             model,
                             prompt,
@@ -726,7 +739,12 @@ impl JobFile {
                                 n_ctx: i.n_ctx,
                                 threads: i.threads,
                             },
-                        })
+                        };
+                        if self.kind == SpecKind::Pipeline {
+                            Task::Pipeline(task)
+                        } else {
+                            Task::Infer(task)
+                        }
                     })
                 }
             },

@@ -46,6 +46,9 @@ pub enum Task {
     Archive(ArchiveTask),
     /// Generate text with an LLM (a GGUF file, whole on one node).
     Infer(InferTask),
+    /// Generate text with an LLM split into layer-range stages across nodes (or whole, on
+    /// the stage engine, when one node can hold it). The node's stage chain runs it.
+    Pipeline(InferTask),
 }
 
 /// Where an embedded text came from: a chunk of a document.
@@ -86,15 +89,17 @@ pub enum JobKind {
     Embed,
     Archive,
     Infer,
+    Pipeline,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::Chunk,
         JobKind::Noop,
         JobKind::Embed,
         JobKind::Archive,
         JobKind::Infer,
+        JobKind::Pipeline,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +109,7 @@ impl JobKind {
             JobKind::Embed => "embed",
             JobKind::Archive => "archive",
             JobKind::Infer => "infer",
+            JobKind::Pipeline => "pipeline",
         }
     }
 
@@ -181,7 +187,7 @@ impl Task {
             Task::Embed { model, .. } => Some(model),
             Task::EmbedDocs(t) => Some(&t.model),
             Task::Archive(t) => Some(&t.model),
-            Task::Infer(t) => Some(&t.model),
+            Task::Infer(t) | Task::Pipeline(t) => Some(&t.model),
             _ => None,
         }
     }
@@ -193,12 +199,12 @@ impl Task {
 
     /// Only a node with a GPU may run it.
     pub fn needs_gpu(&self) -> bool {
-        matches!(self, Task::Infer(t) if t.gpu)
+        matches!(self, Task::Infer(t) | Task::Pipeline(t) if t.gpu)
     }
 
     /// A task whose output streams to its clients as it runs (see [`RunContext::stream`]).
     pub fn streams(&self) -> bool {
-        matches!(self, Task::Infer(_))
+        matches!(self, Task::Infer(_) | Task::Pipeline(_))
     }
 
     /// A parent that runs itself once its children have finished, with their results.
@@ -234,6 +240,7 @@ impl Task {
             Task::Embed { .. } | Task::EmbedDocs(_) => JobKind::Embed,
             Task::Archive(_) => JobKind::Archive,
             Task::Infer(_) => JobKind::Infer,
+            Task::Pipeline(_) => JobKind::Pipeline,
         }
     }
 
@@ -259,6 +266,10 @@ impl Task {
                 t.collection
             ),
             Task::Infer(t) => format!("infer {} tokens with {}", t.params.max_tokens, t.model.name),
+            Task::Pipeline(t) => format!(
+                "infer {} tokens with {} in stages",
+                t.params.max_tokens, t.model.name
+            ),
         }
     }
 }
@@ -479,6 +490,10 @@ impl Executor for CpuExecutor {
             }),
             Task::Archive(t) => archive::join(t, &self.home, ctx.children),
             Task::Infer(t) => infer(t, &self.home, ctx),
+            // The worker hands these to the node's stage chain, which needs the swarm.
+            Task::Pipeline(_) => Err(JobError::fatal(
+                "a pipeline job runs on a node's stage chain, not on an executor",
+            )),
         }
     }
 }
@@ -585,11 +600,62 @@ impl Fit {
             return false;
         }
         match (&self.models, task.model()) {
+            // A pipeline job whose owner holds the model stays there: its runner only
+            // coordinates (the stages spread the work), and its tokens stream where its
+            // clients wait.
+            (_, Some(m))
+                if !self.owner && m.path.is_absolute() && task.kind() == JobKind::Pipeline =>
+            {
+                false
+            }
             // The owner found a model given by path at submit (the path is absolute); one
             // named only by a peer's copy has a bare file name for its path.
             (Some(_), Some(m)) if self.owner && m.path.is_absolute() => true,
             (Some(models), Some(m)) => models.iter().any(|(n, b)| *n == m.name && *b == m.bytes),
             _ => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::infer::{InferParams, InferTask, Prompt};
+
+    fn llm(path: &str, pipeline: bool) -> Task {
+        let t = InferTask {
+            model: ModelRef {
+                name: "m.gguf".into(),
+                path: path.into(),
+                bytes: 10,
+            },
+            prompt: Prompt::Text("hi".into()),
+            params: InferParams::default(),
+            gpu: false,
+        };
+        if pipeline {
+            Task::Pipeline(t)
+        } else {
+            Task::Infer(t)
+        }
+    }
+
+    #[test]
+    fn thieves_take_llm_jobs_of_models_they_hold_but_not_pipelines_the_owner_can_run() {
+        let kinds = [JobKind::Infer, JobKind::Pipeline];
+        let holder = Fit::thief(&kinds, vec![("m.gguf".into(), 10)]);
+        let other = Fit::thief(&kinds, vec![("n.gguf".into(), 10)]);
+        let owner = Fit {
+            models: Some(Vec::new()),
+            ..Fit::local(&kinds)
+        };
+        // Resolved at the owner (an absolute path): the owner holds the model.
+        assert!(holder.accepts(&llm("/home/a/models/m.gguf", false)));
+        assert!(!holder.accepts(&llm("/home/a/models/m.gguf", true)));
+        assert!(owner.accepts(&llm("/home/a/models/m.gguf", true)));
+        // Named after a peer's copy: whoever holds it runs it.
+        assert!(holder.accepts(&llm("m.gguf", true)));
+        assert!(!other.accepts(&llm("m.gguf", true)));
+        assert!(!owner.accepts(&llm("m.gguf", true)));
     }
 }

@@ -122,6 +122,9 @@ pub struct NodeConfig {
     /// A peer silent this long is dropped from the swarm.
     #[serde(with = "humantime_secs")]
     pub peer_timeout: Duration,
+    /// Memory (bytes) this node offers to model stages; unset means its free memory.
+    #[serde(default)]
+    pub stage_memory: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -142,6 +145,7 @@ impl Default for NodeConfig {
             discovery_port: 7702,
             heartbeat: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
+            stage_memory: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 
 use super::{Finish, Generation, InferError, InferParams, Prompt};
 
@@ -152,6 +153,44 @@ impl LlmModel {
         })
     }
 
+    /// The tokenizer of the model at `path` only (no weights): for pipeline jobs, whose
+    /// weights live in stages.
+    pub fn load_vocab(path: &Path) -> Result<LlmModel, InferError> {
+        let shown = path.display().to_string();
+        if !path.is_file() {
+            return Err(InferError::Missing { path: shown });
+        }
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        let model = LlamaModel::load_from_file(backend, path, &params)
+            .map_err(|_| InferError::Corrupt { path: shown })?;
+        Ok(LlmModel {
+            model,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Whether `token` ends generation (end of turn, end of text).
+    pub fn is_eog(&self, token: i32) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token))
+    }
+
+    /// The end-of-generation tokens of the vocabulary.
+    pub fn eog_tokens(&self) -> Vec<u32> {
+        (0..self.model.n_vocab())
+            .filter(|&t| self.is_eog(t))
+            .filter_map(|t| u32::try_from(t).ok())
+            .collect()
+    }
+
+    /// The bytes of a token's text.
+    pub fn piece(&self, token: i32, out: &mut Vec<u8>) {
+        out.clear();
+        self.model
+            .vocab()
+            .token_to_piece_into(LlamaToken(token), out, false, None);
+    }
+
     /// The prompt as text: chat messages go through the model's chat template.
     pub fn render(&self, prompt: &Prompt) -> Result<String, InferError> {
         let messages = match prompt {
@@ -235,16 +274,7 @@ impl LlmModel {
         let started = Instant::now();
         let mut pos = tokens.len() as i32;
         let mut out_tokens = Vec::new();
-        let mut bytes: Vec<u8> = Vec::new();
-        let mut emitted = 0usize; // bytes of `bytes` already given to on_token
-        // A stop string may be completed by a later token: hold back what could begin one.
-        let hold = params
-            .stop
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(0)
-            .saturating_sub(1);
+        let mut text = Detokenizer::new(&params.stop);
         let mut finish = Finish::Length;
         let mut piece = Vec::with_capacity(16);
         while out_tokens.len() < params.max_tokens as usize {
@@ -262,35 +292,88 @@ impl LlmModel {
             out_tokens.push(token.0);
             piece.clear();
             vocab.token_to_piece_into(token, &mut piece, false, None);
-            bytes.extend_from_slice(&piece);
-            if let Some(cut) = stop_at(&bytes, &params.stop) {
-                bytes.truncate(cut.max(emitted));
+            let (new, stopped) = text.push(&piece);
+            on_token(Some(token.0), &new);
+            if stopped {
                 finish = Finish::Stop;
-                on_token(Some(token.0), "");
                 break;
             }
-            let upto = bytes.len().saturating_sub(hold).max(emitted);
-            let (new, used) = utf8_release(&bytes[emitted..upto]);
-            emitted += used;
-            on_token(Some(token.0), &new);
             batch.clear();
             batch.add(token, pos, &[0], true).map_err(|e| engine(&e))?;
             pos += 1;
             ctx.decode(&mut batch).map_err(|e| engine(&e))?;
         }
-        if emitted < bytes.len() {
-            on_token(None, &String::from_utf8_lossy(&bytes[emitted..]));
+        let rest = text.flush();
+        if !rest.is_empty() {
+            on_token(None, &rest);
         }
         let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(Generation {
-            text: String::from_utf8_lossy(&bytes).into_owned(),
+            text: text.text(),
             completion_tokens: out_tokens.len() as u32,
             tokens: out_tokens,
             prompt_tokens: tokens.len() as u32,
             finish_reason: finish,
             prompt_ms,
             generation_ms,
+            stages: Vec::new(),
+            replaced: Vec::new(),
         })
+    }
+}
+
+/// Turns generated tokens' bytes into text as it streams: it releases only complete UTF-8
+/// and never past a possible start of a stop string, so the released pieces always add up
+/// to [`Detokenizer::text`].
+#[derive(Debug)]
+pub struct Detokenizer {
+    bytes: Vec<u8>,
+    /// Bytes already released.
+    emitted: usize,
+    /// The longest stop string less one byte: what a later token may still complete.
+    hold: usize,
+    stop: Vec<String>,
+}
+
+impl Detokenizer {
+    pub fn new(stop: &[String]) -> Detokenizer {
+        Detokenizer {
+            bytes: Vec::new(),
+            emitted: 0,
+            hold: stop
+                .iter()
+                .map(String::len)
+                .max()
+                .unwrap_or(0)
+                .saturating_sub(1),
+            stop: stop.to_vec(),
+        }
+    }
+
+    /// Add a token's bytes: the text it releases, and whether a stop string appeared (the
+    /// text is then cut where it starts).
+    pub fn push(&mut self, piece: &[u8]) -> (String, bool) {
+        self.bytes.extend_from_slice(piece);
+        if let Some(cut) = stop_at(&self.bytes, &self.stop) {
+            self.bytes.truncate(cut.max(self.emitted));
+            return (String::new(), true);
+        }
+        let upto = self.bytes.len().saturating_sub(self.hold).max(self.emitted);
+        let (new, used) = utf8_release(&self.bytes[self.emitted..upto]);
+        self.emitted += used;
+        (new, false)
+    }
+
+    /// Release the rest, at the end.
+    pub fn flush(&mut self) -> String {
+        let rest = String::from_utf8_lossy(&self.bytes[self.emitted..]).into_owned();
+        self.emitted = self.bytes.len();
+        rest
+    }
+
+    /// All the text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 }
 

@@ -90,6 +90,25 @@ pub struct Generation {
     pub finish_reason: Finish,
     pub prompt_ms: f64,
     pub generation_ms: f64,
+    /// A pipeline job: the stages of the run that finished it (node, layers, tensor bytes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageReport>,
+    /// A pipeline job: each time a stage was lost and its layers placed again, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+}
+
+/// One stage of a pipeline run, as its node reported it after loading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReport {
+    pub node: String,
+    pub first: u32,
+    /// Exclusive.
+    pub end: u32,
+    /// The bytes of the tensors it read from the model file.
+    pub tensor_bytes: u64,
+    /// The names of those tensors.
+    pub tensors: Vec<String>,
 }
 
 /// Why a request failed. Every message names the problem; all are fatal for the job except

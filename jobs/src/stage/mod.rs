@@ -291,6 +291,9 @@ impl std::fmt::Debug for Stage {
     }
 }
 
+/// Stages run on a GPU when one is there (a `cuda` build).
+pub const GPU_BUILD: bool = cfg!(feature = "cuda");
+
 /// The device stages run on: the first CUDA GPU when built with `cuda`, else the CPU.
 pub fn device() -> Device {
     #[cfg(feature = "cuda")]

@@ -13,7 +13,7 @@ use crate::detect::Capabilities;
 use crate::queue::{JobId, Lease};
 
 /// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// A payload that may have failed to decode.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +89,9 @@ pub struct NodeInfo {
     pub models: Vec<crate::models::ModelFile>,
     pub kinds: Vec<JobKind>,
     pub load: NodeLoad,
+    /// Memory it offers to model stages (free VRAM on a GPU build, else free RAM, capped by
+    /// `--stage-memory`).
+    pub stage_memory: u64,
     /// The peers it is connected to, as `(name, cluster address)`: a node that joined
     /// through one member dials the rest (gossip), so `--join` needs one address.
     pub peers: Vec<(String, String)>,
@@ -174,6 +177,102 @@ pub struct StreamPiece {
 pub struct StreamFrame {
     pub id: JobId,
     pub pieces: Vec<StreamPiece>,
+}
+
+/// One run of a pipeline job: the job and the run id its runner picked (a new one each time
+/// the stages are placed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeqKey {
+    pub job: JobId,
+    pub run: u64,
+}
+
+/// How the last stage picks tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+/// The runner asks a node to host one stage of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageOpen {
+    pub key: SeqKey,
+    pub index: u32,
+    /// The model file: its name in the node's models directory, and its size.
+    pub model: String,
+    pub size: u64,
+    pub first: u32,
+    /// Exclusive.
+    pub end: u32,
+    pub n_ctx: u32,
+    /// The node of the next stage; `None` for the last stage.
+    pub next: Option<String>,
+    /// The node of stage 0, where sampled tokens go (the ring).
+    pub ring: String,
+    /// The node running the job, which gets every token and every report.
+    pub runner: String,
+    pub sampling: Sampling,
+    /// Tokens still to generate (the last stage stops there).
+    pub max_tokens: u32,
+    /// Tokens that end generation.
+    pub eog: Vec<u32>,
+}
+
+/// Frames of the stage chain. Hidden states travel as f32 (4 bytes a value): stages then
+/// compute bit for bit what one node with every layer computes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StageFrame {
+    /// Runner → each stage's node: load (or reuse) the stage and start a sequence.
+    Open(Box<StageOpen>),
+    /// A stage → the runner: loaded (or why not).
+    Opened {
+        key: SeqKey,
+        index: u32,
+        node: String,
+        result: Result<StageLoaded, String>,
+    },
+    /// Token ids at positions `pos..` → stage 0 (the prompt from the runner, or a sampled
+    /// token from the last stage).
+    Feed {
+        key: SeqKey,
+        pos: u32,
+        tokens: Vec<u32>,
+    },
+    /// Stage i → stage i+1: `n_tok × n_embd` hidden states for positions `pos..`.
+    Hidden {
+        key: SeqKey,
+        pos: u32,
+        data: Vec<f32>,
+    },
+    /// The last stage → the runner: a sampled token; `last` when generation ends with it
+    /// (an end-of-generation token, `max_tokens` or a full context).
+    Token {
+        key: SeqKey,
+        token: u32,
+        eog: bool,
+        last: bool,
+    },
+    /// A stage → the runner: it cannot go on.
+    Failed {
+        key: SeqKey,
+        node: String,
+        why: String,
+        /// The node it could not reach, if that is why.
+        unreachable: Option<String>,
+    },
+    /// Runner → every stage: the run is over; free its KV caches.
+    Close { key: SeqKey },
+}
+
+/// What a stage loaded: the tensors it read from the model file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageLoaded {
+    pub tensor_bytes: u64,
+    pub tensors: Vec<String>,
 }
 
 #[cfg(test)]

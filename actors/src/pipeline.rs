@@ -1,0 +1,620 @@
+//! Running a pipeline job: plan the model's layers over the nodes that hold it, open the
+//! stages, feed the prompt into the ring, and collect the tokens as the last stage samples
+//! them.
+//!
+//! The runner is the worker that leased the job (on any node that holds the model file: it
+//! reads the tokenizer and the tensor sizes from it). It never carries hidden states: the
+//! stages send those to each other.
+//!
+//! Failure: if a node of the plan leaves the swarm (or stops answering), the run is closed
+//! and the layers are placed again on the nodes still up, and generation resumes from the
+//! prompt plus the tokens generated so far: with greedy sampling the tokens are the same.
+//! If they cannot hold the model, or the chain stalls, the attempt fails with the reason
+//! and the queue retries it under its rules. The result lists each re-placement.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use myco_jobs::JobError;
+use myco_jobs::infer::engine::{Detokenizer, LlmModel};
+use myco_jobs::infer::{Finish, Generation, InferError, InferTask, StageReport};
+use myco_jobs::stage::ModelInfo;
+use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageOpen, StreamPiece};
+use myco_runtime::plan::{self, ModelShape, NodeMemory};
+use myco_runtime::queue::JobId;
+use ractor::ActorRef;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::membership::{MemberView, MembershipMsg};
+use crate::stages::StagesMsg;
+
+/// How long stages may take to load.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
+/// A chain that produces no token for this long is stuck.
+const STALL: Duration = Duration::from_secs(120);
+/// Placements of one attempt: the first and up to this many re-placements.
+const MAX_PLACEMENTS: u32 = 4;
+
+/// What a runner needs of its node.
+#[derive(Debug, Clone)]
+pub struct PipelineEnv {
+    pub name: String,
+    pub home: PathBuf,
+    pub stages: ActorRef<StagesMsg>,
+    pub membership: Option<ActorRef<MembershipMsg>>,
+    /// Memory offered to stages when the node is not in a swarm (else membership has it).
+    pub stage_memory: Option<u64>,
+}
+
+/// The nodes that could host stages of `model` (file name and size) and the memory each
+/// offers: this node and the peers that are up, holding the file.
+pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
+    let members: Vec<MemberView> = match &env.membership {
+        Some(m) => m
+            .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if members.is_empty() {
+        let free = tokio::task::spawn_blocking(myco_runtime::detect::detect)
+            .await
+            .map(|c| c.ram_free_bytes)
+            .unwrap_or(0);
+        return vec![NodeMemory {
+            name: env.name.clone(),
+            free_bytes: env.stage_memory.map_or(free, |cap| cap.min(free)),
+        }];
+    }
+    members
+        .into_iter()
+        .filter(|m| m.status == "self" || m.status == "up")
+        .filter_map(|m| {
+            let info = m.info?;
+            let holds = info
+                .models
+                .iter()
+                .any(|f| f.size_bytes == size && f.path.file_name().is_some_and(|n| n == model));
+            holds.then_some(NodeMemory {
+                name: m.name,
+                free_bytes: info.stage_memory,
+            })
+        })
+        .collect()
+}
+
+/// The shape the planner needs, from the model's header.
+pub fn shape(info: &ModelInfo, n_ctx: u32) -> ModelShape {
+    ModelShape {
+        layer_bytes: info.layer_bytes.clone(),
+        embed_bytes: info.embed_bytes,
+        head_bytes: info.head_bytes,
+        kv_bytes_per_layer: info.kv_bytes_per_layer(n_ctx),
+    }
+}
+
+/// The nodes that are up now (this node included).
+async fn up(env: &PipelineEnv) -> Option<BTreeSet<String>> {
+    let m = env.membership.as_ref()?;
+    let members = m
+        .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
+        .await
+        .ok()?
+        .success_or(())
+        .ok()?;
+    Some(
+        members
+            .into_iter()
+            .filter(|m| m.status == "self" || m.status == "up")
+            .map(|m| m.name)
+            .collect(),
+    )
+}
+
+fn infer_error(e: InferError) -> JobError {
+    if e.is_retryable() {
+        JobError::retryable(e.to_string())
+    } else {
+        JobError::fatal(e.to_string())
+    }
+}
+
+/// The tokenizer's view of a request: prompt tokens, end-of-generation tokens.
+struct Prepared {
+    vocab: LlmModel,
+    prompt: Vec<u32>,
+    eog: Vec<u32>,
+    info: ModelInfo,
+}
+
+fn prepare(path: &Path, task: &InferTask) -> Result<Prepared, JobError> {
+    let info = ModelInfo::read(path).map_err(|e| JobError::fatal(e.to_string()))?;
+    let vocab = LlmModel::load_vocab(path).map_err(infer_error)?;
+    let text = vocab.render(&task.prompt).map_err(infer_error)?;
+    let prompt: Vec<u32> = vocab
+        .tokenize(&text)
+        .into_iter()
+        .filter_map(|t| u32::try_from(t).ok())
+        .collect();
+    let n_ctx = task.params.n_ctx.max(8);
+    if prompt.len() >= n_ctx as usize {
+        return Err(infer_error(InferError::PromptTooLong {
+            tokens: prompt.len(),
+            n_ctx,
+        }));
+    }
+    let eog = vocab.eog_tokens();
+    Ok(Prepared {
+        vocab,
+        prompt,
+        eog,
+        info,
+    })
+}
+
+/// One placement's stages, as planned and as they reported. Dropping it closes the run on
+/// every stage (also when the job's timeout drops the runner).
+struct Placement {
+    key: SeqKey,
+    plan: Vec<plan::Stage>,
+    reports: Vec<Option<StageReport>>,
+    stages: ActorRef<StagesMsg>,
+}
+
+impl Placement {
+    fn nodes(&self) -> BTreeSet<String> {
+        self.plan.iter().map(|s| s.node.clone()).collect()
+    }
+}
+
+impl Drop for Placement {
+    fn drop(&mut self) {
+        for s in &self.plan {
+            let _ = self.stages.cast(StagesMsg::Send(
+                s.node.clone(),
+                StageFrame::Close { key: self.key },
+            ));
+        }
+        let _ = self.stages.cast(StagesMsg::Unlisten(self.key));
+    }
+}
+
+/// How a placement ended.
+enum Ended {
+    Done(Finish),
+    /// These nodes left: place again without them.
+    Lost(BTreeSet<String>, String),
+}
+
+/// Run a pipeline job. `run` is the lease token (it tags streamed pieces).
+pub async fn run(
+    env: &PipelineEnv,
+    job: JobId,
+    task: &InferTask,
+    run: u64,
+    cancel: Arc<AtomicBool>,
+    stream: Option<UnboundedSender<StreamPiece>>,
+) -> Result<Vec<u8>, JobError> {
+    let path = task.model.resolve(&env.home);
+    let prepared = {
+        let (path, task) = (path.clone(), task.clone());
+        tokio::task::spawn_blocking(move || prepare(&path, &task))
+            .await
+            .map_err(|e| JobError::retryable(format!("preparing the prompt: {e}")))??
+    };
+    let model = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| task.model.name.clone());
+    let size = std::fs::metadata(&path)
+        .map(|m| m.len())
+        .unwrap_or(task.model.bytes);
+    let n_ctx = task.params.n_ctx.max(8);
+    let shape = shape(&prepared.info, n_ctx);
+
+    let mut state = Progress {
+        tokens: Vec::new(),
+        text: Detokenizer::new(&task.params.stop),
+        piece: Vec::new(),
+        run,
+        stream,
+    };
+    let mut lost: BTreeSet<String> = BTreeSet::new();
+    let mut replaced: Vec<String> = Vec::new();
+    let started = Instant::now();
+    let mut first_token_ms: Option<f64> = None;
+    for placement_no in 0..MAX_PLACEMENTS {
+        let nodes: Vec<NodeMemory> = candidates(env, &model, size)
+            .await
+            .into_iter()
+            .filter(|n| !lost.contains(&n.name))
+            .collect();
+        let stages = plan::plan(&shape, &nodes).map_err(|e| {
+            let why = format!("cannot place {model}: {e}");
+            match replaced.last() {
+                Some(r) => JobError::retryable(format!("{r}; {why}")),
+                None => JobError::retryable(why),
+            }
+        })?;
+        let key = SeqKey {
+            job,
+            run: run.wrapping_mul(16).wrapping_add(u64::from(placement_no)),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = env.stages.cast(StagesMsg::Listen(key, tx));
+        let mut placement = Placement {
+            key,
+            reports: vec![None; stages.len()],
+            plan: stages,
+            stages: env.stages.clone(),
+        };
+        let remaining = task
+            .params
+            .max_tokens
+            .saturating_sub(state.tokens.len() as u32);
+        let result = drive(
+            env,
+            &mut placement,
+            &prepared,
+            task,
+            &model,
+            size,
+            n_ctx,
+            remaining,
+            &mut state,
+            &mut rx,
+            &cancel,
+            &mut first_token_ms,
+            started,
+        )
+        .await;
+        match result {
+            Ok(Ended::Done(finish)) => {
+                let text = state.finish();
+                let generation = Generation {
+                    text,
+                    completion_tokens: state.tokens.len() as u32,
+                    tokens: state.tokens.iter().map(|&t| t as i32).collect(),
+                    prompt_tokens: prepared.prompt.len() as u32,
+                    finish_reason: finish,
+                    prompt_ms: first_token_ms.unwrap_or(0.0),
+                    generation_ms: started.elapsed().as_secs_f64() * 1000.0
+                        - first_token_ms.unwrap_or(0.0),
+                    stages: std::mem::take(&mut placement.reports)
+                        .into_iter()
+                        .flatten()
+                        .collect(),
+                    replaced,
+                };
+                let mut out = serde_json::to_vec(&generation)
+                    .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;
+                out.push(b'\n');
+                return Ok(out);
+            }
+            Ok(Ended::Lost(gone, why)) => {
+                tracing::warn!(%job, nodes = ?gone, %why, "placing the stages again");
+                replaced.push(why);
+                lost.extend(gone);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(JobError::retryable(format!(
+        "stages were lost {MAX_PLACEMENTS} times: {}",
+        replaced.join("; ")
+    )))
+}
+
+/// What a job has generated so far (kept across placements).
+struct Progress {
+    tokens: Vec<u32>,
+    text: Detokenizer,
+    piece: Vec<u8>,
+    run: u64,
+    stream: Option<UnboundedSender<StreamPiece>>,
+}
+
+impl Progress {
+    /// Add a token; true if a stop string ended generation.
+    fn push(&mut self, vocab: &LlmModel, token: u32) -> bool {
+        self.tokens.push(token);
+        vocab.piece(token as i32, &mut self.piece);
+        let (text, stopped) = self.text.push(&self.piece);
+        if let Some(s) = &self.stream {
+            let _ = s.send(StreamPiece {
+                run: self.run,
+                token: Some(token as i32),
+                text,
+            });
+        }
+        stopped
+    }
+
+    fn finish(&mut self) -> String {
+        let rest = self.text.flush();
+        if !rest.is_empty()
+            && let Some(s) = &self.stream
+        {
+            let _ = s.send(StreamPiece {
+                run: self.run,
+                token: None,
+                text: rest,
+            });
+        }
+        self.text.text()
+    }
+}
+
+/// Open one placement's stages and generate until the end, a lost node, or an error.
+#[allow(clippy::too_many_arguments)]
+async fn drive(
+    env: &PipelineEnv,
+    placement: &mut Placement,
+    prepared: &Prepared,
+    task: &InferTask,
+    model: &str,
+    size: u64,
+    n_ctx: u32,
+    remaining: u32,
+    state: &mut Progress,
+    rx: &mut UnboundedReceiver<StageFrame>,
+    cancel: &AtomicBool,
+    first_token_ms: &mut Option<f64>,
+    started: Instant,
+) -> Result<Ended, JobError> {
+    let key = placement.key;
+    let n = placement.plan.len();
+    let p = &task.params;
+    for (i, s) in placement.plan.iter().enumerate() {
+        let open = StageOpen {
+            key,
+            index: i as u32,
+            model: model.to_owned(),
+            size,
+            first: s.first,
+            end: s.end,
+            n_ctx,
+            next: placement.plan.get(i + 1).map(|n| n.node.clone()),
+            ring: placement.plan[0].node.clone(),
+            runner: env.name.clone(),
+            sampling: Sampling {
+                temperature: p.temperature,
+                top_k: p.top_k,
+                top_p: p.top_p,
+                // A new placement draws anew, but reproducibly.
+                seed: u64::from(p.seed) ^ (state.tokens.len() as u64) << 32,
+            },
+            max_tokens: remaining.max(1),
+            eog: prepared.eog.clone(),
+        };
+        let _ = env.stages.cast(StagesMsg::Send(
+            s.node.clone(),
+            StageFrame::Open(Box::new(open)),
+        ));
+    }
+    let describe = |plan: &[plan::Stage], node: &str| {
+        plan.iter()
+            .find(|s| s.node == node)
+            .map(|s| format!("{node} (layers {}..{})", s.first, s.end))
+            .unwrap_or_else(|| node.to_owned())
+    };
+    // Wait for every stage to load.
+    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut opened = 0;
+    while opened < n {
+        match recv(env, placement, rx, cancel, deadline).await? {
+            Event::Frame(StageFrame::Opened {
+                index,
+                node,
+                result,
+                ..
+            }) => {
+                let s = placement
+                    .plan
+                    .get(index as usize)
+                    .ok_or_else(|| JobError::retryable("a stage reported an unknown index"))?;
+                let loaded = result.map_err(|why| {
+                    JobError::retryable(format!("the stage on {node} cannot load: {why}"))
+                })?;
+                placement.reports[index as usize] = Some(StageReport {
+                    node,
+                    first: s.first,
+                    end: s.end,
+                    tensor_bytes: loaded.tensor_bytes,
+                    tensors: loaded.tensors,
+                });
+                opened += 1;
+            }
+            Event::Frame(StageFrame::Failed {
+                node,
+                why,
+                unreachable,
+                ..
+            }) => {
+                return match unreachable {
+                    // A stage lost touch with the next: place again without that node.
+                    Some(gone) => Ok(Ended::Lost(
+                        BTreeSet::from([gone.clone()]),
+                        format!(
+                            "{} became unreachable from {node} after {} tokens; placed the layers again and resumed",
+                            describe(&placement.plan, &gone),
+                            state.tokens.len()
+                        ),
+                    )),
+                    None => Err(JobError::retryable(format!(
+                        "the stage on {node} failed: {why}"
+                    ))),
+                };
+            }
+            Event::Frame(_) => {}
+            Event::Lost(gone) => {
+                let names: Vec<String> =
+                    gone.iter().map(|g| describe(&placement.plan, g)).collect();
+                return Ok(Ended::Lost(
+                    gone,
+                    format!("{} left while the stages loaded", names.join(", ")),
+                ));
+            }
+            Event::Stalled => {
+                return Err(JobError::retryable(format!(
+                    "the stages did not load within {}s",
+                    OPEN_TIMEOUT.as_secs()
+                )));
+            }
+        }
+    }
+    tracing::info!(
+        plan = %plan::explain(&placement.plan).trim_end().replace('\n', "; "),
+        "pipeline stages open"
+    );
+    // The prompt, and what was generated before a re-placement, as one batch.
+    let mut feed = prepared.prompt.clone();
+    feed.extend_from_slice(&state.tokens);
+    let _ = env.stages.cast(StagesMsg::Send(
+        placement.plan[0].node.clone(),
+        StageFrame::Feed {
+            key,
+            pos: 0,
+            tokens: feed,
+        },
+    ));
+    loop {
+        let deadline = Instant::now() + STALL;
+        match recv(env, placement, rx, cancel, deadline).await? {
+            Event::Frame(StageFrame::Token {
+                token, eog, last, ..
+            }) => {
+                first_token_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
+                if eog {
+                    return Ok(Ended::Done(Finish::Stop));
+                }
+                if state.push(&prepared.vocab, token) {
+                    return Ok(Ended::Done(Finish::Stop));
+                }
+                if last {
+                    return Ok(Ended::Done(Finish::Length));
+                }
+            }
+            Event::Frame(StageFrame::Failed {
+                node,
+                why,
+                unreachable,
+                ..
+            }) => {
+                return match unreachable {
+                    // A stage lost touch with the next: place again without that node.
+                    Some(gone) => Ok(Ended::Lost(
+                        BTreeSet::from([gone.clone()]),
+                        format!(
+                            "{} became unreachable from {node} after {} tokens; placed the layers again and resumed",
+                            describe(&placement.plan, &gone),
+                            state.tokens.len()
+                        ),
+                    )),
+                    None => Err(JobError::retryable(format!(
+                        "the stage on {node} failed: {why}"
+                    ))),
+                };
+            }
+            Event::Frame(_) => {}
+            Event::Lost(gone) => {
+                let names: Vec<String> =
+                    gone.iter().map(|g| describe(&placement.plan, g)).collect();
+                return Ok(Ended::Lost(
+                    gone,
+                    format!(
+                        "{} left after {} tokens; placed the layers again and resumed",
+                        names.join(", "),
+                        state.tokens.len()
+                    ),
+                ));
+            }
+            Event::Stalled => {
+                let why = format!(
+                    "the stage chain produced no token for {}s (a stage node hangs)",
+                    STALL.as_secs()
+                );
+                return Err(JobError::retryable(why));
+            }
+        }
+    }
+}
+
+enum Event {
+    Frame(StageFrame),
+    Lost(BTreeSet<String>),
+    Stalled,
+}
+
+/// The next frame for the runner, or a node of the placement gone, or the deadline.
+async fn recv(
+    env: &PipelineEnv,
+    placement: &Placement,
+    rx: &mut UnboundedReceiver<StageFrame>,
+    cancel: &AtomicBool,
+    deadline: Instant,
+) -> Result<Event, JobError> {
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            frame = rx.recv() => {
+                return match frame {
+                    Some(f) => Ok(Event::Frame(f)),
+                    None => Err(JobError::retryable("the node's stage host stopped")),
+                };
+            }
+            _ = check.tick() => {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(JobError::retryable("cancelled"));
+                }
+                if Instant::now() >= deadline {
+                    return Ok(Event::Stalled);
+                }
+                if let Some(up) = up(env).await {
+                    let gone: BTreeSet<String> =
+                        placement.nodes().difference(&up).cloned().collect();
+                    if !gone.is_empty() {
+                        return Ok(Event::Lost(gone));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The plan for `myco plan`: the model's header from this node's file, the memory of the
+/// nodes that hold it.
+pub async fn plan_for(
+    env: &PipelineEnv,
+    path: &Path,
+    n_ctx: u32,
+) -> Result<
+    (
+        ModelInfo,
+        ModelShape,
+        Vec<NodeMemory>,
+        Result<Vec<plan::Stage>, plan::PlanError>,
+    ),
+    String,
+> {
+    let p = path.to_path_buf();
+    let info = tokio::task::spawn_blocking(move || ModelInfo::read(&p))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let model = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let nodes = candidates(env, &model, size).await;
+    let shape = shape(&info, n_ctx);
+    let planned = plan::plan(&shape, &nodes);
+    Ok((info, shape, nodes, planned))
+}

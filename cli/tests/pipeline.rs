@@ -1,0 +1,372 @@
+//! Pipeline jobs: a model split into layer-range stages over real node processes (candle
+//! stages, f32 hidden states over the cluster's TCP), against the same model run whole by
+//! the stage engine in this process. Planning from advertised memory, the tensors each stage
+//! loaded, and a middle stage's node killed mid-generation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Http, NodeProc, copy_secret, eventually, myco};
+use myco_jobs::gguf::TinyLlama;
+use myco_jobs::infer::Prompt;
+use myco_jobs::infer::engine::LlmModel;
+use myco_jobs::stage::{ModelInfo, Stage, StageInput, StageOutput, argmax};
+
+const N_CTX: u32 = 2048;
+const PROMPT: &str = "hello swarm, the node runs a job";
+
+/// Six layers, a context of 2048.
+fn write_model(home: &Path) -> PathBuf {
+    let path = home.join("models/tiny6.gguf");
+    TinyLlama {
+        n_layer: 6,
+        n_ctx: N_CTX,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .unwrap();
+    path
+}
+
+/// One layer with its KV cache at `N_CTX`: the unit the test gives nodes memory in.
+fn layer_unit(info: &ModelInfo) -> u64 {
+    info.layer_bytes[0] + info.kv_bytes_per_layer(N_CTX)
+}
+
+/// Greedy tokens of the whole model on the stage engine, with the chunking the chain uses:
+/// the prompt as one batch, then one token at a time; until an end token or `max`.
+fn reference(path: &Path, max: usize) -> Vec<i64> {
+    let vocab = LlmModel::load_vocab(path).unwrap();
+    let text = vocab.render(&Prompt::Text(PROMPT.into())).unwrap();
+    let prompt: Vec<u32> = vocab.tokenize(&text).iter().map(|&t| t as u32).collect();
+    let eog = vocab.eog_tokens();
+    let mut stage = Stage::load(path, 0, 6, N_CTX as usize).unwrap();
+    let (mut input, mut pos, mut out) = (prompt, 0, Vec::new());
+    while out.len() < max {
+        let n = input.len();
+        let StageOutput::Logits(l) = stage.forward(0, pos, StageInput::Tokens(input)).unwrap()
+        else {
+            panic!("logits")
+        };
+        let t = argmax(&l);
+        if eog.contains(&t) {
+            break;
+        }
+        out.push(i64::from(t));
+        pos += n;
+        input = vec![t];
+    }
+    out
+}
+
+fn job(root: &Path, name: &str, max_tokens: u32, n_ctx: u32, attempts: u32) -> PathBuf {
+    let path = root.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "version = 1\nkind = \"pipeline\"\nmax_attempts = {attempts}\n[pipeline]\nmodel = \"tiny6\"\nprompt = {PROMPT:?}\ntemperature = 0.0\nmax_tokens = {max_tokens}\nn_ctx = {n_ctx}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Start nodes named `names`, each holding the model and offering `memory` bytes to
+/// stages, the rest joined to the first.
+fn swarm(root: &Path, nodes: &[(&str, Option<u64>)]) -> Vec<NodeProc> {
+    let mut procs: Vec<NodeProc> = Vec::new();
+    for (name, memory) in nodes {
+        let home = root.join(name);
+        write_model(&home);
+        let mut args: Vec<String> = ["--name", name, "--workers", "1", "--no-discovery"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        if let Some(m) = memory {
+            args.extend(["--stage-memory".to_owned(), m.to_string()]);
+        }
+        if let Some(first) = procs.first() {
+            copy_secret(&first.home, &home);
+            args.extend([
+                "--join".to_owned(),
+                first.cluster.clone().expect("cluster address"),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        procs.push(NodeProc::start_with(&home, &args));
+    }
+    let http = Http::new();
+    let all = procs.len();
+    eventually(
+        Duration::from_secs(30),
+        "every node sees the others",
+        || {
+            procs
+                .iter()
+                .all(|p| {
+                    let (_, s) = http.get(&p.url("/api/swarm")).unwrap();
+                    s["nodes"].as_array().is_some_and(|n| {
+                        n.iter()
+                            .filter(|m| m["status"] == "self" || m["status"] == "up")
+                            .filter(|m| {
+                                m["info"]["models"]
+                                    .as_array()
+                                    .is_some_and(|a| !a.is_empty())
+                            })
+                            .count()
+                            == all
+                    })
+                })
+                .then_some(())
+        },
+    );
+    procs
+}
+
+fn wait_end(http: &Http, node: &NodeProc, id: &str) -> serde_json::Value {
+    eventually(Duration::from_secs(240), "the job ends", || {
+        let (_, j) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
+        (j["state"] == "done" || j["state"] == "dead").then_some(j)
+    })
+}
+
+fn result(http: &Http, node: &NodeProc, id: &str) -> serde_json::Value {
+    let (_, text) = http
+        .get_text(&node.url(&format!("/api/jobs/{id}/result")))
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn spans(v: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["node"].as_str().unwrap().to_owned(),
+                s["first"].as_u64().unwrap(),
+                s["end"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn own(spans: &[(&str, u64, u64)]) -> Vec<(String, u64, u64)> {
+    spans
+        .iter()
+        .map(|(n, a, b)| ((*n).to_owned(), *a, *b))
+        .collect()
+}
+
+/// Each stage read only its own layers (and stage 0 the embedding, the last the head), and
+/// together exactly the file's tensors.
+fn check_memory(stages: &serde_json::Value, info: &ModelInfo) {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let n = stages.as_array().unwrap().len();
+    for (i, s) in stages.as_array().unwrap().iter().enumerate() {
+        let (first, end) = (s["first"].as_u64().unwrap(), s["end"].as_u64().unwrap());
+        total += s["tensor_bytes"].as_u64().unwrap();
+        for t in s["tensors"].as_array().unwrap() {
+            let t = t.as_str().unwrap();
+            assert!(seen.insert(t.to_owned()), "{t} loaded by two stages");
+            match t.strip_prefix("blk.") {
+                Some(rest) => {
+                    let layer: u64 = rest.split('.').next().unwrap().parse().unwrap();
+                    assert!((first..end).contains(&layer), "{t} in stage {first}..{end}");
+                }
+                None if t == "token_embd.weight" => assert_eq!(i, 0, "{t}"),
+                None => assert_eq!(i, n - 1, "{t} belongs to the head"),
+            }
+        }
+    }
+    assert_eq!(
+        total, info.file_tensor_bytes,
+        "the stages hold the model, once"
+    );
+}
+
+#[test]
+fn a_model_split_over_three_nodes_gives_the_whole_models_tokens_and_survives_losing_the_middle() {
+    let root = tempfile::tempdir().unwrap();
+    let model = write_model(&root.path().join("ref"));
+    let info = ModelInfo::read(&model).unwrap();
+    let u = layer_unit(&info);
+    // a, b, c take 6 layers in proportion (5:4:3); d cannot hold one layer.
+    let mut nodes = swarm(
+        root.path(),
+        &[
+            ("a", Some(5 * u)),
+            ("b", Some(4 * u)),
+            ("c", Some(3 * u)),
+            ("d", Some(u * 4 / 5)),
+        ],
+    );
+    let http = Http::new();
+    let a = &nodes[0];
+
+    // The plan, as `myco plan` shows it.
+    let out = myco(&a.home)
+        .args([
+            "--api",
+            &a.addr.to_string(),
+            "plan",
+            "tiny6",
+            "--n-ctx",
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("split over 3 nodes"), "{text}");
+    for line in ["a ", "b ", "c "] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(line) && l.contains("->")),
+            "{text}"
+        );
+    }
+    assert!(text.contains("left out"), "d is left out: {text}");
+    let out = myco(&a.home)
+        .args([
+            "--json",
+            "--api",
+            &a.addr.to_string(),
+            "plan",
+            "tiny6",
+            "--n-ctx",
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        spans(&plan["stages"]),
+        own(&[("a", 0, 3), ("b", 3, 5), ("c", 5, 6)]),
+        "{plan}"
+    );
+
+    // Exactness over three processes.
+    let want = reference(&model, 40);
+    let id = a.submit(&job(root.path(), "short", 40, N_CTX, 2));
+    let j = wait_end(&http, a, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    let r = result(&http, a, &id);
+    assert_eq!(
+        r["tokens"],
+        serde_json::json!(want),
+        "split tokens = whole tokens"
+    );
+    assert_eq!(
+        spans(&r["stages"]),
+        own(&[("a", 0, 3), ("b", 3, 5), ("c", 5, 6)])
+    );
+    check_memory(&r["stages"], &info);
+
+    // Kill the middle stage's node mid-generation.
+    let long = 1500;
+    let started = std::time::Instant::now();
+    let want = reference(&model, long);
+    eprintln!(
+        "reference: {} tokens in {:?}",
+        want.len(),
+        started.elapsed()
+    );
+    assert!(want.len() > 200, "the reference ends early: {}", want.len());
+    let id = a.submit(&job(root.path(), "long", long as u32, N_CTX, 2));
+    let mut tcp = std::net::TcpStream::connect(a.addr).unwrap();
+    write!(
+        tcp,
+        "GET /api/jobs/{id}/stream HTTP/1.1\r\nHost: myco\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut pieces = 0;
+    for line in BufReader::new(tcp).lines() {
+        if line.unwrap().starts_with("event: piece") {
+            pieces += 1;
+            if pieces == 20 {
+                break;
+            }
+        }
+    }
+    nodes[1].kill9();
+    let a = &nodes[0];
+    let j = wait_end(&http, a, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    let r = result(&http, a, &id);
+    let replaced = r["replaced"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stage was replaced: {j}\n{r}"));
+    assert_eq!(replaced.len(), 1, "{r}");
+    let why = replaced[0].as_str().unwrap();
+    assert!(
+        why.contains("b (layers 3..5)") && why.contains("resumed"),
+        "{r}"
+    );
+    assert_eq!(spans(&r["stages"]), own(&[("a", 0, 4), ("c", 4, 6)]));
+    check_memory(&r["stages"], &info);
+    assert_eq!(
+        r["tokens"],
+        serde_json::json!(want),
+        "the same greedy tokens"
+    );
+}
+
+#[test]
+fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_says_why() {
+    let root = tempfile::tempdir().unwrap();
+    let model = write_model(&root.path().join("ref"));
+    let info = ModelInfo::read(&model).unwrap();
+    let u = layer_unit(&info);
+    let nodes = swarm(
+        root.path(),
+        &[("x", Some(7 * u / 2)), ("y", Some(7 * u / 2))],
+    );
+    let http = Http::new();
+    let x = &nodes[0];
+    let want = reference(&model, 24);
+
+    // Two jobs at once: both use the same loaded stages, each with its own KV cache.
+    let file = job(root.path(), "two", 24, N_CTX, 2);
+    let ids = [x.submit(&file), x.submit(&file)];
+    for id in &ids {
+        let j = wait_end(&http, x, id);
+        assert_eq!(j["state"], "done", "{j}");
+        let r = result(&http, x, id);
+        assert_eq!(r["tokens"], serde_json::json!(want));
+        assert_eq!(spans(&r["stages"]), own(&[("x", 0, 3), ("y", 3, 6)]));
+        check_memory(&r["stages"], &info);
+    }
+
+    // A context too large for the swarm: the job fails, and says why.
+    let id = x.submit(&job(root.path(), "huge", 8, 32_768, 1));
+    let j = wait_end(&http, x, &id);
+    assert_eq!(j["state"], "dead", "{j}");
+    let err = j["error"].to_string();
+    assert!(
+        err.contains("cannot place tiny6.gguf") && err.contains("add a node"),
+        "{j}"
+    );
+
+    // A node with room for the whole model runs it whole.
+    let lone = root.path().join("lone");
+    write_model(&lone);
+    let p = NodeProc::start(&lone, &["--workers", "1"]);
+    let out = myco(&lone)
+        .args(["--api", &p.addr.to_string(), "plan", "tiny6"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("runs whole on test"), "{text}");
+    let id = p.submit(&job(root.path(), "whole", 24, N_CTX, 1));
+    let j = wait_end(&http, &p, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    let r = result(&http, &p, &id);
+    assert_eq!(r["tokens"], serde_json::json!(want));
+    assert_eq!(spans(&r["stages"]), own(&[("test", 0, 6)]));
+}
