@@ -369,6 +369,7 @@ fn main() {
         key,
         pos: N_CTX - 1,
         data: vec![0.5; info.hp.n_embd],
+        sample: true,
     })
     .into_bytes()
     .len();
@@ -376,6 +377,7 @@ fn main() {
         key,
         pos: N_CTX - 1,
         tokens: vec![u32::MAX],
+        sample: true,
     })
     .into_bytes()
     .len();

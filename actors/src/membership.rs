@@ -193,7 +193,8 @@ impl Membership {
             models: state.models.clone(),
             kinds: self.kinds.clone(),
             load: state.load,
-            // VRAM before RAM: a GPU build's stages run on the first GPU.
+            // VRAM before RAM: a GPU build's stages run on the first GPU (its total VRAM:
+            // detection reads no free figure).
             stage_memory: {
                 let free = match state.caps.gpus.first() {
                     Some(gpu) if myco_jobs::stage::GPU_BUILD => gpu.vram_bytes,

@@ -29,7 +29,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::membership::{MemberView, MembershipMsg};
-use crate::stages::StagesMsg;
+use crate::stages::{MAX_CTX, StagesMsg};
 
 /// How long stages may take to load.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -49,19 +49,25 @@ pub struct PipelineEnv {
     pub stage_memory: Option<u64>,
 }
 
+/// The swarm's members as this node sees them (`None` outside a swarm).
+async fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
+    env.membership
+        .as_ref()?
+        .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
+        .await
+        .ok()?
+        .success_or(())
+        .ok()
+}
+
+fn is_up(m: &MemberView) -> bool {
+    m.status == "self" || m.status == "up"
+}
+
 /// The nodes that could host stages of `model` (file name and size) and the memory each
 /// offers: this node and the peers that are up, holding the file.
 pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
-    let members: Vec<MemberView> = match &env.membership {
-        Some(m) => m
-            .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-            .unwrap_or_default(),
-        None => Vec::new(),
-    };
-    if members.is_empty() {
+    let Some(members) = members(env).await.filter(|m| !m.is_empty()) else {
         let free = tokio::task::spawn_blocking(myco_runtime::detect::detect)
             .await
             .map(|c| c.ram_free_bytes)
@@ -70,10 +76,10 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
             name: env.name.clone(),
             free_bytes: env.stage_memory.map_or(free, |cap| cap.min(free)),
         }];
-    }
+    };
     members
         .into_iter()
-        .filter(|m| m.status == "self" || m.status == "up")
+        .filter(is_up)
         .filter_map(|m| {
             let info = m.info?;
             let holds = info
@@ -88,6 +94,15 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
         .collect()
 }
 
+/// A model file's name and size, as nodes advertise them.
+fn file_of(path: &Path) -> (String, u64) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (name, std::fs::metadata(path).map_or(0, |m| m.len()))
+}
+
 /// The shape the planner needs, from the model's header.
 pub fn shape(info: &ModelInfo, n_ctx: u32) -> ModelShape {
     ModelShape {
@@ -100,28 +115,8 @@ pub fn shape(info: &ModelInfo, n_ctx: u32) -> ModelShape {
 
 /// The nodes that are up now (this node included).
 async fn up(env: &PipelineEnv) -> Option<BTreeSet<String>> {
-    let m = env.membership.as_ref()?;
-    let members = m
-        .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
-        .await
-        .ok()?
-        .success_or(())
-        .ok()?;
-    Some(
-        members
-            .into_iter()
-            .filter(|m| m.status == "self" || m.status == "up")
-            .map(|m| m.name)
-            .collect(),
-    )
-}
-
-fn infer_error(e: InferError) -> JobError {
-    if e.is_retryable() {
-        JobError::retryable(e.to_string())
-    } else {
-        JobError::fatal(e.to_string())
-    }
+    let members = members(env).await?;
+    Some(members.into_iter().filter(is_up).map(|m| m.name).collect())
 }
 
 /// The tokenizer's view of a request: prompt tokens, end-of-generation tokens.
@@ -130,20 +125,26 @@ struct Prepared {
     prompt: Vec<u32>,
     eog: Vec<u32>,
     info: ModelInfo,
+    /// The job's context, at most the model's own (stages cover no more).
+    n_ctx: u32,
 }
 
 fn prepare(path: &Path, task: &InferTask) -> Result<Prepared, JobError> {
     let info = ModelInfo::read(path).map_err(|e| JobError::fatal(e.to_string()))?;
-    let vocab = LlmModel::load_vocab(path).map_err(infer_error)?;
-    let text = vocab.render(&task.prompt).map_err(infer_error)?;
+    let vocab = LlmModel::load_vocab(path).map_err(JobError::from)?;
+    let text = vocab.render(&task.prompt).map_err(JobError::from)?;
     let prompt: Vec<u32> = vocab
         .tokenize(&text)
         .into_iter()
         .filter_map(|t| u32::try_from(t).ok())
         .collect();
-    let n_ctx = task.params.n_ctx.max(8);
+    let trained = u32::try_from(info.hp.ctx_len).unwrap_or(u32::MAX);
+    let n_ctx = task.params.n_ctx.max(8).min(trained).min(MAX_CTX);
+    if prompt.is_empty() {
+        return Err(JobError::fatal("the prompt is empty"));
+    }
     if prompt.len() >= n_ctx as usize {
-        return Err(infer_error(InferError::PromptTooLong {
+        return Err(JobError::from(InferError::PromptTooLong {
             tokens: prompt.len(),
             n_ctx,
         }));
@@ -154,6 +155,7 @@ fn prepare(path: &Path, task: &InferTask) -> Result<Prepared, JobError> {
         prompt,
         eog,
         info,
+        n_ctx,
     })
 }
 
@@ -207,14 +209,8 @@ pub async fn run(
             .await
             .map_err(|e| JobError::retryable(format!("preparing the prompt: {e}")))??
     };
-    let model = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| task.model.name.clone());
-    let size = std::fs::metadata(&path)
-        .map(|m| m.len())
-        .unwrap_or(task.model.bytes);
-    let n_ctx = task.params.n_ctx.max(8);
+    let (model, size) = file_of(&path);
+    let n_ctx = prepared.n_ctx;
     let shape = shape(&prepared.info, n_ctx);
 
     let mut state = Progress {
@@ -350,6 +346,10 @@ impl Progress {
     }
 }
 
+/// Prompt tokens per feed: caps a hidden-state frame at `CHUNK × n_embd` f32 and the
+/// attention scores of a step, and paces progress.
+const CHUNK: usize = 256;
+
 /// Open one placement's stages and generate until the end, a lost node, or an error.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
@@ -368,7 +368,6 @@ async fn drive(
     started: Instant,
 ) -> Result<Ended, JobError> {
     let key = placement.key;
-    let n = placement.plan.len();
     let p = &task.params;
     for (i, s) in placement.plan.iter().enumerate() {
         let open = StageOpen {
@@ -387,9 +386,9 @@ async fn drive(
                 top_k: p.top_k,
                 top_p: p.top_p,
                 // A new placement draws anew, but reproducibly.
-                seed: u64::from(p.seed) ^ (state.tokens.len() as u64) << 32,
+                seed: u64::from(p.seed) ^ ((state.tokens.len() as u64) << 32),
             },
-            max_tokens: remaining.max(1),
+            max_tokens: remaining,
             eog: prepared.eog.clone(),
         };
         let _ = env.stages.cast(StagesMsg::Send(
@@ -397,68 +396,31 @@ async fn drive(
             StageFrame::Open(Box::new(open)),
         ));
     }
-    let describe = |plan: &[plan::Stage], node: &str| {
-        plan.iter()
-            .find(|s| s.node == node)
-            .map(|s| format!("{node} (layers {}..{})", s.first, s.end))
-            .unwrap_or_else(|| node.to_owned())
-    };
+    let mut watch = Watch::new();
     // Wait for every stage to load.
     let deadline = Instant::now() + OPEN_TIMEOUT;
-    let mut opened = 0;
-    while opened < n {
-        match recv(env, placement, rx, cancel, deadline).await? {
+    while placement.reports.iter().any(Option::is_none) {
+        match watch.next(env, placement, rx, cancel, deadline).await? {
             Event::Frame(StageFrame::Opened {
                 index,
                 node,
                 result,
                 ..
             }) => {
-                let s = placement
-                    .plan
-                    .get(index as usize)
-                    .ok_or_else(|| JobError::retryable("a stage reported an unknown index"))?;
+                let i = index as usize;
+                let Some(s) = placement.plan.get(i) else {
+                    continue;
+                };
                 let loaded = result.map_err(|why| {
                     JobError::retryable(format!("the stage on {node} cannot load: {why}"))
                 })?;
-                placement.reports[index as usize] = Some(StageReport {
+                placement.reports[i].get_or_insert(StageReport {
                     node,
                     first: s.first,
                     end: s.end,
                     tensor_bytes: loaded.tensor_bytes,
                     tensors: loaded.tensors,
                 });
-                opened += 1;
-            }
-            Event::Frame(StageFrame::Failed {
-                node,
-                why,
-                unreachable,
-                ..
-            }) => {
-                return match unreachable {
-                    // A stage lost touch with the next: place again without that node.
-                    Some(gone) => Ok(Ended::Lost(
-                        BTreeSet::from([gone.clone()]),
-                        format!(
-                            "{} became unreachable from {node} after {} tokens; placed the layers again and resumed",
-                            describe(&placement.plan, &gone),
-                            state.tokens.len()
-                        ),
-                    )),
-                    None => Err(JobError::retryable(format!(
-                        "the stage on {node} failed: {why}"
-                    ))),
-                };
-            }
-            Event::Frame(_) => {}
-            Event::Lost(gone) => {
-                let names: Vec<String> =
-                    gone.iter().map(|g| describe(&placement.plan, g)).collect();
-                return Ok(Ended::Lost(
-                    gone,
-                    format!("{} left while the stages loaded", names.join(", ")),
-                ));
             }
             Event::Stalled => {
                 return Err(JobError::retryable(format!(
@@ -466,82 +428,109 @@ async fn drive(
                     OPEN_TIMEOUT.as_secs()
                 )));
             }
+            event => {
+                if let Some(end) = settle(event, placement, "while the stages loaded") {
+                    return end;
+                }
+            }
         }
     }
     tracing::info!(
         plan = %plan::explain(&placement.plan).trim_end().replace('\n', "; "),
         "pipeline stages open"
     );
-    // The prompt, and what was generated before a re-placement, as one batch.
+    // The prompt, and what was generated before a re-placement, in chunks.
     let mut feed = prepared.prompt.clone();
     feed.extend_from_slice(&state.tokens);
-    let _ = env.stages.cast(StagesMsg::Send(
-        placement.plan[0].node.clone(),
-        StageFrame::Feed {
-            key,
-            pos: 0,
-            tokens: feed,
-        },
-    ));
+    let chunks = feed.len().div_ceil(CHUNK);
+    for (i, chunk) in feed.chunks(CHUNK).enumerate() {
+        let _ = env.stages.cast(StagesMsg::Send(
+            placement.plan[0].node.clone(),
+            StageFrame::Feed {
+                key,
+                pos: (i * CHUNK) as u32,
+                tokens: chunk.to_vec(),
+                sample: i + 1 == chunks,
+            },
+        ));
+    }
+    // The first token waits for the whole prompt.
+    let mut deadline = Instant::now() + STALL * chunks as u32;
     loop {
-        let deadline = Instant::now() + STALL;
-        match recv(env, placement, rx, cancel, deadline).await? {
+        match watch.next(env, placement, rx, cancel, deadline).await? {
             Event::Frame(StageFrame::Token {
                 token, eog, last, ..
             }) => {
+                deadline = Instant::now() + STALL;
                 first_token_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
-                if eog {
-                    return Ok(Ended::Done(Finish::Stop));
-                }
-                if state.push(&prepared.vocab, token) {
+                if eog || state.push(&prepared.vocab, token) {
                     return Ok(Ended::Done(Finish::Stop));
                 }
                 if last {
                     return Ok(Ended::Done(Finish::Length));
                 }
             }
-            Event::Frame(StageFrame::Failed {
-                node,
-                why,
-                unreachable,
-                ..
-            }) => {
-                return match unreachable {
-                    // A stage lost touch with the next: place again without that node.
-                    Some(gone) => Ok(Ended::Lost(
-                        BTreeSet::from([gone.clone()]),
-                        format!(
-                            "{} became unreachable from {node} after {} tokens; placed the layers again and resumed",
-                            describe(&placement.plan, &gone),
-                            state.tokens.len()
-                        ),
-                    )),
-                    None => Err(JobError::retryable(format!(
-                        "the stage on {node} failed: {why}"
-                    ))),
-                };
-            }
-            Event::Frame(_) => {}
-            Event::Lost(gone) => {
-                let names: Vec<String> =
-                    gone.iter().map(|g| describe(&placement.plan, g)).collect();
-                return Ok(Ended::Lost(
-                    gone,
-                    format!(
-                        "{} left after {} tokens; placed the layers again and resumed",
-                        names.join(", "),
-                        state.tokens.len()
-                    ),
-                ));
-            }
             Event::Stalled => {
-                let why = format!(
+                return Err(JobError::retryable(format!(
                     "the stage chain produced no token for {}s (a stage node hangs)",
                     STALL.as_secs()
-                );
-                return Err(JobError::retryable(why));
+                )));
+            }
+            event => {
+                let when = format!("after {} tokens", state.tokens.len());
+                if let Some(end) = settle(event, placement, &when) {
+                    return end;
+                }
             }
         }
+    }
+}
+
+/// `b (layers 3..5)`.
+fn describe(plan: &[plan::Stage], node: &str) -> String {
+    plan.iter()
+        .find(|s| s.node == node)
+        .map(|s| format!("{node} (layers {}..{})", s.first, s.end))
+        .unwrap_or_else(|| node.to_owned())
+}
+
+/// What a failure or a lost node means for the run: `None` for a frame to ignore.
+fn settle(event: Event, placement: &Placement, when: &str) -> Option<Result<Ended, JobError>> {
+    let resumed = "; placed the layers again and resumed";
+    match event {
+        Event::Frame(StageFrame::Failed {
+            node,
+            why,
+            unreachable: Some(gone),
+            ..
+        }) => {
+            tracing::debug!(%node, %why, "a stage lost touch with the next");
+            Some(Ok(Ended::Lost(
+                BTreeSet::from([gone.clone()]),
+                format!(
+                    "{} became unreachable from {node} {when}{resumed}",
+                    describe(&placement.plan, &gone)
+                ),
+            )))
+        }
+        Event::Frame(StageFrame::Failed {
+            node, why, fatal, ..
+        }) => {
+            let message = format!("the stage on {node} failed: {why}");
+            Some(Err(if fatal {
+                JobError::fatal(message)
+            } else {
+                JobError::retryable(message)
+            }))
+        }
+        Event::Lost(gone) => {
+            let names: Vec<String> = gone.iter().map(|g| describe(&placement.plan, g)).collect();
+            Some(Ok(Ended::Lost(
+                gone,
+                format!("{} left {when}{resumed}", names.join(", ")),
+            )))
+        }
+        Event::Frame(_) | Event::Stalled => None,
     }
 }
 
@@ -551,36 +540,49 @@ enum Event {
     Stalled,
 }
 
-/// The next frame for the runner, or a node of the placement gone, or the deadline.
-async fn recv(
-    env: &PipelineEnv,
-    placement: &Placement,
-    rx: &mut UnboundedReceiver<StageFrame>,
-    cancel: &AtomicBool,
-    deadline: Instant,
-) -> Result<Event, JobError> {
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            frame = rx.recv() => {
-                return match frame {
-                    Some(f) => Ok(Event::Frame(f)),
-                    None => Err(JobError::retryable("the node's stage host stopped")),
-                };
-            }
-            _ = check.tick() => {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(JobError::retryable("cancelled"));
+/// Waits for the runner's next event, checking every 250 ms for cancellation, the deadline
+/// and the placement's nodes still being up.
+struct Watch {
+    check: tokio::time::Interval,
+}
+
+impl Watch {
+    fn new() -> Watch {
+        let mut check = tokio::time::interval(Duration::from_millis(250));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watch { check }
+    }
+
+    async fn next(
+        &mut self,
+        env: &PipelineEnv,
+        placement: &Placement,
+        rx: &mut UnboundedReceiver<StageFrame>,
+        cancel: &AtomicBool,
+        deadline: Instant,
+    ) -> Result<Event, JobError> {
+        loop {
+            tokio::select! {
+                biased;
+                frame = rx.recv() => {
+                    return match frame {
+                        Some(f) => Ok(Event::Frame(f)),
+                        None => Err(JobError::retryable("the node's stage host stopped")),
+                    };
                 }
-                if Instant::now() >= deadline {
-                    return Ok(Event::Stalled);
-                }
-                if let Some(up) = up(env).await {
-                    let gone: BTreeSet<String> =
-                        placement.nodes().difference(&up).cloned().collect();
-                    if !gone.is_empty() {
-                        return Ok(Event::Lost(gone));
+                _ = self.check.tick() => {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(JobError::retryable("cancelled"));
+                    }
+                    if Instant::now() >= deadline {
+                        return Ok(Event::Stalled);
+                    }
+                    if let Some(up) = up(env).await {
+                        let gone: BTreeSet<String> =
+                            placement.nodes().difference(&up).cloned().collect();
+                        if !gone.is_empty() {
+                            return Ok(Event::Lost(gone));
+                        }
                     }
                 }
             }
@@ -608,11 +610,7 @@ pub async fn plan_for(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let model = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let (model, size) = file_of(path);
     let nodes = candidates(env, &model, size).await;
     let shape = shape(&info, n_ctx);
     let planned = plan::plan(&shape, &nodes);

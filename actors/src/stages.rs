@@ -28,7 +28,10 @@ use crate::peer::PeerMsg;
 const LINGER: Duration = Duration::from_secs(60);
 
 /// Positions a stage's rope tables cover (at most the model's own context).
-const MAX_CTX: usize = 32_768;
+pub const MAX_CTX: u32 = 32_768;
+
+/// How long a call to the membership actor may take.
+const ASK: Duration = Duration::from_secs(5);
 
 /// Messages to the [`Stages`] actor.
 #[derive(Debug)]
@@ -84,8 +87,8 @@ type StageId = (PathBuf, u32, u32);
 #[derive(Debug, Default)]
 pub struct StagesState {
     hosted: HashMap<StageId, Hosted>,
-    /// Which hosted stage each run uses here.
-    runs: HashMap<SeqKey, StageId>,
+    /// Which hosted stage each run uses here, and the node running it.
+    runs: HashMap<SeqKey, (StageId, String)>,
     runners: HashMap<SeqKey, UnboundedSender<StageFrame>>,
 }
 
@@ -95,7 +98,7 @@ impl Stages {
             return Some(Target::Local(myself.clone()));
         }
         let m = self.membership.as_ref()?;
-        m.call(|r| MembershipMsg::PeerRef(node.to_owned(), r), None)
+        m.call(|r| MembershipMsg::PeerRef(node.to_owned(), r), Some(ASK))
             .await
             .ok()?
             .success_or(())
@@ -142,33 +145,14 @@ impl Stages {
         let Some(ring) = ring else {
             return refuse(format!("stage 0's node {} is not up", open.ring));
         };
-        let id: StageId = (path.clone(), open.first, open.end);
-        let hosted = match state.hosted.entry(id.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let (tx, rx) = mpsc::channel();
-                let (first, end) = (open.first, open.end);
-                let spawned = std::thread::Builder::new()
-                    .name(format!("stage-{first}-{end}"))
-                    .spawn(move || stage_thread(&path, first, end, rx));
-                if let Err(e) = spawned {
-                    return refuse(format!("cannot start a stage thread: {e}"));
-                }
-                v.insert(Hosted {
-                    tx,
-                    runs: 0,
-                    idle_since: Instant::now(),
-                })
-            }
-        };
-        hosted.runs += 1;
+        let id: StageId = (path, open.first, open.end);
         let route = Route {
             key,
             index: open.index,
             node: self.name.clone(),
             next: next.zip(open.next.clone()),
             ring: (ring, open.ring.clone()),
-            runner,
+            runner: runner.clone(),
             sampler: Sampler::new(
                 open.sampling.temperature,
                 open.sampling.top_k,
@@ -179,22 +163,99 @@ impl Stages {
             eog: open.eog,
             n_ctx: open.n_ctx,
         };
-        let _ = hosted.tx.send(Work::Open(Box::new(route)));
-        if let Some(old) = state.runs.insert(key, id) {
-            // The same run opened twice here: forget the first.
-            if let Some(h) = state.hosted.get_mut(&old) {
-                h.runs = h.runs.saturating_sub(1);
+        // The same run opened twice here: close the first.
+        Self::close(state, key);
+        let mut work = Work::Open(Box::new(route));
+        // A thread that ended (a failed load, a panic) is replaced: it loads afresh.
+        for _ in 0..2 {
+            let hosted = match state.hosted.get_mut(&id) {
+                Some(h) => h,
+                None => match spawn_stage(&id) {
+                    Ok(h) => state.hosted.entry(id.clone()).or_insert(h),
+                    Err(e) => return refuse(format!("cannot start a stage thread: {e}")),
+                },
+            };
+            match hosted.tx.send(work) {
+                Ok(()) => {
+                    hosted.runs += 1;
+                    state.runs.insert(key, (id, open.runner));
+                    return;
+                }
+                Err(mpsc::SendError(back)) => {
+                    state.hosted.remove(&id);
+                    work = back;
+                }
             }
         }
+        refuse("the stage thread keeps failing".into());
     }
 
     fn close(state: &mut StagesState, key: SeqKey) {
-        if let Some(id) = state.runs.remove(&key)
+        if let Some((id, _)) = state.runs.remove(&key)
             && let Some(h) = state.hosted.get_mut(&id)
         {
             let _ = h.tx.send(Work::Close(key));
             h.runs = h.runs.saturating_sub(1);
             h.idle_since = Instant::now();
+        }
+    }
+
+    /// Close the runs whose runner's node is no longer up (nobody would close them).
+    async fn close_orphans(&self, state: &mut StagesState) {
+        let Some(m) = &self.membership else {
+            return;
+        };
+        let Ok(Ok(members)) = m
+            .call(MembershipMsg::Members, Some(ASK))
+            .await
+            .map(|r| r.success_or(()))
+        else {
+            return;
+        };
+        let up: std::collections::HashSet<String> = members
+            .into_iter()
+            .filter(|m| m.status == "self" || m.status == "up")
+            .map(|m| m.name)
+            .collect();
+        let orphans: Vec<SeqKey> = state
+            .runs
+            .iter()
+            .filter(|(_, (_, runner))| !up.contains(runner))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in orphans {
+            tracing::info!(job = %key.job, "closing a stage run whose runner left");
+            Self::close(state, key);
+        }
+    }
+}
+
+fn spawn_stage(id: &StageId) -> std::io::Result<Hosted> {
+    let (tx, rx) = mpsc::channel();
+    let (path, first, end) = id.clone();
+    std::thread::Builder::new()
+        .name(format!("stage-{first}-{end}"))
+        .spawn(move || stage_thread(&path, first, end, rx))?;
+    Ok(Hosted {
+        tx,
+        runs: 0,
+        idle_since: Instant::now(),
+    })
+}
+
+impl Stages {
+    fn input(state: &mut StagesState, key: SeqKey, pos: u32, input: StageInput, sample: bool) {
+        if let Some(h) = state
+            .runs
+            .get(&key)
+            .and_then(|(id, _)| state.hosted.get(id))
+        {
+            let _ = h.tx.send(Work::Input {
+                key,
+                pos,
+                input,
+                sample,
+            });
         }
     }
 }
@@ -222,29 +283,23 @@ impl Actor for Stages {
         match msg {
             StagesMsg::Frame(frame) => match frame {
                 StageFrame::Open(open) => self.open(&myself, state, *open).await,
-                StageFrame::Feed { key, pos, tokens } => {
-                    if let Some(h) = state.runs.get(&key).and_then(|id| state.hosted.get(id)) {
-                        let input = StageInput::Tokens(tokens);
-                        let _ = h.tx.send(Work::Input { key, pos, input });
-                    }
-                }
-                StageFrame::Hidden { key, pos, data } => {
-                    if let Some(h) = state.runs.get(&key).and_then(|id| state.hosted.get(id)) {
-                        let input = StageInput::Hidden(data);
-                        let _ = h.tx.send(Work::Input { key, pos, input });
-                    }
-                }
+                StageFrame::Feed {
+                    key,
+                    pos,
+                    tokens,
+                    sample,
+                } => Self::input(state, key, pos, StageInput::Tokens(tokens), sample),
+                StageFrame::Hidden {
+                    key,
+                    pos,
+                    data,
+                    sample,
+                } => Self::input(state, key, pos, StageInput::Hidden(data), sample),
                 StageFrame::Close { key } => Self::close(state, key),
                 report @ (StageFrame::Opened { .. }
                 | StageFrame::Token { .. }
                 | StageFrame::Failed { .. }) => {
-                    let key = match &report {
-                        StageFrame::Opened { key, .. }
-                        | StageFrame::Token { key, .. }
-                        | StageFrame::Failed { key, .. } => *key,
-                        _ => return Ok(()),
-                    };
-                    if let Some(tx) = state.runners.get(&key) {
+                    if let Some(tx) = state.runners.get(&report.key()) {
                         let _ = tx.send(report);
                     }
                 }
@@ -262,6 +317,7 @@ impl Actor for Stages {
                 state.runners.remove(&key);
             }
             StagesMsg::Tick => {
+                self.close_orphans(state).await;
                 // Dropping the sender ends the thread, which frees the stage.
                 state
                     .hosted
@@ -295,103 +351,164 @@ enum Work {
         key: SeqKey,
         pos: u32,
         input: StageInput,
+        sample: bool,
     },
     Close(SeqKey),
 }
 
-/// Load the stage, then run its frames in order until the actor drops the sender.
+/// Load the stage, then run its frames in order until the actor drops the sender. A stage
+/// that cannot load answers the Opens already queued and ends (the next Open loads anew); a
+/// panic ends it too, after telling the runner.
 fn stage_thread(path: &std::path::Path, first: u32, end: u32, rx: mpsc::Receiver<Work>) {
     let started = Instant::now();
-    let mut stage = Stage::load(path, first, end, MAX_CTX);
-    match &stage {
-        Ok(s) => tracing::info!(
-            model = %path.display(), first, end,
-            mib = s.tensor_bytes() as f64 / (1 << 20) as f64,
-            ms = started.elapsed().as_millis() as u64,
-            "stage loaded"
-        ),
-        Err(e) => {
-            tracing::warn!(model = %path.display(), first, end, error = %e, "stage load failed")
+    let mut stage = match Stage::load(path, first, end, MAX_CTX as usize) {
+        Ok(s) => {
+            tracing::info!(
+                model = %path.display(), first, end,
+                mib = s.tensor_bytes() as f64 / (1 << 20) as f64,
+                ms = started.elapsed().as_millis() as u64,
+                "stage loaded"
+            );
+            s
         }
-    }
+        Err(e) => {
+            tracing::warn!(model = %path.display(), first, end, error = %e, "stage load failed");
+            while let Ok(work) = rx.try_recv() {
+                if let Work::Open(route) = work {
+                    route.runner.send(StageFrame::Opened {
+                        key: route.key,
+                        index: route.index,
+                        node: route.node.clone(),
+                        result: Err(e.to_string()),
+                    });
+                }
+            }
+            return;
+        }
+    };
     let mut routes: HashMap<SeqKey, (u64, Route)> = HashMap::new();
     let mut next_seq = 0u64;
     while let Ok(work) = rx.recv() {
         match work {
             Work::Open(route) => {
-                let result = match &stage {
-                    Ok(s) => Ok(StageLoaded {
-                        tensor_bytes: s.tensor_bytes(),
-                        tensors: s.tensors().iter().map(|(n, _)| n.clone()).collect(),
-                    }),
-                    Err(e) => Err(format!("{}: {e}", route.node)),
-                };
                 route.runner.send(StageFrame::Opened {
                     key: route.key,
                     index: route.index,
                     node: route.node.clone(),
-                    result,
+                    result: Ok(StageLoaded {
+                        tensor_bytes: stage.tensor_bytes(),
+                        tensors: stage.tensors().iter().map(|(n, _)| n.clone()).collect(),
+                    }),
                 });
                 next_seq += 1;
                 routes.insert(route.key, (next_seq, *route));
             }
             Work::Close(key) => {
-                if let (Some((seq, _)), Ok(s)) = (routes.remove(&key), stage.as_mut()) {
-                    s.drop_sequence(seq);
+                if let Some((seq, _)) = routes.remove(&key) {
+                    stage.drop_sequence(seq);
                 }
             }
-            Work::Input { key, pos, input } => {
-                let (Some((seq, route)), Ok(s)) = (routes.get_mut(&key), stage.as_mut()) else {
+            Work::Input {
+                key,
+                pos,
+                input,
+                sample,
+            } => {
+                let Some((seq, route)) = routes.get_mut(&key) else {
                     continue;
                 };
-                let n_in = match &input {
-                    StageInput::Tokens(t) => t.len(),
-                    StageInput::Hidden(h) => h.len() / s.hparams().n_embd.max(1),
-                } as u32;
-                let failed = |route: &Route, why: String, unreachable: Option<&String>| {
-                    route.runner.send(StageFrame::Failed {
-                        key,
-                        node: route.node.clone(),
-                        why,
-                        unreachable: unreachable.cloned(),
-                    });
-                };
-                match s.forward(*seq, pos as usize, input) {
-                    Ok(StageOutput::Hidden(data)) => match &route.next {
-                        Some((next, name)) => {
-                            if !next.send(StageFrame::Hidden { key, pos, data }) {
-                                failed(route, format!("cannot reach {name}"), Some(name));
-                            }
-                        }
-                        None => failed(route, "no next stage for hidden states".into(), None),
-                    },
-                    Ok(StageOutput::Logits(logits)) => {
-                        let token = route.sampler.sample(&logits);
-                        route.remaining = route.remaining.saturating_sub(1);
-                        let at = pos + n_in;
-                        let eog = route.eog.contains(&token);
-                        let last = eog || route.remaining == 0 || at >= route.n_ctx;
-                        route.runner.send(StageFrame::Token {
-                            key,
-                            token,
-                            eog,
-                            last,
-                        });
-                        if !last {
-                            let feed = StageFrame::Feed {
-                                key,
-                                pos: at,
-                                tokens: vec![token],
-                            };
-                            if !route.ring.0.send(feed) {
-                                let name = &route.ring.1;
-                                failed(route, format!("cannot reach {name}"), Some(name));
-                            }
+                let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    step(&mut stage, *seq, route, key, pos, input, sample)
+                }));
+                match forwarded {
+                    Ok(true) => {}
+                    // The runner is gone: stop this run's ring.
+                    Ok(false) => {
+                        if let Some((seq, _)) = routes.remove(&key) {
+                            stage.drop_sequence(seq);
                         }
                     }
-                    Err(e) => failed(route, e.to_string(), None),
+                    Err(_) => {
+                        route.runner.send(StageFrame::Failed {
+                            key,
+                            node: route.node.clone(),
+                            why: "the stage engine panicked".into(),
+                            unreachable: None,
+                            fatal: false,
+                        });
+                        return;
+                    }
                 }
             }
         }
+    }
+}
+
+/// Run one input of a run through the stage and pass the output on: hidden states to the
+/// next stage, or (the last stage) a sampled token to the runner and round the ring. False
+/// if the runner cannot be told.
+fn step(
+    stage: &mut Stage,
+    seq: u64,
+    route: &mut Route,
+    key: SeqKey,
+    pos: u32,
+    input: StageInput,
+    sample: bool,
+) -> bool {
+    let n_in = match &input {
+        StageInput::Tokens(t) => t.len(),
+        StageInput::Hidden(h) => h.len() / stage.hparams().n_embd.max(1),
+    } as u32;
+    let failed = |route: &Route, why: String, unreachable: Option<&String>, fatal: bool| {
+        route.runner.send(StageFrame::Failed {
+            key,
+            node: route.node.clone(),
+            why,
+            unreachable: unreachable.cloned(),
+            fatal,
+        })
+    };
+    match stage.forward(seq, pos as usize, input) {
+        Ok(StageOutput::Hidden(data)) => match &route.next {
+            Some((next, name)) => {
+                let frame = StageFrame::Hidden {
+                    key,
+                    pos,
+                    data,
+                    sample,
+                };
+                next.send(frame) || failed(route, format!("cannot reach {name}"), Some(name), false)
+            }
+            None => failed(route, "no next stage for hidden states".into(), None, true),
+        },
+        Ok(StageOutput::Logits(_)) if !sample => true,
+        Ok(StageOutput::Logits(logits)) => {
+            let token = route.sampler.sample(&logits);
+            route.remaining = route.remaining.saturating_sub(1);
+            let at = pos + n_in;
+            let eog = route.eog.contains(&token);
+            let last = eog || route.remaining == 0 || at >= route.n_ctx;
+            let told = route.runner.send(StageFrame::Token {
+                key,
+                token,
+                eog,
+                last,
+            });
+            if told && !last {
+                let feed = StageFrame::Feed {
+                    key,
+                    pos: at,
+                    tokens: vec![token],
+                    sample: true,
+                };
+                if !route.ring.0.send(feed) {
+                    let name = &route.ring.1;
+                    return failed(route, format!("cannot reach {name}"), Some(name), false);
+                }
+            }
+            told
+        }
+        Err(e) => failed(route, e.to_string(), None, e.is_fatal()),
     }
 }

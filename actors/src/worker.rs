@@ -290,6 +290,7 @@ impl Actor for Worker {
         } else {
             (None, None)
         };
+        let pipeline = matches!(lease.task, Task::Pipeline(_));
         let outcome = match lease.task {
             // A pipeline job drives stages across the swarm: async, on no executor thread.
             Task::Pipeline(task) => {
@@ -338,7 +339,10 @@ impl Actor for Worker {
             }
             Err(_) => {
                 cancel.store(true, Ordering::SeqCst);
-                broken = Some(format!("job {id} overran its timeout"));
+                // A pipeline's runner is async and was dropped; the executor thread is fine.
+                if !pipeline {
+                    broken = Some(format!("job {id} overran its timeout"));
+                }
                 Some(Err(JobError::retryable(format!(
                     "timed out after {timeout:?}"
                 ))))

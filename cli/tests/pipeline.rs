@@ -343,13 +343,35 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
         check_memory(&r["stages"], &info);
     }
 
-    // A context too large for the swarm: the job fails, and says why.
-    let id = x.submit(&job(root.path(), "huge", 8, 32_768, 1));
+    // A model too big for the swarm: the job fails, and says why.
+    for node in &nodes {
+        TinyLlama {
+            n_layer: 12,
+            n_ctx: N_CTX,
+            ..TinyLlama::default()
+        }
+        .write(&node.home.join("models/tiny12.gguf"), false)
+        .unwrap();
+    }
+    eventually(
+        Duration::from_secs(30),
+        "both nodes advertise tiny12",
+        || {
+            let (_, p) = http
+                .get(&x.url("/api/plan?model=tiny12&n_ctx=2048"))
+                .unwrap();
+            (p["nodes"].as_array()?.len() == 2).then_some(())
+        },
+    );
+    let huge = job(root.path(), "huge", 8, N_CTX, 1);
+    let text = std::fs::read_to_string(&huge).unwrap();
+    std::fs::write(&huge, text.replace("tiny6", "tiny12")).unwrap();
+    let id = x.submit(&huge);
     let j = wait_end(&http, x, &id);
     assert_eq!(j["state"], "dead", "{j}");
     let err = j["error"].to_string();
     assert!(
-        err.contains("cannot place tiny6.gguf") && err.contains("add a node"),
+        err.contains("cannot place tiny12.gguf") && err.contains("add a node"),
         "{j}"
     );
 

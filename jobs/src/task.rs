@@ -503,27 +503,18 @@ impl Executor for CpuExecutor {
 fn infer(t: &InferTask, home: &std::path::Path, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
     use crate::infer::engine;
     let path = t.model.resolve(home);
-    let model = engine::shared_model(&path).map_err(infer_error)?;
+    let model = engine::shared_model(&path).map_err(JobError::from)?;
     let generation = model
         .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {
             if let Some(stream) = ctx.stream {
                 stream(id, text);
             }
         })
-        .map_err(infer_error)?;
+        .map_err(JobError::from)?;
     let mut out = serde_json::to_vec(&generation)
         .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;
     out.push(b'\n');
     Ok(out)
-}
-
-#[cfg(feature = "infer")]
-fn infer_error(e: crate::infer::InferError) -> JobError {
-    if e.is_retryable() {
-        JobError::retryable(e.to_string())
-    } else {
-        JobError::fatal(e.to_string())
-    }
 }
 
 #[cfg(not(feature = "infer"))]

@@ -78,6 +78,10 @@ pub enum PlanError {
         "the model needs {need} bytes and the nodes that hold it have {have} free; add a node with the model file, or free memory"
     )]
     TooBig { need: u64, have: u64 },
+    #[error(
+        "the model needs {need} bytes and the nodes that hold it have {have} free, but not in pieces that hold whole layers in order; add a node with the model file, or free memory"
+    )]
+    Fragmented { need: u64, have: u64 },
 }
 
 /// Place `shape` on `nodes` (see the module's rules).
@@ -109,9 +113,38 @@ pub fn plan(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, Plan
     if have < total {
         return Err(PlanError::TooBig { need: total, have });
     }
-    let too_big = || PlanError::TooBig { need: total, have };
+    // Largest first; if whole layers do not fit that way (the head or the embedding tips a
+    // node over), the same order started further on.
+    for start in 0..order.len() {
+        let mut rotated = order.clone();
+        rotated.rotate_left(start);
+        if let Some(stages) = fill(shape, &rotated, have) {
+            return Ok(stages);
+        }
+    }
+    Err(PlanError::Fragmented { need: total, have })
+}
 
-    // Cumulative proportional targets: node i ends near layers × (free of nodes 0..=i) / have.
+/// Contiguous ranges in `order`, each node's end near its cumulative share of `have` (but no
+/// less than the nodes after it leave over), given back to the next nodes where a node
+/// cannot hold it. `None` if the last cannot.
+fn fill(shape: &ModelShape, order: &[&NodeMemory], have: u64) -> Option<Vec<Stage>> {
+    let layers = shape.layers();
+    // What the nodes after each could take at most, in layers of the largest size.
+    let one_layer = shape.layer_bytes.iter().max().copied().unwrap_or(0) + shape.kv_bytes_per_layer;
+    let cap = |i: usize| {
+        let head = if i + 1 == order.len() {
+            shape.head_bytes
+        } else {
+            0
+        };
+        u32::try_from(order[i].free_bytes.saturating_sub(head) / one_layer.max(1))
+            .unwrap_or(u32::MAX)
+    };
+    let mut after = vec![0u32; order.len() + 1];
+    for i in (0..order.len()).rev() {
+        after[i] = after[i + 1].saturating_add(cap(i));
+    }
     let mut stages: Vec<Stage> = Vec::new();
     let mut start = 0u32;
     let mut cumulative: u128 = 0;
@@ -123,10 +156,13 @@ pub fn plan(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, Plan
         cumulative += u128::from(node.free_bytes);
         let target =
             ((u128::from(layers) * cumulative + u128::from(have) / 2) / u128::from(have)) as u32;
+        // At least what the nodes after this one cannot take.
         let mut end = if last {
             layers
         } else {
-            target.clamp(start, layers)
+            target
+                .max(layers.saturating_sub(after[i + 1]))
+                .clamp(start, layers)
         };
         let bytes = |end: u32| {
             let mut b = shape.range_bytes(start, end);
@@ -141,7 +177,7 @@ pub fn plan(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, Plan
         // Fit the node: give back layers (the next nodes take them).
         while end > start && bytes(end) > node.free_bytes {
             if last {
-                return Err(too_big());
+                return None;
             }
             end -= 1;
         }
@@ -155,10 +191,7 @@ pub fn plan(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, Plan
             start = end;
         }
     }
-    if start < layers {
-        return Err(too_big());
-    }
-    Ok(stages)
+    (start == layers).then_some(stages)
 }
 
 /// `node → layers → bytes`, a line a stage, for `myco plan`.
@@ -254,6 +287,24 @@ mod tests {
         );
     }
 
+    #[test]
+    fn when_largest_first_cannot_hold_the_head_another_order_is_tried() {
+        // Layers of 1 byte, a head of 9: the big node must take the last layer and the head.
+        let s = ModelShape {
+            layer_bytes: vec![1, 1],
+            embed_bytes: 0,
+            head_bytes: 9,
+            kv_bytes_per_layer: 0,
+        };
+        let p = plan(&s, &[node("big", 10), node("small", 2)]).unwrap();
+        assert_eq!(spans(&p), [("small", 0, 1), ("big", 1, 2)]);
+        let err = plan(&s, &[node("a", 6), node("b", 6)]).unwrap_err();
+        assert!(
+            matches!(err, PlanError::Fragmented { need: 11, have: 12 }),
+            "{err}"
+        );
+    }
+
     proptest! {
         /// Any plan covers every layer once, in order, with no stage over its node's memory
         /// and the bytes adding up to the model; no plan only when memory is short.
@@ -293,7 +344,8 @@ mod tests {
                     names.dedup();
                     prop_assert_eq!(names.len(), p.len(), "a node appears once");
                 }
-                Err(PlanError::TooBig { need, have }) => prop_assert!(need > 0 && have > 0),
+                Err(PlanError::TooBig { need, have }) => prop_assert!(need > have),
+                Err(PlanError::Fragmented { need, have }) => prop_assert!(need <= have),
                 Err(PlanError::NoNodes { .. }) | Err(PlanError::NoLayers) => {}
             }
         }

@@ -111,6 +111,16 @@ pub struct StageReport {
     pub tensors: Vec<String>,
 }
 
+impl From<InferError> for crate::JobError {
+    fn from(e: InferError) -> Self {
+        if e.is_retryable() {
+            crate::JobError::retryable(e.to_string())
+        } else {
+            crate::JobError::fatal(e.to_string())
+        }
+    }
+}
+
 /// Why a request failed. Every message names the problem; all are fatal for the job except
 /// `Cancelled` (and `Decode`, which is the engine's).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

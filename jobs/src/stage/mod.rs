@@ -39,6 +39,8 @@ pub enum StageError {
         "{path} is a `{arch}` model; layer-range stages run llama, mistral (arch llama) and qwen2 models only"
     )]
     Unsupported { path: String, arch: String },
+    #[error("{path} uses {what}, which layer-range stages do not implement")]
+    Feature { path: String, what: String },
     #[error("layers {first}..{end} are not a range of the model's {n_layer} layers")]
     Range { first: u32, end: u32, n_layer: u32 },
     #[error("position {pos} is past the context of {ctx} tokens")]
@@ -52,6 +54,13 @@ pub enum StageError {
 impl From<candle_core::Error> for StageError {
     fn from(e: candle_core::Error) -> Self {
         StageError::Engine(e.to_string())
+    }
+}
+
+impl StageError {
+    /// Running it again cannot help: the request or the file is wrong.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, StageError::Engine(_))
     }
 }
 
@@ -167,6 +176,20 @@ fn open(path: &Path) -> Result<(ModelInfo, gguf_file::Content, BufReader<File>)>
         )));
     }
     let head_dim = int("attention.key_length").unwrap_or(n_embd / n_head);
+    let rope_dims = int("rope.dimension_count").unwrap_or(head_dim);
+    if rope_dims == 0 || rope_dims % 2 != 0 || rope_dims > head_dim {
+        return Err(corrupt(format!(
+            "rope.dimension_count {rope_dims} does not fit heads of {head_dim}"
+        )));
+    }
+    if let Some(kind) = get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok())
+        && kind != "none"
+    {
+        return Err(StageError::Feature {
+            path: shown,
+            what: format!("rope scaling `{kind}`"),
+        });
+    }
     let embd = ct
         .tensor_infos
         .get("token_embd.weight")
@@ -182,7 +205,7 @@ fn open(path: &Path) -> Result<(ModelInfo, gguf_file::Content, BufReader<File>)>
         n_vocab,
         rms_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
         rope_base: float("rope.freq_base").unwrap_or(10_000.0),
-        rope_dims: int("rope.dimension_count").unwrap_or(head_dim),
+        rope_dims,
         ctx_len: int("context_length").unwrap_or(4096),
         arch,
     };

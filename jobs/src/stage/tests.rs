@@ -176,3 +176,70 @@ fn sampling_is_greedy_at_zero_and_seeded_above() {
     );
     assert!(d.contains(&1) && d.contains(&2), "{d:?}");
 }
+
+#[test]
+fn a_prompt_fed_in_chunks_gives_the_logits_of_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = model(dir.path(), 2);
+    let prompt: Vec<u32> = vec![1, 270, 280, 100, 101, 102, 275, 30, 31, 32, 33];
+    let mut one = Stage::load(&path, 0, 2, 64).expect("load");
+    let StageOutput::Logits(want) = one
+        .forward(1, 0, StageInput::Tokens(prompt.clone()))
+        .expect("batch")
+    else {
+        panic!("logits")
+    };
+    let mut chunked = Stage::load(&path, 0, 2, 64).expect("load");
+    chunked
+        .forward(1, 0, StageInput::Tokens(prompt[..4].to_vec()))
+        .expect("chunk 1");
+    chunked
+        .forward(1, 4, StageInput::Tokens(prompt[4..9].to_vec()))
+        .expect("chunk 2");
+    let StageOutput::Logits(got) = chunked
+        .forward(1, 9, StageInput::Tokens(prompt[9..].to_vec()))
+        .expect("chunk 3")
+    else {
+        panic!("logits")
+    };
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "chunked prefill differs by {worst}");
+}
+
+#[test]
+fn rope_settings_the_engine_does_not_implement_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = |key: &str, value: crate::gguf::Value| {
+        let path = dir.path().join("bad.gguf");
+        let bytes = crate::gguf::encode(
+            &[
+                (
+                    "general.architecture",
+                    crate::gguf::Value::Str("llama".into()),
+                ),
+                ("llama.block_count", crate::gguf::Value::U32(1)),
+                ("llama.embedding_length", crate::gguf::Value::U32(8)),
+                ("llama.attention.head_count", crate::gguf::Value::U32(2)),
+                (key, value),
+            ],
+            &[crate::gguf::Tensor {
+                name: "token_embd.weight".into(),
+                ne: vec![8, 4],
+                data: vec![0.0; 32],
+            }],
+        );
+        std::fs::write(&path, bytes).expect("write");
+        ModelInfo::read(&path).unwrap_err().to_string()
+    };
+    let e = bad(
+        "llama.rope.scaling.type",
+        crate::gguf::Value::Str("yarn".into()),
+    );
+    assert!(e.contains("rope scaling `yarn`"), "{e}");
+    let e = bad("llama.rope.dimension_count", crate::gguf::Value::U32(6));
+    assert!(e.contains("does not fit heads of 4"), "{e}");
+}

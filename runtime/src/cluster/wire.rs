@@ -89,8 +89,8 @@ pub struct NodeInfo {
     pub models: Vec<crate::models::ModelFile>,
     pub kinds: Vec<JobKind>,
     pub load: NodeLoad,
-    /// Memory it offers to model stages (free VRAM on a GPU build, else free RAM, capped by
-    /// `--stage-memory`).
+    /// Memory it offers to model stages (the first GPU's VRAM on a `cuda` build, else free
+    /// RAM; capped by `--stage-memory`).
     pub stage_memory: u64,
     /// The peers it is connected to, as `(name, cluster address)`: a node that joined
     /// through one member dials the rest (gossip), so `--join` needs one address.
@@ -235,18 +235,21 @@ pub enum StageFrame {
         node: String,
         result: Result<StageLoaded, String>,
     },
-    /// Token ids at positions `pos..` → stage 0 (the prompt from the runner, or a sampled
-    /// token from the last stage).
+    /// Token ids at positions `pos..` → stage 0 (a chunk of the prompt from the runner, or a
+    /// sampled token from the last stage). The last stage samples after it if `sample` (the
+    /// prompt's last chunk, and every generated token).
     Feed {
         key: SeqKey,
         pos: u32,
         tokens: Vec<u32>,
+        sample: bool,
     },
     /// Stage i → stage i+1: `n_tok × n_embd` hidden states for positions `pos..`.
     Hidden {
         key: SeqKey,
         pos: u32,
         data: Vec<f32>,
+        sample: bool,
     },
     /// The last stage → the runner: a sampled token; `last` when generation ends with it
     /// (an end-of-generation token, `max_tokens` or a full context).
@@ -263,9 +266,26 @@ pub enum StageFrame {
         why: String,
         /// The node it could not reach, if that is why.
         unreachable: Option<String>,
+        /// Running it again cannot help (the input is wrong, not the swarm).
+        fatal: bool,
     },
     /// Runner → every stage: the run is over; free its KV caches.
     Close { key: SeqKey },
+}
+
+impl StageFrame {
+    /// The run the frame belongs to.
+    pub fn key(&self) -> SeqKey {
+        match self {
+            StageFrame::Open(o) => o.key,
+            StageFrame::Opened { key, .. }
+            | StageFrame::Feed { key, .. }
+            | StageFrame::Hidden { key, .. }
+            | StageFrame::Token { key, .. }
+            | StageFrame::Failed { key, .. }
+            | StageFrame::Close { key } => *key,
+        }
+    }
 }
 
 /// What a stage loaded: the tensors it read from the model file.
