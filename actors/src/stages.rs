@@ -126,8 +126,7 @@ impl Stages {
             Ok(m) if m.len() == open.size => {}
             _ => {
                 return refuse(format!(
-                    "{} has no model file {} of {} bytes in {}",
-                    self.name,
+                    "no model file {} of {} bytes in {}",
                     open.model,
                     open.size,
                     self.models_dir.display()
