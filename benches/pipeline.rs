@@ -10,7 +10,8 @@
 //!
 //! Generation rate is tokens after the first over the time from the first token to the
 //! last (the prompt and stage loading excluded), the same definition for all three. Goal:
-//! split ≥ 0.8× stage_whole. Also printed: the bytes a token puts on the wire, per frame
+//! split ≥ 0.8× stage_whole. As the machine is shared, the three also run interleaved, round
+//! by round, and the median of the per-round ratios is printed beside the criterion totals. Also printed: the bytes a token puts on the wire, per frame
 //! (bincode, as the cluster sends it, before TLS and ractor's envelope).
 //!
 //! The node processes run the `myco` binary of this profile; the bench builds it first
@@ -42,6 +43,13 @@ use ractor::BytesConvertable;
 const PROMPT: &str = "the swarm is a queue of work and the model is a machine that runs the job";
 const MAX_TOKENS: u32 = 64;
 const N_CTX: u32 = 512;
+/// Interleaved rounds after the criterion groups.
+const ROUNDS: usize = 12;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
 
 fn bench_model() -> TinyLlama {
     TinyLlama {
@@ -354,6 +362,19 @@ fn main() {
     });
     grp.finish();
     c.final_summary();
+    // The machine is shared: the three, interleaved round by round, see the same load; the
+    // median of each round's ratio is the figure that noise moves least.
+    let rounds = if listing { 0 } else { ROUNDS };
+    let mut split_vs_whole = Vec::new();
+    let mut whole_vs_llama = Vec::new();
+    for _ in 0..rounds {
+        let rate = |r: &Run| r.tokens.len().saturating_sub(1) as f64 / r.after_first.as_secs_f64();
+        let l = rate(&llama(&model, &prompt));
+        let w = rate(&stage_whole(&mut whole, &prompt, &eog));
+        let s = rate(&split().0);
+        split_vs_whole.push(s / w);
+        whole_vs_llama.push(w / l);
+    }
     drop(b);
     drop(a);
     if listing {
@@ -378,6 +399,7 @@ fn main() {
         pos: N_CTX - 1,
         tokens: vec![u32::MAX],
         sample: true,
+        report: true,
     })
     .into_bytes()
     .len();
@@ -390,6 +412,8 @@ fn main() {
     .into_bytes()
     .len();
     let hops = g.stages.len() - 1;
+    // The runner is on stage 0's node here: the feed round the ring also reports the token.
+    let token = if g.stages[0].node == "a" { 0 } else { token };
     let rate = |t: &Totals| t.rate();
     println!();
     println!(
@@ -412,7 +436,12 @@ fn main() {
         fmt_ratio(rate(&t_whole), rate(&t_llama)),
     );
     println!(
-        "wire         {} B a token: {hops} hidden-state frame(s) of {hidden} B ({} f32) + the ring's feed of {feed} B + the token to the runner of {token} B",
+        "interleaved  {ROUNDS} rounds, median of the per-round ratios: split / stage whole {:.2}x, stage whole / llama.cpp {:.2}x",
+        median(split_vs_whole),
+        median(whole_vs_llama),
+    );
+    println!(
+        "wire         {} B a token: {hops} hidden-state frame(s) of {hidden} B ({} f32) + the ring's feed of {feed} B + a separate token report of {token} B (none when the runner is stage 0's node)",
         hops * hidden + feed + token,
         info.hp.n_embd,
     );

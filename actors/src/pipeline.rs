@@ -451,6 +451,7 @@ async fn drive(
                 pos: (i * CHUNK) as u32,
                 tokens: chunk.to_vec(),
                 sample: i + 1 == chunks,
+                report: false,
             },
         ));
     }

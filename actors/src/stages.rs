@@ -152,6 +152,7 @@ impl Stages {
             next: next.zip(open.next.clone()),
             ring: (ring, open.ring.clone()),
             runner: runner.clone(),
+            runner_at_ring: open.runner == open.ring,
             sampler: Sampler::new(
                 open.sampling.temperature,
                 open.sampling.top_k,
@@ -287,7 +288,20 @@ impl Actor for Stages {
                     pos,
                     tokens,
                     sample,
-                } => Self::input(state, key, pos, StageInput::Tokens(tokens), sample),
+                    report,
+                } => {
+                    if report
+                        && let (Some(tx), Some(&token)) = (state.runners.get(&key), tokens.first())
+                    {
+                        let _ = tx.send(StageFrame::Token {
+                            key,
+                            token,
+                            eog: false,
+                            last: false,
+                        });
+                    }
+                    Self::input(state, key, pos, StageInput::Tokens(tokens), sample)
+                }
                 StageFrame::Hidden {
                     key,
                     pos,
@@ -337,6 +351,8 @@ struct Route {
     next: Option<(Target, String)>,
     ring: (Target, String),
     runner: Target,
+    /// The runner and stage 0 share a node: one frame tells both.
+    runner_at_ring: bool,
     sampler: Sampler,
     remaining: u32,
     eog: Vec<u32>,
@@ -488,25 +504,29 @@ fn step(
             let at = pos + n_in;
             let eog = route.eog.contains(&token);
             let last = eog || route.remaining == 0 || at >= route.n_ctx;
-            let told = route.runner.send(StageFrame::Token {
-                key,
-                token,
-                eog,
-                last,
-            });
-            if told && !last {
-                let feed = StageFrame::Feed {
+            if last || !route.runner_at_ring {
+                let told = route.runner.send(StageFrame::Token {
                     key,
-                    pos: at,
-                    tokens: vec![token],
-                    sample: true,
-                };
-                if !route.ring.0.send(feed) {
-                    let name = &route.ring.1;
-                    return failed(route, format!("cannot reach {name}"), Some(name), false);
+                    token,
+                    eog,
+                    last,
+                });
+                if !told || last {
+                    return told;
                 }
             }
-            told
+            let feed = StageFrame::Feed {
+                key,
+                pos: at,
+                tokens: vec![token],
+                sample: true,
+                report: route.runner_at_ring,
+            };
+            if !route.ring.0.send(feed) {
+                let name = &route.ring.1;
+                return failed(route, format!("cannot reach {name}"), Some(name), false);
+            }
+            true
         }
         Err(e) => failed(route, e.to_string(), None, e.is_fatal()),
     }

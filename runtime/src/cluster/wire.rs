@@ -243,6 +243,9 @@ pub enum StageFrame {
         pos: u32,
         tokens: Vec<u32>,
         sample: bool,
+        /// The runner is on stage 0's node: it learns the sampled token from this frame
+        /// (one frame a token instead of two).
+        report: bool,
     },
     /// Stage i → stage i+1: `n_tok × n_embd` hidden states for positions `pos..`.
     Hidden {
