@@ -46,18 +46,6 @@ fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-fn bench_model() -> TinyLlama {
-    TinyLlama {
-        n_embd: 512,
-        n_head: 8,
-        n_head_kv: 4,
-        n_ff: 1536,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-    }
-}
-
 /// One direct run: (prompt tokens, prompt time, generated tokens, generation time, time to
 /// the first sampled token).
 struct Direct {
@@ -145,7 +133,7 @@ fn main() {
     let home = root.path().join("node");
     std::fs::create_dir_all(home.join("models")).unwrap();
     let model_path = home.join("models/bench.gguf");
-    bench_model().write(&model_path, false).unwrap();
+    TinyLlama::bench().write(&model_path, false).unwrap();
 
     let mut c = Criterion::default().configure_from_args();
     let rt = tokio::runtime::Builder::new_multi_thread()

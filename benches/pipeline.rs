@@ -51,18 +51,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn bench_model() -> TinyLlama {
-    TinyLlama {
-        n_embd: 512,
-        n_head: 8,
-        n_head_kv: 4,
-        n_ff: 1536,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-    }
-}
-
 fn threads() -> i32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
 }
@@ -240,7 +228,7 @@ fn main() {
     let (home_a, home_b) = (root.path().join("a"), root.path().join("b"));
     for h in [&home_a, &home_b] {
         std::fs::create_dir_all(h.join("models")).unwrap();
-        bench_model()
+        TinyLlama::bench()
             .write(&h.join("models/bench.gguf"), false)
             .unwrap();
     }

@@ -494,24 +494,22 @@ async fn plan(
     Query(q): Query<PlanQuery>,
 ) -> Result<Json<PlanReply>, ApiError> {
     let n_ctx = q.n_ctx.unwrap_or(4096).max(8);
-    let bare = q.model.strip_suffix(".gguf").unwrap_or(&q.model);
-    let by_name = !(q.model.contains('/') || q.model.starts_with('.'));
-    let path = if by_name {
-        [q.model.clone(), format!("{bare}.gguf")]
-            .iter()
-            .map(|n| node.models_dir.join(n))
-            .find(|p| p.is_file())
-    } else {
-        Some(std::path::PathBuf::from(&q.model)).filter(|p| p.is_file())
-    };
-    let path = path.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-            format!("this node ({}) holds no model `{}`", node.name, q.model),
-            "put the GGUF file in ~/.myco/models, or ask a node that holds it (--api)",
-        )
-    })?;
+    // Planning reads the model's header here: the node asked must hold the file.
+    let path = crate::infer::find_model(&node, &q.model)
+        .await
+        .ok()
+        .map(|m| m.path)
+        // A peer's model comes back as a bare file name (see `find_model`).
+        .filter(|p| p.is_absolute() && p.is_file())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("this node ({}) holds no model `{}`", node.name, q.model),
+                "put the GGUF file in ~/.myco/models, or ask a node that holds it (--api)",
+            )
+        })?;
+
     let (info, shape, nodes, planned) = crate::pipeline::plan_for(&node.pipeline, &path, n_ctx)
         .await
         .map_err(|why| {

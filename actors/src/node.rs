@@ -367,18 +367,11 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
-        let stages = supervisor
-            .call(SupervisorMsg::Stages, None)
+        let pipeline = supervisor
+            .call(SupervisorMsg::Pipeline, None)
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
-        let pipeline = crate::pipeline::PipelineEnv {
-            name: name.clone(),
-            home: home.root().to_path_buf(),
-            stages,
-            membership: membership.clone(),
-            stage_memory: config.stage_memory,
-        };
         let handle = NodeHandle {
             pipeline,
             name,

@@ -202,7 +202,7 @@ impl Stages {
 
     /// Close the runs whose runner's node is no longer up (nobody would close them).
     async fn close_orphans(&self, state: &mut StagesState) {
-        let Some(m) = &self.membership else {
+        let Some(m) = self.membership.as_ref().filter(|_| !state.runs.is_empty()) else {
             return;
         };
         let Ok(Ok(members)) = m

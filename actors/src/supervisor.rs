@@ -33,8 +33,8 @@ pub enum SupervisorMsg {
     Restarts(RpcReplyPort<u64>),
     /// The Membership actor, if this node is in a swarm.
     Membership(RpcReplyPort<Option<ActorRef<MembershipMsg>>>),
-    /// The Stages actor (pipeline jobs).
-    Stages(RpcReplyPort<ActorRef<StagesMsg>>),
+    /// What running and planning pipeline jobs needs of this node (its Stages actor).
+    Pipeline(RpcReplyPort<PipelineEnv>),
 }
 
 // Local only: never serialized (the cluster feature requires the impl).
@@ -71,7 +71,7 @@ pub struct SupervisorState {
     coordinator: ActorRef<CoordinatorMsg>,
     membership: Option<ActorRef<MembershipMsg>>,
     peer: Option<ActorRef<PeerMsg>>,
-    stages: ActorRef<StagesMsg>,
+    pipeline: PipelineEnv,
     /// Live workers by actor id → their index.
     workers: HashMap<ActorId, usize>,
     restarts: u64,
@@ -100,7 +100,7 @@ impl NodeSupervisor {
         myself: &ActorRef<SupervisorMsg>,
         coordinator: &ActorRef<CoordinatorMsg>,
         membership: Option<&ActorRef<MembershipMsg>>,
-        stages: &ActorRef<StagesMsg>,
+        pipeline: &PipelineEnv,
         queue: &Queue,
         index: usize,
     ) -> Result<ActorId, ActorProcessingErr> {
@@ -117,13 +117,7 @@ impl NodeSupervisor {
             membership: membership.cloned(),
             queue: queue.clone(),
             factory: self.factory.clone(),
-            pipeline: PipelineEnv {
-                name: self.name.clone(),
-                home: self.home.clone(),
-                stages: stages.clone(),
-                membership: membership.cloned(),
-                stage_memory: self.stage_memory,
-            },
+            pipeline: pipeline.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
         Ok(actor.get_id())
@@ -164,6 +158,13 @@ impl Actor for NodeSupervisor {
         if let Some(m) = &membership {
             m.cast(MembershipMsg::Attach(coordinator.clone()))?;
         }
+        let pipeline = PipelineEnv {
+            name: self.name.clone(),
+            home: self.home.clone(),
+            stages,
+            membership: membership.clone(),
+            stage_memory: self.stage_memory,
+        };
         let mut workers = HashMap::new();
         for index in 0..self.workers + self.executives {
             let id = self
@@ -171,7 +172,7 @@ impl Actor for NodeSupervisor {
                     &myself,
                     &coordinator,
                     membership.as_ref(),
-                    &stages,
+                    &pipeline,
                     &self.coordinator.queue,
                     index,
                 )
@@ -182,7 +183,7 @@ impl Actor for NodeSupervisor {
             coordinator,
             membership,
             peer,
-            stages,
+            pipeline,
             workers,
             restarts: 0,
             stopping: false,
@@ -235,8 +236,8 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Membership(reply) => {
                 let _ = reply.send(state.membership.clone());
             }
-            SupervisorMsg::Stages(reply) => {
-                let _ = reply.send(state.stages.clone());
+            SupervisorMsg::Pipeline(reply) => {
+                let _ = reply.send(state.pipeline.clone());
             }
         }
         Ok(())
@@ -257,7 +258,7 @@ impl Actor for NodeSupervisor {
             Some(state.coordinator.get_id()),
             state.membership.as_ref().map(|m| m.get_id()),
             state.peer.as_ref().map(|p| p.get_id()),
-            Some(state.stages.get_id()),
+            Some(state.pipeline.stages.get_id()),
         ];
         if core.contains(&Some(who.get_id())) {
             if !state.stopping {
@@ -284,7 +285,7 @@ impl Actor for NodeSupervisor {
                 &myself,
                 &state.coordinator,
                 state.membership.as_ref(),
-                &state.stages,
+                &state.pipeline,
                 &self.coordinator.queue,
                 index,
             )

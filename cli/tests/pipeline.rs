@@ -63,6 +63,15 @@ fn reference(path: &Path, max: usize) -> Vec<i64> {
     out
 }
 
+/// A temporary root with the reference copy of the model, its header, and the layer unit.
+fn setup() -> (tempfile::TempDir, PathBuf, ModelInfo, u64) {
+    let root = tempfile::tempdir().unwrap();
+    let model = write_model(&root.path().join("ref"));
+    let info = ModelInfo::read(&model).unwrap();
+    let u = layer_unit(&info);
+    (root, model, info, u)
+}
+
 fn job(root: &Path, name: &str, max_tokens: u32, n_ctx: u32, attempts: u32) -> PathBuf {
     let path = root.join(format!("{name}.toml"));
     std::fs::write(
@@ -192,10 +201,7 @@ fn check_memory(stages: &serde_json::Value, info: &ModelInfo) {
 
 #[test]
 fn a_model_split_over_three_nodes_gives_the_whole_models_tokens_and_survives_losing_the_middle() {
-    let root = tempfile::tempdir().unwrap();
-    let model = write_model(&root.path().join("ref"));
-    let info = ModelInfo::read(&model).unwrap();
-    let u = layer_unit(&info);
+    let (root, model, info, u) = setup();
     // a, b, c take 6 layers in proportion (5:4:3); d cannot hold one layer.
     let mut nodes = swarm(
         root.path(),
@@ -319,10 +325,7 @@ fn a_model_split_over_three_nodes_gives_the_whole_models_tokens_and_survives_los
 
 #[test]
 fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_says_why() {
-    let root = tempfile::tempdir().unwrap();
-    let model = write_model(&root.path().join("ref"));
-    let info = ModelInfo::read(&model).unwrap();
-    let u = layer_unit(&info);
+    let (root, model, info, u) = setup();
     let nodes = swarm(
         root.path(),
         &[("x", Some(7 * u / 2)), ("y", Some(7 * u / 2))],

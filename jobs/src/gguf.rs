@@ -160,6 +160,20 @@ impl Rng {
 }
 
 impl TinyLlama {
+    /// The benches' size: 8 layers, n_embd 512 (about 100 MB of f32), so a token costs
+    /// real work.
+    pub fn bench() -> TinyLlama {
+        TinyLlama {
+            n_embd: 512,
+            n_head: 8,
+            n_head_kv: 4,
+            n_ff: 1536,
+            n_layer: 8,
+            n_ctx: 2048,
+            seed: 7,
+        }
+    }
+
     /// The vocabulary: `<unk>`, `<s>`, `</s>`, `<|im_start|>`, `<|im_end|>`, the 256 byte
     /// tokens `<0x00>`..`<0xFF>`, then whole words.
     pub fn vocab() -> (Vec<String>, Vec<f32>, Vec<i32>) {
