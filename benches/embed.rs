@@ -167,10 +167,10 @@ fn bench_embed_path(
                 idempotency_key: None,
                 children: Vec::new(),
             };
-            let id = handle.queue.submit(vec![job]).await.unwrap()[0].id;
+            let id = handle.queue().submit(vec![job]).await.unwrap()[0].id;
             let rec = handle.wait(id, Duration::from_millis(250)).await.unwrap();
             assert_eq!(rec.state.name(), StateName::Done, "{:?}", rec.last_error);
-            let bytes = handle.queue.result(id).unwrap().unwrap();
+            let bytes = handle.queue().result(id).unwrap().unwrap();
             // Read the vectors back, as a client would.
             let vectors: Vec<Vec<f32>> = bytes
                 .split(|b| *b == b'\n')
@@ -330,7 +330,8 @@ fn pipeline(rt: &Runtime, nodes: usize) -> (usize, Duration) {
         let elapsed = start.elapsed();
         assert_eq!(rec.state.name(), StateName::Done, "{:?}", rec.last_error);
         let summary: serde_json::Value =
-            serde_json::from_slice(&owner.handle().queue.result(rec.id).unwrap().unwrap()).unwrap();
+            serde_json::from_slice(&owner.handle().queue().result(rec.id).unwrap().unwrap())
+                .unwrap();
         for n in started {
             n.shutdown().await.expect("stop a member");
         }

@@ -176,10 +176,10 @@ fn main() {
                 idempotency_key: None,
                 children: Vec::new(),
             };
-            let id = handle.queue.submit(vec![job]).await.unwrap()[0].id;
+            let id = handle.queue().submit(vec![job]).await.unwrap()[0].id;
             let rec = handle.wait(id, Duration::from_millis(250)).await.unwrap();
             assert_eq!(rec.state.name(), StateName::Done, "{:?}", rec.last_error);
-            serde_json::from_slice(&handle.queue.result(id).unwrap().unwrap()).unwrap()
+            serde_json::from_slice(&handle.queue().result(id).unwrap().unwrap()).unwrap()
         })
     };
     // Same tokens both ways, and the model loaded on the executive before measuring.

@@ -188,7 +188,7 @@ fn bench_end_to_end(c: &mut Criterion, rt: &Runtime, r: &mut Results) {
             myco_actors::Services::EMBEDDED,
         ))
         .expect("start the bench node");
-    let queue = node.handle().queue.clone();
+    let queue = node.handle().queue().clone();
     let done = StateName::Done.index();
     let mut seq = 0u64;
     g.throughput(Throughput::Elements(E2E_JOBS));

@@ -25,10 +25,12 @@ use myco_jobs::{Fit, JobKind};
 use myco_runtime::cluster::wire::NodeLoad;
 use myco_runtime::queue::{JobId, Lease, Queue, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
-use crate::membership::MembershipMsg;
-use crate::stealing;
+use crate::swarm::membership::MembershipMsg;
+use crate::swarm::stealing;
+use crate::swarm::view::{Swarm, SwarmEvent};
 
 /// A job handed to a worker, with the flag that tells it to stop.
 #[derive(Debug, Clone)]
@@ -79,11 +81,9 @@ pub enum CoordinatorMsg {
     TickDone(Vec<JobId>),
     /// An outbox delivery round ended; `true` if something is left (internal).
     Delivered(bool),
-    /// How many peers are up (from Membership): with peers, keep fewer jobs on hand so that
-    /// they can be stolen.
-    Peers(usize),
-    /// A peer's heartbeat shows queued work (from Membership).
-    PeerWork,
+    /// From Membership, on this coordinator's channel: how many peers are up (with peers,
+    /// keep fewer jobs on hand so that they can be stolen), or a peer has queued work.
+    Swarm(SwarmEvent),
     /// A job was cancelled through the API: stop it if it runs here.
     Cancel(JobId),
     /// Stop handing out work, give back unstarted leases, and reply once the running jobs
@@ -136,8 +136,9 @@ pub struct Coordinator {
     pub executives: u32,
     /// This node has a GPU (jobs that require one may run here).
     pub gpu: bool,
-    /// The swarm's membership, if this node is in one.
-    pub membership: Option<ActorRef<MembershipMsg>>,
+    /// The swarm, if this node is in one: Membership (told this node's load) and its
+    /// published view (peers to steal from, owners to deliver to).
+    pub swarm: Option<(ActorRef<MembershipMsg>, Swarm)>,
 }
 
 #[derive(Debug)]
@@ -196,12 +197,13 @@ const STEAL_MAX: Duration = Duration::from_secs(2);
 impl Actor for Coordinator {
     type Msg = CoordinatorMsg;
     type State = CoordinatorState;
-    type Arguments = ();
+    /// The channel Membership tells this coordinator of the swarm on (in a swarm).
+    type Arguments = Option<UnboundedReceiver<SwarmEvent>>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _: (),
+        events: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ticker = {
             let me = myself.clone();
@@ -229,6 +231,17 @@ impl Actor for Coordinator {
                 }
             })
         };
+        let mut tasks = vec![ticker, watcher];
+        if let Some(mut events) = events {
+            let me = myself.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if me.cast(CoordinatorMsg::Swarm(event)).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
         let outbox_pending = self.queue.outbox_len().map(|n| n > 0).unwrap_or(true);
         Ok(CoordinatorState {
             buffer: [VecDeque::new(), VecDeque::new()],
@@ -252,7 +265,7 @@ impl Actor for Coordinator {
             ticks: 0,
             stopping: false,
             drain_reply: None,
-            tasks: vec![ticker, watcher],
+            tasks,
         })
     }
 
@@ -382,13 +395,13 @@ impl Actor for Coordinator {
                     self.deliver(&myself, state);
                 }
             }
-            CoordinatorMsg::PeerWork => {
+            CoordinatorMsg::Swarm(SwarmEvent::PeerWork) => {
                 // A peer has work again: do not sit out the steal backoff.
                 state.steal_backoff = [STEAL_MIN; 2];
                 state.next_steal = [Instant::now(); 2];
                 self.maybe_steal(&myself, state);
             }
-            CoordinatorMsg::Peers(n) => {
+            CoordinatorMsg::Swarm(SwarmEvent::PeersUp(n)) => {
                 state.peers = n;
                 // Jobs leased while alone would sit here while peers idle: hand back all
                 // unstarted ones beyond what our own workers take next, so they can be
@@ -622,7 +635,7 @@ impl Coordinator {
     /// work of that lane's kinds. At most one attempt in flight, spaced out with a backoff
     /// when peers have nothing to give.
     fn maybe_steal(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
-        let Some(membership) = &self.membership else {
+        let Some((_, swarm)) = &self.swarm else {
             return;
         };
         let now = Instant::now();
@@ -658,7 +671,7 @@ impl Coordinator {
             max,
             lease: self.lease,
         };
-        let membership = membership.clone();
+        let swarm = swarm.clone();
         let me = myself.clone();
         let home = self.home.clone();
         track(
@@ -666,7 +679,7 @@ impl Coordinator {
             tokio::spawn(async move {
                 // The owner lends only jobs whose model this node holds too.
                 request.fit.models = Some(local_models(home).await);
-                let grant = stealing::steal(&membership, request).await;
+                let grant = stealing::steal(&swarm, request).await;
                 let _ = me.cast(CoordinatorMsg::Stolen(grant));
             }),
         );
@@ -675,7 +688,7 @@ impl Coordinator {
     /// Run the queue clock and renew our leases (local and stolen), off the actor.
     /// Tell Membership how busy this node is (it goes out with the next heartbeat).
     fn report_load(&self, state: &CoordinatorState) {
-        if let Some(m) = &self.membership {
+        if let Some((m, _)) = &self.swarm {
             let _ = m.cast(MembershipMsg::Load(NodeLoad {
                 queued: self.queue.stats().by_state[StateName::Queued.index()],
                 running: state.running.len() as u32,
@@ -720,7 +733,7 @@ impl Coordinator {
         }
         let queue = self.queue.clone();
         let lease = self.lease;
-        let membership = self.membership.clone();
+        let swarm = self.swarm.as_ref().map(|(_, s)| s.clone());
         let me = myself.clone();
         track(
             state,
@@ -736,9 +749,9 @@ impl Coordinator {
                         Vec::new()
                     })
                 };
-                if let Some(m) = membership {
+                if let Some(swarm) = swarm {
                     let holder = queue.holder().to_owned();
-                    lost.extend(stealing::renew_remote(&m, &holder, remote, lease).await);
+                    lost.extend(stealing::renew_remote(&swarm, &holder, remote, lease).await);
                 }
                 let _ = me.cast(CoordinatorMsg::TickDone(lost));
             }),
@@ -747,7 +760,7 @@ impl Coordinator {
 
     /// Send the outbox to the owners, off the actor.
     fn deliver(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
-        let Some(membership) = &self.membership else {
+        let Some((_, swarm)) = &self.swarm else {
             return;
         };
         if state.delivering {
@@ -756,12 +769,12 @@ impl Coordinator {
         }
         state.delivering = true;
         let queue = self.queue.clone();
-        let membership = membership.clone();
+        let swarm = swarm.clone();
         let me = myself.clone();
         track(
             state,
             tokio::spawn(async move {
-                let left = stealing::deliver_outbox(&queue, &membership).await;
+                let left = stealing::deliver_outbox(&queue, &swarm).await;
                 let _ = me.cast(CoordinatorMsg::Delivered(left));
             }),
         );

@@ -12,10 +12,13 @@ use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::coordinator::{Coordinator, CoordinatorMsg, Lane};
-use crate::membership::{Membership, MembershipMsg};
-use crate::peer::{PeerMsg, PeerService};
-use crate::pipeline::PipelineEnv;
-use crate::stages::{Stages, StagesMsg};
+use crate::pipeline::runner::PipelineEnv;
+use crate::pipeline::stages::{Stages, StagesMsg};
+use crate::streams::Streams;
+use crate::swarm::membership::{Membership, MembershipMsg};
+use crate::swarm::peer::PeerService;
+use crate::swarm::protocol::PeerMsg;
+use crate::swarm::view::Swarm;
 use crate::worker::{ExecutorFactory, Worker};
 
 /// Messages to the [`NodeSupervisor`].
@@ -31,8 +34,6 @@ pub enum SupervisorMsg {
     Coordinator(RpcReplyPort<ActorRef<CoordinatorMsg>>),
     /// How many times workers were restarted.
     Restarts(RpcReplyPort<u64>),
-    /// The Membership actor, if this node is in a swarm.
-    Membership(RpcReplyPort<Option<ActorRef<MembershipMsg>>>),
     /// What running and planning pipeline jobs needs of this node (its Stages actor).
     Pipeline(RpcReplyPort<PipelineEnv>),
 }
@@ -47,10 +48,11 @@ pub struct NodeSupervisor {
     pub workers: usize,
     /// Executive-lane workers (LLM inference; 0 on a node that runs none).
     pub executives: usize,
-    pub streams: crate::streams::Streams,
+    pub streams: Streams,
     pub factory: ExecutorFactory,
-    /// The swarm side (membership, peer service), if this node joins one.
-    pub membership: Option<Membership>,
+    /// The swarm side (membership, peer service), if this node joins one, and the view of
+    /// the swarm its Membership publishes.
+    pub membership: Option<(Membership, Swarm)>,
     /// The node's name, home directory and the memory it offers stages (pipeline jobs).
     pub name: String,
     pub home: std::path::PathBuf,
@@ -79,15 +81,18 @@ pub struct SupervisorState {
 }
 
 impl NodeSupervisor {
+    fn swarm(&self) -> Option<Swarm> {
+        self.membership.as_ref().map(|(_, s)| s.clone())
+    }
+
     async fn spawn_stages(
         &self,
         myself: &ActorRef<SupervisorMsg>,
-        membership: Option<&ActorRef<MembershipMsg>>,
     ) -> Result<ActorRef<StagesMsg>, ActorProcessingErr> {
         let stages = Stages {
             name: self.name.clone(),
             models_dir: self.home.join("models"),
-            membership: membership.cloned(),
+            swarm: self.swarm(),
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;
         Ok(stages)
@@ -99,7 +104,6 @@ impl NodeSupervisor {
         &self,
         myself: &ActorRef<SupervisorMsg>,
         coordinator: &ActorRef<CoordinatorMsg>,
-        membership: Option<&ActorRef<MembershipMsg>>,
         pipeline: &PipelineEnv,
         queue: &Queue,
         index: usize,
@@ -114,7 +118,7 @@ impl NodeSupervisor {
             lane,
             coordinator: coordinator.clone(),
             streams: self.streams.clone(),
-            membership: membership.cloned(),
+            swarm: self.swarm(),
             queue: queue.clone(),
             factory: self.factory.clone(),
             pipeline: pipeline.clone(),
@@ -135,34 +139,36 @@ impl Actor for NodeSupervisor {
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut coordinator = self.coordinator.clone();
-        let (membership, peer, stages) = match &self.membership {
-            Some(m) => {
-                let (membership, _) =
-                    Actor::spawn_linked(None, m.clone(), (), myself.get_cell()).await?;
-                let stages = self.spawn_stages(&myself, Some(&membership)).await?;
+        let stages = self.spawn_stages(&myself).await?;
+        // Membership tells the coordinator of the swarm on a channel the coordinator owns.
+        let (membership, peer, events) = match &self.membership {
+            Some((m, swarm)) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let m = Membership {
+                    events: Some(tx),
+                    ..m.clone()
+                };
+                let (membership, _) = Actor::spawn_linked(None, m, (), myself.get_cell()).await?;
                 let service = PeerService {
-                    name: m.name.clone(),
+                    name: self.name.clone(),
                     queue: self.coordinator.queue.clone(),
                     membership: membership.clone(),
                     streams: self.streams.clone(),
                     stages: stages.clone(),
                 };
                 let (peer, _) = Actor::spawn_linked(None, service, (), myself.get_cell()).await?;
-                coordinator.membership = Some(membership.clone());
-                (Some(membership), Some(peer), stages)
+                coordinator.swarm = Some((membership.clone(), swarm.clone()));
+                (Some(membership), Some(peer), Some(rx))
             }
-            None => (None, None, self.spawn_stages(&myself, None).await?),
+            None => (None, None, None),
         };
         let (coordinator, _) =
-            Actor::spawn_linked(None, coordinator, (), myself.get_cell()).await?;
-        if let Some(m) = &membership {
-            m.cast(MembershipMsg::Attach(coordinator.clone()))?;
-        }
+            Actor::spawn_linked(None, coordinator, events, myself.get_cell()).await?;
         let pipeline = PipelineEnv {
             name: self.name.clone(),
             home: self.home.clone(),
             stages,
-            membership: membership.clone(),
+            swarm: self.swarm(),
             stage_memory: self.stage_memory,
         };
         let mut workers = HashMap::new();
@@ -171,7 +177,6 @@ impl Actor for NodeSupervisor {
                 .spawn_worker(
                     &myself,
                     &coordinator,
-                    membership.as_ref(),
                     &pipeline,
                     &self.coordinator.queue,
                     index,
@@ -233,9 +238,6 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarts);
             }
-            SupervisorMsg::Membership(reply) => {
-                let _ = reply.send(state.membership.clone());
-            }
             SupervisorMsg::Pipeline(reply) => {
                 let _ = reply.send(state.pipeline.clone());
             }
@@ -284,7 +286,6 @@ impl Actor for NodeSupervisor {
             .spawn_worker(
                 &myself,
                 &state.coordinator,
-                state.membership.as_ref(),
                 &state.pipeline,
                 &self.coordinator.queue,
                 index,

@@ -19,9 +19,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::coordinator::{Assignment, CoordinatorMsg, Lane};
-use crate::membership::MembershipMsg;
-use crate::peer::PeerMsg;
+use crate::pipeline::runner::{self, PipelineEnv};
 use crate::streams::Streams;
+use crate::swarm::protocol::PeerMsg;
+use crate::swarm::view::Swarm;
 
 /// Makes the executor a new worker thread owns.
 pub type ExecutorFactory = Arc<dyn Fn() -> Box<dyn Executor> + Send + Sync>;
@@ -45,11 +46,11 @@ pub struct Worker {
     /// Where the output of streaming jobs of this node goes.
     pub streams: Streams,
     /// For streaming a stolen job's output to its owner.
-    pub membership: Option<ActorRef<MembershipMsg>>,
+    pub swarm: Option<Swarm>,
     pub queue: Queue,
     pub factory: ExecutorFactory,
     /// For pipeline jobs: the node's stage host and swarm.
-    pub pipeline: crate::pipeline::PipelineEnv,
+    pub pipeline: PipelineEnv,
 }
 
 impl std::fmt::Debug for Worker {
@@ -183,18 +184,10 @@ async fn forward(
     id: myco_runtime::queue::JobId,
     owner: Option<String>,
     streams: Streams,
-    membership: Option<ActorRef<MembershipMsg>>,
+    swarm: Option<Swarm>,
 ) {
-    let peer: Option<ActorRef<PeerMsg>> = match (&owner, &membership) {
-        (Some(owner), Some(m)) => m
-            .call(
-                |r| MembershipMsg::PeerRef(owner.clone(), r),
-                Some(Duration::from_secs(5)),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-            .flatten(),
+    let peer: Option<ActorRef<PeerMsg>> = match (&owner, &swarm) {
+        (Some(owner), Some(s)) => s.view().peer(owner),
         _ => None,
     };
     if owner.is_some() && peer.is_none() {
@@ -284,7 +277,7 @@ impl Actor for Worker {
                 id,
                 owner.clone(),
                 self.streams.clone(),
-                self.membership.clone(),
+                self.swarm.clone(),
             ));
             (Some(tx), Some(forwarder))
         } else {
@@ -295,7 +288,7 @@ impl Actor for Worker {
             // A pipeline job drives stages across the swarm: async, on no executor thread.
             Task::Pipeline(task) => {
                 tokio::time::timeout(timeout, async {
-                    crate::pipeline::run(&self.pipeline, id, &task, token, cancel.clone(), stream)
+                    runner::run(&self.pipeline, id, &task, token, cancel.clone(), stream)
                         .await
                         .map_err(RunError::Job)
                 })

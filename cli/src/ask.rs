@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
-use myco_actors::infer::{Followed, Relay};
+use myco_actors::interactive::{Followed, Relay};
 use myco_actors::{Node, Services};
 use myco_jobs::infer::{Generation, InferParams, InferTask, Message, Prompt};
 use myco_runtime::config::Home;
@@ -153,7 +153,8 @@ async fn ask_embedded(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Resu
 
 async fn ask_on(cli: &Cli, node: &Node, ask: Ask) -> Result<ExitCode> {
     let handle = node.handle();
-    let model = myco_actors::infer::find_model(handle, &ask.model)
+    let model = handle
+        .find_model(&ask.model)
         .await
         .map_err(|e| BadInput(e.to_string()))?;
     let d = InferParams::default();
@@ -173,8 +174,8 @@ async fn ask_on(cli: &Cli, node: &Node, ask: Ask) -> Result<ExitCode> {
             ..d
         },
     };
-    let id = myco_actors::infer::submit(handle, task).await?;
-    let mut rx = myco_actors::infer::spawn_follow(handle, id, true);
+    let id = myco_actors::interactive::submit(handle, task).await?;
+    let mut rx = myco_actors::interactive::spawn_follow(handle, id, true);
     let mut relay = Relay::default();
     let mut answer = Answer::default();
     while let Some(event) = rx.recv().await {
@@ -195,7 +196,7 @@ async fn ask_on(cli: &Cli, node: &Node, ask: Ask) -> Result<ExitCode> {
                     let why = rec.last_error.map(|e| e.message).unwrap_or_default();
                     return Err(anyhow!("the request ended {}: {why}", rec.state.name()));
                 }
-                let g = myco_actors::infer::generation(handle, id)
+                let g = myco_actors::interactive::generation(handle, id)
                     .await
                     .map_err(|e| anyhow!(e))?;
                 if let Some(rest) = relay.rest(&g.text) {

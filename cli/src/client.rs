@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, anyhow};
 use myco_actors::SpecSource;
-use myco_actors::api::{CancelReply, ListReply, SubmitReply};
+use myco_actors::http::jobs::{CancelReply, ListReply, SubmitReply};
 use myco_runtime::queue::JobView;
 use serde::de::DeserializeOwned;
 
@@ -109,12 +109,16 @@ impl Client {
         .await
     }
 
-    pub async fn swarm(&self) -> Result<myco_actors::api::SwarmReply> {
+    pub async fn swarm(&self) -> Result<myco_actors::http::swarm::SwarmReply> {
         self.json(self.http.get(format!("{}/api/swarm", self.base)))
             .await
     }
 
-    pub async fn plan(&self, model: &str, n_ctx: u32) -> Result<myco_actors::api::PlanReply> {
+    pub async fn plan(
+        &self,
+        model: &str,
+        n_ctx: u32,
+    ) -> Result<myco_actors::http::swarm::PlanReply> {
         self.json(
             self.http
                 .get(format!("{}/api/plan", self.base))

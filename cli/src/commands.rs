@@ -282,7 +282,7 @@ fn mib(bytes: u64) -> String {
 }
 
 /// `myco plan`: the model, the candidate nodes, then node → layers → bytes.
-fn print_plan(p: &myco_actors::api::PlanReply) {
+fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
     println!(
         "{} ({}, {} layers): {} with the KV cache for {} tokens ({} a layer)",
         p.model,
@@ -318,7 +318,7 @@ fn print_plan(p: &myco_actors::api::PlanReply) {
     }
 }
 
-fn print_swarm(nodes: &[myco_actors::membership::MemberView]) {
+fn print_swarm(nodes: &[myco_actors::swarm::view::MemberView]) {
     println!(
         "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>11} {:>7} {:>9}",
         "NAME",
@@ -535,7 +535,7 @@ async fn node(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<ExitCode> {
     if cli.json {
         print_json(&serde_json::json!({
             "event": "started",
-            "node": node.handle().name,
+            "node": node.handle().name(),
             "api": addr.to_string(),
             "cluster": cluster,
             "home": home.root(),
@@ -543,7 +543,7 @@ async fn node(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<ExitCode> {
     } else {
         println!(
             "myco node {} listening on http://{addr} (home {})",
-            node.handle().name,
+            node.handle().name(),
             home.root().display()
         );
     }
@@ -720,11 +720,11 @@ async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) ->
     let job = tokio::select! {
         job = follow(cli.json, fetch) => job?,
         () = shutdown_signal() => {
-            eprintln!("interrupted: job {id} stays queued in {}; run the same file again to resume", handle.queue.path().display());
+            eprintln!("interrupted: job {id} stays queued in {}; run the same file again to resume", handle.queue().path().display());
             return Ok(ExitCode::from(130));
         }
     };
-    let queue = handle.queue.clone();
+    let queue = handle.queue().clone();
     let failures = tokio::task::spawn_blocking(move || {
         queue.list(&ListFilter {
             parent: Some(id),
@@ -736,7 +736,7 @@ async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) ->
     .await??;
     let failures: Vec<JobView> = failures.iter().map(|r| r.view()).collect();
     if job.state == StateName::Done && (out.is_some() || !cli.json) {
-        let queue = handle.queue.clone();
+        let queue = handle.queue().clone();
         let out = out.map(Path::to_path_buf);
         tokio::task::spawn_blocking(move || -> Result<()> {
             // A parent's result is its children's, unless it joins them into its own.

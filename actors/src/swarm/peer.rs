@@ -8,59 +8,19 @@
 use std::time::Duration;
 
 use myco_runtime::cluster::wire::{
-    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StageFrame, StealGrant,
-    StealRequest, StreamFrame, Wire,
+    Delivery, DeliveryAck, RenewReply, StealGrant, StealRequest, Wire,
 };
 use myco_runtime::queue::{Queue, QueueError};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use ractor_cluster::RactorClusterMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 
-use crate::membership::MembershipMsg;
+use crate::pipeline::stages::StagesMsg;
+use crate::streams::Streams;
+use crate::swarm::membership::MembershipMsg;
+use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
 
 /// The most document bytes one steal grant carries (cluster frames are capped at 64 MiB).
 const GRANT_BYTES: u64 = 32 << 20;
-
-/// The process group every node's PeerService joins.
-pub const PEERS_GROUP: &str = "myco.peers";
-
-/// Messages between nodes. Every payload is a [`Wire`] frame: one that fails to decode is
-/// logged and dropped.
-#[derive(RactorClusterMessage)]
-pub enum PeerMsg {
-    /// "I am alive, and this is me" (every second).
-    Heartbeat(Wire<Box<Heartbeat>>),
-    /// A thief asks for work; the reply holds the jobs durably leased to it.
-    #[rpc]
-    Steal(Wire<StealRequest>, RpcReplyPort<Wire<StealGrant>>),
-    /// A thief extends its leases.
-    #[rpc]
-    Renew(Wire<RenewRequest>, RpcReplyPort<Wire<RenewReply>>),
-    /// A thief hands back finished work; the reply lists what the owner has settled.
-    #[rpc]
-    Deliver(Wire<Delivery>, RpcReplyPort<Wire<DeliveryAck>>),
-    /// Echo: measures the round trip of a call (for `myco bench steal`).
-    #[rpc]
-    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
-    /// A thief streams output of a job of ours (tokens) for our clients.
-    Stream(Wire<StreamFrame>),
-    /// The stage chain of pipeline jobs (see `stages`).
-    Stage(Wire<StageFrame>),
-}
-
-impl std::fmt::Debug for PeerMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            PeerMsg::Heartbeat(_) => "Heartbeat",
-            PeerMsg::Steal(..) => "Steal",
-            PeerMsg::Renew(..) => "Renew",
-            PeerMsg::Deliver(..) => "Deliver",
-            PeerMsg::Ping(..) => "Ping",
-            PeerMsg::Stream(_) => "Stream",
-            PeerMsg::Stage(_) => "Stage",
-        })
-    }
-}
 
 /// The PeerService's fixed settings.
 #[derive(Debug)]
@@ -68,8 +28,8 @@ pub struct PeerService {
     pub name: String,
     pub queue: Queue,
     pub membership: ActorRef<MembershipMsg>,
-    pub streams: crate::streams::Streams,
-    pub stages: ActorRef<crate::stages::StagesMsg>,
+    pub streams: Streams,
+    pub stages: ActorRef<StagesMsg>,
 }
 
 #[derive(Debug)]
@@ -154,7 +114,7 @@ impl Actor for PeerService {
                 self.streams.publish(frame.id, frame.pieces);
             }
             PeerMsg::Stage(Wire(Ok(frame))) => {
-                let _ = self.stages.cast(crate::stages::StagesMsg::Frame(frame));
+                let _ = self.stages.cast(StagesMsg::Frame(frame));
             }
             PeerMsg::Heartbeat(Wire(Err(e)))
             | PeerMsg::Stream(Wire(Err(e)))

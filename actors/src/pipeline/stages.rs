@@ -21,17 +21,14 @@ use myco_runtime::cluster::wire::{SeqKey, StageFrame, StageLoaded, StageOpen, Wi
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::membership::MembershipMsg;
-use crate::peer::PeerMsg;
+use crate::swarm::protocol::PeerMsg;
+use crate::swarm::view::Swarm;
 
 /// How long an unused stage stays loaded (the next job of the same model reuses it).
 const LINGER: Duration = Duration::from_secs(60);
 
 /// Positions a stage's rope tables cover (at most the model's own context).
 pub const MAX_CTX: u32 = 32_768;
-
-/// How long a call to the membership actor may take.
-const ASK: Duration = Duration::from_secs(5);
 
 /// Messages to the [`Stages`] actor.
 #[derive(Debug)]
@@ -71,7 +68,8 @@ impl Target {
 pub struct Stages {
     pub name: String,
     pub models_dir: PathBuf,
-    pub membership: Option<ActorRef<MembershipMsg>>,
+    /// The swarm, if this node is in one.
+    pub swarm: Option<Swarm>,
 }
 
 /// A loaded (or loading) stage and its thread.
@@ -93,23 +91,16 @@ pub struct StagesState {
 }
 
 impl Stages {
-    async fn target(&self, myself: &ActorRef<StagesMsg>, node: &str) -> Option<Target> {
+    fn target(&self, myself: &ActorRef<StagesMsg>, node: &str) -> Option<Target> {
         if node == self.name {
             return Some(Target::Local(myself.clone()));
         }
-        let m = self.membership.as_ref()?;
-        m.call(|r| MembershipMsg::PeerRef(node.to_owned(), r), Some(ASK))
-            .await
-            .ok()?
-            .success_or(())
-            .ok()
-            .flatten()
-            .map(Target::Remote)
+        self.swarm.as_ref()?.view().peer(node).map(Target::Remote)
     }
 
     async fn open(&self, myself: &ActorRef<StagesMsg>, state: &mut StagesState, open: StageOpen) {
         let key = open.key;
-        let Some(runner) = self.target(myself, &open.runner).await else {
+        let Some(runner) = self.target(myself, &open.runner) else {
             tracing::warn!(runner = %open.runner, "a stage was asked for by a node that is not up");
             return;
         };
@@ -133,9 +124,9 @@ impl Stages {
                 ));
             }
         }
-        let ring = self.target(myself, &open.ring).await;
+        let ring = self.target(myself, &open.ring);
         let next = match &open.next {
-            Some(n) => match self.target(myself, n).await {
+            Some(n) => match self.target(myself, n) {
                 Some(t) => Some(t),
                 None => return refuse(format!("the next stage's node {n} is not up")),
             },
@@ -201,22 +192,11 @@ impl Stages {
     }
 
     /// Close the runs whose runner's node is no longer up (nobody would close them).
-    async fn close_orphans(&self, state: &mut StagesState) {
-        let Some(m) = self.membership.as_ref().filter(|_| !state.runs.is_empty()) else {
+    fn close_orphans(&self, state: &mut StagesState) {
+        let Some(swarm) = self.swarm.as_ref().filter(|_| !state.runs.is_empty()) else {
             return;
         };
-        let Ok(Ok(members)) = m
-            .call(MembershipMsg::Members, Some(ASK))
-            .await
-            .map(|r| r.success_or(()))
-        else {
-            return;
-        };
-        let up: std::collections::HashSet<String> = members
-            .into_iter()
-            .filter(|m| m.status == "self" || m.status == "up")
-            .map(|m| m.name)
-            .collect();
+        let up = swarm.view().up();
         let orphans: Vec<SeqKey> = state
             .runs
             .iter()
@@ -317,7 +297,7 @@ impl Actor for Stages {
                     }
                 }
             },
-            StagesMsg::Send(to, frame) => match self.target(&myself, &to).await {
+            StagesMsg::Send(to, frame) => match self.target(&myself, &to) {
                 Some(t) => {
                     t.send(frame);
                 }
@@ -330,7 +310,7 @@ impl Actor for Stages {
                 state.runners.remove(&key);
             }
             StagesMsg::Tick => {
-                self.close_orphans(state).await;
+                self.close_orphans(state);
                 // Dropping the sender ends the thread, which frees the stage.
                 state
                     .hosted

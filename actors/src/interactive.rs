@@ -1,5 +1,7 @@
-//! LLM requests at a node: find a model in the swarm, submit an infer job, and follow it,
-//! streaming its tokens.
+//! Interactive requests at a node (an OpenAI call, `myco ask`, a query's embedding): jobs
+//! submitted ahead of batch work ([`INTERACTIVE_PRIORITY`]), and following a job to its end
+//! with its streamed pieces ([`follow`]), which the API's job stream, the OpenAI endpoints
+//! and the CLI's waits all go through.
 //!
 //! A request is an ordinary job in this node's durable queue. If this node holds the model,
 //! its executive runs it; if only a peer does, the job waits here until that peer steals it
@@ -12,116 +14,98 @@ use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::infer::{Generation, InferTask};
 use myco_runtime::cluster::wire::StreamPiece;
-use myco_runtime::models::ModelFormat;
-use myco_runtime::queue::{JobId, JobRecord, NewJob, QueueError};
-use serde::Serialize;
+use myco_runtime::queue::{JobId, JobRecord, JobState, NewJob, QueueError};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::node::NodeHandle;
-use crate::query::INTERACTIVE_PRIORITY;
+use crate::node::handle::NodeHandle;
 use crate::streams::Subscription;
 
-/// A GGUF model some node of the swarm holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SwarmModel {
-    /// The name requests use: the file name without `.gguf`.
-    pub id: String,
-    pub file: String,
-    pub bytes: u64,
-    pub architecture: Option<String>,
-    /// The nodes that hold it.
-    pub nodes: Vec<String>,
-}
+/// Interactive requests go ahead of batch jobs (which default to 0).
+pub const INTERACTIVE_PRIORITY: i32 = 500;
 
-/// The GGUF models of the swarm (this node's included), by name: as Membership last scanned
-/// and heard them; a node outside a swarm scans its own directory.
-pub async fn swarm_models(node: &NodeHandle) -> Vec<SwarmModel> {
-    let mut files: Vec<(String, myco_runtime::models::ModelFile)> = Vec::new();
-    for member in node.members().await {
-        let models = match member.info {
-            Some(info) if member.status == "self" || member.status == "up" => info.models,
-            None if member.status == "self" => {
-                let dir = node.models_dir.clone();
-                tokio::task::spawn_blocking(move || myco_runtime::models::scan(&dir))
-                    .await
-                    .unwrap_or_default()
-            }
-            _ => continue,
-        };
-        files.extend(models.into_iter().map(|m| (member.name.clone(), m)));
-    }
-    let mut out: Vec<SwarmModel> = Vec::new();
-    for (holder, m) in files {
-        if m.format != ModelFormat::Gguf {
-            continue;
-        }
-        let file = m
-            .path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| m.name.clone());
-        match out
-            .iter_mut()
-            .find(|s| s.file == file && s.bytes == m.size_bytes)
-        {
-            Some(s) if !s.nodes.contains(&holder) => s.nodes.push(holder),
-            Some(_) => {}
-            None => out.push(SwarmModel {
-                id: m.name.clone(),
-                file,
-                bytes: m.size_bytes,
-                architecture: m.architecture.clone(),
-                nodes: vec![holder],
-            }),
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
-}
-
-/// Why a model cannot be used.
+/// Why an interactive embedding failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ModelLookupError {
-    #[error(
-        "no node of the swarm holds a model `{0}`: put the GGUF file in ~/.myco/models on a node (GET /v1/models lists the models the swarm holds)"
-    )]
-    NotFound(String),
-}
+#[error("{0}")]
+pub struct EmbedError(pub String);
 
-/// The GGUF model `name` (a path, a file name, or a name without `.gguf`): this node's
-/// copy, else a peer's.
-pub async fn find_model(node: &NodeHandle, name: &str) -> Result<ModelRef, ModelLookupError> {
-    if name.contains('/') {
-        let path = std::path::PathBuf::from(name);
-        return if path.is_file() {
-            Ok(ModelRef::at(&std::path::absolute(&path).unwrap_or(path)))
-        } else {
-            Err(ModelLookupError::NotFound(name.to_owned()))
-        };
-    }
-    let bare = name.strip_suffix(".gguf").unwrap_or(name);
-    for candidate in [name.to_owned(), format!("{bare}.gguf")] {
-        let path = node.models_dir.join(&candidate);
-        if path.is_file() {
-            return Ok(ModelRef::at(&path));
-        }
-    }
-    swarm_models(node)
+/// Embed `texts` with `model` now: an interactive job through the queue, awaited.
+pub async fn embed_now(
+    node: &NodeHandle,
+    model: ModelRef,
+    texts: Vec<String>,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let job = NewJob {
+        task: Task::Embed {
+            model,
+            texts,
+            batch_tokens: 8192,
+            links: Vec::new(),
+        },
+        priority: INTERACTIVE_PRIORITY,
+        max_attempts: 2,
+        timeout_ms: 120_000,
+        idempotency_key: None,
+        children: Vec::new(),
+    };
+    let failed = EmbedError;
+    let id = node
+        .queue()
+        .submit(vec![job])
         .await
-        .into_iter()
-        .find(|m| m.id == bare || m.file == name)
-        .map(|m| ModelRef {
-            name: m.file.clone(),
-            // The holder's path; each node loads its own copy of the same name and size.
-            path: std::path::PathBuf::from(&m.file),
-            bytes: m.bytes,
+        .map_err(|e| failed(e.to_string()))?
+        .first()
+        .ok_or_else(|| failed("the queue accepted no job".into()))?
+        .id;
+    let rec = match tokio::time::timeout(
+        Duration::from_secs(130),
+        node.wait(id, Duration::from_millis(250)),
+    )
+    .await
+    {
+        Ok(Ok(rec)) => rec,
+        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Err(_) => {
+            let _ = node.cancel(id).await;
+            return Err(failed(format!(
+                "job {id} did not finish in time; it was cancelled"
+            )));
+        }
+    };
+    if rec.state != JobState::Done {
+        let why = rec.last_error.map(|e| e.message).unwrap_or_default();
+        return Err(failed(format!(
+            "embedding job {id} ended {}: {why}",
+            rec.state.name()
+        )));
+    }
+    let q = node.queue().clone();
+    let result = match tokio::task::spawn_blocking(move || q.result(id)).await {
+        Ok(Ok(Some(bytes))) => bytes,
+        other => {
+            return Err(failed(format!(
+                "job {id}'s result is unreadable: {other:?}"
+            )));
+        }
+    };
+    #[derive(Deserialize)]
+    struct Line {
+        vector: Vec<f32>,
+    }
+    result
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Line>(l)
+                .map(|l| l.vector)
+                .map_err(|e| failed(format!("job {id}'s result is unreadable: {e}")))
         })
-        .ok_or_else(|| ModelLookupError::NotFound(name.to_owned()))
+        .collect()
 }
 
 /// The result of infer job `id`, done.
 pub async fn generation(node: &NodeHandle, id: JobId) -> Result<Generation, String> {
-    let q = node.queue.clone();
+    let q = node.queue().clone();
     let bytes = match tokio::task::spawn_blocking(move || q.result(id)).await {
         Ok(Ok(Some(b))) => b,
         Ok(Ok(None)) => return Err(format!("job {id} has no result")),
@@ -143,7 +127,7 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
         idempotency_key: None,
         children: Vec::new(),
     };
-    node.queue
+    node.queue()
         .submit(vec![job])
         .await?
         .first()
@@ -165,8 +149,8 @@ pub enum Followed {
 /// client that went away) cancels the job, which frees the executor running it. The job's
 /// record is read when the queue finishes jobs (and every second), not once per piece.
 pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, cancel_on_drop: bool) {
-    let mut sub = Subscription::new(&node.streams, id);
-    let queue = node.queue.clone();
+    let mut sub = Subscription::new(node.streams(), id);
+    let queue = node.queue().clone();
     let mut finished = Box::pin(queue.finished());
     finished.as_mut().enable();
     let mut check = true;
@@ -192,7 +176,7 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, can
             piece = sub.next() => {
                 let Some(p) = piece else {
                     // The stream was dropped: keep waiting for the end on the record.
-                    sub = Subscription::new(&node.streams, id);
+                    sub = Subscription::new(node.streams(), id);
                     check = true;
                     continue;
                 };
@@ -259,16 +243,4 @@ impl Relay {
         self.sent.push_str(rest);
         Some(rest.to_owned())
     }
-}
-
-/// Whether any of the named nodes (this one included) has a GPU.
-pub async fn any_gpu(node: &NodeHandle, names: &[String]) -> bool {
-    if node.gpu && names.contains(&node.name) {
-        return true;
-    }
-    node.members().await.into_iter().any(|m| {
-        m.status == "up"
-            && names.contains(&m.name)
-            && m.info.is_some_and(|i| !i.caps.gpus.is_empty())
-    })
 }

@@ -14,8 +14,8 @@ use myco_runtime::cluster::wire::{Delivery, Outcome, RenewRequest, StealRequest,
 use myco_runtime::queue::{JobId, Lease, Queue};
 use ractor::ActorRef;
 
-use crate::membership::MembershipMsg;
-use crate::peer::PeerMsg;
+use crate::swarm::protocol::PeerMsg;
+use crate::swarm::view::Swarm;
 
 const CALL: Duration = Duration::from_secs(5);
 /// Most outbox entries per delivery round.
@@ -30,29 +30,9 @@ pub struct StealPlan {
     pub lease: Duration,
 }
 
-async fn peer(membership: &ActorRef<MembershipMsg>, name: &str) -> Option<ActorRef<PeerMsg>> {
-    membership
-        .call(|r| MembershipMsg::PeerRef(name.to_owned(), r), Some(CALL))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .flatten()
-}
-
 /// Ask peers with queued work, busiest first, until one lends something.
-pub async fn steal(
-    membership: &ActorRef<MembershipMsg>,
-    plan: StealPlan,
-) -> Option<(String, Vec<Lease>, Duration)> {
-    let victims = membership
-        .call(
-            |r| MembershipMsg::Victims(plan.fit.kinds.clone(), r),
-            Some(CALL),
-        )
-        .await
-        .ok()?
-        .success_or(())
-        .ok()?;
+pub async fn steal(swarm: &Swarm, plan: StealPlan) -> Option<(String, Vec<Lease>, Duration)> {
+    let victims = swarm.view().victims(&plan.fit.kinds);
     for (name, peer) in victims.into_iter().take(2) {
         let request = StealRequest {
             holder: plan.holder.clone(),
@@ -81,14 +61,14 @@ pub async fn steal(
 /// Renew stolen leases at their owners; returns the ones we no longer hold. An owner that
 /// cannot be reached is not a lost lease: the work goes on and waits in the outbox.
 pub async fn renew_remote(
-    membership: &ActorRef<MembershipMsg>,
+    swarm: &Swarm,
     holder: &str,
     by_owner: HashMap<String, Vec<(JobId, u64)>>,
     lease: Duration,
 ) -> Vec<JobId> {
     let mut lost = Vec::new();
     for (owner, leases) in by_owner {
-        let Some(peer) = peer(membership, &owner).await else {
+        let Some(peer) = swarm.view().peer(&owner) else {
             continue;
         };
         let request = RenewRequest {
@@ -112,7 +92,7 @@ pub async fn renew_remote(
 
 /// One delivery round: send every owner its finished jobs, forget what it acknowledged.
 /// Returns true if anything is left for a later round.
-pub async fn deliver_outbox(queue: &Queue, membership: &ActorRef<MembershipMsg>) -> bool {
+pub async fn deliver_outbox(queue: &Queue, swarm: &Swarm) -> bool {
     let q = queue.clone();
     let entries = match tokio::task::spawn_blocking(move || q.outbox(DELIVERY_BATCH)).await {
         Ok(Ok(e)) => e,
@@ -132,7 +112,7 @@ pub async fn deliver_outbox(queue: &Queue, membership: &ActorRef<MembershipMsg>)
     }
     let from = queue.holder().to_owned();
     for (owner, outcomes) in by_owner {
-        let Some(peer) = peer(membership, &owner).await else {
+        let Some(peer) = swarm.view().peer(&owner) else {
             left = true;
             continue;
         };

@@ -1,29 +1,30 @@
-//! A running node: the queue, the actor tree and (optionally) the HTTP API, wired together,
-//! with the submit path they share and the shutdown protocol.
+//! A running node, the composition root: it opens the queue, starts the actor tree and
+//! (optionally) the HTTP API, wires them together, and runs the shutdown protocol.
 //!
 //! `myco node` starts one with the API; `myco run` starts one without it, submits a job and
-//! waits. [`NodeHandle`] is the cheap, cloneable view the API handlers use.
+//! waits. Everything else reaches the node through [`handle::NodeHandle`].
+
+pub mod handle;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use myco_jobs::{JobKind, JobSpec, SpecError};
+use myco_jobs::JobKind;
 use myco_runtime::cluster::discovery::DiscoveryConfig;
 use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::cluster::wire::Role;
 use myco_runtime::config::{ConfigError, Home, NodeConfig};
-use myco_runtime::queue::{
-    CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, QueueOptions, Submitted,
-};
-use ractor::{Actor, ActorRef};
+use myco_runtime::queue::{Queue, QueueError, QueueOptions};
+use ractor::Actor;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::{Coordinator, CoordinatorMsg, Load};
-use crate::membership::{MemberView, Membership, MembershipMsg};
+use crate::coordinator::Coordinator;
+use crate::node::handle::{NodeHandle, Parts};
 use crate::supervisor::{NodeSupervisor, SupervisorMsg};
+use crate::swarm::membership::Membership;
+use crate::swarm::view::Swarm;
 use crate::worker::ExecutorFactory;
 
 /// Errors starting or stopping a node.
@@ -44,169 +45,6 @@ pub enum NodeError {
     Actors(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A `job.toml` to submit: its text, and the directory its relative paths start from.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SpecSource {
-    pub toml: String,
-    pub base_dir: PathBuf,
-}
-
-/// Why a submission was refused. Nothing of it was enqueued.
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("job {index}: {error}")]
-    Spec { index: usize, error: SpecError },
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-}
-
-/// The parts of a node the API needs. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct NodeHandle {
-    pub name: String,
-    pub queue: Queue,
-    pub coordinator: ActorRef<CoordinatorMsg>,
-    pub supervisor: ActorRef<SupervisorMsg>,
-    pub membership: Option<ActorRef<MembershipMsg>>,
-    pub started: Instant,
-    /// Where model names in job files resolve.
-    pub models_dir: std::path::PathBuf,
-    /// Streamed output (LLM tokens) of this node's jobs.
-    pub streams: crate::streams::Streams,
-    /// This node has a GPU (detected at start).
-    pub gpu: bool,
-    /// What pipeline planning needs (`/api/plan`).
-    pub pipeline: crate::pipeline::PipelineEnv,
-}
-
-impl NodeHandle {
-    /// Validate and plan every spec, then enqueue them all in one transaction. A bad spec
-    /// refuses the whole submission.
-    pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
-        // Infer jobs may name a model only a peer holds.
-        let remote: Vec<myco_jobs::archive::ModelRef> = if self.membership.is_some() {
-            crate::infer::swarm_models(self)
-                .await
-                .into_iter()
-                .map(|m| myco_jobs::archive::ModelRef {
-                    path: PathBuf::from(&m.file),
-                    name: m.file,
-                    bytes: m.bytes,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        // Planning walks directories: keep it off the async threads.
-        let models_dir = self.models_dir.clone();
-        let collections = self.collections_dir();
-        let jobs = tokio::task::spawn_blocking(move || {
-            specs
-                .into_iter()
-                .enumerate()
-                .map(|(index, src)| {
-                    let spec = JobSpec::parse_swarm(&src.toml, &src.base_dir, &models_dir, &remote)
-                        .map_err(|error| SubmitError::Spec { index, error })?;
-                    let plan = spec
-                        .plan_in(&collections)
-                        .map_err(|error| SubmitError::Spec { index, error })?;
-                    Ok(NewJob::from_spec(&spec, plan))
-                })
-                .collect::<Result<Vec<NewJob>, SubmitError>>()
-        })
-        .await
-        .map_err(|e| QueueError::Invalid(format!("planning failed: {e}")))??;
-        Ok(self.queue.submit(jobs).await?)
-    }
-
-    /// Where collections live: beside the models, in the node's home.
-    pub fn collections_dir(&self) -> PathBuf {
-        self.home().join("collections")
-    }
-
-    /// The node's home directory.
-    pub fn home(&self) -> PathBuf {
-        self.models_dir
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .unwrap_or_default()
-    }
-
-    /// Cancel a job (and its children); a running attempt is told to stop.
-    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, QueueError> {
-        let outcome = self.queue.cancel(id).await?;
-        let _ = self.coordinator.cast(CoordinatorMsg::Cancel(id));
-        if let Ok(children) = self.queue.children(id) {
-            for child in children {
-                let _ = self.coordinator.cast(CoordinatorMsg::Cancel(child));
-            }
-        }
-        Ok(outcome)
-    }
-
-    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        let queue = self.queue.clone();
-        tokio::task::spawn_blocking(move || queue.get(id))
-            .await
-            .map_err(|e| QueueError::Invalid(e.to_string()))?
-    }
-
-    /// Wait until a job is finished; returns its record.
-    /// Wait until job `id` is finished: woken by the queue's commits that finish jobs, and
-    /// at the latest every `poll`.
-    pub async fn wait(&self, id: JobId, poll: Duration) -> Result<JobRecord, QueueError> {
-        loop {
-            let finished = self.queue.finished();
-            tokio::pin!(finished);
-            finished.as_mut().enable();
-            match self.get(id).await? {
-                Some(rec) if rec.state.is_terminal() => return Ok(rec),
-                Some(_) => {}
-                None => return Err(QueueError::NotFound(id)),
-            }
-            tokio::select! {
-                () = &mut finished => {}
-                () = tokio::time::sleep(poll) => {}
-            }
-        }
-    }
-
-    pub async fn load(&self) -> Option<Load> {
-        self.coordinator
-            .call(CoordinatorMsg::Load, Some(Duration::from_secs(2)))
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-    }
-
-    /// The swarm as this node sees it (itself first); just itself outside a swarm.
-    pub async fn members(&self) -> Vec<MemberView> {
-        match &self.membership {
-            Some(m) => m
-                .call(MembershipMsg::Members, Some(Duration::from_secs(2)))
-                .await
-                .ok()
-                .and_then(|r| r.success_or(()).ok())
-                .unwrap_or_default(),
-            None => vec![MemberView {
-                name: self.name.clone(),
-                status: "self".into(),
-                info: None,
-                heartbeat_age_ms: 0,
-            }],
-        }
-    }
-
-    pub async fn worker_restarts(&self) -> u64 {
-        self.supervisor
-            .call(SupervisorMsg::Restarts, Some(Duration::from_secs(2)))
-            .await
-            .ok()
-            .and_then(|r| r.success_or(()).ok())
-            .unwrap_or(0)
-    }
 }
 
 /// What a node runs besides its queue and workers.
@@ -236,6 +74,7 @@ impl Services {
 pub struct Node {
     handle: NodeHandle,
     config: NodeConfig,
+    supervisor: ractor::ActorRef<SupervisorMsg>,
     supervisor_task: JoinHandle<()>,
     api: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
     home: Home,
@@ -308,7 +147,8 @@ impl Node {
             if !caps.gpus.is_empty() {
                 roles.push(Role::Executive);
             }
-            Some(Membership {
+            let (publisher, swarm) = Swarm::channel(&name);
+            let membership = Membership {
                 name: name.clone(),
                 secret,
                 listen: config.cluster,
@@ -327,10 +167,16 @@ impl Node {
                 roles,
                 slots: (workers + executives) as u32,
                 stage_memory: config.stage_memory,
-            })
+                publisher,
+                events: None,
+            };
+            Some((membership, swarm))
         } else {
             None
         };
+        let swarm = membership
+            .as_ref()
+            .map(|(_, s): &(Membership, Swarm)| s.clone());
         let streams = crate::streams::Streams::default();
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
@@ -343,7 +189,7 @@ impl Node {
                 slots: (workers + executives) as u32,
                 executives: executives as u32,
                 gpu,
-                membership: None,
+                swarm: None,
             },
             workers,
             executives,
@@ -357,36 +203,31 @@ impl Node {
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?;
+        let supervisor_ref = supervisor.clone();
         let coordinator = supervisor
             .call(SupervisorMsg::Coordinator, None)
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no coordinator".into()))?;
-        let membership = supervisor
-            .call(SupervisorMsg::Membership, None)
-            .await
-            .map_err(|e| NodeError::Actors(e.to_string()))?
-            .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
         let pipeline = supervisor
             .call(SupervisorMsg::Pipeline, None)
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no answer from the supervisor".into()))?;
-        let handle = NodeHandle {
-            pipeline,
+        let handle = NodeHandle::new(Parts {
             name,
             queue,
             coordinator,
             supervisor,
-            membership,
-            started: Instant::now(),
-            models_dir: home.models_dir(),
+            swarm,
+            home: home.root().to_path_buf(),
             streams,
             gpu,
-        };
+            pipeline,
+        });
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();
-            let app = crate::api::router(handle.clone());
+            let app = crate::http::router(handle.clone());
             let stop = token.clone();
             // Results stream in several writes: without TCP_NODELAY, Nagle's algorithm and
             // delayed ACKs add ~40 ms to each response.
@@ -409,13 +250,14 @@ impl Node {
             None
         };
         tracing::info!(
-            node = %handle.name,
-            holder = handle.queue.holder(),
+            node = %handle.name(),
+            holder = handle.queue().holder(),
             workers,
             api = ?api.as_ref().map(|a| a.0),
             "node started"
         );
         Ok(Node {
+            supervisor: supervisor_ref,
             handle,
             config,
             supervisor_task,
@@ -451,7 +293,6 @@ impl Node {
         }
         let grace = self.config.shutdown_grace;
         let drained = self
-            .handle
             .supervisor
             .call(
                 |reply| SupervisorMsg::Shutdown { grace, reply },
@@ -462,7 +303,7 @@ impl Node {
             tracing::warn!("the actors did not confirm a clean stop");
         }
         let _ = self.supervisor_task.await;
-        self.handle.queue.shutdown().await;
+        self.handle.queue().shutdown().await;
         tracing::info!("node stopped cleanly");
         Ok(())
     }

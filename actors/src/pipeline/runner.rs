@@ -28,8 +28,8 @@ use myco_runtime::queue::JobId;
 use ractor::ActorRef;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::membership::{MemberView, MembershipMsg};
-use crate::stages::{MAX_CTX, StagesMsg};
+use crate::pipeline::stages::{MAX_CTX, StagesMsg};
+use crate::swarm::view::{MemberView, Swarm};
 
 /// How long stages may take to load.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -44,30 +44,21 @@ pub struct PipelineEnv {
     pub name: String,
     pub home: PathBuf,
     pub stages: ActorRef<StagesMsg>,
-    pub membership: Option<ActorRef<MembershipMsg>>,
+    /// The swarm, if this node is in one.
+    pub swarm: Option<Swarm>,
     /// Memory offered to stages when the node is not in a swarm (else membership has it).
     pub stage_memory: Option<u64>,
 }
 
 /// The swarm's members as this node sees them (`None` outside a swarm).
-async fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
-    env.membership
-        .as_ref()?
-        .call(MembershipMsg::Members, Some(Duration::from_secs(5)))
-        .await
-        .ok()?
-        .success_or(())
-        .ok()
-}
-
-fn is_up(m: &MemberView) -> bool {
-    m.status == "self" || m.status == "up"
+fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
+    Some(env.swarm.as_ref()?.view().members())
 }
 
 /// The nodes that could host stages of `model` (file name and size) and the memory each
 /// offers: this node and the peers that are up, holding the file.
 pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
-    let Some(members) = members(env).await.filter(|m| !m.is_empty()) else {
+    let Some(members) = members(env).filter(|m| !m.is_empty()) else {
         let free = tokio::task::spawn_blocking(myco_runtime::detect::detect)
             .await
             .map(|c| c.ram_free_bytes)
@@ -79,7 +70,7 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
     };
     members
         .into_iter()
-        .filter(is_up)
+        .filter(MemberView::is_up)
         .filter_map(|m| {
             let info = m.info?;
             let holds = info
@@ -114,9 +105,8 @@ pub fn shape(info: &ModelInfo, n_ctx: u32) -> ModelShape {
 }
 
 /// The nodes that are up now (this node included).
-async fn up(env: &PipelineEnv) -> Option<BTreeSet<String>> {
-    let members = members(env).await?;
-    Some(members.into_iter().filter(is_up).map(|m| m.name).collect())
+fn up(env: &PipelineEnv) -> Option<BTreeSet<String>> {
+    Some(env.swarm.as_ref()?.view().up())
 }
 
 /// The tokenizer's view of a request: prompt tokens, end-of-generation tokens.
@@ -578,7 +568,7 @@ impl Watch {
                     if Instant::now() >= deadline {
                         return Ok(Event::Stalled);
                     }
-                    if let Some(up) = up(env).await {
+                    if let Some(up) = up(env) {
                         let gone: BTreeSet<String> =
                             placement.nodes().difference(&up).cloned().collect();
                         if !gone.is_empty() {

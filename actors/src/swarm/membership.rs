@@ -1,12 +1,16 @@
 //! Membership: who is in the swarm, right now, by name.
 //!
 //! It owns ractor_cluster's `NodeServer` (Isolated mode: myco dials its peers itself), the
-//! cluster port ([`crate::listener`]), discovery, and the dialer that (re)dials known
+//! cluster port ([`super::listener`]), discovery, and the dialer that (re)dials known
 //! addresses. ractor_cluster does not check that peers answer, so Membership runs its own
 //! heartbeat: every node casts a [`Heartbeat`] (capabilities, load) to every peer each
 //! `heartbeat` interval, and a peer not heard from for `peer_timeout` is dropped (its
 //! sessions are closed) until it speaks again. Peers are identified by their node name,
 //! never by ractor's per-connection node id. Nothing here touches the queue.
+//!
+//! After every change it publishes a [`SwarmView`] that others read without asking
+//! ([`super::view`]), and tells the coordinator what it acts on through the coordinator's
+//! channel ([`SwarmEvent`]): this actor knows neither the coordinator nor its messages.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,18 +22,19 @@ use myco_runtime::cluster::secret::{SwarmSecret, SwarmTls};
 use myco_runtime::cluster::wire::{Heartbeat, NodeInfo, NodeLoad, PROTOCOL, Role, Wire};
 use myco_runtime::detect::Capabilities;
 use myco_runtime::models::ModelFile;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
     NodeSessionMessage,
 };
-use serde::Serialize;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinator::CoordinatorMsg;
-use crate::peer::{PEERS_GROUP, PeerMsg};
+use crate::swarm::listener;
+use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
+use crate::swarm::view::{PeerEntry, SwarmEvent, SwarmPublisher, SwarmView};
 
 /// Messages to the [`Membership`] actor.
 #[derive(Debug)]
@@ -51,14 +56,6 @@ pub enum MembershipMsg {
     },
     /// This node's load changed (from the coordinator).
     Load(NodeLoad),
-    /// The swarm as this node sees it, itself first.
-    Members(RpcReplyPort<Vec<MemberView>>),
-    /// Peers that are up with queued jobs of these kinds, busiest first.
-    Victims(Vec<JobKind>, RpcReplyPort<Vec<(String, ActorRef<PeerMsg>)>>),
-    /// The PeerService of a named peer, if it is up.
-    PeerRef(String, RpcReplyPort<Option<ActorRef<PeerMsg>>>),
-    /// The local coordinator, told how many peers are up.
-    Attach(ActorRef<CoordinatorMsg>),
     /// Fresh capabilities and model list (internal, every few seconds).
     Refreshed(Box<(Capabilities, Vec<ModelFile>)>),
 }
@@ -71,17 +68,6 @@ pub enum SessionEvent {
     Opened,
     Ready,
     Disconnected,
-}
-
-/// One node as `myco swarm` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct MemberView {
-    pub name: String,
-    /// `self`, `up` or `down`.
-    pub status: String,
-    pub info: Option<NodeInfo>,
-    /// Milliseconds since its last heartbeat (0 for this node).
-    pub heartbeat_age_ms: u64,
 }
 
 /// Membership's fixed settings.
@@ -105,6 +91,10 @@ pub struct Membership {
     pub slots: u32,
     /// A cap on the memory offered to model stages (`--stage-memory`).
     pub stage_memory: Option<u64>,
+    /// Where each new view of the swarm goes.
+    pub publisher: SwarmPublisher,
+    /// The coordinator's channel for the swarm events it acts on.
+    pub events: Option<UnboundedSender<SwarmEvent>>,
 }
 
 #[derive(Debug)]
@@ -129,7 +119,6 @@ pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     caps: Capabilities,
     models: Vec<ModelFile>,
-    coordinator: Option<ActorRef<CoordinatorMsg>>,
     peers_up: usize,
     tls: SwarmTls,
     cluster_addr: SocketAddr,
@@ -230,7 +219,7 @@ impl Membership {
                 session.stop(Some(format!("myco: {why}")));
             }
         }
-        notify_peers_up(state);
+        self.notify_peers_up(state);
     }
 
     fn dial(&self, myself: &ActorRef<MembershipMsg>, state: &mut MembershipState, addr: String) {
@@ -267,7 +256,7 @@ async fn dial(
     let stream = tokio::time::timeout(deadline, connector.connect(name, tcp))
         .await
         .map_err(|_| "no TLS handshake within 5 s".to_owned())?
-        .map_err(|e| crate::listener::explain_tls(&e.to_string()))?;
+        .map_err(|e| listener::explain_tls(&e.to_string()))?;
     server
         .cast(NodeServerMessage::ConnectionOpened {
             stream: Box::new(ractor_cluster::NetworkStream::TlsClient {
@@ -328,7 +317,7 @@ impl Actor for Membership {
             subscription: Box::new(Events(myself.clone())),
         })?;
         let stop = CancellationToken::new();
-        let mut tasks = vec![tokio::spawn(crate::listener::serve(
+        let mut tasks = vec![tokio::spawn(listener::serve(
             listener,
             tls.acceptor.clone(),
             server.clone(),
@@ -413,7 +402,6 @@ impl Actor for Membership {
             server,
             caps: self.caps.clone(),
             models: Vec::new(),
-            coordinator: None,
             peers_up: 0,
             tls,
             cluster_addr,
@@ -432,9 +420,10 @@ impl Actor for Membership {
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         myself.cast(MembershipMsg::Tick)?;
+        self.publish(state);
         Ok(())
     }
 
@@ -497,7 +486,7 @@ impl Actor for Membership {
                     }
                     _ => {}
                 }
-                notify_peers_up(state);
+                self.notify_peers_up(state);
             }
             MembershipMsg::Heard(hb) => {
                 let name = hb.info.name.clone();
@@ -529,9 +518,9 @@ impl Actor for Membership {
                 let had_work = peer.info.as_ref().is_some_and(|i| i.load.queued > 0);
                 if !had_work
                     && hb.info.load.queued > 0
-                    && let Some(c) = &state.coordinator
+                    && let Some(events) = &self.events
                 {
-                    let _ = c.cast(CoordinatorMsg::PeerWork);
+                    let _ = events.send(SwarmEvent::PeerWork);
                 }
                 peer.info = Some(hb.info);
                 if !peer.up && !peer.sessions.is_empty() {
@@ -583,7 +572,7 @@ impl Actor for Membership {
             }
             MembershipMsg::Tick => {
                 self.send_heartbeats(state);
-                notify_peers_up(state);
+                self.notify_peers_up(state);
                 let silent: Vec<(String, Duration)> = state
                     .peers
                     .iter()
@@ -657,80 +646,45 @@ impl Actor for Membership {
                     self.send_heartbeats(state);
                 }
             }
-            MembershipMsg::Attach(c) => {
-                let _ = c.cast(CoordinatorMsg::Peers(state.peers_up));
-                state.coordinator = Some(c);
-            }
-            MembershipMsg::Victims(kinds, reply) => {
-                let mut victims: Vec<(u64, String)> = state
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.up)
-                    .filter_map(|(n, p)| {
-                        let info = p.info.as_ref()?;
-                        let runs = kinds.iter().any(|k| info.kinds.contains(k));
-                        (runs && info.load.queued > 0).then(|| (info.load.queued, n.clone()))
-                    })
-                    .collect();
-                victims.sort_by_key(|v| std::cmp::Reverse(v.0));
-                let out = victims
-                    .into_iter()
-                    .filter_map(|(_, n)| peer_ref(state, &n).map(|r| (n, r)))
-                    .collect();
-                let _ = reply.send(out);
-            }
-            MembershipMsg::PeerRef(name, reply) => {
-                let _ = reply.send(peer_ref(state, &name));
-            }
-            MembershipMsg::Members(reply) => {
-                let mut out = vec![MemberView {
-                    name: self.name.clone(),
-                    status: "self".into(),
-                    info: Some(self.info(state)),
-                    heartbeat_age_ms: 0,
-                }];
-                let mut names: Vec<&String> = state.peers.keys().collect();
-                names.sort();
-                for name in names {
-                    let p = &state.peers[name];
-                    out.push(MemberView {
-                        name: name.clone(),
-                        status: if p.up { "up" } else { "down" }.into(),
-                        info: p.info.clone(),
-                        heartbeat_age_ms: p.last_heard.elapsed().as_millis() as u64,
-                    });
-                }
-                let _ = reply.send(out);
-            }
         }
+        self.publish(state);
         Ok(())
     }
 }
 
-/// Tell the coordinator when the number of peers that are up changes.
-fn notify_peers_up(state: &mut MembershipState) {
-    let up = state.peers.values().filter(|p| p.up).count();
-    if up != state.peers_up {
-        state.peers_up = up;
-        if let Some(c) = &state.coordinator {
-            let _ = c.cast(CoordinatorMsg::Peers(up));
+impl Membership {
+    /// Tell the coordinator when the number of peers that are up changes.
+    fn notify_peers_up(&self, state: &mut MembershipState) {
+        let up = state.peers.values().filter(|p| p.up).count();
+        if up != state.peers_up {
+            state.peers_up = up;
+            if let Some(events) = &self.events {
+                let _ = events.send(SwarmEvent::PeersUp(up));
+            }
         }
     }
-}
 
-/// The PeerService of `name`: the `myco.peers` member on one of its sessions.
-fn peer_ref(state: &MembershipState, name: &str) -> Option<ActorRef<PeerMsg>> {
-    let peer = state.peers.get(name).filter(|p| p.up)?;
-    ractor::pg::get_members(&PEERS_GROUP.to_owned())
-        .into_iter()
-        .find(|cell| match cell.get_id() {
-            ractor::ActorId::Remote { node_id, .. } => peer.sessions.contains_key(&node_id),
-            ractor::ActorId::Local(_) => false,
-        })
-        .map(ActorRef::from)
-}
+    /// Publish the swarm as it is now.
+    fn publish(&self, state: &MembershipState) {
+        let mut peers: Vec<PeerEntry> = state
+            .peers
+            .iter()
+            .map(|(name, p)| PeerEntry {
+                name: name.clone(),
+                up: p.up,
+                info: p.info.clone(),
+                last_heard: p.last_heard,
+                sessions: p.sessions.keys().copied().collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.name.cmp(&b.name));
+        self.publisher.publish(SwarmView {
+            name: self.name.clone(),
+            me: Some(self.info(state)),
+            peers,
+        });
+    }
 
-impl Membership {
     fn send_heartbeats(&self, state: &mut MembershipState) {
         state.seq += 1;
         let hb = Heartbeat {

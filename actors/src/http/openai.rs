@@ -15,8 +15,9 @@ use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 
-use crate::infer::{Followed, Relay};
-use crate::node::NodeHandle;
+use crate::http::sse;
+use crate::interactive::{self, Followed, Relay};
+use crate::node::handle::NodeHandle;
 
 fn error(
     status: StatusCode,
@@ -92,7 +93,7 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
     let dir = if req.model.contains('/') {
         std::path::PathBuf::from(&req.model)
     } else {
-        node.models_dir.join(&req.model)
+        node.models_dir().join(&req.model)
     };
     if !dir.join("model.onnx").is_file() {
         return error(
@@ -109,7 +110,7 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
     }
     let estimated_tokens: usize = texts.iter().map(|t| t.len() / 4 + 2).sum();
     let model = myco_jobs::archive::ModelRef::at(&dir);
-    let vectors = match crate::query::embed_now(&node, model, texts).await {
+    let vectors = match interactive::embed_now(&node, model, texts).await {
         Ok(v) => v,
         Err(e) => {
             return error(
@@ -246,7 +247,8 @@ pub async fn completions(State(node): State<NodeHandle>, body: axum::body::Bytes
 
 /// `GET /v1/models`: the GGUF models the swarm holds, and which nodes hold them.
 pub async fn models(State(node): State<NodeHandle>) -> Response {
-    let data: Vec<_> = crate::infer::swarm_models(&node)
+    let data: Vec<_> = node
+        .swarm_models()
         .await
         .into_iter()
         .map(|m| {
@@ -307,7 +309,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             format!("{max_tokens} is out of range; use 1 to 1000000"),
         );
     }
-    let model = match crate::infer::find_model(&node, &req.model).await {
+    let model = match node.find_model(&req.model).await {
         Ok(m) => m,
         Err(e) => {
             return error(
@@ -341,7 +343,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         prompt,
         params,
     };
-    let id = match crate::infer::submit(&node, task).await {
+    let id = match interactive::submit(&node, task).await {
         Ok(id) => id,
         Err(e) => {
             return error(
@@ -353,7 +355,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             );
         }
     };
-    let mut rx = crate::infer::spawn_follow(&node, id, req.stream);
+    let mut rx = interactive::spawn_follow(&node, id, req.stream);
     let name = req.model;
     if !req.stream {
         // The whole answer at once: wait for the end, at most WAIT_LIMIT (then the job is
@@ -397,7 +399,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         None => return failed_internal(id),
     };
     let created = unix_now();
-    let (mut sse, response) = crate::sse::channel();
+    let (mut sse, response) = sse::channel();
     tokio::spawn(async move {
         let frame = |v: serde_json::Value| format!("data: {v}\n\n").into_bytes();
         let chunk = |choice: serde_json::Value| {
@@ -521,7 +523,7 @@ async fn generation(
             });
         }
     }
-    crate::infer::generation(node, id).await.map_err(|why| {
+    interactive::generation(node, id).await.map_err(|why| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
@@ -600,4 +602,14 @@ async fn finished(
         },
     }))
     .into_response()
+}
+
+/// The OpenAI-compatible routes.
+pub fn routes() -> axum::Router<NodeHandle> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
 }

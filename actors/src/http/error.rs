@@ -1,0 +1,114 @@
+//! The API's errors: `{"error": {"code", "message", "hint", "problems"?}}` with a fitting
+//! status, from the queue's and the submit path's errors; and the helpers handlers share to
+//! parse ids and run blocking reads. No handler lives here.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use myco_runtime::queue::{JobId, QueueError};
+
+use crate::node::handle::SubmitError;
+
+/// An API error: `{"error": {"code", "message", "hint", "problems"?}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    hint: String,
+    problems: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: String, hint: &str) -> Self {
+        ApiError {
+            status,
+            code,
+            message,
+            hint: hint.to_owned(),
+            problems: None,
+        }
+    }
+
+    pub fn bad_id(raw: &str) -> Self {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            format!("`{raw}` is not a job id"),
+            "job ids are 26-character ULIDs, as printed by `myco submit` and `myco jobs`",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message, "hint": self.hint }
+        });
+        if let Some(p) = self.problems {
+            body["error"]["problems"] = p;
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::NotFound(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no job {id} on this node"),
+                "list jobs with `myco jobs`",
+            ),
+            QueueError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "invalid", m, ""),
+            QueueError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the node is shutting down".into(),
+                "retry once it is back",
+            ),
+            other => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage",
+                other.to_string(),
+                "see the node's log",
+            ),
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Spec { index, error } => ApiError {
+                status: StatusCode::UNPROCESSABLE_ENTITY,
+                code: "invalid_spec",
+                message: format!("job {index}: {error}"),
+                hint: "fix the fields named above; nothing was enqueued".into(),
+                problems: serde_json::to_value(&error.problems).ok(),
+            },
+            SubmitError::Queue(q) => q.into(),
+        }
+    }
+}
+
+pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+    JobId::from_string(raw).map_err(|_| ApiError::bad_id(raw))
+}
+
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QueueError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                "",
+            )
+        })?
+        .map_err(ApiError::from)
+}

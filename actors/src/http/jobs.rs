@@ -1,0 +1,297 @@
+//! Jobs over HTTP: submit, list, status, result (JSON Lines), the event stream of a job
+//! (`/api/jobs/{id}/stream`: pieces, then one `end` event with its status, for every kind),
+//! cancel, and `/health`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
+use axum::routing::{get, post};
+use myco_jobs::JobKind;
+use myco_runtime::queue::{
+    CancelOutcome, JobId, JobState, JobView, ListFilter, QueueError, StateName,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::http::error::{ApiError, blocking, parse_id};
+use crate::http::sse;
+use crate::interactive::{self, Followed};
+use crate::node::handle::{NodeHandle, SpecSource};
+
+#[derive(Debug, Serialize)]
+struct Health {
+    status: &'static str,
+    node: String,
+    holder: String,
+    version: &'static str,
+    uptime_s: u64,
+    jobs: std::collections::BTreeMap<&'static str, u64>,
+    /// Results of stolen jobs waiting for their owners.
+    outbox: u64,
+}
+
+async fn health(State(node): State<NodeHandle>) -> Result<Json<Health>, ApiError> {
+    let q = node.queue().clone();
+    let (counts, outbox) = blocking(move || Ok((q.counts()?, q.outbox_len()?))).await?;
+    Ok(Json(Health {
+        outbox,
+        status: "ok",
+        node: node.name().to_owned(),
+        holder: node.queue().holder().to_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: node.started().elapsed().as_secs(),
+        jobs: StateName::ALL
+            .iter()
+            .map(|s| (s.as_str(), counts[s.index()]))
+            .collect(),
+    }))
+}
+
+/// `POST /api/jobs` body: one spec, or a batch.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SubmitBody {
+    Batch { jobs: Vec<SpecSource> },
+    One(SpecSource),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub jobs: Vec<myco_runtime::queue::Submitted>,
+}
+
+async fn submit(
+    State(node): State<NodeHandle>,
+    Json(body): Json<SubmitBody>,
+) -> Result<(StatusCode, Json<SubmitReply>), ApiError> {
+    let specs = match body {
+        SubmitBody::Batch { jobs } => jobs,
+        SubmitBody::One(one) => vec![one],
+    };
+    if specs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty",
+            "no jobs in the request".into(),
+            "send {\"toml\": ..., \"base_dir\": ...} or {\"jobs\": [...]}",
+        ));
+    }
+    let jobs = node.submit(specs).await?;
+    let status = if jobs.iter().any(|j| j.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(SubmitReply { jobs })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    parent: Option<String>,
+    /// Include children in a listing without `parent`.
+    #[serde(default)]
+    all: bool,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ListReply {
+    pub jobs: Vec<JobView>,
+}
+
+async fn list(
+    State(node): State<NodeHandle>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListReply>, ApiError> {
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(StateName::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_state",
+                format!("unknown state `{s}`"),
+                "use queued, leased, done, failed, dead or cancelled",
+            )
+        })?),
+    };
+    let kind = match q.kind.as_deref() {
+        None => None,
+        Some(k) => Some(JobKind::parse(k).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_kind",
+                format!("unknown kind `{k}`"),
+                "use chunk or noop",
+            )
+        })?),
+    };
+    let parent = q.parent.as_deref().map(parse_id).transpose()?;
+    let filter = ListFilter {
+        state,
+        kind,
+        parent,
+        top_level: !q.all,
+        limit: q.limit.unwrap_or(100).min(100_000),
+    };
+    let queue = node.queue().clone();
+    let jobs = blocking(move || queue.list(&filter)).await?;
+    Ok(Json(ListReply {
+        jobs: jobs.iter().map(|r| r.view()).collect(),
+    }))
+}
+
+async fn status(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = parse_id(&id)?;
+    let Some(rec) = node.get(id).await? else {
+        return Err(QueueError::NotFound(id).into());
+    };
+    let mut view = rec.view();
+    if rec.state == JobState::Queued
+        && matches!(rec.kind, JobKind::Infer | JobKind::Pipeline)
+        && let Some(m) = rec.task.model()
+    {
+        let holders: Vec<String> = node
+            .swarm_models()
+            .await
+            .into_iter()
+            .filter(|s| s.file == m.name && s.bytes == m.bytes)
+            .flat_map(|s| s.nodes)
+            .collect();
+        if holders.is_empty() {
+            view.waiting = Some(format!(
+                "no node of the swarm holds the model {} ({} bytes); the job waits until a node with that file is up",
+                m.name, m.bytes
+            ));
+        } else if rec.task.needs_gpu() && !node.any_gpu(&holders).await {
+            view.waiting = Some(format!(
+                "the job requires a GPU, and no node holding {} has one ({}); it waits until one is up",
+                m.name,
+                holders.join(", ")
+            ));
+        }
+    }
+    Ok(Json(view))
+}
+
+/// Stream a job's result as JSON Lines: a leaf's own, or a parent's children's in order.
+async fn result(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let Some(rec) = node.get(id).await? else {
+        return Err(QueueError::NotFound(id).into());
+    };
+    if rec.state != JobState::Done {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_done",
+            format!("job {id} is {}, not done", rec.state.name()),
+            "wait for it with `myco submit --wait` or check `myco status ID`",
+        ));
+    }
+    let ids = if rec.children.is_some() && !rec.task.joins() {
+        let q = node.queue().clone();
+        blocking(move || q.children(id)).await?
+    } else {
+        vec![id]
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let queue = node.queue().clone();
+    // Reads one result at a time, so memory stays bounded whatever the job's size; ends
+    // when the client goes away.
+    tokio::task::spawn_blocking(move || {
+        for child in ids {
+            let item = match queue.result(child) {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => continue,
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(sse::body(rx))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string(),
+                "",
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    /// Cancel the job if the client disconnects before it ends.
+    #[serde(default)]
+    cancel_on_disconnect: bool,
+}
+
+/// Follow a job as server-sent events: `piece` events (`{"run", "token", "text"}`) as its
+/// output streams (LLM tokens), then one `end` event with the job's status. Works for any
+/// job; only streaming kinds (infer) send pieces.
+async fn stream(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if node.get(id).await?.is_none() {
+        return Err(QueueError::NotFound(id).into());
+    }
+    let mut rx = interactive::spawn_follow(&node, id, q.cancel_on_disconnect);
+    let (mut sse, response) = sse::channel();
+    tokio::spawn(async move {
+        // Returning drops `rx` (and with `cancel_on_disconnect`, a client gone cancels).
+        while let Some(event) = sse.next(&mut rx).await {
+            let (name, data, end) = match event {
+                Followed::Piece(p) => ("piece", serde_json::to_string(&p), false),
+                Followed::End(rec) => ("end", serde_json::to_string(&rec.view()), true),
+            };
+            let Ok(data) = data else { return };
+            let frame = format!("event: {name}\ndata: {data}\n\n").into_bytes();
+            if !sse.send(frame).await || end {
+                return;
+            }
+        }
+    });
+    Ok(response)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CancelReply {
+    pub id: JobId,
+    pub outcome: CancelOutcome,
+}
+
+async fn cancel(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelReply>, ApiError> {
+    let id = parse_id(&id)?;
+    let outcome = node.cancel(id).await?;
+    Ok(Json(CancelReply { id, outcome }))
+}
+
+/// The job routes.
+pub fn routes() -> Router<NodeHandle> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/jobs", post(submit).get(list))
+        .route("/api/jobs/{id}", get(status))
+        .route("/api/jobs/{id}/result", get(result))
+        .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/stream", get(stream))
+}

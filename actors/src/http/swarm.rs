@@ -1,0 +1,194 @@
+//! The swarm over HTTP: `/api/swarm` (members), `/api/plan` (how a pipeline job would be
+//! placed), `/api/swarm/ping` (the remote call overhead) and `/api/query` (search a
+//! collection).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::http::error::ApiError;
+use crate::node::handle::NodeHandle;
+use crate::query::{QueryError, QueryReply, QueryRequest};
+use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
+use crate::swarm::stealing;
+use crate::swarm::view::MemberView;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SwarmReply {
+    pub nodes: Vec<MemberView>,
+}
+
+/// Nearest chunks of a collection to a text.
+async fn query(
+    State(node): State<NodeHandle>,
+    body: axum::body::Bytes,
+) -> Result<Json<QueryReply>, ApiError> {
+    let req: QueryRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("cannot read the query: {e}"),
+            "send {\"collection\": \"NAME\", \"text\": \"...\", \"k\": 5}",
+        )
+    })?;
+    crate::query::query(&node, req)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            QueryError::BadRequest(m) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                m,
+                "send {\"collection\": \"NAME\", \"text\": \"...\", \"k\": 5}",
+            ),
+            QueryError::NotFound(m) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no_collection",
+                m,
+                "list collections under ~/.myco/collections of the node",
+            ),
+            QueryError::Failed(m) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "query_failed",
+                m,
+                "see the node's log",
+            ),
+        })
+}
+
+/// The swarm as this node sees it: itself first, then every peer it knows of.
+async fn swarm(State(node): State<NodeHandle>) -> Json<SwarmReply> {
+    Json(SwarmReply {
+        nodes: node.members().await,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct PlanQuery {
+    model: String,
+    n_ctx: Option<u32>,
+}
+
+/// `GET /api/plan`: how a pipeline job of this model would be placed now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanReply {
+    pub model: String,
+    pub architecture: String,
+    pub layers: u32,
+    pub n_ctx: u32,
+    /// Everything, with the KV cache at `n_ctx`.
+    pub total_bytes: u64,
+    pub kv_bytes_per_layer: u64,
+    /// The nodes holding the file, with the memory each offers to stages.
+    pub nodes: Vec<myco_runtime::plan::NodeMemory>,
+    pub stages: Vec<myco_runtime::plan::Stage>,
+    /// Why no plan exists, if none does.
+    pub error: Option<String>,
+}
+
+async fn plan(
+    State(node): State<NodeHandle>,
+    Query(q): Query<PlanQuery>,
+) -> Result<Json<PlanReply>, ApiError> {
+    let n_ctx = q.n_ctx.unwrap_or(4096).max(8);
+    // Planning reads the model's header here: the node asked must hold the file.
+    let path = node
+        .find_model(&q.model)
+        .await
+        .ok()
+        .map(|m| m.path)
+        // A peer's model comes back as a bare file name (see `find_model`).
+        .filter(|p| p.is_absolute() && p.is_file())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("this node ({}) holds no model `{}`", node.name(), q.model),
+                "put the GGUF file in ~/.myco/models, or ask a node that holds it (--api)",
+            )
+        })?;
+
+    let (info, shape, nodes, planned) =
+        crate::pipeline::runner::plan_for(node.pipeline(), &path, n_ctx)
+            .await
+            .map_err(|why| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_model",
+                    why,
+                    "layer-range stages need a llama, mistral or qwen2 GGUF",
+                )
+            })?;
+    let (stages, error) = match planned {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Ok(Json(PlanReply {
+        model: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        architecture: info.hp.arch.clone(),
+        layers: info.hp.n_layer,
+        n_ctx,
+        total_bytes: shape.total_bytes(),
+        kv_bytes_per_layer: shape.kv_bytes_per_layer,
+        nodes,
+        stages,
+        error,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PingQuery {
+    peer: String,
+    count: Option<u32>,
+}
+
+/// Round trip of calls to a peer's PeerService against the same calls to our own (an
+/// in-process actor call): the remote call overhead.
+async fn ping(
+    State(node): State<NodeHandle>,
+    Query(q): Query<PingQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let count = q.count.unwrap_or(200).clamp(1, 100_000);
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_peer",
+            format!("no peer `{}` is up", q.peer),
+            "see `myco swarm`",
+        )
+    };
+    let remote = node
+        .swarm()
+        .and_then(|s| s.view().peer(&q.peer))
+        .ok_or_else(not_found)?;
+    let local = ractor::pg::get_members(&PEERS_GROUP.to_owned())
+        .into_iter()
+        .find(|c| c.get_id().is_local())
+        .map(ractor::ActorRef::<PeerMsg>::from)
+        .ok_or_else(not_found)?;
+    let remote_us = stealing::ping(&remote, count).await.ok_or_else(not_found)?;
+    let local_us = stealing::ping(&local, count).await.ok_or_else(not_found)?;
+    Ok(Json(serde_json::json!({
+        "peer": q.peer,
+        "count": count,
+        "remote_us": remote_us,
+        "local_us": local_us,
+        "overhead_us": remote_us - local_us,
+        "ratio": remote_us / local_us.max(1e-9),
+    })))
+}
+
+/// The swarm's and collections' routes.
+pub fn routes() -> Router<NodeHandle> {
+    Router::new()
+        .route("/api/swarm", get(swarm))
+        .route("/api/plan", get(plan))
+        .route("/api/query", post(query))
+        .route("/api/swarm/ping", get(ping))
+}

@@ -1,0 +1,324 @@
+//! [`NodeHandle`]: the narrow, cloneable view of a running node that everything above the
+//! actors uses (the HTTP API, interactive requests, `myco run`, benches): submit, cancel,
+//! get, wait, the swarm's members and models, load and restarts.
+//!
+//! Its fields are private: callers go through these methods, so the actor tree behind it can
+//! change without them. It holds no logic of its own beyond the submit path (validate and
+//! plan every spec, then one enqueue) and model lookup; it must not import the HTTP layer.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use myco_jobs::JobSpec;
+use myco_jobs::SpecError;
+use myco_jobs::archive::ModelRef;
+use myco_runtime::models::ModelFile;
+use myco_runtime::queue::{CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, Submitted};
+use ractor::ActorRef;
+
+use crate::collections::Collections;
+use crate::coordinator::{CoordinatorMsg, Load};
+use crate::pipeline::runner::PipelineEnv;
+use crate::streams::Streams;
+use crate::supervisor::SupervisorMsg;
+use crate::swarm::view::{MemberView, Swarm, SwarmModel, gguf_models};
+
+/// A `job.toml` to submit: its text, and the directory its relative paths start from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SpecSource {
+    pub toml: String,
+    pub base_dir: PathBuf,
+}
+
+/// Why a submission was refused. Nothing of it was enqueued.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("job {index}: {error}")]
+    Spec { index: usize, error: SpecError },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Why a model cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelLookupError {
+    #[error(
+        "no node of the swarm holds a model `{0}`: put the GGUF file in ~/.myco/models on a node (GET /v1/models lists the models the swarm holds)"
+    )]
+    NotFound(String),
+}
+
+/// The parts of a running node its users need. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    name: String,
+    queue: Queue,
+    coordinator: ActorRef<CoordinatorMsg>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// The swarm as Membership publishes it, if this node is in one.
+    swarm: Option<Swarm>,
+    started: Instant,
+    /// The node's home: models, collections and the queue are under it.
+    home: PathBuf,
+    /// Streamed output (LLM tokens) of this node's jobs.
+    streams: Streams,
+    /// Collections opened for queries.
+    collections: Collections,
+    /// This node has a GPU (detected at start).
+    gpu: bool,
+    /// What pipeline planning needs (`/api/plan`).
+    pipeline: PipelineEnv,
+}
+
+/// The parts a [`NodeHandle`] is made of, as the node's start-up wires them.
+#[derive(Debug)]
+pub struct Parts {
+    pub name: String,
+    pub queue: Queue,
+    pub coordinator: ActorRef<CoordinatorMsg>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub swarm: Option<Swarm>,
+    pub home: PathBuf,
+    pub streams: Streams,
+    pub gpu: bool,
+    pub pipeline: PipelineEnv,
+}
+
+impl NodeHandle {
+    pub fn new(p: Parts) -> NodeHandle {
+        NodeHandle {
+            name: p.name,
+            queue: p.queue,
+            coordinator: p.coordinator,
+            supervisor: p.supervisor,
+            swarm: p.swarm,
+            started: Instant::now(),
+            home: p.home,
+            streams: p.streams,
+            collections: Collections::default(),
+            gpu: p.gpu,
+            pipeline: p.pipeline,
+        }
+    }
+
+    /// The node's name in the swarm.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's durable queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The streamed output of this node's jobs.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
+    }
+
+    /// Collections opened for queries.
+    pub fn collections(&self) -> &Collections {
+        &self.collections
+    }
+
+    /// What running and planning pipeline jobs needs of this node.
+    pub fn pipeline(&self) -> &PipelineEnv {
+        &self.pipeline
+    }
+
+    /// When the node started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The node's home directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Where model names in job files resolve.
+    pub fn models_dir(&self) -> PathBuf {
+        self.home.join("models")
+    }
+
+    /// Where collections live: beside the models, in the node's home.
+    pub fn collections_dir(&self) -> PathBuf {
+        self.home.join("collections")
+    }
+
+    /// Validate and plan every spec, then enqueue them all in one transaction. A bad spec
+    /// refuses the whole submission.
+    pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
+        // Infer jobs may name a model only a peer holds.
+        let remote: Vec<ModelRef> = if self.swarm.is_some() {
+            self.swarm_models()
+                .await
+                .into_iter()
+                .map(|m| ModelRef {
+                    path: PathBuf::from(&m.file),
+                    name: m.file,
+                    bytes: m.bytes,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // Planning walks directories: keep it off the async threads.
+        let models_dir = self.models_dir();
+        let collections = self.collections_dir();
+        let jobs = tokio::task::spawn_blocking(move || {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(|(index, src)| {
+                    let spec = JobSpec::parse_swarm(&src.toml, &src.base_dir, &models_dir, &remote)
+                        .map_err(|error| SubmitError::Spec { index, error })?;
+                    let plan = spec
+                        .plan_in(&collections)
+                        .map_err(|error| SubmitError::Spec { index, error })?;
+                    Ok(NewJob::from_spec(&spec, plan))
+                })
+                .collect::<Result<Vec<NewJob>, SubmitError>>()
+        })
+        .await
+        .map_err(|e| QueueError::Invalid(format!("planning failed: {e}")))??;
+        Ok(self.queue.submit(jobs).await?)
+    }
+
+    /// Cancel a job (and its children); a running attempt is told to stop.
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, QueueError> {
+        let outcome = self.queue.cancel(id).await?;
+        let _ = self.coordinator.cast(CoordinatorMsg::Cancel(id));
+        if let Ok(children) = self.queue.children(id) {
+            for child in children {
+                let _ = self.coordinator.cast(CoordinatorMsg::Cancel(child));
+            }
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || queue.get(id))
+            .await
+            .map_err(|e| QueueError::Invalid(e.to_string()))?
+    }
+
+    /// Wait until job `id` is finished; returns its record. Woken by the queue's commits
+    /// that finish jobs, and at the latest every `poll` (a safety net, not a poll of the
+    /// caller's).
+    pub async fn wait(&self, id: JobId, poll: Duration) -> Result<JobRecord, QueueError> {
+        loop {
+            let finished = self.queue.finished();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            match self.get(id).await? {
+                Some(rec) if rec.state.is_terminal() => return Ok(rec),
+                Some(_) => {}
+                None => return Err(QueueError::NotFound(id)),
+            }
+            tokio::select! {
+                () = &mut finished => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    pub async fn load(&self) -> Option<Load> {
+        self.coordinator
+            .call(CoordinatorMsg::Load, Some(Duration::from_secs(2)))
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+    }
+
+    /// The swarm as this node sees it (itself first); just itself outside a swarm.
+    pub async fn members(&self) -> Vec<MemberView> {
+        match &self.swarm {
+            Some(s) => s.view().members(),
+            None => vec![MemberView {
+                name: self.name.clone(),
+                status: "self".into(),
+                info: None,
+                heartbeat_age_ms: 0,
+            }],
+        }
+    }
+
+    /// The published swarm, if this node is in one.
+    pub fn swarm(&self) -> Option<&Swarm> {
+        self.swarm.as_ref()
+    }
+
+    pub async fn worker_restarts(&self) -> u64 {
+        self.supervisor
+            .call(SupervisorMsg::Restarts, Some(Duration::from_secs(2)))
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .unwrap_or(0)
+    }
+
+    /// The GGUF models of the swarm (this node's included), by name: as Membership last
+    /// scanned and heard them; a node outside a swarm scans its own directory.
+    pub async fn swarm_models(&self) -> Vec<SwarmModel> {
+        let mut files: Vec<(String, ModelFile)> = Vec::new();
+        for member in self.members().await {
+            let models = match member.info {
+                Some(info) if member.is_up() => info.models,
+                None if member.status == "self" => {
+                    let dir = self.models_dir();
+                    tokio::task::spawn_blocking(move || myco_runtime::models::scan(&dir))
+                        .await
+                        .unwrap_or_default()
+                }
+                _ => continue,
+            };
+            files.extend(models.into_iter().map(|m| (member.name.clone(), m)));
+        }
+        gguf_models(files)
+    }
+
+    /// The GGUF model `name` (a path, a file name, or a name without `.gguf`): this node's
+    /// copy, else a peer's.
+    pub async fn find_model(&self, name: &str) -> Result<ModelRef, ModelLookupError> {
+        if name.contains('/') {
+            let path = PathBuf::from(name);
+            return if path.is_file() {
+                Ok(ModelRef::at(&std::path::absolute(&path).unwrap_or(path)))
+            } else {
+                Err(ModelLookupError::NotFound(name.to_owned()))
+            };
+        }
+        let bare = name.strip_suffix(".gguf").unwrap_or(name);
+        for candidate in [name.to_owned(), format!("{bare}.gguf")] {
+            let path = self.models_dir().join(&candidate);
+            if path.is_file() {
+                return Ok(ModelRef::at(&path));
+            }
+        }
+        self.swarm_models()
+            .await
+            .into_iter()
+            .find(|m| m.id == bare || m.file == name)
+            .map(|m| ModelRef {
+                name: m.file.clone(),
+                // The holder's path; each node loads its own copy of the same name and size.
+                path: PathBuf::from(&m.file),
+                bytes: m.bytes,
+            })
+            .ok_or_else(|| ModelLookupError::NotFound(name.to_owned()))
+    }
+
+    /// Whether any of the named nodes (this one included) has a GPU.
+    pub async fn any_gpu(&self, names: &[String]) -> bool {
+        if self.gpu && names.contains(&self.name) {
+            return true;
+        }
+        self.members().await.into_iter().any(|m| {
+            m.status == "up"
+                && names.contains(&m.name)
+                && m.info.is_some_and(|i| !i.caps.gpus.is_empty())
+        })
+    }
+}

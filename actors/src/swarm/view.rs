@@ -1,0 +1,201 @@
+//! The swarm as this node sees it, as Membership publishes it: who is up, with the info
+//! their heartbeats carry (capabilities, models, load, memory) and the sessions that reach
+//! their PeerService.
+//!
+//! Membership is the only writer ([`Swarm::channel`]); everyone else reads the latest
+//! [`SwarmView`] without a round trip to the actor (the coordinator, stealing, stage hosts,
+//! pipeline runners, the API). The coordinator is also told of changes it acts on
+//! ([`SwarmEvent`]) on a channel it owns. Nothing here sends or decides anything.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use myco_jobs::JobKind;
+use myco_runtime::cluster::wire::NodeInfo;
+use myco_runtime::models::{ModelFile, ModelFormat};
+use ractor::ActorRef;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
+
+/// One node as `myco swarm` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MemberView {
+    pub name: String,
+    /// `self`, `up` or `down`.
+    pub status: String,
+    pub info: Option<NodeInfo>,
+    /// Milliseconds since its last heartbeat (0 for this node).
+    pub heartbeat_age_ms: u64,
+}
+
+impl MemberView {
+    /// This node, or a peer that is up.
+    pub fn is_up(&self) -> bool {
+        self.status == "self" || self.status == "up"
+    }
+}
+
+/// What Membership tells the coordinator, on the coordinator's own channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwarmEvent {
+    /// How many peers are up (sent when the number changes).
+    PeersUp(usize),
+    /// A peer's heartbeat shows queued work that it had not before.
+    PeerWork,
+}
+
+/// A peer, as last heard.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub name: String,
+    pub up: bool,
+    pub info: Option<NodeInfo>,
+    pub last_heard: Instant,
+    /// ractor_cluster node ids of its open sessions.
+    pub sessions: Vec<u64>,
+}
+
+/// One published state of the swarm.
+#[derive(Debug, Clone, Default)]
+pub struct SwarmView {
+    /// This node's name and what its heartbeats say of it.
+    pub name: String,
+    pub me: Option<NodeInfo>,
+    /// The peers ever heard of, by name.
+    pub peers: Vec<PeerEntry>,
+}
+
+impl SwarmView {
+    /// The swarm as `myco swarm` shows it: this node first, then its peers by name.
+    pub fn members(&self) -> Vec<MemberView> {
+        let mut out = vec![MemberView {
+            name: self.name.clone(),
+            status: "self".into(),
+            info: self.me.clone(),
+            heartbeat_age_ms: 0,
+        }];
+        out.extend(self.peers.iter().map(|p| MemberView {
+            name: p.name.clone(),
+            status: if p.up { "up" } else { "down" }.into(),
+            info: p.info.clone(),
+            heartbeat_age_ms: p.last_heard.elapsed().as_millis() as u64,
+        }));
+        out
+    }
+
+    /// The names of the nodes that are up, this one included.
+    pub fn up(&self) -> BTreeSet<String> {
+        std::iter::once(self.name.clone())
+            .chain(self.peers.iter().filter(|p| p.up).map(|p| p.name.clone()))
+            .collect()
+    }
+
+    /// The PeerService of `name`, if it is up: the `myco.peers` member on one of its
+    /// sessions.
+    pub fn peer(&self, name: &str) -> Option<ActorRef<PeerMsg>> {
+        let peer = self.peers.iter().find(|p| p.name == name && p.up)?;
+        ractor::pg::get_members(&PEERS_GROUP.to_owned())
+            .into_iter()
+            .find(|cell| match cell.get_id() {
+                ractor::ActorId::Remote { node_id, .. } => peer.sessions.contains(&node_id),
+                ractor::ActorId::Local(_) => false,
+            })
+            .map(ActorRef::from)
+    }
+
+    /// Peers that are up with queued jobs of these kinds, busiest first.
+    pub fn victims(&self, kinds: &[JobKind]) -> Vec<(String, ActorRef<PeerMsg>)> {
+        let mut victims: Vec<(u64, &str)> = self
+            .peers
+            .iter()
+            .filter(|p| p.up)
+            .filter_map(|p| {
+                let info = p.info.as_ref()?;
+                let runs = kinds.iter().any(|k| info.kinds.contains(k));
+                (runs && info.load.queued > 0).then_some((info.load.queued, p.name.as_str()))
+            })
+            .collect();
+        victims.sort_by_key(|v| std::cmp::Reverse(v.0));
+        victims
+            .into_iter()
+            .filter_map(|(_, n)| self.peer(n).map(|r| (n.to_owned(), r)))
+            .collect()
+    }
+}
+
+/// A reader of the published swarm view. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Swarm(watch::Receiver<Arc<SwarmView>>);
+
+/// Membership's end: publishes each new view.
+#[derive(Debug, Clone)]
+pub struct SwarmPublisher(Arc<watch::Sender<Arc<SwarmView>>>);
+
+impl Swarm {
+    /// A new view, with nobody in it but `name`.
+    pub fn channel(name: &str) -> (SwarmPublisher, Swarm) {
+        let view = SwarmView {
+            name: name.to_owned(),
+            ..SwarmView::default()
+        };
+        let (tx, rx) = watch::channel(Arc::new(view));
+        (SwarmPublisher(Arc::new(tx)), Swarm(rx))
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> Arc<SwarmView> {
+        self.0.borrow().clone()
+    }
+}
+
+impl SwarmPublisher {
+    pub fn publish(&self, view: SwarmView) {
+        self.0.send_replace(Arc::new(view));
+    }
+}
+
+/// A GGUF model some node of the swarm holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwarmModel {
+    /// The name requests use: the file name without `.gguf`.
+    pub id: String,
+    pub file: String,
+    pub bytes: u64,
+    pub architecture: Option<String>,
+    /// The nodes that hold it.
+    pub nodes: Vec<String>,
+}
+
+/// The GGUF models among `(holder, file)` pairs, one entry per file name and size, by name.
+pub fn gguf_models(files: impl IntoIterator<Item = (String, ModelFile)>) -> Vec<SwarmModel> {
+    let mut out: Vec<SwarmModel> = Vec::new();
+    for (holder, m) in files {
+        if m.format != ModelFormat::Gguf {
+            continue;
+        }
+        let file = m
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.name.clone());
+        match out
+            .iter_mut()
+            .find(|s| s.file == file && s.bytes == m.size_bytes)
+        {
+            Some(s) if !s.nodes.contains(&holder) => s.nodes.push(holder),
+            Some(_) => {}
+            None => out.push(SwarmModel {
+                id: m.name.clone(),
+                file,
+                bytes: m.size_bytes,
+                architecture: m.architecture.clone(),
+                nodes: vec![holder],
+            }),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
