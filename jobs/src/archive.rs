@@ -22,83 +22,18 @@ use sha2::{Digest, Sha256};
 
 use crate::chunk::{self, ChunkError, ChunkParams, Format};
 use crate::collection::{self, ChunkRow, FileEntry, Meta};
-use crate::task::{ChildResults, JobError};
+use crate::error::JobError;
+use crate::home;
+use crate::run::ChildResults;
+
+/// Moved to [`crate::model`]; kept here for old paths.
+pub use crate::model::{ModelRef, local_models};
 
 /// A child holds documents up to this many bytes (a larger file gets a child of its own)...
 pub const CHILD_BYTES: u64 = 16 * 1024;
 /// ...and at most this many documents: small enough for the swarm to share the work and for
 /// progress to move, big enough for full embedding batches (about 16 KiB is 20 chunks).
 pub const CHILD_DOCS: usize = 16;
-
-/// A model as a job names it: an embedding model directory (`model.onnx` and its tokenizer
-/// files) or a GGUF file. Nodes match models by name and size (of `model.onnx`, or of the
-/// file): a thief runs the job with its own copy under `models/NAME` if it has one of that
-/// size, and a node without one is never given the job.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ModelRef {
-    pub name: String,
-    /// Where the submitting node has it.
-    pub path: PathBuf,
-    pub bytes: u64,
-}
-
-impl ModelRef {
-    /// The model at `dir` (a directory, or a GGUF file).
-    pub fn at(dir: &Path) -> ModelRef {
-        ModelRef {
-            name: dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            path: dir.to_path_buf(),
-            bytes: onnx_bytes(dir).unwrap_or(0),
-        }
-    }
-
-    /// The directory to load it from on a node whose home is `home`: the node's own copy,
-    /// else the path it was submitted with.
-    pub fn resolve(&self, home: &Path) -> PathBuf {
-        let local = home.join("models").join(&self.name);
-        if onnx_bytes(&local) == Some(self.bytes) {
-            local
-        } else {
-            self.path.clone()
-        }
-    }
-
-    pub fn id(&self) -> (String, u64) {
-        (self.name.clone(), self.bytes)
-    }
-}
-
-/// A model's size: a file's own, or a directory's `model.onnx`.
-fn onnx_bytes(path: &Path) -> Option<u64> {
-    let meta = std::fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return Some(meta.len());
-    }
-    std::fs::metadata(path.join("model.onnx"))
-        .ok()
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-}
-
-/// The models under `home/models` (embedding model directories and GGUF files), as
-/// `(name, bytes)`.
-pub fn local_models(home: &Path) -> Vec<(String, u64)> {
-    let Ok(dir) = std::fs::read_dir(home.join("models")) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(String, u64)> = dir
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let bytes = onnx_bytes(&e.path())?;
-            Some((e.file_name().to_string_lossy().into_owned(), bytes))
-        })
-        .collect();
-    out.sort();
-    out
-}
 
 /// One document of a child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,7 +333,7 @@ pub fn join(
     home: &Path,
     children: Option<&ChildResults<'_>>,
 ) -> Result<Vec<u8>, JobError> {
-    let dir = home.join("collections").join(&task.collection);
+    let dir = home::collection_dir(home, &task.collection);
     collection::recover(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
     let current: BTreeSet<String> = documents(&task.input)
         .map_err(|e| JobError::fatal(e.to_string()))?

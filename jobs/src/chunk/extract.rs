@@ -13,7 +13,7 @@ use std::rc::Rc;
 use lol_html::html_content::{Element, TextChunk, TextType};
 use lol_html::{HtmlRewriter, Settings, doc_text, element, end_tag};
 
-use super::{ChunkError, Format};
+use super::types::{ChunkError, Format};
 
 /// Reads `path` and extracts its text, choosing the format from its extension.
 ///

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
-use super::{ChunkParams, Format};
+use super::types::{ChunkParams, Format};
 
 /// The size (in bytes) a section is cut down to before text-splitter sees it.
 pub const SECTION_BYTES: usize = 64 * 1024;

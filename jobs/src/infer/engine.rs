@@ -18,7 +18,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::{Finish, Generation, InferError, InferParams, Prompt};
+use super::types::{Finish, Generation, InferError, InferParams, Prompt};
 
 /// The process's llama.cpp backend: one per process, made on first use, logs off unless
 /// `MYCO_LLAMA_LOG` is set.

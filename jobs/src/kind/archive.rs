@@ -1,0 +1,129 @@
+//! The `archive` kind: chunk and embed a directory tree into a named collection. Its
+//! `[archive]` section, validation, planning (one `EmbedDocs` child per group of files the
+//! collection does not already hold) and traits; the job is keyed by its collection.
+//!
+//! It must not chunk, embed or write a collection (that is [`crate::archive`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::embed::{default_batch_tokens, default_model};
+use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::archive::{self, ArchiveTask};
+use crate::chunk::ChunkParams;
+use crate::collection;
+use crate::model;
+use crate::spec::env::{SpecEnv, is_glob};
+use crate::spec::plan::{Checked, Plan};
+use crate::spec::problem::{Problems, SpecError};
+use crate::task::Task;
+
+pub const TRAITS: KindTraits = KindTraits {
+    lane: Lane::Batch,
+    streams: false,
+    // The parent writes the collection from its children's results...
+    joins: true,
+    // ...on its owner, whose collection it is.
+    owner_only: true,
+    gpu: Gpu::Never,
+    executor: ExecutorKind::Cpu,
+};
+
+/// `[archive]`: chunk and embed a directory tree into a named collection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// A directory (recursive), a file or a glob, relative to this file.
+    pub input: PathBuf,
+    /// The collection's name: it is written to `~/.myco/collections/NAME`.
+    pub collection: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Chunk size in characters (all-MiniLM-L6-v2 reads at most 256 tokens, about 1000
+    /// characters of English).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: usize,
+    #[serde(default = "default_overlap")]
+    pub overlap: usize,
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+fn default_max_tokens() -> usize {
+    800
+}
+fn default_overlap() -> usize {
+    100
+}
+
+/// An archive is keyed by its collection unless the file says otherwise: submitting it
+/// again while it runs resumes that run (see [`KindTraits::joins`]).
+pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> Option<Checked> {
+    let Some(a) = section else {
+        p.bad(
+            "archive",
+            "missing `[archive]` table",
+            "add `[archive]` with `input = \"docs/\"` and `collection = \"NAME\"`",
+        );
+        return None;
+    };
+    super::chunk::check_chunking(p, "archive", a.max_tokens, a.overlap);
+    if !collection::valid_name(&a.collection) {
+        p.bad(
+            "archive.collection",
+            format!("`{}` is not a valid collection name", a.collection),
+            "use letters, digits, `-`, `_` and `.` (not first), at most 128",
+        );
+    }
+    if a.batch_tokens == 0 {
+        p.bad(
+            "archive.batch_tokens",
+            "must be at least 1",
+            "leave it out for the default (8192)",
+        );
+    }
+    let input = env.path(&a.input);
+    if !input.exists() && !is_glob(&a.input) {
+        p.bad(
+            "archive.input",
+            format!("`{}` does not exist", input.display()),
+            "point `input` at the archive's directory (relative paths start at the job file's directory)",
+        );
+    }
+    let model = model::resolve_embedding(&a.model, env.base_dir, env.models_dir)
+        .map_err(|why| p.bad("archive.model", why.to_string(), why.hint()))
+        .ok()?;
+    Some(Checked {
+        default_key: Some(format!("archive:{}", a.collection)),
+        task: Task::Archive(ArchiveTask {
+            input,
+            collection: a.collection.clone(),
+            model,
+            params: ChunkParams {
+                max_tokens: a.max_tokens,
+                overlap: a.overlap,
+            },
+            batch_tokens: a.batch_tokens,
+        }),
+    })
+}
+
+/// The archive becomes a parent with one `EmbedDocs` child per group of files that
+/// `collections` does not already hold.
+pub fn plan(task: &Task, collections: &Path) -> Result<Plan, SpecError> {
+    let Task::Archive(a) = task else {
+        return Ok(Plan::single(task.clone()));
+    };
+    let planned = archive::plan(a, collections).map_err(|e| {
+        SpecError::one(
+            "archive.input",
+            e.to_string(),
+            "point `input` at a readable directory of documents",
+        )
+    })?;
+    Ok(Plan {
+        task: task.clone(),
+        children: planned.children.into_iter().map(Task::EmbedDocs).collect(),
+    })
+}

@@ -1,0 +1,145 @@
+//! The `embed` kind: turn texts (or a chunk job's result) into vectors with a
+//! sentence-embedding model. Its `[embed]` section, validation, planning and traits. Archive
+//! children (`EmbedDocs`) are of this kind too.
+//!
+//! It must not load or run a model (that is [`crate::embed`], run by the executor).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::chunk;
+use crate::model;
+use crate::spec::env::SpecEnv;
+use crate::spec::plan::{Checked, Plan};
+use crate::spec::problem::{Problems, SpecError};
+use crate::task::{ChunkLink, Task};
+
+pub const TRAITS: KindTraits = KindTraits {
+    lane: Lane::Batch,
+    streams: false,
+    joins: false,
+    owner_only: false,
+    gpu: Gpu::Never,
+    executor: ExecutorKind::Cpu,
+};
+
+/// The embedding model jobs use when they name none (`./setup.sh` installs it).
+pub const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
+/// Estimated tokens per embedding batch, unless the job says otherwise.
+pub const DEFAULT_BATCH_TOKENS: usize = 8192;
+
+/// `[embed]`: turn texts into vectors with a sentence-embedding model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    /// A model name under `~/.myco/models`, or a path to a model directory.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The texts; or give `chunks` instead.
+    #[serde(default)]
+    pub texts: Vec<String>,
+    /// A chunk job's result (JSON Lines, e.g. from `myco run chunk.toml --out chunks.jsonl`):
+    /// each chunk is embedded, and its vector's line names the chunk.
+    #[serde(default)]
+    pub chunks: Option<PathBuf>,
+    /// Estimated tokens per batch: short texts go many to a batch, long ones few.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+pub(crate) fn default_model() -> String {
+    DEFAULT_MODEL.to_owned()
+}
+pub(crate) fn default_batch_tokens() -> usize {
+    DEFAULT_BATCH_TOKENS
+}
+
+pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> Option<Checked> {
+    let Some(e) = section else {
+        p.bad(
+            "embed",
+            "missing `[embed]` table",
+            "add `[embed]` with `texts = [\"...\"]`",
+        );
+        return None;
+    };
+    let mut texts = e.texts.clone();
+    let mut links = Vec::new();
+    match &e.chunks {
+        Some(_) if !texts.is_empty() => p.bad(
+            "embed.chunks",
+            "give `texts` or `chunks`, not both",
+            "remove one of them",
+        ),
+        Some(path) => match read_chunks(&env.path(path)) {
+            Ok(chunks) => {
+                for c in chunks {
+                    links.push(ChunkLink {
+                        source: c.source,
+                        index: c.index,
+                        start: c.start,
+                        end: c.end,
+                    });
+                    texts.push(c.text);
+                }
+            }
+            Err(why) => p.bad(
+                "embed.chunks",
+                why,
+                "point `chunks` at a chunk job's result: `myco run chunk.toml --out chunks.jsonl`",
+            ),
+        },
+        None => {}
+    }
+    if texts.is_empty() || texts.len() > 100_000 {
+        p.bad(
+            if e.chunks.is_some() {
+                "embed.chunks"
+            } else {
+                "embed.texts"
+            },
+            format!("{} texts", texts.len()),
+            "give 1 to 100000 texts per job; submit more jobs for more",
+        );
+    }
+    if e.batch_tokens == 0 {
+        p.bad(
+            "embed.batch_tokens",
+            "must be at least 1",
+            "leave it out for the default (8192)",
+        );
+    }
+    let model = model::resolve_embedding(&e.model, env.base_dir, env.models_dir)
+        .map_err(|why| p.bad("embed.model", why.to_string(), why.hint()))
+        .ok()?;
+    Some(
+        Task::Embed {
+            model,
+            texts,
+            batch_tokens: e.batch_tokens,
+            links,
+        }
+        .into(),
+    )
+}
+
+/// The chunks in a chunk job's result file (JSON Lines of `{source, index, start, end,
+/// text}`).
+fn read_chunks(path: &Path) -> Result<Vec<chunk::Chunk>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| format!("{} line {}: not a chunk: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
+    Ok(Plan::single(task.clone()))
+}

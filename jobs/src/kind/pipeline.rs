@@ -1,0 +1,34 @@
+//! The `pipeline` kind: generate text with an LLM split into layer-range stages across
+//! nodes. Its `[pipeline]` section (the same settings as `[infer]`), validation, planning
+//! and traits.
+//!
+//! It must not place or run stages (that is the node's stage chain, in myco-actors).
+
+use std::path::Path;
+
+use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::infer::InferOptions;
+use crate::spec::env::SpecEnv;
+use crate::spec::plan::{Checked, Plan};
+use crate::spec::problem::{Problems, SpecError};
+use crate::task::Task;
+
+pub const TRAITS: KindTraits = KindTraits {
+    lane: Lane::Executive,
+    streams: true,
+    joins: false,
+    owner_only: false,
+    gpu: Gpu::IfAsked,
+    executor: ExecutorKind::StageChain,
+};
+
+/// `[pipeline]`: the same settings as `[infer]`.
+pub type Section = InferOptions;
+
+pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> Option<Checked> {
+    super::infer::check_llm("pipeline", section, env, p).map(|t| Task::Pipeline(t).into())
+}
+
+pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
+    Ok(Plan::single(task.clone()))
+}

@@ -1,0 +1,262 @@
+//! Models in one place: [`ModelRef`] (a model as a job names it), the models a node holds
+//! (`~/.myco/models`: [`local_models`], [`scan`]), and model *name resolution* ([`resolve_llm`]
+//! for GGUF files, [`resolve_embedding`] for ONNX model directories): the one way a job file,
+//! an API request or the CLI turns a model name into a [`ModelRef`].
+//!
+//! Reads the file system only (headers, sizes); it loads no model and must not know about
+//! tasks, specs or executors.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::home;
+
+/// A model as a job names it: an embedding model directory (`model.onnx` and its tokenizer
+/// files) or a GGUF file. Nodes match models by name and size (of `model.onnx`, or of the
+/// file): a thief runs the job with its own copy under `models/NAME` if it has one of that
+/// size, and a node without one is never given the job.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    /// Where the submitting node has it.
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl ModelRef {
+    /// The model at `dir` (a directory, or a GGUF file).
+    pub fn at(dir: &Path) -> ModelRef {
+        ModelRef {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: dir.to_path_buf(),
+            bytes: model_bytes(dir).unwrap_or(0),
+        }
+    }
+
+    /// The directory to load it from on a node whose home is `home`: the node's own copy,
+    /// else the path it was submitted with.
+    pub fn resolve(&self, home: &Path) -> PathBuf {
+        let local = home::models_dir(home).join(&self.name);
+        if model_bytes(&local) == Some(self.bytes) {
+            local
+        } else {
+            self.path.clone()
+        }
+    }
+
+    pub fn id(&self) -> (String, u64) {
+        (self.name.clone(), self.bytes)
+    }
+}
+
+/// A model's size: a file's own, or a directory's `model.onnx`.
+fn model_bytes(path: &Path) -> Option<u64> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        return Some(meta.len());
+    }
+    std::fs::metadata(path.join("model.onnx"))
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// The models under `home/models` (embedding model directories and GGUF files), as
+/// `(name, bytes)`: what a node matches jobs' [`ModelRef::id`]s against.
+pub fn local_models(home: &Path) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(home::models_dir(home)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64)> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let bytes = model_bytes(&e.path())?;
+            Some((e.file_name().to_string_lossy().into_owned(), bytes))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl ModelRef {
+    /// A GGUF file only a peer holds, by its file name and size: the job names it so, and
+    /// each node that runs it loads its own copy of that name and size (its `path` is the
+    /// bare file name, never an absolute path).
+    pub fn held_by_peer(file: &str, bytes: u64) -> ModelRef {
+        ModelRef {
+            name: file.to_owned(),
+            path: PathBuf::from(file),
+            bytes,
+        }
+    }
+}
+
+/// Why a model name does not resolve. Display says what is missing; [`ModelError::hint`]
+/// says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "no model file at {}, and no peer holds one of that name",
+        looked.display()
+    )]
+    NoLlm { name: String, looked: PathBuf },
+    #[error("no embedding model at {} (no model.onnx)", dir.display())]
+    NoEmbedding { name: String, dir: PathBuf },
+}
+
+impl ModelError {
+    /// What the user can do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            ModelError::NoLlm { .. } => {
+                "give the path of a GGUF file, or put it in ~/.myco/models on a node of the swarm and give its name"
+            }
+            ModelError::NoEmbedding { .. } => {
+                "run ./setup.sh for the default all-MiniLM-L6-v2, or give the path of a directory with model.onnx and its tokenizer files"
+            }
+        }
+    }
+
+    /// The name as given.
+    pub fn name(&self) -> &str {
+        match self {
+            ModelError::NoLlm { name, .. } | ModelError::NoEmbedding { name, .. } => name,
+        }
+    }
+}
+
+/// Whether a model name is a path (it has a `/` or starts with `.`) rather than a name
+/// under the models directory.
+pub fn is_path(name: &str) -> bool {
+    name.contains('/') || name.starts_with('.')
+}
+
+fn relative_to(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// The GGUF model `name`, as every entry point resolves it:
+///
+/// - a path (see [`is_path`]), relative to `base_dir` (a job file's directory; give `""`
+///   for the current directory): that file;
+/// - else a file in `models_dir` named `name`, or `name.gguf`;
+/// - else a model in `peers` (GGUF files peers hold, as [`ModelRef::held_by_peer`]) whose
+///   file is `name` or `name.gguf`: the job then runs where that model is.
+///
+/// A local file is returned with its absolute path.
+pub fn resolve_llm(
+    name: &str,
+    base_dir: &Path,
+    models_dir: &Path,
+    peers: &[ModelRef],
+) -> Result<ModelRef, ModelError> {
+    let by_name = !is_path(name);
+    let bare = name.strip_suffix(".gguf").unwrap_or(name);
+    let path = if by_name {
+        let exact = models_dir.join(name);
+        let with_ext = models_dir.join(format!("{bare}.gguf"));
+        if !exact.is_file() && with_ext.is_file() {
+            with_ext
+        } else {
+            exact
+        }
+    } else {
+        relative_to(base_dir, Path::new(name))
+    };
+    if path.is_file() {
+        return Ok(ModelRef::at(
+            &std::path::absolute(&path).unwrap_or_else(|_| path.clone()),
+        ));
+    }
+    let held = by_name
+        .then(|| {
+            peers
+                .iter()
+                .find(|m| m.name == name || m.name == format!("{bare}.gguf"))
+        })
+        .flatten();
+    match held {
+        Some(m) => Ok(m.clone()),
+        None => Err(ModelError::NoLlm {
+            name: name.to_owned(),
+            looked: path,
+        }),
+    }
+}
+
+/// The embedding model `name`: a directory with `model.onnx` (and its tokenizer files),
+/// given as a path (see [`is_path`]) relative to `base_dir`, or by name under `models_dir`.
+pub fn resolve_embedding(
+    name: &str,
+    base_dir: &Path,
+    models_dir: &Path,
+) -> Result<ModelRef, ModelError> {
+    let dir = if is_path(name) {
+        relative_to(base_dir, Path::new(name))
+    } else {
+        models_dir.join(name)
+    };
+    if dir.join("model.onnx").is_file() {
+        Ok(ModelRef::at(&dir))
+    } else {
+        Err(ModelError::NoEmbedding {
+            name: name.to_owned(),
+            dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn llm_names_resolve_locally_then_at_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join("a.gguf"), b"GGUF....").unwrap();
+        let peers = [ModelRef::held_by_peer("b.gguf", 99)];
+        for name in ["a", "a.gguf"] {
+            let m = resolve_llm(name, Path::new("/nowhere"), &models, &peers).unwrap();
+            assert_eq!((m.name.as_str(), m.bytes), ("a.gguf", 8));
+            assert!(m.path.is_absolute());
+        }
+        let by_path = resolve_llm("models/a.gguf", dir.path(), Path::new("/x"), &[]).unwrap();
+        assert_eq!(by_path.name, "a.gguf");
+        for name in ["b", "b.gguf"] {
+            let m = resolve_llm(name, dir.path(), &models, &peers).unwrap();
+            assert_eq!(m, peers[0]);
+        }
+        // A path is never looked up at peers.
+        let e = resolve_llm("./b.gguf", dir.path(), &models, &peers).unwrap_err();
+        assert!(e.to_string().contains("no model file at"), "{e}");
+        assert!(resolve_llm("c", dir.path(), &models, &peers).is_err());
+    }
+
+    #[test]
+    fn embedding_models_need_model_onnx() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        let e = resolve_embedding("m", Path::new("/"), dir.path()).unwrap_err();
+        assert!(e.to_string().contains("no model.onnx"), "{e}");
+        std::fs::write(m.join("model.onnx"), b"onnx").unwrap();
+        let r = resolve_embedding("m", Path::new("/"), dir.path()).unwrap();
+        assert_eq!((r.name.as_str(), r.bytes), ("m", 4));
+        assert_eq!(
+            resolve_embedding("./m", dir.path(), Path::new("/")).unwrap(),
+            r
+        );
+    }
+}
