@@ -48,9 +48,11 @@ pub fn runtime_candidates(home: &Path) -> Vec<PathBuf> {
             return vec![PathBuf::from(p)];
         }
     }
-    vec![home.join("lib").join("libonnxruntime.so")]
+    vec![crate::home::lib_dir(home).join("libonnxruntime.so")]
 }
 
+/// Process-wide on purpose: ONNX Runtime's environment is one per process (ort's
+/// `init_from` may run once), so this is not node state. Loaded models are the executor's.
 static RUNTIME: OnceLock<Result<PathBuf, EmbedError>> = OnceLock::new();
 
 /// Load ONNX Runtime once per process, from where [`runtime_candidates`] says. A missing or

@@ -1,14 +1,19 @@
 //! Models in one place: [`ModelRef`] (a model as a job names it), the models a node holds
-//! (`~/.myco/models`: [`local_models`], [`scan`]), and model *name resolution* ([`resolve_llm`]
-//! for GGUF files, [`resolve_embedding`] for ONNX model directories): the one way a job file,
-//! an API request or the CLI turns a model name into a [`ModelRef`].
+//! (`~/.myco/models`: [`local_models`] by name and size, [`scan`] with what their headers
+//! say, read by `header.rs`), and model *name resolution* ([`resolve_llm`] for GGUF files,
+//! [`resolve_embedding`] for ONNX model directories): the one way a job file, an API request
+//! or the CLI turns a model name into a [`ModelRef`].
 //!
 //! Reads the file system only (headers, sizes); it loads no model and must not know about
 //! tasks, specs or executors.
 
+mod header;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use header::{GgufError, GgufHeader, read_gguf_header};
 
 use crate::home;
 
@@ -79,6 +84,72 @@ pub fn local_models(home: &Path) -> Vec<(String, u64)> {
         })
         .collect();
     out.sort();
+    out
+}
+
+/// A model file on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// The name jobs use: the file name without `.gguf`, or the directory name.
+    pub name: String,
+    pub path: PathBuf,
+    pub format: ModelFormat,
+    pub size_bytes: u64,
+    /// From the header (`general.architecture` for GGUF), if readable.
+    pub architecture: Option<String>,
+    /// Transformer layers (`<arch>.block_count`), if known.
+    pub layers: Option<u64>,
+    /// Hidden size (`<arch>.embedding_length`), if known.
+    pub embedding: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    Gguf,
+    Onnx,
+}
+
+/// The models under `dir`: `*.gguf` files, and directories holding a `model.onnx`. A file
+/// whose header cannot be read is listed without an architecture (and logged).
+pub fn scan(dir: &Path) -> Vec<ModelFile> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_file() && name.to_ascii_lowercase().ends_with(".gguf") {
+            let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            let header = read_gguf_header(&path)
+                .map_err(|e| tracing::warn!("model {}: {e}", path.display()))
+                .ok();
+            out.push(ModelFile {
+                name: name[..name.len() - 5].to_owned(),
+                format: ModelFormat::Gguf,
+                size_bytes,
+                architecture: header.as_ref().and_then(|h| h.architecture.clone()),
+                layers: header.as_ref().and_then(|h| h.layers),
+                embedding: header.as_ref().and_then(|h| h.embedding),
+                path,
+            });
+        } else if path.join("model.onnx").is_file() {
+            let size_bytes = std::fs::metadata(path.join("model.onnx"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            out.push(ModelFile {
+                name,
+                format: ModelFormat::Onnx,
+                size_bytes,
+                architecture: Some("onnx".into()),
+                layers: None,
+                embedding: None,
+                path,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
@@ -223,7 +294,7 @@ mod tests {
     #[test]
     fn llm_names_resolve_locally_then_at_peers() {
         let dir = tempfile::tempdir().unwrap();
-        let models = dir.path().join("models");
+        let models = crate::home::models_dir(dir.path());
         std::fs::create_dir_all(&models).unwrap();
         std::fs::write(models.join("a.gguf"), b"GGUF....").unwrap();
         let peers = [ModelRef::held_by_peer("b.gguf", 99)];
@@ -258,5 +329,92 @@ mod tests {
             resolve_embedding("./m", dir.path(), Path::new("/")).unwrap(),
             r
         );
+    }
+}
+
+/// The header reader and the directory scan, on fixtures written here.
+#[cfg(test)]
+mod scan_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn reads_the_tiny_llama_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let shape = crate::gguf::TinyLlama::default();
+        shape.write(&path, true).unwrap();
+        let h = read_gguf_header(&path).unwrap();
+        assert_eq!(h.version, 3);
+        assert_eq!(h.architecture.as_deref(), Some("llama"));
+        assert_eq!(h.layers, Some(u64::from(shape.n_layer)));
+        assert_eq!(h.embedding, Some(u64::from(shape.n_embd)));
+        assert_eq!(h.tensors, 3 + 9 * u64::from(shape.n_layer));
+    }
+
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend((v.len() as u64).to_le_bytes());
+        out.extend(v.as_bytes());
+    }
+
+    fn gguf() -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(2u64.to_le_bytes()); // tensors
+        b.extend(5u64.to_le_bytes()); // kv pairs
+        s(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        s(&mut b, "llama");
+        s(&mut b, "llama.block_count");
+        b.extend(4u32.to_le_bytes());
+        b.extend(4u32.to_le_bytes());
+        s(&mut b, "tokenizer.ggml.tokens");
+        b.extend(9u32.to_le_bytes());
+        b.extend(8u32.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        s(&mut b, "<s>");
+        s(&mut b, "</s>");
+        s(&mut b, "general.alignment");
+        b.extend(4u32.to_le_bytes());
+        b.extend(32u32.to_le_bytes());
+        s(&mut b, "llama.embedding_length");
+        b.extend(10u32.to_le_bytes());
+        b.extend(128u64.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn reads_the_header_and_skips_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, gguf()).unwrap();
+        let h = read_gguf_header(&path).unwrap();
+        assert_eq!(h.architecture.as_deref(), Some("llama"));
+        assert_eq!(h.layers, Some(4));
+        assert_eq!(h.embedding, Some(128));
+        assert_eq!(h.tensors, 2);
+        let models = scan(dir.path());
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].name, "tiny");
+        assert_eq!(models[0].architecture.as_deref(), Some("llama"));
+    }
+
+    #[test]
+    fn damaged_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.gguf");
+        let good = gguf();
+        for cut in [0, 3, 4, 10, 30, good.len() - 1] {
+            std::fs::write(&path, &good[..cut]).unwrap();
+            let e = read_gguf_header(&path).unwrap_err();
+            assert!(e.to_string().contains("bad.gguf"), "{e}");
+        }
+        let mut huge = good[..24].to_vec();
+        huge.extend(u64::MAX.to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        assert!(read_gguf_header(&path).is_err());
+        // Listed, without an architecture.
+        assert_eq!(scan(dir.path())[0].architecture, None);
     }
 }

@@ -1,6 +1,9 @@
 //! The node's home directory (`~/.myco` or `$MYCO_HOME`) and its config file
 //! (`config.toml` there, optional).
 //!
+//! The layout of models, collections and libraries under the home is
+//! [`myco_jobs::home`]'s; [`Home`] adds the node's own files (queue, config, secret).
+//!
 //! Config is a serde struct with `deny_unknown_fields`, defaults for every field, and a
 //! [`NodeConfig::validate`] that reports every problem with its field path. This file reads
 //! files; it starts nothing.
@@ -24,10 +27,7 @@ impl Home {
 
     /// `$MYCO_HOME` is read by the CLI; this is the fallback, `~/.myco`.
     pub fn default_root() -> PathBuf {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".myco")
+        myco_jobs::home::default_root()
     }
 
     pub fn root(&self) -> &Path {
@@ -47,9 +47,19 @@ impl Home {
         self.root.join("node.addr")
     }
 
-    /// Model files this node holds and advertises.
+    /// Model files this node holds and advertises (the layout is [`myco_jobs::home`]'s).
     pub fn models_dir(&self) -> PathBuf {
-        self.root.join("models")
+        myco_jobs::home::models_dir(&self.root)
+    }
+
+    /// The collections archive jobs write, one directory each.
+    pub fn collections_dir(&self) -> PathBuf {
+        myco_jobs::home::collections_dir(&self.root)
+    }
+
+    /// Shared libraries the node loads at run time (ONNX Runtime).
+    pub fn lib_dir(&self) -> PathBuf {
+        myco_jobs::home::lib_dir(&self.root)
     }
 
     /// The swarm secret: whoever holds it is a member.

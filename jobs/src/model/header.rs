@@ -1,0 +1,173 @@
+//! The GGUF header reader: the metadata at the head of a GGUF file ([`GgufHeader`]:
+//! version, tensor count, architecture, layers, hidden size, context), never tensor data.
+//!
+//! Every length it reads is bounded, so a damaged file is an error, not a huge allocation.
+//! It must not load models or list directories.
+
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+/// What a GGUF header says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub tensors: u64,
+    pub architecture: Option<String>,
+    pub name: Option<String>,
+    pub layers: Option<u64>,
+    pub embedding: Option<u64>,
+    pub context: Option<u64>,
+}
+
+/// Why a GGUF header could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a GGUF file ({why}); is it a complete download of a .gguf model?")]
+    Invalid { path: String, why: String },
+}
+
+const MAX_STRING: u64 = 1 << 20;
+const MAX_KV: u64 = 1 << 20;
+
+struct Reader<R> {
+    r: R,
+}
+
+impl<R: Read> Reader<R> {
+    fn bytes<const N: usize>(&mut self) -> std::io::Result<[u8; N]> {
+        let mut b = [0u8; N];
+        self.r.read_exact(&mut b)?;
+        Ok(b)
+    }
+    fn u32(&mut self) -> std::io::Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+    fn u64(&mut self) -> std::io::Result<u64> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+    fn skip(&mut self, n: u64) -> std::io::Result<()> {
+        let copied = std::io::copy(&mut (&mut self.r).take(n), &mut std::io::sink())?;
+        if copied < n {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let len = self.u64().map_err(|e| e.to_string())?;
+        if len > MAX_STRING {
+            return Err(format!("a string of {len} bytes"));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.r.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        String::from_utf8(buf).map_err(|_| "a string that is not UTF-8".to_owned())
+    }
+}
+
+/// A metadata value, as far as myco needs it.
+enum Value {
+    Int(u64),
+    Str(String),
+    Other,
+}
+
+fn value<R: Read>(r: &mut Reader<R>, ty: u32) -> Result<Value, String> {
+    let io = |e: std::io::Error| e.to_string();
+    Ok(match ty {
+        0 | 1 | 7 => Value::Int(u64::from(r.bytes::<1>().map_err(io)?[0])),
+        2 | 3 => Value::Int(u64::from(u16::from_le_bytes(r.bytes().map_err(io)?))),
+        4 | 5 => Value::Int(u64::from(r.u32().map_err(io)?)),
+        6 => {
+            r.skip(4).map_err(io)?;
+            Value::Other
+        }
+        10 | 11 => Value::Int(r.u64().map_err(io)?),
+        12 => {
+            r.skip(8).map_err(io)?;
+            Value::Other
+        }
+        8 => Value::Str(r.string()?),
+        9 => {
+            let item = r.u32().map_err(io)?;
+            let count = r.u64().map_err(io)?;
+            let fixed = match item {
+                0 | 1 | 7 => Some(1),
+                2 | 3 => Some(2),
+                4..=6 => Some(4),
+                10..=12 => Some(8),
+                _ => None,
+            };
+            match fixed {
+                Some(size) => r.skip(count.saturating_mul(size)).map_err(io)?,
+                None => {
+                    for _ in 0..count {
+                        value(r, item)?;
+                    }
+                }
+            }
+            Value::Other
+        }
+        other => return Err(format!("an unknown value type {other}")),
+    })
+}
+
+/// Read the metadata at the head of a GGUF file.
+pub fn read_gguf_header(path: &Path) -> Result<GgufHeader, GgufError> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| GgufError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let invalid = |why: String| GgufError::Invalid {
+        path: shown.clone(),
+        why,
+    };
+    let mut r = Reader {
+        r: BufReader::new(file),
+    };
+    let magic: [u8; 4] = r.bytes().map_err(|e| invalid(e.to_string()))?;
+    if &magic != b"GGUF" {
+        return Err(invalid("it does not start with GGUF".into()));
+    }
+    let version = r.u32().map_err(|e| invalid(e.to_string()))?;
+    if !(2..=3).contains(&version) {
+        return Err(invalid(format!(
+            "format version {version} (myco reads 2 and 3)"
+        )));
+    }
+    let tensors = r.u64().map_err(|e| invalid(e.to_string()))?;
+    let kvs = r.u64().map_err(|e| invalid(e.to_string()))?;
+    if kvs > MAX_KV {
+        return Err(invalid(format!("{kvs} metadata entries")));
+    }
+    let mut h = GgufHeader {
+        version,
+        tensors,
+        ..GgufHeader::default()
+    };
+    let mut ints: Vec<(String, u64)> = Vec::new();
+    for _ in 0..kvs {
+        let key = r.string().map_err(&invalid)?;
+        let ty = r.u32().map_err(|e| invalid(e.to_string()))?;
+        match value(&mut r, ty).map_err(&invalid)? {
+            Value::Str(s) if key == "general.architecture" => h.architecture = Some(s),
+            Value::Str(s) if key == "general.name" => h.name = Some(s),
+            Value::Int(n) => ints.push((key, n)),
+            _ => {}
+        }
+    }
+    if let Some(arch) = &h.architecture {
+        let get = |suffix: &str| {
+            let key = format!("{arch}.{suffix}");
+            ints.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        };
+        h.layers = get("block_count");
+        h.embedding = get("embedding_length");
+        h.context = get("context_length");
+    }
+    Ok(h)
+}
