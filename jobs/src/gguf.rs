@@ -5,6 +5,9 @@
 //! SentencePiece-style (`llama`) vocabulary with all 256 byte tokens (so any string
 //! tokenizes), ChatML control tokens and a ChatML chat template. llama.cpp loads it through
 //! the same code path as any model.
+//!
+//! A test fixture (cargo feature `test-fixtures`, or this crate's own tests): nothing in
+//! myco's run-time code calls it.
 
 use std::io;
 use std::path::Path;

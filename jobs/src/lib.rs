@@ -16,11 +16,14 @@ pub mod embed;
 pub mod error;
 pub mod executor;
 pub mod fit;
+#[cfg(any(test, feature = "test-fixtures"))]
 pub mod gguf;
 pub mod home;
 pub mod infer;
 pub mod kind;
 pub mod model;
+#[cfg(feature = "test-fixtures")]
+pub mod pdf;
 pub mod run;
 pub mod spec;
 #[cfg(feature = "pipeline")]

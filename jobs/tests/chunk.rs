@@ -7,8 +7,6 @@
 
 use std::path::{Path, PathBuf};
 
-use lopdf::content::{Content, Operation};
-use lopdf::{Document, Object, Stream, dictionary};
 use myco_jobs::chunk::{self, Chunk, ChunkError, ChunkParams, Format};
 
 const MARKDOWN: &str = "# Getting started\n\n\
@@ -52,48 +50,7 @@ fn write_pdf(path: &Path) {
 
 /// Without a MediaBox the PDF is broken in a way that makes pdf-extract 0.12 panic.
 fn write_pdf_with(path: &Path, media_box: bool) {
-    let mut doc = Document::with_version("1.5");
-    let pages_id = doc.new_object_id();
-    let font_id = doc.add_object(dictionary! {
-        "Type" => "Font",
-        "Subtype" => "Type1",
-        "BaseFont" => "Helvetica",
-    });
-    let resources_id = doc.add_object(dictionary! {
-        "Font" => dictionary! { "F1" => font_id },
-    });
-    let content = Content {
-        operations: vec![
-            Operation::new("BT", vec![]),
-            Operation::new("Tf", vec!["F1".into(), 24.into()]),
-            Operation::new("Td", vec![72.into(), 700.into()]),
-            Operation::new("Tj", vec![Object::string_literal(PDF_SENTENCE)]),
-            Operation::new("ET", vec![]),
-        ],
-    };
-    let content_id = doc.add_object(Stream::new(dictionary! {}, content.encode().unwrap()));
-    let page_id = doc.add_object(dictionary! {
-        "Type" => "Page",
-        "Parent" => pages_id,
-        "Contents" => content_id,
-    });
-    let mut pages = dictionary! {
-        "Type" => "Pages",
-        "Kids" => vec![page_id.into()],
-        "Count" => 1,
-        "Resources" => resources_id,
-    };
-    if media_box {
-        pages.set("MediaBox", vec![0.into(), 0.into(), 595.into(), 842.into()]);
-    }
-    doc.objects.insert(pages_id, Object::Dictionary(pages));
-    let catalog_id = doc.add_object(dictionary! {
-        "Type" => "Catalog",
-        "Pages" => pages_id,
-    });
-    doc.trailer.set("Root", catalog_id);
-    doc.compress();
-    doc.save(path).unwrap();
+    myco_jobs::pdf::write_pdf_with(path, PDF_SENTENCE, media_box).unwrap();
 }
 
 /// Builds the tree and returns the files expected from `expand_input`, sorted.
