@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::archive;
 use crate::chunk;
 use crate::error::JobError;
-use crate::infer::InferTask;
+use crate::infer::{InferTask, Models};
 use crate::model::ModelRef;
 use crate::run::RunContext;
 use crate::task::{ChunkLink, FailMode, NoopTask, Task};
@@ -21,22 +21,35 @@ pub trait Executor: Send {
     fn run(&mut self, task: &Task, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError>;
 }
 
-/// The executor for the built-in job kinds (chunk, noop, embed). Embedding models are
-/// loaded on first use and kept: one instance lives on one worker thread.
+/// The executor for the built-in job kinds (chunk, noop, embed, archive, infer). Embedding
+/// models are loaded on first use and kept by the executor: one instance lives on one
+/// worker thread. LLMs are kept in the node's [`Models`] cache, which the node's executors
+/// share.
 #[derive(Debug)]
 pub struct CpuExecutor {
     /// The node's home: where ONNX Runtime is found (`lib/`).
     home: PathBuf,
     #[cfg(feature = "embed")]
     models: std::collections::HashMap<PathBuf, crate::embed::EmbedModel>,
+    /// The node's loaded LLMs.
+    #[cfg_attr(not(feature = "infer"), allow(dead_code))]
+    llms: Models,
 }
 
 impl CpuExecutor {
+    /// An executor with a cache of LLMs of its own (see [`CpuExecutor::with_models`]).
     pub fn new(home: &std::path::Path) -> CpuExecutor {
+        CpuExecutor::with_models(home, Models::new())
+    }
+
+    /// An executor sharing `llms`, the node's cache of loaded LLMs: give every executor of a
+    /// node a clone of one cache, and each model is loaded once per node.
+    pub fn with_models(home: &std::path::Path, llms: Models) -> CpuExecutor {
         CpuExecutor {
             home: home.to_path_buf(),
             #[cfg(feature = "embed")]
             models: std::collections::HashMap::new(),
+            llms,
         }
     }
 
@@ -154,7 +167,7 @@ impl Executor for CpuExecutor {
                 self.embed_texts(&t.model, texts, t.batch_tokens, ctx)
             }),
             Task::Archive(t) => archive::join(t, &self.home, ctx.children),
-            Task::Infer(t) => infer(t, &self.home, ctx),
+            Task::Infer(t) => infer(t, &self.home, &self.llms, ctx),
             // The worker hands these to the node's stage chain, which needs the swarm.
             Task::Pipeline(_) => Err(JobError::fatal(
                 "a pipeline job runs on a node's stage chain, not on an executor",
@@ -163,12 +176,16 @@ impl Executor for CpuExecutor {
     }
 }
 
-/// Run an infer job on the process's shared copy of its model.
+/// Run an infer job on the node's shared copy of its model.
 #[cfg(feature = "infer")]
-fn infer(t: &InferTask, home: &std::path::Path, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
-    use crate::infer::engine;
+fn infer(
+    t: &InferTask,
+    home: &std::path::Path,
+    llms: &Models,
+    ctx: &RunContext<'_>,
+) -> Result<Vec<u8>, JobError> {
     let path = t.model.resolve(home);
-    let model = engine::shared_model(&path).map_err(JobError::from)?;
+    let model = llms.get(&path).map_err(JobError::from)?;
     let generation = model
         .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {
             if let Some(stream) = ctx.stream {
@@ -183,7 +200,12 @@ fn infer(t: &InferTask, home: &std::path::Path, ctx: &RunContext<'_>) -> Result<
 }
 
 #[cfg(not(feature = "infer"))]
-fn infer(_: &InferTask, _: &std::path::Path, _: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+fn infer(
+    _: &InferTask,
+    _: &std::path::Path,
+    _: &Models,
+    _: &RunContext<'_>,
+) -> Result<Vec<u8>, JobError> {
     Err(JobError::fatal(
         "this myco was built without the `infer` feature (llama.cpp); rebuild with it",
     ))

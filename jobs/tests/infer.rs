@@ -155,7 +155,7 @@ fn bad_models_and_long_prompts_are_precise_errors() {
 
 #[test]
 fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
-    use myco_jobs::infer::engine::{loaded_models, shared_model_with};
+    let models = myco_jobs::infer::engine::Models::new();
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<_> = ["m0", "m1", "m2"]
         .iter()
@@ -166,27 +166,28 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
         })
         .collect();
     let plenty = || u64::MAX;
-    let a = shared_model_with(&paths[0], plenty, u64::MAX).unwrap();
-    shared_model_with(&paths[1], plenty, u64::MAX).unwrap();
+    let a = models.get_with(&paths[0], plenty, u64::MAX).unwrap();
+    models.get_with(&paths[1], plenty, u64::MAX).unwrap();
     // The same file again is the same loaded model, now the most recently used.
-    let again = shared_model_with(&paths[0], plenty, u64::MAX).unwrap();
+    let again = models.get_with(&paths[0], plenty, u64::MAX).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &again));
     let mine = |all: Vec<std::path::PathBuf>| -> Vec<std::path::PathBuf> {
         all.into_iter().filter(|p| paths.contains(p)).collect()
     };
-    assert_eq!(mine(loaded_models()), [paths[1].clone(), paths[0].clone()]);
+    assert_eq!(mine(models.loaded()), [paths[1].clone(), paths[0].clone()]);
     // Memory is short: loading a third evicts until it fits (here: everything else).
     let calls = std::cell::Cell::new(0);
-    shared_model_with(
-        &paths[2],
-        || {
-            calls.set(calls.get() + 1);
-            if calls.get() > 1 { u64::MAX } else { 0 }
-        },
-        u64::MAX,
-    )
-    .unwrap();
-    let left = mine(loaded_models());
+    models
+        .get_with(
+            &paths[2],
+            || {
+                calls.set(calls.get() + 1);
+                if calls.get() > 1 { u64::MAX } else { 0 }
+            },
+            u64::MAX,
+        )
+        .unwrap();
+    let left = mine(models.loaded());
     assert_eq!(
         left,
         [paths[0].clone(), paths[2].clone()],
@@ -197,9 +198,33 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
     // recently used.
     let one = std::fs::metadata(&paths[0]).unwrap().len();
     let headroom = myco_jobs::infer::engine::HEADROOM;
-    shared_model_with(&paths[1], plenty, 2 * one + headroom).unwrap();
-    assert_eq!(mine(loaded_models()), [paths[2].clone(), paths[1].clone()]);
+    models
+        .get_with(&paths[1], plenty, 2 * one + headroom)
+        .unwrap();
+    assert_eq!(mine(models.loaded()), [paths[2].clone(), paths[1].clone()]);
     // A model in use stays alive for its user even once evicted.
-    shared_model_with(&paths[1], || 0, u64::MAX).unwrap();
+    models.get_with(&paths[1], || 0, u64::MAX).unwrap();
     assert!(a.tokenize("hello").len() > 1);
+}
+
+#[test]
+fn each_cache_loads_its_own_copy_and_clones_share_one() {
+    use myco_jobs::infer::engine::Models;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    TinyLlama::default().write(&path, false).unwrap();
+    let node_a = Models::new();
+    let worker_a = node_a.clone();
+    let node_b = Models::new();
+    let first = node_a.get(&path).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &worker_a.get(&path).unwrap()
+    ));
+    assert_eq!(worker_a.loaded(), vec![path.clone()]);
+    assert!(
+        node_b.loaded().is_empty(),
+        "another node's cache is its own"
+    );
+    assert!(!std::sync::Arc::ptr_eq(&first, &node_b.get(&path).unwrap()));
 }

@@ -2,12 +2,13 @@
 //!
 //! [`LlmModel`] owns a loaded model; [`LlmModel::generate`] runs one request with a context of
 //! its own (so requests never share a KV cache), calling `on_token` with each piece of text as
-//! it is decoded, and polling `cancelled` between tokens. Everything is synchronous: callers
-//! keep models on an executor thread, never inside an actor's handler.
+//! it is decoded, and polling `cancelled` between tokens. [`Models`] is a node's cache of
+//! loaded models. Everything is synchronous: callers keep models on an executor thread,
+//! never inside an actor's handler.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -21,7 +22,8 @@ use llama_cpp_2::token::LlamaToken;
 use super::types::{Finish, Generation, InferError, InferParams, Prompt};
 
 /// The process's llama.cpp backend: one per process, made on first use, logs off unless
-/// `MYCO_LLAMA_LOG` is set.
+/// `MYCO_LLAMA_LOG` is set. Static on purpose: `llama_backend_init` is process-wide, so this
+/// is not node state (loaded models are: see [`Models`]).
 pub fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
@@ -36,65 +38,92 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
         .map_err(|e| InferError::Engine(e.clone()))
 }
 
-/// Loaded models, shared by every executor thread of the process (each request makes its own
-/// context), least recently used first. They stay loaded while memory allows: loading one
-/// more evicts the least recently used until the new file fits, with [`HEADROOM`] to spare,
-/// both in available memory and beside the models kept (llama.cpp maps model files, and
-/// mapped pages count as available, so the sizes of the loaded files are counted against
-/// total memory too). A model still in use by a running request stays alive (it is an `Arc`)
-/// until that request ends.
-static LOADED: std::sync::Mutex<Vec<(PathBuf, std::sync::Arc<LlmModel>)>> =
-    std::sync::Mutex::new(Vec::new());
-
 /// Memory kept free beyond a model's file size when deciding what stays loaded (contexts,
 /// KV caches, the rest of the node).
 pub const HEADROOM: u64 = 512 << 20;
 
-/// The model at `path`, loaded once per process and kept while memory allows (see
-/// [`LOADED`]).
-pub fn shared_model(path: &Path) -> Result<std::sync::Arc<LlmModel>, InferError> {
-    shared_model_with(path, || memory().0, memory().1)
+/// A node's loaded models, shared by the executors it gives a clone to (each request makes
+/// its own context), least recently used first. They stay loaded while memory allows:
+/// loading one more evicts the least recently used until the new file fits, with
+/// [`HEADROOM`] to spare, both in available memory and beside the models kept (llama.cpp
+/// maps model files, and mapped pages count as available, so the sizes of the loaded files
+/// are counted against total memory too). A model still in use by a running request stays
+/// alive (it is an `Arc`) until that request ends.
+///
+/// Owned by the node, not the process: two nodes in one process (tests, an embedded node)
+/// keep separate caches. Only the llama.cpp backend ([`backend`]) is process-wide.
+#[derive(Clone, Default)]
+pub struct Models {
+    loaded: Arc<Mutex<Loaded>>,
 }
 
-/// Like [`shared_model`], with the available-memory reading and the total given (for tests).
-pub fn shared_model_with(
-    path: &Path,
-    available: impl Fn() -> u64,
-    total: u64,
-) -> Result<std::sync::Arc<LlmModel>, InferError> {
-    {
-        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = loaded.iter().position(|(p, _)| p == path) {
-            let entry = loaded.remove(i);
-            let model = entry.1.clone();
-            loaded.push(entry);
-            return Ok(model);
-        }
-        // Make room first: evicting after the load would have both in memory at once.
-        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let need = size(path) + HEADROOM;
-        while !loaded.is_empty()
-            && (available() < need
-                || loaded.iter().map(|(p, _)| size(p)).sum::<u64>() + need > total)
+/// The loaded models by path, least recently used first.
+type Loaded = Vec<(PathBuf, Arc<LlmModel>)>;
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("loaded", &self.loaded())
+            .finish()
+    }
+}
+
+impl Models {
+    /// An empty cache.
+    pub fn new() -> Models {
+        Models::default()
+    }
+
+    /// The model at `path`, loaded once per cache and kept while memory allows.
+    pub fn get(&self, path: &Path) -> Result<Arc<LlmModel>, InferError> {
+        self.get_with(path, || memory().0, memory().1)
+    }
+
+    /// Like [`Models::get`], with the available-memory reading and the total given (for
+    /// tests).
+    pub fn get_with(
+        &self,
+        path: &Path,
+        available: impl Fn() -> u64,
+        total: u64,
+    ) -> Result<Arc<LlmModel>, InferError> {
         {
-            let (evicted, _) = loaded.remove(0);
-            tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
+            let mut loaded = self.lock();
+            if let Some(i) = loaded.iter().position(|(p, _)| p == path) {
+                let entry = loaded.remove(i);
+                let model = entry.1.clone();
+                loaded.push(entry);
+                return Ok(model);
+            }
+            // Make room first: evicting after the load would have both in memory at once.
+            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            let need = size(path) + HEADROOM;
+            while !loaded.is_empty()
+                && (available() < need
+                    || loaded.iter().map(|(p, _)| size(p)).sum::<u64>() + need > total)
+            {
+                let (evicted, _) = loaded.remove(0);
+                tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
+            }
         }
+        // Load outside the lock: other threads keep using other models meanwhile.
+        let model = Arc::new(LlmModel::load(path)?);
+        let mut loaded = self.lock();
+        if let Some((_, m)) = loaded.iter().find(|(p, _)| p == path) {
+            return Ok(m.clone());
+        }
+        loaded.push((path.to_path_buf(), model.clone()));
+        Ok(model)
     }
-    // Load outside the lock: other threads keep using other models meanwhile.
-    let model = std::sync::Arc::new(LlmModel::load(path)?);
-    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, m)) = loaded.iter().find(|(p, _)| p == path) {
-        return Ok(m.clone());
-    }
-    loaded.push((path.to_path_buf(), model.clone()));
-    Ok(model)
-}
 
-/// The paths of the models loaded now, least recently used first.
-pub fn loaded_models() -> Vec<PathBuf> {
-    let loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
-    loaded.iter().map(|(p, _)| p.clone()).collect()
+    /// The paths of the models loaded now, least recently used first.
+    pub fn loaded(&self) -> Vec<PathBuf> {
+        self.lock().iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Memory the system can give without swapping, and its total (bytes); unknown counts as

@@ -2,14 +2,29 @@
 //! validator of a request's sampling settings ([`InferOptions`], `options.rs`), and the
 //! engine that runs them on llama.cpp ([`engine`], cargo feature `infer`).
 //!
-//! This file only declares and re-exports: its children never import it.
+//! This file only declares and re-exports (and stands in an empty [`Models`] when the engine
+//! is not built): its children never import it.
 
 #[cfg(feature = "infer")]
 pub mod engine;
 mod options;
 mod types;
 
+#[cfg(feature = "infer")]
+pub use engine::Models;
 pub use options::InferOptions;
 pub use types::{
     Finish, Generation, InferError, InferParams, InferTask, Message, Prompt, StageReport,
 };
+
+/// A node's cache of loaded LLMs; without the `infer` feature there is nothing to cache.
+#[cfg(not(feature = "infer"))]
+#[derive(Debug, Clone, Default)]
+pub struct Models;
+
+#[cfg(not(feature = "infer"))]
+impl Models {
+    pub fn new() -> Models {
+        Models
+    }
+}
