@@ -151,4 +151,40 @@ mod tests {
             "lists the valid kinds: {p:?}"
         );
     }
+
+    #[test]
+    fn infer_settings_and_model_are_checked_together() {
+        let p = problems(
+            "version = 1\nkind = \"infer\"\n[infer]\nprompt = \"hi\"\nmax_tokens = 0\nn_ctx = 4\n",
+        );
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["infer.max_tokens", "infer.n_ctx", "infer.model"]);
+        let p = problems(
+            "version = 1\nkind = \"pipeline\"\n[pipeline]\nmodel = \"./nope.gguf\"\nprompt = \"hi\"\n",
+        );
+        assert_eq!(p[0].field, "pipeline.model");
+        assert!(p[0].message.contains("no model file at"), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_top_level_fields_and_foreign_sections() {
+        let p = problems("version = 1\nkind = \"noop\"\npriorty = 3\n");
+        assert!(p[0].message.contains("unknown field `priorty`"), "{p:?}");
+        let p = problems("version = 1\nkind = \"noop\"\n[chunk]\ninput = \"src\"\n");
+        assert_eq!(p[0].field, "chunk");
+        assert!(p[0].message.contains("does not belong"), "{p:?}");
+    }
+
+    #[test]
+    fn an_archive_is_keyed_by_its_collection() {
+        let home = tempfile::tempdir().unwrap();
+        let model = home.path().join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("model.onnx"), b"onnx").unwrap();
+        let text = "version = 1\nkind = \"archive\"\n[archive]\ninput = \"src\"\ncollection = \"docs\"\nmodel = \"m\"\n";
+        let spec =
+            JobSpec::parse_in(text, Path::new(env!("CARGO_MANIFEST_DIR")), home.path()).unwrap();
+        assert_eq!(spec.idempotency_key.as_deref(), Some("archive:docs"));
+        assert!(spec.task.joins() && spec.task.owner_only());
+    }
 }

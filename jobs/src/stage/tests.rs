@@ -1,3 +1,6 @@
+//! Unit tests of the stage engine (`mod.rs`), on tiny GGUF models written by [`crate::gguf`]
+//! and on hand-made headers it must refuse.
+
 use super::*;
 use crate::gguf::TinyLlama;
 
