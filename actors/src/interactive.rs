@@ -14,7 +14,7 @@ use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::infer::{Generation, InferTask};
 use myco_runtime::cluster::wire::StreamPiece;
-use myco_runtime::queue::{JobId, JobRecord, JobState, NewJob, QueueError};
+use myco_runtime::queue::{JobId, JobRecord, JobState, JobView, NewJob, QueueError};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -140,15 +140,30 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
 pub enum Followed {
     /// Streamed output, in order.
     Piece(StreamPiece),
+    /// The job's status, when asked for ([`Follow::progress`]): once at the start and
+    /// whenever it changed.
+    Progress(Box<JobView>),
     /// The job finished (done, dead or cancelled); nothing follows.
     End(Box<JobRecord>),
 }
 
-/// Follow job `id`: its streamed pieces, then its final record. Runs until the job ends or
-/// the receiver is dropped; with `cancel_on_drop`, a receiver dropped before the end (a
-/// client that went away) cancels the job, which frees the executor running it. The job's
-/// record is read when the queue finishes jobs (and every second), not once per piece.
-pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, cancel_on_drop: bool) {
+/// How to follow a job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Follow {
+    /// A receiver dropped before the end (a client that went away) cancels the job, which
+    /// frees the executor running it.
+    pub cancel_on_drop: bool,
+    /// Also send the job's status as it changes ([`Followed::Progress`]).
+    pub progress: bool,
+}
+
+/// Follow job `id`: its streamed pieces (and with [`Follow::progress`] its status as it
+/// changes), then its final record. Runs until the job ends or the receiver is dropped. The
+/// job's record is read when the queue commits finished jobs (and at the latest every
+/// second, a safety net), not once per piece: no client polls.
+pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, how: Follow) {
+    let cancel_on_drop = how.cancel_on_drop;
+    let mut shown = String::new();
     let mut sub = Subscription::new(node.streams(), id);
     let queue = node.queue().clone();
     let mut finished = Box::pin(queue.finished());
@@ -167,6 +182,19 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, can
                     }
                     let _ = tx.send(Followed::End(Box::new(rec))).await;
                     return;
+                }
+                Ok(Some(rec)) if how.progress => {
+                    let view = rec.view();
+                    let now = serde_json::to_string(&view).unwrap_or_default();
+                    if now != shown {
+                        shown = now;
+                        if tx.send(Followed::Progress(Box::new(view))).await.is_err() {
+                            if cancel_on_drop {
+                                let _ = node.cancel(id).await;
+                            }
+                            return;
+                        }
+                    }
                 }
                 Ok(Some(_)) => {}
                 _ => return,
@@ -206,13 +234,9 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, can
 }
 
 /// Follow job `id` in a background task; the receiver gets its pieces and end.
-pub fn spawn_follow(
-    node: &NodeHandle,
-    id: JobId,
-    cancel_on_drop: bool,
-) -> mpsc::Receiver<Followed> {
+pub fn spawn_follow(node: &NodeHandle, id: JobId, how: Follow) -> mpsc::Receiver<Followed> {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(follow(node.clone(), id, tx, cancel_on_drop));
+    tokio::spawn(follow(node.clone(), id, tx, how));
     rx
 }
 

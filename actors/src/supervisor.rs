@@ -12,7 +12,9 @@ use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::coordinator::{Coordinator, CoordinatorMsg, Lane};
+#[cfg(feature = "pipeline")]
 use crate::pipeline::runner::PipelineEnv;
+#[cfg(feature = "pipeline")]
 use crate::pipeline::stages::{Stages, StagesMsg};
 use crate::streams::Streams;
 use crate::swarm::membership::{Membership, MembershipMsg};
@@ -35,6 +37,7 @@ pub enum SupervisorMsg {
     /// How many times workers were restarted.
     Restarts(RpcReplyPort<u64>),
     /// What running and planning pipeline jobs needs of this node (its Stages actor).
+    #[cfg(feature = "pipeline")]
     Pipeline(RpcReplyPort<PipelineEnv>),
 }
 
@@ -73,11 +76,21 @@ pub struct SupervisorState {
     coordinator: ActorRef<CoordinatorMsg>,
     membership: Option<ActorRef<MembershipMsg>>,
     peer: Option<ActorRef<PeerMsg>>,
-    pipeline: PipelineEnv,
+    /// What every worker gets.
+    env: WorkerEnv,
     /// Live workers by actor id → their index.
     workers: HashMap<ActorId, usize>,
     restarts: u64,
     stopping: bool,
+}
+
+/// What each worker is given besides its index.
+#[derive(Debug, Clone)]
+struct WorkerEnv {
+    coordinator: ActorRef<CoordinatorMsg>,
+    queue: Queue,
+    #[cfg(feature = "pipeline")]
+    pipeline: PipelineEnv,
 }
 
 impl NodeSupervisor {
@@ -85,6 +98,7 @@ impl NodeSupervisor {
         self.membership.as_ref().map(|(_, s)| s.clone())
     }
 
+    #[cfg(feature = "pipeline")]
     async fn spawn_stages(
         &self,
         myself: &ActorRef<SupervisorMsg>,
@@ -103,9 +117,7 @@ impl NodeSupervisor {
     async fn spawn_worker(
         &self,
         myself: &ActorRef<SupervisorMsg>,
-        coordinator: &ActorRef<CoordinatorMsg>,
-        pipeline: &PipelineEnv,
-        queue: &Queue,
+        env: &WorkerEnv,
         index: usize,
     ) -> Result<ActorId, ActorProcessingErr> {
         let lane = if index < self.workers {
@@ -116,12 +128,13 @@ impl NodeSupervisor {
         let worker = Worker {
             index,
             lane,
-            coordinator: coordinator.clone(),
+            coordinator: env.coordinator.clone(),
             streams: self.streams.clone(),
             swarm: self.swarm(),
-            queue: queue.clone(),
+            queue: env.queue.clone(),
             factory: self.factory.clone(),
-            pipeline: pipeline.clone(),
+            #[cfg(feature = "pipeline")]
+            pipeline: env.pipeline.clone(),
         };
         let (actor, _) = Actor::spawn_linked(None, worker, (), myself.get_cell()).await?;
         Ok(actor.get_id())
@@ -139,6 +152,7 @@ impl Actor for NodeSupervisor {
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut coordinator = self.coordinator.clone();
+        #[cfg(feature = "pipeline")]
         let stages = self.spawn_stages(&myself).await?;
         // Membership tells the coordinator of the swarm on a channel the coordinator owns.
         let (membership, peer, events) = match &self.membership {
@@ -154,6 +168,7 @@ impl Actor for NodeSupervisor {
                     queue: self.coordinator.queue.clone(),
                     membership: membership.clone(),
                     streams: self.streams.clone(),
+                    #[cfg(feature = "pipeline")]
                     stages: stages.clone(),
                 };
                 let (peer, _) = Actor::spawn_linked(None, service, (), myself.get_cell()).await?;
@@ -164,31 +179,28 @@ impl Actor for NodeSupervisor {
         };
         let (coordinator, _) =
             Actor::spawn_linked(None, coordinator, events, myself.get_cell()).await?;
-        let pipeline = PipelineEnv {
-            name: self.name.clone(),
-            home: self.home.clone(),
-            stages,
-            swarm: self.swarm(),
-            stage_memory: self.stage_memory,
+        let env = WorkerEnv {
+            coordinator: coordinator.clone(),
+            queue: self.coordinator.queue.clone(),
+            #[cfg(feature = "pipeline")]
+            pipeline: PipelineEnv {
+                name: self.name.clone(),
+                home: self.home.clone(),
+                stages,
+                swarm: self.swarm(),
+                stage_memory: self.stage_memory,
+            },
         };
         let mut workers = HashMap::new();
         for index in 0..self.workers + self.executives {
-            let id = self
-                .spawn_worker(
-                    &myself,
-                    &coordinator,
-                    &pipeline,
-                    &self.coordinator.queue,
-                    index,
-                )
-                .await?;
+            let id = self.spawn_worker(&myself, &env, index).await?;
             workers.insert(id, index);
         }
         Ok(SupervisorState {
             coordinator,
             membership,
             peer,
-            pipeline,
+            env,
             workers,
             restarts: 0,
             stopping: false,
@@ -238,8 +250,9 @@ impl Actor for NodeSupervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.restarts);
             }
+            #[cfg(feature = "pipeline")]
             SupervisorMsg::Pipeline(reply) => {
-                let _ = reply.send(state.pipeline.clone());
+                let _ = reply.send(state.env.pipeline.clone());
             }
         }
         Ok(())
@@ -260,7 +273,8 @@ impl Actor for NodeSupervisor {
             Some(state.coordinator.get_id()),
             state.membership.as_ref().map(|m| m.get_id()),
             state.peer.as_ref().map(|p| p.get_id()),
-            Some(state.pipeline.stages.get_id()),
+            #[cfg(feature = "pipeline")]
+            Some(state.env.pipeline.stages.get_id()),
         ];
         if core.contains(&Some(who.get_id())) {
             if !state.stopping {
@@ -282,15 +296,7 @@ impl Actor for NodeSupervisor {
             None => tracing::warn!(worker = index, "worker stopped; restarting it"),
         }
         state.restarts += 1;
-        let id = self
-            .spawn_worker(
-                &myself,
-                &state.coordinator,
-                &state.pipeline,
-                &self.coordinator.queue,
-                index,
-            )
-            .await?;
+        let id = self.spawn_worker(&myself, &state.env, index).await?;
         state.workers.insert(id, index);
         Ok(())
     }

@@ -19,6 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::coordinator::{Assignment, CoordinatorMsg, Lane};
+#[cfg(feature = "pipeline")]
 use crate::pipeline::runner::{self, PipelineEnv};
 use crate::streams::Streams;
 use crate::swarm::protocol::PeerMsg;
@@ -50,6 +51,7 @@ pub struct Worker {
     pub queue: Queue,
     pub factory: ExecutorFactory,
     /// For pipeline jobs: the node's stage host and swarm.
+    #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
 }
 
@@ -286,6 +288,7 @@ impl Actor for Worker {
         let pipeline = matches!(lease.task, Task::Pipeline(_));
         let outcome = match lease.task {
             // A pipeline job drives stages across the swarm: async, on no executor thread.
+            #[cfg(feature = "pipeline")]
             Task::Pipeline(task) => {
                 tokio::time::timeout(timeout, async {
                     runner::run(&self.pipeline, id, &task, token, cancel.clone(), stream)

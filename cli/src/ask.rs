@@ -1,18 +1,23 @@
-//! `myco ask` and the streaming side of `myco submit --wait`: print an LLM's tokens as the
-//! node that runs the job generates them.
+//! `myco ask`: one question to an LLM of the swarm, its tokens printed as they come.
+//!
+//! The question is an ordinary `infer` job, written as a job file and submitted like any
+//! other (so it is validated by the same rules as `myco submit`), ahead of batch work, then
+//! followed on the node's event stream like `submit --wait` ([`crate::wait`]). Without a
+//! running node it runs on an embedded one.
 
-use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
-use myco_actors::interactive::{Followed, Relay};
-use myco_actors::{Node, Services};
-use myco_jobs::infer::{Generation, InferParams, InferTask, Message, Prompt};
+use myco_actors::interactive::INTERACTIVE_PRIORITY;
+use myco_actors::{Node, Services, SpecSource};
+use myco_jobs::infer::Generation;
 use myco_runtime::config::Home;
-use myco_runtime::queue::{JobState, JobView};
+use myco_runtime::queue::StateName;
 
-use crate::client::{Client, Unreachable, read_sse};
-use crate::commands::{BadInput, client, node_config};
+use crate::client::Unreachable;
+use crate::commands::{client, node_config};
+use crate::wait::{Target, Watch};
 use crate::{Cli, NodeArgs};
 
 /// What `myco ask` asks.
@@ -28,27 +33,41 @@ pub struct Ask {
     pub n_ctx: u32,
 }
 
-impl Ask {
-    fn messages(&self) -> Vec<Message> {
-        let mut m = Vec::new();
-        if let Some(s) = &self.system {
-            m.push(Message {
-                role: "system".into(),
-                content: s.clone(),
-            });
-        }
-        m.push(Message {
-            role: "user".into(),
-            content: self.prompt.clone(),
-        });
-        m
-    }
+/// A TOML basic string: JSON's string escapes are a subset of TOML's.
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-fn print_piece(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+impl Ask {
+    /// The question as a job file: an interactive `infer` job (a second attempt covers a
+    /// node lost mid-generation).
+    fn spec(&self) -> SpecSource {
+        let mut toml = format!(
+            "version = 1\nkind = \"infer\"\npriority = {INTERACTIVE_PRIORITY}\nmax_attempts = 2\ntimeout = \"10m\"\n\n[infer]\nmodel = {}\nmax_tokens = {}\ntemperature = {:?}\nseed = {}\nn_ctx = {}\n",
+            quote(&self.model),
+            self.max_tokens,
+            f64::from(self.temperature),
+            self.seed,
+            self.n_ctx,
+        );
+        if self.raw {
+            toml.push_str(&format!("prompt = {}\n", quote(&self.prompt)));
+        } else {
+            let mut messages = Vec::new();
+            if let Some(s) = &self.system {
+                messages.push(format!("{{ role = \"system\", content = {} }}", quote(s)));
+            }
+            messages.push(format!(
+                "{{ role = \"user\", content = {} }}",
+                quote(&self.prompt)
+            ));
+            toml.push_str(&format!("messages = [{}]\n", messages.join(", ")));
+        }
+        SpecSource {
+            toml,
+            base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
 }
 
 /// What the answer ended with.
@@ -60,67 +79,51 @@ struct Answer {
 }
 
 pub async fn ask(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Result<ExitCode> {
-    let (path, mut body) = if ask.raw {
-        (
-            "/v1/completions",
-            serde_json::json!({ "prompt": ask.prompt }),
-        )
-    } else {
-        (
-            "/v1/chat/completions",
-            serde_json::json!({ "messages": ask.messages() }),
-        )
-    };
-    body["model"] = ask.model.clone().into();
-    body["max_tokens"] = ask.max_tokens.into();
-    body["temperature"] = ask.temperature.into();
-    body["seed"] = ask.seed.into();
-    body["n_ctx"] = ask.n_ctx.into();
-    body["stream"] = true.into();
-    let resp = match client(cli, home).complete_stream(path, &body).await {
+    let client = client(cli, home);
+    match ask_on(cli, Target::Remote(&client), &ask).await {
         Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
-            return ask_embedded(cli, home, ask, args).await;
+            ask_embedded(cli, home, &ask, args).await
         }
-        other => other?,
+        other => other,
+    }
+}
+
+/// Ask the node, print the answer as it streams, and its end.
+async fn ask_on(cli: &Cli, target: Target<'_>, ask: &Ask) -> Result<ExitCode> {
+    let id = target
+        .submit(vec![ask.spec()])
+        .await?
+        .first()
+        .ok_or_else(|| anyhow!("the node accepted no job"))?
+        .id;
+    let mut watch = Watch::new(true, !cli.json);
+    // This client going away cancels the question, which frees the executor.
+    let end = target.follow(id, true, |event| watch.on(event)).await?;
+    let job = match end {
+        Some(job) => job,
+        None => target.status(id).await?,
     };
-    let mut answer = Answer::default();
-    let mut failure: Option<String> = None;
-    read_sse(resp, |_, data| {
-        if data == "[DONE]" {
-            return Ok(false);
-        }
-        let v: serde_json::Value = serde_json::from_str(data)
-            .map_err(|e| anyhow!("the node sent an event this myco cannot read: {e}"))?;
-        if let Some(m) = v["error"]["message"].as_str() {
-            failure = Some(m.to_owned());
-            return Ok(false);
-        }
-        let choice = &v["choices"][0];
-        let text = choice["delta"]["content"]
-            .as_str()
-            .or_else(|| choice["text"].as_str())
-            .unwrap_or_default();
-        if !text.is_empty() {
-            answer.text.push_str(text);
-            if !cli.json {
-                print_piece(text);
-            }
-        }
-        if let Some(f) = choice["finish_reason"].as_str() {
-            answer.finish_reason = Some(f.to_owned());
-        }
-        if !v["usage"].is_null() {
-            answer.usage = Some(v["usage"].clone());
-        }
-        Ok(true)
-    })
-    .await?;
-    if let Some(why) = failure {
+    if job.state != StateName::Done {
         if !cli.json {
             println!();
         }
-        return Err(anyhow!("the request failed: {why}"));
+        let why = job.error.map(|e| e.message).unwrap_or_default();
+        return Err(anyhow!("the request ended {}: {why}", job.state));
     }
+    let mut bytes = Vec::new();
+    target.write_result(id, &mut bytes).await?;
+    let g: Generation = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow!("the result of {id} is unreadable: {e}"))?;
+    watch.rest(&g.text);
+    let answer = Answer {
+        text: watch.text.clone(),
+        finish_reason: Some(format!("{:?}", g.finish_reason).to_lowercase()),
+        usage: Some(serde_json::json!({
+            "prompt_tokens": g.prompt_tokens,
+            "completion_tokens": g.completion_tokens,
+            "total_tokens": g.prompt_tokens + g.completion_tokens,
+        })),
+    };
     finish(cli, &answer)
 }
 
@@ -143,118 +146,10 @@ fn finish(cli: &Cli, answer: &Answer) -> Result<ExitCode> {
 }
 
 /// No node is running: start one in this process and ask it.
-async fn ask_embedded(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Result<ExitCode> {
+async fn ask_embedded(cli: &Cli, home: &Home, ask: &Ask, args: &NodeArgs) -> Result<ExitCode> {
     let cfg = node_config(cli, home, args)?;
     let node = Node::start(home.clone(), cfg, Services::EMBEDDED).await?;
-    let outcome = ask_on(cli, &node, ask).await;
+    let outcome = ask_on(cli, Target::Embedded(node.handle()), ask).await;
     node.shutdown().await?;
     outcome
-}
-
-async fn ask_on(cli: &Cli, node: &Node, ask: Ask) -> Result<ExitCode> {
-    let handle = node.handle();
-    let model = handle
-        .find_model(&ask.model)
-        .await
-        .map_err(|e| BadInput(e.to_string()))?;
-    let d = InferParams::default();
-    let task = InferTask {
-        gpu: false,
-        model,
-        prompt: if ask.raw {
-            Prompt::Text(ask.prompt.clone())
-        } else {
-            Prompt::Chat(ask.messages())
-        },
-        params: InferParams {
-            max_tokens: ask.max_tokens,
-            temperature: ask.temperature,
-            seed: ask.seed,
-            n_ctx: ask.n_ctx,
-            ..d
-        },
-    };
-    let id = myco_actors::interactive::submit(handle, task).await?;
-    let mut rx = myco_actors::interactive::spawn_follow(handle, id, true);
-    let mut relay = Relay::default();
-    let mut answer = Answer::default();
-    while let Some(event) = rx.recv().await {
-        match event {
-            Followed::Piece(p) => {
-                if let Some(text) = relay.piece(&p) {
-                    answer.text.push_str(&text);
-                    if !cli.json {
-                        print_piece(&text);
-                    }
-                }
-            }
-            Followed::End(rec) => {
-                if rec.state != JobState::Done {
-                    if !cli.json {
-                        println!();
-                    }
-                    let why = rec.last_error.map(|e| e.message).unwrap_or_default();
-                    return Err(anyhow!("the request ended {}: {why}", rec.state.name()));
-                }
-                let g = myco_actors::interactive::generation(handle, id)
-                    .await
-                    .map_err(|e| anyhow!(e))?;
-                if let Some(rest) = relay.rest(&g.text) {
-                    answer.text.push_str(&rest);
-                    if !cli.json {
-                        print_piece(&rest);
-                    }
-                }
-                answer.finish_reason = Some(format!("{:?}", g.finish_reason).to_lowercase());
-                answer.usage = Some(serde_json::json!({
-                    "prompt_tokens": g.prompt_tokens,
-                    "completion_tokens": g.completion_tokens,
-                    "total_tokens": g.prompt_tokens + g.completion_tokens,
-                }));
-                return finish(cli, &answer);
-            }
-        }
-    }
-    Err(anyhow!("lost track of job {id}"))
-}
-
-/// `submit --wait` on an infer job: print its tokens as they come, then its final status.
-pub async fn stream_job(client: &Client, id: &str) -> Result<JobView> {
-    let resp = client.stream(id).await?;
-    let mut relay = Relay::default();
-    let mut end: Option<JobView> = None;
-    read_sse(resp, |event, data| {
-        match event {
-            "piece" => {
-                let p: myco_runtime::cluster::wire::StreamPiece = serde_json::from_str(data)?;
-                if let Some(text) = relay.piece(&p) {
-                    print_piece(&text);
-                }
-            }
-            "end" => {
-                end = Some(serde_json::from_str(data)?);
-                return Ok(false);
-            }
-            _ => {}
-        }
-        Ok(true)
-    })
-    .await?;
-    let job = match end {
-        Some(job) => job,
-        // The stream broke off (the node stopped): report what it says now.
-        None => client.status(id).await?,
-    };
-    if job.state.is_terminal() && job.state == myco_runtime::queue::StateName::Done {
-        // Text the stream did not carry (pieces lost with a peer) is in the result.
-        if let Ok(resp) = client.result(id).await
-            && let Ok(bytes) = resp.bytes().await
-            && let Ok(g) = serde_json::from_slice::<Generation>(&bytes)
-            && let Some(rest) = relay.rest(&g.text)
-        {
-            print_piece(&rest);
-        }
-    }
-    println!();
-    Ok(job)
 }

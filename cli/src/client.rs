@@ -135,20 +135,15 @@ impl Client {
             .await
     }
 
-    /// A job's events as server-sent events (`piece`s, then `end`).
-    pub async fn stream(&self, id: &str) -> Result<reqwest::Response> {
-        self.send(self.http.get(format!("{}/api/jobs/{id}/stream", self.base)))
-            .await
-    }
-
-    /// `POST /v1/chat/completions` (or `/v1/completions`) with `stream: true`.
-    pub async fn complete_stream(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<reqwest::Response> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+    /// A job's events as server-sent events (`progress`, `piece`s, then `end`); with
+    /// `cancel_on_disconnect`, the job is cancelled if this client goes away first.
+    pub async fn stream(&self, id: &str, cancel_on_disconnect: bool) -> Result<reqwest::Response> {
+        self.send(
+            self.http
+                .get(format!("{}/api/jobs/{id}/stream", self.base))
+                .query(&[("cancel_on_disconnect", cancel_on_disconnect)]),
+        )
+        .await
     }
 
     /// The raw result stream (JSON Lines).

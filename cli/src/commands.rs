@@ -1,7 +1,6 @@
 //! The commands: each turns parsed flags into calls on a node (over HTTP, or embedded for
 //! `run` and `node`) and prints the outcome, human-readable or `--json`.
 
-use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,11 +12,11 @@ use futures_util::StreamExt;
 use myco_actors::{Node, Services, SpecSource, SubmitError};
 use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::config::{Home, NodeConfig};
-use myco_runtime::queue::{JobId, JobView, ListFilter, StateName};
+use myco_runtime::queue::{JobId, JobView, StateName};
 
 use crate::ask::Ask;
 use crate::client::{Client, NodeSaid, Unreachable};
-use crate::progress::Progress;
+use crate::wait::{Event, Target, Watch};
 use crate::{Cli, Command, NodeArgs};
 
 /// A bad-input error (exit code 2).
@@ -582,24 +581,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// Poll a job until it is finished, showing progress.
-async fn follow<F, Fut>(json: bool, mut fetch: F) -> Result<JobView>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<JobView>>,
-{
-    let mut progress = Progress::new(json);
-    loop {
-        let job = fetch().await?;
-        progress.update(&job);
-        if job.state.is_terminal() {
-            progress.finish();
-            return Ok(job);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn report_end(job: &JobView, failures: &[JobView]) {
     for f in failures {
         let why = f.error.as_ref().map(|e| e.message.as_str()).unwrap_or("");
@@ -639,33 +620,16 @@ async fn submit(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Result
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let target = Target::Remote(&client);
     let mut all_done = true;
     let mut views = Vec::new();
     for j in &reply.jobs {
-        let id = j.id.to_string();
         if !cli.json {
-            eprintln!("submitted {id}");
+            eprintln!("submitted {}", j.id);
         }
-        let first = client.status(&id).await?;
-        let job = if matches!(
-            first.kind,
-            myco_jobs::JobKind::Infer | myco_jobs::JobKind::Pipeline
-        ) && !cli.json
-        {
-            crate::ask::stream_job(&client, &id).await?
-        } else {
-            follow(cli.json, || client.status(&id)).await?
-        };
+        let job = wait_for(cli, target, j.id).await?;
         let failures = if job.progress.failed > 0 {
-            client
-                .list(&[
-                    ("parent", id.clone()),
-                    ("state", "dead".into()),
-                    ("limit", "1000".into()),
-                ])
-                .await
-                .map(|r| r.jobs)
-                .unwrap_or_default()
+            target.failures(j.id).await
         } else {
             Vec::new()
         };
@@ -683,6 +647,53 @@ async fn submit(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Result
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Kinds whose output streams as it is made (an LLM's tokens).
+fn streams(kind: myco_jobs::JobKind) -> bool {
+    matches!(
+        kind,
+        myco_jobs::JobKind::Infer | myco_jobs::JobKind::Pipeline
+    )
+}
+
+/// Follow job `id` to its end on the node's event stream: an LLM's tokens as they come
+/// (not with `--json`), else a progress bar.
+async fn wait_for(cli: &Cli, target: Target<'_>, id: JobId) -> Result<JobView> {
+    // The kind decides what to show; the stream's first event says it.
+    let mut watch: Option<Watch> = None;
+    let end = target
+        .follow(id, false, |event| {
+            let w = watch.get_or_insert_with(|| {
+                let streams = match &event {
+                    Event::Progress(v) | Event::End(v) => streams(v.kind),
+                    Event::Piece(_) => true,
+                };
+                Watch::new(cli.json, streams && !cli.json)
+            });
+            w.on(event)
+        })
+        .await?;
+    let job = match end {
+        Some(job) => job,
+        // The stream broke off (the node stopped): report what it says now.
+        None => target.status(id).await?,
+    };
+    if let Some(w) = &mut watch
+        && streams(job.kind)
+        && !cli.json
+    {
+        // Text the stream did not carry (pieces lost with a peer) is in the result.
+        let mut bytes = Vec::new();
+        if job.state == StateName::Done
+            && target.write_result(id, &mut bytes).await.is_ok()
+            && let Ok(g) = serde_json::from_slice::<myco_jobs::infer::Generation>(&bytes)
+        {
+            w.rest(&g.text);
+        }
+        println!();
+    }
+    Ok(job)
 }
 
 async fn run_embedded(
@@ -703,61 +714,26 @@ async fn run_embedded(
 async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) -> Result<ExitCode> {
     let handle = node.handle().clone();
     let submitted = handle.submit(vec![spec]).await?;
+    let mut watch = Watch::new(cli.json, false);
     let id: JobId = submitted
         .first()
         .ok_or_else(|| anyhow!("the node accepted no job"))?
         .id;
-    let fetch = || {
-        let handle = handle.clone();
-        async move {
-            handle
-                .get(id)
-                .await?
-                .map(|r| r.view())
-                .ok_or_else(|| anyhow!("job {id} vanished"))
-        }
-    };
+    let target = Target::Embedded(&handle);
     let job = tokio::select! {
-        job = follow(cli.json, fetch) => job?,
+        job = target.follow(id, false, |event| watch.on(event)) => job?,
         () = shutdown_signal() => {
             eprintln!("interrupted: job {id} stays queued in {}; run the same file again to resume", handle.queue().path().display());
             return Ok(ExitCode::from(130));
         }
     };
-    let queue = handle.queue().clone();
-    let failures = tokio::task::spawn_blocking(move || {
-        queue.list(&ListFilter {
-            parent: Some(id),
-            state: Some(StateName::Dead),
-            limit: 100_000,
-            ..ListFilter::default()
-        })
-    })
-    .await??;
-    let failures: Vec<JobView> = failures.iter().map(|r| r.view()).collect();
+    let job = match job {
+        Some(job) => job,
+        None => target.status(id).await?,
+    };
+    let failures = target.failures(id).await;
     if job.state == StateName::Done && (out.is_some() || !cli.json) {
-        let queue = handle.queue().clone();
-        let out = out.map(Path::to_path_buf);
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            // A parent's result is its children's, unless it joins them into its own.
-            let ids = if queue
-                .get(id)?
-                .is_some_and(|r| r.children.is_some() && !r.task.joins())
-            {
-                queue.children(id)?
-            } else {
-                vec![id]
-            };
-            let mut sink = open_out(out.as_deref())?;
-            for child in ids {
-                if let Some(bytes) = queue.result(child)? {
-                    sink.write_all(&bytes)?;
-                }
-            }
-            sink.flush()?;
-            Ok(())
-        })
-        .await??;
+        target.write_result(id, &mut open_out(out)?).await?;
     }
     if cli.json {
         print_json(&job)?;

@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod commands;
 mod progress;
+mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

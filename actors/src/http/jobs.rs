@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::error::{ApiError, blocking, parse_id};
 use crate::http::sse;
-use crate::interactive::{self, Followed};
+use crate::interactive::{self, Follow, Followed};
 use crate::node::handle::{NodeHandle, SpecSource};
 
 #[derive(Debug, Serialize)]
@@ -196,12 +196,7 @@ async fn result(
             "wait for it with `myco submit --wait` or check `myco status ID`",
         ));
     }
-    let ids = if rec.children.is_some() && !rec.task.joins() {
-        let q = node.queue().clone();
-        blocking(move || q.children(id)).await?
-    } else {
-        vec![id]
-    };
+    let ids = node.results(&rec).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
     let queue = node.queue().clone();
     // Reads one result at a time, so memory stays bounded whatever the job's size; ends
@@ -239,9 +234,11 @@ struct StreamQuery {
     cancel_on_disconnect: bool,
 }
 
-/// Follow a job as server-sent events: `piece` events (`{"run", "token", "text"}`) as its
-/// output streams (LLM tokens), then one `end` event with the job's status. Works for any
-/// job; only streaming kinds (infer) send pieces.
+/// Follow a job as server-sent events: `progress` events (the job's status, at the start
+/// and whenever it changes), `piece` events (`{"run", "token", "text"}`) as its output
+/// streams (LLM tokens), then one `end` event with the job's final status. Works for every
+/// kind (only streaming kinds send pieces): it is how `myco submit --wait`, `myco run` and
+/// `myco ask` wait, with no polling.
 async fn stream(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
@@ -251,13 +248,21 @@ async fn stream(
     if node.get(id).await?.is_none() {
         return Err(QueueError::NotFound(id).into());
     }
-    let mut rx = interactive::spawn_follow(&node, id, q.cancel_on_disconnect);
+    let mut rx = interactive::spawn_follow(
+        &node,
+        id,
+        Follow {
+            cancel_on_drop: q.cancel_on_disconnect,
+            progress: true,
+        },
+    );
     let (mut sse, response) = sse::channel();
     tokio::spawn(async move {
         // Returning drops `rx` (and with `cancel_on_disconnect`, a client gone cancels).
         while let Some(event) = sse.next(&mut rx).await {
             let (name, data, end) = match event {
                 Followed::Piece(p) => ("piece", serde_json::to_string(&p), false),
+                Followed::Progress(view) => ("progress", serde_json::to_string(&view), false),
                 Followed::End(rec) => ("end", serde_json::to_string(&rec.view()), true),
             };
             let Ok(data) = data else { return };

@@ -1,20 +1,47 @@
 //! `/metrics`: the node's counters and gauges in Prometheus' text format, under the metric
 //! names dashboards already use.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use myco_jobs::JobKind;
 use myco_runtime::queue::{Histogram, StateName};
 
 use crate::http::error::{ApiError, blocking};
 use crate::node::handle::NodeHandle;
 
-async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
+/// Requests served since the node started, by method and route.
+#[derive(Debug, Clone, Default)]
+pub struct Requests(Arc<Mutex<BTreeMap<(String, String), u64>>>);
+
+/// Count a request by its method and route (the route's pattern, not the path: one series
+/// for every job id).
+pub async fn count(State(requests): State<Requests>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    {
+        let mut counts = requests.0.lock().unwrap_or_else(|p| p.into_inner());
+        *counts
+            .entry((req.method().as_str().to_owned(), route))
+            .or_default() += 1;
+    }
+    next.run(req).await
+}
+
+async fn metrics(
+    State(node): State<NodeHandle>,
+    Extension(requests): Extension<Requests>,
+) -> Result<Response, ApiError> {
     let q = node.queue().clone();
     let counts = blocking(move || q.counts()).await?;
     let stats = node.queue().stats();
@@ -86,6 +113,19 @@ async fn metrics(State(node): State<NodeHandle>) -> Result<Response, ApiError> {
         "counter",
     );
     let _ = writeln!(out, "myco_worker_restarts_total {restarts}");
+    family(
+        &mut out,
+        "myco_http_requests_total",
+        "HTTP requests served, by method and route.",
+        "counter",
+    );
+    let served = requests.0.lock().map(|c| c.clone()).unwrap_or_default();
+    for ((method, route), n) in served {
+        let _ = writeln!(
+            out,
+            "myco_http_requests_total{{method=\"{method}\",route=\"{route}\"}} {n}"
+        );
+    }
     if let Some(load) = load {
         family(
             &mut out,

@@ -12,16 +12,22 @@ pub mod openai;
 pub mod sse;
 pub mod swarm;
 
-use axum::Router;
+use axum::{Extension, Router};
 
 use crate::node::handle::NodeHandle;
 
-/// The whole API, over one node.
+/// The whole API, over one node. Every request is counted by route for `/metrics`.
 pub fn router(node: NodeHandle) -> Router {
+    let requests = metrics::Requests::default();
     Router::new()
         .merge(jobs::routes())
         .merge(swarm::routes())
         .merge(metrics::routes())
         .merge(openai::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            requests.clone(),
+            metrics::count,
+        ))
+        .layer(Extension(requests))
         .with_state(node)
 }

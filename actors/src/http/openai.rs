@@ -16,7 +16,7 @@ use serde_json::json;
 use std::time::Duration;
 
 use crate::http::sse;
-use crate::interactive::{self, Followed, Relay};
+use crate::interactive::{self, Follow, Followed, Relay};
 use crate::node::handle::NodeHandle;
 
 fn error(
@@ -355,7 +355,14 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             );
         }
     };
-    let mut rx = interactive::spawn_follow(&node, id, req.stream);
+    let mut rx = interactive::spawn_follow(
+        &node,
+        id,
+        Follow {
+            cancel_on_drop: req.stream,
+            progress: false,
+        },
+    );
     let name = req.model;
     if !req.stream {
         // The whole answer at once: wait for the end, at most WAIT_LIMIT (then the job is
@@ -365,7 +372,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Some(Followed::Piece(_)) => {}
+                    Some(Followed::Piece(_) | Followed::Progress(_)) => {}
                     Some(Followed::End(rec)) => return Some(rec),
                     None => return None,
                 }
@@ -419,6 +426,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             None => sse.next(&mut rx).await,
         } {
             match event {
+                Followed::Progress(_) => {}
                 Followed::Piece(p) => {
                     if let Some(text) = relay.piece(&p)
                         && !sse.send(frame(chunk(flavor.delta(&text, None)))).await

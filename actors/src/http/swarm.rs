@@ -89,6 +89,20 @@ pub struct PlanReply {
     pub error: Option<String>,
 }
 
+#[cfg(not(feature = "pipeline"))]
+async fn plan(Query(q): Query<PlanQuery>) -> Result<Json<PlanReply>, ApiError> {
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "no_pipelines",
+        format!(
+            "this node was built without pipeline jobs, so it cannot plan `{}` (n_ctx {:?})",
+            q.model, q.n_ctx
+        ),
+        "ask a node built with the `pipeline` feature (the default)",
+    ))
+}
+
+#[cfg(feature = "pipeline")]
 async fn plan(
     State(node): State<NodeHandle>,
     Query(q): Query<PlanQuery>,

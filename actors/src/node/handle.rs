@@ -18,6 +18,7 @@ use ractor::ActorRef;
 
 use crate::collections::Collections;
 use crate::coordinator::{CoordinatorMsg, Load};
+#[cfg(feature = "pipeline")]
 use crate::pipeline::runner::PipelineEnv;
 use crate::streams::Streams;
 use crate::supervisor::SupervisorMsg;
@@ -67,6 +68,7 @@ pub struct NodeHandle {
     /// This node has a GPU (detected at start).
     gpu: bool,
     /// What pipeline planning needs (`/api/plan`).
+    #[cfg(feature = "pipeline")]
     pipeline: PipelineEnv,
 }
 
@@ -81,6 +83,7 @@ pub struct Parts {
     pub home: PathBuf,
     pub streams: Streams,
     pub gpu: bool,
+    #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
 }
 
@@ -97,6 +100,7 @@ impl NodeHandle {
             streams: p.streams,
             collections: Collections::default(),
             gpu: p.gpu,
+            #[cfg(feature = "pipeline")]
             pipeline: p.pipeline,
         }
     }
@@ -122,6 +126,7 @@ impl NodeHandle {
     }
 
     /// What running and planning pipeline jobs needs of this node.
+    #[cfg(feature = "pipeline")]
     pub fn pipeline(&self) -> &PipelineEnv {
         &self.pipeline
     }
@@ -222,6 +227,19 @@ impl NodeHandle {
                 () = tokio::time::sleep(poll) => {}
             }
         }
+    }
+
+    /// The jobs whose results, in order, make up `rec`'s result: a parent's children's,
+    /// unless it joins them into its own; a leaf's own.
+    pub async fn results(&self, rec: &JobRecord) -> Result<Vec<JobId>, QueueError> {
+        let id = rec.id;
+        if rec.children.is_none() || rec.task.joins() {
+            return Ok(vec![id]);
+        }
+        let queue = self.queue.clone();
+        tokio::task::spawn_blocking(move || queue.children(id))
+            .await
+            .map_err(|e| QueueError::Invalid(e.to_string()))?
     }
 
     pub async fn load(&self) -> Option<Load> {

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use myco_jobs::JobKind;
 use myco_runtime::cluster::discovery::DiscoveryConfig;
 use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::cluster::wire::Role;
@@ -163,7 +162,7 @@ impl Node {
                 api_addr: api_addr.map(|a| a.to_string()),
                 caps,
                 models_dir: home.models_dir(),
-                kinds: JobKind::ALL.to_vec(),
+                kinds: crate::kinds(),
                 roles,
                 slots: (workers + executives) as u32,
                 stage_memory: config.stage_memory,
@@ -181,7 +180,7 @@ impl Node {
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
                 queue: queue.clone(),
-                kinds: JobKind::ALL.to_vec(),
+                kinds: crate::kinds(),
                 home: home.root().to_path_buf(),
                 lease: config.lease,
                 tick: config.tick,
@@ -209,6 +208,7 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?
             .success_or(NodeError::Actors("no coordinator".into()))?;
+        #[cfg(feature = "pipeline")]
         let pipeline = supervisor
             .call(SupervisorMsg::Pipeline, None)
             .await
@@ -223,6 +223,7 @@ impl Node {
             home: home.root().to_path_buf(),
             streams,
             gpu,
+            #[cfg(feature = "pipeline")]
             pipeline,
         });
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {

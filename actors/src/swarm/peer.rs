@@ -14,6 +14,7 @@ use myco_runtime::queue::{Queue, QueueError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 
+#[cfg(feature = "pipeline")]
 use crate::pipeline::stages::StagesMsg;
 use crate::streams::Streams;
 use crate::swarm::membership::MembershipMsg;
@@ -29,6 +30,7 @@ pub struct PeerService {
     pub queue: Queue,
     pub membership: ActorRef<MembershipMsg>,
     pub streams: Streams,
+    #[cfg(feature = "pipeline")]
     pub stages: ActorRef<StagesMsg>,
 }
 
@@ -113,8 +115,13 @@ impl Actor for PeerService {
             PeerMsg::Stream(Wire(Ok(frame))) => {
                 self.streams.publish(frame.id, frame.pieces);
             }
+            #[cfg(feature = "pipeline")]
             PeerMsg::Stage(Wire(Ok(frame))) => {
                 let _ = self.stages.cast(StagesMsg::Frame(frame));
+            }
+            #[cfg(not(feature = "pipeline"))]
+            PeerMsg::Stage(Wire(Ok(_))) => {
+                tracing::warn!("dropped a stage frame: this node was built without pipeline jobs");
             }
             PeerMsg::Heartbeat(Wire(Err(e)))
             | PeerMsg::Stream(Wire(Err(e)))
