@@ -205,7 +205,7 @@ class Crate:
         for mod, uses in self.uses.items():
             for p in uses:
                 target = self.resolve(p)
-                if target != mod and target != ():
+                if target != mod:
                     edges[mod].add(target)
         return edges
 

@@ -162,7 +162,7 @@ impl Node {
                 api_addr: api_addr.map(|a| a.to_string()),
                 caps,
                 models_dir: home.models_dir(),
-                kinds: crate::kinds(),
+                kinds: crate::features::kinds(),
                 roles,
                 slots: (workers + executives) as u32,
                 stage_memory: config.stage_memory,
@@ -180,7 +180,7 @@ impl Node {
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
                 queue: queue.clone(),
-                kinds: crate::kinds(),
+                kinds: crate::features::kinds(),
                 home: home.root().to_path_buf(),
                 lease: config.lease,
                 tick: config.tick,

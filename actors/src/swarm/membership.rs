@@ -186,7 +186,7 @@ impl Membership {
             // detection reads no free figure).
             stage_memory: {
                 let free = match state.caps.gpus.first() {
-                    Some(gpu) if crate::STAGES_ON_GPU => gpu.vram_bytes,
+                    Some(gpu) if crate::features::STAGES_ON_GPU => gpu.vram_bytes,
                     _ => state.caps.ram_free_bytes,
                 };
                 self.stage_memory.map_or(free, |cap| cap.min(free))

@@ -15,10 +15,10 @@ use myco_jobs::infer::Generation;
 use myco_runtime::config::Home;
 use myco_runtime::queue::StateName;
 
+use crate::args::{Cli, NodeArgs};
 use crate::client::Unreachable;
-use crate::commands::{client, node_config};
+use crate::cmd::common::{client, node_config};
 use crate::wait::{Target, Watch};
-use crate::{Cli, NodeArgs};
 
 /// What `myco ask` asks.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ struct Answer {
     usage: Option<serde_json::Value>,
 }
 
-pub async fn ask(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Result<ExitCode> {
+pub async fn run(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Result<ExitCode> {
     let client = client(cli, home);
     match ask_on(cli, Target::Remote(&client), &ask).await {
         Err(e) if e.downcast_ref::<Unreachable>().is_some() => {

@@ -1,0 +1,109 @@
+//! The commands, one module a verb; this file only dispatches and maps errors to exit codes.
+//! Each command turns parsed flags into calls on a node (over HTTP, or embedded for `run`,
+//! `node` and a node-less `ask` or `query`) and prints the outcome, human-readable or
+//! `--json`.
+
+pub mod ask;
+pub mod common;
+pub mod jobs;
+pub mod node;
+pub mod query;
+pub mod run;
+pub mod submit;
+pub mod swarm;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use myco_actors::SubmitError;
+use myco_runtime::config::Home;
+
+use crate::args::{BenchCommand, Cli, Command};
+use crate::client::{NodeSaid, Unreachable};
+use crate::cmd::common::BadInput;
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<NodeSaid>()
+        .is_some_and(|n| n.code == "model_not_found")
+    {
+        return 2;
+    }
+    if e.downcast_ref::<Unreachable>().is_some() {
+        3
+    } else if e.downcast_ref::<BadInput>().is_some()
+        || e.downcast_ref::<NodeSaid>()
+            .is_some_and(|n| n.code == "invalid_spec" || n.status == 400)
+        || e.downcast_ref::<SubmitError>()
+            .is_some_and(|s| matches!(s, SubmitError::Spec { .. }))
+    {
+        2
+    } else {
+        1
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let home = Home::new(cli.home.clone().unwrap_or_else(Home::default_root));
+    common::init_logging(matches!(cli.command, Command::Node(_)));
+    match &cli.command {
+        Command::Node(args) => node::run(&cli, &home, args).await,
+        Command::Run { file, out, node } => run::run(&cli, &home, file, out.as_deref(), node).await,
+        Command::Submit { files, wait } => submit::run(&cli, &home, files, *wait).await,
+        Command::Jobs {
+            state,
+            kind,
+            parent,
+            all,
+            limit,
+        } => {
+            let a = jobs::ListArgs {
+                state,
+                kind,
+                parent,
+                all: *all,
+                limit: *limit,
+            };
+            jobs::list(&cli, &home, a).await
+        }
+        Command::Status { id } => jobs::status(&cli, &home, id).await,
+        Command::Result { id, out } => jobs::result(&cli, &home, id, out.as_deref()).await,
+        Command::Cancel { id } => jobs::cancel(&cli, &home, id).await,
+        Command::Query {
+            text,
+            collection,
+            k,
+            node,
+        } => query::run(&cli, &home, text, collection, *k, node).await,
+        Command::Bench(BenchCommand::Steal(args)) => {
+            crate::bench::steal(args, cli.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { model, n_ctx } => swarm::plan(&cli, &home, model, *n_ctx).await,
+        Command::Swarm => swarm::swarm(&cli, &home).await,
+        Command::Invite { addr } => swarm::invite(&cli, &home, addr).await,
+        Command::Ask {
+            prompt,
+            model,
+            system,
+            raw,
+            max_tokens,
+            temperature,
+            seed,
+            n_ctx,
+            node,
+        } => {
+            let ask = ask::Ask {
+                prompt: prompt.clone(),
+                model: model.clone(),
+                system: system.clone(),
+                raw: *raw,
+                max_tokens: *max_tokens,
+                temperature: *temperature,
+                seed: *seed,
+                n_ctx: *n_ctx,
+            };
+            ask::run(&cli, &home, ask, node).await
+        }
+        Command::Detect => swarm::detect(&cli),
+    }
+}

@@ -1,0 +1,171 @@
+//! `myco swarm`, `myco plan`, `myco invite` and `myco detect`: the swarm, how a model would
+//! be split over it, a token to join it, and this machine's capabilities.
+
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use myco_runtime::cluster::secret::SwarmSecret;
+use myco_runtime::config::Home;
+
+use crate::args::Cli;
+use crate::cmd::common::{BadInput, client, gib, mib, print_json};
+
+pub async fn swarm(cli: &Cli, home: &Home) -> Result<ExitCode> {
+    let reply = client(cli, home).swarm().await?;
+    if cli.json {
+        print_json(&reply)?;
+    } else {
+        print_swarm(&reply.nodes);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plan(cli: &Cli, home: &Home, model: &str, n_ctx: u32) -> Result<ExitCode> {
+    let reply = client(cli, home).plan(model, n_ctx).await?;
+    if cli.json {
+        print_json(&reply)?;
+    } else {
+        print_plan(&reply);
+    }
+    Ok(if reply.error.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn invite(cli: &Cli, home: &Home, addr: &[String]) -> Result<ExitCode> {
+    let (secret, _) =
+        SwarmSecret::load_or_create(&home.secret_path()).map_err(|e| BadInput(e.to_string()))?;
+    let addrs = if addr.is_empty() {
+        let reply = client(cli, home).swarm().await?;
+        reply
+            .nodes
+            .into_iter()
+            .next()
+            .and_then(|m| m.info)
+            .map(|i| vec![i.cluster_addr])
+            .ok_or_else(|| {
+                anyhow!("the node is not in a swarm (started without a cluster port?)")
+            })?
+    } else {
+        addr.to_vec()
+    };
+    let token = secret.invite_token(&addrs);
+    if cli.json {
+        print_json(&serde_json::json!({ "token": token, "swarm": secret.swarm_id() }))?;
+    } else {
+        println!("{token}");
+        eprintln!(
+            "join with: myco node --join-token <that token>   (it holds the swarm secret: share it like a password)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn detect(cli: &Cli) -> Result<ExitCode> {
+    let caps = myco_runtime::detect::detect();
+    if cli.json {
+        print_json(&caps)?;
+    } else {
+        println!("host      {} ({}, {})", caps.hostname, caps.os, caps.arch);
+        println!("cpu       {} cores, {}", caps.cores, caps.cpu_brand);
+        println!(
+            "ram       {} total, {} free",
+            gib(caps.ram_total_bytes),
+            gib(caps.ram_free_bytes)
+        );
+        if caps.gpus.is_empty() {
+            println!("gpus      none");
+        }
+        for g in &caps.gpus {
+            println!("gpu       {} ({})", g.name, gib(g.vram_bytes));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `myco plan`: the model, the candidate nodes, then node → layers → bytes.
+fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
+    println!(
+        "{} ({}, {} layers): {} with the KV cache for {} tokens ({} a layer)",
+        p.model,
+        p.architecture,
+        p.layers,
+        mib(p.total_bytes),
+        p.n_ctx,
+        mib(p.kv_bytes_per_layer)
+    );
+    println!("nodes holding it, with the memory each offers to stages:");
+    for n in &p.nodes {
+        let used = p.stages.iter().any(|s| s.node == n.name);
+        let note = if used || p.stages.is_empty() {
+            ""
+        } else {
+            "  (left out: too small for one layer, or not needed)"
+        };
+        println!("  {:<16} {:>12}{note}", n.name, mib(n.free_bytes));
+    }
+    match (&p.error, p.stages.len()) {
+        (Some(e), _) => println!("no plan: {e}"),
+        (None, 1) => println!("runs whole on {} (it fits; no split):", p.stages[0].node),
+        (None, n) => println!("split over {n} nodes, in proportion to their memory:"),
+    }
+    for s in &p.stages {
+        println!(
+            "  {:<16} -> layers {:>3}..{:<3} -> {}",
+            s.node,
+            s.first,
+            s.end,
+            mib(s.bytes)
+        );
+    }
+}
+
+fn print_swarm(nodes: &[myco_actors::swarm::view::MemberView]) {
+    println!(
+        "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>11} {:>7} {:>9}",
+        "NAME",
+        "STATUS",
+        "ROLES",
+        "CORES",
+        "RAM FREE/TOTAL",
+        "GPUS",
+        "RUNNING",
+        "QUEUED",
+        "HEARTBEAT"
+    );
+    for n in nodes {
+        let Some(i) = &n.info else {
+            println!("{:<16} {:<6}", n.name, n.status);
+            continue;
+        };
+        let roles: Vec<String> = i
+            .roles
+            .iter()
+            .map(|r| {
+                serde_json::to_value(r)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        println!(
+            "{:<16} {:<6} {:<28} {:>5} {:>17} {:>5} {:>6} {:>11} {:>7} {:>8.1}s",
+            n.name,
+            n.status,
+            roles.join(","),
+            i.caps.cores,
+            format!(
+                "{:.1}/{:.1} GiB",
+                i.caps.ram_free_bytes as f64 / (1u64 << 30) as f64,
+                i.caps.ram_total_bytes as f64 / (1u64 << 30) as f64
+            ),
+            i.caps.gpus.len(),
+            i.models.len(),
+            format!("{}/{}", i.load.running, i.load.slots),
+            i.load.queued,
+            n.heartbeat_age_ms as f64 / 1000.0
+        );
+    }
+}
