@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use myco_jobs::{Fit, JobKind};
+use myco_jobs::{Fit, JobKind, Lane};
 use myco_runtime::cluster::wire::NodeLoad;
 use myco_runtime::queue::{JobId, Lease, Queue, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -39,25 +39,6 @@ pub struct Assignment {
     pub cancel: Arc<AtomicBool>,
     /// The node that owns the job, when it was stolen; `None` for this node's own jobs.
     pub owner: Option<String>,
-}
-
-/// Which workers run a job: the batch lane (CPU kinds) or the executive (LLM inference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    Batch = 0,
-    Executive = 1,
-}
-
-impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Batch, Lane::Executive];
-
-    /// The lane that runs jobs of `kind`.
-    pub fn of(kind: JobKind) -> Lane {
-        match kind {
-            JobKind::Infer | JobKind::Pipeline => Lane::Executive,
-            _ => Lane::Batch,
-        }
-    }
 }
 
 /// Messages to the [`Coordinator`].
@@ -319,7 +300,7 @@ impl Actor for Coordinator {
                             return Ok(());
                         }
                         for lease in leases {
-                            let lane = Lane::of(lease.task.kind());
+                            let lane = lease.task.lane();
                             state.buffer[lane as usize].push_back(Work { lease, owner: None });
                         }
                         self.dispatch(state);
@@ -344,7 +325,7 @@ impl Actor for Coordinator {
                         state.next_steal[l] = Instant::now() + STEAL_MIN;
                         tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
                         for lease in leases {
-                            let lane = Lane::of(lease.task.kind());
+                            let lane = lease.task.lane();
                             state.buffer[lane as usize].push_back(Work {
                                 lease,
                                 owner: Some(owner.clone()),
@@ -568,7 +549,7 @@ impl Coordinator {
         self.kinds
             .iter()
             .copied()
-            .filter(|k| Lane::of(*k) == lane)
+            .filter(|k| k.lane() == lane)
             .collect()
     }
 

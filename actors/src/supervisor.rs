@@ -11,7 +11,9 @@ use std::time::Duration;
 use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::coordinator::{Coordinator, CoordinatorMsg, Lane};
+use myco_jobs::Lane;
+
+use crate::coordinator::{Coordinator, CoordinatorMsg};
 #[cfg(feature = "pipeline")]
 use crate::pipeline::runner::PipelineEnv;
 #[cfg(feature = "pipeline")]
@@ -105,7 +107,7 @@ impl NodeSupervisor {
     ) -> Result<ActorRef<StagesMsg>, ActorProcessingErr> {
         let stages = Stages {
             name: self.name.clone(),
-            models_dir: self.home.join("models"),
+            models_dir: myco_jobs::home::models_dir(&self.home),
             swarm: self.swarm(),
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;

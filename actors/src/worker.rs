@@ -18,7 +18,9 @@ use myco_runtime::queue::{OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::coordinator::{Assignment, CoordinatorMsg, Lane};
+use myco_jobs::Lane;
+
+use crate::coordinator::{Assignment, CoordinatorMsg};
 #[cfg(feature = "pipeline")]
 use crate::pipeline::runner::{self, PipelineEnv};
 use crate::streams::Streams;

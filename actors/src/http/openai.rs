@@ -90,26 +90,27 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
             format!("input holds {} texts; send 1 to 2048", texts.len()),
         );
     }
-    let dir = if req.model.contains('/') {
-        std::path::PathBuf::from(&req.model)
-    } else {
-        node.models_dir().join(&req.model)
+    let model = match myco_jobs::model::resolve_embedding(
+        &req.model,
+        std::path::Path::new(""),
+        &node.models_dir(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model"),
+                "model_not_found",
+                format!(
+                    "the model `{}` does not exist on this node: {e}; {}, or see GET /api/swarm for the models nodes hold",
+                    req.model,
+                    e.hint()
+                ),
+            );
+        }
     };
-    if !dir.join("model.onnx").is_file() {
-        return error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model"),
-            "model_not_found",
-            format!(
-                "the model `{}` does not exist on this node (no model.onnx in {}); run ./setup.sh for all-MiniLM-L6-v2, or see GET /api/swarm for the models nodes hold",
-                req.model,
-                dir.display()
-            ),
-        );
-    }
     let estimated_tokens: usize = texts.iter().map(|t| t.len() / 4 + 2).sum();
-    let model = myco_jobs::archive::ModelRef::at(&dir);
     let vectors = match interactive::embed_now(&node, model, texts).await {
         Ok(v) => v,
         Err(e) => {
@@ -298,17 +299,38 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
     if req.n.is_some_and(|n| n != 1) {
         return bad_request("n", "only n = 1 is supported".into());
     }
-    let d = myco_jobs::infer::InferParams::default();
-    let max_tokens = req
-        .max_completion_tokens
-        .or(req.max_tokens)
-        .unwrap_or(d.max_tokens);
-    if max_tokens == 0 || max_tokens > 1_000_000 {
-        return bad_request(
-            "max_tokens",
-            format!("{max_tokens} is out of range; use 1 to 1000000"),
-        );
-    }
+    // Checked as a job file's `[infer]` is: one set of rules wherever a request comes from.
+    let options = myco_jobs::infer::InferOptions {
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_k: req.top_k,
+        top_p: req.top_p,
+        min_p: req.min_p,
+        repeat_penalty: req.repeat_penalty,
+        seed: req.seed,
+        stop: match req.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        },
+        n_ctx: req.n_ctx,
+        ..myco_jobs::infer::InferOptions::default()
+    };
+    let params = match options.params("") {
+        Ok(p) => p,
+        Err(problems) => {
+            let param = problems
+                .first()
+                .map(|p| p.field.clone())
+                .unwrap_or_default();
+            let message = problems
+                .iter()
+                .map(|p| format!("{}: {}; {}", p.field, p.message, p.hint))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return bad_request(&param, message);
+        }
+    };
     let model = match node.find_model(&req.model).await {
         Ok(m) => m,
         Err(e) => {
@@ -320,22 +342,6 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
                 e.to_string(),
             );
         }
-    };
-    let params = myco_jobs::infer::InferParams {
-        max_tokens,
-        temperature: req.temperature.unwrap_or(d.temperature),
-        top_k: req.top_k.unwrap_or(d.top_k),
-        top_p: req.top_p.unwrap_or(d.top_p),
-        min_p: req.min_p.unwrap_or(d.min_p),
-        repeat_penalty: req.repeat_penalty.unwrap_or(d.repeat_penalty),
-        seed: req.seed.unwrap_or(d.seed),
-        stop: match req.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        },
-        n_ctx: req.n_ctx.unwrap_or(d.n_ctx).max(8),
-        threads: 0,
     };
     let task = myco_jobs::infer::InferTask {
         gpu: false,

@@ -143,12 +143,12 @@ impl NodeHandle {
 
     /// Where model names in job files resolve.
     pub fn models_dir(&self) -> PathBuf {
-        self.home.join("models")
+        myco_jobs::home::models_dir(&self.home)
     }
 
     /// Where collections live: beside the models, in the node's home.
     pub fn collections_dir(&self) -> PathBuf {
-        self.home.join("collections")
+        myco_jobs::home::collections_dir(&self.home)
     }
 
     /// Validate and plan every spec, then enqueue them all in one transaction. A bad spec
@@ -156,15 +156,7 @@ impl NodeHandle {
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
         // Infer jobs may name a model only a peer holds.
         let remote: Vec<ModelRef> = if self.swarm.is_some() {
-            self.swarm_models()
-                .await
-                .into_iter()
-                .map(|m| ModelRef {
-                    path: PathBuf::from(&m.file),
-                    name: m.file,
-                    bytes: m.bytes,
-                })
-                .collect()
+            self.peer_models().await
         } else {
             Vec::new()
         };
@@ -297,35 +289,22 @@ impl NodeHandle {
         gguf_models(files)
     }
 
-    /// The GGUF model `name` (a path, a file name, or a name without `.gguf`): this node's
-    /// copy, else a peer's.
-    pub async fn find_model(&self, name: &str) -> Result<ModelRef, ModelLookupError> {
-        if name.contains('/') {
-            let path = PathBuf::from(name);
-            return if path.is_file() {
-                Ok(ModelRef::at(&std::path::absolute(&path).unwrap_or(path)))
-            } else {
-                Err(ModelLookupError::NotFound(name.to_owned()))
-            };
-        }
-        let bare = name.strip_suffix(".gguf").unwrap_or(name);
-        for candidate in [name.to_owned(), format!("{bare}.gguf")] {
-            let path = self.models_dir().join(&candidate);
-            if path.is_file() {
-                return Ok(ModelRef::at(&path));
-            }
-        }
+    /// The GGUF models the swarm holds, as jobs name a peer's model (by file name and size:
+    /// each node loads its own copy).
+    async fn peer_models(&self) -> Vec<ModelRef> {
         self.swarm_models()
             .await
-            .into_iter()
-            .find(|m| m.id == bare || m.file == name)
-            .map(|m| ModelRef {
-                name: m.file.clone(),
-                // The holder's path; each node loads its own copy of the same name and size.
-                path: PathBuf::from(&m.file),
-                bytes: m.bytes,
-            })
-            .ok_or_else(|| ModelLookupError::NotFound(name.to_owned()))
+            .iter()
+            .map(|m| ModelRef::held_by_peer(&m.file, m.bytes))
+            .collect()
+    }
+
+    /// The GGUF model `name` (a path, a file name, or a name without `.gguf`): this node's
+    /// copy, else a peer's. Resolved as job files resolve it.
+    pub async fn find_model(&self, name: &str) -> Result<ModelRef, ModelLookupError> {
+        let peers = self.peer_models().await;
+        myco_jobs::model::resolve_llm(name, Path::new(""), &self.models_dir(), &peers)
+            .map_err(|_| ModelLookupError::NotFound(name.to_owned()))
     }
 
     /// Whether any of the named nodes (this one included) has a GPU.

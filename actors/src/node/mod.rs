@@ -105,8 +105,14 @@ impl Node {
         // One executive runs LLM inference: a decode already uses every core.
         let executives = 1;
         let exec_home = home.root().to_path_buf();
+        // The node's LLMs, loaded once and shared by its own executors (not by other nodes
+        // of the same process).
+        let models = myco_jobs::infer::Models::new();
         let factory: ExecutorFactory = Arc::new(move || {
-            Box::new(myco_jobs::CpuExecutor::new(&exec_home)) as Box<dyn myco_jobs::Executor>
+            Box::new(myco_jobs::CpuExecutor::with_models(
+                &exec_home,
+                models.clone(),
+            )) as Box<dyn myco_jobs::Executor>
         });
         // The API listener is bound first so that the swarm can advertise its address.
         let api_listener = if serve_api {
