@@ -9,8 +9,9 @@ use myco_jobs::{Fit, JobError, JobKind, Task};
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
+use super::error::QueueError;
+use super::options::QueueOptions;
 use super::record::{ChildCounts, HISTORY_LEN, JobId, JobRecord, JobState, StateName, Transition};
-use super::{QueueError, QueueOptions};
 
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Queued jobs in lease order: (inverted priority, seq) → id.
