@@ -11,12 +11,17 @@
 //! executive lane leases only jobs whose model file this node holds: the rest stay queued for
 //! a peer that holds it to steal.
 //!
+//! Each lane's own state and rules (how much to lease, when to steal, handing jobs out) are
+//! in [`lane`]; this file decides when to act on them.
+//!
 //! Its state (buffered leases, running jobs) is volatile by design: every lease is in redb
 //! (the owner's), so a crash loses nothing, and leases it no longer renews expire back into
 //! their owner's queue. Queue commits and peer calls never run inside `handle`: they run in
 //! tracked tasks that report back with a message.
 
-use std::collections::{HashMap, VecDeque};
+mod lane;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,14 +37,8 @@ use crate::swarm::membership::MembershipMsg;
 use crate::swarm::stealing;
 use crate::swarm::view::{Swarm, SwarmEvent};
 
-/// A job handed to a worker, with the flag that tells it to stop.
-#[derive(Debug, Clone)]
-pub struct Assignment {
-    pub lease: Lease,
-    pub cancel: Arc<AtomicBool>,
-    /// The node that owns the job, when it was stolen; `None` for this node's own jobs.
-    pub owner: Option<String>,
-}
+pub use lane::Assignment;
+use lane::{LaneState, Work};
 
 /// Messages to the [`Coordinator`].
 #[derive(Debug)]
@@ -123,12 +122,6 @@ pub struct Coordinator {
 }
 
 #[derive(Debug)]
-struct Work {
-    lease: Lease,
-    owner: Option<String>,
-}
-
-#[derive(Debug)]
 struct Running {
     token: u64,
     cancel: Arc<AtomicBool>,
@@ -137,21 +130,16 @@ struct Running {
 
 #[derive(Debug)]
 pub struct CoordinatorState {
-    /// Leased, unstarted jobs, by lane.
-    buffer: [VecDeque<Work>; 2],
-    /// Idle workers, by lane.
-    idle: [VecDeque<RpcReplyPort<Option<Assignment>>>; 2],
+    /// By lane: buffered jobs, idle workers, lease rounds and steal backoff (the
+    /// executive's steals come back empty far more often than the batch lane's, and must
+    /// not hold back its steals).
+    lanes: [LaneState; 2],
     running: HashMap<JobId, Running>,
-    leasing: [bool; 2],
     ticking: bool,
     last_renew: Instant,
     peers: usize,
     /// The lane of the steal attempt in flight.
     stealing: Option<Lane>,
-    /// Per lane: the executive's attempts come back empty far more often than the batch
-    /// lane's, and must not hold back its steals.
-    next_steal: [Instant; 2],
-    steal_backoff: [Duration; 2],
     /// Owners this node stole from, and when: renewals go to them even when nothing of
     /// theirs is held any more, so they can reclaim grants that never arrived.
     owners: HashMap<String, Instant>,
@@ -170,10 +158,6 @@ pub struct CoordinatorState {
     drain_reply: Option<RpcReplyPort<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
-
-/// The shortest pause between two steal attempts, and the longest after empty-handed ones.
-const STEAL_MIN: Duration = Duration::from_millis(50);
-const STEAL_MAX: Duration = Duration::from_secs(2);
 
 impl Actor for Coordinator {
     type Msg = CoordinatorMsg;
@@ -225,16 +209,15 @@ impl Actor for Coordinator {
         }
         let outbox_pending = self.queue.outbox_len().map(|n| n > 0).unwrap_or(true);
         Ok(CoordinatorState {
-            buffer: [VecDeque::new(), VecDeque::new()],
-            idle: [VecDeque::new(), VecDeque::new()],
+            lanes: [
+                LaneState::new(Instant::now()),
+                LaneState::new(Instant::now()),
+            ],
             running: HashMap::new(),
-            leasing: [false, false],
             ticking: false,
             last_renew: Instant::now(),
             peers: 0,
             stealing: None,
-            next_steal: [Instant::now(); 2],
-            steal_backoff: [STEAL_MIN; 2],
             owners: HashMap::new(),
             steals: 0,
             stolen_jobs: 0,
@@ -273,7 +256,7 @@ impl Actor for Coordinator {
                     let _ = reply.send(None);
                     return Ok(());
                 }
-                state.idle[lane as usize].push_back(reply);
+                state.lanes[lane as usize].idle.push_back(reply);
                 self.dispatch(state);
                 self.refill(&myself, state);
             }
@@ -291,7 +274,7 @@ impl Actor for Coordinator {
                 self.refill(&myself, state);
             }
             CoordinatorMsg::Leased(lane, result) => {
-                state.leasing[lane as usize] = false;
+                state.lanes[lane as usize].leasing = false;
                 match result {
                     Ok(leases) => {
                         let got = !leases.is_empty();
@@ -301,7 +284,9 @@ impl Actor for Coordinator {
                         }
                         for lease in leases {
                             let lane = lease.task.lane();
-                            state.buffer[lane as usize].push_back(Work { lease, owner: None });
+                            state.lanes[lane as usize]
+                                .buffer
+                                .push_back(Work { lease, owner: None });
                         }
                         self.dispatch(state);
                         if got {
@@ -321,12 +306,11 @@ impl Actor for Coordinator {
                         state.owners.insert(owner.clone(), Instant::now());
                         state.stolen_jobs += leases.len() as u64;
                         state.steal_secs += took.as_secs_f64();
-                        state.steal_backoff[l] = STEAL_MIN;
-                        state.next_steal[l] = Instant::now() + STEAL_MIN;
+                        state.lanes[l].stole(Instant::now());
                         tracing::debug!(owner = %owner, jobs = leases.len(), "stole jobs");
                         for lease in leases {
                             let lane = lease.task.lane();
-                            state.buffer[lane as usize].push_back(Work {
+                            state.lanes[lane as usize].buffer.push_back(Work {
                                 lease,
                                 owner: Some(owner.clone()),
                             });
@@ -334,8 +318,7 @@ impl Actor for Coordinator {
                         self.dispatch(state);
                     }
                     _ => {
-                        state.steal_backoff[l] = (state.steal_backoff[l] * 2).min(STEAL_MAX);
-                        state.next_steal[l] = Instant::now() + state.steal_backoff[l];
+                        state.lanes[l].stole_nothing(Instant::now());
                     }
                 }
             }
@@ -360,8 +343,8 @@ impl Actor for Coordinator {
                 state.ticking = false;
                 for id in lost {
                     // We no longer hold it (cancelled or expired): stop working on it.
-                    for buffer in &mut state.buffer {
-                        buffer.retain(|w| w.lease.id != id);
+                    for lane in &mut state.lanes {
+                        lane.forget(id);
                     }
                     if let Some(r) = state.running.get(&id) {
                         r.cancel.store(true, Ordering::SeqCst);
@@ -378,8 +361,9 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Swarm(SwarmEvent::PeerWork) => {
                 // A peer has work again: do not sit out the steal backoff.
-                state.steal_backoff = [STEAL_MIN; 2];
-                state.next_steal = [Instant::now(); 2];
+                for lane in &mut state.lanes {
+                    lane.peer_has_work(Instant::now());
+                }
                 self.maybe_steal(&myself, state);
             }
             CoordinatorMsg::Swarm(SwarmEvent::PeersUp(n)) => {
@@ -388,7 +372,7 @@ impl Actor for Coordinator {
                 // unstarted ones beyond what our own workers take next, so they can be
                 // stolen.
                 let keep = self.prefetch(state, Lane::Batch);
-                let buffer = &mut state.buffer[Lane::Batch as usize];
+                let buffer = &mut state.lanes[Lane::Batch as usize].buffer;
                 let local = buffer.iter().filter(|w| w.owner.is_none()).count();
                 if n > 0 && local > keep {
                     let mut excess = Vec::new();
@@ -410,8 +394,8 @@ impl Actor for Coordinator {
                 }
             }
             CoordinatorMsg::Cancel(id) => {
-                for buffer in &mut state.buffer {
-                    buffer.retain(|w| w.lease.id != id);
+                for lane in &mut state.lanes {
+                    lane.forget(id);
                 }
                 if let Some(r) = state.running.get(&id) {
                     r.cancel.store(true, Ordering::SeqCst);
@@ -420,15 +404,15 @@ impl Actor for Coordinator {
             CoordinatorMsg::Drain { grace, reply } => {
                 state.stopping = true;
                 state.drain_reply = Some(reply);
-                for port in state.idle.iter_mut().flat_map(|idle| idle.drain(..)) {
+                for port in state.lanes.iter_mut().flat_map(|l| l.idle.drain(..)) {
                     let _ = port.send(None);
                 }
                 // Hand back what never started, before anyone is told the drain is done.
                 // Stolen leases not started simply expire at their owners.
                 let unstarted: Vec<(JobId, u64)> = state
-                    .buffer
+                    .lanes
                     .iter_mut()
-                    .flat_map(|buffer| buffer.drain(..))
+                    .flat_map(|l| l.buffer.drain(..))
                     .filter(|w| w.owner.is_none())
                     .map(|w| (w.lease.id, w.lease.token))
                     .collect();
@@ -466,10 +450,10 @@ impl Actor for Coordinator {
             }
             CoordinatorMsg::Load(reply) => {
                 let _ = reply.send(Load {
-                    buffered: state.buffer.iter().map(VecDeque::len).sum(),
+                    buffered: state.lanes.iter().map(|l| l.buffer.len()).sum(),
                     running: state.running.len(),
-                    idle_workers: state.idle[Lane::Batch as usize].len(),
-                    idle_executives: state.idle[Lane::Executive as usize].len(),
+                    idle_workers: state.lanes[Lane::Batch as usize].idle.len(),
+                    idle_executives: state.lanes[Lane::Executive as usize].idle.len(),
                     running_stolen: state.running.values().filter(|r| r.owner.is_some()).count(),
                     steals: state.steals,
                     stolen_jobs: state.stolen_jobs,
@@ -490,44 +474,15 @@ impl Coordinator {
     }
 
     fn dispatch_lane(&self, state: &mut CoordinatorState, lane: Lane) {
-        let l = lane as usize;
-        while !state.buffer[l].is_empty() {
-            let Some(port) = state.idle[l].pop_front() else {
-                return;
-            };
-            let Some(work) = state.buffer[l].pop_front() else {
-                return;
-            };
-            let cancel = Arc::new(AtomicBool::new(false));
-            let id = work.lease.id;
-            let token = work.lease.token;
-            let owner = work.owner.clone();
-            let assignment = Assignment {
-                lease: work.lease,
-                cancel: cancel.clone(),
-                owner: work.owner,
-            };
-            match port.send(Some(assignment)) {
-                Ok(()) => {
-                    state.running.insert(
-                        id,
-                        Running {
-                            token,
-                            cancel,
-                            owner,
-                        },
-                    );
-                }
-                Err(e) => {
-                    // The worker is gone (restarted): keep the job for the next one.
-                    if let ractor::MessagingErr::SendErr(Some(a)) = e {
-                        state.buffer[l].push_front(Work {
-                            lease: a.lease,
-                            owner: a.owner,
-                        });
-                    }
-                }
-            }
+        for started in state.lanes[lane as usize].dispatch() {
+            state.running.insert(
+                started.id,
+                Running {
+                    token: started.token,
+                    cancel: started.cancel,
+                    owner: started.owner,
+                },
+            );
         }
     }
 
@@ -567,13 +522,11 @@ impl Coordinator {
         lane: Lane,
     ) {
         let l = lane as usize;
-        if state.leasing[l] || state.stopping {
+        if state.stopping {
             return;
         }
-        let prefetch = self.prefetch(state, lane);
-        let (idle, buffered) = (state.idle[l].len(), state.buffer[l].len());
-        let want = (prefetch + idle).saturating_sub(buffered);
-        if want == 0 || (idle == 0 && buffered * 2 > prefetch) {
+        let want = state.lanes[l].want(self.prefetch(state, lane));
+        if want == 0 {
             return;
         }
         let kinds = self.lane_kinds(lane);
@@ -583,7 +536,7 @@ impl Coordinator {
         if kinds.is_empty() || self.queue.queued_of(&kinds) == 0 {
             return;
         }
-        state.leasing[l] = true;
+        state.lanes[l].leasing = true;
         let queue = self.queue.clone();
         let lease = self.lease;
         let home = self.home.clone();
@@ -622,12 +575,7 @@ impl Coordinator {
         let now = Instant::now();
         let starving: Vec<Lane> = Lane::ALL
             .into_iter()
-            .filter(|l| {
-                let l = *l as usize;
-                !state.idle[l].is_empty()
-                    && state.buffer[l].is_empty()
-                    && now >= state.next_steal[l]
-            })
+            .filter(|l| state.lanes[*l as usize].starving(now))
             .collect();
         if state.stealing.is_some() || state.stopping || state.peers == 0 || starving.is_empty() {
             return;
@@ -636,7 +584,7 @@ impl Coordinator {
         // the executive takes no more requests than it has idle executives.
         state.steal_rounds += 1;
         let lane = starving[state.steal_rounds as usize % starving.len()];
-        let idle = state.idle[lane as usize].len() as u32;
+        let idle = state.lanes[lane as usize].idle.len() as u32;
         let max = match lane {
             Lane::Batch => idle + 1,
             Lane::Executive => idle,
@@ -690,9 +638,9 @@ impl Coordinator {
         if renew_due {
             state.last_renew = Instant::now();
             let held = state
-                .buffer
+                .lanes
                 .iter()
-                .flatten()
+                .flat_map(|l| l.buffer.iter())
                 .map(|w| (w.lease.id, w.lease.token, w.owner.as_ref()))
                 .chain(
                     state
