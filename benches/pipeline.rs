@@ -17,7 +17,7 @@
 //! The node processes run the `myco` binary of this profile; the bench builds it first
 //! (`cargo build --release -p myco`). No timing assertions: figures are printed with ratios.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::num::NonZeroU32;

@@ -2,7 +2,7 @@
 //! Runtime from ./setup.sh: build a collection from a generated archive of 500 files and
 //! query it; re-run on a changed archive; resume after SIGKILLs; share the work among three
 //! nodes. Collections are compared byte for byte.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -2,7 +2,7 @@
 //!
 //! Every wait is a poll with a deadline (`eventually`); nothing asserts on timing. Nodes get
 //! a `config.toml` with a fast retry clock so that retries take milliseconds, not seconds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -10,7 +10,7 @@
 //! Timings (wall time, failure detection, rejoin) are measured and printed, never asserted.
 //! The tests take turns (one lock): each starts two or three nodes, and on a 2-core machine
 //! several swarms at once would make the failure-detection measurements meaningless.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

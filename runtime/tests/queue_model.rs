@@ -1,4 +1,4 @@
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::panic)]
 //! Model-based property test of the durable queue (acceptance criterion 1).
 //!
 //! Random sequences of operations (submit with idempotency keys and children, lease, complete,

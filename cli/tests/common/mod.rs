@@ -1,6 +1,6 @@
 //! Test support: start real `myco node` processes on port 0, talk to them over HTTP, and
 //! poll for conditions with a deadline (never sleep-and-hope).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
