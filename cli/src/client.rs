@@ -1,6 +1,6 @@
 //! A small HTTP client for a node's API, with errors that say what to do.
 //!
-//! Only request plumbing here; what to print lives in `commands.rs`.
+//! Only request plumbing here; what to print lives in the commands (`cmd/`).
 
 use std::net::SocketAddr;
 

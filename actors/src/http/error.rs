@@ -30,6 +30,16 @@ impl ApiError {
         }
     }
 
+    /// A fault of the node's own (a task that died, a response it could not build).
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+            "",
+        )
+    }
+
     pub fn bad_id(raw: &str) -> Self {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -102,13 +112,6 @@ pub async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-                "",
-            )
-        })?
+        .map_err(ApiError::internal)?
         .map_err(ApiError::from)
 }

@@ -217,14 +217,7 @@ async fn result(
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(sse::body(rx))
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                e.to_string(),
-                "",
-            )
-        })
+        .map_err(ApiError::internal)
 }
 
 #[derive(Debug, Deserialize)]

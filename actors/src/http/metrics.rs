@@ -62,14 +62,8 @@ async fn metrics(
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
     let mut out = String::new();
-    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("cannot encode the metrics: {e}"),
-            "",
-        )
-    })?;
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
+        .map_err(|e| ApiError::internal(format!("cannot encode the metrics: {e}")))?;
     Ok((
         [(
             header::CONTENT_TYPE,

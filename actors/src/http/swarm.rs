@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::http::error::ApiError;
 use crate::node::handle::NodeHandle;
 use crate::query::{QueryError, QueryReply, QueryRequest};
-use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
-use crate::swarm::stealing;
 use crate::swarm::view::MemberView;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -177,17 +175,7 @@ async fn ping(
             "see `myco swarm`",
         )
     };
-    let remote = node
-        .swarm()
-        .and_then(|s| s.view().peer(&q.peer))
-        .ok_or_else(not_found)?;
-    let local = ractor::pg::get_members(&PEERS_GROUP.to_owned())
-        .into_iter()
-        .find(|c| c.get_id().is_local())
-        .map(ractor::ActorRef::<PeerMsg>::from)
-        .ok_or_else(not_found)?;
-    let remote_us = stealing::ping(&remote, count).await.ok_or_else(not_found)?;
-    let local_us = stealing::ping(&local, count).await.ok_or_else(not_found)?;
+    let (remote_us, local_us) = node.ping(&q.peer, count).await.ok_or_else(not_found)?;
     Ok(Json(serde_json::json!({
         "peer": q.peer,
         "count": count,

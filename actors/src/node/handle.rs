@@ -22,6 +22,8 @@ use crate::coordinator::{CoordinatorMsg, Load};
 use crate::pipeline::runner::PipelineEnv;
 use crate::streams::Streams;
 use crate::supervisor::SupervisorMsg;
+use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
+use crate::swarm::stealing;
 use crate::swarm::view::{MemberView, Swarm, SwarmModel, gguf_models};
 
 /// A `job.toml` to submit: its text, and the directory its relative paths start from.
@@ -305,6 +307,20 @@ impl NodeHandle {
         let peers = self.peer_models().await;
         myco_jobs::model::resolve_llm(name, Path::new(""), &self.models_dir(), &peers)
             .map_err(|_| ModelLookupError::NotFound(name.to_owned()))
+    }
+
+    /// The mean round trip of `count` calls to the PeerService of `peer`, and of the same
+    /// calls to this node's own (an in-process actor call), in microseconds; `None` if the
+    /// peer is not up or stops answering.
+    pub async fn ping(&self, peer: &str, count: u32) -> Option<(f64, f64)> {
+        let remote = self.swarm.as_ref()?.view().peer(peer)?;
+        let local = ractor::pg::get_members(&PEERS_GROUP.to_owned())
+            .into_iter()
+            .find(|c| c.get_id().is_local())
+            .map(ActorRef::<PeerMsg>::from)?;
+        let remote_us = stealing::ping(&remote, count).await?;
+        let local_us = stealing::ping(&local, count).await?;
+        Some((remote_us, local_us))
     }
 
     /// Whether any of the named nodes (this one included) has a GPU.
