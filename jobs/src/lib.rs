@@ -13,6 +13,7 @@ pub mod chunk;
 pub mod collection;
 #[cfg(feature = "embed")]
 pub mod embed;
+pub mod engines;
 pub mod error;
 pub mod executor;
 pub mod fit;

@@ -2,7 +2,8 @@
 //! `[archive]` section, validation, planning (one `EmbedDocs` child per group of files the
 //! collection does not already hold) and traits; the job is keyed by its collection.
 //!
-//! It must not chunk, embed or write a collection (that is [`crate::archive`]).
+//! Its `run` hands the join to [`crate::archive`]; it must not chunk, embed or write a
+//! collection itself.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,10 @@ use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
 use crate::archive::{self, ArchiveTask};
 use crate::chunk::ChunkParams;
 use crate::collection;
+use crate::engines::{Engines, misrouted};
+use crate::error::JobError;
 use crate::model;
+use crate::run::RunContext;
 use crate::spec::env::{SpecEnv, is_glob};
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError};
@@ -126,4 +130,12 @@ pub fn plan(task: &Task, collections: &Path) -> Result<Plan, SpecError> {
         task: task.clone(),
         children: planned.children.into_iter().map(Task::EmbedDocs).collect(),
     })
+}
+
+/// Run an archive parent once its children are done: join their results into the collection.
+pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    match task {
+        Task::Archive(t) => archive::join(t, engines.home(), ctx.children),
+        other => Err(misrouted(other, "archive")),
+    }
 }

@@ -2,7 +2,8 @@
 //! validation, its planning (a directory or glob becomes a parent with one `ChunkFile` child
 //! per file) and its traits.
 //!
-//! It must not chunk anything itself (that is [`crate::chunk`], run by the executor).
+//! Its `run` calls [`crate::chunk`] and writes the chunks as JSON Lines; it must not split
+//! text itself.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,9 @@ use serde::Deserialize;
 
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
 use crate::chunk::{self, ChunkParams, Format};
+use crate::engines::{Engines, misrouted};
+use crate::error::JobError;
+use crate::run::RunContext;
 use crate::spec::env::{SpecEnv, is_glob};
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError};
@@ -147,4 +151,30 @@ pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
         task: task.clone(),
         children,
     })
+}
+
+/// Run a chunk task: a file's chunks as JSON Lines. The parent never runs itself.
+pub fn run(task: &Task, _: &mut Engines, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    let chunks = match task {
+        Task::Chunk { input, .. } => {
+            return Err(JobError::fatal(format!(
+                "chunk job over {} has no children to run: it is a parent and never runs itself",
+                input.display()
+            )));
+        }
+        Task::ChunkInline {
+            path,
+            bytes,
+            params,
+        } => chunk::chunk_bytes(path, bytes, params, ctx.cancelled)?,
+        Task::ChunkFile { path, params } => chunk::chunk_file(path, params, ctx.cancelled)?,
+        other => return Err(misrouted(other, "chunk")),
+    };
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.text.len() + 96).sum());
+    for c in &chunks {
+        serde_json::to_writer(&mut out, c)
+            .map_err(|e| JobError::fatal(format!("encoding chunk: {e}")))?;
+        out.push(b'\n');
+    }
+    Ok(out)
 }

@@ -2,15 +2,20 @@
 //! sentence-embedding model. Its `[embed]` section, validation, planning and traits. Archive
 //! children (`EmbedDocs`) are of this kind too.
 //!
-//! It must not load or run a model (that is [`crate::embed`], run by the executor).
+//! Its `run` embeds through the executor's [`Engines`](crate::engines::Engines); it must
+//! not load a model itself (that is [`crate::embed`]).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::archive;
 use crate::chunk;
+use crate::engines::{Engines, misrouted};
+use crate::error::JobError;
 use crate::model;
+use crate::run::RunContext;
 use crate::spec::env::SpecEnv;
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError};
@@ -142,4 +147,20 @@ fn read_chunks(path: &Path) -> Result<Vec<chunk::Chunk>, String> {
 
 pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
     Ok(Plan::single(task.clone()))
+}
+
+/// Run an embed task: texts (or an archive's documents) into vectors, as JSON Lines.
+pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    match task {
+        Task::Embed {
+            model,
+            texts,
+            batch_tokens,
+            links,
+        } => engines.embed(model, texts, *batch_tokens, links, ctx),
+        Task::EmbedDocs(t) => archive::run_docs(t, ctx.cancelled, &mut |texts| {
+            engines.embed_texts(&t.model, texts, t.batch_tokens, ctx)
+        }),
+        other => Err(misrouted(other, "embed")),
+    }
 }

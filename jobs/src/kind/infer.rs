@@ -2,13 +2,19 @@
 //! `[infer]` section ([`InferOptions`], shared with the API and the CLI), validation,
 //! planning and traits; [`check_llm`] is shared with the `pipeline` kind.
 //!
-//! It must not load or run a model (that is [`crate::infer::engine`]).
+//! Its `run` generates on the node's cached model; it must not load or run llama.cpp
+//! itself (that is [`crate::infer::engine`]).
 
 use std::path::Path;
 
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::engines::Engines;
+#[cfg(feature = "infer")]
+use crate::engines::misrouted;
+use crate::error::JobError;
 use crate::infer::{InferOptions, InferTask};
 use crate::model;
+use crate::run::RunContext;
 use crate::spec::env::SpecEnv;
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError, field};
@@ -72,4 +78,33 @@ pub fn check_llm(
 
 pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
     Ok(Plan::single(task.clone()))
+}
+
+/// Run an infer task on the node's shared copy of its model, streaming its text.
+#[cfg(feature = "infer")]
+pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    let Task::Infer(t) = task else {
+        return Err(misrouted(task, "infer"));
+    };
+    let path = t.model.resolve(engines.home());
+    let model = engines.llms().get(&path).map_err(JobError::from)?;
+    let generation = model
+        .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {
+            if let Some(stream) = ctx.stream {
+                stream(id, text);
+            }
+        })
+        .map_err(JobError::from)?;
+    let mut out = serde_json::to_vec(&generation)
+        .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Without llama.cpp in the build, an infer task fails at once, saying why.
+#[cfg(not(feature = "infer"))]
+pub fn run(_: &Task, _: &mut Engines, _: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    Err(JobError::fatal(
+        "this myco was built without the `infer` feature (llama.cpp); rebuild with it",
+    ))
 }

@@ -3,8 +3,8 @@
 //! module, and a stored [`Task`]'s kind and traits.
 //!
 //! One module per kind (`chunk.rs`, `embed.rs`, ...) holds its `[section]` struct, its
-//! validation (`check`: every problem with its field path), its planning (`plan`) and its
-//! [`KindTraits`] table (`TRAITS`). Adding a kind is a new module and one line in the
+//! validation (`check`: every problem with its field path), its planning (`plan`), how it runs
+//! on an executor (`run`) and its [`KindTraits`] table (`TRAITS`). Adding a kind is a new module and one line in the
 //! `kinds!` list below, plus its variant in the stored [`Task`] enum and the arm of
 //! [`Task::kind`]. This file holds no kind's logic, and the kind modules never import it.
 
@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use traits::{ExecutorKind, Gpu, KindTraits, Lane};
 
+use crate::engines::Engines;
+use crate::error::JobError;
+use crate::run::RunContext;
 use crate::spec::env::SpecEnv;
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError};
@@ -103,6 +106,17 @@ macro_rules! kinds {
                 match kind {
                     $(JobKind::$variant => $module::check(self.$module.as_ref(), env, problems)),*
                 }
+            }
+        }
+
+        /// Run a task with an executor's engines: its kind's `run`.
+        pub fn run(
+            task: &Task,
+            engines: &mut Engines,
+            ctx: &RunContext<'_>,
+        ) -> Result<Vec<u8>, JobError> {
+            match task.kind() {
+                $(JobKind::$variant => $module::run(task, engines, ctx)),*
             }
         }
 

@@ -7,7 +7,10 @@
 use std::path::Path;
 
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::engines::Engines;
+use crate::error::JobError;
 use crate::infer::InferOptions;
+use crate::run::RunContext;
 use crate::spec::env::SpecEnv;
 use crate::spec::plan::{Checked, Plan};
 use crate::spec::problem::{Problems, SpecError};
@@ -31,4 +34,12 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
 
 pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
     Ok(Plan::single(task.clone()))
+}
+
+/// A pipeline task runs on the node's stage chain (the worker hands it there, as its traits
+/// say), never on an executor.
+pub fn run(_: &Task, _: &mut Engines, _: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
+    Err(JobError::fatal(
+        "a pipeline job runs on a node's stage chain, not on an executor",
+    ))
 }
