@@ -398,10 +398,16 @@ impl Actor for Membership {
             })
         };
         tasks.push(refresher);
-        Ok(MembershipState {
+        // The models this node holds, before the first view is published: a request right
+        // after start sees them (the refresher keeps them current).
+        let dir = self.models_dir.clone();
+        let models = tokio::task::spawn_blocking(move || myco_runtime::models::scan(&dir))
+            .await
+            .unwrap_or_default();
+        let state = MembershipState {
             server,
             caps: self.caps.clone(),
-            models: Vec::new(),
+            models,
             peers_up: 0,
             tls,
             cluster_addr,
@@ -414,7 +420,10 @@ impl Actor for Membership {
             seq: 0,
             stop,
             tasks,
-        })
+        };
+        // Published before the actor is up: nobody reads an empty swarm.
+        self.publish(&state);
+        Ok(state)
     }
 
     async fn post_start(
