@@ -42,13 +42,14 @@ impl Target<'_> {
     }
 
     /// Follow job `id`, calling `on` with each event until it returns false or the job
-    /// ends. Returns the job's final status, or `None` if the stream broke off first.
+    /// ends. Returns the job's final status; if the stream broke off first (the node
+    /// stopped), its status as the node reports it now.
     pub async fn follow(
         &self,
         id: JobId,
         cancel_on_disconnect: bool,
         mut on: impl FnMut(Event) -> Result<bool>,
-    ) -> Result<Option<JobView>> {
+    ) -> Result<JobView> {
         let mut end = None;
         match self {
             Target::Remote(c) => {
@@ -92,7 +93,10 @@ impl Target<'_> {
                 }
             }
         }
-        Ok(end)
+        match end {
+            Some(job) => Ok(job),
+            None => self.status(id).await,
+        }
     }
 
     /// A job's status now (after a stream that broke off).

@@ -304,9 +304,15 @@ impl NodeHandle {
     /// The GGUF model `name` (a path, a file name, or a name without `.gguf`): this node's
     /// copy, else a peer's. Resolved as job files resolve it.
     pub async fn find_model(&self, name: &str) -> Result<ModelRef, ModelLookupError> {
-        let peers = self.peer_models().await;
-        myco_jobs::model::resolve_llm(name, Path::new(""), &self.models_dir(), &peers)
-            .map_err(|_| ModelLookupError::NotFound(name.to_owned()))
+        let resolve = |peers: &[ModelRef]| {
+            myco_jobs::model::resolve_llm(name, Path::new(""), &self.models_dir(), peers)
+        };
+        // This node's own copy first: the swarm's models (a directory scan outside a swarm)
+        // are read only when it has none.
+        if let Ok(m) = resolve(&[]) {
+            return Ok(m);
+        }
+        resolve(&self.peer_models().await).map_err(|_| ModelLookupError::NotFound(name.to_owned()))
     }
 
     /// The mean round trip of `count` calls to the PeerService of `peer`, and of the same

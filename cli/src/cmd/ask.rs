@@ -98,11 +98,7 @@ async fn ask_on(cli: &Cli, target: Target<'_>, ask: &Ask) -> Result<ExitCode> {
         .id;
     let mut watch = Watch::new(true, !cli.json);
     // This client going away cancels the question, which frees the executor.
-    let end = target.follow(id, true, |event| watch.on(event)).await?;
-    let job = match end {
-        Some(job) => job,
-        None => target.status(id).await?,
-    };
+    let job = target.follow(id, true, |event| watch.on(event)).await?;
     if job.state != StateName::Done {
         if !cli.json {
             println!();

@@ -47,10 +47,6 @@ async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) ->
             return Ok(ExitCode::from(130));
         }
     };
-    let job = match job {
-        Some(job) => job,
-        None => target.status(id).await?,
-    };
     let failures = target.failures(id).await;
     if job.state == StateName::Done && (out.is_some() || !cli.json) {
         target.write_result(id, &mut open_out(out)?).await?;

@@ -63,24 +63,16 @@ pub async fn run(cli: &Cli, home: &Home, files: &[PathBuf], wait: bool) -> Resul
     })
 }
 
-/// Kinds whose output streams as it is made (an LLM's tokens).
-fn streams(kind: myco_jobs::JobKind) -> bool {
-    matches!(
-        kind,
-        myco_jobs::JobKind::Infer | myco_jobs::JobKind::Pipeline
-    )
-}
-
 /// Follow job `id` to its end on the node's event stream: an LLM's tokens as they come
 /// (not with `--json`), else a progress bar.
 async fn wait_for(cli: &Cli, target: Target<'_>, id: JobId) -> Result<JobView> {
     // The kind decides what to show; the stream's first event says it.
     let mut watch: Option<Watch> = None;
-    let end = target
+    let job = target
         .follow(id, false, |event| {
             let w = watch.get_or_insert_with(|| {
                 let streams = match &event {
-                    Event::Progress(v) | Event::End(v) => streams(v.kind),
+                    Event::Progress(v) | Event::End(v) => v.kind.traits().streams,
                     Event::Piece(_) => true,
                 };
                 Watch::new(cli.json, streams && !cli.json)
@@ -88,13 +80,8 @@ async fn wait_for(cli: &Cli, target: Target<'_>, id: JobId) -> Result<JobView> {
             w.on(event)
         })
         .await?;
-    let job = match end {
-        Some(job) => job,
-        // The stream broke off (the node stopped): report what it says now.
-        None => target.status(id).await?,
-    };
     if let Some(w) = &mut watch
-        && streams(job.kind)
+        && job.kind.traits().streams
         && !cli.json
     {
         // Text the stream did not carry (pieces lost with a peer) is in the result.
