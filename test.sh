@@ -9,7 +9,7 @@ cargo fmt --all --check
 python3 .ci/import-cycles.py runtime jobs actors cli
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p myco-runtime -p myco-actors --no-default-features --all-targets --locked -- -D warnings
-# The queue, cluster and actors without model engines: builds no llama.cpp, ONNX Runtime or
-# candle, and runs the runtime's tests (they do not depend on the engines: not run twice).
+# The queue, cluster and actors without model engines: builds no llama.cpp or ONNX Runtime,
+# and runs the runtime's tests (they do not depend on the engines: not run twice).
 .ci/no-engines.sh
 cargo test --workspace --exclude myco-runtime --locked

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The feature wall: the queue, cluster and actors build and test without the model engines.
 # Runs `cargo test -p myco-runtime -p myco-actors --no-default-features`, and fails if its
-# build pulled in llama.cpp, ONNX Runtime or candle: cargo reports every artifact of the build
+# build pulled in llama.cpp or ONNX Runtime (or candle, which is gone): cargo reports every artifact of the build
 # (fresh ones too) as JSON, so a warm build cache hides nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

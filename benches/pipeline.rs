@@ -1,18 +1,23 @@
-//! The pipeline goal, measured against its baselines in the same run, on the same model
-//! file and prompt, greedy:
+//! The pipeline goals, measured against their baselines in the same run, on the same model
+//! file and a 256-token prompt, greedy, one thread everywhere (this machine has 2 shared
+//! cores; the split's two nodes get one thread each):
 //!
+//! - `llama_cpp`: the model whole through the `infer` engine (llama.cpp).
+//! - `stage_whole`: the same model whole on the stage engine (llama.cpp too, over a slice
+//!   of every layer, fed hidden states it looked up itself) in this process.
 //! - `split_2_nodes`: a `pipeline` job on two `myco node` processes on 127.0.0.1, each
 //!   offering memory for about half the model, so layers 0..4 run on one and 4..8 on the
 //!   other (hidden states cross the cluster's TLS connection as f32; the sampled token goes
 //!   back to stage 0 round the ring).
-//! - `stage_whole`: the same model whole on the stage engine (candle) in this process.
-//! - `llama_cpp`: the same model whole through llama-cpp-2.
 //!
-//! Generation rate is tokens after the first over the time from the first token to the
-//! last (the prompt and stage loading excluded), the same definition for all three. Goal:
-//! split ≥ 0.8× stage_whole. As the machine is shared, the three also run interleaved, round
-//! by round, and the median of the per-round ratios is printed beside the criterion totals. Also printed: the bytes a token puts on the wire, per frame
-//! (bincode, as the cluster sends it, before TLS and ractor's envelope).
+//! The model is a bench-size random-weight llama GGUF in Q4_0 (n_embd 1024, 8 layers).
+//! Generation rate is tokens over the time after the prompt (each path's own report); prompt
+//! rate is prompt tokens over the time until the first token's logits. Goals: stage whole ≥
+//! 0.95× llama.cpp in generation and ≥ 0.9× in prompt; split ≥ 0.9× stage whole. The
+//! criterion groups measure generation; then the three run interleaved, round by round, and
+//! the medians of the per-round ratios are printed (the figures noise moves least). Also
+//! printed: the bytes a token puts on the wire, per frame (bincode, as the cluster sends it,
+//! before TLS and ractor's envelope).
 //!
 //! The node processes run the `myco` binary of this profile; the bench builds it first
 //! (`cargo build --release -p myco`). No timing assertions: figures are printed with ratios.
@@ -20,119 +25,172 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
-use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
-use llama_cpp_2::context::params::LlamaContextParams;
-use llama_cpp_2::llama_batch::LlamaBatch;
-use llama_cpp_2::model::LlamaModel;
-use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::sampling::LlamaSampler;
 use myco_benches::{Totals, fmt_rate, fmt_ratio};
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{Generation, Prompt};
-use myco_jobs::stage::{ModelInfo, Stage, StageInput, StageOutput, argmax};
+use myco_jobs::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::infer::engine::{LlmModel, SamplerParams};
+use myco_jobs::infer::{Generation, InferParams, Prompt};
+use myco_jobs::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput, UBATCH};
 use myco_runtime::cluster::wire::{SeqKey, StageFrame, Wire};
 use myco_runtime::queue::JobId;
 use ractor::BytesConvertable;
 
-const PROMPT: &str = "the swarm is a queue of work and the model is a machine that runs the job";
 const MAX_TOKENS: u32 = 64;
-const N_CTX: u32 = 512;
+const PROMPT_TOKENS: usize = 256;
+const N_CTX: u32 = 1024;
+/// Every path decodes with one thread (pinned: the machine is shared).
+const THREADS: u32 = 1;
 /// Interleaved rounds after the criterion groups.
-const ROUNDS: usize = 12;
+const ROUNDS: usize = 8;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn threads() -> i32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as i32)
-}
-
-/// One generation: the tokens, and the time from the first token to the last.
-struct Run {
-    tokens: Vec<u32>,
-    after_first: Duration,
-}
-
-impl Run {
-    fn add_to(&self, t: &mut Totals) {
-        t.add(self.tokens.len().saturating_sub(1) as u64, self.after_first);
+/// The bench model: llama, Q4_0, n_embd 1024, 8 layers (about 60 MB).
+fn bench_model() -> TinyLlama {
+    TinyLlama {
+        n_embd: 1024,
+        n_head: 16,
+        n_head_kv: 4,
+        n_ff: 2816,
+        n_layer: 8,
+        n_ctx: 2048,
+        seed: 7,
+        arch: Arch::Llama,
+        wtype: WType::Q4_0,
     }
 }
 
-fn prompt_tokens(path: &Path) -> (Vec<u32>, Vec<u32>) {
-    let vocab = LlmModel::load_vocab(path).unwrap();
-    let text = vocab.render(&Prompt::Text(PROMPT.into())).unwrap();
-    let tokens = vocab.tokenize(&text).iter().map(|&t| t as u32).collect();
-    (tokens, vocab.eog_tokens())
+/// One generation: its tokens, the prompt time and the time after it.
+struct Run {
+    tokens: Vec<u32>,
+    prompt: Duration,
+    /// Tokens the generation time covers.
+    generated: u64,
+    generation: Duration,
 }
 
+impl Run {
+    fn gen_rate(&self) -> f64 {
+        self.generated as f64 / self.generation.as_secs_f64()
+    }
+
+    fn prompt_rate(&self) -> f64 {
+        PROMPT_TOKENS as f64 / self.prompt.as_secs_f64()
+    }
+
+    fn from_generation(g: &Generation, generated: u64) -> Run {
+        Run {
+            tokens: g.tokens.iter().map(|&t| t as u32).collect(),
+            prompt: Duration::from_secs_f64(g.prompt_ms / 1e3),
+            generated,
+            generation: Duration::from_secs_f64(g.generation_ms / 1e3),
+        }
+    }
+}
+
+fn params() -> InferParams {
+    InferParams {
+        max_tokens: MAX_TOKENS,
+        temperature: 0.0,
+        n_ctx: N_CTX,
+        threads: THREADS,
+        ..InferParams::default()
+    }
+}
+
+/// A prompt of exactly PROMPT_TOKENS tokens: words until there are enough, cut to length.
+fn prompt_text(vocab: &LlmModel) -> (String, Vec<u32>) {
+    let words = "the swarm is a queue of work and the model is a machine that runs the job";
+    let mut text = String::new();
+    for w in words.split(' ').cycle() {
+        text.push_str(w);
+        text.push(' ');
+        if vocab.tokenize(&text).len() > PROMPT_TOKENS + 8 {
+            break;
+        }
+    }
+    let mut tokens: Vec<u32> = vocab.tokenize(&text).iter().map(|&t| t as u32).collect();
+    tokens.truncate(PROMPT_TOKENS);
+    (text, tokens)
+}
+
+/// `infer`, from its own report: prompt_ms is the prompt's decode, generation_ms the rest
+/// (every generated token sampled and decoded).
+fn llama(model: &LlmModel, text: &str) -> Run {
+    let g = model
+        .generate(
+            &Prompt::Text(text.into()),
+            &params(),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let n = g.tokens.len() as u64;
+    Run::from_generation(&g, n)
+}
+
+/// The whole model on the stage engine: the prompt in chunks of UBATCH, then a token at a
+/// time, sampled as `infer` samples.
 fn stage_whole(stage: &mut Stage, prompt: &[u32], eog: &[u32]) -> Run {
-    let (mut input, mut pos, mut tokens) = (prompt.to_vec(), 0, Vec::new());
-    let mut first = None;
+    let p = params();
+    let mut sampler = Sampler::new(
+        &SamplerParams {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            seed: p.seed,
+        },
+        stage.hparams().n_vocab,
+    );
+    stage.begin(1, N_CTX, THREADS).unwrap();
+    let started = Instant::now();
+    let chunks: Vec<&[u32]> = prompt.chunks(UBATCH as usize).collect();
+    let mut pos = 0;
+    let mut logits = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        let out = stage
+            .forward_with(
+                1,
+                pos,
+                StageInput::Tokens(c.to_vec()),
+                i + 1 == chunks.len(),
+            )
+            .unwrap();
+        if let StageOutput::Logits(l) = out {
+            logits = l;
+        }
+        pos += c.len();
+    }
+    let prompt_time = started.elapsed();
+    let started = Instant::now();
+    let mut tokens = Vec::new();
     while tokens.len() < MAX_TOKENS as usize {
-        let n = input.len();
-        let StageOutput::Logits(l) = stage.forward(1, pos, StageInput::Tokens(input)).unwrap()
-        else {
-            panic!("logits")
-        };
-        let t = argmax(&l);
-        first.get_or_insert_with(Instant::now);
+        let t = sampler.sample(&logits);
         if eog.contains(&t) {
             break;
         }
         tokens.push(t);
-        pos += n;
-        input = vec![t];
-    }
-    Run {
-        tokens,
-        after_first: first.map_or(Duration::ZERO, |f| f.elapsed()),
-    }
-}
-
-fn llama(model: &LlamaModel, prompt: &[u32]) -> Run {
-    let backend = myco_jobs::infer::engine::backend().unwrap();
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(N_CTX))
-        .with_n_batch(N_CTX)
-        .with_n_threads(threads())
-        .with_n_threads_batch(threads());
-    let mut ctx = model.new_context(backend, params).unwrap();
-    let vocab = model.vocab();
-    let mut batch = LlamaBatch::new(prompt.len(), 1);
-    let last = prompt.len() as i32 - 1;
-    for (i, &t) in (0i32..).zip(prompt) {
-        batch
-            .add(llama_cpp_2::token::LlamaToken(t as i32), i, &[0], i == last)
-            .unwrap();
-    }
-    ctx.decode(&mut batch).unwrap();
-    let mut sampler = LlamaSampler::greedy();
-    let mut pos = prompt.len() as i32;
-    let (mut tokens, mut first) = (Vec::new(), None);
-    while tokens.len() < MAX_TOKENS as usize {
-        let token = sampler.sample(&ctx, batch.n_tokens() - 1);
-        first.get_or_insert_with(Instant::now);
-        if vocab.is_eog(token) {
-            break;
-        }
-        tokens.push(token.0 as u32);
-        batch.clear();
-        batch.add(token, pos, &[0], true).unwrap();
+        let StageOutput::Logits(l) = stage.forward(1, pos, StageInput::Tokens(vec![t])).unwrap()
+        else {
+            panic!("logits")
+        };
+        logits = l;
         pos += 1;
-        ctx.decode(&mut batch).unwrap();
     }
     Run {
+        generated: tokens.len() as u64,
         tokens,
-        after_first: first.map_or(Duration::ZERO, |f| f.elapsed()),
+        prompt: prompt_time,
+        generation: started.elapsed(),
     }
 }
 
@@ -228,21 +286,25 @@ fn main() {
     let (home_a, home_b) = (root.path().join("a"), root.path().join("b"));
     for h in [&home_a, &home_b] {
         std::fs::create_dir_all(h.join("models")).unwrap();
-        TinyLlama::bench()
+        bench_model()
             .write(&h.join("models/bench.gguf"), false)
             .unwrap();
     }
     let model_path = home_a.join("models/bench.gguf");
     let info = ModelInfo::read(&model_path).unwrap();
-    let (prompt, eog) = prompt_tokens(&model_path);
     let mut c = Criterion::default().configure_from_args();
     let listing = std::env::args().any(|a| a == "--test" || a == "--list");
 
     // Baselines, loaded once.
-    let backend = myco_jobs::infer::engine::backend().unwrap();
-    let model = LlamaModel::load_from_file(backend, &model_path, &LlamaModelParams::default())
-        .expect("load the bench model");
-    let mut whole = Stage::load(&model_path, 0, info.hp.n_layer, N_CTX as usize).unwrap();
+    let model = LlmModel::load(&model_path).expect("load the bench model");
+    let (text, prompt) = prompt_text(&model);
+    let eog = model.eog_tokens();
+    let config = StageConfig {
+        threads: THREADS,
+        scratch: root.path().join("scratch"),
+        ..StageConfig::new(N_CTX)
+    };
+    let mut whole = Stage::load_with(&model_path, 0, info.hp.n_layer, config).unwrap();
 
     // Two node processes, each with room for about half the model.
     let exe = myco_binary();
@@ -269,7 +331,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let job = format!(
-        "version = 1\nkind = \"pipeline\"\nmax_attempts = 1\n[pipeline]\nmodel = \"bench\"\nprompt = {PROMPT:?}\ntemperature = 0.0\nmax_tokens = {MAX_TOKENS}\nn_ctx = {N_CTX}\n"
+        "version = 1\nkind = \"pipeline\"\nmax_attempts = 1\n[pipeline]\nmodel = \"bench\"\nprompt = {text:?}\ntemperature = 0.0\nmax_tokens = {MAX_TOKENS}\nn_ctx = {N_CTX}\nthreads = {THREADS}\n"
     );
     let split = || -> (Run, Generation) {
         let reply = http.post(
@@ -288,19 +350,25 @@ fn main() {
         let g: Generation =
             serde_json::from_str(&http.text(&format!("http://{}/api/jobs/{id}/result", a.api)))
                 .unwrap();
-        let run = Run {
-            tokens: g.tokens.iter().map(|&t| t as u32).collect(),
-            after_first: Duration::from_secs_f64(g.generation_ms / 1e3),
-        };
-        (run, g)
+        // generation_ms runs from the first token to the last.
+        let n = g.tokens.len().saturating_sub(1) as u64;
+        (Run::from_generation(&g, n), g)
     };
     // The first job loads the stages (they stay loaded); all three give the same tokens.
     let (first, g) = split();
-    let reference = stage_whole(&mut whole, &prompt, &eog);
+    let reference = llama(&model, &text);
+    let whole_run = stage_whole(&mut whole, &prompt, &eog);
     assert_eq!(
-        first.tokens, reference.tokens,
-        "the split gives the whole model's tokens"
+        g.prompt_tokens as usize,
+        PROMPT_TOKENS + 1,
+        "{}",
+        g.prompt_tokens
     );
+    assert_eq!(
+        whole_run.tokens, reference.tokens,
+        "stage whole = llama.cpp"
+    );
+    assert_eq!(first.tokens, reference.tokens, "the split = llama.cpp");
     let stages: Vec<String> = g
         .stages
         .iter()
@@ -311,57 +379,43 @@ fn main() {
     let mut grp = c.benchmark_group("pipeline");
     grp.sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(10))
+        .measurement_time(Duration::from_secs(8))
         .sampling_mode(SamplingMode::Flat);
     let (mut t_llama, mut t_whole, mut t_split) =
         (Totals::default(), Totals::default(), Totals::default());
-    grp.bench_function("llama_cpp", |bch| {
-        bch.iter_custom(|iters| {
-            let mut d = Duration::ZERO;
-            for _ in 0..iters {
-                let r = llama(&model, &prompt);
-                r.add_to(&mut t_llama);
-                d += r.after_first;
-            }
-            d
-        })
+    let mut measure = |name: &str, t: &mut Totals, run: &mut dyn FnMut() -> Run| {
+        grp.bench_function(name, |bch| {
+            bch.iter_custom(|iters| {
+                let mut d = Duration::ZERO;
+                for _ in 0..iters {
+                    let r = run();
+                    t.add(r.generated, r.generation);
+                    d += r.generation;
+                }
+                d
+            })
+        });
+    };
+    measure("llama_cpp", &mut t_llama, &mut || llama(&model, &text));
+    measure("stage_whole", &mut t_whole, &mut || {
+        stage_whole(&mut whole, &prompt, &eog)
     });
-    grp.bench_function("stage_whole", |bch| {
-        bch.iter_custom(|iters| {
-            let mut d = Duration::ZERO;
-            for _ in 0..iters {
-                let r = stage_whole(&mut whole, &prompt, &eog);
-                r.add_to(&mut t_whole);
-                d += r.after_first;
-            }
-            d
-        })
-    });
-    grp.bench_function("split_2_nodes", |bch| {
-        bch.iter_custom(|iters| {
-            let mut d = Duration::ZERO;
-            for _ in 0..iters {
-                let (r, _) = split();
-                r.add_to(&mut t_split);
-                d += r.after_first;
-            }
-            d
-        })
-    });
+    measure("split_2_nodes", &mut t_split, &mut || split().0);
     grp.finish();
     c.final_summary();
-    // The machine is shared: the three, interleaved round by round, see the same load; the
-    // median of each round's ratio is the figure that noise moves least.
+    // The machine is shared: the three, interleaved round by round, see the same load.
     let rounds = if listing { 0 } else { ROUNDS };
-    let mut split_vs_whole = Vec::new();
-    let mut whole_vs_llama = Vec::new();
+    let (mut gen_whole, mut gen_split, mut prompt_whole) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut prompt_rates, mut gen_rates) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
-        let rate = |r: &Run| r.tokens.len().saturating_sub(1) as f64 / r.after_first.as_secs_f64();
-        let l = rate(&llama(&model, &prompt));
-        let w = rate(&stage_whole(&mut whole, &prompt, &eog));
-        let s = rate(&split().0);
-        split_vs_whole.push(s / w);
-        whole_vs_llama.push(w / l);
+        let l = llama(&model, &text);
+        let w = stage_whole(&mut whole, &prompt, &eog);
+        let s = split().0;
+        gen_whole.push(w.gen_rate() / l.gen_rate());
+        prompt_whole.push(w.prompt_rate() / l.prompt_rate());
+        gen_split.push(s.gen_rate() / w.gen_rate());
+        gen_rates.push((l.gen_rate(), w.gen_rate(), s.gen_rate()));
+        prompt_rates.push((l.prompt_rate(), w.prompt_rate(), s.prompt_rate()));
     }
     drop(b);
     drop(a);
@@ -402,10 +456,20 @@ fn main() {
     let hops = g.stages.len() - 1;
     // The runner is on stage 0's node here: the feed round the ring also reports the token.
     let token = if g.stages[0].node == "a" { 0 } else { token };
-    let rate = |t: &Totals| t.rate();
+    let med = |v: &[(f64, f64, f64)], i: usize| {
+        median(
+            v.iter()
+                .map(|r| match i {
+                    0 => r.0,
+                    1 => r.1,
+                    _ => r.2,
+                })
+                .collect(),
+        )
+    };
     println!();
     println!(
-        "== pipeline: {} generated tokens, greedy, n_ctx {N_CTX}, {} layers, n_embd {}, {:.0} MB f32; stages {} ==",
+        "== pipeline: {PROMPT_TOKENS}-token prompt, {} generated tokens, greedy, {THREADS} thread per path, n_ctx {N_CTX}; llama Q4_0, {} layers, n_embd {}, {:.0} MB; stages {} ==",
         reference.tokens.len(),
         info.hp.n_layer,
         info.hp.n_embd,
@@ -413,20 +477,30 @@ fn main() {
         stages.join(", "),
     );
     println!(
-        "generation   split over 2 nodes {} tok/s   stage engine whole {} tok/s   llama.cpp whole {} tok/s",
-        fmt_rate(rate(&t_split)),
-        fmt_rate(rate(&t_whole)),
-        fmt_rate(rate(&t_llama)),
+        "criterion    generation: llama.cpp {} tok/s, stage whole {} tok/s, split over 2 nodes {} tok/s",
+        fmt_rate(t_llama.rate()),
+        fmt_rate(t_whole.rate()),
+        fmt_rate(t_split.rate()),
     );
     println!(
-        "ratio        split / stage whole {}  (goal >= 0.8x)   stage whole / llama.cpp {}",
-        fmt_ratio(rate(&t_split), rate(&t_whole)),
-        fmt_ratio(rate(&t_whole), rate(&t_llama)),
+        "             stage whole / llama.cpp {}, split / stage whole {}",
+        fmt_ratio(t_whole.rate(), t_llama.rate()),
+        fmt_ratio(t_split.rate(), t_whole.rate()),
     );
     println!(
-        "interleaved  {ROUNDS} rounds, median of the per-round ratios: split / stage whole {:.2}x, stage whole / llama.cpp {:.2}x",
-        median(split_vs_whole),
-        median(whole_vs_llama),
+        "interleaved  {ROUNDS} rounds, medians: generation llama.cpp {:.1}, stage whole {:.1}, split {:.1} tok/s; prompt llama.cpp {:.0}, stage whole {:.0}, split {:.0} tok/s",
+        med(&gen_rates, 0),
+        med(&gen_rates, 1),
+        med(&gen_rates, 2),
+        med(&prompt_rates, 0),
+        med(&prompt_rates, 1),
+        med(&prompt_rates, 2),
+    );
+    println!(
+        "ratios       (median of per-round ratios) stage whole / llama.cpp: generation {:.2}x (goal >= 0.95x), prompt {:.2}x (goal >= 0.9x); split / stage whole: generation {:.2}x (goal >= 0.9x)",
+        median(gen_whole),
+        median(prompt_whole),
+        median(gen_split),
     );
     println!(
         "wire         {} B a token: {hops} hidden-state frame(s) of {hidden} B ({} f32) + the ring's feed of {feed} B + a separate token report of {token} B (none when the runner is stage 0's node)",

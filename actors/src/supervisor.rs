@@ -108,6 +108,7 @@ impl NodeSupervisor {
         let stages = Stages {
             name: self.name.clone(),
             models_dir: myco_jobs::home::models_dir(&self.home),
+            scratch: myco_jobs::home::scratch_dir(&self.home),
             swarm: self.swarm(),
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;

@@ -13,6 +13,9 @@ pub const MODELS: &str = "models";
 pub const COLLECTIONS: &str = "collections";
 /// The directory of shared libraries (ONNX Runtime), under the home.
 pub const LIB: &str = "lib";
+/// Files a node writes for a moment (a stage's slice of a model while llama.cpp loads it),
+/// under the home: never under `models`, whose files the node advertises.
+pub const SCRATCH: &str = "scratch";
 
 /// `home/models`.
 pub fn models_dir(home: &Path) -> PathBuf {
@@ -27,6 +30,11 @@ pub fn collections_dir(home: &Path) -> PathBuf {
 /// `home/collections/NAME`: the collection `name`.
 pub fn collection_dir(home: &Path, name: &str) -> PathBuf {
     collections_dir(home).join(name)
+}
+
+/// `home/scratch`.
+pub fn scratch_dir(home: &Path) -> PathBuf {
+    home.join(SCRATCH)
 }
 
 /// `home/lib`.

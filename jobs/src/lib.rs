@@ -16,6 +16,8 @@ pub mod embed;
 pub mod engines;
 pub mod error;
 pub mod executor;
+#[cfg(feature = "infer")]
+pub mod ffi;
 pub mod fit;
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod gguf;

@@ -121,7 +121,9 @@ pub fn scan(dir: &Path) -> Vec<ModelFile> {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         if path.is_file() && name.to_ascii_lowercase().ends_with(".gguf") {
-            let size_bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            // The file's size, through a symbolic link (a model kept in a download folder or
+            // another tool's cache): the directory entry's own metadata is the link's.
+            let size_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let header = read_gguf_header(&path)
                 .map_err(|e| tracing::warn!("model {}: {e}", path.display()))
                 .ok();
@@ -313,6 +315,42 @@ mod tests {
         let e = resolve_llm("./b.gguf", dir.path(), &models, &peers).unwrap_err();
         assert!(e.to_string().contains("no model file at"), "{e}");
         assert!(resolve_llm("c", dir.path(), &models, &peers).is_err());
+    }
+
+    #[test]
+    fn models_behind_symbolic_links_are_found_and_measured_as_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = crate::home::models_dir(dir.path());
+        let elsewhere = dir.path().join("downloads");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::create_dir_all(elsewhere.join("embed")).unwrap();
+        let body = vec![7u8; 5000];
+        std::fs::write(elsewhere.join("real.gguf"), &body).unwrap();
+        std::fs::write(elsewhere.join("embed/model.onnx"), b"onnx").unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("real.gguf"), models.join("linked.gguf"))
+            .unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("embed"), models.join("mini")).unwrap();
+        // A link to a link.
+        std::os::unix::fs::symlink(models.join("linked.gguf"), models.join("twice.gguf")).unwrap();
+        let scanned = scan(&models);
+        let sizes: Vec<(&str, u64)> = scanned
+            .iter()
+            .map(|m| (m.name.as_str(), m.size_bytes))
+            .collect();
+        assert_eq!(sizes, [("linked", 5000), ("mini", 4), ("twice", 5000)]);
+        assert_eq!(
+            local_models(dir.path()),
+            [
+                ("linked.gguf".to_owned(), 5000),
+                ("mini".to_owned(), 4),
+                ("twice.gguf".to_owned(), 5000)
+            ]
+        );
+        let m = resolve_llm("linked", Path::new("/"), &models, &[]).unwrap();
+        assert_eq!((m.name.as_str(), m.bytes), ("linked.gguf", 5000));
+        // A dangling link is not a model.
+        std::fs::remove_file(elsewhere.join("real.gguf")).unwrap();
+        assert_eq!(scan(&models).len(), 1);
     }
 
     #[test]

@@ -212,8 +212,9 @@ pub async fn run(
     };
     let mut lost: BTreeSet<String> = BTreeSet::new();
     let mut replaced: Vec<String> = Vec::new();
-    let started = Instant::now();
-    let mut first_token_ms: Option<f64> = None;
+    // When the first token came, and how long after its placement's prompt was fed (what
+    // `infer` reports as prompt_ms: prompt processing until the first token).
+    let mut first_token: Option<(Instant, f64)> = None;
     for placement_no in 0..MAX_PLACEMENTS {
         let nodes: Vec<NodeMemory> = candidates(env, &model, size)
             .await
@@ -255,8 +256,7 @@ pub async fn run(
             &mut state,
             &mut rx,
             &cancel,
-            &mut first_token_ms,
-            started,
+            &mut first_token,
         )
         .await;
         match result {
@@ -268,9 +268,9 @@ pub async fn run(
                     tokens: state.tokens.iter().map(|&t| t as i32).collect(),
                     prompt_tokens: prepared.prompt.len() as u32,
                     finish_reason: finish,
-                    prompt_ms: first_token_ms.unwrap_or(0.0),
-                    generation_ms: started.elapsed().as_secs_f64() * 1000.0
-                        - first_token_ms.unwrap_or(0.0),
+                    prompt_ms: first_token.map_or(0.0, |(_, ms)| ms),
+                    generation_ms: first_token
+                        .map_or(0.0, |(at, _)| at.elapsed().as_secs_f64() * 1000.0),
                     stages: std::mem::take(&mut placement.reports)
                         .into_iter()
                         .flatten()
@@ -336,9 +336,10 @@ impl Progress {
     }
 }
 
-/// Prompt tokens per feed: caps a hidden-state frame at `CHUNK × n_embd` f32 and the
-/// attention scores of a step, and paces progress.
-const CHUNK: usize = 256;
+/// Prompt tokens per feed: llama.cpp's compute step, so the stages split a prompt as `infer`
+/// does (and compute the same numbers); it also caps a hidden-state frame at `CHUNK × n_embd`
+/// f32 and paces progress.
+const CHUNK: usize = myco_jobs::stage::UBATCH as usize;
 
 /// Open one placement's stages and generate until the end, a lost node, or an error.
 #[allow(clippy::too_many_arguments)]
@@ -354,8 +355,7 @@ async fn drive(
     state: &mut Progress,
     rx: &mut UnboundedReceiver<StageFrame>,
     cancel: &AtomicBool,
-    first_token_ms: &mut Option<f64>,
-    started: Instant,
+    first_token: &mut Option<(Instant, f64)>,
 ) -> Result<Ended, JobError> {
     let key = placement.key;
     let p = &task.params;
@@ -368,6 +368,7 @@ async fn drive(
             first: s.first,
             end: s.end,
             n_ctx,
+            threads: p.threads,
             next: placement.plan.get(i + 1).map(|n| n.node.clone()),
             ring: placement.plan[0].node.clone(),
             runner: env.name.clone(),
@@ -375,8 +376,14 @@ async fn drive(
                 temperature: p.temperature,
                 top_k: p.top_k,
                 top_p: p.top_p,
-                // A new placement draws anew, but reproducibly.
-                seed: u64::from(p.seed) ^ ((state.tokens.len() as u64) << 32),
+                min_p: p.min_p,
+                repeat_penalty: p.repeat_penalty,
+                // The first placement draws as `infer` does with this seed; a new placement
+                // draws anew, but reproducibly.
+                seed: p
+                    .seed
+                    .wrapping_add((state.tokens.len() as u32).wrapping_mul(0x9E37_79B9)),
+                generated: state.tokens.clone(),
             },
             max_tokens: remaining,
             eog: prepared.eog.clone(),
@@ -430,20 +437,29 @@ async fn drive(
         "pipeline stages open"
     );
     // The prompt, and what was generated before a re-placement, in chunks.
-    let mut feed = prepared.prompt.clone();
-    feed.extend_from_slice(&state.tokens);
-    let chunks = feed.len().div_ceil(CHUNK);
-    for (i, chunk) in feed.chunks(CHUNK).enumerate() {
+    // The prompt in chunks, then (a resumed run) each token generated before, one at a
+    // time as it was the first time: the stages then compute the same numbers again, and a
+    // greedy run goes on with the same tokens.
+    let fed = Instant::now();
+    let feed: Vec<&[u32]> = prepared
+        .prompt
+        .chunks(CHUNK)
+        .chain(state.tokens.chunks(1))
+        .collect();
+    let chunks = feed.len();
+    let mut pos = 0u32;
+    for (i, chunk) in feed.into_iter().enumerate() {
         let _ = env.stages.cast(StagesMsg::Send(
             placement.plan[0].node.clone(),
             StageFrame::Feed {
                 key,
-                pos: (i * CHUNK) as u32,
+                pos,
                 tokens: chunk.to_vec(),
                 sample: i + 1 == chunks,
                 report: false,
             },
         ));
+        pos += chunk.len() as u32;
     }
     // The first token waits for the whole prompt.
     let mut deadline = Instant::now() + STALL * chunks as u32;
@@ -453,7 +469,8 @@ async fn drive(
                 token, eog, last, ..
             }) => {
                 deadline = Instant::now() + STALL;
-                first_token_ms.get_or_insert(started.elapsed().as_secs_f64() * 1000.0);
+                first_token
+                    .get_or_insert_with(|| (Instant::now(), fed.elapsed().as_secs_f64() * 1000.0));
                 if eog || state.push(&prepared.vocab, token) {
                     return Ok(Ended::Done(Finish::Stop));
                 }

@@ -2,7 +2,7 @@
 //! stage chain's frames.
 //!
 //! A runner (the worker running a pipeline job, on any node) sends `Open` to each node of
-//! its plan. Each loaded stage lives on its own thread, which owns the candle [`Stage`] and
+//! its plan. Each loaded stage lives on its own thread, which owns the llama.cpp [`Stage`] and
 //! runs its frames in arrival order; the actor only routes. Several runs share a loaded
 //! stage, one KV cache (sequence) each. A stage nobody has used for [`LINGER`] is unloaded.
 //!
@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use myco_jobs::stage::{Sampler, Stage, StageInput, StageOutput};
-use myco_runtime::cluster::wire::{SeqKey, StageFrame, StageLoaded, StageOpen, Wire};
+use myco_jobs::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
+use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -27,7 +27,7 @@ use crate::swarm::view::Swarm;
 /// How long an unused stage stays loaded (the next job of the same model reuses it).
 const LINGER: Duration = Duration::from_secs(60);
 
-/// Positions a stage's rope tables cover (at most the model's own context).
+/// The largest context a pipeline run may ask for (at most the model's own).
 pub const MAX_CTX: u32 = 32_768;
 
 /// Messages to the [`Stages`] actor.
@@ -68,6 +68,8 @@ impl Target {
 pub struct Stages {
     pub name: String,
     pub models_dir: PathBuf,
+    /// Where stages write their slice of a model while llama.cpp loads it.
+    pub scratch: PathBuf,
     /// The swarm, if this node is in one.
     pub swarm: Option<Swarm>,
 }
@@ -144,15 +146,12 @@ impl Stages {
             ring: (ring, open.ring.clone()),
             runner: runner.clone(),
             runner_at_ring: open.runner == open.ring,
-            sampler: Sampler::new(
-                open.sampling.temperature,
-                open.sampling.top_k,
-                open.sampling.top_p,
-                open.sampling.seed,
-            ),
+            sampling: open.sampling.clone(),
+            sampler: None,
             remaining: open.max_tokens,
             eog: open.eog,
             n_ctx: open.n_ctx,
+            threads: open.threads,
         };
         // The same run opened twice here: close the first.
         Self::close(state, key);
@@ -161,7 +160,7 @@ impl Stages {
         for _ in 0..2 {
             let hosted = match state.hosted.get_mut(&id) {
                 Some(h) => h,
-                None => match spawn_stage(&id) {
+                None => match spawn_stage(&id, &self.scratch) {
                     Ok(h) => state.hosted.entry(id.clone()).or_insert(h),
                     Err(e) => return refuse(format!("cannot start a stage thread: {e}")),
                 },
@@ -210,12 +209,16 @@ impl Stages {
     }
 }
 
-fn spawn_stage(id: &StageId) -> std::io::Result<Hosted> {
+fn spawn_stage(id: &StageId, scratch: &std::path::Path) -> std::io::Result<Hosted> {
     let (tx, rx) = mpsc::channel();
     let (path, first, end) = id.clone();
+    let config = StageConfig {
+        scratch: scratch.to_path_buf(),
+        ..StageConfig::new(MAX_CTX)
+    };
     std::thread::Builder::new()
         .name(format!("stage-{first}-{end}"))
-        .spawn(move || stage_thread(&path, first, end, rx))?;
+        .spawn(move || stage_thread(&path, first, end, config, rx))?;
     Ok(Hosted {
         tx,
         runs: 0,
@@ -333,10 +336,13 @@ struct Route {
     runner: Target,
     /// The runner and stage 0 share a node: one frame tells both.
     runner_at_ring: bool,
-    sampler: Sampler,
+    sampling: Sampling,
+    /// Made on the first sample (the last stage only).
+    sampler: Option<Sampler>,
     remaining: u32,
     eog: Vec<u32>,
     n_ctx: u32,
+    threads: u32,
 }
 
 #[derive(Debug)]
@@ -354,9 +360,15 @@ enum Work {
 /// Load the stage, then run its frames in order until the actor drops the sender. A stage
 /// that cannot load answers the Opens already queued and ends (the next Open loads anew); a
 /// panic ends it too, after telling the runner.
-fn stage_thread(path: &std::path::Path, first: u32, end: u32, rx: mpsc::Receiver<Work>) {
+fn stage_thread(
+    path: &std::path::Path,
+    first: u32,
+    end: u32,
+    config: StageConfig,
+    rx: mpsc::Receiver<Work>,
+) {
     let started = Instant::now();
-    let mut stage = match Stage::load(path, first, end, MAX_CTX as usize) {
+    let mut stage = match Stage::load_with(path, first, end, config) {
         Ok(s) => {
             tracing::info!(
                 model = %path.display(), first, end,
@@ -386,17 +398,24 @@ fn stage_thread(path: &std::path::Path, first: u32, end: u32, rx: mpsc::Receiver
     while let Ok(work) = rx.recv() {
         match work {
             Work::Open(route) => {
+                next_seq += 1;
+                let result = stage
+                    .begin(next_seq, route.n_ctx, route.threads)
+                    .map(|()| StageLoaded {
+                        tensor_bytes: stage.tensor_bytes(),
+                        tensors: stage.tensors().iter().map(|(n, _)| n.clone()).collect(),
+                    })
+                    .map_err(|e| e.to_string());
+                let ok = result.is_ok();
                 route.runner.send(StageFrame::Opened {
                     key: route.key,
                     index: route.index,
                     node: route.node.clone(),
-                    result: Ok(StageLoaded {
-                        tensor_bytes: stage.tensor_bytes(),
-                        tensors: stage.tensors().iter().map(|(n, _)| n.clone()).collect(),
-                    }),
+                    result,
                 });
-                next_seq += 1;
-                routes.insert(route.key, (next_seq, *route));
+                if ok {
+                    routes.insert(route.key, (next_seq, *route));
+                }
             }
             Work::Close(key) => {
                 if let Some((seq, _)) = routes.remove(&key) {
@@ -464,7 +483,8 @@ fn step(
             fatal,
         })
     };
-    match stage.forward(seq, pos as usize, input) {
+    let n_vocab = stage.hparams().n_vocab;
+    match stage.forward_with(seq, pos as usize, input, sample) {
         Ok(StageOutput::Hidden(data)) => match &route.next {
             Some((next, name)) => {
                 let frame = StageFrame::Hidden {
@@ -479,7 +499,23 @@ fn step(
         },
         Ok(StageOutput::Logits(_)) if !sample => true,
         Ok(StageOutput::Logits(logits)) => {
-            let token = route.sampler.sample(&logits);
+            let sampling = &route.sampling;
+            let sampler = route.sampler.get_or_insert_with(|| {
+                let mut s = Sampler::new(
+                    &SamplerParams {
+                        temperature: sampling.temperature,
+                        top_k: sampling.top_k,
+                        top_p: sampling.top_p,
+                        min_p: sampling.min_p,
+                        repeat_penalty: sampling.repeat_penalty,
+                        seed: sampling.seed,
+                    },
+                    n_vocab,
+                );
+                s.accept(&sampling.generated);
+                s
+            });
+            let token = sampler.sample(&logits);
             route.remaining = route.remaining.saturating_sub(1);
             let at = pos + n_in;
             let eog = route.eog.contains(&token);

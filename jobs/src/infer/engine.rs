@@ -28,14 +28,25 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            let mut b = LlamaBackend::init().map_err(|e| e.to_string())?;
-            if std::env::var_os("MYCO_LLAMA_LOG").is_none() {
-                b.void_logs();
-            }
+            let b = LlamaBackend::init().map_err(|e| e.to_string())?;
+            // llama.cpp's log goes to stderr only with MYCO_LLAMA_LOG; myco reads its load
+            // report (where the layers went) either way.
+            crate::ffi::install_log();
             Ok(b)
         })
         .as_ref()
         .map_err(|e| InferError::Engine(e.clone()))
+}
+
+pub use crate::ffi::UBATCH;
+
+/// The compute devices this build of llama.cpp can use (the CPU, and GPUs of a GPU build),
+/// with their free memory now.
+pub fn devices() -> Vec<crate::ffi::Device> {
+    match backend() {
+        Ok(_) => crate::ffi::devices(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Memory kept free beyond a model's file size when deciding what stays loaded (contexts,
@@ -139,6 +150,7 @@ fn memory() -> (u64, u64) {
 pub struct LlmModel {
     model: LlamaModel,
     path: PathBuf,
+    placement: crate::ffi::Placement,
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -149,7 +161,8 @@ impl std::fmt::Debug for LlmModel {
     }
 }
 
-fn threads(n: u32) -> i32 {
+/// Threads for llama.cpp: `n`, or every core for 0.
+pub fn threads(n: u32) -> i32 {
     let n = if n == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
     } else {
@@ -159,8 +172,14 @@ fn threads(n: u32) -> i32 {
 }
 
 impl LlmModel {
-    /// Load the model at `path` (CPU).
+    /// Load the model at `path`, every layer on the GPU when the build has one.
     pub fn load(path: &Path) -> Result<LlmModel, InferError> {
+        LlmModel::load_with(path, None)
+    }
+
+    /// Load the model at `path` with `gpu_layers` of its layers on the GPU (None: all, 0:
+    /// none; a build without a GPU backend has none).
+    pub fn load_with(path: &Path, gpu_layers: Option<u32>) -> Result<LlmModel, InferError> {
         let shown = path.display().to_string();
         if !path.is_file() {
             return Err(InferError::Missing { path: shown });
@@ -174,12 +193,23 @@ impl LlmModel {
             return Err(InferError::Corrupt { path: shown });
         }
         let backend = backend()?;
-        let model = LlamaModel::load_from_file(backend, path, &LlamaModelParams::default())
-            .map_err(|_| InferError::Corrupt { path: shown })?;
+        let mut params = LlamaModelParams::default();
+        if let Some(n) = gpu_layers {
+            params = params.with_n_gpu_layers(n);
+        }
+        let (model, log) =
+            crate::ffi::capture_log(|| LlamaModel::load_from_file(backend, path, &params));
+        let model = model.map_err(|_| InferError::Corrupt { path: shown })?;
         Ok(LlmModel {
             model,
             path: path.to_path_buf(),
+            placement: crate::ffi::Placement::from_log(&log),
         })
+    }
+
+    /// Where llama.cpp put the model (GPU layers, buffers), from its load report.
+    pub fn placement(&self) -> &crate::ffi::Placement {
+        &self.placement
     }
 
     /// The tokenizer of the model at `path` only (no weights): for pipeline jobs, whose
@@ -196,6 +226,7 @@ impl LlmModel {
         Ok(LlmModel {
             model,
             path: path.to_path_buf(),
+            placement: crate::ffi::Placement::default(),
         })
     }
 
@@ -282,6 +313,7 @@ impl LlmModel {
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_batch(n_ctx)
+            .with_n_ubatch(UBATCH.min(n_ctx))
             .with_n_threads(threads(params.threads))
             .with_n_threads_batch(threads(params.threads));
         let mut ctx = self
@@ -447,8 +479,38 @@ fn stop_at(bytes: &[u8], stop: &[String]) -> Option<usize> {
 /// The sampler chain for `p`: greedy at temperature 0, else penalties → top-k → top-p →
 /// min-p → temperature → a seeded draw.
 fn sampler(p: &InferParams, n_vocab: i32) -> LlamaSampler {
+    sampler_chain(
+        &SamplerParams {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            seed: p.seed,
+        },
+        n_vocab,
+    )
+}
+
+/// Sampling settings: what picks the next token from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplerParams {
+    /// 0: greedy.
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: u32,
+}
+
+/// llama.cpp's sampler chain for these settings: the one `infer` samples with, and the last
+/// stage of a pipeline too, so both pick the same tokens from the same logits. The repeat
+/// penalty looks at the last 64 tokens accepted.
+pub fn sampler_chain(p: &SamplerParams, n_vocab: i32) -> LlamaSampler {
+    let penalize = (p.repeat_penalty - 1.0).abs() > f32::EPSILON;
     if p.temperature <= 0.0 {
-        return if (p.repeat_penalty - 1.0).abs() > f32::EPSILON {
+        return if penalize {
             LlamaSampler::chain_simple([
                 LlamaSampler::penalties(n_vocab, 64, p.repeat_penalty, 0.0, 0.0),
                 LlamaSampler::greedy(),

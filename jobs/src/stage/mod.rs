@@ -1,32 +1,46 @@
-//! Layer-range stages: run layers `first..end` of a llama-family GGUF model on candle, so a
-//! model too big for one machine can run as a chain of stages on several.
+//! Layer-range stages: run layers `first..end` of a GGUF model on llama.cpp, so a model too
+//! big for one machine runs as a chain of stages on several.
 //!
-//! llama.cpp runs whole models only, so stages are written here over candle's quantized
-//! primitives (`QMatMul`, `QTensor::embedding`, rms norm, rope, softmax, silu). A stage reads
-//! the GGUF header once and then only its own tensors, one at a time: a node never needs
-//! memory for the whole model.
+//! A stage is a llama.cpp model of its own: myco writes the stage's slice of the GGUF (its
+//! layers renumbered from 0, the rest of the metadata kept; see [`gguf`]), loads it, and
+//! removes the file (the mapping keeps it alive). Each stage then runs llama.cpp's own graph
+//! for the architecture, on llama.cpp's kernels (CPU, or a GPU in a GPU build), so a chain of
+//! stages computes what `infer` computes on the whole file.
 //!
-//! - Stage 0 (`first == 0`) owns the token embedding and takes token ids.
-//! - The last stage (`end == n_layer`) owns the final norm and the output head, and returns
-//!   the logits of the last position. With tied embeddings (no `output.weight`) it reads
-//!   `token_embd.weight` for its head too.
-//! - Every other stage takes and returns hidden states: `n_tok × n_embd` f32, row-major.
-//! - Each stage keeps a KV cache per sequence, so several jobs share one loaded stage.
+//! - Every stage takes hidden states (`llama_batch.embd`). Stage 0 makes them itself from
+//!   token ids: the rows of `token_embd.weight`, dequantized by ggml's own function (the one
+//!   llama.cpp's lookup uses), scaled as the architecture's graph scales token rows.
+//! - A stage before the last hands out the residual stream after its last layer (the eval
+//!   callback copies llama.cpp's `l_out-N` out); its slice has a one-row dummy head, so the
+//!   output llama.cpp computes for every position costs nothing.
+//! - The last stage returns the logits of the last position.
+//! - Each sequence (a run) has its own llama.cpp context (KV cache), so several jobs share
+//!   one loaded stage.
 //!
-//! Supported architectures: `llama` (which includes Mistral GGUFs) with interleaved rope,
-//! and `qwen2` with half-split (NEOX) rope and Q/K/V biases. Others are refused by name.
+//! Supported architectures: `llama` (Llama 3.x, Mistral, SmolLM), `qwen2`, `qwen3` and
+//! `gemma3`; others are refused by name.
 //!
-//! Exactness: with the same token chunking (a prompt batch, then one token at a time), a
-//! chain of stages computes bit for bit what one stage with every layer computes, as hidden
-//! states cross the wire as f32 and each op sees the same shapes.
+//! Exactness: with the same token chunking (a prompt in chunks of [`UBATCH`], as llama.cpp
+//! splits one batch, then one token at a time), a chain of stages computes bit for bit what
+//! one stage with every layer computes, and that is what `infer` computes: hidden states cross
+//! the wire as f32 and every op sees the same shapes.
+
+pub mod gguf;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use candle_core::quantized::{QMatMul, QTensor, gguf_file};
-use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+
+use crate::ffi;
+pub use crate::infer::engine::UBATCH;
+use gguf::{Gguf, TensorInfo, Value, layer_of};
 
 /// Why a stage cannot load or run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,60 +50,43 @@ pub enum StageError {
     #[error("{path} is not a GGUF model the stage engine can read: {why}")]
     Corrupt { path: String, why: String },
     #[error(
-        "{path} is a `{arch}` model; layer-range stages run llama, mistral (arch llama) and qwen2 models only"
+        "{path} is a `{arch}` model; layer-range stages run llama (Llama, Mistral, SmolLM), qwen2, qwen3 and gemma3 models only"
     )]
     Unsupported { path: String, arch: String },
-    #[error("{path} uses {what}, which layer-range stages do not implement")]
-    Feature { path: String, what: String },
     #[error("layers {first}..{end} are not a range of the model's {n_layer} layers")]
     Range { first: u32, end: u32, n_layer: u32 },
     #[error("position {pos} is past the context of {ctx} tokens")]
     Context { pos: usize, ctx: usize },
     #[error("stage input: {0}")]
     Input(String),
-    #[error("stage engine (candle): {0}")]
+    #[error("writing the stage's slice of the model to {dir}: {why}")]
+    Scratch { dir: String, why: String },
+    #[error("stage engine (llama.cpp): {0}")]
     Engine(String),
-}
-
-impl From<candle_core::Error> for StageError {
-    fn from(e: candle_core::Error) -> Self {
-        StageError::Engine(e.to_string())
-    }
 }
 
 impl StageError {
     /// Running it again cannot help: the request or the file is wrong.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, StageError::Engine(_))
+        !matches!(self, StageError::Engine(_) | StageError::Scratch { .. })
     }
 }
 
 type Result<T> = std::result::Result<T, StageError>;
 
-/// How rope pairs dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rope {
-    /// Consecutive pairs `(2i, 2i+1)` (ggml "norm"): llama and mistral GGUFs, whose Q/K
-    /// weights the converter permuted.
-    Interleaved,
-    /// Halves `(i, i + d/2)` (ggml "neox"): qwen2.
-    HalfSplit,
-}
+/// The architectures stages run.
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// The model's shape, from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hparams {
     pub arch: String,
-    pub rope: Rope,
     pub n_layer: u32,
     pub n_embd: usize,
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
     pub n_vocab: usize,
-    pub rms_eps: f32,
-    pub rope_base: f32,
-    pub rope_dims: usize,
     /// The context the model was trained for.
     pub ctx_len: usize,
 }
@@ -103,7 +100,8 @@ pub struct ModelInfo {
     pub layer_bytes: Vec<u64>,
     /// `token_embd.weight`.
     pub embed_bytes: u64,
-    /// `output_norm.weight` and `output.weight` (or, tied, a second `token_embd.weight`).
+    /// Everything else: `output_norm.weight` and `output.weight` (or, tied, a second
+    /// `token_embd.weight`), and any other tensor outside the layers (`rope_freqs.weight`).
     pub head_bytes: u64,
     /// No `output.weight`: the head reuses the embedding.
     pub tied: bool,
@@ -117,115 +115,85 @@ impl ModelInfo {
         Ok(open(path)?.0)
     }
 
-    /// The KV cache of one layer for `n_ctx` tokens (f32 keys and values).
+    /// The KV cache of one layer for `n_ctx` tokens (f16 keys and values, as llama.cpp
+    /// keeps them).
     pub fn kv_bytes_per_layer(&self, n_ctx: u32) -> u64 {
-        2 * (self.hp.n_kv_head * self.hp.head_dim * 4) as u64 * u64::from(n_ctx)
+        2 * (self.hp.n_kv_head * self.hp.head_dim * 2) as u64 * u64::from(n_ctx)
     }
 }
 
-fn tensor_bytes(ti: &gguf_file::TensorInfo) -> u64 {
-    (ti.shape.elem_count() / ti.ggml_dtype.block_size() * ti.ggml_dtype.type_size()) as u64
-}
-
 /// Open a GGUF file and read its header.
-fn open(path: &Path) -> Result<(ModelInfo, gguf_file::Content, BufReader<File>)> {
+fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
     let shown = path.display().to_string();
     let corrupt = |why: String| StageError::Corrupt {
         path: shown.clone(),
         why,
     };
-    let file = File::open(path).map_err(|_| StageError::Missing {
-        path: shown.clone(),
-    })?;
-    let mut reader = BufReader::new(file);
-    let ct = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
-    let get = |key: &str| ct.metadata.get(key);
-    let arch = get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .ok_or_else(|| corrupt("no general.architecture".into()))?;
-    let rope = match arch.as_str() {
-        "llama" => Rope::Interleaved,
-        "qwen2" => Rope::HalfSplit,
-        _ => {
-            return Err(StageError::Unsupported { path: shown, arch });
-        }
-    };
+    if !path.is_file() {
+        return Err(StageError::Missing { path: shown });
+    }
+    let g = Gguf::read(path).map_err(corrupt)?;
+    let arch = g
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .ok_or_else(|| corrupt("no general.architecture".into()))?
+        .to_owned();
+    if !ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(StageError::Unsupported { path: shown, arch });
+    }
     let int = |key: &str| -> Option<usize> {
-        let v = get(&format!("{arch}.{key}"))?;
-        v.to_u64()
-            .ok()
-            .or_else(|| v.to_i32().ok().and_then(|x| u64::try_from(x).ok()))
-            .or_else(|| v.to_i64().ok().and_then(|x| u64::try_from(x).ok()))
+        g.get(&format!("{arch}.{key}"))
+            .and_then(Value::as_u64)
             .and_then(|x| usize::try_from(x).ok())
-    };
-    let float = |key: &str| -> Option<f32> {
-        let v = get(&format!("{arch}.{key}"))?;
-        v.to_f32()
-            .ok()
-            .or_else(|| v.to_f64().ok().map(|x| x as f32))
     };
     let need = |key: &str| int(key).ok_or_else(|| corrupt(format!("no {arch}.{key}")));
     let n_layer = need("block_count")?;
     let n_embd = need("embedding_length")?;
     let n_head = need("attention.head_count")?;
     let n_kv_head = int("attention.head_count_kv").unwrap_or(n_head);
-    if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 {
+    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
         return Err(corrupt(format!(
             "{n_head} attention heads and {n_kv_head} KV heads do not group"
         )));
     }
     let head_dim = int("attention.key_length").unwrap_or(n_embd / n_head);
-    let rope_dims = int("rope.dimension_count").unwrap_or(head_dim);
-    if rope_dims == 0 || rope_dims % 2 != 0 || rope_dims > head_dim {
+    let embd = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| corrupt("no token_embd.weight".into()))?;
+    if embd.ne.first().copied() != Some(n_embd as u64) {
         return Err(corrupt(format!(
-            "rope.dimension_count {rope_dims} does not fit heads of {head_dim}"
+            "token_embd.weight rows are not {n_embd} wide"
         )));
     }
-    if let Some(kind) = get(&format!("{arch}.rope.scaling.type")).and_then(|v| v.to_string().ok())
-        && kind != "none"
-    {
-        return Err(StageError::Feature {
-            path: shown,
-            what: format!("rope scaling `{kind}`"),
-        });
-    }
-    let embd = ct
-        .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| corrupt("no token_embd.weight".into()))?;
-    let n_vocab = embd.shape.dims().first().copied().unwrap_or(0);
+    let n_vocab = embd.ne.get(1).copied().unwrap_or(0) as usize;
     let hp = Hparams {
-        rope,
         n_layer: u32::try_from(n_layer).map_err(|_| corrupt("too many layers".into()))?,
         n_embd,
         n_head,
         n_kv_head,
         head_dim,
         n_vocab,
-        rms_eps: float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        rope_base: float("rope.freq_base").unwrap_or(10_000.0),
-        rope_dims,
         ctx_len: int("context_length").unwrap_or(4096),
         arch,
     };
     let mut layer_bytes = vec![0u64; n_layer];
     let (mut embed_bytes, mut head_bytes, mut file_tensor_bytes) = (0, 0, 0);
-    for (name, ti) in &ct.tensor_infos {
-        let b = tensor_bytes(ti);
-        file_tensor_bytes += b;
-        if let Some(i) = layer_of(name) {
-            match layer_bytes.get_mut(i) {
-                Some(slot) => *slot += b,
-                None => return Err(corrupt(format!("{name} is past block_count {n_layer}"))),
+    for t in &g.tensors {
+        file_tensor_bytes += t.bytes;
+        if let Some((i, _)) = layer_of(&t.name) {
+            match layer_bytes.get_mut(i as usize) {
+                Some(slot) => *slot += t.bytes,
+                None => {
+                    return Err(corrupt(format!("{} is past block_count {n_layer}", t.name)));
+                }
             }
-        } else if name == "token_embd.weight" {
-            embed_bytes += b;
-        } else if name.starts_with("output") {
-            head_bytes += b;
+        } else if t.name == "token_embd.weight" {
+            embed_bytes += t.bytes;
+        } else {
+            head_bytes += t.bytes;
         }
     }
-    let tied = !ct.tensor_infos.contains_key("output.weight");
+    let tied = g.tensor("output.weight").is_none();
     if tied {
         head_bytes += embed_bytes;
     }
@@ -238,33 +206,7 @@ fn open(path: &Path) -> Result<(ModelInfo, gguf_file::Content, BufReader<File>)>
         tied,
         file_tensor_bytes,
     };
-    Ok((info, ct, reader))
-}
-
-/// `blk.7.attn_q.weight` → 7.
-fn layer_of(name: &str) -> Option<usize> {
-    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
-}
-
-struct Layer {
-    attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    bias: Option<[Tensor; 3]>,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
-}
-
-/// One sequence's KV cache: per owned layer, keys and values after rope (`1 × n_kv × len ×
-/// head_dim`).
-#[derive(Default)]
-struct Sequence {
-    len: usize,
-    kv: Vec<Option<(Tensor, Tensor)>>,
+    Ok((info, g))
 }
 
 /// What goes into a stage.
@@ -281,8 +223,49 @@ pub enum StageInput {
 pub enum StageOutput {
     /// For the next stage: `n_tok × n_embd` f32.
     Hidden(Vec<f32>),
-    /// The last stage: the logits of the last position.
+    /// The last stage: the logits of the last position (empty when none were asked for).
     Logits(Vec<f32>),
+}
+
+/// How a stage is loaded and its sequences run.
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    /// Positions of a sequence begun without [`Stage::begin`].
+    pub n_ctx: u32,
+    /// Threads of a sequence begun without [`Stage::begin`] (0: every core).
+    pub threads: u32,
+    /// Where the slice of the model is written while llama.cpp loads it (removed after).
+    pub scratch: PathBuf,
+    /// Layers on the GPU (0: none; a CPU build has none to use).
+    pub gpu_layers: u32,
+}
+
+impl StageConfig {
+    pub fn new(n_ctx: u32) -> StageConfig {
+        StageConfig {
+            n_ctx,
+            threads: 0,
+            scratch: std::env::temp_dir(),
+            gpu_layers: if GPU_BUILD { u32::MAX } else { 0 },
+        }
+    }
+}
+
+/// Stage 0's token lookup: rows of `token_embd.weight`, read from the model file.
+#[derive(Debug)]
+struct Embedding {
+    file: File,
+    header: Gguf,
+    tensor: TensorInfo,
+    /// What the architecture's graph multiplies token rows by (Gemma: sqrt(n_embd)).
+    scale: f32,
+}
+
+#[derive(Debug)]
+struct Sequence {
+    ctx: ffi::Context,
+    len: usize,
+    n_ctx: usize,
 }
 
 /// Layers `first..end` of a model, loaded.
@@ -290,16 +273,11 @@ pub struct Stage {
     hp: Hparams,
     first: u32,
     end: u32,
-    device: Device,
-    embed: Option<QTensor>,
-    head: Option<(Tensor, QMatMul)>,
-    layers: Vec<Layer>,
-    /// Rope tables, `ctx × rope_dims/2`.
-    cos: Tensor,
-    sin: Tensor,
-    ctx: usize,
+    config: StageConfig,
+    model: Arc<ffi::Model>,
+    embed: Option<Embedding>,
     seqs: HashMap<u64, Sequence>,
-    /// The tensors this stage read, with their bytes.
+    /// The tensors of the original file this stage holds, with their bytes.
     loaded: Vec<(String, u64)>,
 }
 
@@ -314,24 +292,25 @@ impl std::fmt::Debug for Stage {
     }
 }
 
-/// Stages run on a GPU when one is there (a `cuda` build).
-pub const GPU_BUILD: bool = cfg!(feature = "cuda");
+/// Stages run on a GPU when the build has a GPU backend (`vulkan`, `cuda`, `metal`).
+pub const GPU_BUILD: bool = cfg!(any(feature = "vulkan", feature = "cuda", feature = "metal"));
 
-/// The device stages run on: the first CUDA GPU when built with `cuda`, else the CPU.
-pub fn device() -> Device {
-    #[cfg(feature = "cuda")]
-    if let Ok(d) = Device::new_cuda(0) {
-        return d;
-    }
-    Device::Cpu
-}
+/// Names slices written at the same time apart.
+static SLICES: AtomicU64 = AtomicU64::new(0);
 
 impl Stage {
-    /// Load layers `first..end` of the model at `path`, reading only their tensors (plus the
-    /// embedding for stage 0 and the head for the last stage). `ctx` caps positions.
+    /// Load layers `first..end` of the model at `path`; sequences default to `ctx`
+    /// positions.
     pub fn load(path: &Path, first: u32, end: u32, ctx: usize) -> Result<Stage> {
-        let (info, ct, mut reader) = open(path)?;
-        let hp = info.hp;
+        let ctx = u32::try_from(ctx).unwrap_or(u32::MAX);
+        Stage::load_with(path, first, end, StageConfig::new(ctx))
+    }
+
+    /// Load layers `first..end` of the model at `path`: write their slice to
+    /// `config.scratch`, load it with llama.cpp, remove the file.
+    pub fn load_with(path: &Path, first: u32, end: u32, config: StageConfig) -> Result<Stage> {
+        let (info, header) = open(path)?;
+        let hp = info.hp.clone();
         if first >= end || end > hp.n_layer {
             return Err(StageError::Range {
                 first,
@@ -339,86 +318,81 @@ impl Stage {
                 n_layer: hp.n_layer,
             });
         }
-        let device = device();
+        let last = end == hp.n_layer;
+        let scratch_err = |why: String| StageError::Scratch {
+            dir: config.scratch.display().to_string(),
+            why,
+        };
+        std::fs::create_dir_all(&config.scratch).map_err(|e| scratch_err(e.to_string()))?;
+        let stem = path
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        let slice = config.scratch.join(format!(
+            ".myco-stage-{stem}-{first}-{end}-{}-{}.gguf",
+            std::process::id(),
+            SLICES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = gguf::write_slice(&header, path, &hp.arch, first, end, &slice);
+        let model = written.map_err(scratch_err).and_then(|()| {
+            crate::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
+            ffi::Model::load(&slice, config.gpu_layers).map_err(StageError::Engine)
+        });
+        // The mapping (or the copy on the GPU) keeps what llama.cpp needs.
+        let _ = std::fs::remove_file(&slice);
+        let model = Arc::new(model?);
+        if model.n_embd() != hp.n_embd || (last && model.n_vocab() != hp.n_vocab) {
+            return Err(StageError::Engine(format!(
+                "the slice loaded as n_embd {} and {} tokens, not {} and {}",
+                model.n_embd(),
+                model.n_vocab(),
+                hp.n_embd,
+                hp.n_vocab
+            )));
+        }
         let mut loaded = Vec::new();
-        let shown = path.display().to_string();
-        let mut read = |name: &str| -> Result<QTensor> {
-            let ti = ct
-                .tensor_infos
-                .get(name)
-                .ok_or_else(|| StageError::Corrupt {
-                    path: shown.clone(),
-                    why: format!("no tensor {name}"),
+        let embed =
+            if first == 0 {
+                let tensor = header.tensor("token_embd.weight").cloned().ok_or_else(|| {
+                    StageError::Corrupt {
+                        path: path.display().to_string(),
+                        why: "no token_embd.weight".into(),
+                    }
                 })?;
-            loaded.push((name.to_owned(), tensor_bytes(ti)));
-            ct.tensor(&mut reader, name, &device)
-                .map_err(|e| StageError::Corrupt {
-                    path: shown.clone(),
-                    why: format!("reading {name}: {e}"),
+                loaded.push((tensor.name.clone(), tensor.bytes));
+                let file = File::open(path).map_err(|_| StageError::Missing {
+                    path: path.display().to_string(),
+                })?;
+                let scale = if hp.arch == "gemma3" {
+                    (hp.n_embd as f32).sqrt()
+                } else {
+                    1.0
+                };
+                Some(Embedding {
+                    file,
+                    header: header.clone(),
+                    tensor,
+                    scale,
                 })
-        };
-        let embed = if first == 0 {
-            Some(read("token_embd.weight")?)
-        } else {
-            None
-        };
-        let mut layers = Vec::with_capacity((end - first) as usize);
-        for i in first..end {
-            let mut w = |s: &str| read(&format!("blk.{i}.{s}"));
-            let bias = if hp.arch == "qwen2" {
-                Some([
-                    w("attn_q.bias")?.dequantize(&device)?,
-                    w("attn_k.bias")?.dequantize(&device)?,
-                    w("attn_v.bias")?.dequantize(&device)?,
-                ])
             } else {
                 None
             };
-            layers.push(Layer {
-                attn_norm: w("attn_norm.weight")?.dequantize(&device)?,
-                wq: QMatMul::from_qtensor(w("attn_q.weight")?)?,
-                wk: QMatMul::from_qtensor(w("attn_k.weight")?)?,
-                wv: QMatMul::from_qtensor(w("attn_v.weight")?)?,
-                bias,
-                wo: QMatMul::from_qtensor(w("attn_output.weight")?)?,
-                ffn_norm: w("ffn_norm.weight")?.dequantize(&device)?,
-                gate: QMatMul::from_qtensor(w("ffn_gate.weight")?)?,
-                up: QMatMul::from_qtensor(w("ffn_up.weight")?)?,
-                down: QMatMul::from_qtensor(w("ffn_down.weight")?)?,
-            });
-        }
-        let head = if end == hp.n_layer {
-            let norm = read("output_norm.weight")?.dequantize(&device)?;
-            let out = if info.tied {
-                read("token_embd.weight")?
-            } else {
-                read("output.weight")?
+        for t in &header.tensors {
+            let mine = match layer_of(&t.name) {
+                Some((il, _)) => (first..end).contains(&il),
+                None if t.name == "token_embd.weight" => last && info.tied,
+                None => last,
             };
-            Some((norm, QMatMul::from_qtensor(out)?))
-        } else {
-            None
-        };
-        let freq_factors = match ct.tensor_infos.contains_key("rope_freqs.weight") {
-            true => Some(
-                read("rope_freqs.weight")?
-                    .dequantize(&Device::Cpu)?
-                    .to_vec1::<f32>()?,
-            ),
-            false => None,
-        };
-        let ctx = ctx.clamp(1, hp.ctx_len.max(1));
-        let (cos, sin) = rope_tables(&hp, ctx, freq_factors.as_deref(), &device)?;
+            if mine {
+                loaded.push((t.name.clone(), t.bytes));
+            }
+        }
         Ok(Stage {
             hp,
             first,
             end,
-            device,
+            config,
+            model,
             embed,
-            head,
-            layers,
-            cos,
-            sin,
-            ctx,
             seqs: HashMap::new(),
             loaded,
         })
@@ -432,12 +406,18 @@ impl Stage {
         (self.first, self.end)
     }
 
-    /// The tensors this stage read from the file, with their bytes.
+    /// The tensors of the file this stage holds, with their bytes (a tied head counts in
+    /// the first stage and in the last, which both need it).
     pub fn tensors(&self) -> &[(String, u64)] {
         &self.loaded
     }
 
-    /// The bytes of the tensors it read.
+    /// Where llama.cpp put the stage's slice (GPU layers, buffers), from its load report.
+    pub fn placement(&self) -> &crate::ffi::Placement {
+        self.model.placement()
+    }
+
+    /// The bytes of the tensors it holds.
     pub fn tensor_bytes(&self) -> u64 {
         self.loaded.iter().map(|(_, b)| b).sum()
     }
@@ -456,32 +436,53 @@ impl Stage {
         self.seqs.remove(&seq);
     }
 
+    /// Start (or restart) sequence `seq` with a context of `n_ctx` positions and `threads`
+    /// threads (0: every core).
+    pub fn begin(&mut self, seq: u64, n_ctx: u32, threads: u32) -> Result<()> {
+        self.seqs.remove(&seq);
+        let n_ctx = n_ctx.clamp(8, u32::try_from(self.hp.ctx_len).unwrap_or(u32::MAX).max(8));
+        let capture = (self.end != self.hp.n_layer).then(|| self.end - self.first - 1);
+        let threads = crate::infer::engine::threads(threads);
+        let ctx =
+            ffi::Context::new(&self.model, n_ctx, threads, capture).map_err(StageError::Engine)?;
+        self.seqs.insert(
+            seq,
+            Sequence {
+                ctx,
+                len: 0,
+                n_ctx: n_ctx as usize,
+            },
+        );
+        Ok(())
+    }
+
     /// Run `input` (tokens at positions `pos..pos+n`) of sequence `seq` through this stage's
-    /// layers. `pos` must be the sequence's length so far (0 starts it afresh).
+    /// layers, with the logits of the last position if it is the last stage. `pos` must be
+    /// the sequence's length so far (0 starts it afresh).
     pub fn forward(&mut self, seq: u64, pos: usize, input: StageInput) -> Result<StageOutput> {
-        let hp = &self.hp;
-        let mut x = match (input, &self.embed) {
-            (StageInput::Tokens(ids), Some(embed)) => {
-                if let Some(bad) = ids.iter().find(|&&t| t as usize >= hp.n_vocab) {
-                    return Err(StageError::Input(format!(
-                        "token {bad} is outside the vocabulary of {}",
-                        hp.n_vocab
-                    )));
-                }
-                let n = ids.len();
-                let ids = Tensor::from_vec(ids, n, &self.device)?;
-                embed.embedding(&ids)?.unsqueeze(0)?
-            }
+        self.forward_with(seq, pos, input, true)
+    }
+
+    /// [`Stage::forward`]; `logits: false` skips the last stage's head (a prompt chunk
+    /// before the last).
+    pub fn forward_with(
+        &mut self,
+        seq: u64,
+        pos: usize,
+        input: StageInput,
+        logits: bool,
+    ) -> Result<StageOutput> {
+        let n_embd = self.hp.n_embd;
+        let embd = match (input, &self.embed) {
+            (StageInput::Tokens(ids), Some(embed)) => embed.rows(&ids, self.hp.n_vocab)?,
             (StageInput::Hidden(h), None) => {
-                if h.is_empty() || h.len() % hp.n_embd != 0 {
+                if h.is_empty() || !h.len().is_multiple_of(n_embd) {
                     return Err(StageError::Input(format!(
-                        "{} hidden values are not whole rows of {}",
+                        "{} hidden values are not whole rows of {n_embd}",
                         h.len(),
-                        hp.n_embd
                     )));
                 }
-                let n = h.len() / hp.n_embd;
-                Tensor::from_vec(h, (1, n, hp.n_embd), &self.device)?
+                h
             }
             (StageInput::Tokens(_), None) => {
                 return Err(StageError::Input(
@@ -494,20 +495,36 @@ impl Stage {
                 ));
             }
         };
-        let t = x.dim(1)?;
+        let t = embd.len() / n_embd;
         if t == 0 {
             return Err(StageError::Input("no tokens".into()));
         }
-        if pos + t > self.ctx {
+        let fresh = !self.seqs.contains_key(&seq);
+        if fresh {
+            self.begin(seq, self.config.n_ctx, self.config.threads)?;
+        }
+        let out = self.run(seq, pos, &embd, logits);
+        if out.is_err() && fresh {
+            self.seqs.remove(&seq);
+        }
+        out
+    }
+
+    fn run(&mut self, seq: u64, pos: usize, embd: &[f32], logits: bool) -> Result<StageOutput> {
+        let t = embd.len() / self.hp.n_embd;
+        let last = self.end == self.hp.n_layer;
+        let Some(sequence) = self.seqs.get_mut(&seq) else {
+            return Err(StageError::Engine("the sequence was not begun".into()));
+        };
+        if pos + t > sequence.n_ctx {
             return Err(StageError::Context {
                 pos: pos + t,
-                ctx: self.ctx,
+                ctx: sequence.n_ctx,
             });
         }
-        let n_owned = self.layers.len();
-        let sequence = self.seqs.entry(seq).or_default();
-        if pos == 0 {
-            *sequence = Sequence::default();
+        if pos == 0 && sequence.len > 0 {
+            sequence.ctx.clear();
+            sequence.len = 0;
         }
         if sequence.len != pos {
             return Err(StageError::Input(format!(
@@ -515,229 +532,105 @@ impl Stage {
                 sequence.len
             )));
         }
-        sequence.kv.resize_with(n_owned, || None);
-        let mask = if t > 1 {
-            Some(causal_mask(t, pos, &self.device)?)
-        } else {
-            None
+        let outputs = match (last, logits) {
+            (false, _) => ffi::Outputs::All,
+            (true, true) => ffi::Outputs::Last,
+            (true, false) => ffi::Outputs::None,
         };
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        for (layer, kv) in self.layers.iter().zip(sequence.kv.iter_mut()) {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, hp.rms_eps)?;
-            let attn = attention(hp, layer, &h, kv, mask.as_ref(), &cos, &sin)?;
-            x = (x + attn)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, hp.rms_eps)?;
-            let ff = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
-            x = (x + ff)?;
-        }
+        sequence
+            .ctx
+            .decode(pos as u32, embd, outputs)
+            .map_err(StageError::Engine)?;
         sequence.len = pos + t;
-        match &self.head {
-            Some((norm, output)) => {
-                let last = x.i((.., t - 1..t, ..))?.contiguous()?;
-                let last = candle_nn::ops::rms_norm(&last, norm, hp.rms_eps)?;
-                let logits = output.forward(&last)?.flatten_all()?;
-                Ok(StageOutput::Logits(
-                    logits.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-                ))
+        if !last {
+            let h = sequence.ctx.take_hidden().map_err(StageError::Engine)?;
+            if h.len() != embd.len() {
+                return Err(StageError::Engine(format!(
+                    "the stage handed out {} values for {t} positions",
+                    h.len()
+                )));
             }
-            None => Ok(StageOutput::Hidden(
-                x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
-            )),
+            return Ok(StageOutput::Hidden(h));
         }
-    }
-}
-
-/// Attention of one layer over `x` (`1 × t × n_embd`, normed), appending to its KV cache.
-fn attention(
-    hp: &Hparams,
-    layer: &Layer,
-    x: &Tensor,
-    kv: &mut Option<(Tensor, Tensor)>,
-    mask: Option<&Tensor>,
-    cos: &Tensor,
-    sin: &Tensor,
-) -> Result<Tensor> {
-    let (b, t, _) = x.dims3()?;
-    let (mut q, mut k, mut v) = (
-        layer.wq.forward(x)?,
-        layer.wk.forward(x)?,
-        layer.wv.forward(x)?,
-    );
-    if let Some([bq, bk, bv]) = &layer.bias {
-        q = q.broadcast_add(bq)?;
-        k = k.broadcast_add(bk)?;
-        v = v.broadcast_add(bv)?;
-    }
-    let hd = hp.head_dim;
-    let q = q
-        .reshape((b, t, hp.n_head, hd))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = k
-        .reshape((b, t, hp.n_kv_head, hd))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let v = v
-        .reshape((b, t, hp.n_kv_head, hd))?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let q = rope(hp, &q, cos, sin)?;
-    let k = rope(hp, &k, cos, sin)?;
-    let (k, v) = match kv.take() {
-        None => (k, v),
-        Some((kc, vc)) => (Tensor::cat(&[&kc, &k], 2)?, Tensor::cat(&[&vc, &v], 2)?),
-    };
-    *kv = Some((k.clone(), v.clone()));
-    let n_rep = hp.n_head / hp.n_kv_head;
-    let k = repeat_kv(k, n_rep)?;
-    let v = repeat_kv(v, n_rep)?;
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-    let att = match mask {
-        None => att,
-        Some(m) => {
-            let m = m.broadcast_as(att.shape())?;
-            let neg = Tensor::new(f32::NEG_INFINITY, att.device())?.broadcast_as(att.shape())?;
-            m.where_cond(&neg, &att)?
+        if !logits {
+            return Ok(StageOutput::Logits(Vec::new()));
         }
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    let y = att.matmul(&v.contiguous()?)?;
-    let y = y.transpose(1, 2)?.reshape((b, t, hp.n_head * hd))?;
-    Ok(layer.wo.forward(&y)?)
-}
-
-/// Rope over the first `rope_dims` of each head (the rest pass through).
-fn rope(hp: &Hparams, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let hd = hp.head_dim;
-    let rd = hp.rope_dims.min(hd);
-    let rot = if rd == hd {
-        x.clone()
-    } else {
-        x.narrow(D::Minus1, 0, rd)?.contiguous()?
-    };
-    let rot = match hp.rope {
-        Rope::Interleaved => candle_nn::rotary_emb::rope_i(&rot, cos, sin)?,
-        Rope::HalfSplit => candle_nn::rotary_emb::rope(&rot, cos, sin)?,
-    };
-    if rd == hd {
-        Ok(rot)
-    } else {
-        Ok(Tensor::cat(&[&rot, &x.narrow(D::Minus1, rd, hd - rd)?], D::Minus1)?.contiguous()?)
+        let l = sequence.ctx.logits().map_err(StageError::Engine)?;
+        Ok(StageOutput::Logits(l.to_vec()))
     }
 }
 
-/// Rope tables computed the way ggml does (`theta *= base^(-2/d)` per pair, in f32), so
-/// logits stay close to llama.cpp's: `ctx × rope_dims/2` cos and sin.
-fn rope_tables(
-    hp: &Hparams,
-    ctx: usize,
-    freq_factors: Option<&[f32]>,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let half = hp.rope_dims / 2;
-    let scale = hp.rope_base.powf(-2.0 / hp.rope_dims as f32);
-    let mut cos = Vec::with_capacity(ctx * half);
-    let mut sin = Vec::with_capacity(ctx * half);
-    for p in 0..ctx {
-        let mut theta = p as f32;
-        for i in 0..half {
-            let ff = freq_factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
-            let th = theta / ff;
-            cos.push(th.cos());
-            sin.push(th.sin());
-            theta *= scale;
+impl Embedding {
+    /// The hidden states of token ids: their rows, dequantized and scaled.
+    fn rows(&self, ids: &[u32], n_vocab: usize) -> Result<Vec<f32>> {
+        let n_embd = self.tensor.ne.first().copied().unwrap_or(0) as usize;
+        let mut out = vec![0f32; ids.len() * n_embd];
+        let mut raw = vec![0u8; self.tensor.row_bytes() as usize];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(n_embd)) {
+            if id as usize >= n_vocab {
+                return Err(StageError::Input(format!(
+                    "token {id} is outside the vocabulary of {n_vocab}"
+                )));
+            }
+            gguf::read_rows(
+                &self.file,
+                &self.header,
+                &self.tensor,
+                u64::from(id),
+                &mut raw,
+            )
+            .map_err(StageError::Engine)?;
+            ffi::to_float(self.tensor.ty, &raw, row).map_err(StageError::Engine)?;
+            if self.scale != 1.0 {
+                row.iter_mut().for_each(|x| *x *= self.scale);
+            }
         }
+        Ok(out)
     }
-    Ok((
-        Tensor::from_vec(cos, (ctx, half), device)?,
-        Tensor::from_vec(sin, (ctx, half), device)?,
-    ))
 }
 
-/// `t × (pos + t)`, 1 where a query may not see a key (a later position).
-fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let mask: Vec<u8> = (0..t)
-        .flat_map(|i| (0..pos + t).map(move |j| u8::from(j > pos + i)))
-        .collect();
-    Ok(Tensor::from_slice(&mask, (t, pos + t), device)?)
-}
+pub use crate::infer::engine::SamplerParams;
 
-/// Repeat each KV head `n_rep` times in a row (head `h` reads KV head `h / n_rep`).
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, n_kv, t, d) = x.dims4()?;
-    Ok(Tensor::cat(&vec![&x; n_rep], 2)?.reshape((b, n_kv * n_rep, t, d))?)
-}
-
-/// Picks the next token from logits: greedy at temperature 0, else top-k, top-p and
-/// temperature with a seeded draw (the same seed gives the same tokens on any node).
-#[derive(Debug, Clone)]
+/// Picks the next token from logits, with llama.cpp's samplers (the same chain as `infer`,
+/// so the same settings pick the same tokens).
 pub struct Sampler {
-    temperature: f32,
-    top_k: usize,
-    top_p: f32,
-    state: u64,
+    chain: LlamaSampler,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler").finish_non_exhaustive()
+    }
 }
 
 impl Sampler {
-    pub fn new(temperature: f32, top_k: i32, top_p: f32, seed: u64) -> Sampler {
+    pub fn new(p: &SamplerParams, n_vocab: usize) -> Sampler {
         Sampler {
-            temperature,
-            top_k: usize::try_from(top_k).unwrap_or(0),
-            top_p,
-            state: seed ^ 0x6d79_636f_5f73_616d,
+            chain: crate::infer::engine::sampler_chain(p, i32::try_from(n_vocab).unwrap_or(0)),
         }
     }
 
-    fn next_unit(&mut self) -> f32 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+    /// Tokens generated before (a resumed run): the repeat penalty counts them.
+    pub fn accept(&mut self, tokens: &[u32]) {
+        for &t in tokens {
+            self.chain.accept(LlamaToken(t as i32));
+        }
     }
 
+    /// The next token.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.temperature <= 0.0 {
-            return argmax(logits);
-        }
-        let mut idx: Vec<usize> = (0..logits.len()).collect();
-        idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if self.top_k > 0 {
-            idx.truncate(self.top_k);
-        }
-        let max = logits[idx[0]];
-        let mut probs: Vec<f32> = idx
-            .iter()
-            .map(|&i| ((logits[i] - max) / self.temperature).exp())
-            .collect();
-        let sum: f32 = probs.iter().sum();
-        let mut acc = 0.0;
-        let all = probs.len();
-        let mut keep = all;
-        for (n, p) in probs.iter_mut().enumerate() {
-            *p /= sum;
-            acc += *p;
-            if acc >= self.top_p && keep == all {
-                keep = n + 1;
-            }
-        }
-        probs.truncate(keep);
-        let total: f32 = probs.iter().sum();
-        let mut r = self.next_unit() * total;
-        for (n, p) in probs.iter().enumerate() {
-            r -= p;
-            if r <= 0.0 {
-                return idx[n] as u32;
-            }
-        }
-        idx[keep - 1] as u32
+        let mut data = LlamaTokenDataArray::from_iter(
+            (0i32..)
+                .zip(logits)
+                .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i), l, 0.0)),
+            false,
+        );
+        data.apply_sampler(&mut self.chain);
+        let token = data
+            .selected_token()
+            .unwrap_or(LlamaToken(argmax(logits) as i32));
+        self.chain.accept(token);
+        u32::try_from(token.0).unwrap_or(0)
     }
 }
 

@@ -74,12 +74,9 @@ fn stages_read_only_their_own_tensors_and_together_the_whole_file() {
     for s in &stages {
         for (name, _) in s.tensors() {
             assert!(seen.insert(name.clone()), "{name} loaded twice");
-            if let Some(layer) = layer_of(name) {
+            if let Some((layer, _)) = layer_of(name) {
                 let (a, b) = s.range();
-                assert!(
-                    (a as usize..b as usize).contains(&layer),
-                    "{name} in {a}..{b}"
-                );
+                assert!((a..b).contains(&layer), "{name} in {a}..{b}");
             }
         }
     }
@@ -163,12 +160,23 @@ fn other_architectures_and_bad_ranges_are_refused_by_name() {
     assert!(matches!(err, StageError::Corrupt { .. }), "{err}");
 }
 
+fn params(temperature: f32, top_k: i32, seed: u32) -> SamplerParams {
+    SamplerParams {
+        temperature,
+        top_k,
+        top_p: 1.0,
+        min_p: 0.0,
+        repeat_penalty: 1.0,
+        seed,
+    }
+}
+
 #[test]
 fn sampling_is_greedy_at_zero_and_seeded_above() {
     let logits = [0.1, 2.0, 1.9, -1.0];
-    assert_eq!(Sampler::new(0.0, 40, 0.95, 1).sample(&logits), 1);
+    assert_eq!(Sampler::new(&params(0.0, 40, 1), 4).sample(&logits), 1);
     let draw = |seed| {
-        let mut s = Sampler::new(1.0, 3, 1.0, seed);
+        let mut s = Sampler::new(&params(1.0, 3, seed), 4);
         (0..32).map(|_| s.sample(&logits)).collect::<Vec<_>>()
     };
     assert_eq!(draw(5), draw(5));
@@ -178,6 +186,22 @@ fn sampling_is_greedy_at_zero_and_seeded_above() {
         "top-k keeps the three best: {d:?}"
     );
     assert!(d.contains(&1) && d.contains(&2), "{d:?}");
+}
+
+#[test]
+fn the_repeat_penalty_counts_accepted_tokens() {
+    let logits = [0.1, 2.0, 1.9, -1.0];
+    let p = SamplerParams {
+        repeat_penalty: 1.5,
+        ..params(0.0, 40, 1)
+    };
+    let mut fresh = Sampler::new(&p, 4);
+    assert_eq!(fresh.sample(&logits), 1);
+    // 1 was just picked: penalized (2.0 / 1.5 < 1.9), 2 wins.
+    assert_eq!(fresh.sample(&logits), 2);
+    let mut resumed = Sampler::new(&p, 4);
+    resumed.accept(&[1]);
+    assert_eq!(resumed.sample(&logits), 2, "a resumed sampler remembers");
 }
 
 #[test]
@@ -211,38 +235,4 @@ fn a_prompt_fed_in_chunks_gives_the_logits_of_one_batch() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(worst < 1e-4, "chunked prefill differs by {worst}");
-}
-
-#[test]
-fn rope_settings_the_engine_does_not_implement_are_refused() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let bad = |key: &str, value: crate::gguf::Value| {
-        let path = dir.path().join("bad.gguf");
-        let bytes = crate::gguf::encode(
-            &[
-                (
-                    "general.architecture",
-                    crate::gguf::Value::Str("llama".into()),
-                ),
-                ("llama.block_count", crate::gguf::Value::U32(1)),
-                ("llama.embedding_length", crate::gguf::Value::U32(8)),
-                ("llama.attention.head_count", crate::gguf::Value::U32(2)),
-                (key, value),
-            ],
-            &[crate::gguf::Tensor {
-                name: "token_embd.weight".into(),
-                ne: vec![8, 4],
-                data: vec![0.0; 32],
-            }],
-        );
-        std::fs::write(&path, bytes).expect("write");
-        ModelInfo::read(&path).unwrap_err().to_string()
-    };
-    let e = bad(
-        "llama.rope.scaling.type",
-        crate::gguf::Value::Str("yarn".into()),
-    );
-    assert!(e.contains("rope scaling `yarn`"), "{e}");
-    let e = bad("llama.rope.dimension_count", crate::gguf::Value::U32(6));
-    assert!(e.contains("does not fit heads of 4"), "{e}");
 }

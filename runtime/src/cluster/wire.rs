@@ -187,14 +187,19 @@ pub struct SeqKey {
     pub run: u64,
 }
 
-/// How the last stage picks tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// How the last stage picks tokens (llama.cpp's sampler chain, as `infer` builds it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {
     /// 0: greedy.
     pub temperature: f32,
     pub top_k: i32,
     pub top_p: f32,
-    pub seed: u64,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub seed: u32,
+    /// Tokens generated before this placement (a resumed run): the repeat penalty counts
+    /// them, as it did the first time.
+    pub generated: Vec<u32>,
 }
 
 /// The runner asks a node to host one stage of a run.
@@ -209,6 +214,8 @@ pub struct StageOpen {
     /// Exclusive.
     pub end: u32,
     pub n_ctx: u32,
+    /// llama.cpp threads for this run's stage (0: every core of the node).
+    pub threads: u32,
     /// The node of the next stage; `None` for the last stage.
     pub next: Option<String>,
     /// The node of stage 0, where sampled tokens go (the ring).

@@ -1,0 +1,511 @@
+//! The one place myco calls llama.cpp and ggml directly (through `llama-cpp-sys-2`):
+//! `llama-cpp-2` has no batch of hidden states (`llama_batch.embd`), no eval callback (both
+//! of which a layer-range stage needs) and no device list. Everything here is wrapped in
+//! safe types that own what they free; every `unsafe` block says why it holds.
+//!
+//! - [`Model`]: a loaded GGUF (a stage's slice).
+//! - [`Context`]: a KV cache and a compute graph over a model. It takes hidden states
+//!   (`n_tok × n_embd` f32) and either hands out the residual stream after its last layer
+//!   (llama.cpp names that tensor `l_out-N`; the eval callback copies it out) or the logits.
+//! - [`TypeInfo`], [`to_float`]: ggml's tensor types, for reading and dequantizing rows.
+//! - [`devices`]: the compute devices this build of llama.cpp can use, with free memory.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString, c_void};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use llama_cpp_sys_2 as sys;
+
+/// A ggml tensor type's block layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeInfo {
+    /// Values per block.
+    pub block: u64,
+    /// Bytes per block.
+    pub bytes: u64,
+    pub name: &'static str,
+}
+
+/// The layout of ggml type `t`, or `None` for an id ggml does not know (or no longer
+/// supports).
+pub fn type_info(t: u32) -> Option<TypeInfo> {
+    if t >= sys::GGML_TYPE_COUNT {
+        return None;
+    }
+    // SAFETY: `t` is below GGML_TYPE_COUNT, the length of ggml's static traits table, so the
+    // returned pointer is to a static entry (never null, never freed).
+    let traits = unsafe { sys::ggml_get_type_traits(t as sys::ggml_type).as_ref() }?;
+    let block = u64::try_from(traits.blck_size).ok().filter(|&b| b > 0)?;
+    let name = if traits.type_name.is_null() {
+        "?"
+    } else {
+        // SAFETY: a non-null type name in the static table is a NUL-terminated static string.
+        unsafe { CStr::from_ptr(traits.type_name) }
+            .to_str()
+            .unwrap_or("?")
+    };
+    Some(TypeInfo {
+        block,
+        bytes: traits.type_size as u64,
+        name,
+    })
+}
+
+/// Dequantize one row of `dst.len()` values of type `t` from `src` (ggml's own `to_float`,
+/// the function its `get_rows` uses, so values are bit-identical to llama.cpp's embedding
+/// lookup).
+pub fn to_float(t: u32, src: &[u8], dst: &mut [f32]) -> Result<(), String> {
+    let info = type_info(t).ok_or_else(|| format!("unknown ggml type {t}"))?;
+    let n = dst.len() as u64;
+    if !n.is_multiple_of(info.block) || src.len() as u64 != n / info.block * info.bytes {
+        return Err(format!(
+            "{} bytes of {} are not {n} values",
+            src.len(),
+            info.name
+        ));
+    }
+    if t == sys::GGML_TYPE_F32 {
+        for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        }
+        return Ok(());
+    }
+    // SAFETY: `t` was checked by type_info, so the table entry is valid.
+    let traits = unsafe { &*sys::ggml_get_type_traits(t as sys::ggml_type) };
+    let f = traits
+        .to_float
+        .ok_or_else(|| format!("ggml cannot dequantize {}", info.name))?;
+    // SAFETY: `src` holds exactly n / block blocks of this type and `dst` n floats (checked
+    // above); to_float reads and writes only those.
+    unsafe { f(src.as_ptr().cast(), dst.as_mut_ptr(), n as i64) };
+    Ok(())
+}
+
+/// A loaded model (a stage's slice GGUF).
+#[derive(Debug)]
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    n_embd: usize,
+    n_vocab: usize,
+    placement: Placement,
+}
+
+// SAFETY: a llama_model is immutable once loaded; llama.cpp shares one model between
+// contexts on different threads.
+unsafe impl Send for Model {}
+// SAFETY: as above: nothing mutates a loaded model.
+unsafe impl Sync for Model {}
+
+impl Model {
+    /// Load the GGUF at `path`, `gpu_layers` of its layers on the GPU (0: CPU only).
+    /// The backend must be up (`infer::engine::backend`).
+    pub fn load(path: &Path, gpu_layers: u32) -> Result<Model, String> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("{} has a NUL in its path", path.display()))?;
+        // SAFETY: returns a plain struct of defaults.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = i32::try_from(gpu_layers).unwrap_or(i32::MAX);
+        // SAFETY: `c` is a valid NUL-terminated path for the call; params is by value.
+        let (ptr, log) =
+            capture_log(|| unsafe { sys::llama_model_load_from_file(c.as_ptr(), params) });
+        let ptr = NonNull::new(ptr)
+            .ok_or_else(|| format!("llama.cpp could not load {}", path.display()))?;
+        // SAFETY: ptr is a live model; these read its hyperparameters and vocabulary.
+        let (n_embd, n_vocab) = unsafe {
+            let vocab = sys::llama_model_get_vocab(ptr.as_ptr());
+            (
+                sys::llama_model_n_embd(ptr.as_ptr()),
+                sys::llama_vocab_n_tokens(vocab),
+            )
+        };
+        Ok(Model {
+            ptr,
+            n_embd: usize::try_from(n_embd).unwrap_or(0),
+            n_vocab: usize::try_from(n_vocab).unwrap_or(0),
+            placement: Placement::from_log(&log),
+        })
+    }
+
+    pub fn n_embd(&self) -> usize {
+        self.n_embd
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// Where llama.cpp put it.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: the model was loaded by us, and every Context over it is gone (each holds
+        // an Arc of it).
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What the eval callback copies out: the residual stream after the stage's last layer.
+#[derive(Debug)]
+struct Capture {
+    name: CString,
+    data: Vec<f32>,
+    error: Option<String>,
+}
+
+/// The eval callback: asked about every graph node, it wants only `l_out-N` and copies it.
+unsafe extern "C" fn capture_cb(t: *mut sys::ggml_tensor, ask: bool, user: *mut c_void) -> bool {
+    // SAFETY: `user` is the Capture boxed in the Context that set this callback; the box
+    // lives as long as the context, and llama.cpp calls back only inside llama_decode on the
+    // thread that holds `&mut Context`, so nothing else touches it meanwhile.
+    let Some(cap) = (unsafe { user.cast::<Capture>().as_mut() }) else {
+        return true;
+    };
+    // SAFETY: the scheduler passes a live tensor whose name is a NUL-terminated array.
+    let Some(tensor) = (unsafe { t.as_ref() }) else {
+        return true;
+    };
+    // SAFETY: as above.
+    let name = unsafe { CStr::from_ptr(sys::ggml_get_name(tensor)) };
+    if name != cap.name.as_c_str() {
+        return !ask;
+    }
+    if ask {
+        return true;
+    }
+    if tensor.type_ != sys::GGML_TYPE_F32 {
+        cap.error = Some(format!("{name:?} is not f32"));
+        return false;
+    }
+    // SAFETY: a live tensor.
+    let n = usize::try_from(unsafe { sys::ggml_nelements(tensor) }).unwrap_or(0);
+    let contiguous = tensor.nb[0] == 4 && tensor.nb[1] == 4 * tensor.ne[0] as usize;
+    if !contiguous {
+        cap.error = Some(format!("{name:?} is not contiguous"));
+        return false;
+    }
+    cap.data.resize(n, 0.0);
+    // SAFETY: the tensor holds n contiguous f32 (checked); data has room for n f32; the
+    // backend copies from wherever the tensor lives (CPU or device memory).
+    unsafe { sys::ggml_backend_tensor_get(tensor, cap.data.as_mut_ptr().cast(), 0, n * 4) };
+    true
+}
+
+/// Which positions of a batch produce output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// Every position (a stage before the last: its layers must keep every row).
+    All,
+    /// The last position's logits.
+    Last,
+    /// None (a prompt chunk before the last).
+    None,
+}
+
+/// One sequence's KV cache and compute graph over a [`Model`].
+#[derive(Debug)]
+pub struct Context {
+    ptr: NonNull<sys::llama_context>,
+    model: Arc<Model>,
+    /// Boxed so its address stays put for the callback.
+    capture: Option<Box<Capture>>,
+}
+
+// SAFETY: a llama_context may move between threads; it is used by one thread at a time
+// (every method takes `&mut self` or reads results of the last decode).
+unsafe impl Send for Context {}
+
+/// Prompt tokens per compute step (llama.cpp's `n_ubatch`), in `infer` contexts and stage
+/// contexts alike: both then split a prompt the same way and compute the same numbers.
+pub const UBATCH: u32 = 512;
+
+impl Context {
+    /// A context of `n_ctx` positions. `capture_layer`: hand out the output of that layer
+    /// (the slice's last) instead of logits.
+    pub fn new(
+        model: &Arc<Model>,
+        n_ctx: u32,
+        threads: i32,
+        capture_layer: Option<u32>,
+    ) -> Result<Context, String> {
+        let mut capture = capture_layer.map(|l| {
+            Box::new(Capture {
+                name: CString::new(format!("l_out-{l}")).unwrap_or_default(),
+                data: Vec::new(),
+                error: None,
+            })
+        });
+        // SAFETY: returns a plain struct of defaults.
+        let mut params = unsafe { sys::llama_context_default_params() };
+        params.n_ctx = n_ctx;
+        params.n_batch = n_ctx;
+        params.n_ubatch = UBATCH.min(n_ctx);
+        params.n_seq_max = 1;
+        params.n_threads = threads;
+        params.n_threads_batch = threads;
+        if let Some(cap) = capture.as_mut() {
+            params.cb_eval = Some(capture_cb);
+            params.cb_eval_user_data = std::ptr::from_mut::<Capture>(cap).cast();
+        }
+        // SAFETY: the model is live (the context holds an Arc of it); the callback's user
+        // data is the boxed Capture the context owns.
+        let ptr = unsafe { sys::llama_init_from_model(model.ptr.as_ptr(), params) };
+        let ptr = NonNull::new(ptr).ok_or("llama.cpp could not create a context")?;
+        Ok(Context {
+            ptr,
+            model: model.clone(),
+            capture,
+        })
+    }
+
+    /// Forget every position.
+    pub fn clear(&mut self) {
+        // SAFETY: a live context; its memory handle lives as long as it does.
+        unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
+    }
+
+    /// Run hidden states `embd` (`n × n_embd` f32, row-major) at positions `pos..pos+n`.
+    pub fn decode(&mut self, pos: u32, embd: &[f32], outputs: Outputs) -> Result<(), String> {
+        let n_embd = self.model.n_embd;
+        if n_embd == 0 || embd.is_empty() || !embd.len().is_multiple_of(n_embd) {
+            return Err(format!("{} values are not rows of {n_embd}", embd.len()));
+        }
+        let n = embd.len() / n_embd;
+        let n_i32 = i32::try_from(n).map_err(|_| "too many positions".to_owned())?;
+        let pos = i32::try_from(pos).map_err(|_| "position out of range".to_owned())?;
+        // SAFETY: allocates a batch for n rows of n_embd floats and one sequence id each;
+        // freed below on every path.
+        let mut batch = unsafe { sys::llama_batch_init(n_i32, n_embd as i32, 1) };
+        // SAFETY: the batch's arrays have n entries (embd: n × n_embd), as allocated above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(embd.as_ptr(), batch.embd, embd.len());
+            for i in 0..n {
+                *batch.pos.add(i) = pos + i as i32;
+                *batch.n_seq_id.add(i) = 1;
+                **batch.seq_id.add(i) = 0;
+                *batch.logits.add(i) = i8::from(match outputs {
+                    Outputs::All => true,
+                    Outputs::Last => i + 1 == n,
+                    Outputs::None => false,
+                });
+            }
+        }
+        batch.n_tokens = n_i32;
+        if let Some(cap) = self.capture.as_mut() {
+            cap.data.clear();
+            cap.error = None;
+        }
+        // SAFETY: a live context and a filled batch; the callback (if any) writes only into
+        // our boxed Capture.
+        let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
+        // SAFETY: the batch came from llama_batch_init above.
+        unsafe { sys::llama_batch_free(batch) };
+        if let Some(e) = self.capture.as_ref().and_then(|c| c.error.clone()) {
+            return Err(e);
+        }
+        match rc {
+            0 => Ok(()),
+            1 => Err("no room in the KV cache".into()),
+            2 => Err("the decode was aborted".into()),
+            rc => Err(format!("llama_decode failed ({rc})")),
+        }
+    }
+
+    /// The output of the captured layer for the last decode (`n × n_embd` f32).
+    pub fn take_hidden(&mut self) -> Result<Vec<f32>, String> {
+        let cap = self
+            .capture
+            .as_mut()
+            .ok_or("this context hands out logits, not hidden states")?;
+        if cap.data.is_empty() {
+            return Err(format!("llama.cpp computed no {:?}", cap.name));
+        }
+        Ok(std::mem::take(&mut cap.data))
+    }
+
+    /// The logits of the last decode's last position.
+    pub fn logits(&self) -> Result<&[f32], String> {
+        // SAFETY: a live context; -1 is the last output. The pointer, if not null, is to
+        // n_vocab floats owned by the context, valid until the next decode (`&self` keeps
+        // `&mut self` methods out for the borrow's life).
+        unsafe {
+            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), -1);
+            if p.is_null() {
+                return Err("the last decode produced no logits".into());
+            }
+            Ok(std::slice::from_raw_parts(p, self.model.n_vocab))
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: the context was created by us and is freed once; the capture box outlives
+        // it (fields drop after this).
+        unsafe { sys::llama_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// What kind of device llama.cpp computes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+    /// A GPU sharing the host's memory (integrated).
+    Igpu,
+    /// An accelerator used beside the CPU (BLAS and the like).
+    Accel,
+}
+
+/// A compute device of this build, as ggml's backend registry reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// ggml's name (`CPU`, `Vulkan0`, `CUDA0`, `MTL0`).
+    pub name: String,
+    pub description: String,
+    pub kind: DeviceKind,
+    /// Bytes free now (what the device reports; for the CPU, the host's).
+    pub free: u64,
+    pub total: u64,
+}
+
+/// The devices this build can compute on (the CPU always; GPUs in a `vulkan`, `cuda` or
+/// `metal` build that finds one). Call it once the backend is up (`infer::engine::devices`
+/// does).
+pub fn devices() -> Vec<Device> {
+    let text = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ggml returns NUL-terminated strings owned by the device, which lives
+            // for the whole process.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: the registry is initialized with the backend; devices are never freed.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: i is below the count.
+        let dev = unsafe { sys::ggml_backend_dev_get(i) };
+        if dev.is_null() {
+            continue;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: a live device; the out-pointers are to locals.
+        let (name, description, kind) = unsafe {
+            sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+            (
+                text(sys::ggml_backend_dev_name(dev)),
+                text(sys::ggml_backend_dev_description(dev)),
+                sys::ggml_backend_dev_type(dev),
+            )
+        };
+        let kind = match kind {
+            sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceKind::Gpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceKind::Igpu,
+            sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
+            _ => DeviceKind::Accel,
+        };
+        out.push(Device {
+            name,
+            description,
+            kind,
+            free: free as u64,
+            total: total as u64,
+        });
+    }
+    out
+}
+
+thread_local! {
+    /// Lines llama.cpp logs on this thread while [`capture_log`] runs.
+    static CAPTURED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// llama.cpp's log: kept for [`capture_log`] on the thread that logs, printed to stderr only
+/// when `MYCO_LLAMA_LOG` is set (otherwise llama.cpp is quiet, as before).
+unsafe extern "C" fn log_cb(
+    _level: sys::ggml_log_level,
+    text: *const std::ffi::c_char,
+    _: *mut c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: llama.cpp passes a NUL-terminated message valid for the call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    CAPTURED.with(|c| {
+        if let Some(buf) = c.borrow_mut().as_mut() {
+            buf.push_str(&text);
+        }
+    });
+    if std::env::var_os("MYCO_LLAMA_LOG").is_some() {
+        eprint!("{text}");
+    }
+}
+
+/// Route llama.cpp's log through [`log_cb`] (once the backend is up).
+pub fn install_log() {
+    // SAFETY: log_cb is a plain function valid for the whole process; no user data.
+    unsafe { sys::llama_log_set(Some(log_cb), std::ptr::null_mut()) }
+}
+
+/// Run `f`, and return what llama.cpp logged on this thread meanwhile.
+pub fn capture_log<R>(f: impl FnOnce() -> R) -> (R, String) {
+    CAPTURED.with(|c| *c.borrow_mut() = Some(String::new()));
+    let r = f();
+    let text = CAPTURED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, text)
+}
+
+/// Where llama.cpp put a model, from its own load report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// Layers on a GPU, and of how many (`offloaded N/M layers to GPU`); None when the
+    /// build has no GPU backend (llama.cpp does not report then).
+    pub gpu_layers: Option<(u32, u32)>,
+    /// Model bytes per buffer (`CPU_Mapped`, `Vulkan0`, ...).
+    pub buffers: Vec<(String, u64)>,
+}
+
+impl Placement {
+    /// Parse llama.cpp's load log.
+    pub fn from_log(log: &str) -> Placement {
+        let mut p = Placement::default();
+        for line in log.lines() {
+            if let Some(rest) = line.split("offloaded ").nth(1)
+                && let Some((n, m)) = rest.split(" layers").next().and_then(|f| f.split_once('/'))
+                && let (Ok(n), Ok(m)) = (n.trim().parse(), m.trim().parse())
+            {
+                p.gpu_layers = Some((n, m));
+            }
+            if let Some((name, size)) = line.split_once(" model buffer size =") {
+                let name = name.rsplit(':').next().unwrap_or("").trim().to_owned();
+                let mib: f64 = size
+                    .trim()
+                    .trim_end_matches("MiB")
+                    .trim()
+                    .parse()
+                    .unwrap_or(0.0);
+                p.buffers.push((name, (mib * 1024.0 * 1024.0) as u64));
+            }
+        }
+        p
+    }
+
+    /// Model bytes in buffers that are not the host's.
+    pub fn device_bytes(&self) -> u64 {
+        self.buffers
+            .iter()
+            .filter(|(n, _)| !n.starts_with("CPU"))
+            .map(|(_, b)| b)
+            .sum()
+    }
+}

@@ -1,0 +1,171 @@
+//! A `vulkan` build on a GPU: `infer` and a 2-stage chain with every layer on the Vulkan
+//! device (asserted from llama.cpp's own load report), against the CPU's greedy tokens.
+//!
+//! On a machine without a GPU, Mesa's software device (lavapipe, Debian
+//! `mesa-vulkan-drivers`) stands in: ggml skips CPU-type Vulkan devices unless asked, so run
+//! with `GGML_VK_VISIBLE_DEVICES=0` (test.sh does):
+//! `GGML_VK_VISIBLE_DEVICES=0 cargo test -p myco-jobs --features vulkan --test gpu`.
+#![cfg(feature = "vulkan")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use myco_jobs::ffi::DeviceKind;
+use myco_jobs::gguf::TinyLlama;
+use myco_jobs::infer::engine::{self, LlmModel, SamplerParams};
+use myco_jobs::infer::{InferParams, Prompt};
+use myco_jobs::stage::{Sampler, Stage, StageConfig, StageInput, StageOutput};
+
+/// Short enough that llama.cpp computes the prompt where its weights are (a batch of 32 or
+/// more may be sent to the GPU even with no layer there).
+const PROMPT: &str = "hello swarm, the node runs";
+const N: u32 = 48;
+const N_LAYER: u32 = 6;
+
+fn params() -> InferParams {
+    InferParams {
+        max_tokens: N,
+        temperature: 0.0,
+        repeat_penalty: 1.1,
+        n_ctx: 256,
+        threads: 1,
+        ..InferParams::default()
+    }
+}
+
+fn infer(model: &LlmModel) -> Vec<i32> {
+    model
+        .generate(
+            &Prompt::Text(PROMPT.into()),
+            &params(),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap()
+        .tokens
+}
+
+/// Greedy tokens through stages `split`, every layer on the GPU.
+fn chain(path: &Path, split: &[(u32, u32)]) -> Vec<i32> {
+    let vocab = LlmModel::load_vocab(path).unwrap();
+    let prompt: Vec<u32> = vocab
+        .tokenize(PROMPT)
+        .into_iter()
+        .map(|t| t as u32)
+        .collect();
+    let mut stages: Vec<Stage> = split
+        .iter()
+        .map(|&(a, b)| {
+            let config = StageConfig {
+                gpu_layers: u32::MAX,
+                threads: 1,
+                ..StageConfig::new(256)
+            };
+            let s = Stage::load_with(path, a, b, config).unwrap();
+            let p = s.placement();
+            // llama.cpp counts the output layer too.
+            assert_eq!(
+                p.gpu_layers,
+                Some((b - a + 1, b - a + 1)),
+                "stage {a}..{b}: {p:?}"
+            );
+            assert!(
+                p.device_bytes() > 0,
+                "stage {a}..{b} holds nothing on the GPU: {p:?}"
+            );
+            s
+        })
+        .collect();
+    let p = params();
+    let mut sampler = Sampler::new(
+        &SamplerParams {
+            temperature: 0.0,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repeat_penalty: p.repeat_penalty,
+            seed: 0,
+        },
+        stages.last().unwrap().hparams().n_vocab,
+    );
+    let eog = vocab.eog_tokens();
+    let (mut input, mut pos, mut out) = (prompt, 0, Vec::new());
+    while out.len() < N as usize {
+        let n = input.len();
+        let mut x = StageInput::Tokens(input);
+        let mut logits = Vec::new();
+        for s in &mut stages {
+            match s.forward(1, pos, x.clone()).unwrap() {
+                StageOutput::Hidden(h) => x = StageInput::Hidden(h),
+                StageOutput::Logits(l) => logits = l,
+            }
+        }
+        let t = sampler.sample(&logits);
+        if eog.contains(&t) {
+            break;
+        }
+        out.push(t as i32);
+        pos += n;
+        input = vec![t];
+    }
+    out
+}
+
+#[test]
+fn infer_and_a_two_stage_chain_run_on_the_vulkan_device_with_the_cpus_tokens() {
+    let devices = engine::devices();
+    eprintln!("devices: {devices:#?}");
+    assert!(
+        devices
+            .iter()
+            .any(|d| d.name.starts_with("Vulkan") && d.kind != DeviceKind::Cpu),
+        "no Vulkan device: on a machine without a GPU, install mesa-vulkan-drivers and run with GGML_VK_VISIBLE_DEVICES=0"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    TinyLlama {
+        n_layer: N_LAYER,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .unwrap();
+
+    let cpu = LlmModel::load_with(&path, Some(0)).unwrap();
+    assert_eq!(cpu.placement().gpu_layers, Some((0, N_LAYER + 1)));
+    let want = infer(&cpu);
+    drop(cpu);
+
+    let gpu = LlmModel::load(&path).unwrap();
+    let p = gpu.placement().clone();
+    assert_eq!(p.gpu_layers, Some((N_LAYER + 1, N_LAYER + 1)), "{p:?}");
+    assert!(p.device_bytes() > 0, "{p:?}");
+    let on_gpu = infer(&gpu);
+    drop(gpu);
+    let first_diff = |a: &[i32], b: &[i32]| a.iter().zip(b).position(|(x, y)| x != y);
+    eprintln!(
+        "infer: CPU {} tokens, GPU {} tokens, first difference at {:?}; GPU buffers {:?}",
+        want.len(),
+        on_gpu.len(),
+        first_diff(&want, &on_gpu),
+        p.buffers
+    );
+    assert!(
+        want.len() >= 32,
+        "the CPU run ended after {} tokens",
+        want.len()
+    );
+    assert_eq!(
+        on_gpu, want,
+        "infer on the GPU gives the CPU's greedy tokens"
+    );
+
+    let split = chain(&path, &[(0, N_LAYER / 2), (N_LAYER / 2, N_LAYER)]);
+    eprintln!(
+        "2 stages on the GPU: first difference from the CPU at {:?}",
+        first_diff(&want, &split)
+    );
+    assert_eq!(
+        split, want,
+        "2 stages on the GPU give the CPU's greedy tokens"
+    );
+}
