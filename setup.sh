@@ -12,8 +12,10 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # Debian packages the build needs, installed only if absent: llama.cpp (built from source by
-# llama-cpp-sys-2) needs cmake and a C/C++ compiler, and its bindings need libclang.
-APT_PACKAGES=(cmake g++ clang libclang-dev)
+# llama-cpp-sys-2) needs cmake and a C/C++ compiler, and its bindings need libclang. The
+# `vulkan` build (every GPU vendor) needs the Vulkan loader, glslc and SPIR-V headers; the
+# tests run it on Mesa's software Vulkan device (mesa-vulkan-drivers).
+APT_PACKAGES=(cmake g++ clang libclang-dev libvulkan-dev glslc spirv-headers mesa-vulkan-drivers)
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
@@ -76,6 +78,35 @@ PY
   touch "$STAMP"
 fi
 say "embedding model: $MODEL_DIR; ONNX Runtime: $LIB_DIR/libonnxruntime.so"
+
+# Debian 12's Vulkan headers (1.3.239) are older than llama.cpp's Vulkan backend needs
+# (VK_EXT_layer_settings, 1.3.261), so the headers of Debian 13's libvulkan-dev and
+# spirv-headers are unpacked under the cache, not installed: a `vulkan` build finds them
+# through CPLUS_INCLUDE_PATH (test.sh sets it; see the README). Newer systems skip this.
+VK_HEADERS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/vulkan-headers"
+vk_version() { sed -n 's/^#define VK_HEADER_VERSION \([0-9]*\).*/\1/p' "$1" 2>/dev/null; }
+vk_system="$(vk_version /usr/include/vulkan/vulkan_core.h)"
+if [ "${vk_system:-0}" -lt 261 ] && [ ! -f "$VK_HEADERS/usr/include/vulkan/vulkan.hpp" ]; then
+  say "unpacking newer Vulkan headers (Debian 13's libvulkan-dev, spirv-headers) into $VK_HEADERS"
+  apt_tmp="$(mktemp -d)"
+  mkdir -p "$apt_tmp/lists/partial" "$apt_tmp/cache/archives/partial" "$apt_tmp/parts"
+  cat >"$apt_tmp/parts/trixie.sources" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  apt_opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_tmp/parts"
+    -o "Dir::State::Lists=$apt_tmp/lists" -o "Dir::Cache=$apt_tmp/cache"
+    -o APT::Sandbox::User=root)
+  apt-get -qq "${apt_opts[@]}" update
+  (cd "$apt_tmp" && apt-get -qq "${apt_opts[@]}" download libvulkan-dev spirv-headers)
+  mkdir -p "$VK_HEADERS.part"
+  for deb in "$apt_tmp"/*.deb; do dpkg-deb -x "$deb" "$VK_HEADERS.part"; done
+  rm -rf "$VK_HEADERS" "$apt_tmp"
+  mv "$VK_HEADERS.part" "$VK_HEADERS"
+fi
 
 say "fetching crates"
 cargo fetch --locked

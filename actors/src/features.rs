@@ -2,6 +2,7 @@
 //! features `embed`, `infer`, `pipeline`), and where pipeline stages run. Nothing else.
 
 use myco_jobs::JobKind;
+use myco_runtime::detect::{Capabilities, ComputeDevice};
 
 /// Whether this build puts the stages of pipeline jobs on a GPU.
 #[cfg(feature = "pipeline")]
@@ -23,4 +24,43 @@ pub fn kinds() -> Vec<JobKind> {
             JobKind::Chunk | JobKind::Noop => true,
         })
         .collect()
+}
+
+/// This machine's capabilities, with the devices this build's llama.cpp computes on. Loads
+/// driver libraries: call it from a blocking context.
+pub fn detect() -> Capabilities {
+    let mut caps = myco_runtime::detect::detect();
+    caps.devices = devices();
+    caps
+}
+
+#[cfg(feature = "infer")]
+fn devices() -> Vec<ComputeDevice> {
+    myco_jobs::infer::engine::devices()
+        .into_iter()
+        .map(|d| ComputeDevice {
+            kind: serde_json::to_value(d.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            name: d.name,
+            description: d.description,
+            free: d.free,
+            total: d.total,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "infer"))]
+fn devices() -> Vec<ComputeDevice> {
+    Vec::new()
+}
+
+/// The memory a node offers to stages: in a build that puts stages on a GPU, the free
+/// memory of its first GPU as the backend reports it; else free RAM.
+pub fn stage_memory(caps: &Capabilities) -> u64 {
+    match caps.devices.iter().find(|d| d.is_gpu()) {
+        Some(gpu) if STAGES_ON_GPU => gpu.free,
+        _ => caps.ram_free_bytes,
+    }
 }

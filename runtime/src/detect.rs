@@ -11,6 +11,26 @@ pub struct Gpu {
     pub vram_bytes: u64,
 }
 
+/// A device the node's llama.cpp computes on (the CPU, or a GPU of a GPU build), with its
+/// memory as the backend reports it (free is free now, not a total). Filled in by the node,
+/// which has the engines; `detect` alone leaves the list empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComputeDevice {
+    /// The backend's name: `CPU`, `Vulkan0`, `CUDA0`, `MTL0`.
+    pub name: String,
+    pub description: String,
+    /// `cpu`, `gpu`, `igpu` (a GPU sharing host memory) or `accel`.
+    pub kind: String,
+    pub free: u64,
+    pub total: u64,
+}
+
+impl ComputeDevice {
+    pub fn is_gpu(&self) -> bool {
+        self.kind == "gpu" || self.kind == "igpu"
+    }
+}
+
 /// What this machine has.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -22,6 +42,9 @@ pub struct Capabilities {
     pub ram_total_bytes: u64,
     pub ram_free_bytes: u64,
     pub gpus: Vec<Gpu>,
+    /// What this build can compute on (see [`ComputeDevice`]).
+    #[serde(default)]
+    pub devices: Vec<ComputeDevice>,
 }
 
 /// Read this machine's capabilities. GPU detection loads driver libraries: call it from a
@@ -48,6 +71,7 @@ pub fn detect() -> Capabilities {
         ram_total_bytes: sys.as_ref().map(|s| s.total_memory()).unwrap_or(0),
         ram_free_bytes: sys.as_ref().map(|s| s.available_memory()).unwrap_or(0),
         gpus: detect_gpus(),
+        devices: Vec::new(),
     }
 }
 

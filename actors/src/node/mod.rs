@@ -131,7 +131,7 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
-        let caps = tokio::task::spawn_blocking(myco_runtime::detect::detect)
+        let caps = tokio::task::spawn_blocking(crate::features::detect)
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?;
         let gpu = !caps.gpus.is_empty();

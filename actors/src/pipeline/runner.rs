@@ -59,9 +59,9 @@ fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
 /// offers: this node and the peers that are up, holding the file.
 pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
     let Some(members) = members(env).filter(|m| !m.is_empty()) else {
-        let free = tokio::task::spawn_blocking(myco_runtime::detect::detect)
+        let free = tokio::task::spawn_blocking(crate::features::detect)
             .await
-            .map(|c| c.ram_free_bytes)
+            .map(|c| crate::features::stage_memory(&c))
             .unwrap_or(0);
         return vec![NodeMemory {
             name: env.name.clone(),

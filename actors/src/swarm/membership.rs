@@ -182,13 +182,10 @@ impl Membership {
             models: state.models.clone(),
             kinds: self.kinds.clone(),
             load: state.load,
-            // VRAM before RAM: a GPU build's stages run on the first GPU (its total VRAM:
-            // detection reads no free figure).
+            // VRAM before RAM: a GPU build's stages run on the first GPU (its free VRAM, as
+            // llama.cpp's backend reads it).
             stage_memory: {
-                let free = match state.caps.gpus.first() {
-                    Some(gpu) if crate::features::STAGES_ON_GPU => gpu.vram_bytes,
-                    _ => state.caps.ram_free_bytes,
-                };
+                let free = crate::features::stage_memory(&state.caps);
                 self.stage_memory.map_or(free, |cap| cap.min(free))
             },
             peers: state
@@ -384,10 +381,7 @@ impl Actor for Membership {
                     }
                     let dir = dir.clone();
                     let fresh = tokio::task::spawn_blocking(move || {
-                        (
-                            myco_runtime::detect::detect(),
-                            myco_runtime::models::scan(&dir),
-                        )
+                        (crate::features::detect(), myco_runtime::models::scan(&dir))
                     })
                     .await;
                     let Ok(fresh) = fresh else { break };
@@ -639,7 +633,9 @@ impl Actor for Membership {
             }
             MembershipMsg::Refreshed(fresh) => {
                 let (caps, models) = *fresh;
-                let changed = models != state.models || caps.gpus != state.caps.gpus;
+                let changed = models != state.models
+                    || caps.gpus != state.caps.gpus
+                    || caps.devices.len() != state.caps.devices.len();
                 state.caps = caps;
                 state.models = models;
                 if changed {

@@ -64,7 +64,7 @@ pub async fn invite(cli: &Cli, home: &Home, addr: &[String]) -> Result<ExitCode>
 }
 
 pub fn detect(cli: &Cli) -> Result<ExitCode> {
-    let caps = myco_runtime::detect::detect();
+    let caps = myco_actors::features::detect();
     if cli.json {
         print_json(&caps)?;
     } else {
@@ -80,6 +80,17 @@ pub fn detect(cli: &Cli) -> Result<ExitCode> {
         }
         for g in &caps.gpus {
             println!("gpu       {} ({})", g.name, gib(g.vram_bytes));
+        }
+        // What llama.cpp in this build can compute on: the CPU, and GPUs of a GPU build.
+        for d in &caps.devices {
+            println!(
+                "compute   {} ({}, {}): {} free of {}",
+                d.name,
+                d.kind,
+                d.description,
+                gib(d.free),
+                gib(d.total)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -161,11 +172,27 @@ fn print_swarm(nodes: &[myco_actors::swarm::view::MemberView]) {
                 i.caps.ram_free_bytes as f64 / (1u64 << 30) as f64,
                 i.caps.ram_total_bytes as f64 / (1u64 << 30) as f64
             ),
-            i.caps.gpus.len(),
+            gpus_column(&i.caps),
             i.models.len(),
             format!("{}/{}", i.load.running, i.load.slots),
             i.load.queued,
             n.heartbeat_age_ms as f64 / 1000.0
         );
+    }
+}
+
+/// The swarm table's GPU column: the GPUs this node's build computes on (free memory),
+/// else the count of GPUs the machine has.
+fn gpus_column(caps: &myco_runtime::detect::Capabilities) -> String {
+    let on: Vec<String> = caps
+        .devices
+        .iter()
+        .filter(|d| d.is_gpu())
+        .map(|d| format!("{} {:.1}G", d.name, d.free as f64 / (1u64 << 30) as f64))
+        .collect();
+    if on.is_empty() {
+        caps.gpus.len().to_string()
+    } else {
+        on.join(",")
     }
 }
