@@ -13,3 +13,10 @@ cargo clippy -p myco-runtime -p myco-actors --no-default-features --all-targets 
 # and runs the runtime's tests (they do not depend on the engines: not run twice).
 .ci/no-engines.sh
 cargo test --workspace --exclude myco-runtime --locked
+# llama.cpp's Vulkan backend, on Mesa's software device (ggml skips CPU-type Vulkan devices
+# unless GGML_VK_VISIBLE_DEVICES names them): infer and a 2-stage chain with every layer on
+# the device give the CPU's tokens. Newer Vulkan headers than Debian 12's: see setup.sh.
+VK_HEADERS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/vulkan-headers/usr/include"
+if [ -d "$VK_HEADERS" ]; then export CPLUS_INCLUDE_PATH="$VK_HEADERS${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"; fi
+cargo clippy -p myco-jobs --features vulkan --all-targets --locked -- -D warnings
+GGML_VK_VISIBLE_DEVICES=0 cargo test -p myco-jobs --features vulkan --test gpu --locked
