@@ -14,8 +14,9 @@ fi
 # Debian packages the build needs, installed only if absent: llama.cpp (built from source by
 # llama-cpp-sys-2) needs cmake and a C/C++ compiler, and its bindings need libclang. The
 # `vulkan` build (every GPU vendor) needs the Vulkan loader, glslc and SPIR-V headers; the
-# tests run it on Mesa's software Vulkan device (mesa-vulkan-drivers).
-APT_PACKAGES=(cmake g++ clang libclang-dev libvulkan-dev glslc spirv-headers mesa-vulkan-drivers)
+# tests run it on Mesa's software Vulkan device (mesa-vulkan-drivers), and emulate an old
+# CPU with qemu-user.
+APT_PACKAGES=(cmake g++ clang libclang-dev libvulkan-dev glslc spirv-headers mesa-vulkan-drivers qemu-user)
 need=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")

@@ -19,11 +19,30 @@ pub fn kinds() -> Vec<JobKind> {
         .into_iter()
         .filter(|k| match k {
             JobKind::Embed | JobKind::Archive => cfg!(feature = "embed"),
-            JobKind::Infer => cfg!(feature = "infer"),
-            JobKind::Pipeline => cfg!(feature = "pipeline"),
+            JobKind::Infer => cfg!(feature = "infer") && llm_cpu(),
+            JobKind::Pipeline => cfg!(feature = "pipeline") && llm_cpu(),
             JobKind::Chunk | JobKind::Noop => true,
         })
         .collect()
+}
+
+/// Whether this CPU can run this build's llama.cpp (see `cpu_supported`); said once in the
+/// log when it cannot.
+#[cfg(feature = "infer")]
+fn llm_cpu() -> bool {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match myco_jobs::infer::engine::cpu_supported() {
+        Ok(()) => true,
+        Err(why) => {
+            SAID.call_once(|| tracing::warn!("{why}"));
+            false
+        }
+    }
+}
+
+#[cfg(not(feature = "infer"))]
+fn llm_cpu() -> bool {
+    false
 }
 
 /// This machine's capabilities, with the devices this build's llama.cpp computes on. Loads
@@ -57,8 +76,13 @@ fn devices() -> Vec<ComputeDevice> {
 }
 
 /// The memory a node offers to stages: in a build that puts stages on a GPU, the free
-/// memory of its first GPU as the backend reports it; else free RAM.
+/// memory of its first GPU as the backend reports it; else free RAM; none on a CPU that
+/// cannot run llama.cpp.
 pub fn stage_memory(caps: &Capabilities) -> u64 {
+    if !llm_cpu() {
+        // Stages cannot load here: offer nothing, so the planner leaves this node out.
+        return 0;
+    }
     match caps.devices.iter().find(|d| d.is_gpu()) {
         Some(gpu) if STAGES_ON_GPU => gpu.free,
         _ => caps.ram_free_bytes,

@@ -39,6 +39,18 @@ async fn run_on(cli: &Cli, node: &Node, spec: SpecSource, out: Option<&Path>) ->
         .first()
         .ok_or_else(|| anyhow!("the node accepted no job"))?
         .id;
+    // An embedded node that cannot run the kind (an engine left out of the build, or a CPU
+    // llama.cpp cannot run on) would wait for ever: say so, and keep the job.
+    if let Ok(Some(view)) = handle.get(id).await
+        && !myco_actors::features::kinds().contains(&view.kind)
+    {
+        eprintln!(
+            "this node cannot run {} jobs (see the warning above, or the build's features); job {id} stays queued in {}: submit it to a node that runs them, or run the file again on one",
+            view.kind,
+            handle.queue().path().display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let target = Target::Embedded(&handle);
     let job = tokio::select! {
         job = target.follow(id, false, |event| watch.on(event)) => job?,

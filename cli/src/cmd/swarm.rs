@@ -82,6 +82,10 @@ pub fn detect(cli: &Cli) -> Result<ExitCode> {
             println!("gpu       {} ({})", g.name, gib(g.vram_bytes));
         }
         // What llama.cpp in this build can compute on: the CPU, and GPUs of a GPU build.
+        #[cfg(feature = "infer")]
+        if let Err(why) = myco_jobs::infer::engine::cpu_supported() {
+            println!("compute   none: {why}");
+        }
         for d in &caps.devices {
             println!(
                 "compute   {} ({}, {}): {} free of {}",

@@ -28,6 +28,10 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            // Before llama.cpp runs a single instruction: on a CPU without the extensions
+            // it was compiled for, its first call dies with SIGILL (and takes the node with
+            // it).
+            cpu_supported()?;
             let b = LlamaBackend::init().map_err(|e| e.to_string())?;
             // llama.cpp's log goes to stderr only with MYCO_LLAMA_LOG; myco reads its load
             // report (where the layers went) either way.
@@ -39,6 +43,32 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
 }
 
 pub use crate::ffi::UBATCH;
+
+/// Whether this CPU has the x86 extensions this build's llama.cpp was compiled with
+/// (llama-cpp-sys-2 builds ggml's CPU backend for AVX2, FMA, F16C and BMI2 on x86_64). A
+/// CPU without them (before Haswell, 2013) cannot run `infer` or stages: the node then
+/// neither leases nor steals those jobs, instead of dying on the first instruction.
+pub fn cpu_supported() -> Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let have = [
+            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+            ("avx", std::arch::is_x86_feature_detected!("avx")),
+            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+            ("fma", std::arch::is_x86_feature_detected!("fma")),
+            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+            ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+        ];
+        let missing: Vec<&str> = have.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this CPU lacks {}, which this build of llama.cpp needs: LLM jobs (infer, pipeline) cannot run on this node",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The compute devices this build of llama.cpp can use (the CPU, and GPUs of a GPU build),
 /// with their free memory now.
