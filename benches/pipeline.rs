@@ -52,7 +52,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// The bench model: llama, Q4_0, n_embd 1024, 8 layers (about 60 MB).
+/// The bench model's shape: llama, Q4_0, n_embd 1024, 8 layers (about 51 MB).
 fn bench_model() -> TinyLlama {
     TinyLlama {
         n_embd: 1024,
@@ -81,8 +81,8 @@ impl Run {
         self.generated as f64 / self.generation.as_secs_f64()
     }
 
-    fn prompt_rate(&self) -> f64 {
-        PROMPT_TOKENS as f64 / self.prompt.as_secs_f64()
+    fn prompt_rate(&self, tokens: usize) -> f64 {
+        tokens as f64 / self.prompt.as_secs_f64()
     }
 
     fn from_generation(g: &Generation, generated: u64) -> Run {
@@ -105,19 +105,18 @@ fn params() -> InferParams {
     }
 }
 
-/// A prompt of exactly PROMPT_TOKENS tokens: words until there are enough, cut to length.
+/// A prompt of PROMPT_TOKENS tokens (a word or so more): words until there are enough.
 fn prompt_text(vocab: &LlmModel) -> (String, Vec<u32>) {
     let words = "the swarm is a queue of work and the model is a machine that runs the job";
     let mut text = String::new();
     for w in words.split(' ').cycle() {
         text.push_str(w);
         text.push(' ');
-        if vocab.tokenize(&text).len() > PROMPT_TOKENS + 8 {
+        if vocab.tokenize(&text).len() >= PROMPT_TOKENS {
             break;
         }
     }
-    let mut tokens: Vec<u32> = vocab.tokenize(&text).iter().map(|&t| t as u32).collect();
-    tokens.truncate(PROMPT_TOKENS);
+    let tokens: Vec<u32> = vocab.tokenize(&text).iter().map(|&t| t as u32).collect();
     (text, tokens)
 }
 
@@ -284,11 +283,25 @@ impl Http {
 fn main() {
     let root = tempfile::tempdir().expect("tempdir");
     let (home_a, home_b) = (root.path().join("a"), root.path().join("b"));
+    // Random weights may pick an end token early: the first seed whose greedy run is
+    // MAX_TOKENS long (fixed seeds: the same model every run).
+    let probe = root.path().join("probe.gguf");
+    let fixture = (7..40)
+        .map(|seed| TinyLlama {
+            seed,
+            ..bench_model()
+        })
+        .find(|f| {
+            f.write(&probe, false).unwrap();
+            let m = LlmModel::load(&probe).unwrap();
+            let (text, _) = prompt_text(&m);
+            llama(&m, &text).tokens.len() == MAX_TOKENS as usize
+        })
+        .expect("a seed whose greedy run is MAX_TOKENS long");
+    std::fs::remove_file(&probe).unwrap();
     for h in [&home_a, &home_b] {
         std::fs::create_dir_all(h.join("models")).unwrap();
-        bench_model()
-            .write(&h.join("models/bench.gguf"), false)
-            .unwrap();
+        fixture.write(&h.join("models/bench.gguf"), false).unwrap();
     }
     let model_path = home_a.join("models/bench.gguf");
     let info = ModelInfo::read(&model_path).unwrap();
@@ -358,12 +371,7 @@ fn main() {
     let (first, g) = split();
     let reference = llama(&model, &text);
     let whole_run = stage_whole(&mut whole, &prompt, &eog);
-    assert_eq!(
-        g.prompt_tokens as usize,
-        PROMPT_TOKENS + 1,
-        "{}",
-        g.prompt_tokens
-    );
+    assert_eq!(g.prompt_tokens as usize, prompt.len());
     assert_eq!(
         whole_run.tokens, reference.tokens,
         "stage whole = llama.cpp"
@@ -412,10 +420,11 @@ fn main() {
         let w = stage_whole(&mut whole, &prompt, &eog);
         let s = split().0;
         gen_whole.push(w.gen_rate() / l.gen_rate());
-        prompt_whole.push(w.prompt_rate() / l.prompt_rate());
+        prompt_whole.push(w.prompt_rate(prompt.len()) / l.prompt_rate(prompt.len()));
         gen_split.push(s.gen_rate() / w.gen_rate());
         gen_rates.push((l.gen_rate(), w.gen_rate(), s.gen_rate()));
-        prompt_rates.push((l.prompt_rate(), w.prompt_rate(), s.prompt_rate()));
+        let n = prompt.len();
+        prompt_rates.push((l.prompt_rate(n), w.prompt_rate(n), s.prompt_rate(n)));
     }
     drop(b);
     drop(a);
@@ -469,8 +478,10 @@ fn main() {
     };
     println!();
     println!(
-        "== pipeline: {PROMPT_TOKENS}-token prompt, {} generated tokens, greedy, {THREADS} thread per path, n_ctx {N_CTX}; llama Q4_0, {} layers, n_embd {}, {:.0} MB; stages {} ==",
+        "== pipeline: {}-token prompt, {} generated tokens, greedy, {THREADS} thread per path, n_ctx {N_CTX}; llama Q4_0 (seed {}), {} layers, n_embd {}, {:.0} MB; stages {} ==",
+        prompt.len(),
         reference.tokens.len(),
+        fixture.seed,
         info.hp.n_layer,
         info.hp.n_embd,
         info.file_tensor_bytes as f64 / 1e6,

@@ -253,6 +253,14 @@ impl Actor for Stages {
         myself: ActorRef<Self::Msg>,
         _: (),
     ) -> Result<Self::State, ActorProcessingErr> {
+        // Slices a killed node left behind (they live only while llama.cpp loads them).
+        if let Ok(dir) = std::fs::read_dir(&self.scratch) {
+            for e in dir.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".myco-stage-") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         myself.send_interval(Duration::from_secs(10), || StagesMsg::Tick);
         Ok(StagesState::default())
     }
