@@ -212,8 +212,9 @@ pub enum Outputs {
 pub struct Context {
     ptr: NonNull<sys::llama_context>,
     model: Arc<Model>,
-    /// Boxed so its address stays put for the callback.
-    capture: Option<Box<Capture>>,
+    /// Owned through this pointer (a leaked Box, freed in Drop after the context), so its
+    /// address stays put and no `&mut` of ours overlaps the callback's writes.
+    capture: Option<NonNull<Capture>>,
 }
 
 // SAFETY: a llama_context may move between threads; it is used by one thread at a time
@@ -233,12 +234,12 @@ impl Context {
         threads: i32,
         capture_layer: Option<u32>,
     ) -> Result<Context, String> {
-        let mut capture = capture_layer.map(|l| {
-            Box::new(Capture {
+        let capture = capture_layer.map(|l| {
+            NonNull::from(Box::leak(Box::new(Capture {
                 name: CString::new(format!("l_out-{l}")).unwrap_or_default(),
                 data: Vec::new(),
                 error: None,
-            })
+            })))
         });
         // SAFETY: returns a plain struct of defaults.
         let mut params = unsafe { sys::llama_context_default_params() };
@@ -248,19 +249,32 @@ impl Context {
         params.n_seq_max = 1;
         params.n_threads = threads;
         params.n_threads_batch = threads;
-        if let Some(cap) = capture.as_mut() {
+        if let Some(cap) = capture {
             params.cb_eval = Some(capture_cb);
-            params.cb_eval_user_data = std::ptr::from_mut::<Capture>(cap).cast();
+            params.cb_eval_user_data = cap.as_ptr().cast();
         }
         // SAFETY: the model is live (the context holds an Arc of it); the callback's user
-        // data is the boxed Capture the context owns.
+        // data is the Capture the context owns.
         let ptr = unsafe { sys::llama_init_from_model(model.ptr.as_ptr(), params) };
-        let ptr = NonNull::new(ptr).ok_or("llama.cpp could not create a context")?;
+        let Some(ptr) = NonNull::new(ptr) else {
+            if let Some(cap) = capture {
+                // SAFETY: leaked above and never shared: no context was made.
+                drop(unsafe { Box::from_raw(cap.as_ptr()) });
+            }
+            return Err("llama.cpp could not create a context".into());
+        };
         Ok(Context {
             ptr,
             model: model.clone(),
             capture,
         })
+    }
+
+    /// The capture, between decodes.
+    fn capture(&mut self) -> Option<&mut Capture> {
+        // SAFETY: the Capture is ours (see the field) and llama.cpp writes it only inside
+        // llama_decode, which runs under `&mut self` too: this borrow never overlaps it.
+        self.capture.map(|p| unsafe { &mut *p.as_ptr() })
     }
 
     /// Forget every position.
@@ -296,16 +310,16 @@ impl Context {
             }
         }
         batch.n_tokens = n_i32;
-        if let Some(cap) = self.capture.as_mut() {
+        if let Some(cap) = self.capture() {
             cap.data.clear();
             cap.error = None;
         }
         // SAFETY: a live context and a filled batch; the callback (if any) writes only into
-        // our boxed Capture.
+        // our Capture, which nothing else borrows during the call.
         let rc = unsafe { sys::llama_decode(self.ptr.as_ptr(), batch) };
         // SAFETY: the batch came from llama_batch_init above.
         unsafe { sys::llama_batch_free(batch) };
-        if let Some(e) = self.capture.as_ref().and_then(|c| c.error.clone()) {
+        if let Some(e) = self.capture().and_then(|c| c.error.take()) {
             return Err(e);
         }
         match rc {
@@ -319,8 +333,7 @@ impl Context {
     /// The output of the captured layer for the last decode (`n × n_embd` f32).
     pub fn take_hidden(&mut self) -> Result<Vec<f32>, String> {
         let cap = self
-            .capture
-            .as_mut()
+            .capture()
             .ok_or("this context hands out logits, not hidden states")?;
         if cap.data.is_empty() {
             return Err(format!("llama.cpp computed no {:?}", cap.name));
@@ -345,9 +358,13 @@ impl Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: the context was created by us and is freed once; the capture box outlives
-        // it (fields drop after this).
+        // SAFETY: the context was created by us and is freed once, before the Capture its
+        // callback writes to.
         unsafe { sys::llama_free(self.ptr.as_ptr()) }
+        if let Some(cap) = self.capture.take() {
+            // SAFETY: leaked in `new`, freed only here, after the context that used it.
+            drop(unsafe { Box::from_raw(cap.as_ptr()) });
+        }
     }
 }
 
