@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode};
 use myco_benches::{Totals, fmt_rate, fmt_ratio};
 use myco_jobs::gguf::{Arch, TinyLlama, WType};
-use myco_jobs::infer::engine::{LlmModel, SamplerParams};
+use myco_jobs::infer::engine::LlmModel;
 use myco_jobs::infer::{Generation, InferParams, Prompt};
 use myco_jobs::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput, UBATCH};
 use myco_runtime::cluster::wire::{SeqKey, StageFrame, Wire};
@@ -139,17 +139,7 @@ fn llama(model: &LlmModel, text: &str) -> Run {
 /// time, sampled as `infer` samples.
 fn stage_whole(stage: &mut Stage, prompt: &[u32], eog: &[u32]) -> Run {
     let p = params();
-    let mut sampler = Sampler::new(
-        &SamplerParams {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            seed: p.seed,
-        },
-        stage.hparams().n_vocab,
-    );
+    let mut sampler = Sampler::new(&p.sampling(), stage.hparams().n_vocab);
     stage.begin(1, N_CTX, THREADS).unwrap();
     let started = Instant::now();
     let chunks: Vec<&[u32]> = prompt.chunks(UBATCH as usize).collect();

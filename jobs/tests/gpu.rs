@@ -12,7 +12,7 @@ use std::path::Path;
 
 use myco_jobs::ffi::DeviceKind;
 use myco_jobs::gguf::{Arch, TinyLlama, WType};
-use myco_jobs::infer::engine::{self, LlmModel, SamplerParams};
+use myco_jobs::infer::engine::{self, LlmModel};
 use myco_jobs::infer::{InferParams, Prompt};
 use myco_jobs::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput};
 
@@ -87,17 +87,7 @@ fn chain(path: &Path, split: &[(u32, u32)]) -> Vec<i32> {
         })
         .collect();
     let p = params();
-    let mut sampler = Sampler::new(
-        &SamplerParams {
-            temperature: 0.0,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            seed: 0,
-        },
-        stages.last().unwrap().hparams().n_vocab,
-    );
+    let mut sampler = Sampler::new(&p.sampling(), stages.last().unwrap().hparams().n_vocab);
     let eog = vocab.eog_tokens();
     let (mut input, mut pos, mut out) = (prompt, 0, Vec::new());
     while out.len() < N as usize {

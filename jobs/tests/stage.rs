@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::engine::{LlmModel, SamplerParams};
+use myco_jobs::infer::engine::LlmModel;
 use myco_jobs::infer::{InferParams, Prompt};
 use myco_jobs::stage::{Sampler, Stage, StageInput, StageOutput, UBATCH};
 
@@ -57,17 +57,7 @@ fn chain_tokens(path: &Path, split: &[(u32, u32)], n: u32) -> Vec<i32> {
         .collect();
     let p = params(n);
     let n_vocab = stages.last().unwrap().hparams().n_vocab;
-    let mut sampler = Sampler::new(
-        &SamplerParams {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            seed: p.seed,
-        },
-        n_vocab,
-    );
+    let mut sampler = Sampler::new(&p.sampling(), n_vocab);
     let eog = vocab.eog_tokens();
     let mut feed: Vec<Vec<u32>> = prompt
         .chunks(UBATCH as usize)

@@ -509,17 +509,21 @@ fn stop_at(bytes: &[u8], stop: &[String]) -> Option<usize> {
 /// The sampler chain for `p`: greedy at temperature 0, else penalties → top-k → top-p →
 /// min-p → temperature → a seeded draw.
 fn sampler(p: &InferParams, n_vocab: i32) -> LlamaSampler {
-    sampler_chain(
-        &SamplerParams {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            seed: p.seed,
-        },
-        n_vocab,
-    )
+    sampler_chain(&p.sampling(), n_vocab)
+}
+
+impl InferParams {
+    /// The request's sampling settings.
+    pub fn sampling(&self) -> SamplerParams {
+        SamplerParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+        }
+    }
 }
 
 /// Sampling settings: what picks the next token from the logits.

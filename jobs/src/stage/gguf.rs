@@ -460,10 +460,11 @@ pub fn write_slice(
     Ok(())
 }
 
-/// Read `rows` rows of tensor `t` starting at `row` (raw bytes).
-pub fn read_rows(
+/// Read row `row` of tensor `t` (raw bytes) from a GGUF file whose data starts at
+/// `data_start`.
+pub fn read_row(
     file: &File,
-    src: &Gguf,
+    data_start: u64,
     t: &TensorInfo,
     row: u64,
     out: &mut [u8],
@@ -473,7 +474,7 @@ pub fn read_rows(
     if row >= t.rows() || out.len() as u64 != rb {
         return Err(format!("row {row} is outside {}", t.name));
     }
-    file.read_exact_at(out, src.data_start + t.offset + row * rb)
+    file.read_exact_at(out, data_start + t.offset + row * rb)
         .map_err(|e| format!("reading {}: {e}", t.name))
 }
 

@@ -255,7 +255,8 @@ impl StageConfig {
 #[derive(Debug)]
 struct Embedding {
     file: File,
-    header: Gguf,
+    /// Where the file's tensor data starts.
+    data_start: u64,
     tensor: TensorInfo,
     /// What the architecture's graph multiplies token rows by (Gemma: sqrt(n_embd)).
     scale: f32,
@@ -369,7 +370,7 @@ impl Stage {
                 };
                 Some(Embedding {
                     file,
-                    header: header.clone(),
+                    data_start: header.data_start,
                     tensor,
                     scale,
                 })
@@ -572,9 +573,9 @@ impl Embedding {
                     "token {id} is outside the vocabulary of {n_vocab}"
                 )));
             }
-            gguf::read_rows(
+            gguf::read_row(
                 &self.file,
-                &self.header,
+                self.data_start,
                 &self.tensor,
                 u64::from(id),
                 &mut raw,
