@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# llama-cpp-sys-2 configures llama.cpp's CMake build only when the build folder has no
+# CMakeCache.txt. A configure that was cut off (a full disk, a killed run) leaves the cache
+# without a Makefile, and every later build of that folder then fails with "No rule to make
+# target 'Makefile'". Drop such caches so the next build configures again.
+for cache in "${CARGO_TARGET_DIR:-target}"/*/build/llama-cpp-sys-2-*/out/build/CMakeCache.txt; do
+  [ -e "$cache" ] || continue
+  dir=$(dirname "$cache")
+  if [ ! -e "$dir/Makefile" ] && [ ! -e "$dir/build.ninja" ]; then
+    echo "test.sh: $dir was configured but not generated (a cut-off build); configuring it again" >&2
+    rm -f "$cache"
+  fi
+done
+
 cargo fmt --all --check
 # No import circles between the files of a crate.
 python3 .ci/import-cycles.py runtime jobs actors cli
