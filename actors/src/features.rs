@@ -26,13 +26,13 @@ pub fn kinds() -> Vec<JobKind> {
         .collect()
 }
 
-/// Whether this CPU can run this build's llama.cpp (see `cpu_supported`); said once in the
-/// log when it cannot.
+/// Whether llama.cpp has CPU kernels that run here (see `cpu_kernels`); said once in the
+/// log when it has none.
 #[cfg(feature = "infer")]
 fn llm_cpu() -> bool {
     static SAID: std::sync::Once = std::sync::Once::new();
-    match myco_jobs::infer::engine::cpu_supported() {
-        Ok(()) => true,
+    match myco_jobs::infer::engine::cpu_kernels() {
+        Ok(_) => true,
         Err(why) => {
             SAID.call_once(|| tracing::warn!("{why}"));
             false

@@ -62,6 +62,8 @@ pub struct NodeSupervisor {
     pub name: String,
     pub home: std::path::PathBuf,
     pub stage_memory: Option<u64>,
+    /// GPU memory its models and stages may use (`--gpu-memory`).
+    pub gpu_memory: Option<u64>,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -110,6 +112,7 @@ impl NodeSupervisor {
             models_dir: myco_jobs::home::models_dir(&self.home),
             scratch: myco_jobs::home::scratch_dir(&self.home),
             swarm: self.swarm(),
+            gpu_memory: self.gpu_memory,
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;
         Ok(stages)

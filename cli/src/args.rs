@@ -185,6 +185,14 @@ pub struct NodeArgs {
     /// free memory].
     #[arg(long, env = "MYCO_STAGE_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub stage_memory: Option<u64>,
+    /// Layers of each LLM to put on the GPU, for jobs that do not say (0: none) [default: as
+    /// many as fit in the GPU's free memory; the rest run on the CPU].
+    #[arg(long, env = "MYCO_GPU_LAYERS", value_name = "N")]
+    pub gpu_layers: Option<u32>,
+    /// GPU memory this node's models and stages may use, e.g. `6GiB` [default: the GPU's free
+    /// memory].
+    #[arg(long, env = "MYCO_GPU_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub gpu_memory: Option<u64>,
 }
 
 /// `123`, `512KiB`, `1.5GB`, `6GiB`, `2g`: a size in bytes.

@@ -9,10 +9,12 @@
 //!   (llama.cpp names that tensor `l_out-N`; the eval callback copies it out) or the logits.
 //! - [`TypeInfo`], [`to_float`]: ggml's tensor types, for reading and dequantizing rows.
 //! - [`devices`]: the compute devices this build of llama.cpp can use, with free memory.
+//! - [`backends`]: ggml's backend modules, loaded at run time: the CPU kernels built for
+//!   this CPU's extensions (of the variants the build compiled), and the GPU backends.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_void};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -441,6 +443,81 @@ pub fn devices() -> Vec<Device> {
     out
 }
 
+/// ggml's backend modules as loaded in this process (see [`backends`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backends {
+    /// The folder they were loaded from.
+    pub dir: PathBuf,
+    /// The CPU backend's variant, from its file name (`libggml-cpu-<variant>.so`: `x64`,
+    /// `sse42`, `haswell`, `skylakex`, `zen4`, ...): the one whose extensions this CPU has
+    /// and that scores best. `None` when no variant in `dir` runs here.
+    pub cpu: Option<String>,
+    /// Every module loaded: ggml's name for it (`CPU`, `Vulkan`) and its file.
+    pub loaded: Vec<(String, PathBuf)>,
+}
+
+/// Where this build's backend modules are: the folder llama-cpp-sys-2 installed them in
+/// (this very build's, so `cargo run` and tests never mix builds), else the executable's
+/// own folder (a binary copied elsewhere with its libraries, which `jobs/build.rs` puts
+/// beside it). Never the current directory, which ggml's default search also reads: a
+/// library planted there would run inside the node.
+fn backends_dir() -> PathBuf {
+    if let Some(dir) = sys::BACKENDS_DIR.map(PathBuf::from)
+        && dir.is_dir()
+    {
+        return dir;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+}
+
+/// Load ggml's backend modules, once per process (ggml's registry is process-wide), before
+/// llama.cpp's first use. ggml scores each CPU variant against this CPU's extensions and
+/// loads the best that runs, so one binary runs on a 2008 CPU and uses AVX-512 where there
+/// is one.
+pub fn backends() -> &'static Backends {
+    static BACKENDS: std::sync::OnceLock<Backends> = std::sync::OnceLock::new();
+    BACKENDS.get_or_init(|| {
+        install_log();
+        let dir = backends_dir();
+        let path = CString::new(dir.as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let ((), log) = capture_log(|| {
+            // SAFETY: a NUL-terminated path valid for the call; ggml copies what it keeps.
+            unsafe { sys::ggml_backend_load_all_from_path(path.as_ptr()) }
+        });
+        Backends::from_log(dir, &log)
+    })
+}
+
+impl Backends {
+    /// Parse ggml's `loaded <name> backend from <path>` lines.
+    fn from_log(dir: PathBuf, log: &str) -> Backends {
+        let loaded: Vec<(String, PathBuf)> = log
+            .lines()
+            .filter_map(|line| {
+                let rest = line.split("loaded ").nth(1)?;
+                let (name, path) = rest.split_once(" backend from ")?;
+                Some((name.to_owned(), PathBuf::from(path.trim())))
+            })
+            .collect();
+        let cpu = loaded
+            .iter()
+            .find(|(name, _)| name == "CPU")
+            .and_then(|(_, path)| path.file_stem()?.to_str().map(str::to_owned))
+            .map(|stem| {
+                let stem = stem.strip_prefix("lib").unwrap_or(&stem);
+                let variant = stem.strip_prefix("ggml-cpu").unwrap_or(stem);
+                match variant.trim_start_matches('-') {
+                    "" => "default".to_owned(),
+                    v => v.to_owned(),
+                }
+            });
+        Backends { dir, cpu, loaded }
+    }
+}
+
 thread_local! {
     /// Lines llama.cpp logs on this thread while [`capture_log`] runs.
     static CAPTURED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
@@ -524,5 +601,23 @@ impl Placement {
             .filter(|(n, _)| !n.starts_with("CPU"))
             .map(|(_, b)| b)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_variant_is_read_from_the_module_ggml_loaded() {
+        let log = "ggml_backend_load_best: search path /x does not exist\n\
+                   load_backend: loaded Vulkan backend from /b/libggml-vulkan.so\n\
+                   load_backend: loaded CPU backend from /b/libggml-cpu-skylakex.so\n";
+        let b = Backends::from_log(PathBuf::from("/b"), log);
+        assert_eq!(b.cpu.as_deref(), Some("skylakex"));
+        assert_eq!(b.loaded.len(), 2);
+        assert_eq!(b.loaded[0].0, "Vulkan");
+        let none = Backends::from_log(PathBuf::from("/b"), "nothing here\n");
+        assert_eq!(none.cpu, None);
     }
 }

@@ -192,3 +192,61 @@ fn quantized_q8_0_on_the_vulkan_device_gives_infers_gpu_tokens() {
         false,
     );
 }
+
+/// A GPU smaller than the model (here a budget, `--gpu-memory`): the last layers that fit go
+/// to the device, the rest run on the CPU, and the tokens stay the CPU's.
+#[test]
+fn a_model_larger_than_the_gpu_budget_splits_between_vram_and_ram() {
+    use myco_jobs::infer::engine::{GpuPolicy, Models};
+    use myco_jobs::stage::GPU_RESERVE;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    TinyLlama {
+        n_layer: N_LAYER,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .unwrap();
+    let info = ModelInfo::read(&path).unwrap();
+    let kv = info.kv_bytes_per_layer(params().n_ctx);
+    let three: u64 = info.layer_bytes[3..6].iter().sum::<u64>() + 3 * kv;
+    let budget = GPU_RESERVE + three;
+
+    let cpu = LlmModel::load_with(&path, Some(0)).unwrap();
+    let want = infer(&cpu);
+    drop(cpu);
+
+    let models = Models::with_gpu(GpuPolicy {
+        layers: None,
+        memory: Some(budget),
+    });
+    let split = models.get_for(&path, None, params().n_ctx).unwrap();
+    let p = split.placement().clone();
+    assert_eq!(p.gpu_layers, Some((3, N_LAYER + 1)), "{p:?}");
+    assert!(p.device_bytes() > 0, "{p:?}");
+    assert_eq!(
+        infer(&split),
+        want,
+        "half on the GPU gives the CPU's tokens"
+    );
+    drop(split);
+
+    // The job's own gpu_layers wins over the node's budget.
+    let one = models.get_for(&path, Some(1), params().n_ctx).unwrap();
+    assert_eq!(one.placement().gpu_layers, Some((1, N_LAYER + 1)));
+    drop(one);
+
+    // A stage of the first half within the same budget: all of its 3 layers (and its dummy
+    // head) fit.
+    let config = StageConfig {
+        gpu_layers: u32::MAX,
+        gpu_memory: Some(budget),
+        threads: 1,
+        ..StageConfig::new(params().n_ctx)
+    };
+    let s = Stage::load_with(&path, 0, 3, config.clone()).unwrap();
+    assert_eq!(s.placement().gpu_layers, Some((4, 4)));
+    // The whole model as one stage: the last 3 layers on the GPU.
+    let s = Stage::load_with(&path, 0, N_LAYER, config).unwrap();
+    assert_eq!(s.placement().gpu_layers, Some((3, N_LAYER + 1)));
+}

@@ -156,3 +156,48 @@ fn stages_give_infers_greedy_tokens_for_every_architecture_and_type() {
         }
     }
 }
+
+/// VRAM first, then RAM: the layers that fit in a GPU budget, counted from the last (as
+/// llama.cpp offloads), each with its KV cache, and the head only when everything fits.
+#[test]
+fn the_gpu_takes_the_last_layers_that_fit() {
+    use myco_jobs::stage::{GPU_RESERVE, ModelInfo};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    TinyLlama {
+        n_layer: 6,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .unwrap();
+    let info = ModelInfo::read(&path).unwrap();
+    let n_ctx = 256;
+    let layer = |i: usize| info.layer_bytes[i] + info.kv_bytes_per_layer(n_ctx);
+    let all: u64 = (0..6).map(layer).sum::<u64>() + info.head_bytes;
+
+    assert_eq!(info.gpu_layers_that_fit(0, 6, n_ctx, 0, true), 0);
+    assert_eq!(info.gpu_layers_that_fit(0, 6, n_ctx, GPU_RESERVE, true), 0);
+    // Everything, and the head: one more than the layers.
+    assert_eq!(
+        info.gpu_layers_that_fit(0, 6, n_ctx, GPU_RESERVE + all, true),
+        7
+    );
+    // The last two layers, a byte short of a third.
+    let two = layer(5) + layer(4);
+    assert_eq!(
+        info.gpu_layers_that_fit(0, 6, n_ctx, GPU_RESERVE + two, true),
+        2
+    );
+    assert_eq!(
+        info.gpu_layers_that_fit(0, 6, n_ctx, GPU_RESERVE + two + layer(3) - 1, true),
+        2
+    );
+    // A stage's range: its own layers (no head before the last stage).
+    let first_half: u64 = (0..3).map(layer).sum();
+    assert_eq!(
+        info.gpu_layers_that_fit(0, 3, n_ctx, GPU_RESERVE + first_half, false),
+        4
+    );
+    // A longer context takes more of the GPU for the same layers.
+    assert!(info.gpu_layers_that_fit(0, 6, 1 << 20, GPU_RESERVE + two, true) < 2);
+}

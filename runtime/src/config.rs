@@ -135,6 +135,12 @@ pub struct NodeConfig {
     /// Memory (bytes) this node offers to model stages; unset means its free memory.
     #[serde(default)]
     pub stage_memory: Option<u64>,
+    /// Layers of each LLM on the GPU for jobs that do not say; unset means as many as fit.
+    #[serde(default)]
+    pub gpu_layers: Option<u32>,
+    /// GPU memory (bytes) this node's models and stages may use; unset means its free memory.
+    #[serde(default)]
+    pub gpu_memory: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -156,6 +162,8 @@ impl Default for NodeConfig {
             heartbeat: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             stage_memory: None,
+            gpu_layers: None,
+            gpu_memory: None,
         }
     }
 }

@@ -107,6 +107,12 @@ impl Node {
         let exec_home = home.root().to_path_buf();
         // The node's LLMs, loaded once and shared by its own executors (not by other nodes
         // of the same process).
+        #[cfg(feature = "infer")]
+        let models = myco_jobs::infer::Models::with_gpu(myco_jobs::infer::engine::GpuPolicy {
+            layers: config.gpu_layers,
+            memory: config.gpu_memory,
+        });
+        #[cfg(not(feature = "infer"))]
         let models = myco_jobs::infer::Models::new();
         let factory: ExecutorFactory = Arc::new(move || {
             Box::new(myco_jobs::CpuExecutor::with_models(
@@ -204,6 +210,7 @@ impl Node {
             name: name.clone(),
             home: home.root().to_path_buf(),
             stage_memory: config.stage_memory,
+            gpu_memory: config.gpu_memory,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await

@@ -72,6 +72,8 @@ pub struct Stages {
     pub scratch: PathBuf,
     /// The swarm, if this node is in one.
     pub swarm: Option<Swarm>,
+    /// GPU memory the node's stages may use (`--gpu-memory`); unset: the GPU's free memory.
+    pub gpu_memory: Option<u64>,
 }
 
 /// A loaded (or loading) stage and its thread.
@@ -160,7 +162,7 @@ impl Stages {
         for _ in 0..2 {
             let hosted = match state.hosted.get_mut(&id) {
                 Some(h) => h,
-                None => match spawn_stage(&id, &self.scratch) {
+                None => match spawn_stage(&id, &self.scratch, self.gpu_memory) {
                     Ok(h) => state.hosted.entry(id.clone()).or_insert(h),
                     Err(e) => return refuse(format!("cannot start a stage thread: {e}")),
                 },
@@ -209,11 +211,16 @@ impl Stages {
     }
 }
 
-fn spawn_stage(id: &StageId, scratch: &std::path::Path) -> std::io::Result<Hosted> {
+fn spawn_stage(
+    id: &StageId,
+    scratch: &std::path::Path,
+    gpu_memory: Option<u64>,
+) -> std::io::Result<Hosted> {
     let (tx, rx) = mpsc::channel();
     let (path, first, end) = id.clone();
     let config = StageConfig {
         scratch: scratch.to_path_buf(),
+        gpu_memory,
         ..StageConfig::new(MAX_CTX)
     };
     std::thread::Builder::new()

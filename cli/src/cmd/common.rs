@@ -110,6 +110,12 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     if let Some(m) = args.stage_memory {
         cfg.stage_memory = Some(m);
     }
+    if let Some(n) = args.gpu_layers {
+        cfg.gpu_layers = Some(n);
+    }
+    if let Some(m) = args.gpu_memory {
+        cfg.gpu_memory = Some(m);
+    }
     if let Some(token) = &args.join_token {
         let (secret, addrs) =
             SwarmSecret::parse_token(token).map_err(|e| BadInput(e.to_string()))?;

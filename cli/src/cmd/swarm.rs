@@ -83,8 +83,11 @@ pub fn detect(cli: &Cli) -> Result<ExitCode> {
         }
         // What llama.cpp in this build can compute on: the CPU, and GPUs of a GPU build.
         #[cfg(feature = "infer")]
-        if let Err(why) = myco_jobs::infer::engine::cpu_supported() {
-            println!("compute   none: {why}");
+        match myco_jobs::infer::engine::cpu_kernels() {
+            Ok(variant) => {
+                println!("kernels   cpu {variant} (llama.cpp's CPU backend for this CPU)")
+            }
+            Err(why) => println!("compute   none: {why}"),
         }
         for d in &caps.devices {
             println!(

@@ -28,15 +28,10 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
-            // Before llama.cpp runs a single instruction: on a CPU without the extensions
-            // it was compiled for, its first call dies with SIGILL (and takes the node with
-            // it).
-            cpu_supported()?;
-            let b = LlamaBackend::init().map_err(|e| e.to_string())?;
-            // llama.cpp's log goes to stderr only with MYCO_LLAMA_LOG; myco reads its load
-            // report (where the layers went) either way.
-            crate::ffi::install_log();
-            Ok(b)
+            // The CPU kernels first: without a variant that runs on this CPU there is no
+            // llama.cpp here (and the node must not die trying).
+            cpu_kernels()?;
+            LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
         .map_err(|e| InferError::Engine(e.clone()))
@@ -44,30 +39,19 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
 
 pub use crate::ffi::UBATCH;
 
-/// Whether this CPU has the x86 extensions this build's llama.cpp was compiled with
-/// (llama-cpp-sys-2 builds ggml's CPU backend for AVX2, FMA, F16C and BMI2 on x86_64). A
-/// CPU without them (before Haswell, 2013) cannot run `infer` or stages: the node then
-/// neither leases nor steals those jobs, instead of dying on the first instruction.
-pub fn cpu_supported() -> Result<(), String> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let have = [
-            ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
-            ("avx", std::arch::is_x86_feature_detected!("avx")),
-            ("avx2", std::arch::is_x86_feature_detected!("avx2")),
-            ("fma", std::arch::is_x86_feature_detected!("fma")),
-            ("f16c", std::arch::is_x86_feature_detected!("f16c")),
-            ("bmi2", std::arch::is_x86_feature_detected!("bmi2")),
-        ];
-        let missing: Vec<&str> = have.iter().filter(|(_, ok)| !ok).map(|(n, _)| *n).collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "this CPU lacks {}, which this build of llama.cpp needs: LLM jobs (infer, pipeline) cannot run on this node",
-                missing.join(", ")
-            ));
-        }
-    }
-    Ok(())
+/// The CPU kernels ggml chose for this CPU (the variant of its CPU backend: `sse42` on a
+/// 2008 CPU, `haswell` with AVX2, `skylakex` or `zen4` with AVX-512), loaded at run time
+/// from the modules the build compiled. Err when none of them runs here, which on x86_64
+/// cannot happen (the `x64` variant needs only SSE2) unless the modules are missing: then
+/// the node neither leases nor steals LLM jobs instead of failing each one.
+pub fn cpu_kernels() -> Result<&'static str, String> {
+    let b = crate::ffi::backends();
+    b.cpu.as_deref().ok_or_else(|| {
+        format!(
+            "no CPU kernels of llama.cpp load on this machine (looked for libggml-cpu-*.so in {}): LLM jobs (infer, pipeline) cannot run on this node; reinstall myco with its libraries beside the binary",
+            b.dir.display()
+        )
+    })
 }
 
 /// The compute devices this build of llama.cpp can use (the CPU, and GPUs of a GPU build),
@@ -96,28 +80,102 @@ pub const HEADROOM: u64 = 512 << 20;
 #[derive(Clone, Default)]
 pub struct Models {
     loaded: Arc<Mutex<Loaded>>,
+    gpu: GpuPolicy,
 }
 
-/// The loaded models by path, least recently used first.
-type Loaded = Vec<(PathBuf, Arc<LlmModel>)>;
+/// The loaded models by path and the GPU layers asked for (None: as many as fit), least
+/// recently used first.
+type Loaded = Vec<((PathBuf, Option<u32>), Arc<LlmModel>)>;
 
 impl std::fmt::Debug for Models {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Models")
             .field("loaded", &self.loaded())
+            .field("gpu", &self.gpu)
             .finish()
     }
 }
 
+/// How a node puts LLM layers on its GPU (a build with a GPU backend, on a machine with a
+/// GPU): `layers` of each model, for jobs that do not say (`gpu_layers` in `[infer]`);
+/// unset, as many as fit in the GPU's free memory, of which the node uses at most `memory`.
+/// What does not fit runs on the CPU, from RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuPolicy {
+    /// The node's `--gpu-layers`.
+    pub layers: Option<u32>,
+    /// The node's `--gpu-memory`: bytes of GPU memory its models may use.
+    pub memory: Option<u64>,
+}
+
+impl GpuPolicy {
+    /// The GPU memory models may take now: the first GPU's free memory as its backend reads
+    /// it, at most `memory`. None without a GPU.
+    pub fn budget(&self) -> Option<u64> {
+        let gpu = devices().into_iter().find(|d| {
+            matches!(
+                d.kind,
+                crate::ffi::DeviceKind::Gpu | crate::ffi::DeviceKind::Igpu
+            )
+        })?;
+        Some(self.memory.map_or(gpu.free, |m| m.min(gpu.free)))
+    }
+
+    /// The layers of the model at `path` to put on the GPU: `asked` (the job's), else the
+    /// node's, else all that fit in [`GpuPolicy::budget`] with their KV cache for `n_ctx`
+    /// positions. None leaves it to llama.cpp (every layer), which is also what a machine
+    /// without a GPU gets (there is nothing to offload to).
+    pub fn layers_for(&self, path: &Path, asked: Option<u32>, n_ctx: u32) -> Option<u32> {
+        if let Some(n) = asked.or(self.layers) {
+            return Some(n);
+        }
+        let budget = self.budget()?;
+        fit_layers(path, n_ctx, budget)
+    }
+}
+
+/// How many layers of the whole model at `path` fit in `budget` bytes of GPU memory (more
+/// than the model has: all, and its output head). Needs the GGUF reader of the stage engine;
+/// a build without it (or a file it cannot read) leaves the choice to llama.cpp.
+#[cfg(feature = "pipeline")]
+fn fit_layers(path: &Path, n_ctx: u32, budget: u64) -> Option<u32> {
+    let info = crate::stage::info::ModelInfo::read(path).ok()?;
+    Some(info.gpu_layers_that_fit(0, info.hp.n_layer, n_ctx, budget, true))
+}
+
+#[cfg(not(feature = "pipeline"))]
+fn fit_layers(_: &Path, _: u32, _: u64) -> Option<u32> {
+    None
+}
+
 impl Models {
-    /// An empty cache.
+    /// An empty cache, layers on the GPU as many as fit.
     pub fn new() -> Models {
         Models::default()
     }
 
+    /// An empty cache with the node's GPU policy.
+    pub fn with_gpu(gpu: GpuPolicy) -> Models {
+        Models {
+            gpu,
+            ..Models::default()
+        }
+    }
+
     /// The model at `path`, loaded once per cache and kept while memory allows.
     pub fn get(&self, path: &Path) -> Result<Arc<LlmModel>, InferError> {
-        self.get_with(path, || memory().0, memory().1)
+        self.get_for(path, None, InferParams::default().n_ctx)
+    }
+
+    /// The model at `path` with `gpu_layers` on the GPU (None: the node's policy), sized for
+    /// requests of `n_ctx` positions when it is loaded now.
+    pub fn get_for(
+        &self,
+        path: &Path,
+        gpu_layers: Option<u32>,
+        n_ctx: u32,
+    ) -> Result<Arc<LlmModel>, InferError> {
+        self.load_or_keep(path, gpu_layers, n_ctx, || memory().0, memory().1)
     }
 
     /// Like [`Models::get`], with the available-memory reading and the total given (for
@@ -128,9 +186,21 @@ impl Models {
         available: impl Fn() -> u64,
         total: u64,
     ) -> Result<Arc<LlmModel>, InferError> {
+        self.load_or_keep(path, None, InferParams::default().n_ctx, available, total)
+    }
+
+    fn load_or_keep(
+        &self,
+        path: &Path,
+        gpu_layers: Option<u32>,
+        n_ctx: u32,
+        available: impl Fn() -> u64,
+        total: u64,
+    ) -> Result<Arc<LlmModel>, InferError> {
+        let key = (path.to_path_buf(), gpu_layers);
         {
             let mut loaded = self.lock();
-            if let Some(i) = loaded.iter().position(|(p, _)| p == path) {
+            if let Some(i) = loaded.iter().position(|(k, _)| *k == key) {
                 let entry = loaded.remove(i);
                 let model = entry.1.clone();
                 loaded.push(entry);
@@ -141,25 +211,31 @@ impl Models {
             let need = size(path) + HEADROOM;
             while !loaded.is_empty()
                 && (available() < need
-                    || loaded.iter().map(|(p, _)| size(p)).sum::<u64>() + need > total)
+                    || loaded.iter().map(|((p, _), _)| size(p)).sum::<u64>() + need > total)
             {
-                let (evicted, _) = loaded.remove(0);
+                let ((evicted, _), _) = loaded.remove(0);
                 tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
             }
         }
-        // Load outside the lock: other threads keep using other models meanwhile.
-        let model = Arc::new(LlmModel::load(path)?);
+        // Load outside the lock: other threads keep using other models meanwhile. The GPU's
+        // share is decided now, from the GPU's free memory now (once loaded, the model's own
+        // layers take from it: deciding again per request would reload it).
+        let layers = self.gpu.layers_for(path, gpu_layers, n_ctx);
+        let model = Arc::new(LlmModel::load_with(path, layers)?);
+        if let Some((done, of)) = model.placement().gpu_layers {
+            tracing::info!(model = %path.display(), "{done} of {of} layers on the GPU");
+        }
         let mut loaded = self.lock();
-        if let Some((_, m)) = loaded.iter().find(|(p, _)| p == path) {
+        if let Some((_, m)) = loaded.iter().find(|(k, _)| *k == key) {
             return Ok(m.clone());
         }
-        loaded.push((path.to_path_buf(), model.clone()));
+        loaded.push((key, model.clone()));
         Ok(model)
     }
 
     /// The paths of the models loaded now, least recently used first.
     pub fn loaded(&self) -> Vec<PathBuf> {
-        self.lock().iter().map(|(p, _)| p.clone()).collect()
+        self.lock().iter().map(|((p, _), _)| p.clone()).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {

@@ -55,6 +55,10 @@ pub struct InferOptions {
     /// Run only on a node that has a GPU.
     #[serde(default)]
     pub gpu: bool,
+    /// Layers on the GPU (an `infer` setting: a pipeline's stages place theirs by each
+    /// node's GPU memory).
+    #[serde(default)]
+    pub gpu_layers: Option<u32>,
 }
 
 impl InferOptions {
@@ -87,6 +91,7 @@ impl InferOptions {
             stop: self.stop.clone(),
             n_ctx: self.n_ctx.unwrap_or(d.n_ctx),
             threads: self.threads.unwrap_or(d.threads),
+            gpu_layers: self.gpu_layers,
         };
         let mut problems = Vec::new();
         if params.max_tokens == 0 || params.max_tokens > MAX_TOKENS {

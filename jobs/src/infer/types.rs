@@ -36,6 +36,9 @@ pub struct InferParams {
     pub n_ctx: u32,
     /// Threads for decoding (0: one per core).
     pub threads: u32,
+    /// Layers on the GPU (None: the node's `--gpu-layers`, else as many as fit in its free
+    /// GPU memory; 0: none). Nothing to offload without a GPU.
+    pub gpu_layers: Option<u32>,
 }
 
 impl Default for InferParams {
@@ -51,6 +54,7 @@ impl Default for InferParams {
             stop: Vec::new(),
             n_ctx: 4096,
             threads: 0,
+            gpu_layers: None,
         }
     }
 }

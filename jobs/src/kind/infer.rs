@@ -87,7 +87,10 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
         return Err(misrouted(task, "infer"));
     };
     let path = t.model.resolve(engines.home());
-    let model = engines.llms().get(&path).map_err(JobError::from)?;
+    let model = engines
+        .llms()
+        .get_for(&path, t.params.gpu_layers, t.params.n_ctx)
+        .map_err(JobError::from)?;
     let generation = model
         .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {
             if let Some(stream) = ctx.stream {

@@ -29,6 +29,13 @@ pub const TRAITS: KindTraits = KindTraits {
 pub type Section = InferOptions;
 
 pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> Option<Checked> {
+    if section.is_some_and(|s| s.gpu_layers.is_some()) {
+        p.bad(
+            "pipeline.gpu_layers",
+            "a pipeline's stages put as many of their layers on each node's GPU as fit there",
+            "remove `gpu_layers`; to keep GPU memory free on a node, start it with --gpu-memory SIZE",
+        );
+    }
     super::infer::check_llm("pipeline", section, env, p).map(|t| Task::Pipeline(t).into())
 }
 

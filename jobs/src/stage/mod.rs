@@ -26,6 +26,7 @@
 //! the wire as f32 and every op sees the same shapes.
 
 pub mod gguf;
+pub mod info;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -40,174 +41,9 @@ use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
 use crate::ffi;
 pub use crate::infer::engine::UBATCH;
-use gguf::{Gguf, TensorInfo, Value, layer_of};
-
-/// Why a stage cannot load or run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StageError {
-    #[error("model file {path} is missing")]
-    Missing { path: String },
-    #[error("{path} is not a GGUF model the stage engine can read: {why}")]
-    Corrupt { path: String, why: String },
-    #[error(
-        "{path} is a `{arch}` model; layer-range stages run llama (Llama, Mistral, SmolLM), qwen2, qwen3 and gemma3 models only"
-    )]
-    Unsupported { path: String, arch: String },
-    #[error("layers {first}..{end} are not a range of the model's {n_layer} layers")]
-    Range { first: u32, end: u32, n_layer: u32 },
-    #[error("position {pos} is past the context of {ctx} tokens")]
-    Context { pos: usize, ctx: usize },
-    #[error("stage input: {0}")]
-    Input(String),
-    #[error("writing the stage's slice of the model to {dir}: {why}")]
-    Scratch { dir: String, why: String },
-    #[error("stage engine (llama.cpp): {0}")]
-    Engine(String),
-}
-
-impl StageError {
-    /// Running it again cannot help: the request or the file is wrong.
-    pub fn is_fatal(&self) -> bool {
-        !matches!(self, StageError::Engine(_) | StageError::Scratch { .. })
-    }
-}
-
-type Result<T> = std::result::Result<T, StageError>;
-
-/// The architectures stages run.
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
-
-/// The model's shape, from the GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hparams {
-    pub arch: String,
-    pub n_layer: u32,
-    pub n_embd: usize,
-    pub n_head: usize,
-    pub n_kv_head: usize,
-    pub head_dim: usize,
-    pub n_vocab: usize,
-    /// The context the model was trained for.
-    pub ctx_len: usize,
-}
-
-/// A model's header: its shape and the size of every tensor, read without loading any.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub path: PathBuf,
-    pub hp: Hparams,
-    /// Bytes of each layer's tensors (`blk.{i}.*`).
-    pub layer_bytes: Vec<u64>,
-    /// `token_embd.weight`.
-    pub embed_bytes: u64,
-    /// Everything else: `output_norm.weight` and `output.weight` (or, tied, a second
-    /// `token_embd.weight`), and any other tensor outside the layers (`rope_freqs.weight`).
-    pub head_bytes: u64,
-    /// No `output.weight`: the head reuses the embedding.
-    pub tied: bool,
-    /// Every tensor in the file.
-    pub file_tensor_bytes: u64,
-}
-
-impl ModelInfo {
-    /// Read the header of the GGUF file at `path`.
-    pub fn read(path: &Path) -> Result<ModelInfo> {
-        Ok(open(path)?.0)
-    }
-
-    /// The KV cache of one layer for `n_ctx` tokens (f16 keys and values, as llama.cpp
-    /// keeps them).
-    pub fn kv_bytes_per_layer(&self, n_ctx: u32) -> u64 {
-        2 * (self.hp.n_kv_head * self.hp.head_dim * 2) as u64 * u64::from(n_ctx)
-    }
-}
-
-/// Open a GGUF file and read its header.
-fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
-    let shown = path.display().to_string();
-    let corrupt = |why: String| StageError::Corrupt {
-        path: shown.clone(),
-        why,
-    };
-    if !path.is_file() {
-        return Err(StageError::Missing { path: shown });
-    }
-    let g = Gguf::read(path).map_err(corrupt)?;
-    let arch = g
-        .get("general.architecture")
-        .and_then(Value::as_str)
-        .ok_or_else(|| corrupt("no general.architecture".into()))?
-        .to_owned();
-    if !ARCHITECTURES.contains(&arch.as_str()) {
-        return Err(StageError::Unsupported { path: shown, arch });
-    }
-    let int = |key: &str| -> Option<usize> {
-        g.get(&format!("{arch}.{key}"))
-            .and_then(Value::as_u64)
-            .and_then(|x| usize::try_from(x).ok())
-    };
-    let need = |key: &str| int(key).ok_or_else(|| corrupt(format!("no {arch}.{key}")));
-    let n_layer = need("block_count")?;
-    let n_embd = need("embedding_length")?;
-    let n_head = need("attention.head_count")?;
-    let n_kv_head = int("attention.head_count_kv").unwrap_or(n_head);
-    if n_head == 0 || n_kv_head == 0 || !n_head.is_multiple_of(n_kv_head) {
-        return Err(corrupt(format!(
-            "{n_head} attention heads and {n_kv_head} KV heads do not group"
-        )));
-    }
-    let head_dim = int("attention.key_length").unwrap_or(n_embd / n_head);
-    let embd = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| corrupt("no token_embd.weight".into()))?;
-    if embd.ne.first().copied() != Some(n_embd as u64) {
-        return Err(corrupt(format!(
-            "token_embd.weight rows are not {n_embd} wide"
-        )));
-    }
-    let n_vocab = embd.ne.get(1).copied().unwrap_or(0) as usize;
-    let hp = Hparams {
-        n_layer: u32::try_from(n_layer).map_err(|_| corrupt("too many layers".into()))?,
-        n_embd,
-        n_head,
-        n_kv_head,
-        head_dim,
-        n_vocab,
-        ctx_len: int("context_length").unwrap_or(4096),
-        arch,
-    };
-    let mut layer_bytes = vec![0u64; n_layer];
-    let (mut embed_bytes, mut head_bytes, mut file_tensor_bytes) = (0, 0, 0);
-    for t in &g.tensors {
-        file_tensor_bytes += t.bytes;
-        if let Some((i, _)) = layer_of(&t.name) {
-            match layer_bytes.get_mut(i as usize) {
-                Some(slot) => *slot += t.bytes,
-                None => {
-                    return Err(corrupt(format!("{} is past block_count {n_layer}", t.name)));
-                }
-            }
-        } else if t.name == "token_embd.weight" {
-            embed_bytes += t.bytes;
-        } else {
-            head_bytes += t.bytes;
-        }
-    }
-    let tied = g.tensor("output.weight").is_none();
-    if tied {
-        head_bytes += embed_bytes;
-    }
-    let info = ModelInfo {
-        path: path.to_path_buf(),
-        hp,
-        layer_bytes,
-        embed_bytes,
-        head_bytes,
-        tied,
-        file_tensor_bytes,
-    };
-    Ok((info, g))
-}
+use gguf::{TensorInfo, layer_of};
+pub use info::{ARCHITECTURES, GPU_RESERVE, Hparams, ModelInfo, StageError};
+use info::{Result, open};
 
 /// What goes into a stage.
 #[derive(Debug, Clone, PartialEq)]
@@ -236,8 +72,11 @@ pub struct StageConfig {
     pub threads: u32,
     /// Where the slice of the model is written while llama.cpp loads it (removed after).
     pub scratch: PathBuf,
-    /// Layers on the GPU (0: none; a CPU build has none to use).
+    /// Layers on the GPU (0: none; a CPU build has none to use). [`Stage::load_with`]
+    /// lowers it to what fits in the GPU's free memory (at most `gpu_memory`).
     pub gpu_layers: u32,
+    /// GPU memory the stage may use; unset: the GPU's free memory.
+    pub gpu_memory: Option<u64>,
 }
 
 impl StageConfig {
@@ -247,6 +86,7 @@ impl StageConfig {
             threads: 0,
             scratch: std::env::temp_dir(),
             gpu_layers: if GPU_BUILD { u32::MAX } else { 0 },
+            gpu_memory: None,
         }
     }
 }
@@ -336,7 +176,19 @@ impl Stage {
         let written = gguf::write_slice(&header, path, &hp.arch, first, end, &slice);
         let model = written.map_err(scratch_err).and_then(|()| {
             crate::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
-            ffi::Model::load(&slice, config.gpu_layers).map_err(StageError::Engine)
+            // VRAM first, then RAM: the layers that fit in the GPU's free memory go there
+            // (the range's last ones, as llama.cpp offloads), the rest run on the CPU.
+            let policy = crate::infer::engine::GpuPolicy {
+                layers: None,
+                memory: config.gpu_memory,
+            };
+            let gpu_layers = match policy.budget() {
+                Some(budget) if config.gpu_layers > 0 => config
+                    .gpu_layers
+                    .min(info.gpu_layers_that_fit(first, end, config.n_ctx, budget, last)),
+                _ => config.gpu_layers,
+            };
+            ffi::Model::load(&slice, gpu_layers).map_err(StageError::Engine)
         });
         // The mapping (or the copy on the GPU) keeps what llama.cpp needs.
         let _ = std::fs::remove_file(&slice);
