@@ -106,8 +106,9 @@ pub enum Command {
         /// 0 is greedy (deterministic).
         #[arg(long, default_value_t = 0.8)]
         temperature: f32,
-        #[arg(long, default_value_t = 0)]
-        seed: u32,
+        /// The sampler's seed, to repeat an answer [default: a random one].
+        #[arg(long)]
+        seed: Option<u32>,
         /// Context size in tokens.
         #[arg(long, default_value_t = 4096)]
         n_ctx: u32,

@@ -199,6 +199,67 @@ fn openai_embeddings_endpoint() {
         .unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    // JSON writes each f32 in its shortest form, which reads back to the same f32.
+    let float: Vec<f32> = floats(&v["data"][0]["embedding"])
+        .into_iter()
+        .map(|x| x as f32)
+        .collect();
+
+    // What the official client sends by default: base64 of the little-endian f32 bytes.
+    let (status, b) = http
+        .post(
+            &node.url("/v1/embeddings"),
+            &serde_json::json!({
+                "model": "all-MiniLM-L6-v2", "input": "short", "encoding_format": "base64",
+                "dimensions": float.len(),
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{b}");
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(decoded, float, "base64 carries the same vector");
+
+    // Refused by name: a size the model cannot make, token ids, an unknown encoding.
+    for (body, param) in [
+        (
+            serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 64 }),
+            "dimensions",
+        ),
+        (
+            serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": [[9906, 1917]] }),
+            "input",
+        ),
+        (
+            serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": "x", "encoding_format": "int8" }),
+            "encoding_format",
+        ),
+    ] {
+        let (status, v) = http.post(&node.url("/v1/embeddings"), &body).unwrap();
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{v}");
+    }
+
+    // The embedding model is listed, and retrievable by id.
+    let (_, models) = http.get(&node.url("/v1/models")).unwrap();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "all-MiniLM-L6-v2" && m["kind"] == "embedding"),
+        "{models}"
+    );
+    let (status, m) = http.get(&node.url("/v1/models/all-MiniLM-L6-v2")).unwrap();
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["object"], "model");
+
     // OpenAI's error shape.
     let (status, v) = http
         .post(

@@ -611,3 +611,99 @@ fn a_job_that_requires_a_gpu_waits_and_says_why_where_no_node_has_one() {
     let (_, still) = http.get(&node.url(&format!("/api/jobs/{id}"))).unwrap();
     assert_eq!(still["state"], "queued", "{still}");
 }
+
+/// What OpenAI clients send: content as text parts, seeds (none or -1: random), a model
+/// looked up by id; and what myco does not implement yet, refused with a 400 naming the
+/// field instead of ignored.
+#[test]
+fn openai_request_shapes_are_read_or_refused_by_name() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let http = Http::new();
+    let url = node.url("/v1/chat/completions");
+    let tokens = |v: &serde_json::Value| v["myco"]["tokens"].clone();
+
+    // Text parts are the text they join to.
+    let (status, whole) = http.post(&url, &chat(8, false)).unwrap();
+    assert_eq!(status, 200, "{whole}");
+    let mut parts = chat(8, false);
+    parts["messages"][0]["content"] = serde_json::json!([
+        { "type": "text", "text": "hello swarm" },
+    ]);
+    let (status, v) = http.post(&url, &parts).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(tokens(&v), tokens(&whole), "{v}");
+
+    // Seeds: the same seed gives the same sample; no seed, or -1, a random one.
+    let sampled = |seed: Option<i64>| {
+        let mut req = chat(12, false);
+        req["temperature"] = serde_json::json!(1.0);
+        if let Some(s) = seed {
+            req["seed"] = serde_json::json!(s);
+        }
+        let (status, v) = http.post(&url, &req).unwrap();
+        assert_eq!(status, 200, "{v}");
+        tokens(&v)
+    };
+    assert_eq!(sampled(Some(7)), sampled(Some(7)));
+    let random: Vec<_> = [None, Some(-1), None, Some(-1)]
+        .into_iter()
+        .map(sampled)
+        .collect();
+    assert!(
+        random.iter().any(|t| *t != random[0]),
+        "four unseeded samples at temperature 1 were all the same: {random:?}"
+    );
+
+    // The model by id, and an unknown one in OpenAI's shape.
+    let (status, m) = http.get(&node.url("/v1/models/tiny")).unwrap();
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["id"], "tiny");
+    let (status, m) = http.get(&node.url("/v1/models/nope")).unwrap();
+    assert_eq!(status, 404, "{m}");
+    assert_eq!(m["error"]["code"], "model_not_found");
+
+    // Not implemented yet: refused by name.
+    let refused = [
+        (
+            "tools",
+            serde_json::json!([{ "type": "function", "function": { "name": "f" } }]),
+        ),
+        ("tool_choice", serde_json::json!("auto")),
+        (
+            "response_format",
+            serde_json::json!({ "type": "json_object" }),
+        ),
+        ("logprobs", serde_json::json!(true)),
+        ("seed", serde_json::json!(1u64 << 33)),
+    ];
+    for (field, value) in refused {
+        let mut req = chat(4, false);
+        req[field] = value;
+        let (status, v) = http.post(&url, &req).unwrap();
+        assert_eq!(status, 400, "{field}: {v}");
+        assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    let mut image = chat(4, false);
+    image["messages"][0]["content"] = serde_json::json!([
+        { "type": "text", "text": "what is this?" },
+        { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } },
+    ]);
+    let (status, v) = http.post(&url, &image).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages[0].content[1].type", "{v}");
+    let mut tool_turn = chat(4, false);
+    tool_turn["messages"] = serde_json::json!([
+        { "role": "user", "content": "hi" },
+        { "role": "assistant", "content": null, "tool_calls": [{ "id": "1", "type": "function", "function": { "name": "f", "arguments": "{}" } }] },
+    ]);
+    let (status, v) = http.post(&url, &tool_turn).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "messages[1]", "{v}");
+    // Plain text output asks for nothing new.
+    let mut text = chat(4, false);
+    text["response_format"] = serde_json::json!({ "type": "text" });
+    let (status, v) = http.post(&url, &text).unwrap();
+    assert_eq!(status, 200, "{v}");
+}

@@ -1,6 +1,7 @@
 //! OpenAI-compatible endpoints, so existing clients and RAG tools can use a node:
 //! `POST /v1/embeddings`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
-//! `stream: true` as server-sent events, or without) and `GET /v1/models`.
+//! `stream: true` as server-sent events, or without), `GET /v1/models` and
+//! `GET /v1/models/{id}`.
 //!
 //! A request becomes an ordinary job (kind `embed` or `infer`, high priority so interactive
 //! requests go ahead of batch work), goes through the durable queue like any other, and runs
@@ -35,22 +36,37 @@ fn error(
         .into_response()
 }
 
-/// `input` is a string or a list of strings.
+/// `input` is a string or a list of strings (or token ids, which myco refuses: see
+/// [`embeddings`]).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Input {
     One(String),
     Many(Vec<String>),
+    Tokens(Vec<u64>),
+    ManyTokens(Vec<Vec<u64>>),
 }
 
 #[derive(Debug, Deserialize)]
 pub struct EmbeddingsRequest {
     pub model: String,
     pub input: Input,
+    /// `float` (a list of numbers) or `base64` (the little-endian f32 bytes, which the
+    /// official client asks for unless told otherwise).
     #[serde(default)]
     pub encoding_format: Option<String>,
+    /// Accepted when it is the model's own size: these models cannot shorten their vectors.
+    #[serde(default)]
+    pub dimensions: Option<usize>,
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// How `/v1/embeddings` writes each vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Float,
+    Base64,
 }
 
 pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
@@ -68,18 +84,28 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
             );
         }
     };
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some("encoding_format"),
-            "unsupported_encoding",
-            "only encoding_format \"float\" is supported".into(),
-        );
-    }
+    let encoding = match req.encoding_format.as_deref() {
+        None | Some("float") => Encoding::Float,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("encoding_format"),
+                "unsupported_encoding",
+                format!("encoding_format `{other}` is not one of \"float\", \"base64\""),
+            );
+        }
+    };
     let texts = match req.input {
         Input::One(t) => vec![t],
         Input::Many(v) => v,
+        Input::Tokens(_) | Input::ManyTokens(_) => {
+            return bad_request(
+                "input",
+                "input as token ids is not supported: the ids of OpenAI's tokenizer mean nothing to this node's embedding models; send the text (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))".into(),
+            );
+        }
     };
     if texts.is_empty() || texts.len() > 2048 {
         return error(
@@ -123,10 +149,28 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
             );
         }
     };
+    if let Some(d) = req.dimensions
+        && let Some(have) = vectors.first().map(Vec::len)
+        && d != have
+    {
+        return bad_request(
+            "dimensions",
+            format!(
+                "`{}` makes {have}-dimensional vectors and cannot shorten them; leave dimensions out, or set it to {have}",
+                req.model
+            ),
+        );
+    }
     let data: Vec<_> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": v }))
+        .map(|(i, v)| {
+            let embedding = match encoding {
+                Encoding::Float => json!(v),
+                Encoding::Base64 => json!(base64_f32(&v)),
+            };
+            json!({ "object": "embedding", "index": i, "embedding": embedding })
+        })
         .collect();
     Json(json!({
         "object": "list",
@@ -136,6 +180,13 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
         "usage": { "prompt_tokens": estimated_tokens, "total_tokens": estimated_tokens },
     }))
     .into_response()
+}
+
+/// A vector as OpenAI's `base64` encoding has it: the f32 values' little-endian bytes.
+fn base64_f32(v: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `stop` is a string or a list of strings.
@@ -153,7 +204,7 @@ pub enum Stop {
 pub struct CompletionRequest {
     pub model: String,
     #[serde(default)]
-    pub messages: Option<Vec<myco_jobs::infer::Message>>,
+    pub messages: Option<Vec<ChatMessage>>,
     #[serde(default)]
     pub prompt: Option<String>,
     #[serde(default)]
@@ -170,8 +221,9 @@ pub struct CompletionRequest {
     pub min_p: Option<f32>,
     #[serde(default)]
     pub repeat_penalty: Option<f32>,
+    /// Absent or -1: a random seed (the result's job records it).
     #[serde(default)]
-    pub seed: Option<u32>,
+    pub seed: Option<i64>,
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
@@ -180,6 +232,162 @@ pub struct CompletionRequest {
     pub n_ctx: Option<u32>,
     #[serde(default)]
     pub stream: bool,
+    /// Fields myco does not implement: each is refused by name when set (a client that
+    /// asks for tools or JSON output must not get plain text it takes for them).
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default)]
+    pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub functions: Option<serde_json::Value>,
+    #[serde(default)]
+    pub function_call: Option<serde_json::Value>,
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    #[serde(default)]
+    pub logprobs: Option<serde_json::Value>,
+    #[serde(default)]
+    pub top_logprobs: Option<serde_json::Value>,
+}
+
+/// A chat message as OpenAI clients send it: `content` a string, a list of parts, or null.
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    #[serde(default)]
+    pub tool_calls: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One part of a message's content: `{"type": "text", "text": ...}`, or another type
+/// (`image_url`, `input_audio`, `file`), which these models cannot read.
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// The messages as the engine takes them (text parts joined by new lines), or the
+/// `(param, message)` of the first thing in them myco cannot do.
+fn messages(list: Vec<ChatMessage>) -> Result<Vec<myco_jobs::infer::Message>, (String, String)> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, m) in list.into_iter().enumerate() {
+        if m.tool_calls.is_some() || m.role == "tool" || m.role == "function" {
+            return Err((
+                format!("messages[{i}]"),
+                "tool calls are not supported: these models answer in text".into(),
+            ));
+        }
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(parts)) => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for (j, part) in parts.into_iter().enumerate() {
+                    match (part.kind.as_str(), part.text) {
+                        ("text", Some(t)) => texts.push(t),
+                        ("text", None) => {
+                            return Err((
+                                format!("messages[{i}].content[{j}].text"),
+                                "a text part needs `text`".into(),
+                            ));
+                        }
+                        (other, _) => {
+                            return Err((
+                                format!("messages[{i}].content[{j}].type"),
+                                format!(
+                                    "`{other}` parts are not supported: these models read text; send `text` parts"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                texts.join("\n")
+            }
+        };
+        out.push(myco_jobs::infer::Message {
+            role: m.role,
+            content,
+        });
+    }
+    Ok(out)
+}
+
+/// The first field of `req` myco does not implement, if any is set (`response_format`
+/// `{"type": "text"}` and `logprobs: false` ask for nothing).
+fn unsupported(req: &CompletionRequest) -> Option<(&'static str, &'static str)> {
+    let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
+    if set(&req.tools) || set(&req.functions) {
+        return Some((
+            if set(&req.tools) {
+                "tools"
+            } else {
+                "functions"
+            },
+            "tool calls are not supported yet: these models answer in text",
+        ));
+    }
+    if set(&req.tool_choice) || set(&req.function_call) {
+        return Some((
+            if set(&req.tool_choice) {
+                "tool_choice"
+            } else {
+                "function_call"
+            },
+            "tool calls are not supported yet: these models answer in text",
+        ));
+    }
+    if let Some(f) = req.response_format.as_ref().filter(|v| !v.is_null())
+        && f.get("type").and_then(|t| t.as_str()) != Some("text")
+    {
+        return Some((
+            "response_format",
+            "JSON mode and JSON-schema output are not supported yet; ask for JSON in the prompt, or leave response_format out",
+        ));
+    }
+    if req
+        .logprobs
+        .as_ref()
+        .is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0))
+        || set(&req.top_logprobs)
+    {
+        return Some((
+            if set(&req.top_logprobs) {
+                "top_logprobs"
+            } else {
+                "logprobs"
+            },
+            "log probabilities are not supported yet",
+        ));
+    }
+    None
+}
+
+/// The seed of a request: its own, or a random one when it gives none or -1 (OpenAI's
+/// "no seed"); Err for other values outside 0..=4294967295.
+fn seed(asked: Option<i64>) -> Result<u32, String> {
+    match asked {
+        None | Some(-1) => {
+            let mut b = [0u8; 4];
+            getrandom::fill(&mut b).map_err(|e| format!("no randomness for a seed: {e}"))?;
+            Ok(u32::from_le_bytes(b))
+        }
+        Some(n) => u32::try_from(n).map_err(|_| {
+            format!(
+                "seed {n} is out of range; use 0 to 4294967295, or -1 (or none) for a random one"
+            )
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,21 +454,63 @@ pub async fn completions(State(node): State<NodeHandle>, body: axum::body::Bytes
     complete(node, body, Flavor::Text).await
 }
 
-/// `GET /v1/models`: the GGUF models the swarm holds, and which nodes hold them.
+/// `GET /v1/models`: the GGUF models the swarm holds (for chat and completions, with the
+/// nodes that hold them), and this node's embedding models.
 pub async fn models(State(node): State<NodeHandle>) -> Response {
-    let data: Vec<_> = node
+    let data = model_list(&node).await;
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{id}`: one of [`models`], by id or file name.
+pub async fn model(
+    State(node): State<NodeHandle>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let found = model_list(&node)
+        .await
+        .into_iter()
+        .find(|m| m["id"] == id.as_str() || m["file"] == id.as_str());
+    match found {
+        Some(m) => Json(m).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            "model_not_found",
+            format!("the model `{id}` does not exist in this swarm; GET /v1/models lists them"),
+        ),
+    }
+}
+
+async fn model_list(node: &NodeHandle) -> Vec<serde_json::Value> {
+    let mut data: Vec<_> = node
         .swarm_models()
         .await
         .into_iter()
         .map(|m| {
             json!({
                 "id": m.id, "object": "model", "created": 0, "owned_by": "myco",
-                "file": m.file, "bytes": m.bytes, "architecture": m.architecture,
-                "nodes": m.nodes,
+                "kind": "llm", "file": m.file, "bytes": m.bytes,
+                "architecture": m.architecture, "nodes": m.nodes,
             })
         })
         .collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    let dir = node.models_dir();
+    let local = tokio::task::spawn_blocking(move || myco_jobs::model::scan(&dir))
+        .await
+        .unwrap_or_default();
+    data.extend(
+        local
+            .into_iter()
+            .filter(|m| m.format == myco_jobs::model::ModelFormat::Onnx)
+            .map(|m| {
+                json!({
+                    "id": m.name, "object": "model", "created": 0, "owned_by": "myco",
+                    "kind": "embedding", "bytes": m.size_bytes,
+                })
+            }),
+    );
+    data
 }
 
 fn unix_now() -> u64 {
@@ -288,8 +538,18 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             );
         }
     };
+    if let Some((param, why)) = unsupported(&req) {
+        return bad_request(param, format!("{param}: {why}"));
+    }
+    let seed = match seed(req.seed) {
+        Ok(s) => s,
+        Err(why) => return bad_request("seed", why),
+    };
     let prompt = match (flavor, req.messages, req.prompt) {
-        (Flavor::Chat, Some(m), _) if !m.is_empty() => myco_jobs::infer::Prompt::Chat(m),
+        (Flavor::Chat, Some(m), _) if !m.is_empty() => match messages(m) {
+            Ok(m) => myco_jobs::infer::Prompt::Chat(m),
+            Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
+        },
         (Flavor::Chat, _, _) => {
             return bad_request("messages", "messages is missing or empty".into());
         }
@@ -307,7 +567,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         top_p: req.top_p,
         min_p: req.min_p,
         repeat_penalty: req.repeat_penalty,
-        seed: req.seed,
+        seed: Some(seed),
         stop: match req.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s],
@@ -626,4 +886,5 @@ pub fn routes() -> axum::Router<NodeHandle> {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
 }

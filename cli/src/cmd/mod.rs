@@ -99,11 +99,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 raw: *raw,
                 max_tokens: *max_tokens,
                 temperature: *temperature,
-                seed: *seed,
+                seed: seed.unwrap_or_else(random_seed),
                 n_ctx: *n_ctx,
             };
             ask::run(&cli, &home, ask, node).await
         }
         Command::Detect => swarm::detect(&cli),
     }
+}
+
+/// A random seed, from the OS's randomness (std's hash keys are drawn from it).
+fn random_seed() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish() as u32
 }
