@@ -195,6 +195,7 @@ impl Actor for NodeSupervisor {
                 stages,
                 swarm: self.swarm(),
                 stage_memory: self.stage_memory,
+                gpu_memory: self.gpu_memory,
             },
         };
         let mut workers = HashMap::new();

@@ -4,6 +4,9 @@
 //! each candidate node's free memory (VRAM before RAM).
 //!
 //! The rules:
+//! - VRAM first: if the GPUs of the nodes that have one can hold the model, the plan uses
+//!   their VRAM only (by the rules below). Otherwise every node's whole offer (a GPU node's
+//!   VRAM and the RAM its stage spills to) is planned.
 //! - A model that fits on one node runs there whole (the node with the most free memory).
 //! - Otherwise the layers are split in contiguous ranges, in proportion to free memory,
 //!   largest node first. Stage 0 also holds the token embedding, the last stage the final
@@ -49,8 +52,11 @@ impl ModelShape {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMemory {
     pub name: String,
-    /// Free memory for the model: VRAM if it has a GPU, else RAM.
+    /// Free memory for the model: its GPU's VRAM and RAM.
     pub free_bytes: u64,
+    /// Of `free_bytes`, the part on its GPU (0 without one).
+    #[serde(default)]
+    pub gpu_bytes: u64,
 }
 
 /// One stage of a plan: `node` runs layers `first..end`.
@@ -86,6 +92,24 @@ pub enum PlanError {
 
 /// Place `shape` on `nodes` (see the module's rules).
 pub fn plan(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, PlanError> {
+    let gpus: Vec<NodeMemory> = nodes
+        .iter()
+        .filter(|n| n.gpu_bytes > 0)
+        .map(|n| NodeMemory {
+            free_bytes: n.gpu_bytes.min(n.free_bytes),
+            ..n.clone()
+        })
+        .collect();
+    if !gpus.is_empty()
+        && let Ok(stages) = place(shape, &gpus)
+    {
+        return Ok(stages);
+    }
+    place(shape, nodes)
+}
+
+/// Place `shape` on `nodes` by their `free_bytes`.
+fn place(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, PlanError> {
     let layers = shape.layers();
     if layers == 0 {
         return Err(PlanError::NoLayers);
@@ -230,7 +254,43 @@ mod tests {
         NodeMemory {
             name: name.into(),
             free_bytes: free,
+            gpu_bytes: 0,
         }
+    }
+
+    fn gpu_node(name: &str, vram: u64, ram: u64) -> NodeMemory {
+        NodeMemory {
+            name: name.into(),
+            free_bytes: vram + ram,
+            gpu_bytes: vram,
+        }
+    }
+
+    #[test]
+    fn vram_first_then_ram() {
+        // About 17.5 GiB.
+        let s = shape(32, GIB / 2);
+        // Two GPUs that hold it together: only their VRAM is planned, even though the CPU
+        // node has more RAM than either.
+        let nodes = [
+            gpu_node("gpu-a", 12 * GIB, 8 * GIB),
+            gpu_node("gpu-b", 10 * GIB, 8 * GIB),
+            node("cpu", 64 * GIB),
+        ];
+        let p = plan(&s, &nodes).unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p.iter().all(|st| st.node.starts_with("gpu")), "{p:?}");
+        let vram = |name: &str| nodes.iter().find(|n| n.name == name).unwrap().gpu_bytes;
+        assert!(p.iter().all(|st| st.bytes <= vram(&st.node)), "{p:?}");
+
+        // GPUs too small together: every offer counts, RAM included (here the CPU node
+        // holds it whole).
+        let small = [gpu_node("gpu-a", 4 * GIB, 8 * GIB), node("cpu", 64 * GIB)];
+        assert_eq!(spans(&plan(&s, &small).unwrap()), [("cpu", 0, 32)]);
+
+        // A GPU node alone, too small in VRAM: its stage spills to its RAM.
+        let alone = [gpu_node("gpu-a", 8 * GIB, 16 * GIB)];
+        assert_eq!(spans(&plan(&s, &alone).unwrap()), [("gpu-a", 0, 32)]);
     }
 
     fn spans(stages: &[Stage]) -> Vec<(&str, u32, u32)> {

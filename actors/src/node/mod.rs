@@ -178,6 +178,7 @@ impl Node {
                 roles,
                 slots: (workers + executives) as u32,
                 stage_memory: config.stage_memory,
+                gpu_memory: config.gpu_memory,
                 publisher,
                 events: None,
             };

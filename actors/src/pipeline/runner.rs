@@ -48,6 +48,8 @@ pub struct PipelineEnv {
     pub swarm: Option<Swarm>,
     /// Memory offered to stages when the node is not in a swarm (else membership has it).
     pub stage_memory: Option<u64>,
+    /// The cap on GPU memory for its stages (`--gpu-memory`).
+    pub gpu_memory: Option<u64>,
 }
 
 /// The swarm's members as this node sees them (`None` outside a swarm).
@@ -59,13 +61,16 @@ fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
 /// offers: this node and the peers that are up, holding the file.
 pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
     let Some(members) = members(env).filter(|m| !m.is_empty()) else {
-        let free = tokio::task::spawn_blocking(crate::features::detect)
+        let gpu_memory = env.gpu_memory;
+        let offer = tokio::task::spawn_blocking(crate::features::detect)
             .await
-            .map(|c| crate::features::stage_memory(&c))
-            .unwrap_or(0);
+            .map(|c| crate::features::stage_memory(&c, gpu_memory))
+            .unwrap_or_default()
+            .capped(env.stage_memory);
         return vec![NodeMemory {
             name: env.name.clone(),
-            free_bytes: env.stage_memory.map_or(free, |cap| cap.min(free)),
+            free_bytes: offer.total,
+            gpu_bytes: offer.gpu,
         }];
     };
     members
@@ -80,6 +85,7 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
             holds.then_some(NodeMemory {
                 name: m.name,
                 free_bytes: info.stage_memory,
+                gpu_bytes: info.stage_gpu_memory,
             })
         })
         .collect()

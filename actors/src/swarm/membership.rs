@@ -91,6 +91,8 @@ pub struct Membership {
     pub slots: u32,
     /// A cap on the memory offered to model stages (`--stage-memory`).
     pub stage_memory: Option<u64>,
+    /// A cap on the GPU memory its stages use (`--gpu-memory`).
+    pub gpu_memory: Option<u64>,
     /// Where each new view of the swarm goes.
     pub publisher: SwarmPublisher,
     /// The coordinator's channel for the swarm events it acts on.
@@ -171,6 +173,8 @@ fn now_ms() -> u64 {
 
 impl Membership {
     fn info(&self, state: &MembershipState) -> NodeInfo {
+        let offer =
+            crate::features::stage_memory(&state.caps, self.gpu_memory).capped(self.stage_memory);
         NodeInfo {
             name: self.name.clone(),
             protocol: PROTOCOL,
@@ -183,11 +187,9 @@ impl Membership {
             kinds: self.kinds.clone(),
             load: state.load,
             // VRAM before RAM: a GPU build's stages run on the first GPU (its free VRAM, as
-            // llama.cpp's backend reads it).
-            stage_memory: {
-                let free = crate::features::stage_memory(&state.caps);
-                self.stage_memory.map_or(free, |cap| cap.min(free))
-            },
+            // llama.cpp's backend reads it), what does not fit there from RAM.
+            stage_memory: offer.total,
+            stage_gpu_memory: offer.gpu,
             peers: state
                 .peers
                 .iter()

@@ -122,7 +122,12 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
         } else {
             "  (left out: too small for one layer, or not needed)"
         };
-        println!("  {:<16} {:>12}{note}", n.name, mib(n.free_bytes));
+        let gpu = if n.gpu_bytes > 0 {
+            format!(" ({} on its GPU)", mib(n.gpu_bytes))
+        } else {
+            String::new()
+        };
+        println!("  {:<16} {:>12}{gpu}{note}", n.name, mib(n.free_bytes));
     }
     match (&p.error, p.stages.len()) {
         (Some(e), _) => println!("no plan: {e}"),

@@ -89,9 +89,11 @@ pub struct NodeInfo {
     pub models: Vec<crate::models::ModelFile>,
     pub kinds: Vec<JobKind>,
     pub load: NodeLoad,
-    /// Memory it offers to model stages (the first GPU's VRAM on a `cuda` build, else free
+    /// Memory it offers to model stages (in a GPU build, the first GPU's free VRAM and free
     /// RAM; capped by `--stage-memory`).
     pub stage_memory: u64,
+    /// Of `stage_memory`, the part on its GPU (capped by `--gpu-memory`).
+    pub stage_gpu_memory: u64,
     /// The peers it is connected to, as `(name, cluster address)`: a node that joined
     /// through one member dials the rest (gossip), so `--join` needs one address.
     pub peers: Vec<(String, String)>,
