@@ -477,6 +477,18 @@ fn main() {
         info.file_tensor_bytes as f64 / 1e6,
         stages.join(", "),
     );
+    // Where it ran: the CPU kernels ggml chose, and the GPU of a GPU build (`--features
+    // vulkan`: every path puts every layer there).
+    let devices: Vec<String> = myco_jobs::infer::engine::devices()
+        .into_iter()
+        .map(|d| format!("{} ({})", d.name, d.description))
+        .collect();
+    println!(
+        "devices      {}; CPU kernels {}; GPU build: {}",
+        devices.join(", "),
+        myco_jobs::infer::engine::cpu_kernels().unwrap_or("none"),
+        myco_jobs::stage::GPU_BUILD,
+    );
     println!(
         "criterion    generation: llama.cpp {} tok/s, stage whole {} tok/s, split over 2 nodes {} tok/s",
         fmt_rate(t_llama.rate()),
