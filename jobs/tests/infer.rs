@@ -228,3 +228,28 @@ fn each_cache_loads_its_own_copy_and_clones_share_one() {
     );
     assert!(!std::sync::Arc::ptr_eq(&first, &node_b.get(&path).unwrap()));
 }
+
+/// `n_ctx` is the context asked for: prompt and answer together end at it, although
+/// llama.cpp pads its own context to 256 positions.
+#[test]
+fn generation_stops_at_the_context_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), false);
+    let prompt = Prompt::Text("hello swarm".into());
+    let params = InferParams {
+        n_ctx: 32,
+        ..greedy(200)
+    };
+    let g = m
+        .generate(&prompt, &params, &|| false, &mut |_, _| {})
+        .unwrap();
+    assert!(
+        g.prompt_tokens + g.completion_tokens <= 32,
+        "{} prompt + {} generated tokens in a context of 32",
+        g.prompt_tokens,
+        g.completion_tokens
+    );
+    if g.finish_reason == Finish::Length {
+        assert_eq!(g.prompt_tokens + g.completion_tokens, 32);
+    }
+}

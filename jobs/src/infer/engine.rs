@@ -448,7 +448,8 @@ impl LlmModel {
             if cancelled() {
                 return Err(InferError::Cancelled);
             }
-            if pos as u32 >= ctx.n_ctx() {
+            // The context asked for, not llama.cpp's (which pads it to a multiple of 256).
+            if pos as u32 >= n_ctx {
                 break;
             }
             let token = sampler.sample(&ctx, batch.n_tokens() - 1);
