@@ -57,20 +57,20 @@ fn greedy_infer_jobs_repeat_their_tokens() {
 }
 
 #[test]
-fn a_model_without_a_chat_template_fails_the_job_once_with_the_reason() {
+fn a_model_without_a_chat_template_chats_through_a_built_in_one_and_a_bad_name_fails_once() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("plain.gguf");
     TinyLlama::default().write(&model, false).unwrap();
-    let job = job(
-        dir.path(),
-        "chat.toml",
-        &model,
-        "messages = [{ role = \"user\", content = \"hello\" }]\n",
-    );
+    let chat = "messages = [{ role = \"user\", content = \"hello\" }]\n";
     let home = dir.path().join("home");
-    let (code, _, stderr) = run(&home, &job);
+    let (code, stdout, stderr) = run(&home, &job(dir.path(), "chat.toml", &model, chat));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("\"tokens\""), "{stdout}");
+
+    let named = format!("{chat}chat_template = \"no-such-template\"\n");
+    let (code, _, stderr) = run(&home, &job(dir.path(), "named.toml", &model, &named));
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("no chat template"), "{stderr}");
+    assert!(stderr.contains("no-such-template"), "{stderr}");
     assert!(stderr.contains("plain.gguf"), "{stderr}");
 
     // A missing model is refused at submit, naming the field.

@@ -91,7 +91,7 @@ fn chat_messages_use_the_models_template_and_need_one() {
         content: "hello".into(),
     }]);
     let m = model(dir.path(), true);
-    let rendered = m.render(&chat).unwrap();
+    let rendered = m.render(&chat, None).unwrap();
     assert!(
         rendered.contains("<|im_start|>user\nhello<|im_end|>"),
         "{rendered}"
@@ -103,13 +103,44 @@ fn chat_messages_use_the_models_template_and_need_one() {
     m.generate(&chat, &greedy(4), &|| false, &mut |_, _| {})
         .unwrap();
 
+    // No template in the file: llama.cpp's built-in one for the architecture (Llama 3's).
     let plain = model(dir.path(), false);
-    let err = plain
+    let rendered = plain.render(&chat, None).unwrap();
+    assert!(
+        rendered.contains("<|start_header_id|>user<|end_header_id|>"),
+        "{rendered}"
+    );
+    plain
         .generate(&chat, &greedy(4), &|| false, &mut |_, _| {})
+        .unwrap();
+    // Named in the request, or in the model's side file.
+    let gemma = plain.render(&chat, Some("gemma")).unwrap();
+    assert!(gemma.contains("<start_of_turn>user\nhello"), "{gemma}");
+    std::fs::write(
+        dir.path().join("plain.toml"),
+        "chat_template = \"chatml\"\n",
+    )
+    .unwrap();
+    let side = plain.render(&chat, None).unwrap();
+    assert!(side.contains("<|im_start|>user\nhello"), "{side}");
+    // A name llama.cpp does not know, and a broken side file, are errors naming them.
+    let err = plain
+        .generate(
+            &chat,
+            &InferParams {
+                chat_template: Some("no-such-template".into()),
+                ..greedy(4)
+            },
+            &|| false,
+            &mut |_, _| {},
+        )
         .unwrap_err();
-    assert!(matches!(err, InferError::NoChatTemplate { .. }), "{err}");
-    assert!(err.to_string().contains("plain.gguf"));
+    assert!(matches!(err, InferError::Template { .. }), "{err}");
+    assert!(err.to_string().contains("no-such-template"), "{err}");
     assert!(!err.is_retryable());
+    std::fs::write(dir.path().join("plain.toml"), "template = 1\n").unwrap();
+    let err = plain.render(&chat, None).unwrap_err();
+    assert!(err.to_string().contains("plain.toml"), "{err}");
 }
 
 #[test]

@@ -230,6 +230,9 @@ pub struct CompletionRequest {
     pub n: Option<u32>,
     #[serde(default)]
     pub n_ctx: Option<u32>,
+    /// myco's extension: the chat template (a llama.cpp template name or a template text).
+    #[serde(default)]
+    pub chat_template: Option<String>,
     #[serde(default)]
     pub stream: bool,
     /// Fields myco does not implement: each is refused by name when set (a client that
@@ -574,6 +577,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             Some(Stop::Many(v)) => v,
         },
         n_ctx: req.n_ctx,
+        chat_template: req.chat_template,
         ..myco_jobs::infer::InferOptions::default()
     };
     let params = match options.params("") {

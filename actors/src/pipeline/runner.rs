@@ -128,7 +128,9 @@ struct Prepared {
 fn prepare(path: &Path, task: &InferTask) -> Result<Prepared, JobError> {
     let info = ModelInfo::read(path).map_err(|e| JobError::fatal(e.to_string()))?;
     let vocab = LlmModel::load_vocab(path).map_err(JobError::from)?;
-    let text = vocab.render(&task.prompt).map_err(JobError::from)?;
+    let text = vocab
+        .render(&task.prompt, task.params.chat_template.as_deref())
+        .map_err(JobError::from)?;
     let prompt: Vec<u32> = vocab
         .tokenize(&text)
         .into_iter()

@@ -15,7 +15,7 @@ use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
@@ -267,6 +267,42 @@ impl std::fmt::Debug for LlmModel {
     }
 }
 
+/// llama.cpp's built-in chat template for a model of `architecture` whose GGUF has none:
+/// Qwen's ChatML, Gemma's turns, Llama 3's headers (the architecture's namesake; a Mistral
+/// or SmolLM file without a template names its own in `NAME.toml`), Phi 3's.
+pub fn builtin_template(architecture: &str) -> Option<&'static str> {
+    Some(match architecture {
+        "qwen2" | "qwen2moe" | "qwen3" | "qwen3moe" => "chatml",
+        "gemma" | "gemma2" | "gemma3" => "gemma",
+        "llama" => "llama3",
+        "phi3" => "phi3",
+        _ => return None,
+    })
+}
+
+/// The `chat_template` of the model's side file (`NAME.toml` beside `NAME.gguf`), if there
+/// is one.
+fn side_template(model: &Path) -> Result<Option<String>, String> {
+    let side = model.with_extension("toml");
+    let text = match std::fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", side.display())),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Side {
+        chat_template: Option<String>,
+    }
+    let side_file: Side = toml::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a model's settings file: {e}; it may hold chat_template = \"chatml\" (a llama.cpp template name or a template text)",
+            side.display()
+        )
+    })?;
+    Ok(side_file.chat_template)
+}
+
 /// Threads for llama.cpp: `n`, or every core for 0.
 pub fn threads(n: u32) -> i32 {
     let n = if n == 0 {
@@ -357,31 +393,55 @@ impl LlmModel {
             .token_to_piece_into(LlamaToken(token), out, false, None);
     }
 
-    /// The prompt as text: chat messages go through the model's chat template.
-    pub fn render(&self, prompt: &Prompt) -> Result<String, InferError> {
+    /// The prompt as text: chat messages go through a chat template, the first of: `asked`
+    /// (the request's `chat_template`), the model's side file (`NAME.toml` beside
+    /// `NAME.gguf`, with `chat_template = "..."`), the GGUF's own, and llama.cpp's built-in
+    /// template for the model's architecture ([`builtin_template`]). A template is the name of
+    /// one of llama.cpp's (`chatml`, `llama3`, `gemma`, `mistral-v7`, `phi3`, ...) or a
+    /// template text llama.cpp recognizes.
+    pub fn render(&self, prompt: &Prompt, asked: Option<&str>) -> Result<String, InferError> {
         let messages = match prompt {
             Prompt::Text(t) => return Ok(t.clone()),
             Prompt::Chat(m) => m,
         };
         let path = self.path.display().to_string();
-        let template = self
-            .model
-            .chat_template(None)
-            .map_err(|_| InferError::NoChatTemplate { path: path.clone() })?;
+        let template_err = |why: String| InferError::Template {
+            path: path.clone(),
+            why,
+        };
+        let named = match asked {
+            Some(t) => Some(t.to_owned()),
+            None => side_template(&self.path).map_err(template_err)?,
+        };
+        let template = match named {
+            Some(t) => LlamaChatTemplate::new(&t).map_err(|e| template_err(e.to_string()))?,
+            None => match self.model.chat_template(None) {
+                Ok(t) => t,
+                Err(_) => {
+                    let arch = self
+                        .model
+                        .meta_val_str("general.architecture")
+                        .unwrap_or_default();
+                    let name = builtin_template(&arch)
+                        .ok_or_else(|| InferError::NoChatTemplate { path: path.clone() })?;
+                    LlamaChatTemplate::new(name).map_err(|e| template_err(e.to_string()))?
+                }
+            },
+        };
         let chat = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| InferError::Template {
-                path: path.clone(),
-                why: e.to_string(),
-            })?;
+            .map_err(|e| template_err(e.to_string()))?;
+        let name = template
+            .to_str()
+            .unwrap_or("")
+            .chars()
+            .take(40)
+            .collect::<String>();
         self.model
             .apply_chat_template(&template, &chat, true)
-            .map_err(|e| InferError::Template {
-                path,
-                why: e.to_string(),
-            })
+            .map_err(|e| template_err(format!("`{name}`: {e}")))
     }
 
     /// Token ids of `text` as this model reads a prompt (with BOS, special tokens parsed).
@@ -405,7 +465,7 @@ impl LlmModel {
         cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
-        let text = self.render(prompt)?;
+        let text = self.render(prompt, params.chat_template.as_deref())?;
         let vocab = self.model.vocab();
         let tokens = vocab.tokenize(text.as_bytes(), true, true);
         let n_ctx = params.n_ctx.max(8);

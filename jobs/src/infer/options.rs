@@ -59,6 +59,10 @@ pub struct InferOptions {
     /// node's GPU memory).
     #[serde(default)]
     pub gpu_layers: Option<u32>,
+    /// The chat template for `messages`: a llama.cpp template name (`chatml`, `llama3`,
+    /// `gemma`, ...) or a template text [default: the model's].
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 impl InferOptions {
@@ -92,6 +96,7 @@ impl InferOptions {
             n_ctx: self.n_ctx.unwrap_or(d.n_ctx),
             threads: self.threads.unwrap_or(d.threads),
             gpu_layers: self.gpu_layers,
+            chat_template: self.chat_template.clone(),
         };
         let mut problems = Vec::new();
         if params.max_tokens == 0 || params.max_tokens > MAX_TOKENS {

@@ -39,6 +39,9 @@ pub struct InferParams {
     /// Layers on the GPU (None: the node's `--gpu-layers`, else as many as fit in its free
     /// GPU memory; 0: none). Nothing to offload without a GPU.
     pub gpu_layers: Option<u32>,
+    /// The chat template for messages (a llama.cpp template name or a template text); None:
+    /// the model's (see `LlmModel::render`).
+    pub chat_template: Option<String>,
 }
 
 impl Default for InferParams {
@@ -55,6 +58,7 @@ impl Default for InferParams {
             n_ctx: 4096,
             threads: 0,
             gpu_layers: None,
+            chat_template: None,
         }
     }
 }
@@ -141,7 +145,9 @@ pub enum InferError {
         "the prompt is {tokens} tokens, more than the context of {n_ctx}; shorten it or raise n_ctx"
     )]
     PromptTooLong { tokens: usize, n_ctx: u32 },
-    #[error("the model {path} has no chat template; send a plain prompt instead of messages")]
+    #[error(
+        "the model {path} has no chat template, and myco knows no built-in one for its architecture; name one (chat_template = \"chatml\" in the request, or in a .toml file of the model's name beside it), or send a plain prompt"
+    )]
     NoChatTemplate { path: String },
     #[error("the chat template of {path} cannot be applied: {why}")]
     Template { path: String, why: String },
