@@ -167,6 +167,15 @@ mod tests {
     }
 
     #[test]
+    fn a_pipeline_refuses_gpu_layers_by_name() {
+        let p = problems(
+            "version = 1\nkind = \"pipeline\"\n[pipeline]\nmodel = \"./nope.gguf\"\nprompt = \"hi\"\ngpu_layers = 8\n",
+        );
+        assert_eq!(p[0].field, "pipeline.gpu_layers", "{p:?}");
+        assert!(p[0].hint.contains("--gpu-memory"), "{p:?}");
+    }
+
+    #[test]
     fn unknown_top_level_fields_and_foreign_sections() {
         let p = problems("version = 1\nkind = \"noop\"\npriorty = 3\n");
         assert!(p[0].message.contains("unknown field `priorty`"), "{p:?}");
