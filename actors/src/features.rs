@@ -77,20 +77,27 @@ fn devices() -> Vec<ComputeDevice> {
 
 /// The memory a node offers to stages, and how much of it is on its GPU: in a build that
 /// puts stages on a GPU, the free memory of its first GPU as the backend reports it (at most
-/// `gpu_memory`, the node's `--gpu-memory`) and free RAM, where layers that do not fit on the
-/// GPU run; else free RAM only; nothing when llama.cpp has no CPU kernels here.
-pub fn stage_memory(caps: &Capabilities, gpu_memory: Option<u64>) -> StageMemory {
+/// `gpu_cap`, the node's `--gpu-memory`) and free RAM, where layers that do not fit on the
+/// GPU run; else free RAM only; nothing when llama.cpp has no CPU kernels here. The whole is
+/// at most `stage_cap` (`--stage-memory`), the GPU's part first.
+pub fn stage_memory(
+    caps: &Capabilities,
+    stage_cap: Option<u64>,
+    gpu_cap: Option<u64>,
+) -> StageMemory {
     if !llm_cpu() {
         // Stages cannot load here: offer nothing, so the planner leaves this node out.
         return StageMemory::default();
     }
     let gpu = match caps.devices.iter().find(|d| d.is_gpu()) {
-        Some(gpu) if STAGES_ON_GPU => gpu_memory.map_or(gpu.free, |cap| cap.min(gpu.free)),
+        Some(gpu) if STAGES_ON_GPU => gpu_cap.map_or(gpu.free, |cap| cap.min(gpu.free)),
         _ => 0,
     };
+    let total = gpu + caps.ram_free_bytes;
+    let total = stage_cap.map_or(total, |cap| cap.min(total));
     StageMemory {
-        total: gpu + caps.ram_free_bytes,
-        gpu,
+        total,
+        gpu: gpu.min(total),
     }
 }
 
@@ -100,15 +107,4 @@ pub struct StageMemory {
     pub total: u64,
     /// Of `total`, on its GPU.
     pub gpu: u64,
-}
-
-impl StageMemory {
-    /// Capped by `--stage-memory` (the GPU's part first).
-    pub fn capped(self, cap: Option<u64>) -> StageMemory {
-        let total = cap.map_or(self.total, |c| c.min(self.total));
-        StageMemory {
-            total,
-            gpu: self.gpu.min(total),
-        }
-    }
 }

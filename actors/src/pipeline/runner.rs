@@ -61,12 +61,11 @@ fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
 /// offers: this node and the peers that are up, holding the file.
 pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
     let Some(members) = members(env).filter(|m| !m.is_empty()) else {
-        let gpu_memory = env.gpu_memory;
+        let (stage_cap, gpu_cap) = (env.stage_memory, env.gpu_memory);
         let offer = tokio::task::spawn_blocking(crate::features::detect)
             .await
-            .map(|c| crate::features::stage_memory(&c, gpu_memory))
-            .unwrap_or_default()
-            .capped(env.stage_memory);
+            .map(|c| crate::features::stage_memory(&c, stage_cap, gpu_cap))
+            .unwrap_or_default();
         return vec![NodeMemory {
             name: env.name.clone(),
             free_bytes: offer.total,

@@ -173,8 +173,7 @@ fn now_ms() -> u64 {
 
 impl Membership {
     fn info(&self, state: &MembershipState) -> NodeInfo {
-        let offer =
-            crate::features::stage_memory(&state.caps, self.gpu_memory).capped(self.stage_memory);
+        let offer = crate::features::stage_memory(&state.caps, self.stage_memory, self.gpu_memory);
         NodeInfo {
             name: self.name.clone(),
             protocol: PROTOCOL,
