@@ -109,6 +109,25 @@ SRC
   mv "$VK_HEADERS.part" "$VK_HEADERS"
 fi
 
+# The real OpenAI clients, for the compatibility test (cli/tests/clients.rs): the `openai`
+# package and LangChain's, pinned, installed under the cache (not into the system's Python;
+# the test puts them on PYTHONPATH).
+PY_CLIENTS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/pyclients"
+PY_CLIENTS_PINS=(openai==3.57.0 langchain-openai==1.7.4 langchain-core==1.8.3 tiktoken==0.14.0)
+PY_CLIENTS_STAMP="$PY_CLIENTS/.installed-$(printf '%s-' "${PY_CLIENTS_PINS[@]}")"
+if [ ! -f "$PY_CLIENTS_STAMP" ]; then
+  say "installing the openai and langchain-openai Python packages into $PY_CLIENTS (for the tests)"
+  rm -rf "$PY_CLIENTS.part"
+  pip_target=(python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location
+    --target "$PY_CLIENTS.part" "${PY_CLIENTS_PINS[@]}")
+  # A Python that is "externally managed" (PEP 668) refuses even a --target install
+  # without the flag; nothing goes into the system's site-packages either way.
+  "${pip_target[@]}" 2>/dev/null || "${pip_target[@]}" --break-system-packages
+  rm -rf "$PY_CLIENTS"
+  mv "$PY_CLIENTS.part" "$PY_CLIENTS"
+  touch "$PY_CLIENTS_STAMP"
+fi
+
 say "fetching crates"
 cargo fetch --locked
 say "ready: cargo run --release -p myco -- --help"

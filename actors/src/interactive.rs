@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 use crate::node::handle::NodeHandle;
 use crate::streams::Subscription;
 
-/// Interactive requests go ahead of batch jobs (which default to 0).
-pub const INTERACTIVE_PRIORITY: i32 = 500;
+/// Interactive requests go ahead of batch jobs (which default to 0); the queue keeps them,
+/// once finished, for the node's retention of interactive jobs only.
+pub use myco_runtime::queue::INTERACTIVE_PRIORITY;
 
 /// Why an interactive embedding failed.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@
 //! Actors hold no durable state: leases, acks and retries live in the redb queue
 //! (`myco-runtime`). Model work never runs inside an actor's `handle`.
 
+pub mod budget;
 pub mod collections;
 pub mod coordinator;
 pub mod features;

@@ -55,6 +55,8 @@ pub struct NodeSupervisor {
     pub executives: usize,
     pub streams: Streams,
     pub factory: ExecutorFactory,
+    /// The node's cores, shared by its workers.
+    pub budget: crate::budget::CpuBudget,
     /// The swarm side (membership, peer service), if this node joins one, and the view of
     /// the swarm its Membership publishes.
     pub membership: Option<(Membership, Swarm)>,
@@ -139,6 +141,7 @@ impl NodeSupervisor {
             swarm: self.swarm(),
             queue: env.queue.clone(),
             factory: self.factory.clone(),
+            budget: self.budget.clone(),
             #[cfg(feature = "pipeline")]
             pipeline: env.pipeline.clone(),
         };
@@ -196,6 +199,7 @@ impl Actor for NodeSupervisor {
                 swarm: self.swarm(),
                 stage_memory: self.stage_memory,
                 gpu_memory: self.gpu_memory,
+                one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             },
         };
         let mut workers = HashMap::new();

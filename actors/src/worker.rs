@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use myco_jobs::{ChildResults, Executor, JobError, RunContext, Task};
 use myco_runtime::cluster::wire::{StreamFrame, StreamPiece, Wire};
-use myco_runtime::queue::{OutboxEntry, Queue};
+use myco_runtime::queue::{INTERACTIVE_PRIORITY, OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use myco_jobs::Lane;
 
+use crate::budget::{self, CpuBudget};
 use crate::coordinator::{Assignment, CoordinatorMsg};
+
 #[cfg(feature = "pipeline")]
 use crate::pipeline::runner::{self, PipelineEnv};
 use crate::streams::Streams;
@@ -52,6 +54,8 @@ pub struct Worker {
     pub swarm: Option<Swarm>,
     pub queue: Queue,
     pub factory: ExecutorFactory,
+    /// The node's cores: interactive jobs take them, batch jobs yield (see [`budget`]).
+    pub budget: CpuBudget,
     /// For pipeline jobs: the node's stage host and swarm.
     #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
@@ -83,6 +87,8 @@ struct Command {
     /// The lease token: tells this run's streamed pieces from another's.
     run: u64,
     cancel: Arc<AtomicBool>,
+    /// Batch work: pause at item boundaries while interactive work runs.
+    yields: Option<CpuBudget>,
     /// Where a streaming task's pieces go.
     stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
     reply: oneshot::Sender<Result<Vec<u8>, RunError>>,
@@ -95,13 +101,25 @@ pub struct ExecutorThread {
 }
 
 impl ExecutorThread {
-    fn spawn(name: String, factory: ExecutorFactory) -> std::io::Result<ExecutorThread> {
+    /// `low`: run at the lowest CPU priority (a batch worker's thread, and the ONNX Runtime
+    /// threads it starts).
+    fn spawn(name: String, factory: ExecutorFactory, low: bool) -> std::io::Result<ExecutorThread> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Command>(1);
         std::thread::Builder::new().name(name).spawn(move || {
+            if low {
+                budget::lower_this_thread();
+            }
             let mut exec = factory();
             while let Ok(cmd) = rx.recv() {
                 let cancel = cmd.cancel.clone();
-                let cancelled = move || cancel.load(Ordering::Relaxed);
+                let yields = cmd.yields.clone();
+                // Every kind polls this between items: batch work yields there.
+                let cancelled = move || {
+                    if let Some(b) = &yields {
+                        b.yield_to_interactive(budget::MAX_PAUSE);
+                    }
+                    cancel.load(Ordering::Relaxed)
+                };
                 let visit = |f: &mut dyn FnMut(&[u8]) -> Result<(), JobError>| {
                     let Some((queue, id)) = &cmd.children else {
                         return Ok(());
@@ -152,26 +170,13 @@ impl ExecutorThread {
         Ok(ExecutorThread { tx })
     }
 
+    /// Run the command `cmd` makes with the reply channel it is given, and await the reply.
     async fn run(
         &self,
-        task: Task,
-        children: Option<(Queue, myco_runtime::queue::JobId)>,
-        attempt: u32,
-        run: u64,
-        cancel: Arc<AtomicBool>,
-        stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
+        cmd: impl FnOnce(oneshot::Sender<Result<Vec<u8>, RunError>>) -> Command,
     ) -> Result<Vec<u8>, RunError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command {
-            task,
-            children,
-            attempt,
-            run,
-            cancel,
-            stream,
-            reply,
-        };
-        if self.tx.try_send(cmd).is_err() {
+        if self.tx.try_send(cmd(reply)).is_err() {
             return Err(RunError::Gone);
         }
         rx.await.unwrap_or(Err(RunError::Gone))
@@ -235,6 +240,7 @@ impl Actor for Worker {
         Ok(ExecutorThread::spawn(
             format!("myco-exec-{}", self.index),
             self.factory.clone(),
+            self.lane == Lane::Batch,
         )?)
     }
 
@@ -288,6 +294,11 @@ impl Actor for Worker {
             (None, None)
         };
         let pipeline = matches!(lease.task, Task::Pipeline(_));
+        // LLM requests and the API's and CLI's requests are interactive: batch work yields
+        // the cores while they run. The rest is batch work, which yields.
+        let interactive = lane == Lane::Executive || lease.priority >= INTERACTIVE_PRIORITY;
+        let _running = interactive.then(|| self.budget.enter());
+        let yields = (!interactive).then(|| self.budget.clone());
         let outcome = match lease.task {
             // A pipeline job drives stages across the swarm: async, on no executor thread.
             #[cfg(feature = "pipeline")]
@@ -302,7 +313,16 @@ impl Actor for Worker {
             task => {
                 tokio::time::timeout(
                     timeout,
-                    exec.run(task, children, lease.attempt, token, cancel.clone(), stream),
+                    exec.run(|reply| Command {
+                        task,
+                        children,
+                        attempt: lease.attempt,
+                        run: token,
+                        cancel: cancel.clone(),
+                        yields,
+                        stream,
+                        reply,
+                    }),
                 )
                 .await
             }

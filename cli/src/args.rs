@@ -194,6 +194,18 @@ pub struct NodeArgs {
     /// memory].
     #[arg(long, env = "MYCO_GPU_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub gpu_memory: Option<u64>,
+    /// Cores this node uses: LLM requests decode on this many threads, and batch workers
+    /// share them, yielding while a request runs [default: every core].
+    #[arg(long, env = "MYCO_THREADS", value_name = "N")]
+    pub threads: Option<u32>,
+    /// LLM requests decoded together in one model [default: 4, fewer when their contexts
+    /// do not fit in memory].
+    #[arg(long, env = "MYCO_PARALLEL", value_name = "N")]
+    pub parallel: Option<u32>,
+    /// Hours finished interactive jobs (chat requests with their prompts and answers) stay in
+    /// the queue file [default: 24].
+    #[arg(long, env = "MYCO_RETENTION", value_name = "HOURS")]
+    pub retention: Option<f64>,
 }
 
 /// `123`, `512KiB`, `1.5GB`, `6GiB`, `2g`: a size in bytes.

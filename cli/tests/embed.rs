@@ -226,14 +226,31 @@ fn openai_embeddings_endpoint() {
         .collect();
     assert_eq!(decoded, float, "base64 carries the same vector");
 
-    // Refused by name: a size the model cannot make, token ids, an unknown encoding.
+    // Token ids (what LangChain's OpenAIEmbeddings sends by default) are OpenAI's
+    // cl100k_base: [9906, 1917] is "Hello world", and embeds as that text does.
+    let vector = |input: serde_json::Value| {
+        let (status, v) = http
+            .post(
+                &node.url("/v1/embeddings"),
+                &serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": input }),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{v}");
+        floats(&v["data"][0]["embedding"])
+    };
+    let text = vector(serde_json::json!("Hello world"));
+    assert_eq!(vector(serde_json::json!([[9906, 1917]])), text);
+    assert_eq!(vector(serde_json::json!([9906, 1917])), text);
+
+    // Refused by name: a size the model cannot make, ids no tokenizer of OpenAI's has, an
+    // unknown encoding.
     for (body, param) in [
         (
             serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 64 }),
             "dimensions",
         ),
         (
-            serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": [[9906, 1917]] }),
+            serde_json::json!({ "model": "all-MiniLM-L6-v2", "input": [[9906, 4000000000u32]] }),
             "input",
         ),
         (

@@ -679,18 +679,31 @@ fn openai_request_shapes_are_read_or_refused_by_name() {
         ),
         ("tool_choice", serde_json::json!("auto")),
         (
-            "response_format",
-            serde_json::json!({ "type": "json_object" }),
+            "response_format.json_schema",
+            serde_json::json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": {} } }),
         ),
         ("logprobs", serde_json::json!(true)),
         ("seed", serde_json::json!(1u64 << 33)),
     ];
     for (field, value) in refused {
         let mut req = chat(4, false);
-        req[field] = value;
+        let key = field.split('.').next().unwrap();
+        req[key] = value;
         let (status, v) = http.post(&url, &req).unwrap();
         assert_eq!(status, 400, "{field}: {v}");
         assert_eq!(v["error"]["param"], field, "{v}");
+    }
+    // JSON mode: the answer is JSON (a random-weight model's too: the grammar decides what
+    // it may say), whole when the model ended it.
+    let mut json_mode = chat(48, false);
+    json_mode["response_format"] = serde_json::json!({ "type": "json_object" });
+    let (status, v) = http.post(&url, &json_mode).unwrap();
+    assert_eq!(status, 200, "{v}");
+    let answer = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.starts_with('{'), "{answer:?}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let parsed: serde_json::Value = serde_json::from_str(answer).unwrap();
+        assert!(parsed.is_object(), "{answer}");
     }
     let mut image = chat(4, false);
     image["messages"][0]["content"] = serde_json::json!([

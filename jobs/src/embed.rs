@@ -135,6 +135,11 @@ impl std::fmt::Debug for EmbedModel {
 impl EmbedModel {
     /// Load the model in `dir`, with ONNX Runtime from `home` (see [`init_runtime`]).
     pub fn load(dir: &Path, home: &Path) -> Result<EmbedModel, EmbedError> {
+        EmbedModel::load_with(dir, home, 0)
+    }
+
+    /// Load it to run on `threads` ONNX Runtime threads (0: every core).
+    pub fn load_with(dir: &Path, home: &Path, threads: usize) -> Result<EmbedModel, EmbedError> {
         init_runtime(home)?;
         let onnx = read(dir, "model.onnx")?;
         let files = TokenizerFiles {
@@ -144,11 +149,16 @@ impl EmbedModel {
             tokenizer_config_file: read(dir, "tokenizer_config.json")?,
         };
         let model = UserDefinedEmbeddingModel::new(onnx, files).with_pooling(pooling(dir));
-        let inner = TextEmbedding::try_new_from_user_defined(model, InitOptionsUserDefined::new())
-            .map_err(|e| EmbedError::ModelBroken {
+        let mut options = InitOptionsUserDefined::new();
+        if threads > 0 {
+            options = options.with_intra_threads(threads);
+        }
+        let inner = TextEmbedding::try_new_from_user_defined(model, options).map_err(|e| {
+            EmbedError::ModelBroken {
                 path: dir.join("model.onnx").display().to_string(),
                 why: e.to_string(),
-            })?;
+            }
+        })?;
         Ok(EmbedModel {
             inner,
             dir: dir.to_path_buf(),

@@ -22,6 +22,9 @@ pub struct Engines {
     /// The node's loaded LLMs.
     #[cfg_attr(not(feature = "infer"), allow(dead_code))]
     llms: Models,
+    /// ONNX Runtime threads of the embedding models it loads (0: every core).
+    #[cfg_attr(not(feature = "embed"), allow(dead_code))]
+    embed_threads: usize,
 }
 
 impl Engines {
@@ -32,7 +35,13 @@ impl Engines {
             #[cfg(feature = "embed")]
             models: std::collections::HashMap::new(),
             llms,
+            embed_threads: 0,
         }
+    }
+
+    /// Embedding models loaded from now on run on `n` ONNX Runtime threads (0: every core).
+    pub fn set_embed_threads(&mut self, n: usize) {
+        self.embed_threads = n;
     }
 
     /// The node's home: where models and ONNX Runtime are found.
@@ -53,8 +62,9 @@ impl Engines {
         Ok(match self.models.entry(dir) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(v) => {
-                let loaded = crate::embed::EmbedModel::load(v.key(), &self.home)
-                    .map_err(|e| JobError::fatal(e.to_string()))?;
+                let loaded =
+                    crate::embed::EmbedModel::load_with(v.key(), &self.home, self.embed_threads)
+                        .map_err(|e| JobError::fatal(e.to_string()))?;
                 v.insert(loaded)
             }
         })

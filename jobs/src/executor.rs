@@ -39,6 +39,12 @@ impl CpuExecutor {
             engines: Engines::new(home, llms),
         }
     }
+
+    /// The same, with embedding models running on `n` ONNX Runtime threads (0: every core).
+    pub fn embed_threads(mut self, n: usize) -> CpuExecutor {
+        self.engines.set_embed_threads(n);
+        self
+    }
 }
 
 impl Executor for CpuExecutor {

@@ -186,7 +186,7 @@ fn bad_models_and_long_prompts_are_precise_errors() {
 
 #[test]
 fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
-    let models = myco_jobs::infer::engine::Models::new();
+    let models = myco_jobs::infer::Models::new();
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<_> = ["m0", "m1", "m2"]
         .iter()
@@ -228,7 +228,7 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
     // the total. Room for two models beside the headroom: loading m1 evicts m0, the least
     // recently used.
     let one = std::fs::metadata(&paths[0]).unwrap().len();
-    let headroom = myco_jobs::infer::engine::HEADROOM;
+    let headroom = myco_jobs::infer::models::HEADROOM;
     models
         .get_with(&paths[1], plenty, 2 * one + headroom)
         .unwrap();
@@ -240,7 +240,7 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
 
 #[test]
 fn each_cache_loads_its_own_copy_and_clones_share_one() {
-    use myco_jobs::infer::engine::Models;
+    use myco_jobs::infer::Models;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     TinyLlama::default().write(&path, false).unwrap();
@@ -283,4 +283,199 @@ fn generation_stops_at_the_context_asked_for() {
     if g.finish_reason == Finish::Length {
         assert_eq!(g.prompt_tokens + g.completion_tokens, 32);
     }
+}
+
+/// The node's way: requests to one model decode together in its shared batch. Concurrent
+/// greedy requests give each the tokens it gets alone, and a stop string, `n_ctx` and a
+/// cancel still act per request.
+#[test]
+fn concurrent_requests_in_one_batch_each_get_their_solo_tokens() {
+    use myco_jobs::infer::{Models, Serving};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    TinyLlama::default().write(&path, false).unwrap();
+    let models = Models::new().serving(Serving {
+        parallel: 4,
+        threads: 1,
+    });
+    let served = models.serve(&path, None, 256).unwrap();
+    let prompts: Vec<Prompt> = [
+        "hello swarm",
+        "the queue is durable and the workers pull",
+        "a",
+        "layers chained across machines, and a long prompt that takes more positions",
+        "one more than the batch holds waits for a free sequence",
+    ]
+    .iter()
+    .map(|p| Prompt::Text((*p).into()))
+    .collect();
+    let solo: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            served
+                .model()
+                .generate(p, &greedy(24), &|| false, &mut |_, _| {})
+                .unwrap()
+        })
+        .collect();
+    let together: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                let served = &served;
+                s.spawn(move || {
+                    let mut streamed = String::new();
+                    let g = served
+                        .generate(p, &greedy(24), &|| false, &mut |_, piece| {
+                            streamed.push_str(piece)
+                        })
+                        .unwrap();
+                    assert_eq!(streamed, g.text, "the pieces add up to the text");
+                    g
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (a, b)) in solo.iter().zip(&together).enumerate() {
+        assert_eq!(
+            a.tokens, b.tokens,
+            "request {i}: batched tokens differ from solo"
+        );
+        assert_eq!(a.finish_reason, b.finish_reason, "request {i}");
+        assert_eq!(a.prompt_tokens, b.prompt_tokens, "request {i}");
+    }
+
+    // n_ctx is exact in the batch too.
+    let short = InferParams {
+        n_ctx: 32,
+        ..greedy(200)
+    };
+    let g = models
+        .serve(&path, None, 32)
+        .unwrap()
+        .generate(&prompts[0], &short, &|| false, &mut |_, _| {})
+        .unwrap();
+    assert!(g.prompt_tokens + g.completion_tokens <= 32);
+
+    // A stop string ends one request: the text is cut before it.
+    let text = &solo[1].text;
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() >= 6 {
+        let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+        let params = InferParams {
+            stop: vec![stop.clone()],
+            ..greedy(24)
+        };
+        let g = served
+            .generate(&prompts[1], &params, &|| false, &mut |_, _| {})
+            .unwrap();
+        assert_eq!(g.finish_reason, Finish::Stop);
+        assert!(!g.text.contains(&stop) && text.starts_with(&g.text));
+    }
+    let err = served
+        .generate(&prompts[0], &greedy(24), &|| true, &mut |_, _| {})
+        .unwrap_err();
+    assert_eq!(err, InferError::Cancelled);
+}
+
+/// A chat of five turns: each turn's prompt extends the one before, and the batch decodes
+/// only what is new (the result counts the cached prompt tokens).
+#[test]
+fn the_turns_of_a_chat_reuse_the_cached_prefix() {
+    use myco_jobs::infer::{Models, Serving};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    TinyLlama::default().write(&path, true).unwrap();
+    let models = Models::new().serving(Serving {
+        parallel: 2,
+        threads: 1,
+    });
+    let served = models.serve(&path, None, 1024).unwrap();
+    let params = InferParams {
+        n_ctx: 1024,
+        ..greedy(12)
+    };
+    let mut messages = vec![Message {
+        role: "system".into(),
+        content: "you are the swarm's helper".into(),
+    }];
+    let mut last_prompt = 0;
+    for turn in 1..=5 {
+        messages.push(Message {
+            role: "user".into(),
+            content: format!("question number {turn}: what runs next?"),
+        });
+        let g = served
+            .generate(
+                &Prompt::Chat(messages.clone()),
+                &params,
+                &|| false,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        if turn == 1 {
+            assert_eq!(g.cached_tokens, 0, "nothing to reuse at the first turn");
+        } else {
+            // All of the previous turn's prompt, give or take the token at the seam.
+            assert!(
+                g.cached_tokens + 2 >= last_prompt && g.cached_tokens < g.prompt_tokens,
+                "turn {turn}: {} of {} prompt tokens cached, the previous prompt was {last_prompt}",
+                g.cached_tokens,
+                g.prompt_tokens
+            );
+        }
+        last_prompt = g.prompt_tokens;
+        // A random-weight model's answer may hold NUL bytes, which no chat template takes.
+        messages.push(Message {
+            role: "assistant".into(),
+            content: g.text.replace('\0', ""),
+        });
+    }
+}
+
+/// JSON mode: the grammar sampler lets the model say only JSON, so even random weights
+/// answer with an object (whole, when the model ended it); a grammar that does not parse
+/// fails the request, saying so.
+#[test]
+fn json_mode_answers_in_json_and_a_bad_grammar_is_refused() {
+    use myco_jobs::infer::{JSON_GRAMMAR, Models};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    TinyLlama::default().write(&path, false).unwrap();
+    let served = Models::new().serve(&path, None, 256).unwrap();
+    let prompt = Prompt::Text("the answer as json:".into());
+    let params = InferParams {
+        grammar: Some(JSON_GRAMMAR.into()),
+        ..greedy(64)
+    };
+    let plain = served
+        .generate(&prompt, &greedy(64), &|| false, &mut |_, _| {})
+        .unwrap();
+    let g = served
+        .generate(&prompt, &params, &|| false, &mut |_, _| {})
+        .unwrap();
+    assert!(
+        !plain.text.starts_with('{'),
+        "the fixture does not say JSON by itself"
+    );
+    assert!(g.text.starts_with('{'), "{:?}", g.text);
+    if g.finish_reason == Finish::Stop {
+        let v: serde_json::Value = serde_json::from_str(g.text.trim()).unwrap();
+        assert!(v.is_object());
+    }
+    // The solo engine follows the grammar the same way.
+    let solo = served
+        .model()
+        .generate(&prompt, &params, &|| false, &mut |_, _| {})
+        .unwrap();
+    assert_eq!(solo.tokens, g.tokens);
+    let bad = InferParams {
+        grammar: Some("root ::= (".into()),
+        ..greedy(8)
+    };
+    let err = served
+        .generate(&prompt, &bad, &|| false, &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, InferError::Grammar(_)), "{err:?}");
 }

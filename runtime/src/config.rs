@@ -141,6 +141,30 @@ pub struct NodeConfig {
     /// GPU memory (bytes) this node's models and stages may use; unset means its free memory.
     #[serde(default)]
     pub gpu_memory: Option<u64>,
+    /// The cores this node uses: LLM decoding runs on this many threads, batch workers
+    /// share them (one ONNX Runtime thread each when there are as many workers); 0 means
+    /// every core.
+    #[serde(default)]
+    pub threads: u32,
+    /// LLM requests decoded together in one model's context (continuous batching); unset
+    /// means 4, fewer when their KV caches do not fit in memory.
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// How long finished interactive jobs (chat requests with their prompts and answers,
+    /// query embeddings) stay in the queue file.
+    #[serde(with = "humantime_secs", default = "retention_interactive")]
+    pub retention: Duration,
+    /// How long every other finished job (batch work) stays, with its results.
+    #[serde(with = "humantime_secs", default = "retention_batch")]
+    pub batch_retention: Duration,
+}
+
+fn retention_interactive() -> Duration {
+    Duration::from_millis(crate::queue::RETENTION_INTERACTIVE_MS)
+}
+
+fn retention_batch() -> Duration {
+    Duration::from_millis(crate::queue::RETENTION_BATCH_MS)
 }
 
 impl Default for NodeConfig {
@@ -164,6 +188,10 @@ impl Default for NodeConfig {
             stage_memory: None,
             gpu_layers: None,
             gpu_memory: None,
+            threads: 0,
+            parallel: None,
+            retention: retention_interactive(),
+            batch_retention: retention_batch(),
         }
     }
 }
@@ -221,6 +249,16 @@ impl NodeConfig {
                 "workers",
                 "more than 1024 workers",
                 "use 0 for one per core",
+            );
+        }
+        if self.threads > 4096 {
+            bad("threads", "more than 4096 threads", "use 0 for every core");
+        }
+        if self.parallel == Some(0) || self.parallel.is_some_and(|p| p > 256) {
+            bad(
+                "parallel",
+                "must be 1-256 requests",
+                "4 suits most machines; 1 runs one request at a time",
             );
         }
         if self.lease < Duration::from_secs(1) {
@@ -285,11 +323,23 @@ impl NodeConfig {
 
     pub fn worker_count(&self) -> usize {
         if self.workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            self.thread_count() as usize
         } else {
             self.workers
+        }
+    }
+
+    /// LLM requests decoded together per model ([`NodeConfig::parallel`], else 4).
+    pub fn parallel_count(&self) -> u32 {
+        self.parallel.unwrap_or(4)
+    }
+
+    /// The cores this node uses ([`NodeConfig::threads`], else every core).
+    pub fn thread_count(&self) -> u32 {
+        if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            self.threads
         }
     }
 }

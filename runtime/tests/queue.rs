@@ -516,7 +516,8 @@ async fn expired_lease_requeues_and_late_result_is_recorded_once() {
         TickOutcome {
             expired: 1,
             promoted: 0,
-            killed: 0
+            killed: 0,
+            pruned: 0,
         }
     );
     let rec = f.get(id);
@@ -983,4 +984,103 @@ async fn queued_jobs_are_counted_per_kind_and_recounted_on_open() {
     let f = f.restart().await;
     // The lease died with the "node": requeued at open, and counted.
     assert_eq!(f.q.queued_of(&NOOP), 3);
+}
+
+/// Retention: a finished interactive job (a chat's prompt and answer) is removed from the
+/// file once its period is over, a batch job (with its children and results) after its own
+/// longer one, and nothing unfinished is touched, however old.
+#[tokio::test]
+async fn finished_jobs_are_pruned_after_their_retention_and_nothing_else() {
+    let f = Fixture::with(QueueOptions {
+        retention_interactive_ms: 60_000,
+        retention_batch_ms: 600_000,
+        ..options()
+    });
+    let interactive = f
+        .submit_one(NewJob {
+            idempotency_key: Some("chat-1".into()),
+            ..prio("a chat", myco_runtime::queue::INTERACTIVE_PRIORITY)
+        })
+        .await;
+    let waiting = f
+        .submit_one(prio(
+            "an unfinished chat",
+            myco_runtime::queue::INTERACTIVE_PRIORITY + 1,
+        ))
+        .await;
+    let batch = f.submit_one(parent("an archive", 2)).await;
+    // The two chats go first (priority); one is answered, the other stays leased.
+    let leased =
+        f.q.lease(2, &NOOP, Duration::from_secs(3600))
+            .await
+            .unwrap();
+    let ids: Vec<JobId> = leased.iter().map(|l| l.id).collect();
+    assert!(ids.contains(&interactive) && ids.contains(&waiting));
+    f.q.complete(interactive, b"the answer".to_vec())
+        .await
+        .unwrap();
+    for kid in f.q.lease(2, &NOOP, LEASE).await.unwrap() {
+        f.q.complete(kid.id, b"a chunk".to_vec()).await.unwrap();
+    }
+    assert_eq!(f.state(batch), StateName::Done);
+    let kids = f.q.children(batch).unwrap();
+    assert_eq!(kids.len(), 2);
+    let before = f.q.counts().unwrap();
+
+    f.clock.advance(59_999);
+    assert_eq!(f.q.tick().await.unwrap().pruned, 0, "not before its time");
+    f.clock.advance(1);
+    assert_eq!(f.q.tick().await.unwrap().pruned, 1);
+    assert!(f.q.get(interactive).unwrap().is_none(), "the chat is gone");
+    assert!(
+        f.q.result(interactive).unwrap().is_none(),
+        "with its answer"
+    );
+    assert_eq!(
+        f.state(waiting),
+        StateName::Leased,
+        "the unfinished one stays"
+    );
+    assert_eq!(f.state(batch), StateName::Done, "batch work keeps longer");
+    // Its idempotency key is free again: the same key makes a new job.
+    let again =
+        f.q.submit(vec![keyed("a chat again", "chat-1")])
+            .await
+            .unwrap();
+    assert!(again[0].created);
+    f.q.cancel(again[0].id).await.unwrap();
+
+    f.clock.advance(600_000);
+    let t = f.q.tick().await.unwrap();
+    // The archive and its two children, and the cancelled chat (ten minutes old by now).
+    assert_eq!(t.pruned, 4, "{t:?}");
+    assert!(f.q.get(again[0].id).unwrap().is_none());
+    assert!(f.q.get(batch).unwrap().is_none());
+    for kid in &kids {
+        assert!(f.q.get(*kid).unwrap().is_none());
+        assert!(f.q.result(*kid).unwrap().is_none());
+    }
+    assert!(f.q.children(batch).unwrap().is_empty());
+    assert_eq!(f.state(waiting), StateName::Leased);
+    // The counts follow: the four done records are gone (and the cancelled one came and
+    // went); the leased one is still counted.
+    let after = f.q.counts().unwrap();
+    assert_eq!(
+        after[StateName::Done.index()] + 4,
+        before[StateName::Done.index()]
+    );
+    assert_eq!(
+        after[StateName::Cancelled.index()],
+        before[StateName::Cancelled.index()]
+    );
+    assert_eq!(after[StateName::Leased.index()], 1);
+    // And the file says the same after a restart.
+    let f = f.restart().await;
+    assert!(f.q.get(interactive).unwrap().is_none());
+    assert!(f.q.get(batch).unwrap().is_none());
+    assert_eq!(
+        f.state(waiting),
+        StateName::Queued,
+        "requeued by the restart, not removed"
+    );
 }

@@ -171,6 +171,7 @@ mod tests {
                 attempt: 1,
                 timeout_ms: 1_000,
                 deadline_ms: 0,
+                priority: 0,
             },
             owner: owner.map(str::to_owned),
         }

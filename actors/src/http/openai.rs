@@ -36,15 +36,25 @@ fn error(
         .into_response()
 }
 
-/// `input` is a string or a list of strings (or token ids, which myco refuses: see
-/// [`embeddings`]).
+/// `input` is a string or a list of strings, or token ids of OpenAI's `cl100k_base`
+/// tokenizer (one list, or a list of lists), which LangChain's `OpenAIEmbeddings` sends by
+/// default: they are decoded back into the text they stand for.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Input {
     One(String),
     Many(Vec<String>),
-    Tokens(Vec<u64>),
-    ManyTokens(Vec<Vec<u64>>),
+    Tokens(Vec<u32>),
+    ManyTokens(Vec<Vec<u32>>),
+}
+
+/// The text of `cl100k_base` token ids (the tokenizer of OpenAI's embedding models, which
+/// OpenAI clients count and send with); Err names the first id that is none of its.
+fn decode_ids(ids: &[u32]) -> Result<String, String> {
+    let bpe = tiktoken_rs::cl100k_base_singleton();
+    bpe.decode(ids).map_err(|e| {
+        format!("token ids are read as OpenAI's cl100k_base tokenizer, and these are not its: {e}")
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,12 +110,14 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
     let texts = match req.input {
         Input::One(t) => vec![t],
         Input::Many(v) => v,
-        Input::Tokens(_) | Input::ManyTokens(_) => {
-            return bad_request(
-                "input",
-                "input as token ids is not supported: the ids of OpenAI's tokenizer mean nothing to this node's embedding models; send the text (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))".into(),
-            );
-        }
+        Input::Tokens(ids) => match decode_ids(&ids) {
+            Ok(t) => vec![t],
+            Err(e) => return bad_request("input", e),
+        },
+        Input::ManyTokens(lists) => match lists.iter().map(|ids| decode_ids(ids)).collect() {
+            Ok(v) => v,
+            Err(e) => return bad_request("input", e),
+        },
     };
     if texts.is_empty() || texts.len() > 2048 {
         return error(
@@ -233,6 +245,9 @@ pub struct CompletionRequest {
     /// myco's extension: the chat template (a llama.cpp template name or a template text).
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// llama-server's extension: a GBNF grammar the output must follow.
+    #[serde(default)]
+    pub grammar: Option<String>,
     #[serde(default)]
     pub stream: bool,
     /// Fields myco does not implement: each is refused by name when set (a client that
@@ -350,13 +365,19 @@ fn unsupported(req: &CompletionRequest) -> Option<(&'static str, &'static str)> 
             "tool calls are not supported yet: these models answer in text",
         ));
     }
-    if let Some(f) = req.response_format.as_ref().filter(|v| !v.is_null())
-        && f.get("type").and_then(|t| t.as_str()) != Some("text")
-    {
-        return Some((
-            "response_format",
-            "JSON mode and JSON-schema output are not supported yet; ask for JSON in the prompt, or leave response_format out",
-        ));
+    if let Some(f) = req.response_format.as_ref().filter(|v| !v.is_null()) {
+        match f.get("type").and_then(|t| t.as_str()) {
+            Some("text" | "json_object") => {}
+            Some("json_schema") => {
+                return Some((
+                    "response_format.json_schema",
+                    "JSON-schema output is not supported yet; use {\"type\": \"json_object\"} (JSON mode) and describe the fields in the prompt",
+                ));
+            }
+            _ => {
+                return Some(("response_format.type", "use \"text\" or \"json_object\""));
+            }
+        }
     }
     if req
         .logprobs
@@ -374,6 +395,11 @@ fn unsupported(req: &CompletionRequest) -> Option<(&'static str, &'static str)> 
         ));
     }
     None
+}
+
+/// Whether `response_format` asks for JSON mode (`{"type": "json_object"}`).
+fn json_mode(f: Option<&serde_json::Value>) -> bool {
+    f.and_then(|f| f.get("type")).and_then(|t| t.as_str()) == Some("json_object")
 }
 
 /// The seed of a request: its own, or a random one when it gives none or -1 (OpenAI's
@@ -578,6 +604,8 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         },
         n_ctx: req.n_ctx,
         chat_template: req.chat_template,
+        json: json_mode(req.response_format.as_ref()),
+        grammar: req.grammar,
         ..myco_jobs::infer::InferOptions::default()
     };
     let params = match options.params("") {
@@ -745,6 +773,7 @@ fn usage(g: &myco_jobs::infer::Generation) -> serde_json::Value {
         "prompt_tokens": g.prompt_tokens,
         "completion_tokens": g.completion_tokens,
         "total_tokens": g.prompt_tokens + g.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": g.cached_tokens },
     })
 }
 

@@ -95,6 +95,8 @@ impl Node {
             node: name.clone(),
             backoff_base_ms: config.backoff_base.as_millis() as u64,
             backoff_max_ms: config.backoff_max.as_millis() as u64,
+            retention_interactive_ms: config.retention.as_millis() as u64,
+            retention_batch_ms: config.batch_retention.as_millis() as u64,
             ..QueueOptions::default()
         };
         let path = home.queue_path();
@@ -102,23 +104,31 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))??;
         let workers = config.worker_count();
-        // One executive runs LLM inference: a decode already uses every core.
-        let executives = 1;
+        let budget = crate::budget::CpuBudget::new(config.thread_count());
+        // The executives run LLM requests: each waits on its request while the model's
+        // batch decodes them together, so there are as many as the batch takes.
+        let parallel = config.parallel_count();
+        let executives = parallel as usize;
         let exec_home = home.root().to_path_buf();
         // The node's LLMs, loaded once and shared by its own executors (not by other nodes
-        // of the same process).
+        // of the same process), decoding with the budget's cores.
         #[cfg(feature = "infer")]
-        let models = myco_jobs::infer::Models::with_gpu(myco_jobs::infer::engine::GpuPolicy {
+        let models = myco_jobs::infer::Models::with_gpu(myco_jobs::infer::GpuPolicy {
             layers: config.gpu_layers,
             memory: config.gpu_memory,
+        })
+        .serving(myco_jobs::infer::Serving {
+            parallel,
+            threads: budget.cores(),
         });
         #[cfg(not(feature = "infer"))]
         let models = myco_jobs::infer::Models::new();
+        let embed_threads = budget.batch_threads(workers);
         let factory: ExecutorFactory = Arc::new(move || {
-            Box::new(myco_jobs::CpuExecutor::with_models(
-                &exec_home,
-                models.clone(),
-            )) as Box<dyn myco_jobs::Executor>
+            Box::new(
+                myco_jobs::CpuExecutor::with_models(&exec_home, models.clone())
+                    .embed_threads(embed_threads),
+            ) as Box<dyn myco_jobs::Executor>
         });
         // The API listener is bound first so that the swarm can advertise its address.
         let api_listener = if serve_api {
@@ -207,6 +217,7 @@ impl Node {
             executives,
             streams: streams.clone(),
             factory,
+            budget,
             membership,
             name: name.clone(),
             home: home.root().to_path_buf(),

@@ -50,6 +50,9 @@ pub struct PipelineEnv {
     pub stage_memory: Option<u64>,
     /// The cap on GPU memory for its stages (`--gpu-memory`).
     pub gpu_memory: Option<u64>,
+    /// Pipeline jobs this node drives run one at a time: a ring's stages carry one sequence
+    /// each (the node's other executives serve whole-model requests meanwhile).
+    pub one_at_a_time: Arc<tokio::sync::Semaphore>,
 }
 
 /// The swarm's members as this node sees them (`None` outside a swarm).
@@ -199,6 +202,11 @@ pub async fn run(
     cancel: Arc<AtomicBool>,
     stream: Option<UnboundedSender<StreamPiece>>,
 ) -> Result<Vec<u8>, JobError> {
+    let _turn = env
+        .one_at_a_time
+        .acquire()
+        .await
+        .map_err(|_| JobError::retryable("the node is stopping"))?;
     let path = task.model.resolve(&env.home);
     let prepared = {
         let (path, task) = (path.clone(), task.clone());
@@ -274,6 +282,7 @@ pub async fn run(
                     completion_tokens: state.tokens.len() as u32,
                     tokens: state.tokens.iter().map(|&t| t as i32).collect(),
                     prompt_tokens: prepared.prompt.len() as u32,
+                    cached_tokens: 0,
                     finish_reason: finish,
                     prompt_ms: first_token.map_or(0.0, |(_, ms)| ms),
                     generation_ms: first_token

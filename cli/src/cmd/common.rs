@@ -116,6 +116,19 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     if let Some(m) = args.gpu_memory {
         cfg.gpu_memory = Some(m);
     }
+    if let Some(n) = args.threads {
+        cfg.threads = n;
+    }
+    if let Some(n) = args.parallel {
+        cfg.parallel = Some(n);
+    }
+    if let Some(h) = args.retention {
+        cfg.retention = std::time::Duration::try_from_secs_f64(h * 3600.0).map_err(|_| {
+            BadInput(format!(
+                "--retention {h}: give hours as a number, e.g. 24 or 0.5"
+            ))
+        })?;
+    }
     if let Some(token) = &args.join_token {
         let (secret, addrs) =
             SwarmSecret::parse_token(token).map_err(|e| BadInput(e.to_string()))?;

@@ -1,14 +1,14 @@
 //! The llama.cpp engine (through `llama-cpp-2`): a whole GGUF model on one node.
 //!
-//! [`LlmModel`] owns a loaded model; [`LlmModel::generate`] runs one request with a context of
-//! its own (so requests never share a KV cache), calling `on_token` with each piece of text as
-//! it is decoded, and polling `cancelled` between tokens. [`Models`] is a node's cache of
-//! loaded models. Everything is synchronous: callers keep models on an executor thread,
-//! never inside an actor's handler.
+//! [`LlmModel`] owns a loaded model; [`LlmModel::generate`] runs one request alone in a context
+//! of its own, calling `on_token` with each piece of text as it is decoded and polling
+//! `cancelled` between tokens. A node runs requests through its cache of models instead
+//! ([`super::models`]), in each model's shared batch ([`super::batch`]). Everything is
+//! synchronous: callers keep models on an executor thread, never inside an actor's handler.
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -61,195 +61,6 @@ pub fn devices() -> Vec<crate::ffi::Device> {
         Ok(_) => crate::ffi::devices(),
         Err(_) => Vec::new(),
     }
-}
-
-/// Memory kept free beyond a model's file size when deciding what stays loaded (contexts,
-/// KV caches, the rest of the node).
-pub const HEADROOM: u64 = 512 << 20;
-
-/// A node's loaded models, shared by the executors it gives a clone to (each request makes
-/// its own context), least recently used first. They stay loaded while memory allows:
-/// loading one more evicts the least recently used until the new file fits, with
-/// [`HEADROOM`] to spare, both in available memory and beside the models kept (llama.cpp
-/// maps model files, and mapped pages count as available, so the sizes of the loaded files
-/// are counted against total memory too). A model still in use by a running request stays
-/// alive (it is an `Arc`) until that request ends.
-///
-/// Owned by the node, not the process: two nodes in one process (tests, an embedded node)
-/// keep separate caches. Only the llama.cpp backend ([`backend`]) is process-wide.
-#[derive(Clone, Default)]
-pub struct Models {
-    loaded: Arc<Mutex<Loaded>>,
-    gpu: GpuPolicy,
-}
-
-/// The loaded models by path and the GPU layers asked for (None: as many as fit), least
-/// recently used first.
-type Loaded = Vec<((PathBuf, Option<u32>), Arc<LlmModel>)>;
-
-impl std::fmt::Debug for Models {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Models")
-            .field("loaded", &self.loaded())
-            .field("gpu", &self.gpu)
-            .finish()
-    }
-}
-
-/// How a node puts LLM layers on its GPU (a build with a GPU backend, on a machine with a
-/// GPU): `layers` of each model, for jobs that do not say (`gpu_layers` in `[infer]`);
-/// unset, as many as fit in the GPU's free memory, of which the node uses at most `memory`.
-/// What does not fit runs on the CPU, from RAM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GpuPolicy {
-    /// The node's `--gpu-layers`.
-    pub layers: Option<u32>,
-    /// The node's `--gpu-memory`: bytes of GPU memory its models may use.
-    pub memory: Option<u64>,
-}
-
-impl GpuPolicy {
-    /// The GPU memory models may take now: the first GPU's free memory as its backend reads
-    /// it, at most `memory`. None without a GPU.
-    pub fn budget(&self) -> Option<u64> {
-        let gpu = devices().into_iter().find(|d| {
-            matches!(
-                d.kind,
-                crate::ffi::DeviceKind::Gpu | crate::ffi::DeviceKind::Igpu
-            )
-        })?;
-        Some(self.memory.map_or(gpu.free, |m| m.min(gpu.free)))
-    }
-
-    /// The layers of the model at `path` to put on the GPU: `asked` (the job's), else the
-    /// node's, else all that fit in [`GpuPolicy::budget`] with their KV cache for `n_ctx`
-    /// positions. None leaves it to llama.cpp (every layer), which is also what a machine
-    /// without a GPU gets (there is nothing to offload to).
-    pub fn layers_for(&self, path: &Path, asked: Option<u32>, n_ctx: u32) -> Option<u32> {
-        if let Some(n) = asked.or(self.layers) {
-            return Some(n);
-        }
-        let budget = self.budget()?;
-        fit_layers(path, n_ctx, budget)
-    }
-}
-
-/// How many layers of the whole model at `path` fit in `budget` bytes of GPU memory (more
-/// than the model has: all, and its output head). Needs the GGUF reader of the stage engine;
-/// a build without it (or a file it cannot read) leaves the choice to llama.cpp.
-#[cfg(feature = "pipeline")]
-fn fit_layers(path: &Path, n_ctx: u32, budget: u64) -> Option<u32> {
-    let info = crate::stage::info::ModelInfo::read(path).ok()?;
-    Some(info.gpu_layers_that_fit(0, info.hp.n_layer, n_ctx, budget, true))
-}
-
-#[cfg(not(feature = "pipeline"))]
-fn fit_layers(_: &Path, _: u32, _: u64) -> Option<u32> {
-    None
-}
-
-impl Models {
-    /// An empty cache, layers on the GPU as many as fit.
-    pub fn new() -> Models {
-        Models::default()
-    }
-
-    /// An empty cache with the node's GPU policy.
-    pub fn with_gpu(gpu: GpuPolicy) -> Models {
-        Models {
-            gpu,
-            ..Models::default()
-        }
-    }
-
-    /// The model at `path`, loaded once per cache and kept while memory allows.
-    pub fn get(&self, path: &Path) -> Result<Arc<LlmModel>, InferError> {
-        self.get_for(path, None, InferParams::default().n_ctx)
-    }
-
-    /// The model at `path` with `gpu_layers` on the GPU (None: the node's policy), sized for
-    /// requests of `n_ctx` positions when it is loaded now.
-    pub fn get_for(
-        &self,
-        path: &Path,
-        gpu_layers: Option<u32>,
-        n_ctx: u32,
-    ) -> Result<Arc<LlmModel>, InferError> {
-        self.load_or_keep(path, gpu_layers, n_ctx, || memory().0, memory().1)
-    }
-
-    /// Like [`Models::get`], with the available-memory reading and the total given (for
-    /// tests).
-    pub fn get_with(
-        &self,
-        path: &Path,
-        available: impl Fn() -> u64,
-        total: u64,
-    ) -> Result<Arc<LlmModel>, InferError> {
-        self.load_or_keep(path, None, InferParams::default().n_ctx, available, total)
-    }
-
-    fn load_or_keep(
-        &self,
-        path: &Path,
-        gpu_layers: Option<u32>,
-        n_ctx: u32,
-        available: impl Fn() -> u64,
-        total: u64,
-    ) -> Result<Arc<LlmModel>, InferError> {
-        let key = (path.to_path_buf(), gpu_layers);
-        {
-            let mut loaded = self.lock();
-            if let Some(i) = loaded.iter().position(|(k, _)| *k == key) {
-                let entry = loaded.remove(i);
-                let model = entry.1.clone();
-                loaded.push(entry);
-                return Ok(model);
-            }
-            // Make room first: evicting after the load would have both in memory at once.
-            let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-            let need = size(path) + HEADROOM;
-            while !loaded.is_empty()
-                && (available() < need
-                    || loaded.iter().map(|((p, _), _)| size(p)).sum::<u64>() + need > total)
-            {
-                let ((evicted, _), _) = loaded.remove(0);
-                tracing::info!(model = %evicted.display(), "evicted the least recently used model to make room");
-            }
-        }
-        // Load outside the lock: other threads keep using other models meanwhile. The GPU's
-        // share is decided now, from the GPU's free memory now (once loaded, the model's own
-        // layers take from it: deciding again per request would reload it).
-        let layers = self.gpu.layers_for(path, gpu_layers, n_ctx);
-        let model = Arc::new(LlmModel::load_with(path, layers)?);
-        if let Some((done, of)) = model.placement().gpu_layers {
-            tracing::info!(model = %path.display(), "{done} of {of} layers on the GPU");
-        }
-        let mut loaded = self.lock();
-        if let Some((_, m)) = loaded.iter().find(|(k, _)| *k == key) {
-            return Ok(m.clone());
-        }
-        loaded.push((key, model.clone()));
-        Ok(model)
-    }
-
-    /// The paths of the models loaded now, least recently used first.
-    pub fn loaded(&self) -> Vec<PathBuf> {
-        self.lock().iter().map(|((p, _), _)| p.clone()).collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Memory the system can give without swapping, and its total (bytes); unknown counts as
-/// plenty.
-fn memory() -> (u64, u64) {
-    sysinfo::System::new().map_or((u64::MAX, u64::MAX), |mut sys| {
-        sys.refresh_memory();
-        (sys.available_memory(), sys.total_memory())
-    })
 }
 
 /// A loaded GGUF model.
@@ -347,6 +158,16 @@ impl LlmModel {
             path: path.to_path_buf(),
             placement: crate::ffi::Placement::from_log(&log),
         })
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The llama-cpp-2 model.
+    pub fn llama(&self) -> &LlamaModel {
+        &self.model
     }
 
     /// Where llama.cpp put the model (GPU layers, buffers), from its load report.
@@ -497,7 +318,7 @@ impl LlmModel {
         ctx.decode(&mut batch).map_err(|e| engine(&e))?;
         let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-        let mut sampler = sampler(params, self.model.n_vocab());
+        let mut sampler = sampler(self, params)?;
         let started = Instant::now();
         let mut pos = tokens.len() as i32;
         let mut out_tokens = Vec::new();
@@ -541,6 +362,7 @@ impl LlmModel {
             completion_tokens: out_tokens.len() as u32,
             tokens: out_tokens,
             prompt_tokens: tokens.len() as u32,
+            cached_tokens: 0,
             finish_reason: finish,
             prompt_ms,
             generation_ms,
@@ -644,9 +466,31 @@ fn stop_at(bytes: &[u8], stop: &[String]) -> Option<usize> {
 }
 
 /// The sampler chain for `p`: greedy at temperature 0, else penalties → top-k → top-p →
-/// min-p → temperature → a seeded draw.
-fn sampler(p: &InferParams, n_vocab: i32) -> LlamaSampler {
-    sampler_chain(&p.sampling(), n_vocab)
+/// min-p → temperature → a seeded draw; behind its grammar, if it has one.
+fn sampler(model: &LlmModel, p: &InferParams) -> Result<LlamaSampler, InferError> {
+    sampler_for(model, &p.sampling(), p.grammar.as_deref())
+}
+
+/// [`sampler_chain`] for `model`, with `grammar` (GBNF, start rule `root`) first: it masks
+/// every token that would leave the grammar, and ends generation only where it is complete.
+pub fn sampler_for(
+    model: &LlmModel,
+    p: &SamplerParams,
+    grammar: Option<&str>,
+) -> Result<LlamaSampler, InferError> {
+    let chain = sampler_chain(p, model.model.n_vocab());
+    let Some(g) = grammar else {
+        return Ok(chain);
+    };
+    let (made, log) = crate::ffi::capture_log(|| LlamaSampler::grammar(&model.model, g, "root"));
+    let grammar = made.map_err(|e| {
+        let why = log
+            .lines()
+            .find(|l| l.contains("parse") || l.contains("error"))
+            .map_or_else(|| e.to_string(), str::to_owned);
+        InferError::Grammar(why)
+    })?;
+    Ok(LlamaSampler::chain_simple([grammar, chain]))
 }
 
 impl InferParams {

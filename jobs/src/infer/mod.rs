@@ -6,15 +6,20 @@
 //! is not built): its children never import it.
 
 #[cfg(feature = "infer")]
+pub mod batch;
+#[cfg(feature = "infer")]
 pub mod engine;
+#[cfg(feature = "infer")]
+pub mod models;
 mod options;
 mod types;
 
 #[cfg(feature = "infer")]
-pub use engine::Models;
+pub use models::{GpuPolicy, Models, Served, Serving};
 pub use options::InferOptions;
 pub use types::{
-    Finish, Generation, InferError, InferParams, InferTask, Message, Prompt, StageReport,
+    Finish, Generation, InferError, InferParams, InferTask, JSON_GRAMMAR, Message, Prompt,
+    StageReport,
 };
 
 /// A node's cache of loaded LLMs; without the `infer` feature there is nothing to cache.

@@ -63,6 +63,13 @@ pub struct InferOptions {
     /// `gemma`, ...) or a template text [default: the model's].
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// A GBNF grammar the output must follow (llama.cpp's grammar sampler; `json = true`
+    /// is the JSON one).
+    #[serde(default)]
+    pub grammar: Option<String>,
+    /// JSON mode: the output is one JSON object.
+    #[serde(default)]
+    pub json: bool,
 }
 
 impl InferOptions {
@@ -97,6 +104,11 @@ impl InferOptions {
             threads: self.threads.unwrap_or(d.threads),
             gpu_layers: self.gpu_layers,
             chat_template: self.chat_template.clone(),
+            grammar: if self.json {
+                Some(super::types::JSON_GRAMMAR.to_owned())
+            } else {
+                self.grammar.clone()
+            },
         };
         let mut problems = Vec::new();
         if params.max_tokens == 0 || params.max_tokens > MAX_TOKENS {
@@ -111,6 +123,20 @@ impl InferOptions {
                 &field(field_prefix, "n_ctx"),
                 format!("{} is too small", params.n_ctx),
                 "use at least 8 tokens of context (the default is 4096)",
+            ));
+        }
+        if self.json && self.grammar.is_some() {
+            problems.push(Problem::new(
+                &field(field_prefix, "grammar"),
+                "give `json = true` or a `grammar`, not both",
+                "json = true is a grammar of JSON objects",
+            ));
+        }
+        if self.grammar.as_deref().is_some_and(|g| g.trim().is_empty()) {
+            problems.push(Problem::new(
+                &field(field_prefix, "grammar"),
+                "is empty",
+                "give a GBNF grammar with a `root` rule, or leave it out",
             ));
         }
         if problems.is_empty() {

@@ -42,7 +42,38 @@ pub struct InferParams {
     /// The chat template for messages (a llama.cpp template name or a template text); None:
     /// the model's (see `LlmModel::render`).
     pub chat_template: Option<String>,
+    /// A GBNF grammar the output must follow (llama.cpp's grammar sampler), e.g.
+    /// [`JSON_GRAMMAR`] for JSON mode.
+    pub grammar: Option<String>,
 }
+
+/// JSON mode: the output is one JSON object (llama.cpp's `grammars/json.gbnf`, MIT, with
+/// whitespace bounded so that a model cannot pad forever).
+pub const JSON_GRAMMAR: &str = r#"root   ::= object
+value  ::= object | array | string | number | ("true" | "false" | "null") ws
+
+object ::=
+  "{" ws (
+            string ":" ws value
+    ("," ws string ":" ws value)*
+  )? "}" ws
+
+array  ::=
+  "[" ws (
+            value
+    ("," ws value)*
+  )? "]" ws
+
+string ::=
+  "\"" (
+    [^"\\\x7F\x00-\x1F] |
+    "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})
+  )* "\"" ws
+
+number ::= ("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]+)? ([eE] [-+]? [0-9] [1-9]{0,15})? ws
+
+ws ::= | " " | "\n" [ \t]{0,20}
+"#;
 
 impl Default for InferParams {
     fn default() -> Self {
@@ -59,6 +90,7 @@ impl Default for InferParams {
             threads: 0,
             gpu_layers: None,
             chat_template: None,
+            grammar: None,
         }
     }
 }
@@ -94,6 +126,10 @@ pub struct Generation {
     /// The generated token ids (the stop string's tokens included, if one ended it).
     pub tokens: Vec<i32>,
     pub prompt_tokens: u32,
+    /// Of the prompt's tokens, those whose KV came from the prompt cache (an earlier request
+    /// with the same beginning, such as the turns before in a chat) and were not decoded again.
+    #[serde(default)]
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub finish_reason: Finish,
     pub prompt_ms: f64,
@@ -151,6 +187,8 @@ pub enum InferError {
     NoChatTemplate { path: String },
     #[error("the chat template of {path} cannot be applied: {why}")]
     Template { path: String, why: String },
+    #[error("the grammar cannot be used: {0}; give a GBNF grammar whose start rule is `root`")]
+    Grammar(String),
     #[error("llama.cpp: {0}")]
     Engine(String),
     #[error("cancelled")]

@@ -80,7 +80,7 @@ pub fn plan(task: &Task, _collections: &Path) -> Result<Plan, SpecError> {
     Ok(Plan::single(task.clone()))
 }
 
-/// Run an infer task on the node's shared copy of its model, streaming its text.
+/// Run an infer task in the shared batch of the node's copy of its model, streaming its text.
 #[cfg(feature = "infer")]
 pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<Vec<u8>, JobError> {
     let Task::Infer(t) = task else {
@@ -89,7 +89,7 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
     let path = t.model.resolve(engines.home());
     let model = engines
         .llms()
-        .get_for(&path, t.params.gpu_layers, t.params.n_ctx)
+        .serve(&path, t.params.gpu_layers, t.params.n_ctx)
         .map_err(JobError::from)?;
     let generation = model
         .generate(&t.prompt, &t.params, ctx.cancelled, &mut |id, text| {

@@ -178,7 +178,7 @@ impl Stage {
             crate::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
             // VRAM first, then RAM: the layers that fit in the GPU's free memory go there
             // (the range's last ones, as llama.cpp offloads), the rest run on the CPU.
-            let policy = crate::infer::engine::GpuPolicy {
+            let policy = crate::infer::GpuPolicy {
                 layers: None,
                 memory: config.gpu_memory,
             };

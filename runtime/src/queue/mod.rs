@@ -31,7 +31,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use error::QueueError;
-pub use options::{Clock, ManualClock, QueueOptions, SystemClock};
+pub use options::{
+    Clock, INTERACTIVE_PRIORITY, ManualClock, QueueOptions, RETENTION_BATCH_MS,
+    RETENTION_INTERACTIVE_MS, SystemClock,
+};
 pub use record::{
     ChildCounts, JobId, JobRecord, JobState, JobView, Progress, StateName, Transition,
 };
@@ -125,8 +128,24 @@ impl Queue {
                 effects: TxnEffects::default(),
             };
             let recovered = txn.recover_local(&opts.node)?;
+            let indexed = {
+                let meta = tx.open_table(META)?;
+                meta.get(store::META_FINISHED_INDEX)?.is_some()
+            };
+            if !indexed {
+                let n = txn.index_finished()?;
+                if n > 0 {
+                    tracing::info!(
+                        n,
+                        "indexed the finished jobs of an older queue file for retention"
+                    );
+                }
+            }
             let counts = txn.effects.counts;
             drop(txn);
+            if !indexed {
+                tx.open_table(META)?.insert(store::META_FINISHED_INDEX, 1)?;
+            }
             store::apply_counts(&tx, &counts)?;
             tx.open_table(META)?.insert(META_SEQ, next_seq)?;
             if recovered > 0 {

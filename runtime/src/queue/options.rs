@@ -54,7 +54,23 @@ pub struct QueueOptions {
     pub max_batch: usize,
     /// Bound of the channel into the writer.
     pub channel: usize,
+    /// How long a finished interactive job (priority at least [`INTERACTIVE_PRIORITY`]: a
+    /// chat request, a query's embedding) stays in the queue file with its prompt and
+    /// result; then it is removed.
+    pub retention_interactive_ms: u64,
+    /// The same for every other finished job (batch work), children and results included.
+    pub retention_batch_ms: u64,
 }
+
+/// The priority of interactive requests (the API's and the CLI's), ahead of batch work's 0:
+/// the CPU budget and the retention of finished jobs treat jobs at or above it as
+/// interactive.
+pub const INTERACTIVE_PRIORITY: i32 = 500;
+
+/// Finished interactive jobs are kept a day by default.
+pub const RETENTION_INTERACTIVE_MS: u64 = 24 * 3600 * 1000;
+/// Finished batch jobs a week.
+pub const RETENTION_BATCH_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for QueueOptions {
     fn default() -> Self {
@@ -65,6 +81,8 @@ impl Default for QueueOptions {
             max_lost: 10,
             max_batch: 8_192,
             channel: 16_384,
+            retention_interactive_ms: RETENTION_INTERACTIVE_MS,
+            retention_batch_ms: RETENTION_BATCH_MS,
         }
     }
 }

@@ -31,7 +31,16 @@ pub(crate) const COUNTS: TableDefinition<u8, u64> = TableDefinition::new("counts
 /// A thief's finished work for other owners, kept until the owner acknowledges it.
 pub(crate) const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
+/// Finished top-level jobs in the order they expire: (retention class, finished_ms, id),
+/// class 0 interactive and 1 batch (see [`QueueOptions::retention_interactive_ms`]).
+pub(crate) const FINISHED: TableDefinition<(u8, u64, u128), ()> = TableDefinition::new("finished");
+
 pub(crate) const META_SEQ: &str = "seq";
+/// Set once [`FINISHED`] indexes every finished job (queue files written before it had
+/// none: they are indexed when opened).
+pub(crate) const META_FINISHED_INDEX: &str = "finished_index";
+/// Most finished jobs (of each class) a tick removes: pruning a backlog goes in small commits.
+const PRUNE_BATCH: usize = 256;
 pub(crate) const META_INCARNATION: &str = "incarnation";
 
 /// A job for [`Queue::submit`](super::Queue::submit), with the children it fans out into.
@@ -85,6 +94,10 @@ pub struct Lease {
     pub attempt: u32,
     pub timeout_ms: u64,
     pub deadline_ms: u64,
+    /// The job's priority: a node's CPU budget treats interactive requests (the API's and
+    /// the CLI's, far above batch work's 0) as interactive work.
+    #[serde(default)]
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +132,9 @@ pub struct TickOutcome {
     pub expired: u32,
     pub promoted: u32,
     pub killed: u32,
+    /// Finished jobs removed, their retention over (with their children).
+    #[serde(default)]
+    pub pruned: u32,
 }
 
 /// Per-transaction bookkeeping: count deltas and the events published after commit.
@@ -143,6 +159,11 @@ impl TxnEffects {
             self.ready = true;
         }
     }
+}
+
+/// 0 for an interactive job, 1 for batch work: which retention applies.
+fn retention_class(priority: i32) -> u8 {
+    u8::from(priority < super::options::INTERACTIVE_PRIORITY)
 }
 
 pub(crate) fn ready_key(priority: i32, seq: u64) -> (u32, u64) {
@@ -173,6 +194,7 @@ pub(crate) struct Tables<'a> {
     pub children: Table<'a, (u128, u32), u128>,
     pub results: Table<'a, u128, &'static [u8]>,
     pub outbox: Table<'a, u128, &'static [u8]>,
+    pub finished: Table<'a, (u8, u64, u128), ()>,
 }
 
 impl<'a> Tables<'a> {
@@ -186,6 +208,7 @@ impl<'a> Tables<'a> {
             children: tx.open_table(CHILDREN)?,
             results: tx.open_table(RESULTS)?,
             outbox: tx.open_table(OUTBOX)?,
+            finished: tx.open_table(FINISHED)?,
         })
     }
 }
@@ -270,6 +293,10 @@ impl Txn<'_> {
             rec.finished_ms = Some(self.now_ms);
             let latency = self.now_ms.saturating_sub(rec.created_ms);
             self.effects.finished.push((rec.kind, to, latency));
+            if rec.parent.is_none() {
+                let class = retention_class(rec.priority);
+                self.t.finished.insert((class, self.now_ms, id), ())?;
+            }
         }
         self.store(rec)?;
         if terminal && let Some(parent) = rec.parent {
@@ -487,6 +514,7 @@ impl Txn<'_> {
                 attempt: rec.attempts + 1,
                 timeout_ms: rec.timeout_ms,
                 deadline_ms,
+                priority: rec.priority,
                 task: rec.task,
             });
         }
@@ -697,7 +725,98 @@ impl Txn<'_> {
                 out.promoted += 1;
             }
         }
+        out.pruned = self.prune()?;
         Ok(out)
+    }
+
+    /// Remove finished jobs whose retention is over (a bounded number per call), with their
+    /// children and results. Unfinished jobs are never touched.
+    pub fn prune(&mut self) -> Result<u32, QueueError> {
+        let mut n = 0;
+        let classes = [
+            (0u8, self.opts.retention_interactive_ms),
+            (1u8, self.opts.retention_batch_ms),
+        ];
+        for (class, keep) in classes {
+            let Some(cutoff) = self.now_ms.checked_sub(keep) else {
+                continue;
+            };
+            let due: Vec<(u64, u128)> = {
+                let mut v = Vec::new();
+                for entry in self
+                    .t
+                    .finished
+                    .range((class, 0, 0)..=(class, cutoff, u128::MAX))?
+                {
+                    let (_, at, id) = entry?.0.value();
+                    v.push((at, id));
+                    if v.len() >= PRUNE_BATCH {
+                        break;
+                    }
+                }
+                v
+            };
+            for (at, id) in due {
+                self.t.finished.remove((class, at, id))?;
+                n += self.remove_finished(JobId::from(id))?;
+            }
+        }
+        Ok(n.min(u32::MAX as usize) as u32)
+    }
+
+    /// Remove finished job `id` and its finished descendants (records, results, links,
+    /// idempotency key); returns how many records went.
+    fn remove_finished(&mut self, id: JobId) -> Result<usize, QueueError> {
+        let mut stack = vec![id];
+        let mut removed = 0;
+        while let Some(id) = stack.pop() {
+            let Some(rec) = self.load(id)? else { continue };
+            if !rec.state.is_terminal() {
+                continue;
+            }
+            let key = u128::from(id);
+            let kids: Vec<(u32, u128)> = {
+                let mut v = Vec::new();
+                for entry in self.t.children.range((key, 0)..=(key, u32::MAX))? {
+                    let (k, child) = entry?;
+                    v.push((k.value().1, child.value()));
+                }
+                v
+            };
+            for (i, child) in kids {
+                self.t.children.remove((key, i))?;
+                stack.push(JobId::from(child));
+            }
+            self.t.jobs.remove(key)?;
+            self.t.results.remove(key)?;
+            if let Some(k) = &rec.idempotency_key {
+                let mine = self.t.idempotency.get(k.as_str())?.map(|v| v.value()) == Some(key);
+                if mine {
+                    self.t.idempotency.remove(k.as_str())?;
+                }
+            }
+            self.effects.counts[rec.state.name().index()] -= 1;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Index the finished top-level jobs of a queue file written before [`FINISHED`]
+    /// existed, once. Returns how many it indexed.
+    pub fn index_finished(&mut self) -> Result<u64, QueueError> {
+        let mut found = Vec::new();
+        for entry in self.t.jobs.iter()? {
+            let (_, v) = entry?;
+            let rec = decode(v.value())?;
+            if rec.parent.is_none() && rec.state.is_terminal() {
+                let at = rec.finished_ms.unwrap_or(rec.updated_ms);
+                found.push((retention_class(rec.priority), at, u128::from(rec.id)));
+            }
+        }
+        for k in &found {
+            self.t.finished.insert(*k, ())?;
+        }
+        Ok(found.len() as u64)
     }
 
     /// A lease whose holder is gone: queue the job again, unless it keeps getting lost.

@@ -16,9 +16,9 @@ use super::options::{Clock, QueueOptions};
 use super::record::{JobId, StateName};
 use super::stats::QueueStats;
 use super::store::{
-    self, CHILDREN, COUNTS, CancelOutcome, CompleteOutcome, DELAYED, FailOutcome, IDEMPOTENCY,
-    JOBS, LEASES, Lease, META, META_SEQ, NewJob, OUTBOX, OutboxEntry, READY, RESULTS, Submitted,
-    TickOutcome, Txn, TxnEffects,
+    self, CHILDREN, COUNTS, CancelOutcome, CompleteOutcome, DELAYED, FINISHED, FailOutcome,
+    IDEMPOTENCY, JOBS, LEASES, Lease, META, META_SEQ, NewJob, OUTBOX, OutboxEntry, READY, RESULTS,
+    Submitted, TickOutcome, Txn, TxnEffects,
 };
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
@@ -84,6 +84,7 @@ pub(super) fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueErr
     tx.open_table(META)?;
     tx.open_table(COUNTS)?;
     tx.open_table(OUTBOX)?;
+    tx.open_table(FINISHED)?;
     Ok(())
 }
 
