@@ -7,7 +7,8 @@
 //! - `ttft`: of the 8, the time to first streamed token of the last to get one, against the
 //!   first's. Goal: <= 2x.
 //! - the anchor: llama.cpp's own batched decode through llama-cpp-2 (one context of 8
-//!   sequences, the 8 prompts in one batch, then one token of each per step), against its
+//!   sequences, a KV cache each, as myco's batch has them, the 8 prompts in one batch, then
+//!   one token of each per step), against its
 //!   single-sequence loop. myco's 8-way rate is printed against it.
 //! - each batched request's tokens against its solo run's, and for the direct loops where a
 //!   sequence's batched tokens leave its solo ones, the solo logit gap between the two best
@@ -372,6 +373,14 @@ fn main() {
     println!(
         "myco 8 at once / direct 8 batched         {:.2}x",
         median(vs_direct)
+    );
+    let prompt_tokens: usize = PROMPTS
+        .iter()
+        .map(|p| model.vocab().tokenize(p.as_bytes(), true, true).len())
+        .sum();
+    println!(
+        "prompts: {} tokens each on average (the fixture's small vocabulary spends about a token per character), prefilled together before the 8 generate",
+        prompt_tokens / N
     );
     println!("tokens equal to the solo run's: {same} of {total} requests");
     for d in diverged {

@@ -38,6 +38,14 @@ use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{NewJob, StateName};
 
 const PROMPT: &str = "the swarm is a queue of work and the model is a machine that runs the job";
+
+/// The prompt of the next request: a number in front, so that no request finds its prompt
+/// in myco's prompt cache (the direct loop has none), but the same length every time.
+fn prompt() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(100);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 900 + 100;
+    format!("{n}. {PROMPT}")
+}
 const MAX_TOKENS: u32 = 96;
 const N_CTX: u32 = 512;
 const TTFT_RUNS: usize = 15;
@@ -67,7 +75,7 @@ fn direct(model: &LlamaModel) -> Direct {
         .with_n_threads_batch(t);
     let mut ctx = model.new_context(backend, params).unwrap();
     let vocab = model.vocab();
-    let tokens = vocab.tokenize(PROMPT.as_bytes(), true, true);
+    let tokens = vocab.tokenize(prompt().as_bytes(), true, true);
     let mut batch = LlamaBatch::new(tokens.len(), 1);
     let last = tokens.len() as i32 - 1;
     for (i, tok) in (0i32..).zip(tokens.iter().copied()) {
@@ -111,7 +119,7 @@ fn task(model: &Path) -> InferTask {
     InferTask {
         gpu: false,
         model: ModelRef::at(model),
-        prompt: Prompt::Text(PROMPT.into()),
+        prompt: Prompt::Text(prompt()),
         params: InferParams {
             max_tokens: MAX_TOKENS,
             temperature: 0.0,
@@ -243,17 +251,19 @@ fn main() {
     // Time to first token: HTTP streaming vs the direct loop.
     let client = reqwest::Client::new();
     let url = format!("http://{api}/v1/completions");
-    let body = serde_json::json!({
-        "model": "bench", "prompt": PROMPT, "max_tokens": 4, "temperature": 0.0,
-        "repeat_penalty": 1.0, "n_ctx": N_CTX, "stream": true,
-    });
+    let body = || {
+        serde_json::json!({
+            "model": "bench", "prompt": prompt(), "max_tokens": 4, "temperature": 0.0,
+            "repeat_penalty": 1.0, "n_ctx": N_CTX, "stream": true,
+        })
+    };
     let mut http_ttft = Vec::new();
     let mut direct_ttft = Vec::new();
     for _ in 0..TTFT_RUNS {
         direct_ttft.push(direct(&model).ttft);
         http_ttft.push(rt.block_on(async {
             let start = Instant::now();
-            let resp = client.post(&url).json(&body).send().await.unwrap();
+            let resp = client.post(&url).json(&body()).send().await.unwrap();
             assert_eq!(resp.status(), 200);
             let mut stream = resp.bytes_stream();
             let mut seen = Vec::new();

@@ -116,10 +116,23 @@ pub async fn generation(node: &NodeHandle, id: JobId) -> Result<Generation, Stri
     serde_json::from_slice(&bytes).map_err(|e| format!("the result of {id} is unreadable: {e}"))
 }
 
-/// Submit an interactive infer job (ahead of batch work); returns its id.
+/// Submit an interactive LLM request (ahead of batch work); returns its id. It is an infer
+/// job, or a pipeline job when no node that holds the model can hold it whole: then its
+/// layers run as stages over several nodes, planned from the memory they offer.
 pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueError> {
+    let task = if split(node, &task).await {
+        if task.params.grammar.is_some() {
+            return Err(QueueError::Invalid(format!(
+                "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode) yet",
+                task.model.name
+            )));
+        }
+        Task::Pipeline(task)
+    } else {
+        Task::Infer(task)
+    };
     let job = NewJob {
-        task: Task::Infer(task),
+        task,
         priority: INTERACTIVE_PRIORITY,
         // A second attempt covers a node lost mid-generation; a failure of the request
         // itself (a prompt too long, no chat template) is fatal and not retried.
@@ -134,6 +147,26 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
         .first()
         .map(|s| s.id)
         .ok_or_else(|| QueueError::Invalid("the queue accepted no job".into()))
+}
+
+/// Whether `task`'s model must be split: the plan over the nodes that hold it (read from
+/// this node's copy of the file) has more than one stage. Without a copy here, or without a
+/// plan at all, it is an infer job as before (which waits for a node that holds the model).
+#[cfg(feature = "pipeline")]
+async fn split(node: &NodeHandle, task: &InferTask) -> bool {
+    let path = &task.model.path;
+    if !path.is_absolute() || !path.is_file() {
+        return false;
+    }
+    match crate::pipeline::runner::plan_for(node.pipeline(), path, task.params.n_ctx).await {
+        Ok((_, _, _, Ok(stages))) => stages.len() > 1,
+        _ => false,
+    }
+}
+
+#[cfg(not(feature = "pipeline"))]
+async fn split(_: &NodeHandle, _: &InferTask) -> bool {
+    false
 }
 
 /// What following a job yields.

@@ -199,7 +199,6 @@ impl Actor for NodeSupervisor {
                 swarm: self.swarm(),
                 stage_memory: self.stage_memory,
                 gpu_memory: self.gpu_memory,
-                one_at_a_time: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
             },
         };
         let mut workers = HashMap::new();

@@ -347,6 +347,58 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
         check_memory(&r["stages"], &info);
     }
 
+    // Through /v1: no node can hold the model whole, so the request runs as a pipeline
+    // job over both, with the same tokens.
+    let (status, v) = http
+        .post(
+            &x.url("/v1/completions"),
+            &serde_json::json!({
+                "model": "tiny6", "prompt": PROMPT, "max_tokens": 24, "temperature": 0.0,
+                "n_ctx": N_CTX, "threads": 1,
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["myco"]["tokens"], serde_json::json!(want), "{v}");
+    let job_id = v["id"].as_str().unwrap().trim_start_matches("cmpl-");
+    let (_, j) = http.get(&x.url(&format!("/api/jobs/{job_id}"))).unwrap();
+    assert_eq!(j["kind"], "pipeline", "{j}");
+    // `myco ask` too: its question runs as a pipeline job.
+    let out = myco(&x.home)
+        .args([
+            "--api",
+            &x.addr.to_string(),
+            "ask",
+            PROMPT,
+            "--model",
+            "tiny6",
+            "--raw",
+        ])
+        .args(["--max-tokens", "4", "--temperature", "0", "--n-ctx", "2048"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, list) = http.get(&x.url("/api/jobs?all=true&limit=1")).unwrap();
+    assert_eq!(list["jobs"][0]["kind"], "pipeline", "{list}");
+    assert_eq!(list["jobs"][0]["state"], "done", "{list}");
+    // JSON mode needs the whole model's sampler: refused by name.
+    let (status, v) = http
+        .post(
+            &x.url("/v1/chat/completions"),
+            &serde_json::json!({
+                "model": "tiny6", "messages": [{ "role": "user", "content": "hi" }],
+                "max_tokens": 4, "n_ctx": N_CTX, "response_format": { "type": "json_object" },
+                "chat_template": "chatml",
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "response_format", "{v}");
+
     // A model too big for the swarm: the job fails, and says why.
     for node in &nodes {
         TinyLlama {

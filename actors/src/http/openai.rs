@@ -248,6 +248,9 @@ pub struct CompletionRequest {
     /// llama-server's extension: a GBNF grammar the output must follow.
     #[serde(default)]
     pub grammar: Option<String>,
+    /// myco's extension: decode threads (default: the node's `--threads`).
+    #[serde(default)]
+    pub threads: Option<u32>,
     #[serde(default)]
     pub stream: bool,
     /// Fields myco does not implement: each is refused by name when set (a client that
@@ -606,6 +609,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         chat_template: req.chat_template,
         json: json_mode(req.response_format.as_ref()),
         grammar: req.grammar,
+        threads: req.threads,
         ..myco_jobs::infer::InferOptions::default()
     };
     let params = match options.params("") {
@@ -643,6 +647,10 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
     };
     let id = match interactive::submit(&node, task).await {
         Ok(id) => id,
+        // A request this model cannot serve as it runs (split into stages, with a grammar).
+        Err(myco_runtime::queue::QueueError::Invalid(why)) => {
+            return bad_request("response_format", why);
+        }
         Err(e) => {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,

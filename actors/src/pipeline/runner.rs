@@ -50,9 +50,6 @@ pub struct PipelineEnv {
     pub stage_memory: Option<u64>,
     /// The cap on GPU memory for its stages (`--gpu-memory`).
     pub gpu_memory: Option<u64>,
-    /// Pipeline jobs this node drives run one at a time: a ring's stages carry one sequence
-    /// each (the node's other executives serve whole-model requests meanwhile).
-    pub one_at_a_time: Arc<tokio::sync::Semaphore>,
 }
 
 /// The swarm's members as this node sees them (`None` outside a swarm).
@@ -202,11 +199,6 @@ pub async fn run(
     cancel: Arc<AtomicBool>,
     stream: Option<UnboundedSender<StreamPiece>>,
 ) -> Result<Vec<u8>, JobError> {
-    let _turn = env
-        .one_at_a_time
-        .acquire()
-        .await
-        .map_err(|_| JobError::retryable("the node is stopping"))?;
     let path = task.model.resolve(&env.home);
     let prepared = {
         let (path, task) = (path.clone(), task.clone());

@@ -2,8 +2,10 @@
 //!
 //! The question is an ordinary `infer` job, written as a job file and submitted like any
 //! other (so it is validated by the same rules as `myco submit`), ahead of batch work, then
-//! followed on the node's event stream like `submit --wait` ([`crate::wait`]). Without a
-//! running node it runs on an embedded one.
+//! followed on the node's event stream like `submit --wait` ([`crate::wait`]). A model that
+//! no node of the swarm can hold whole (the node's plan for it has several stages) is asked
+//! as a `pipeline` job instead, as `/v1` does. Without a running node it runs on an embedded
+//! one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,11 +41,11 @@ fn quote(s: &str) -> String {
 }
 
 impl Ask {
-    /// The question as a job file: an interactive `infer` job (a second attempt covers a
-    /// node lost mid-generation).
-    fn spec(&self) -> SpecSource {
+    /// The question as a job file: an interactive job of `kind` (`infer`, or `pipeline`
+    /// for a model split into stages; a second attempt covers a node lost mid-generation).
+    fn spec(&self, kind: &str) -> SpecSource {
         let mut toml = format!(
-            "version = 1\nkind = \"infer\"\npriority = {INTERACTIVE_PRIORITY}\nmax_attempts = 2\ntimeout = \"10m\"\n\n[infer]\nmodel = {}\nmax_tokens = {}\ntemperature = {:?}\nseed = {}\nn_ctx = {}\n",
+            "version = 1\nkind = \"{kind}\"\npriority = {INTERACTIVE_PRIORITY}\nmax_attempts = 2\ntimeout = \"10m\"\n\n[{kind}]\nmodel = {}\nmax_tokens = {}\ntemperature = {:?}\nseed = {}\nn_ctx = {}\n",
             quote(&self.model),
             self.max_tokens,
             f64::from(self.temperature),
@@ -90,8 +92,17 @@ pub async fn run(cli: &Cli, home: &Home, ask: Ask, args: &NodeArgs) -> Result<Ex
 
 /// Ask the node, print the answer as it streams, and its end.
 async fn ask_on(cli: &Cli, target: Target<'_>, ask: &Ask) -> Result<ExitCode> {
+    // The node's plan says whether any one node holds the model whole (no plan, or one
+    // stage: an infer job, which also reports any problem with the model best).
+    let kind = match &target {
+        Target::Remote(c) => match c.plan(&ask.model, ask.n_ctx).await {
+            Ok(p) if p.stages.len() > 1 => "pipeline",
+            _ => "infer",
+        },
+        Target::Embedded(_) => "infer",
+    };
     let id = target
-        .submit(vec![ask.spec()])
+        .submit(vec![ask.spec(kind)])
         .await?
         .first()
         .ok_or_else(|| anyhow!("the node accepted no job"))?

@@ -2,7 +2,9 @@
 //! context, with a prompt cache.
 //!
 //! A [`Batcher`] is a thread that owns one context of `slots` sequences (llama.cpp's
-//! `n_seq_max`, each sequence with a KV cache of its own of `n_ctx` positions). Requests join
+//! `n_seq_max`), each with a KV cache of its own of `n_ctx` positions (not one buffer shared
+//! by all, llama-server's default: there every token attends over every sequence's cells,
+//! which cost this bench's 8 requests a third of their throughput). Requests join
 //! the running batch at a token boundary: every step decodes one token of each generating
 //! sequence and a bounded piece of the prompts of the ones that joined ([`PREFILL_STEP`]
 //! tokens in all), then samples each sequence that has logits with its own sampler chain.
@@ -42,6 +44,14 @@ pub const PREFILL_STEP: usize = UBATCH as usize;
 
 /// A batcher with nothing to do for this long ends, freeing its context and cache.
 pub const IDLE: Duration = Duration::from_secs(600);
+
+/// When a request arrives at an idle batcher, it waits for the requests arriving with it
+/// (a burst from several clients, or leased together from the queue) until none has come for
+/// [`GATHER_QUIET`], at most [`GATHER_MAX`], so that they prefill in one step instead of the
+/// first one starting alone and the others then waiting behind its prompt. A lone request
+/// pays [`GATHER_QUIET`] once.
+pub const GATHER_QUIET: Duration = Duration::from_millis(2);
+pub const GATHER_MAX: Duration = Duration::from_millis(10);
 
 /// One request to a [`Batcher`].
 #[derive(Debug)]
@@ -181,6 +191,14 @@ fn serve(model: &LlmModel, slots: u32, n_ctx: u32, threads: i32, rx: &mpsc::Rece
                 Ok(r) => waiting.push_back(r),
                 Err(_) => return,
             }
+            let first = Instant::now();
+            while first.elapsed() < GATHER_MAX {
+                match rx.recv_timeout(GATHER_QUIET.min(GATHER_MAX.saturating_sub(first.elapsed())))
+                {
+                    Ok(r) => waiting.push_back(r),
+                    Err(_) => break,
+                }
+            }
         }
         while let Ok(r) = rx.try_recv() {
             waiting.push_back(r);
@@ -203,19 +221,38 @@ fn serve(model: &LlmModel, slots: u32, n_ctx: u32, threads: i32, rx: &mpsc::Rece
         if seqs.iter().all(|s| s.active.is_none()) {
             continue;
         }
-        batch.clear();
-        if let Err(e) = fill(&mut batch, &mut seqs) {
-            fail_all(&mut ctx, &mut seqs, &e);
-            continue;
-        }
-        if let Err(e) = ctx.decode(&mut batch) {
-            fail_all(&mut ctx, &mut seqs, &InferError::Engine(e.to_string()));
-            continue;
-        }
-        for s in &mut seqs {
-            step(&ctx, model, s);
+        // Two decodes a step: the generating sequences' next tokens (one each: a single
+        // compute step), then the joining prompts. Mixed in one batch, llama.cpp would cut it
+        // into steps of one token per sequence (as many as the shortest has), and a joining
+        // prompt would prefill one token per step. Each decode's logits are sampled before the
+        // next decode replaces them.
+        for phase in [Phase::Generate, Phase::Prefill] {
+            batch.clear();
+            if let Err(e) = fill(&mut batch, &mut seqs, phase) {
+                fail_all(&mut ctx, &mut seqs, &e);
+                break;
+            }
+            if batch.n_tokens() == 0 {
+                continue;
+            }
+            if let Err(e) = ctx.decode(&mut batch) {
+                fail_all(&mut ctx, &mut seqs, &InferError::Engine(e.to_string()));
+                break;
+            }
+            for s in &mut seqs {
+                step(&ctx, model, s);
+            }
         }
     }
+}
+
+/// What one decode of a step carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The next token of each generating sequence.
+    Generate,
+    /// Prompt tokens of the joining sequences, up to [`PREFILL_STEP`] in all.
+    Prefill,
 }
 
 /// The free sequence for `req`: the one whose cache shares the longest prefix with its
@@ -279,15 +316,20 @@ fn start(ctx: &mut LlamaContext<'_>, slot: &mut Slot, seq: usize, req: Request, 
     });
 }
 
-/// The batch of this step: the next token of each generating sequence, then prompt tokens of
-/// the prefilling ones up to [`PREFILL_STEP`] in all, logits where a prompt ends.
-fn fill(batch: &mut LlamaBatch<'_>, seqs: &mut [Slot]) -> Result<(), InferError> {
+/// The batch of one phase of a step: the next token of each generating sequence, or prompt
+/// tokens of the prefilling ones up to [`PREFILL_STEP`] in all, logits where a prompt ends.
+fn fill(batch: &mut LlamaBatch<'_>, seqs: &mut [Slot], phase: Phase) -> Result<(), InferError> {
     let engine = |e: &dyn std::fmt::Display| InferError::Engine(e.to_string());
     let mut at = 0i32;
-    for (seq, s) in seqs.iter_mut().enumerate() {
-        let Some(a) = s.active.as_mut() else { continue };
-        a.logits_at = None;
-        if let Some(t) = a.next.take() {
+    for s in seqs.iter_mut() {
+        if let Some(a) = s.active.as_mut() {
+            a.logits_at = None;
+        }
+    }
+    if phase == Phase::Generate {
+        for (seq, s) in seqs.iter_mut().enumerate() {
+            let Some(a) = s.active.as_mut() else { continue };
+            let Some(t) = a.next.take() else { continue };
             batch
                 .add(t, a.pos, &[seq as i32], true)
                 .map_err(|e| engine(&e))?;
@@ -296,6 +338,7 @@ fn fill(batch: &mut LlamaBatch<'_>, seqs: &mut [Slot]) -> Result<(), InferError>
             a.logits_at = Some(at);
             at += 1;
         }
+        return Ok(());
     }
     let mut budget = PREFILL_STEP;
     for (seq, s) in seqs.iter_mut().enumerate() {
