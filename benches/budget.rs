@@ -17,13 +17,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
 use myco_actors::node::handle::NodeHandle;
 use myco_actors::{Node, Services, SpecSource};
-use myco_benches::write_archive;
+use myco_benches::{linked_home, write_archive};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::collection::Collection;
@@ -41,31 +41,8 @@ fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-fn real_home() -> PathBuf {
-    std::env::var_os("MYCO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
-}
-
 fn node_home(root: &Path) -> Home {
-    let home = root.join("node");
-    std::fs::create_dir_all(home.join("models")).unwrap();
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    let real = real_home();
-    assert!(
-        real.join("models").join(MODEL).join("model.onnx").is_file(),
-        "run ./setup.sh first"
-    );
-    std::os::unix::fs::symlink(
-        real.join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        real.join("models").join(MODEL),
-        home.join("models").join(MODEL),
-    )
-    .unwrap();
+    let home = linked_home(root, "node", MODEL).unwrap();
     TinyLlama::bench()
         .write(&home.join("models/bench.gguf"), false)
         .unwrap();

@@ -17,7 +17,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -25,7 +25,7 @@ use fastembed::{
     InitOptionsUserDefined, Pooling, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
 };
 use myco_actors::{Node, Services, SpecSource};
-use myco_benches::{Totals, fmt_rate, fmt_ratio, write_archive};
+use myco_benches::{Totals, fmt_rate, fmt_ratio, linked_home, real_home, write_archive};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_runtime::config::{Home, NodeConfig};
@@ -37,12 +37,6 @@ const MODEL: &str = "all-MiniLM-L6-v2";
 const TEXTS: usize = 128;
 /// Files in the pipeline's archive.
 const PIPELINE_FILES: usize = 160;
-
-fn real_home() -> PathBuf {
-    std::env::var_os("MYCO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".myco"))
-}
 
 #[derive(Debug, Default)]
 struct Results {
@@ -94,21 +88,7 @@ fn sample_texts() -> Vec<String> {
 }
 
 fn node_home(root: &Path, name: &str) -> Home {
-    let home = root.join(name);
-    std::fs::create_dir_all(home.join("models")).unwrap();
-    std::fs::create_dir_all(home.join("lib")).unwrap();
-    let real = real_home();
-    std::os::unix::fs::symlink(
-        real.join("lib/libonnxruntime.so"),
-        home.join("lib/libonnxruntime.so"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        real.join("models").join(MODEL),
-        home.join("models").join(MODEL),
-    )
-    .unwrap();
-    Home::new(home)
+    Home::new(linked_home(root, name, MODEL).unwrap())
 }
 
 fn config(name: &str, workers: usize, cluster: bool, join: Vec<String>) -> NodeConfig {

@@ -664,3 +664,37 @@ fn ascii(s: &str) -> String {
         })
         .collect()
 }
+
+/// The home ./setup.sh filled (`MYCO_HOME`, else `~/.myco`): ONNX Runtime and the default
+/// embedding model.
+pub fn real_home() -> PathBuf {
+    std::env::var_os("MYCO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".myco")
+        })
+}
+
+/// A fresh node home `root/name` linking the real home's ONNX Runtime and embedding model
+/// `model`, as ./setup.sh leaves a home.
+pub fn linked_home(root: &Path, name: &str, model: &str) -> io::Result<PathBuf> {
+    let home = root.join(name);
+    let real = real_home();
+    if !real.join("models").join(model).join("model.onnx").is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no {model} under {}: run ./setup.sh first", real.display()),
+        ));
+    }
+    std::fs::create_dir_all(home.join("models"))?;
+    std::fs::create_dir_all(home.join("lib"))?;
+    std::os::unix::fs::symlink(
+        real.join("lib/libonnxruntime.so"),
+        home.join("lib/libonnxruntime.so"),
+    )?;
+    std::os::unix::fs::symlink(
+        real.join("models").join(model),
+        home.join("models").join(model),
+    )?;
+    Ok(home)
+}

@@ -275,6 +275,28 @@ impl LlmModel {
             .collect()
     }
 
+    /// The prompt's token ids as a request with `params` reads them (through its chat
+    /// template), checked against its context: Err when empty or too long for `n_ctx`.
+    pub fn prompt_tokens(
+        &self,
+        prompt: &Prompt,
+        params: &InferParams,
+    ) -> Result<Vec<i32>, InferError> {
+        let text = self.render(prompt, params.chat_template.as_deref())?;
+        let tokens = self.tokenize(&text);
+        if tokens.is_empty() {
+            return Err(InferError::Engine("the prompt has no tokens".into()));
+        }
+        let n_ctx = params.n_ctx.max(8);
+        if tokens.len() >= n_ctx as usize {
+            return Err(InferError::PromptTooLong {
+                tokens: tokens.len(),
+                n_ctx,
+            });
+        }
+        Ok(tokens)
+    }
+
     /// Run one request. `on_token` gets each token id with the text it releases, and at the
     /// end `None` with any text still held back. Text is released as complete UTF-8 and never
     /// past a possible start of a stop string, so the pieces always add up to the result's
@@ -286,16 +308,13 @@ impl LlmModel {
         cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
-        let text = self.render(prompt, params.chat_template.as_deref())?;
+        let tokens: Vec<LlamaToken> = self
+            .prompt_tokens(prompt, params)?
+            .into_iter()
+            .map(LlamaToken)
+            .collect();
         let vocab = self.model.vocab();
-        let tokens = vocab.tokenize(text.as_bytes(), true, true);
         let n_ctx = params.n_ctx.max(8);
-        if tokens.len() >= n_ctx as usize {
-            return Err(InferError::PromptTooLong {
-                tokens: tokens.len(),
-                n_ctx,
-            });
-        }
         let backend = backend()?;
         let ctx_params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))

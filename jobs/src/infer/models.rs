@@ -159,7 +159,7 @@ impl Models {
         gpu_layers: Option<u32>,
         n_ctx: u32,
     ) -> Result<Served, InferError> {
-        let entry = self.entry(path, gpu_layers, n_ctx, || memory().0, memory().1)?;
+        let entry = self.entry(path, gpu_layers, n_ctx, || memory().0, || memory().1)?;
         Ok(Served {
             entry,
             serving: self.serving,
@@ -180,7 +180,7 @@ impl Models {
         n_ctx: u32,
     ) -> Result<Arc<LlmModel>, InferError> {
         Ok(self
-            .entry(path, gpu_layers, n_ctx, || memory().0, memory().1)?
+            .entry(path, gpu_layers, n_ctx, || memory().0, || memory().1)?
             .model
             .clone())
     }
@@ -195,7 +195,7 @@ impl Models {
     ) -> Result<Arc<LlmModel>, InferError> {
         let n_ctx = InferParams::default().n_ctx;
         Ok(self
-            .entry(path, None, n_ctx, available, total)?
+            .entry(path, None, n_ctx, available, || total)?
             .model
             .clone())
     }
@@ -206,7 +206,7 @@ impl Models {
         gpu_layers: Option<u32>,
         n_ctx: u32,
         available: impl Fn() -> u64,
-        total: u64,
+        total: impl Fn() -> u64,
     ) -> Result<Arc<Entry>, InferError> {
         let key = (path.to_path_buf(), gpu_layers);
         {
@@ -220,6 +220,8 @@ impl Models {
             // Make room first: evicting after the load would have both in memory at once.
             let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
             let need = size(path) + HEADROOM;
+            // Read only when a model is loaded (not per request: a memory reading each).
+            let total = if loaded.is_empty() { u64::MAX } else { total() };
             while !loaded.is_empty()
                 && (available() < need
                     || loaded.iter().map(|((p, _), _)| size(p)).sum::<u64>() + need > total)
@@ -303,18 +305,8 @@ impl Served {
         on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
         let model = &self.entry.model;
-        let text = model.render(prompt, params.chat_template.as_deref())?;
-        let tokens = model.tokenize(&text);
-        if tokens.is_empty() {
-            return Err(InferError::Engine("the prompt has no tokens".into()));
-        }
+        let tokens = model.prompt_tokens(prompt, params)?;
         let n_ctx = params.n_ctx.max(8);
-        if tokens.len() >= n_ctx as usize {
-            return Err(InferError::PromptTooLong {
-                tokens: tokens.len(),
-                n_ctx,
-            });
-        }
         let threads = threads(if params.threads == 0 {
             self.serving.threads
         } else {
