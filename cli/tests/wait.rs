@@ -105,10 +105,11 @@ fn submit_wait_and_ask_follow_the_event_stream_without_polling() {
     assert_eq!(
         made(&before, &requests(&http, &node)),
         expect(&[
+            ("GET /api/plan", 1),
             ("POST /api/jobs", 1),
             ("GET /api/jobs/{id}/stream", 1),
             ("GET /api/jobs/{id}/result", 1),
         ]),
-        "ask: one submit, one event stream, the final result"
+        "ask: one plan (whole or split?), one submit, one event stream, the final result"
     );
 }
