@@ -197,7 +197,7 @@ fn quantized_q8_0_on_the_vulkan_device_gives_infers_gpu_tokens() {
 /// to the device, the rest run on the CPU, and the tokens stay the CPU's.
 #[test]
 fn a_model_larger_than_the_gpu_budget_splits_between_vram_and_ram() {
-    use myco_jobs::infer::engine::{GpuPolicy, Models};
+    use myco_jobs::infer::{GpuPolicy, Models};
     use myco_jobs::stage::GPU_RESERVE;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
