@@ -15,10 +15,12 @@
 //!   tokens at that step (how near a tie the rounding difference tipped).
 //!
 //! The model is the tiny-model fixture at bench size (8 layers, n_embd 512, f32: about
-//! 110 MB). Threads are pinned: llama.cpp decodes on every core of this machine (printed).
+//! 110 MB). `MYCO_BENCH_WTYPE` names another weight type (`f16`, `q8_0`, `q4_0`, `q4_K`),
+//! `MYCO_BENCH_SHAPE=large` a larger shape (16 layers, n_embd 1024, n_ff 2816: 190 M
+//! weights). Threads are pinned: llama.cpp decodes on every core of this machine (printed).
 //! No timing assertions.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -36,7 +38,7 @@ use myco_actors::node::handle::NodeHandle;
 use myco_actors::{Node, Services};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::gguf::{TinyLlama, WType};
 use myco_jobs::infer::{Generation, InferParams, InferTask, Prompt};
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{JobId, NewJob, StateName};
@@ -239,6 +241,29 @@ fn direct(model: &LlamaModel, prompts: &[&str], round: usize, gaps: bool) -> (Ru
     )
 }
 
+/// The bench model: [`TinyLlama::bench`], or the shape and type the environment names.
+fn bench_model() -> TinyLlama {
+    let mut m = match std::env::var("MYCO_BENCH_SHAPE").as_deref() {
+        Ok("large") => TinyLlama {
+            n_embd: 1024,
+            n_head: 16,
+            n_head_kv: 4,
+            n_ff: 2816,
+            n_layer: 16,
+            ..TinyLlama::bench()
+        },
+        Ok("") | Ok("bench") | Err(_) => TinyLlama::bench(),
+        Ok(other) => panic!("MYCO_BENCH_SHAPE={other}: expected bench or large"),
+    };
+    if let Ok(name) = std::env::var("MYCO_BENCH_WTYPE") {
+        m.wtype = WType::from_name(&name).unwrap_or_else(|| {
+            panic!("MYCO_BENCH_WTYPE={name}: expected f32, f16, q8_0, q4_0 or q4_K")
+        });
+    }
+    assert!(m.check().is_ok(), "{m:?} does not fit its weight type");
+    m
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -249,7 +274,8 @@ fn main() {
     let home = root.path().join("node");
     std::fs::create_dir_all(home.join("models")).unwrap();
     let model_path = home.join("models/bench.gguf");
-    TinyLlama::bench().write(&model_path, false).unwrap();
+    let shape = bench_model();
+    shape.write(&model_path, false).unwrap();
     let mut c = Criterion::default().configure_from_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -357,6 +383,14 @@ fn main() {
     println!(
         "== batch: {N} concurrent greedy requests of {MAX_TOKENS} tokens, {} threads, n_ctx {N_CTX}, median of {ROUNDS} interleaved rounds ==",
         threads()
+    );
+    println!(
+        "model: {} layers, n_embd {}, n_ff {}, {} weights, {} MB",
+        shape.n_layer,
+        shape.n_embd,
+        shape.n_ff,
+        shape.wtype.name(),
+        std::fs::metadata(&model_path).map_or(0, |m| m.len() >> 20)
     );
     println!(
         "aggregate tok/s, 8 at once / 1 alone      {:.2}x  (goal >= 3x)",

@@ -146,7 +146,7 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
         .await?
         .first()
         .map(|s| s.id)
-        .ok_or_else(|| QueueError::Invalid("the queue accepted no job".into()))
+        .ok_or_else(|| QueueError::Internal("the queue accepted no job".into()))
 }
 
 /// Whether `task`'s model must be split: the plan over the nodes that hold it (read from

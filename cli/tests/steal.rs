@@ -65,6 +65,11 @@ impl Swarm {
 
     /// Start (or restart) node `name`; every node but `a` gets `a`'s secret.
     fn start(&self, name: &str, extra: &[&str]) -> NodeProc {
+        self.start_env(name, extra, &[])
+    }
+
+    /// [`Swarm::start`] with variables set in the node's environment.
+    fn start_env(&self, name: &str, extra: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> NodeProc {
         let home = self.home(name);
         std::fs::create_dir_all(&home).unwrap();
         std::fs::write(home.join("config.toml"), &self.config).unwrap();
@@ -89,7 +94,7 @@ impl Swarm {
             &self.port,
         ];
         args.extend_from_slice(extra);
-        NodeProc::start_logged(&home, &args, &log)
+        NodeProc::start_logged_env(&home, &args, &log, env)
     }
 }
 
@@ -802,4 +807,87 @@ fn jobs_buffered_before_a_peer_joins_can_still_be_stolen() {
         shares.get("c").copied().unwrap_or(0) > 0,
         "the idle peer ran some of A's buffered jobs: {shares:?}"
     );
+}
+
+/// Issue 14, acceptance 1: the owner's disk fills (every write to its queue file fails, as
+/// `MYCO_FAULT_DISK_FULL` makes it) while a thief runs its jobs. The owner's API answers 503
+/// naming the disk, the thief keeps its finished results in its outbox through repeated
+/// delivery rounds (the owner acknowledges nothing it could not commit), and once space is
+/// back the outbox drains: every job done exactly once, the thief's by its delivery.
+#[test]
+fn a_full_disk_at_the_owner_keeps_the_thiefs_outbox_until_it_recovers() {
+    let _serial = serial();
+    let swarm = Swarm::new(3, &FAST.replace("lease = 3", "lease = 20"));
+    let switch = swarm.root.path().join("a-disk-is-full");
+    let a = swarm.start_env(
+        "a",
+        &["--workers", "1"],
+        &[(myco_runtime::queue::FAULT_DISK_FULL_ENV, switch.as_os_str())],
+    );
+    let b = swarm.start("b", &["--workers", "2"]);
+    let http = Http::new();
+    converge(&http, &[&a, &b], &["a", "b"]);
+
+    // Jobs of 300 ms: those b holds when the disk fills finish after it.
+    let jobs = jobs_named("full", 100, |_| 300);
+    let submitted = submit(&http, &a, &jobs);
+    eventually(Duration::from_secs(30), "b holds stolen jobs", || {
+        let c = counts(&http, &a)?;
+        (c["done"] >= 10 && leased_to(&http, &a, "b").len() >= 2).then_some(())
+    });
+    let held_by_b = leased_to(&http, &a, "b");
+    std::fs::write(&switch, b"").unwrap();
+    let full = Instant::now();
+
+    let body = serde_json::json!({ "jobs": [job("refused", 1)] });
+    let (status, reply) = http.post(&a.url("/api/jobs"), &body).unwrap();
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(reply["error"]["code"], "storage", "{reply}");
+    let hint = reply["error"]["hint"].as_str().unwrap();
+    assert!(hint.contains("disk") && hint.contains("full"), "{reply}");
+
+    // b finishes what it stole; a records none of it, so b's outbox holds it all.
+    let outbox = |node: &NodeProc| -> Option<u64> {
+        let (status, v) = http.get(&node.url("/health")).ok()?;
+        (status == 200).then(|| v["outbox"].as_u64()).flatten()
+    };
+    let kept = eventually(
+        Duration::from_secs(30),
+        "b's outbox holds its results",
+        || {
+            let n = outbox(&b)?;
+            (idle(&http, &b, 2.0) && n > 0).then_some(n)
+        },
+    );
+    // Several delivery rounds to a, each refused: nothing is dropped meanwhile.
+    ticks_with_peer(&http, &b, "a", 10.0);
+    assert_eq!(outbox(&b), Some(kept), "b kept every undelivered result");
+    let (status, _) = http.post(&a.url("/api/jobs"), &body).unwrap();
+    assert_eq!(status, 503, "still full");
+    eprintln!(
+        "disk full for {:?}: b holds {kept} results (it had stolen {} when the disk filled)",
+        full.elapsed(),
+        held_by_b.len()
+    );
+
+    std::fs::remove_file(&switch).unwrap();
+    let recovered = Instant::now();
+    eventually(Duration::from_secs(30), "b's outbox drains", || {
+        (outbox(&b)? == 0).then_some(())
+    });
+    eprintln!(
+        "b's outbox drained {:?} after space came back",
+        recovered.elapsed()
+    );
+    wait_all_done(&http, &a, 100, Duration::from_secs(90));
+    let (ledger, shares) = assert_done_exactly_once(&http, &a, &submitted);
+    eprintln!("ran on: {shares:?}");
+    for id in &held_by_b {
+        let h = ledger.history(id);
+        assert_eq!(
+            ran_on(h).as_deref(),
+            Some("b"),
+            "{id} was done by b's delivery: {h:?}"
+        );
+    }
 }

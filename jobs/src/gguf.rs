@@ -122,6 +122,13 @@ impl WType {
         }
     }
 
+    /// The type [`WType::name`] names (case-insensitive), if any.
+    pub fn from_name(name: &str) -> Option<WType> {
+        WType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
+    }
+
     /// The `ggml_type` id a GGUF tensor info holds.
     pub fn ggml_type(self) -> u32 {
         match self {

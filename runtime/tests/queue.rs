@@ -1084,3 +1084,74 @@ async fn finished_jobs_are_pruned_after_their_retention_and_nothing_else() {
         "requeued by the restart, not removed"
     );
 }
+
+// ---------------------------------------------------------------- a full disk
+
+/// While the disk is full every commit fails with a storage error (not a refusal) that
+/// names the cause, nothing of a failed batch is kept, and once space is back the queue
+/// reopens its file by itself: what was committed before is intact, the same operations
+/// succeed, and a result is recorded exactly once.
+#[tokio::test]
+async fn a_full_disk_fails_commits_as_storage_errors_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let switch = dir.path().join("disk-full");
+    let f = Fixture::with(QueueOptions {
+        disk_full_while: Some(switch.clone()),
+        ..options()
+    });
+    let kept = f.submit_one(job("before")).await;
+    let leased = f.q.lease(1, &NOOP, LEASE).await.unwrap();
+    assert_eq!(leased.len(), 1);
+
+    std::fs::write(&switch, b"").unwrap();
+    let err = f.q.submit(vec![job("during")]).await.unwrap_err();
+    assert_eq!(
+        err.class(),
+        myco_runtime::queue::ErrorClass::Storage,
+        "{err}"
+    );
+    assert!(!err.is_refusal());
+    let myco_runtime::QueueError::Storage(s) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(s.is_disk_full(), "{err}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    let err = f.q.complete(kept, b"out".to_vec()).await.unwrap_err();
+    assert_eq!(
+        err.class(),
+        myco_runtime::queue::ErrorClass::Storage,
+        "{err}"
+    );
+    // A refusal inside a failed commit reports the commit's cause too: it was rolled back.
+    let err = f.q.cancel(JobId::new()).await.unwrap_err();
+    assert_eq!(
+        err.class(),
+        myco_runtime::queue::ErrorClass::Storage,
+        "{err}"
+    );
+
+    std::fs::remove_file(&switch).unwrap();
+    // The first operation after recovery reopens the file.
+    let outcome = f.q.complete(kept, b"out".to_vec()).await.unwrap();
+    assert!(matches!(outcome, CompleteOutcome::Recorded), "{outcome:?}");
+    let again = f.q.complete(kept, b"out".to_vec()).await.unwrap();
+    assert!(
+        !matches!(again, CompleteOutcome::Recorded),
+        "recorded twice: {again:?}"
+    );
+    assert_eq!(f.state(kept), StateName::Done);
+    assert_eq!(f.q.result(kept).unwrap().unwrap(), b"out");
+    assert_eq!(
+        f.all().len(),
+        1,
+        "the job submitted while the disk was full was not kept"
+    );
+    assert!(matches!(
+        f.q.cancel(JobId::new()).await,
+        Err(myco_runtime::QueueError::NotFound(_))
+    ));
+    assert_eq!(f.counts(), [(StateName::Done, 1)]);
+    // And the file is sound for a restarted node.
+    let f = f.restart().await;
+    assert_eq!(f.state(kept), StateName::Done);
+}

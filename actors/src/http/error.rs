@@ -17,6 +17,8 @@ pub struct ApiError {
     message: String,
     hint: String,
     problems: Option<serde_json::Value>,
+    /// Seconds for a `Retry-After` header (a 503 the client should retry).
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -27,7 +29,13 @@ impl ApiError {
             message,
             hint: hint.to_owned(),
             problems: None,
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// A fault of the node's own (a task that died, a response it could not build).
@@ -58,7 +66,12 @@ impl IntoResponse for ApiError {
         if let Some(p) = self.problems {
             body["error"]["problems"] = p;
         }
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
@@ -78,9 +91,20 @@ impl From<QueueError> for ApiError {
                 "the node is shutting down".into(),
                 "retry once it is back",
             ),
+            QueueError::Storage(s) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage",
+                format!("the node could not record this: {s}; nothing of it was kept"),
+                if s.is_disk_full() {
+                    "the disk holding the node's home is full: free space there, then retry (the node recovers by itself)"
+                } else {
+                    "the node's storage failed: see its log, then retry"
+                },
+            )
+            .retry_after(5),
             other => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "storage",
+                "internal",
                 other.to_string(),
                 "see the node's log",
             ),
@@ -97,6 +121,7 @@ impl From<SubmitError> for ApiError {
                 message: format!("job {index}: {error}"),
                 hint: "fix the fields named above; nothing was enqueued".into(),
                 problems: serde_json::to_value(&error.problems).ok(),
+                retry_after: None,
             },
             SubmitError::Queue(q) => q.into(),
         }

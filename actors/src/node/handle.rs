@@ -180,7 +180,7 @@ impl NodeHandle {
                 .collect::<Result<Vec<NewJob>, SubmitError>>()
         })
         .await
-        .map_err(|e| QueueError::Invalid(format!("planning failed: {e}")))??;
+        .map_err(|e| QueueError::Internal(format!("planning failed: {e}")))??;
         Ok(self.queue.submit(jobs).await?)
     }
 
@@ -200,7 +200,7 @@ impl NodeHandle {
         let queue = self.queue.clone();
         tokio::task::spawn_blocking(move || queue.get(id))
             .await
-            .map_err(|e| QueueError::Invalid(e.to_string()))?
+            .map_err(|e| QueueError::Internal(e.to_string()))?
     }
 
     /// Wait until job `id` is finished; returns its record. Woken by the queue's commits
@@ -233,7 +233,7 @@ impl NodeHandle {
         let queue = self.queue.clone();
         tokio::task::spawn_blocking(move || queue.children(id))
             .await
-            .map_err(|e| QueueError::Invalid(e.to_string()))?
+            .map_err(|e| QueueError::Internal(e.to_string()))?
     }
 
     pub async fn load(&self) -> Option<Load> {

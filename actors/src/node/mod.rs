@@ -97,6 +97,9 @@ impl Node {
             backoff_max_ms: config.backoff_max.as_millis() as u64,
             retention_interactive_ms: config.retention.as_millis() as u64,
             retention_batch_ms: config.batch_retention.as_millis() as u64,
+            // Fault injection for the disk-full tests; unset in any real use.
+            disk_full_while: std::env::var_os(myco_runtime::queue::FAULT_DISK_FULL_ENV)
+                .map(std::path::PathBuf::from),
             ..QueueOptions::default()
         };
         let path = home.queue_path();

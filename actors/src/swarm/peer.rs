@@ -10,7 +10,7 @@ use std::time::Duration;
 use myco_runtime::cluster::wire::{
     Delivery, DeliveryAck, RenewReply, StealGrant, StealRequest, Wire,
 };
-use myco_runtime::queue::{Queue, QueueError};
+use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinSet;
 
@@ -189,8 +189,9 @@ async fn steal(queue: &Queue, owner: String, req: StealRequest) -> StealGrant {
 }
 
 /// Record a thief's outcomes. Every outcome that is durably settled (recorded, a duplicate,
-/// or about a job that has moved on) is acknowledged; storage errors are not, so the thief
-/// keeps them and delivers again.
+/// or refused for good: a job that has moved on or is gone) is acknowledged; any other
+/// error (storage: a full disk; a queue shutting down) is not, so the thief keeps the
+/// outcome in its outbox and delivers it again.
 async fn record(queue: &Queue, delivery: Delivery) -> Vec<myco_runtime::queue::JobId> {
     let mut settled = Vec::with_capacity(delivery.outcomes.len());
     let mut pending = Vec::with_capacity(delivery.outcomes.len());
@@ -208,9 +209,8 @@ async fn record(queue: &Queue, delivery: Delivery) -> Vec<myco_runtime::queue::J
     }
     for p in pending {
         match p.await {
-            Ok((id, Ok(()) | Err(QueueError::NotFound(_) | QueueError::Invalid(_)))) => {
-                settled.push(id)
-            }
+            Ok((id, Ok(()))) => settled.push(id),
+            Ok((id, Err(e))) if e.is_refusal() => settled.push(id),
             Ok((id, Err(e))) => {
                 tracing::warn!(%id, error = %e, from = %delivery.from, "recording a peer's result failed; it will deliver again")
             }

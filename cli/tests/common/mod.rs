@@ -44,12 +44,22 @@ impl NodeProc {
     /// Start a node with exactly these `node` arguments (API and cluster port on
     /// 127.0.0.1:0). Tests that discover peers must pass `--discovery-iface 127.0.0.1`.
     pub fn start_with(home: &Path, node_args: &[&str]) -> NodeProc {
-        NodeProc::spawn(home, node_args, None)
+        NodeProc::spawn(home, node_args, None, &[])
     }
 
     /// Like [`NodeProc::start_with`], with the node's log (level info) written to `log`.
     pub fn start_logged(home: &Path, node_args: &[&str], log: &Path) -> NodeProc {
-        NodeProc::spawn(home, node_args, Some(log))
+        NodeProc::spawn(home, node_args, Some(log), &[])
+    }
+
+    /// Like [`NodeProc::start_logged`], with variables set in the node's environment.
+    pub fn start_logged_env(
+        home: &Path,
+        node_args: &[&str],
+        log: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> NodeProc {
+        NodeProc::spawn(home, node_args, Some(log), env)
     }
 
     /// Run a prepared `myco ... --json node ...` command (e.g. inside a network namespace)
@@ -60,8 +70,14 @@ impl NodeProc {
         NodeProc::started(child, home)
     }
 
-    fn spawn(home: &Path, node_args: &[&str], log: Option<&Path>) -> NodeProc {
+    fn spawn(
+        home: &Path,
+        node_args: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> NodeProc {
         let mut cmd = myco(home);
+        cmd.envs(env.iter().copied());
         if !node_args.contains(&"--cluster") {
             // Keep the cluster port on loopback unless the test says otherwise.
             cmd.env("MYCO_CLUSTER", "127.0.0.1:0");

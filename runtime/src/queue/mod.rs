@@ -15,6 +15,7 @@
 //! [`QueueStats`] each in a file of their own.
 
 mod error;
+mod fault;
 mod options;
 mod record;
 mod stats;
@@ -27,10 +28,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use myco_jobs::{Fit, JobError, JobKind};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use error::QueueError;
+pub use error::{ErrorClass, QueueError, StorageError};
+pub use fault::FAULT_DISK_FULL_ENV;
 pub use options::{
     Clock, INTERACTIVE_PRIORITY, ManualClock, QueueOptions, RETENTION_BATCH_MS,
     RETENTION_INTERACTIVE_MS, SystemClock,
@@ -97,7 +99,7 @@ impl Queue {
         opts: QueueOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Queue, QueueError> {
-        let db = match Database::create(path) {
+        let db = match fault::open_database(path, opts.disk_full_while.clone()) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(QueueError::Locked(path.to_path_buf()));
@@ -168,8 +170,9 @@ impl Queue {
         let (by_state, queued_by_kind) = by_state;
         let holder = format!("{}#{incarnation}", opts.node);
         let shared = Arc::new(Shared {
-            db: db.clone(),
+            db: std::sync::RwLock::new(Some(db.clone())),
             path: path.to_path_buf(),
+            disk_full_while: opts.disk_full_while.clone(),
             clock,
             holder,
             ready: Notify::new(),
@@ -185,7 +188,7 @@ impl Queue {
         let writer = std::thread::Builder::new()
             .name("myco-queue-writer".into())
             .spawn(move || writer_loop(writer_shared, opts, rx, next_seq))
-            .map_err(|e| QueueError::Invalid(format!("cannot start the queue writer: {e}")))?;
+            .map_err(|e| QueueError::Internal(format!("cannot start the queue writer: {e}")))?;
         Ok(Queue {
             shared,
             tx: tx.clone(),
@@ -341,7 +344,7 @@ impl Queue {
 
     /// Up to `limit` outbox entries, oldest job first.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(JobId, OutboxEntry)>, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let table = tx.open_table(OUTBOX)?;
         let mut out = Vec::new();
         for entry in table.iter()?.take(limit) {
@@ -353,7 +356,7 @@ impl Queue {
 
     /// How many outcomes wait in the outbox.
     pub fn outbox_len(&self) -> Result<u64, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         Ok(tx.open_table(OUTBOX)?.len()?)
     }
 
@@ -428,7 +431,7 @@ impl Queue {
     // ---- reads: MVCC snapshots, never blocked by the writer ----
 
     pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let jobs = tx.open_table(JOBS)?;
         let got = jobs.get(u128::from(id))?;
         got.map(|v| store::decode(v.value())).transpose()
@@ -436,7 +439,7 @@ impl Queue {
 
     /// Jobs matching `filter`, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let jobs = tx.open_table(JOBS)?;
         let mut out = Vec::new();
         if let Some(parent) = filter.parent {
@@ -471,7 +474,7 @@ impl Queue {
 
     /// The ids of a parent's children, in order.
     pub fn children(&self, parent: JobId) -> Result<Vec<JobId>, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let children = tx.open_table(CHILDREN)?;
         let p = u128::from(parent);
         let mut out = Vec::new();
@@ -483,14 +486,14 @@ impl Queue {
 
     /// A leaf job's stored result (JSON Lines), if it is done.
     pub fn result(&self, id: JobId) -> Result<Option<Vec<u8>>, QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let results = tx.open_table(RESULTS)?;
         Ok(results.get(u128::from(id))?.map(|v| v.value().to_vec()))
     }
 
     /// Exact job counts per state, as committed.
     pub fn counts(&self) -> Result<[u64; 6], QueueError> {
-        let tx = self.shared.db.begin_read()?;
+        let tx = self.shared.db()?.begin_read()?;
         let counts = tx.open_table(COUNTS)?;
         let mut out = [0u64; 6];
         for (i, slot) in out.iter_mut().enumerate() {

@@ -60,6 +60,10 @@ pub struct QueueOptions {
     pub retention_interactive_ms: u64,
     /// The same for every other finished job (batch work), children and results included.
     pub retention_batch_ms: u64,
+    /// Fault injection for tests: while this file exists, every write to the queue file
+    /// fails as on a full disk. A node sets it from `MYCO_FAULT_DISK_FULL`
+    /// ([`super::FAULT_DISK_FULL_ENV`]).
+    pub disk_full_while: Option<std::path::PathBuf>,
 }
 
 /// The priority of interactive requests (the API's and the CLI's), ahead of batch work's 0:
@@ -83,6 +87,7 @@ impl Default for QueueOptions {
             channel: 16_384,
             retention_interactive_ms: RETENTION_INTERACTIVE_MS,
             retention_batch_ms: RETENTION_BATCH_MS,
+            disk_full_while: None,
         }
     }
 }

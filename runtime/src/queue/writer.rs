@@ -5,13 +5,14 @@
 //! Only [`super::Queue`] talks to it; nothing here is public outside the queue.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use myco_jobs::{Fit, JobError};
 use redb::Database;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::error::QueueError;
+use super::error::{QueueError, StorageError};
 use super::options::{Clock, QueueOptions};
 use super::record::{JobId, StateName};
 use super::stats::QueueStats;
@@ -63,14 +64,63 @@ pub(super) enum Op {
 }
 
 pub(super) struct Shared {
-    pub(super) db: Arc<Database>,
+    /// The open file; `None` only while the writer reopens it after a storage error.
+    pub(super) db: RwLock<Option<Arc<Database>>>,
     pub(super) path: PathBuf,
+    pub(super) disk_full_while: Option<PathBuf>,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) holder: String,
     pub(super) ready: Notify,
     /// Jobs finished (done, dead or cancelled) in the last commit.
     pub(super) finished: Notify,
     pub(super) stats: Mutex<QueueStats>,
+}
+
+impl Shared {
+    /// The database, for one transaction.
+    pub(super) fn db(&self) -> Result<Arc<Database>, QueueError> {
+        self.db.read().ok().and_then(|g| g.clone()).ok_or_else(|| {
+            QueueError::Storage(StorageError::other(
+                "the queue file is being reopened after a storage error; retry",
+            ))
+        })
+    }
+
+    /// Close and open the file again. After an I/O error (a full disk) redb refuses every
+    /// later operation (`PreviousIo`) until the database is reopened; reopening runs its
+    /// repair from the last durable commit. Waits a moment for readers to let go of the
+    /// old handle, as redb's file lock would refuse the new one.
+    fn reopen(&self) -> Result<(), QueueError> {
+        let mut g = self
+            .db
+            .write()
+            .map_err(|_| QueueError::Internal("the queue's database lock is poisoned".into()))?;
+        if let Some(mut old) = g.take() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        drop(db);
+                        break;
+                    }
+                    Err(still) if Instant::now() < deadline => {
+                        old = still;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(still) => {
+                        *g = Some(still);
+                        return Err(QueueError::Storage(StorageError::other(
+                            "readers still hold the queue file; will reopen later",
+                        )));
+                    }
+                }
+            }
+        }
+        let db = super::fault::open_database(&self.path, self.disk_full_while.clone())?;
+        *g = Some(Arc::new(db));
+        tracing::info!(path = %self.path.display(), "reopened the queue file after a storage error");
+        Ok(())
+    }
 }
 
 pub(super) fn for_each_table(tx: &redb::WriteTransaction) -> Result<(), QueueError> {
@@ -99,11 +149,21 @@ pub(super) fn writer_loop(
     let mut next_seq = seq;
     let mut ids = ulid::Generator::new();
     let mut batch: Vec<Op> = Vec::with_capacity(opts.max_batch);
+    // After a storage error that leaves redb refusing everything until reopened.
+    let mut reopen = false;
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
         };
         batch.push(first);
+        if reopen {
+            match shared.reopen() {
+                Ok(()) => reopen = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reopening the queue file failed; the next commit tries again")
+                }
+            }
+        }
         while batch.len() < opts.max_batch {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
@@ -124,7 +184,16 @@ pub(super) fn writer_loop(
         let (replies, effects, err) = match result {
             (replies, Ok(effects)) => (replies, Some(effects), None),
             (replies, Err(e)) => {
-                tracing::error!(error = %e, "queue commit failed; the batch was rolled back");
+                if let QueueError::Storage(s) = &e {
+                    reopen |= s.needs_reopen();
+                    if s.is_disk_full() {
+                        tracing::error!(error = %e, "queue commit failed: the disk is full; nothing of the batch was recorded, callers were told to retry; free space and it recovers");
+                    } else {
+                        tracing::error!(error = %e, "queue commit failed; the batch was rolled back");
+                    }
+                } else {
+                    tracing::error!(error = %e, "queue commit failed; the batch was rolled back");
+                }
                 next_seq = seq_before;
                 (replies, None, Some(e))
             }
@@ -176,8 +245,10 @@ fn respond<T: Send + 'static>(
     result: Result<T, QueueError>,
 ) -> Reply {
     Box::new(move |commit_err: Option<&QueueError>| {
+        // A failed commit fails every operation in it with its cause: what the operation
+        // alone decided (a refusal) was rolled back with the rest.
         let out = match commit_err {
-            Some(e) => Err(QueueError::Invalid(format!("commit failed: {e}"))),
+            Some(e) => Err(e.clone()),
             None => result,
         };
         let _ = reply.send(out);
@@ -195,10 +266,12 @@ fn apply_batch(
     stop: &mut Option<oneshot::Sender<()>>,
 ) -> Applied {
     let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-    let tx = match shared.db.begin_write() {
+    let tx = match shared
+        .db()
+        .and_then(|db| db.begin_write().map_err(QueueError::from))
+    {
         Ok(tx) => tx,
         Err(e) => {
-            let e = QueueError::from(e);
             for op in batch.drain(..) {
                 replies.push(fail_op(op, &e, stop));
             }
@@ -233,8 +306,10 @@ fn apply_batch(
         macro_rules! run {
             ($reply:expr, $e:expr) => {{
                 let r = $e;
-                if let Err(e @ (QueueError::Storage(_) | QueueError::Corrupt(_))) = &r {
-                    fatal = Some(QueueError::Invalid(e.to_string()));
+                if let Err(e) = &r
+                    && e.poisons()
+                {
+                    fatal = Some(e.clone());
                 }
                 replies.push(respond($reply, r));
             }};
@@ -318,7 +393,7 @@ fn apply_batch(
 /// Reply to an operation that never ran because its transaction failed.
 fn fail_op(op: Op, e: &QueueError, stop: &mut Option<oneshot::Sender<()>>) -> Reply {
     fn err<T>(e: &QueueError) -> Result<T, QueueError> {
-        Err(QueueError::Invalid(format!("commit failed: {e}")))
+        Err(e.clone())
     }
     match op {
         Op::Submit(_, r) => respond(r, err(e)),
