@@ -131,6 +131,9 @@ pub enum Command {
     /// Measure myco on this machine, each figure against its baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print this node's API token (made on its first start), for clients on other machines:
+    /// `Authorization: Bearer TOKEN`, or an OpenAI client's `api_key`.
+    Token,
     /// Print a one-line token another machine joins with: `myco node --join-token TOKEN`.
     /// It contains the swarm secret: share it like a password.
     Invite {
@@ -206,6 +209,13 @@ pub struct NodeArgs {
     /// the queue file [default: 24].
     #[arg(long, env = "MYCO_RETENTION", value_name = "HOURS")]
     pub retention: Option<f64>,
+    /// A directory below which jobs submitted over HTTP (by anyone but this node's owner on
+    /// this machine) may read files; repeatable [default: none].
+    #[arg(long = "data-root", value_name = "DIR")]
+    pub data_roots: Vec<PathBuf>,
+    /// Serve /metrics without the API token.
+    #[arg(long, env = "MYCO_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 }
 
 /// `123`, `512KiB`, `1.5GB`, `6GiB`, `2g`: a size in bytes.

@@ -38,10 +38,22 @@ pub struct Unreachable {
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Client {
+    /// A client of the node at `addr`, sending `token` (the node's API token) if given.
+    pub fn new(addr: SocketAddr, token: Option<&str>) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token
+            && let Ok(mut v) =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+        {
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         Client {
             base: format!("http://{addr}"),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
         }
     }
 

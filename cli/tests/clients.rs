@@ -17,14 +17,6 @@ use std::process::Command;
 use common::{NodeProc, linked_home};
 use myco_jobs::gguf::TinyLlama;
 
-/// Where ./setup.sh installs the Python clients.
-fn clients_dir() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    cache.join("myco/pyclients")
-}
-
 /// tiktoken's `cl100k_base.tiktoken` (a base64 token and its rank per line), rebuilt from
 /// tiktoken-rs's ranks, under the cache name tiktoken looks for (the SHA-1 of its URL).
 fn write_cl100k(cache: &Path) {
@@ -44,7 +36,7 @@ fn write_cl100k(cache: &Path) {
 
 #[test]
 fn the_openai_and_langchain_clients_work_against_a_node() {
-    let clients = clients_dir();
+    let clients = common::pyclients_dir();
     assert!(
         clients.join("openai").is_dir() && clients.join("langchain_openai").is_dir(),
         "the Python clients are not in {}: run ./setup.sh",

@@ -197,7 +197,7 @@ fn times_in(view: &Value, state: &str) -> usize {
 fn malformed_specs_are_refused_at_submit_and_enqueue_nothing() {
     let home = fast_home();
     let node = NodeProc::start(home.path(), &["--workers", "1"]);
-    let http = Http::new();
+    let http = Http::owner(&node);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(d, "docs/a.md", "# Title\n\nSome text.\n");
@@ -318,7 +318,7 @@ fn malformed_specs_are_refused_at_submit_and_enqueue_nothing() {
 fn same_idempotency_key_returns_the_first_job() {
     let home = fast_home();
     let node = NodeProc::start(home.path(), &["--workers", "1"]);
-    let http = Http::new();
+    let http = Http::owner(&node);
     let toml = noop_toml(
         "idempotency_key = \"nightly-2026-11-22\"",
         "payload = \"x\"",
@@ -350,7 +350,7 @@ fn same_idempotency_key_returns_the_first_job() {
 fn cancel_queued_running_and_parent_jobs() {
     let home = fast_home();
     let node = NodeProc::start(home.path(), &["--workers", "1"]);
-    let http = Http::new();
+    let http = Http::owner(&node);
     let dir = tempfile::tempdir().unwrap();
     for name in ["a.md", "b.txt", "sub/c.txt"] {
         write(
@@ -589,7 +589,7 @@ fn retries_fatal_errors_and_panics() {
     let home = fast_home();
     // One worker: whatever runs after the panic runs on its replacement.
     let node = NodeProc::start(home.path(), &["--workers", "1"]);
-    let http = Http::new();
+    let http = Http::owner(&node);
     let root = Path::new("/");
 
     let retried = submit(

@@ -147,8 +147,11 @@ fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
         NodeProc::from_command(cmd, &home("c"))
     };
     let http = Http::new();
+    // c's API listens beyond loopback (in its namespace): it needs c's token.
+    let http_c = Http::owner(&c);
+    let client = |node: &NodeProc| if std::ptr::eq(node, &c) { &http_c } else { &http };
     let up = |node: &NodeProc, names: &[&str]| {
-        let Ok((200, v)) = http.get(&node.url("/api/swarm")) else {
+        let Ok((200, v)) = client(node).get(&node.url("/api/swarm")) else {
             return false;
         };
         let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
@@ -185,7 +188,7 @@ fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
 
     // Cut C off once it is running stolen jobs.
     eventually(Duration::from_secs(30), "c runs stolen jobs", || {
-        let (_, m) = http.get_text(&c.url("/metrics")).ok()?;
+        let (_, m) = http_c.get_text(&c.url("/metrics")).ok()?;
         m.lines()
             .find_map(|l| {
                 l.strip_prefix("myco_stolen_jobs_total ")?
@@ -240,7 +243,7 @@ fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
     eprintln!("partition: jobs by last holder {by_holder:?}");
     // C's outbox drains once it is back: nothing left undelivered.
     eventually(Duration::from_secs(30), "c's outbox is delivered", || {
-        let (_, h) = http.get(&c.url("/health")).ok()?;
+        let (_, h) = http_c.get(&c.url("/health")).ok()?;
         (h["outbox"].as_u64() == Some(0)).then_some(())
     });
     drop(b);

@@ -7,7 +7,7 @@
 //! [`crate::kind`], which sits above this file; the executors are in [`crate::executor`].
 //! Nothing here knows about queues, leases, actors, specs or executors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,24 @@ impl Task {
     /// directory, an archive).
     pub fn is_parent(&self) -> bool {
         matches!(self, Task::Chunk { .. } | Task::Archive(_))
+    }
+
+    /// The documents (files, directories, glob patterns) running this task reads from the
+    /// submitting node's disk and returns as text, chunks or vectors: what an API's access
+    /// rule is checked against. Model files are not among them: they are loaded, never
+    /// returned (and a file that is no model is refused as one).
+    pub fn inputs(&self) -> Vec<&Path> {
+        match self {
+            Task::Chunk { input, .. } => vec![input.as_path()],
+            Task::ChunkFile { path, .. } => vec![path.as_path()],
+            Task::EmbedDocs(d) => d.docs.iter().map(|doc| doc.path.as_path()).collect(),
+            Task::Archive(a) => vec![a.input.as_path()],
+            Task::ChunkInline { .. }
+            | Task::Noop(_)
+            | Task::Embed { .. }
+            | Task::Infer(_)
+            | Task::Pipeline(_) => Vec::new(),
+        }
     }
 
     /// The job asked for a GPU (`gpu = true`).

@@ -42,6 +42,11 @@ impl Home {
         self.root.join("config.toml")
     }
 
+    /// The API token (mode 0600), made on the node's first start ([`crate::access`]).
+    pub fn api_token_path(&self) -> PathBuf {
+        self.root.join("api.token")
+    }
+
     /// The file a running node writes its HTTP address to.
     pub fn api_addr_path(&self) -> PathBuf {
         self.root.join("node.addr")
@@ -157,6 +162,29 @@ pub struct NodeConfig {
     /// How long every other finished job (batch work) stays, with its results.
     #[serde(with = "humantime_secs", default = "retention_batch")]
     pub batch_retention: Duration,
+    /// Directories below which jobs submitted over HTTP by anyone but the node's owner may
+    /// read files ([`crate::access`]).
+    #[serde(default)]
+    pub data_roots: Vec<PathBuf>,
+    /// Serve `/metrics` without the API token (for a Prometheus scraper on the LAN).
+    #[serde(default)]
+    pub public_metrics: bool,
+    /// Requests per second one client (by IP address) may make to `/v1/*`, with bursts of
+    /// twice as many; then 429 with `Retry-After`. 0: no limit. The owner on loopback is
+    /// never limited.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Most HTTP connections open at once; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+fn default_rate_limit() -> u32 {
+    50
+}
+
+fn default_max_connections() -> u32 {
+    256
 }
 
 fn retention_interactive() -> Duration {
@@ -192,6 +220,10 @@ impl Default for NodeConfig {
             parallel: None,
             retention: retention_interactive(),
             batch_retention: retention_batch(),
+            data_roots: Vec::new(),
+            public_metrics: false,
+            rate_limit: default_rate_limit(),
+            max_connections: default_max_connections(),
         }
     }
 }

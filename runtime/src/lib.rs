@@ -1,8 +1,10 @@
 //! myco's pure building blocks: the node's home directory and config ([`config`]), capability
-//! detection ([`detect`]), and the durable redb job queue ([`queue`]).
+//! detection ([`detect`]), who may use the API and what its jobs may read ([`access`]), and
+//! the durable redb job queue ([`queue`]).
 //!
 //! No actors and no HTTP here: those live in `myco-actors`, which builds on this crate.
 
+pub mod access;
 pub mod config;
 pub mod detect;
 pub mod models;

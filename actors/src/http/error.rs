@@ -123,6 +123,12 @@ impl From<SubmitError> for ApiError {
                 problems: serde_json::to_value(&error.problems).ok(),
                 retry_after: None,
             },
+            SubmitError::Outside { index, outside } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "outside_data_roots",
+                format!("job {index}: {outside}"),
+                "over HTTP, jobs read only files below the node's data roots (start it with --data-root DIR, or data_roots in config.toml), symlinks resolved; the node's owner (the API token, from this machine: `myco submit`) may name any path; nothing was enqueued",
+            ),
             SubmitError::Queue(q) => q.into(),
         }
     }

@@ -3,17 +3,18 @@
 //! cancel, and `/health`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use myco_jobs::JobKind;
 use myco_runtime::queue::{
     CancelOutcome, JobId, JobState, JobView, ListFilter, QueueError, StateName,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, blocking, parse_id};
 use crate::http::sse;
 use crate::interactive::{self, Follow, Followed};
@@ -63,6 +64,7 @@ pub struct SubmitReply {
 
 async fn submit(
     State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
     Json(body): Json<SubmitBody>,
 ) -> Result<(StatusCode, Json<SubmitReply>), ApiError> {
     let specs = match body {
@@ -77,7 +79,7 @@ async fn submit(
             "send {\"toml\": ..., \"base_dir\": ...} or {\"jobs\": [...]}",
         ));
     }
-    let jobs = node.submit(specs).await?;
+    let jobs = node.submit_as(specs, caller.access).await?;
     let status = if jobs.iter().any(|j| j.created) {
         StatusCode::CREATED
     } else {

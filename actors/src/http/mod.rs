@@ -5,19 +5,29 @@
 //! node) and map errors to `{"error": {"code", "message", "hint"}}` with a fitting status.
 //! Blocking reads go through `spawn_blocking`. No job logic lives here.
 
+pub mod auth;
 pub mod error;
 pub mod jobs;
+pub mod listen;
 pub mod metrics;
 pub mod openai;
 pub mod sse;
 pub mod swarm;
 
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
 use axum::{Extension, Router};
 
 use crate::node::handle::NodeHandle;
 
-/// The whole API, over one node. Every request is counted by route for `/metrics`.
-pub fn router(node: NodeHandle) -> Router {
+/// The largest request body the API reads (a batch of job files, an embeddings request of
+/// many texts); larger ones get 413.
+pub const MAX_BODY: usize = 32 << 20;
+
+/// The whole API, over one node, behind its [`auth::Gate`]. Every request is counted by
+/// route for `/metrics`.
+pub fn router(node: NodeHandle, gate: Arc<auth::Gate>) -> Router {
     let requests = metrics::Requests::default();
     Router::new()
         .merge(jobs::routes())
@@ -28,6 +38,8 @@ pub fn router(node: NodeHandle) -> Router {
             requests.clone(),
             metrics::count,
         ))
+        .layer(axum::middleware::from_fn_with_state(gate, auth::gate))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(Extension(requests))
         .with_state(node)
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use myco_jobs::JobSpec;
 use myco_jobs::SpecError;
 use myco_jobs::archive::ModelRef;
+use myco_runtime::access::{Access, Outside};
 use myco_runtime::models::ModelFile;
 use myco_runtime::queue::{CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, Submitted};
 use ractor::ActorRef;
@@ -38,6 +39,9 @@ pub struct SpecSource {
 pub enum SubmitError {
     #[error("job {index}: {error}")]
     Spec { index: usize, error: SpecError },
+    /// A job would read a file the caller may not read.
+    #[error("job {index}: {outside}")]
+    Outside { index: usize, outside: Outside },
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
@@ -154,8 +158,20 @@ impl NodeHandle {
     }
 
     /// Validate and plan every spec, then enqueue them all in one transaction. A bad spec
-    /// refuses the whole submission.
+    /// refuses the whole submission. The node's owner's submission: its jobs may read any
+    /// path the node can (see [`NodeHandle::submit_as`]).
     pub async fn submit(&self, specs: Vec<SpecSource>) -> Result<Vec<Submitted>, SubmitError> {
+        self.submit_as(specs, Access::Any).await
+    }
+
+    /// [`NodeHandle::submit`] for a caller whose jobs may read only what `access` allows:
+    /// every input is checked before planning reads it, and every file planning found in
+    /// it (a directory's, a glob's) after, with symlinks resolved.
+    pub async fn submit_as(
+        &self,
+        specs: Vec<SpecSource>,
+        access: Access,
+    ) -> Result<Vec<Submitted>, SubmitError> {
         // Infer jobs may name a model only a peer holds.
         let remote: Vec<ModelRef> = if self.swarm.is_some() {
             self.peer_models().await
@@ -172,9 +188,19 @@ impl NodeHandle {
                 .map(|(index, src)| {
                     let spec = JobSpec::parse_swarm(&src.toml, &src.base_dir, &models_dir, &remote)
                         .map_err(|error| SubmitError::Spec { index, error })?;
+                    let check = |task: &myco_jobs::Task| {
+                        task.inputs().into_iter().try_for_each(|p| {
+                            access
+                                .check(p)
+                                .map_err(|outside| SubmitError::Outside { index, outside })
+                        })
+                    };
+                    check(&spec.task)?;
                     let plan = spec
                         .plan_in(&collections)
                         .map_err(|error| SubmitError::Spec { index, error })?;
+                    check(&plan.task)?;
+                    plan.children.iter().try_for_each(check)?;
                     Ok(NewJob::from_spec(&spec, plan))
                 })
                 .collect::<Result<Vec<NewJob>, SubmitError>>()

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use myco_runtime::access::{Access, ApiToken};
 use myco_runtime::cluster::discovery::DiscoveryConfig;
 use myco_runtime::cluster::secret::SwarmSecret;
 use myco_runtime::cluster::wire::Role;
@@ -256,15 +257,30 @@ impl Node {
         });
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();
-            let app = crate::http::router(handle.clone());
-            let stop = token.clone();
-            // Results stream in several writes: without TCP_NODELAY, Nagle's algorithm and
-            // delayed ACKs add ~40 ms to each response.
-            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            let (api_token, made) = ApiToken::load_or_create(&home.api_token_path())
+                .map_err(|e| NodeError::Actors(e.to_string()))?;
+            if made {
+                tracing::info!(path = %home.api_token_path().display(), "made the API token (`myco token` prints it)");
+            }
+            let mut roots = config.data_roots.clone();
+            for r in &roots {
+                if !r.is_dir() {
+                    tracing::warn!(root = %r.display(), "a data root is not a directory: nothing below it can be read");
                 }
-            });
+            }
+            roots.sort();
+            let gate = crate::http::auth::Gate::new(
+                api_token,
+                addr.ip().is_loopback(),
+                config.public_metrics,
+                Access::below(&roots),
+                config.rate_limit,
+            );
+            let app = crate::http::router(handle.clone(), Arc::new(gate))
+                .into_make_service_with_connect_info::<crate::http::listen::Peer>();
+            let stop = token.clone();
+            let listener =
+                crate::http::listen::Limited::new(listener, config.max_connections as usize);
             let task = tokio::spawn(async move {
                 let served = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { stop.cancelled().await })

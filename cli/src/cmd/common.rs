@@ -64,8 +64,19 @@ pub fn api_addr(cli: &Cli, home: &Home) -> SocketAddr {
         .unwrap_or_else(|| NodeConfig::default().api)
 }
 
+/// A client of the node at [`api_addr`], with the API token of --home when it has one
+/// (`MYCO_API_TOKEN` names another: a node on another machine).
 pub fn client(cli: &Cli, home: &Home) -> Client {
-    Client::new(api_addr(cli, home))
+    let token = std::env::var("MYCO_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            myco_runtime::access::ApiToken::read(&home.api_token_path())
+                .ok()
+                .flatten()
+                .map(|t| t.as_str().to_owned())
+        });
+    Client::new(api_addr(cli, home), token.as_deref())
 }
 
 pub fn read_spec(file: &Path) -> Result<SpecSource> {
@@ -121,6 +132,13 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     }
     if let Some(n) = args.parallel {
         cfg.parallel = Some(n);
+    }
+    for root in &args.data_roots {
+        cfg.data_roots
+            .push(std::path::absolute(root).unwrap_or_else(|_| root.clone()));
+    }
+    if args.public_metrics {
+        cfg.public_metrics = true;
     }
     if let Some(h) = args.retention {
         cfg.retention = std::time::Duration::try_from_secs_f64(h * 3600.0).map_err(|_| {

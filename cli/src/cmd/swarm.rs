@@ -34,6 +34,19 @@ pub async fn plan(cli: &Cli, home: &Home, model: &str, n_ctx: u32) -> Result<Exi
     })
 }
 
+/// `myco token`: the API token of --home (made now if the node never started there).
+pub fn token(cli: &Cli, home: &Home) -> Result<ExitCode> {
+    home.ensure().map_err(|e| BadInput(e.to_string()))?;
+    let (token, _) = myco_runtime::access::ApiToken::load_or_create(&home.api_token_path())
+        .map_err(|e| BadInput(e.to_string()))?;
+    if cli.json {
+        print_json(&serde_json::json!({ "token": token.as_str() }))?;
+    } else {
+        println!("{}", token.as_str());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn invite(cli: &Cli, home: &Home, addr: &[String]) -> Result<ExitCode> {
     let (secret, _) =
         SwarmSecret::load_or_create(&home.secret_path()).map_err(|e| BadInput(e.to_string()))?;

@@ -82,7 +82,10 @@ impl NodeProc {
             // Keep the cluster port on loopback unless the test says otherwise.
             cmd.env("MYCO_CLUSTER", "127.0.0.1:0");
         }
-        cmd.args(["--api", "127.0.0.1:0", "--json", "node"])
+        if !node_args.contains(&"--api") {
+            cmd.args(["--api", "127.0.0.1:0"]);
+        }
+        cmd.args(["--json", "node"])
             .args(node_args)
             .stdout(Stdio::piped());
         match log {
@@ -204,6 +207,28 @@ pub struct Http {
 
 impl Http {
     pub fn new() -> Http {
+        Http::with_headers(reqwest::header::HeaderMap::new())
+    }
+
+    /// A client of `node`'s owner: its API token (from the node's home), from this machine,
+    /// as `myco` commands call it. Jobs it submits may read any path.
+    pub fn owner(node: &NodeProc) -> Http {
+        let token =
+            std::fs::read_to_string(node.home.join("api.token")).expect("the node's API token");
+        Http::with_token(token.trim())
+    }
+
+    /// A client that sends `Authorization: Bearer TOKEN` with every request.
+    pub fn with_token(token: &str) -> Http {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        Http::with_headers(h)
+    }
+
+    fn with_headers(headers: reqwest::header::HeaderMap) -> Http {
         Http {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -211,9 +236,24 @@ impl Http {
                 .unwrap(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .default_headers(headers)
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// GET → (status, the `Retry-After` header, body text).
+    pub fn get_retry(&self, url: &str) -> Result<(u16, Option<String>, String), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await?;
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            Ok((status, retry, r.text().await?))
+        })
     }
 
     /// GET → (status, JSON body).
@@ -267,6 +307,14 @@ pub fn noop_spec(payload: &str, extra: &str) -> serde_json::Value {
         "toml": format!("version = 1\nkind = \"noop\"\n{extra}\n[noop]\npayload = {payload:?}\n"),
         "base_dir": "/",
     })
+}
+
+/// Where ./setup.sh installs the Python clients (openai, langchain-openai).
+pub fn pyclients_dir() -> PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    cache.join("myco/pyclients")
 }
 
 /// The home ./setup.sh filled (`MYCO_HOME`, else `~/.myco`): ONNX Runtime and the default

@@ -1,0 +1,258 @@
+//! Who may use a node's HTTP API and what files its jobs may read: the API token (made on a
+//! node's first start, kept in the home with mode 0600, sent as `Authorization: Bearer`)
+//! and the data roots that bound the paths jobs submitted over HTTP may name.
+//!
+//! The rule (the README's trust model): whoever holds the token and calls from this machine
+//! (loopback) is the node's owner, as `myco submit`/`myco run` are: a job may read any path
+//! the node can. Everyone else (a client on another machine, always with the token; a local
+//! client without it, allowed on a loopback-only API) may name only files below a data root
+//! (`--data-root`, repeatable) or the node's models folder, checked after every symlink is
+//! resolved.
+
+use std::path::{Path, PathBuf};
+
+use subtle::ConstantTimeEq;
+
+/// The API token: 32 random bytes as `myco-` and 64 hex digits.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(..)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the API token {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write the API token {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the API token file {path} is empty or malformed; delete it and start the node again to make a new one (clients then need the new token)"
+    )]
+    Malformed { path: String },
+    #[error("no randomness for a new API token: {0}")]
+    Random(String),
+}
+
+impl ApiToken {
+    /// A new random token.
+    pub fn generate() -> Result<ApiToken, TokenError> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| TokenError::Random(e.to_string()))?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(ApiToken(format!("myco-{hex}")))
+    }
+
+    /// The token a node's home holds, if any.
+    pub fn read(path: &Path) -> Result<Option<ApiToken>, TokenError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let t = text.trim();
+                if t.len() < 16 || t.contains(char::is_whitespace) {
+                    return Err(TokenError::Malformed {
+                        path: path.display().to_string(),
+                    });
+                }
+                Ok(Some(ApiToken(t.to_owned())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(TokenError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Read the token at `path`, or make one there (mode 0600). Returns whether it is new.
+    pub fn load_or_create(path: &Path) -> Result<(ApiToken, bool), TokenError> {
+        if let Some(t) = ApiToken::read(path)? {
+            return Ok((t, false));
+        }
+        let token = ApiToken::generate()?;
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{}\n", token.0))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            }
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|source| TokenError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok((token, true))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token (in constant time).
+    pub fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+/// What files a job may read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Any path the node can read: the node's owner.
+    Any,
+    /// Only paths below these directories (canonical), after resolving symlinks.
+    Below(Vec<PathBuf>),
+}
+
+/// Why a path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path} is outside the node's data roots ({roots})", roots = roots_list(.roots))]
+pub struct Outside {
+    pub path: PathBuf,
+    pub roots: Vec<PathBuf>,
+}
+
+fn roots_list(roots: &[PathBuf]) -> String {
+    if roots.is_empty() {
+        return "none: start the node with --data-root DIR".into();
+    }
+    roots
+        .iter()
+        .map(|r| r.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Access {
+    /// Access below `roots` (made canonical; a root that does not exist is left out).
+    pub fn below(roots: &[PathBuf]) -> Access {
+        Access::Below(
+            roots
+                .iter()
+                .filter_map(|r| std::fs::canonicalize(r).ok())
+                .collect(),
+        )
+    }
+
+    /// Whether a job may read `path`. The path is resolved (every symlink followed) and must
+    /// then lie below a root; a path that does not exist is judged by its nearest existing
+    /// ancestor (a glob pattern, a file yet to come), so `..` cannot climb out either.
+    pub fn check(&self, path: &Path) -> Result<(), Outside> {
+        let Access::Below(roots) = self else {
+            return Ok(());
+        };
+        let outside = || Outside {
+            path: path.to_path_buf(),
+            roots: roots.clone(),
+        };
+        let resolved = resolve(path).ok_or_else(outside)?;
+        if roots.iter().any(|r| resolved.starts_with(r)) {
+            Ok(())
+        } else {
+            Err(outside())
+        }
+    }
+}
+
+/// `path` made canonical, or, if it does not exist, its nearest existing ancestor made
+/// canonical with the rest appended (the rest may not hold `..`).
+fn resolve(path: &Path) -> Option<PathBuf> {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return Some(p);
+    }
+    let mut rest = Vec::new();
+    let mut at = path;
+    loop {
+        let name = at.file_name()?;
+        rest.push(name.to_owned());
+        at = at.parent()?;
+        if let Ok(base) = std::fs::canonicalize(if at.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            at
+        }) {
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return None;
+            }
+            let mut p = base;
+            p.extend(rest.iter().rev());
+            return Some(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_judged_after_their_symlinks_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let secret = dir.path().join("secret.txt");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::write(root.join("docs/a.md"), "a").unwrap();
+        std::fs::write(&secret, "s").unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("docs/link.md")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
+        let access = Access::below(std::slice::from_ref(&root));
+        assert!(access.check(&root.join("docs/a.md")).is_ok());
+        assert!(access.check(&root.join("docs")).is_ok());
+        assert!(
+            access.check(&root.join("docs/*.md")).is_ok(),
+            "a glob below"
+        );
+        assert!(access.check(&secret).is_err());
+        assert!(
+            access.check(&root.join("docs/link.md")).is_err(),
+            "a symlink out"
+        );
+        assert!(
+            access.check(&root.join("up/secret.txt")).is_err(),
+            "a symlinked dir out"
+        );
+        assert!(access.check(&root.join("docs/../../secret.txt")).is_err());
+        assert!(
+            access.check(&root.join("nothing/../../x/*")).is_err(),
+            "`..` in a missing path"
+        );
+        assert!(Access::Any.check(&secret).is_ok());
+        let none = Access::below(&[]);
+        let e = none.check(&root.join("docs/a.md")).unwrap_err();
+        assert!(e.to_string().contains("--data-root"), "{e}");
+    }
+
+    #[test]
+    fn a_token_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        let (t, new) = ApiToken::load_or_create(&path).unwrap();
+        assert!(new);
+        let (again, new) = ApiToken::load_or_create(&path).unwrap();
+        assert!(!new);
+        assert!(again.matches(t.as_str()));
+        assert!(!t.matches("myco-wrong"));
+        assert!(!t.matches(""));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(
+            ApiToken::read(&path),
+            Err(TokenError::Malformed { .. })
+        ));
+    }
+}
