@@ -270,7 +270,7 @@ pub async fn follow(node: NodeHandle, id: JobId, tx: mpsc::Sender<Followed>, how
 /// Follow job `id` in a background task; the receiver gets its pieces and end.
 pub fn spawn_follow(node: &NodeHandle, id: JobId, how: Follow) -> mpsc::Receiver<Followed> {
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(follow(node.clone(), id, tx, how));
+    node.spawn_edge(follow(node.clone(), id, tx, how));
     rx
 }
 

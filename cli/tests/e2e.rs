@@ -751,6 +751,67 @@ fn sigterm_past_the_grace_hands_the_job_back_and_it_runs_after_restart() {
     );
 }
 
+/// Issue 14, acceptance 3: SIGTERM while a client follows a queued job over SSE (a stream
+/// that would never end by itself): the node ends the stream, exits 0 within its grace, and
+/// the job, followed with `cancel_on_disconnect`, is still queued after the restart.
+#[test]
+fn sigterm_with_an_open_stream_on_a_queued_job_exits_and_keeps_the_job() {
+    use std::io::{BufRead, BufReader, Write};
+    let home = fast_home();
+    let http = Http::new();
+    let mut node = NodeProc::start(home.path(), &["--workers", "1", "--shutdown-grace", "1"]);
+    let long = submit(
+        &http,
+        &node,
+        &noop_toml("", "sleep_ms = 6000"),
+        Path::new("/"),
+    );
+    running(&http, &node, 1.0);
+    let queued = submit(
+        &http,
+        &node,
+        &noop_toml("", "payload = \"later\""),
+        Path::new("/"),
+    );
+    let mut tcp = std::net::TcpStream::connect(node.addr).unwrap();
+    write!(
+        tcp,
+        "GET /api/jobs/{queued}/stream?cancel_on_disconnect=true HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(tcp.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("event: progress") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the stream opened"
+        );
+    }
+
+    let asked = Instant::now();
+    let status = node.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "a clean stop exits 0: {status:?}");
+    // A bound on liveness (the grace is 1 s; the edge's deadline 5 s), not a measurement.
+    assert!(took < Duration::from_secs(20), "stopped after {took:?}");
+    eprintln!("stopped {took:?} after SIGTERM with a stream open");
+    // The stream ended with the node (no hang on the client's side either).
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    drop(node);
+
+    let node = NodeProc::start(home.path(), &["--workers", "1"]);
+    // The followed job was not cancelled by its follower's disconnect: it runs now.
+    let v = reaches(&http, &node, &queued, "done");
+    assert_eq!(times_in(&v, "done"), 1, "{v:#}");
+    let v = http.get(&node.url(&format!("/api/jobs/{long}"))).unwrap().1;
+    assert_ne!(
+        v["state"], "cancelled",
+        "the running job was handed back: {v:#}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // CLI UX
 // ---------------------------------------------------------------------------------------------

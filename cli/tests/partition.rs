@@ -149,7 +149,13 @@ fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
     let http = Http::new();
     // c's API listens beyond loopback (in its namespace): it needs c's token.
     let http_c = Http::owner(&c);
-    let client = |node: &NodeProc| if std::ptr::eq(node, &c) { &http_c } else { &http };
+    let client = |node: &NodeProc| {
+        if std::ptr::eq(node, &c) {
+            &http_c
+        } else {
+            &http
+        }
+    };
     let up = |node: &NodeProc, names: &[&str]| {
         let Ok((200, v)) = client(node).get(&node.url("/api/swarm")) else {
             return false;

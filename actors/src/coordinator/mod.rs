@@ -156,8 +156,16 @@ pub struct CoordinatorState {
     /// Set once a drain starts: no more work goes out.
     stopping: bool,
     drain_reply: Option<RpcReplyPort<()>>,
+    /// Loops that run as long as the actor (the ticker, the queue watcher, the swarm's
+    /// events) and the drain's timer: aborted at stop.
+    loops: Vec<JoinHandle<()>>,
+    /// One-shot work off the actor (handing back leases, deliveries, steals): awaited at
+    /// stop, up to [`STOP_DEADLINE`], so none is cut off halfway.
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// How long a stopping coordinator waits for its one-shot tasks.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Actor for Coordinator {
     type Msg = CoordinatorMsg;
@@ -196,10 +204,10 @@ impl Actor for Coordinator {
                 }
             })
         };
-        let mut tasks = vec![ticker, watcher];
+        let mut loops = vec![ticker, watcher];
         if let Some(mut events) = events {
             let me = myself.clone();
-            tasks.push(tokio::spawn(async move {
+            loops.push(tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
                     if me.cast(CoordinatorMsg::Swarm(event)).is_err() {
                         break;
@@ -229,7 +237,8 @@ impl Actor for Coordinator {
             ticks: 0,
             stopping: false,
             drain_reply: None,
-            tasks,
+            loops,
+            tasks: Vec::new(),
         })
     }
 
@@ -238,8 +247,19 @@ impl Actor for Coordinator {
         _: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for task in state.tasks.drain(..) {
+        for task in state.loops.drain(..) {
             task.abort();
+        }
+        let tasks: Vec<JoinHandle<()>> = state.tasks.drain(..).collect();
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(STOP_DEADLINE, futures_util::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "background work still running {STOP_DEADLINE:?} into the stop: cutting it off"
+            );
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
         }
         Ok(())
     }
@@ -422,7 +442,7 @@ impl Actor for Coordinator {
                     tracing::warn!(error = %e, "handing back leases failed; they will expire");
                 }
                 let me = myself.clone();
-                state.tasks.push(tokio::spawn(async move {
+                state.loops.push(tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     let _ = me.cast(CoordinatorMsg::DrainTimeout);
                 }));

@@ -713,7 +713,8 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
     };
     let created = unix_now();
     let (mut sse, response) = sse::channel();
-    tokio::spawn(async move {
+    let edge = node.clone();
+    edge.spawn_edge(async move {
         let frame = |v: serde_json::Value| format!("data: {v}\n\n").into_bytes();
         let chunk = |choice: serde_json::Value| {
             json!({

@@ -76,6 +76,18 @@ pub struct NodeHandle {
     /// What pipeline planning needs (`/api/plan`).
     #[cfg(feature = "pipeline")]
     pipeline: PipelineEnv,
+    /// The tasks the HTTP edge spawns (job followers, SSE writers), and the signal that
+    /// ends them when the node stops.
+    edge: Edge,
+}
+
+/// The HTTP edge's background tasks: every one is tracked and ends when `stop` is
+/// cancelled, so a stopping node can wait for them (with a deadline) instead of leaving a
+/// client's open stream to hold up axum's graceful shutdown without bound.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    pub stop: tokio_util::sync::CancellationToken,
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// The parts a [`NodeHandle`] is made of, as the node's start-up wires them.
@@ -108,7 +120,28 @@ impl NodeHandle {
             gpu: p.gpu,
             #[cfg(feature = "pipeline")]
             pipeline: p.pipeline,
+            edge: Edge::default(),
         }
+    }
+
+    /// The HTTP edge's tasks and their stop signal.
+    pub fn edge(&self) -> &Edge {
+        &self.edge
+    }
+
+    /// Run `task` at the edge: tracked, and dropped (not finished) when the node stops. A
+    /// follower dropped so never cancels its job: the job stays queued for the next run.
+    pub fn spawn_edge<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stop = self.edge.stop.clone();
+        self.edge.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = task => {}
+            }
+        });
     }
 
     /// The node's name in the swarm.

@@ -331,9 +331,31 @@ impl Node {
     /// The shutdown protocol: stop the API, drain the workers (running jobs finish within
     /// the grace period, unstarted leases go back), then commit and close the queue.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        if let Some((_, token, task)) = self.api {
+        const EDGE_DEADLINE: Duration = Duration::from_secs(5);
+        if let Some((_, token, mut task)) = self.api {
+            // End the edge's followers and streams first: axum's graceful shutdown waits for
+            // every open response, and a client following a queued job would hold it forever.
+            // A follower dropped so leaves its job as it is (queued jobs stay queued).
+            let edge = self.handle.edge().clone();
+            edge.stop.cancel();
+            edge.tasks.close();
             token.cancel();
-            let _ = task.await;
+            if tokio::time::timeout(EDGE_DEADLINE, edge.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    tasks = edge.tasks.len(),
+                    "HTTP tasks still running after {EDGE_DEADLINE:?}; leaving them"
+                );
+            }
+            if tokio::time::timeout(EDGE_DEADLINE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("HTTP connections still open after {EDGE_DEADLINE:?}; closing them");
+                task.abort();
+            }
             let _ = std::fs::remove_file(self.home.api_addr_path());
         }
         let grace = self.config.shutdown_grace;

@@ -61,7 +61,16 @@ impl Actor for PeerService {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         ractor::pg::leave(PEERS_GROUP.to_owned(), vec![myself.get_cell()]);
-        state.tasks.abort_all();
+        // Requests being answered (a grant being committed, a delivery being recorded):
+        // let them finish, up to a deadline, rather than cut a commit's reply off.
+        let finish = async { while state.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), finish)
+            .await
+            .is_err()
+        {
+            tracing::warn!("peer requests still running 5 s into the stop: cutting them off");
+            state.tasks.abort_all();
+        }
         Ok(())
     }
 
