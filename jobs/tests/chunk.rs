@@ -255,3 +255,18 @@ fn portable_chunk_tasks_carry_their_document() {
     assert_eq!(inline, from_file);
     assert!(task.portable(4).is_none(), "too big to lend");
 }
+
+/// Found by fuzzing (fuzz/regressions/extract/): a page whose `/Parent` chain loops sent
+/// pdf-extract into unbounded recursion, and the stack overflow killed the process (no
+/// catch_unwind can stop that). It is refused as a bad PDF now.
+#[test]
+fn a_pdf_whose_page_tree_loops_is_an_error_not_a_crash() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/page-tree-loop.pdf");
+    let bytes = std::fs::read(&path).unwrap();
+    match chunk::extract_bytes(&path, Format::Pdf, &bytes) {
+        Err(ChunkError::BadPdf { reason, .. }) => {
+            assert!(reason.contains("page tree loops"), "{reason}")
+        }
+        other => panic!("expected BadPdf, got {other:?}"),
+    }
+}

@@ -116,6 +116,14 @@ impl Stages {
                 result: Err(why),
             });
         };
+        // A peer names a file of our models folder, by its bare name: never a path (`../x`,
+        // `/etc/x`) that would reach outside it.
+        if !is_file_name(&open.model) {
+            return refuse(format!(
+                "`{}` is not a model file name (a stage opens only a file of the models folder, by name)",
+                open.model
+            ));
+        }
         let path = self.models_dir.join(&open.model);
         match std::fs::metadata(&path) {
             Ok(m) if m.len() == open.size => {}
@@ -560,5 +568,27 @@ fn step(
             true
         }
         Err(e) => failed(route, e.to_string(), None, e.is_fatal()),
+    }
+}
+
+/// A bare file name: one normal path component (no `/`, `..`, or root).
+fn is_file_name(name: &str) -> bool {
+    let mut parts = std::path::Path::new(name).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !name.contains('/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_file_name;
+
+    #[test]
+    fn a_stage_opens_only_a_bare_file_name() {
+        assert!(is_file_name("llama-3-8b-q4.gguf"));
+        for bad in ["../x.gguf", "/etc/passwd", "a/b.gguf", "..", ".", "", "x/"] {
+            assert!(!is_file_name(bad), "{bad}");
+        }
     }
 }

@@ -66,15 +66,13 @@ fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str, ChunkError> {
 fn pdf_text(path: &Path, bytes: &[u8]) -> Result<String, ChunkError> {
     // pdf-extract panics on some malformed files. The default hook prints the panic once; we
     // only turn it into an error here (a temporary hook would be process-global).
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        pdf_extract::extract_text_from_mem(bytes)
-    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| pdf_extract_text(bytes)));
     let text = match outcome {
         Ok(Ok(text)) => text,
-        Ok(Err(e)) => {
+        Ok(Err(reason)) => {
             return Err(ChunkError::BadPdf {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                reason,
             });
         }
         Err(payload) => {
@@ -96,6 +94,45 @@ fn pdf_text(path: &Path, bytes: &[u8]) -> Result<String, ChunkError> {
     }
     Ok(text)
 }
+
+/// pdf-extract's `extract_text_from_mem`, with the page tree checked first: pdf-extract
+/// follows a page's `/Parent` chain recursively, and a chain that loops (found by fuzzing:
+/// fuzz/regressions/extract/) overflows the stack, which kills the whole process, not just
+/// this job. A catch_unwind cannot stop that; refusing the file can.
+fn pdf_extract_text(bytes: &[u8]) -> Result<String, String> {
+    let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| e.to_string())?;
+    if doc.is_encrypted() {
+        // As pdf-extract does: an empty user password opens most "protected" PDFs.
+        doc.decrypt("")
+            .map_err(|e| format!("it is encrypted and cannot be opened without a password: {e}"))?;
+    }
+    for (_, page) in doc.get_pages() {
+        let mut seen = std::collections::HashSet::new();
+        let mut at = page;
+        while let Ok(parent) = doc
+            .get_dictionary(at)
+            .and_then(|d| d.get(b"Parent"))
+            .and_then(pdf_extract::Object::as_reference)
+        {
+            if !seen.insert(parent) || seen.len() > MAX_PAGE_TREE_DEPTH {
+                return Err(format!(
+                    "its page tree loops (page object {} {} is its own ancestor)",
+                    page.0, page.1
+                ));
+            }
+            at = parent;
+        }
+    }
+    let mut text = String::new();
+    {
+        let mut out = pdf_extract::PlainTextOutput::new(&mut text);
+        pdf_extract::output_doc(&doc, &mut out).map_err(|e| e.to_string())?;
+    }
+    Ok(text)
+}
+
+/// Deeper page trees than this are refused (real ones are a few levels deep).
+const MAX_PAGE_TREE_DEPTH: usize = 256;
 
 /// Elements whose content is never visible text.
 const HIDDEN: &[&str] = &[

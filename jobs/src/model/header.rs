@@ -122,13 +122,16 @@ pub fn read_gguf_header(path: &Path) -> Result<GgufHeader, GgufError> {
         path: shown.clone(),
         source,
     })?;
+    parse_gguf_header(BufReader::new(file), &shown)
+}
+
+/// [`read_gguf_header`] of bytes from any reader (`shown` names it in errors).
+pub fn parse_gguf_header(r: impl Read, shown: &str) -> Result<GgufHeader, GgufError> {
     let invalid = |why: String| GgufError::Invalid {
-        path: shown.clone(),
+        path: shown.to_owned(),
         why,
     };
-    let mut r = Reader {
-        r: BufReader::new(file),
-    };
+    let mut r = Reader { r };
     let magic: [u8; 4] = r.bytes().map_err(|e| invalid(e.to_string()))?;
     if &magic != b"GGUF" {
         return Err(invalid("it does not start with GGUF".into()));

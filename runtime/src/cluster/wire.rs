@@ -15,6 +15,12 @@ use crate::queue::{JobId, Lease};
 /// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
 pub const PROTOCOL: u32 = 3;
 
+/// The largest frame a node decodes (a delivery of results, a stage's activations). A
+/// bigger one is refused before anything is decoded, and no length inside a frame may claim
+/// more than this either, so a hostile or broken frame cannot make the decoder allocate
+/// past it.
+pub const MAX_FRAME: usize = 256 << 20;
+
 /// A payload that may have failed to decode.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Wire<T>(pub Result<T, String>);
@@ -36,8 +42,15 @@ impl<T: Serialize + DeserializeOwned> ractor::BytesConvertable for Wire<T> {
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
+        if bytes.len() > MAX_FRAME {
+            return Wire(Err(format!(
+                "a frame of {} bytes is over the {MAX_FRAME}-byte cap",
+                bytes.len()
+            )));
+        }
+        let config = bincode::config::standard().with_limit::<MAX_FRAME>();
         Wire(
-            bincode::serde::decode_from_slice(&bytes, bincode::config::standard())
+            bincode::serde::decode_from_slice(&bytes, config)
                 .map(|(v, _)| v)
                 .map_err(|e| format!("undecodable frame of {} bytes: {e}", bytes.len())),
         )
