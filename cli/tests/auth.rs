@@ -14,13 +14,6 @@ use std::process::Command;
 use common::{Http, NodeProc, myco};
 use serde_json::{Value, json};
 
-fn token_of(home: &Path) -> String {
-    std::fs::read_to_string(home.join("api.token"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
 fn chunk_job(input: &Path) -> Value {
     json!({
         "toml": format!("version = 1\nkind = \"chunk\"\n[chunk]\ninput = {:?}\n", input.display().to_string()),
@@ -34,7 +27,7 @@ fn beyond_loopback_every_route_needs_the_token_and_clients_send_it() {
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let node = NodeProc::start(&home, &["--api", "0.0.0.0:0"]);
-    let token = token_of(&home);
+    let token = common::api_token(&home);
     assert!(token.starts_with("myco-") && token.len() > 40, "{token}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(home.join("api.token"))
@@ -90,16 +83,7 @@ fn beyond_loopback_every_route_needs_the_token_and_clients_send_it() {
         "version = 1\nkind = \"noop\"\n[noop]\npayload = \"with the token\"\n",
     )
     .unwrap();
-    let out = myco(&home)
-        .args(["--api", &node.addr.to_string(), "submit", "--wait"])
-        .arg(&job)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "myco submit: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    node.submit(&job);
     // Another home's commands have no token: refused, saying how to get one.
     let other = root.path().join("other");
     let out = myco(&other)
@@ -180,7 +164,7 @@ fn jobs_over_http_read_only_below_the_data_roots() {
     std::fs::write(&secret, "# Secret\n\nOutside every root.\n").unwrap();
     let node = NodeProc::start(&home, &["--data-root", data.to_str().unwrap()]);
     let guest = Http::new();
-    let owner = Http::with_token(&token_of(&home));
+    let owner = Http::with_token(&common::api_token(&home));
 
     let (status, body) = guest
         .post(&node.url("/api/jobs"), &chunk_job(&docs.join("a.md")))

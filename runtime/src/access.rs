@@ -78,19 +78,11 @@ impl ApiToken {
             return Ok((t, false));
         }
         let token = ApiToken::generate()?;
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{}\n", token.0))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        crate::private_file::write_private(path, &format!("{}\n", token.0)).map_err(|source| {
+            TokenError::Write {
+                path: path.display().to_string(),
+                source,
             }
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|source| TokenError::Write {
-            path: path.display().to_string(),
-            source,
         })?;
         Ok((token, true))
     }

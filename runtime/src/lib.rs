@@ -9,6 +9,7 @@ pub mod config;
 pub mod detect;
 pub mod models;
 pub mod plan;
+pub mod private_file;
 pub mod queue;
 
 pub use queue::{JobId, Queue, QueueError, QueueOptions};

@@ -66,8 +66,8 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -
         .get::<ConnectInfo<Peer>>()
         .map(|ConnectInfo(Peer(a))| *a);
     let loopback = peer.is_some_and(|a| a.ip().is_loopback());
-    let path = req.uri().path().to_owned();
-    let openai = path.starts_with("/v1/");
+    let openai = req.uri().path().starts_with("/v1/");
+    let metrics = req.uri().path() == "/metrics";
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -84,7 +84,7 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -
             );
         }
         None => {
-            let public = gate.public_metrics && path == "/metrics";
+            let public = gate.public_metrics && metrics;
             if !gate.loopback_only && !public {
                 return unauthorized(
                     openai,

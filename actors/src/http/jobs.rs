@@ -252,7 +252,7 @@ async fn stream(
         },
     );
     let (mut sse, response) = sse::channel();
-    node.clone().spawn_edge(async move {
+    node.spawn_edge(async move {
         // Returning drops `rx` (and with `cancel_on_disconnect`, a client gone cancels).
         while let Some(event) = sse.next(&mut rx).await {
             let (name, data, end) = match event {

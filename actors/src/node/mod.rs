@@ -262,18 +262,16 @@ impl Node {
             if made {
                 tracing::info!(path = %home.api_token_path().display(), "made the API token (`myco token` prints it)");
             }
-            let mut roots = config.data_roots.clone();
-            for r in &roots {
+            for r in &config.data_roots {
                 if !r.is_dir() {
                     tracing::warn!(root = %r.display(), "a data root is not a directory: nothing below it can be read");
                 }
             }
-            roots.sort();
             let gate = crate::http::auth::Gate::new(
                 api_token,
                 addr.ip().is_loopback(),
                 config.public_metrics,
-                Access::below(&roots),
+                Access::below(&config.data_roots),
                 config.rate_limit,
             );
             let app = crate::http::router(handle.clone(), Arc::new(gate))

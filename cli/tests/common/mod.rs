@@ -199,6 +199,14 @@ pub fn eventually<T>(limit: Duration, what: &str, mut cond: impl FnMut() -> Opti
     }
 }
 
+/// The API token the node at `home` made on its first start.
+pub fn api_token(home: &Path) -> String {
+    std::fs::read_to_string(home.join("api.token"))
+        .expect("the node's API token")
+        .trim()
+        .to_owned()
+}
+
 /// A blocking HTTP helper (a reqwest client on a private runtime).
 pub struct Http {
     rt: tokio::runtime::Runtime,
@@ -213,11 +221,8 @@ impl Http {
     /// A client of `node`'s owner: its API token (from the node's home), from this machine,
     /// as `myco` commands call it. Jobs it submits may read any path.
     pub fn owner(node: &NodeProc) -> Http {
-        let token =
-            std::fs::read_to_string(node.home.join("api.token")).expect("the node's API token");
-        Http::with_token(token.trim())
+        Http::with_token(&api_token(&node.home))
     }
-
     /// A client that sends `Authorization: Bearer TOKEN` with every request.
     pub fn with_token(token: &str) -> Http {
         let mut h = reqwest::header::HeaderMap::new();

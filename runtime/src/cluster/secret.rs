@@ -117,19 +117,11 @@ impl SwarmSecret {
     /// Write the secret to `path`, readable by its owner only.
     pub fn save(&self, path: &Path) -> Result<(), SecretError> {
         let shown = path.display().to_string();
-        let write = || -> std::io::Result<()> {
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{}\n", hex(&self.0)))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        crate::private_file::write_private(path, &format!("{}\n", hex(&self.0))).map_err(|source| {
+            SecretError::Write {
+                path: shown,
+                source,
             }
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|source| SecretError::Write {
-            path: shown,
-            source,
         })
     }
 
