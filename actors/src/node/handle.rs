@@ -137,7 +137,11 @@ impl NodeHandle {
     {
         let stop = self.edge.stop.clone();
         self.edge.tasks.spawn(async move {
+            // Stop first: at a stop, a follower whose SSE writer was just dropped sees both
+            // the stop and its closed channel ready; taking the channel would cancel its job
+            // as if the client had gone away.
             tokio::select! {
+                biased;
                 () = stop.cancelled() => {}
                 () = task => {}
             }
