@@ -26,6 +26,13 @@ cargo clippy -p myco-runtime -p myco-actors --no-default-features --all-targets 
 # and runs the runtime's tests (they do not depend on the engines: not run twice).
 .ci/no-engines.sh
 cargo test --workspace --exclude myco-runtime --locked
+# The tests that need root (network namespaces: a partition, and the chaos test's cut-off
+# node) are #[ignore]d for plain `cargo test`; they run here wherever this runs as root.
+if [ "$(id -u)" = 0 ]; then
+  cargo test -p myco --locked --test partition --test chaos -- --ignored
+else
+  echo "test.sh: not root: the partition and chaos tests (ip netns) did not run" >&2
+fi
 # llama.cpp's Vulkan backend, on Mesa's software device (ggml skips CPU-type Vulkan devices
 # unless GGML_VK_VISIBLE_DEVICES names them): infer and a 2-stage chain with every layer on
 # the device give the CPU's tokens. Newer Vulkan headers than Debian 12's: see setup.sh.

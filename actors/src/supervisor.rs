@@ -22,7 +22,7 @@ use crate::streams::Streams;
 use crate::swarm::membership::{Membership, MembershipMsg};
 use crate::swarm::peer::PeerService;
 use crate::swarm::protocol::PeerMsg;
-use crate::swarm::view::Swarm;
+use crate::swarm::view::{Swarm, SwarmSignals};
 use crate::worker::{ExecutorFactory, Worker};
 
 /// Messages to the [`NodeSupervisor`].
@@ -166,7 +166,7 @@ impl Actor for NodeSupervisor {
         // Membership tells the coordinator of the swarm on a channel the coordinator owns.
         let (membership, peer, events) = match &self.membership {
             Some((m, swarm)) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let (tx, rx) = tokio::sync::watch::channel(SwarmSignals::default());
                 let m = Membership {
                     events: Some(tx),
                     ..m.clone()

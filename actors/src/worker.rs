@@ -90,7 +90,7 @@ struct Command {
     /// Batch work: pause at item boundaries while interactive work runs.
     yields: Option<CpuBudget>,
     /// Where a streaming task's pieces go.
-    stream: Option<tokio::sync::mpsc::UnboundedSender<StreamPiece>>,
+    stream: Option<tokio::sync::mpsc::Sender<StreamPiece>>,
     reply: oneshot::Sender<Result<Vec<u8>, RunError>>,
 }
 
@@ -137,7 +137,9 @@ impl ExecutorThread {
                 let run = cmd.run;
                 let stream = cmd.stream.clone().map(|tx| {
                     move |token: Option<i32>, text: &str| {
-                        let _ = tx.send(StreamPiece {
+                        // Bounded: a forwarder that falls STREAM_BUFFER pieces behind holds
+                        // the decode loop up; one that is gone lets it go on.
+                        let _ = tx.blocking_send(StreamPiece {
                             run,
                             token,
                             text: text.to_owned(),
@@ -186,10 +188,14 @@ impl ExecutorThread {
 /// How often streamed pieces go out after the first: about 60 times a second.
 const FLUSH: Duration = Duration::from_millis(16);
 
+/// Pieces a job's stream holds before its producer waits: the forwarder takes up to 256
+/// every [`FLUSH`], so only a stalled forwarder fills it.
+pub(crate) const STREAM_BUFFER: usize = 1024;
+
 /// Send a job's streamed pieces where its clients wait: this node's [`Streams`], or for a
 /// stolen job, the owner's PeerService. Pieces that pile up go out together.
 async fn forward(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<StreamPiece>,
+    mut rx: tokio::sync::mpsc::Receiver<StreamPiece>,
     id: myco_runtime::queue::JobId,
     owner: Option<String>,
     streams: Streams,
@@ -281,7 +287,7 @@ impl Actor for Worker {
         // A joining parent reads its children's results here, at its owner.
         let children = (owner.is_none() && lease.task.joins()).then(|| (self.queue.clone(), id));
         let (stream, forwarder) = if lease.task.streams() {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
             let forwarder = tokio::spawn(forward(
                 rx,
                 id,

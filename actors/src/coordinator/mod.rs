@@ -30,12 +30,11 @@ use myco_jobs::{Fit, JobKind, Lane};
 use myco_runtime::cluster::wire::NodeLoad;
 use myco_runtime::queue::{JobId, Lease, Queue, StateName};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use crate::swarm::membership::MembershipMsg;
 use crate::swarm::stealing;
-use crate::swarm::view::{Swarm, SwarmEvent};
+use crate::swarm::view::{Swarm, SwarmEvent, SwarmSignalsRx};
 
 pub use lane::Assignment;
 use lane::{LaneState, Work};
@@ -171,7 +170,7 @@ impl Actor for Coordinator {
     type Msg = CoordinatorMsg;
     type State = CoordinatorState;
     /// The channel Membership tells this coordinator of the swarm on (in a swarm).
-    type Arguments = Option<UnboundedReceiver<SwarmEvent>>;
+    type Arguments = Option<SwarmSignalsRx>;
 
     async fn pre_start(
         &self,
@@ -208,8 +207,21 @@ impl Actor for Coordinator {
         if let Some(mut events) = events {
             let me = myself.clone();
             loops.push(tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    if me.cast(CoordinatorMsg::Swarm(event)).is_err() {
+                let mut seen = *events.borrow_and_update();
+                while events.changed().await.is_ok() {
+                    let now = *events.borrow_and_update();
+                    let mut said = Vec::new();
+                    if now.peers_up != seen.peers_up {
+                        said.push(SwarmEvent::PeersUp(now.peers_up));
+                    }
+                    if now.peer_work != seen.peer_work {
+                        said.push(SwarmEvent::PeerWork);
+                    }
+                    seen = now;
+                    if said
+                        .into_iter()
+                        .any(|e| me.cast(CoordinatorMsg::Swarm(e)).is_err())
+                    {
                         break;
                     }
                 }

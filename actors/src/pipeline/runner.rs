@@ -26,7 +26,7 @@ use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageOpen, Strea
 use myco_runtime::plan::{self, ModelShape, NodeMemory};
 use myco_runtime::queue::JobId;
 use ractor::ActorRef;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use crate::pipeline::stages::{MAX_CTX, StagesMsg};
 use crate::swarm::view::{MemberView, Swarm};
@@ -37,6 +37,10 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
 const STALL: Duration = Duration::from_secs(120);
 /// Placements of one attempt: the first and up to this many re-placements.
 const MAX_PLACEMENTS: u32 = 4;
+/// Stage reports a placement's channel holds: each stage reports once when it opens, and
+/// the last one token per step, which the runner reads before it feeds the next; a full
+/// channel is a runner that has stopped reading (the sender drops what does not fit).
+const REPORTS: usize = 64;
 
 /// What a runner needs of its node.
 #[derive(Debug, Clone)]
@@ -197,7 +201,7 @@ pub async fn run(
     task: &InferTask,
     run: u64,
     cancel: Arc<AtomicBool>,
-    stream: Option<UnboundedSender<StreamPiece>>,
+    stream: Option<Sender<StreamPiece>>,
 ) -> Result<Vec<u8>, JobError> {
     let path = task.model.resolve(&env.home);
     let prepared = {
@@ -239,7 +243,7 @@ pub async fn run(
             job,
             run: run.wrapping_mul(16).wrapping_add(u64::from(placement_no)),
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(REPORTS);
         let _ = env.stages.cast(StagesMsg::Listen(key, tx));
         let mut placement = Placement {
             key,
@@ -268,7 +272,7 @@ pub async fn run(
         .await;
         match result {
             Ok(Ended::Done(finish)) => {
-                let text = state.finish();
+                let text = state.finish().await;
                 let generation = Generation {
                     text,
                     completion_tokens: state.tokens.len() as u32,
@@ -310,35 +314,39 @@ struct Progress {
     text: Detokenizer,
     piece: Vec<u8>,
     run: u64,
-    stream: Option<UnboundedSender<StreamPiece>>,
+    stream: Option<Sender<StreamPiece>>,
 }
 
 impl Progress {
     /// Add a token; true if a stop string ended generation.
-    fn push(&mut self, vocab: &LlmModel, token: u32) -> bool {
+    async fn push(&mut self, vocab: &LlmModel, token: u32) -> bool {
         self.tokens.push(token);
         vocab.piece(token as i32, &mut self.piece);
         let (text, stopped) = self.text.push(&self.piece);
         if let Some(s) = &self.stream {
-            let _ = s.send(StreamPiece {
-                run: self.run,
-                token: Some(token as i32),
-                text,
-            });
+            let _ = s
+                .send(StreamPiece {
+                    run: self.run,
+                    token: Some(token as i32),
+                    text,
+                })
+                .await;
         }
         stopped
     }
 
-    fn finish(&mut self) -> String {
+    async fn finish(&mut self) -> String {
         let rest = self.text.flush();
         if !rest.is_empty()
             && let Some(s) = &self.stream
         {
-            let _ = s.send(StreamPiece {
-                run: self.run,
-                token: None,
-                text: rest,
-            });
+            let _ = s
+                .send(StreamPiece {
+                    run: self.run,
+                    token: None,
+                    text: rest,
+                })
+                .await;
         }
         self.text.text()
     }
@@ -361,7 +369,7 @@ async fn drive(
     n_ctx: u32,
     remaining: u32,
     state: &mut Progress,
-    rx: &mut UnboundedReceiver<StageFrame>,
+    rx: &mut Receiver<StageFrame>,
     cancel: &AtomicBool,
     first_token: &mut Option<(Instant, f64)>,
 ) -> Result<Ended, JobError> {
@@ -479,7 +487,7 @@ async fn drive(
                 deadline = Instant::now() + STALL;
                 first_token
                     .get_or_insert_with(|| (Instant::now(), fed.elapsed().as_secs_f64() * 1000.0));
-                if eog || state.push(&prepared.vocab, token) {
+                if eog || state.push(&prepared.vocab, token).await {
                     return Ok(Ended::Done(Finish::Stop));
                 }
                 if last {
@@ -573,7 +581,7 @@ impl Watch {
         &mut self,
         env: &PipelineEnv,
         placement: &Placement,
-        rx: &mut UnboundedReceiver<StageFrame>,
+        rx: &mut Receiver<StageFrame>,
         cancel: &AtomicBool,
         deadline: Instant,
     ) -> Result<Event, JobError> {

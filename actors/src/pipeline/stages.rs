@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use myco_jobs::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
 use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 
 use crate::swarm::protocol::PeerMsg;
 use crate::swarm::view::Swarm;
@@ -38,7 +38,7 @@ pub enum StagesMsg {
     /// Send a frame to the node `to` (this node included).
     Send(String, StageFrame),
     /// Frames for the runner of `key` (`Opened`, `Token`, `Failed`) go to this channel.
-    Listen(SeqKey, UnboundedSender<StageFrame>),
+    Listen(SeqKey, Sender<StageFrame>),
     Unlisten(SeqKey),
     /// Unload stages unused for [`LINGER`] (internal).
     Tick,
@@ -91,7 +91,7 @@ pub struct StagesState {
     hosted: HashMap<StageId, Hosted>,
     /// Which hosted stage each run uses here, and the node running it.
     runs: HashMap<SeqKey, (StageId, String)>,
-    runners: HashMap<SeqKey, UnboundedSender<StageFrame>>,
+    runners: HashMap<SeqKey, Sender<StageFrame>>,
 }
 
 impl Stages {
@@ -299,7 +299,7 @@ impl Actor for Stages {
                     if report
                         && let (Some(tx), Some(&token)) = (state.runners.get(&key), tokens.first())
                     {
-                        let _ = tx.send(StageFrame::Token {
+                        let _ = tx.try_send(StageFrame::Token {
                             key,
                             token,
                             eog: false,
@@ -318,8 +318,13 @@ impl Actor for Stages {
                 report @ (StageFrame::Opened { .. }
                 | StageFrame::Token { .. }
                 | StageFrame::Failed { .. }) => {
-                    if let Some(tx) = state.runners.get(&report.key()) {
-                        let _ = tx.send(report);
+                    if let Some(tx) = state.runners.get(&report.key())
+                        && tx.try_send(report).is_err()
+                    {
+                        // A live runner reads every report before the next step: a full
+                        // channel is a runner that is stuck or gone, which its own
+                        // deadlines end.
+                        tracing::debug!("a stage report for a runner that does not read");
                     }
                 }
             },

@@ -28,13 +28,12 @@ use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
     NodeSessionMessage,
 };
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::swarm::listener;
 use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
-use crate::swarm::view::{PeerEntry, SwarmEvent, SwarmPublisher, SwarmView};
+use crate::swarm::view::{PeerEntry, SwarmPublisher, SwarmSignals, SwarmView};
 
 /// Messages to the [`Membership`] actor.
 #[derive(Debug)]
@@ -95,8 +94,8 @@ pub struct Membership {
     pub gpu_memory: Option<u64>,
     /// Where each new view of the swarm goes.
     pub publisher: SwarmPublisher,
-    /// The coordinator's channel for the swarm events it acts on.
-    pub events: Option<UnboundedSender<SwarmEvent>>,
+    /// The coordinator's channel for the swarm signals it acts on.
+    pub events: Option<tokio::sync::watch::Sender<SwarmSignals>>,
 }
 
 #[derive(Debug)]
@@ -524,7 +523,7 @@ impl Actor for Membership {
                     && hb.info.load.queued > 0
                     && let Some(events) = &self.events
                 {
-                    let _ = events.send(SwarmEvent::PeerWork);
+                    events.send_modify(|s| s.peer_work = s.peer_work.wrapping_add(1));
                 }
                 peer.info = Some(hb.info);
                 if !peer.up && !peer.sessions.is_empty() {
@@ -665,7 +664,7 @@ impl Membership {
         if up != state.peers_up {
             state.peers_up = up;
             if let Some(events) = &self.events {
-                let _ = events.send(SwarmEvent::PeersUp(up));
+                events.send_modify(|s| s.peers_up = up);
             }
         }
     }

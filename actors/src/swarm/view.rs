@@ -38,7 +38,21 @@ impl MemberView {
     }
 }
 
-/// What Membership tells the coordinator, on the coordinator's own channel.
+/// What Membership tells the coordinator, as a latest-value channel (`tokio::sync::watch`):
+/// one slot, so a coordinator that falls behind reads the newest state instead of a queue
+/// of old ones. The forwarding loop turns changes into [`SwarmEvent`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwarmSignals {
+    /// How many peers are up.
+    pub peers_up: usize,
+    /// Counts the times a peer's heartbeat showed queued work it had not before.
+    pub peer_work: u64,
+}
+
+/// The coordinator's end of [`SwarmSignals`].
+pub type SwarmSignalsRx = tokio::sync::watch::Receiver<SwarmSignals>;
+
+/// What the coordinator acts on, from [`SwarmSignals`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwarmEvent {
     /// How many peers are up (sent when the number changes).

@@ -2,6 +2,8 @@
 //! poll for conditions with a deadline (never sleep-and-hope).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,6 +68,16 @@ impl NodeProc {
     /// and wait for it to say where it listens.
     pub fn from_command(mut cmd: Command, home: &Path) -> NodeProc {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn myco node");
+        NodeProc::started(child, home)
+    }
+
+    /// [`NodeProc::from_command`] with the node's log (level info) written to `log`.
+    pub fn from_command_logged(mut cmd: Command, home: &Path, log: &Path) -> NodeProc {
+        let file = std::fs::File::create(log).expect("log file");
+        cmd.env("MYCO_LOG", "info,ractor_cluster=error")
+            .stdout(Stdio::piped())
+            .stderr(file);
         let child = cmd.spawn().expect("spawn myco node");
         NodeProc::started(child, home)
     }
