@@ -79,12 +79,17 @@ pub struct Stages {
 /// A loaded (or loading) stage and its thread.
 #[derive(Debug)]
 struct Hosted {
-    tx: mpsc::Sender<Work>,
+    tx: mpsc::SyncSender<Work>,
     runs: usize,
     idle_since: Instant,
 }
 
 type StageId = (PathBuf, u32, u32);
+
+/// Frames a stage thread's feed holds. A run has at most its prompt's chunks and one step
+/// in flight, so only a thread that has stopped keeping up fills it: then the run that does
+/// not fit fails back to its runner, which places it again.
+const FEED: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct StagesState {
@@ -175,13 +180,16 @@ impl Stages {
                     Err(e) => return refuse(format!("cannot start a stage thread: {e}")),
                 },
             };
-            match hosted.tx.send(work) {
+            match hosted.tx.try_send(work) {
                 Ok(()) => {
                     hosted.runs += 1;
                     state.runs.insert(key, (id, open.runner));
                     return;
                 }
-                Err(mpsc::SendError(back)) => {
+                Err(mpsc::TrySendError::Full(_)) => {
+                    return refuse(format!("the stage's feed is full ({FEED} frames)"));
+                }
+                Err(mpsc::TrySendError::Disconnected(back)) => {
                     state.hosted.remove(&id);
                     work = back;
                 }
@@ -194,7 +202,9 @@ impl Stages {
         if let Some((id, _)) = state.runs.remove(&key)
             && let Some(h) = state.hosted.get_mut(&id)
         {
-            let _ = h.tx.send(Work::Close(key));
+            // A full feed drops the Close: the thread then keeps the run's cache until
+            // the stage itself is dropped (idle for LINGER with no run).
+            let _ = h.tx.try_send(Work::Close(key));
             h.runs = h.runs.saturating_sub(1);
             h.idle_since = Instant::now();
         }
@@ -224,7 +234,7 @@ fn spawn_stage(
     scratch: &std::path::Path,
     gpu_memory: Option<u64>,
 ) -> std::io::Result<Hosted> {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(FEED);
     let (path, first, end) = id.clone();
     let config = StageConfig {
         scratch: scratch.to_path_buf(),
@@ -242,18 +252,43 @@ fn spawn_stage(
 }
 
 impl Stages {
-    fn input(state: &mut StagesState, key: SeqKey, pos: u32, input: StageInput, sample: bool) {
-        if let Some(h) = state
-            .runs
-            .get(&key)
-            .and_then(|(id, _)| state.hosted.get(id))
-        {
-            let _ = h.tx.send(Work::Input {
-                key,
-                pos,
-                input,
-                sample,
-            });
+    fn input(
+        &self,
+        myself: &ActorRef<StagesMsg>,
+        state: &mut StagesState,
+        key: SeqKey,
+        pos: u32,
+        input: StageInput,
+        sample: bool,
+    ) {
+        let Some((id, runner)) = state.runs.get(&key) else {
+            return;
+        };
+        let Some(h) = state.hosted.get(id) else {
+            return;
+        };
+        let work = Work::Input {
+            key,
+            pos,
+            input,
+            sample,
+        };
+        if let Err(mpsc::TrySendError::Full(_)) = h.tx.try_send(work) {
+            let (first, end) = (id.1, id.2);
+            tracing::warn!(job = %key.job, first, end, "a stage's feed is full: failing the run");
+            if let Some(t) = self.target(myself, runner) {
+                t.send(StageFrame::Failed {
+                    key,
+                    node: self.name.clone(),
+                    why: format!(
+                        "the stage of layers {first}..{end} on {} fell {FEED} frames behind",
+                        self.name
+                    ),
+                    unreachable: None,
+                    fatal: false,
+                });
+            }
+            Self::close(state, key);
         }
     }
 }
@@ -306,14 +341,14 @@ impl Actor for Stages {
                             last: false,
                         });
                     }
-                    Self::input(state, key, pos, StageInput::Tokens(tokens), sample)
+                    self.input(&myself, state, key, pos, StageInput::Tokens(tokens), sample)
                 }
                 StageFrame::Hidden {
                     key,
                     pos,
                     data,
                     sample,
-                } => Self::input(state, key, pos, StageInput::Hidden(data), sample),
+                } => self.input(&myself, state, key, pos, StageInput::Hidden(data), sample),
                 StageFrame::Close { key } => Self::close(state, key),
                 report @ (StageFrame::Opened { .. }
                 | StageFrame::Token { .. }

@@ -8,6 +8,7 @@
 
 mod extract;
 mod split;
+mod tokens;
 mod types;
 
 use std::io;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use extract::{extract, extract_bytes};
 pub use split::{SECTION_BYTES, sections, split, split_cancellable};
+pub use tokens::split_tokens;
 pub use types::{Chunk, ChunkError, ChunkParams, Format};
 
 /// Extracts, splits and numbers the chunks of one file. `cancelled` is polled before

@@ -164,7 +164,7 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 }
 
 /// Byte offsets of the lines that are ATX headings (`# ...`), outside fenced code blocks.
-fn heading_starts(text: &str) -> Vec<usize> {
+pub(super) fn heading_starts(text: &str) -> Vec<usize> {
     let mut out = Vec::new();
     let mut fence: Option<(char, usize)> = None;
     let mut offset = 0;
