@@ -21,7 +21,6 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::netns::{Netns, is_root};
@@ -323,28 +322,9 @@ impl Member {
         ])
         .chain(join.iter().flat_map(|j| ["--join".to_owned(), j.clone()]))
         .collect();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", ns, common::MYCO]);
-                cmd
-            }
-            None => Command::new(common::MYCO),
-        };
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(["--api", &self.api.to_string(), "--json", "node"])
-            .args(&args)
-            .env_remove("RUST_BACKTRACE");
-        for var in [
-            "MYCO_API",
-            "MYCO_JSON",
-            "MYCO_WORKERS",
-            "MYCO_NAME",
-            "MYCO_CLUSTER",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = common::myco_in(self.netns.as_deref(), &self.home);
+        cmd.args(["--api", &self.api.to_string(), "--json", "node"])
+            .args(&args);
         let node = NodeProc::from_command_logged(cmd, &self.home, &log);
         self.api = node.addr;
         self.cluster = node.cluster.as_ref().unwrap().parse().unwrap();

@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::netns::{Netns, is_root};
@@ -61,20 +60,15 @@ fn a_partitioned_node_loses_nothing_and_duplicates_nothing() {
     );
     // C lives in the namespace: `ip netns exec` runs the same binary there.
     let c = {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &ns.name, common::MYCO])
-            .arg("--home")
-            .arg(home("c"))
-            .args(["--api", "10.213.77.2:0", "--json", "node", "--name", "c"])
+        let mut cmd = common::myco_in(Some(&ns.name), &home("c"));
+        cmd.args(["--api", "10.213.77.2:0", "--json", "node", "--name", "c"])
             .args([
                 "--no-discovery",
                 "--cluster",
                 "10.213.77.2:0",
                 "--join",
                 &a_cluster,
-            ])
-            .env("MYCO_LOG", "warn,ractor_cluster=error")
-            .env_remove("RUST_BACKTRACE");
+            ]);
         NodeProc::from_command(cmd, &home("c"))
     };
     let http = Http::new();

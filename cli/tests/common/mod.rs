@@ -14,7 +14,20 @@ pub const MYCO: &str = env!("CARGO_BIN_EXE_myco");
 
 /// A `myco` command with its home set and logs quiet.
 pub fn myco(home: &Path) -> Command {
-    let mut cmd = Command::new(MYCO);
+    myco_in(None, home)
+}
+
+/// [`myco`], run inside the network namespace `netns` (`ip netns exec`, which execs it:
+/// the child's pid is myco's) when one is named.
+pub fn myco_in(netns: Option<&str>, home: &Path) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, MYCO]);
+            cmd
+        }
+        None => Command::new(MYCO),
+    };
     cmd.arg("--home")
         .arg(home)
         .env("MYCO_LOG", "warn,ractor_cluster=error")
