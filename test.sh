@@ -40,6 +40,6 @@ VK_HEADERS="${XDG_CACHE_HOME:-$HOME/.cache}/myco/vulkan-headers/usr/include"
 if [ -d "$VK_HEADERS" ]; then export CPLUS_INCLUDE_PATH="$VK_HEADERS${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"; fi
 cargo clippy -p myco-jobs --features vulkan --all-targets --locked -- -D warnings
 GGML_VK_VISIBLE_DEVICES=0 cargo test -p myco-jobs --features vulkan --test gpu --locked
-# Fuzzing: each target in fuzz/ for a bounded time (MYCO_FUZZ_SECS, default 45), on the
+# Fuzzing: each target in fuzz/ for a bounded time (MYCO_FUZZ_SECS, default 30), on the
 # stable toolchain; a crash fails the run and leaves its input in fuzz/artifacts/.
 .ci/fuzz.sh

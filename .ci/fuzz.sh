@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz the input myco reads from outside (fuzz/fuzz_targets/: peers' wire frames, job files,
-# HTML and PDF documents, GGUF headers), MYCO_FUZZ_SECS (default 45) seconds each.
+# HTML and PDF documents, GGUF headers), MYCO_FUZZ_SECS (default 30) seconds each.
 #
 # The targets use cargo-fuzz's layout, but CI does not need cargo-fuzz or a nightly
 # toolchain: this builds them as `cargo fuzz build --sanitizer none` does, with libFuzzer's
@@ -11,7 +11,7 @@
 # that file as a regression input under fuzz/regressions/TARGET/ with the fix.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
-secs="${MYCO_FUZZ_SECS:-45}"
+secs="${MYCO_FUZZ_SECS:-30}"
 host=$(rustc -vV | sed -n 's/^host: //p')
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/myco/target}/fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"

@@ -36,6 +36,7 @@ use llama_cpp_2::token::LlamaToken;
 use myco_actors::interactive::{self, Follow, Followed};
 use myco_actors::node::handle::NodeHandle;
 use myco_actors::{Node, Services};
+use myco_benches::median;
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::gguf::{TinyLlama, WType};
@@ -262,11 +263,6 @@ fn bench_model() -> TinyLlama {
     }
     assert!(m.check().is_ok(), "{m:?} does not fit its weight type");
     m
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, SamplingMode};
 use myco_actors::node::handle::NodeHandle;
 use myco_actors::{Node, Services, SpecSource};
-use myco_benches::{linked_home, write_archive};
+use myco_benches::{linked_home, median, write_archive};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::collection::Collection;
@@ -125,11 +125,6 @@ fn compare(reference: &Path, dir: &Path) -> (bool, f32) {
         worst = worst.min(myco_jobs::collection::dot(a.vector(i), b.vector(i)));
     }
     (same && a.len() == b.len(), worst)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -327,6 +327,17 @@ impl Totals {
     }
 }
 
+/// The median of per-round figures (the upper one of an even count).
+///
+/// # Panics
+///
+/// If `v` is empty.
+#[must_use]
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// `12345.6` → `"12,346"`; below 100 keeps one decimal (`"81.3"`).
 pub fn group_digits(x: f64) -> String {
     if !x.is_finite() {
@@ -697,4 +708,80 @@ pub fn linked_home(root: &Path, name: &str, model: &str) -> io::Result<PathBuf> 
         home.join("models").join(model),
     )?;
     Ok(home)
+}
+
+/// Write `pages` HTML pages of a generated documentation site under `dir` (`part-NN/page-NNNN.html`),
+/// deterministically from `seed`. Each page is about a subject of its own (unique for up to
+/// 500 pages) and holds 12 to 30 sentences: about its subject, or technical word salad of the
+/// kind a manual repeats across pages. Around the text, the chrome every page of a real site
+/// shares: a header with the site's name and theme picker, a sidebar listing every part, a
+/// notice box, previous/next links and a footer. Returns each page with its sentences.
+///
+/// # Errors
+///
+/// Any I/O error writing the files.
+pub fn write_site(dir: &Path, pages: usize, seed: u64) -> io::Result<Vec<ArchiveFile>> {
+    let mut rng = Rng::new(seed);
+    let parts = pages.div_ceil(10);
+    let mut sidebar = String::from("<nav class=\"sidebar\"><ol class=\"chapter\">");
+    for p in 0..parts {
+        let _ = write!(
+            sidebar,
+            "<li><a href=\"../part-{p:02}/index.html\">Part {p}: {} {}</a></li>",
+            NOUNS[p % NOUNS.len()],
+            PLACES[p % PLACES.len()]
+        );
+    }
+    sidebar.push_str("</ol></nav>");
+    let header = "<header id=\"menu-bar\"><h1 class=\"menu-title\">The Swarm Handbook</h1>\
+        <ul id=\"theme-list\"><li>Light</li><li>Rust</li><li>Coal</li><li>Navy</li><li>Ayu</li></ul>\
+        <div id=\"search-wrapper\">Search the handbook</div></header>";
+    let notice = "<div class=\"notice\"><p>This handbook describes release 2 of the swarm. \
+        Press ? to show the keyboard shortcuts, S to search, and the arrow keys to turn pages.</p></div>";
+    let footer = "<footer><p>Copyright 2026 the swarm authors. Licensed under the Apache \
+        License 2.0. Built with a static site generator.</p></footer>";
+    let mut out = Vec::with_capacity(pages);
+    for i in 0..pages {
+        let a = i % NOUNS.len();
+        let b = (a + 1 + (i / NOUNS.len()) % 10) % NOUNS.len();
+        let place = rng.pick(PLACES);
+        let subject = format!("the {} and the {} of {place}", NOUNS[a], NOUNS[b]);
+        let n = rng.range(12, 31);
+        let sentences: Vec<String> = (0..n)
+            .map(|_| {
+                if rng.chance(60) {
+                    archive_sentence(&mut rng, &subject)
+                } else {
+                    let mut s = String::new();
+                    sentence(&mut rng, &mut s);
+                    s
+                }
+            })
+            .collect();
+        let title = format!("Notes {i} on {subject}");
+        let mut s = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} - The Swarm Handbook</title>\
+             <link rel=\"stylesheet\" href=\"../book.css\"></head><body>{header}{sidebar}\
+             <main><article>{notice}<h1>{title}</h1>"
+        );
+        for (j, p) in sentences.chunks(4).enumerate() {
+            let _ = write!(s, "<h2>Section {}</h2><p>{}</p>", j + 1, p.join(" "));
+        }
+        let _ = writeln!(
+            s,
+            "</article></main><div class=\"nav-wrapper\" role=\"navigation\">\
+             <a href=\"page-{:04}.html\">Previous</a> <a href=\"page-{:04}.html\">Next</a></div>\
+             {footer}<script src=\"../book.js\"></script></body></html>",
+            i.saturating_sub(1),
+            i + 1
+        );
+        let rel = format!("part-{:02}/page-{i:04}.html", i / 10);
+        let path = dir.join(&rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, s)?;
+        out.push(ArchiveFile { rel, sentences });
+    }
+    Ok(out)
 }

@@ -32,4 +32,13 @@ impl Collections {
         open.insert(dir.to_path_buf(), (c.meta.updated_ms, c.clone()));
         Ok(c)
     }
+
+    /// Closes the collection in `dir` (after it was removed): its memory goes with the last
+    /// query still holding it.
+    pub fn forget(&self, dir: &Path) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(dir);
+    }
 }

@@ -1,6 +1,7 @@
 //! Search a collection: embed the query through the queue (an interactive `embed` job, so it
 //! goes ahead of batch work and runs on whichever worker holds the model: see
-//! [`crate::interactive`]), then an exact nearest-neighbour scan over the collection's vectors.
+//! [`crate::interactive`]), then rank its chunks by [`Mode`]: nearest vectors, BM25 over
+//! their words (no embedding needed), or both fused by reciprocal rank (the default).
 //!
 //! Open collections are kept by the node ([`crate::collections`]) and opened again when
 //! `collection.json` changes.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use myco_jobs::archive::ModelRef;
-use myco_jobs::collection::{self, Collection};
+use myco_jobs::collection::{self, Collection, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::interactive::embed_now;
@@ -22,6 +23,9 @@ pub struct QueryRequest {
     pub text: String,
     #[serde(default = "default_k")]
     pub k: usize,
+    /// `hybrid` (the default), `vector` or `keyword`.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 fn default_k() -> usize {
@@ -38,12 +42,17 @@ pub struct QueryHit {
     pub start: usize,
     pub end: usize,
     pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryReply {
     pub collection: String,
     pub model: String,
+    pub mode: Mode,
     /// Chunks searched.
     pub searched: usize,
     pub embed_ms: f64,
@@ -112,24 +121,30 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
         bytes: c.meta.model_bytes,
     };
     let started = Instant::now();
-    let vector = embed_now(node, model, vec![req.text.clone()])
-        .await
-        .map_err(|e| QueryError::Failed(e.0))?
-        .pop()
-        .ok_or_else(|| QueryError::Failed("the model returned no vector".into()))?;
+    let vector = if req.mode.uses_vectors() {
+        let vector = embed_now(node, model, vec![req.text.clone()])
+            .await
+            .map_err(|e| QueryError::Failed(e.0))?
+            .pop()
+            .ok_or_else(|| QueryError::Failed("the model returned no vector".into()))?;
+        if vector.len() != c.meta.dim {
+            return Err(QueryError::Failed(format!(
+                "the query vector has {} dimensions and the collection {}: was it built with another model?",
+                vector.len(),
+                c.meta.dim
+            )));
+        }
+        Some(vector)
+    } else {
+        None
+    };
     let embed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if vector.len() != c.meta.dim {
-        return Err(QueryError::Failed(format!(
-            "the query vector has {} dimensions and the collection {}: was it built with another model?",
-            vector.len(),
-            c.meta.dim
-        )));
-    }
     let started = Instant::now();
-    let k = req.k;
+    let (k, mode, text) = (req.k, req.mode, req.text.clone());
     let c2 = c.clone();
-    let hits = tokio::task::spawn_blocking(move || c2.search(&vector, k))
+    let hits = tokio::task::spawn_blocking(move || c2.query(mode, &text, vector.as_deref(), k))
         .await
+        .map_err(|e| QueryError::Failed(e.to_string()))?
         .map_err(|e| QueryError::Failed(e.to_string()))?;
     let search_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut out = Vec::with_capacity(hits.len());
@@ -145,11 +160,14 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
             start: row.start,
             end: row.end,
             text: row.text,
+            title: row.title,
+            headings: row.headings,
         });
     }
     Ok(QueryReply {
         collection: req.collection,
         model: c.meta.model.clone(),
+        mode: req.mode,
         searched: c.len(),
         embed_ms,
         search_ms,

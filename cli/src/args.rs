@@ -84,8 +84,18 @@ pub enum Command {
         /// How many chunks to return.
         #[arg(short = 'k', long, default_value_t = 5)]
         k: usize,
+        /// How to rank: `hybrid` (vectors and keywords, fused by rank), `vector` (nearest
+        /// embeddings) or `keyword` (BM25 over the chunks' words; needs no model).
+        #[arg(long, default_value = "hybrid", value_parser = parse_mode)]
+        mode: myco_jobs::collection::Mode,
         #[command(flatten)]
         node: NodeArgs,
+    },
+    /// List the collections of the node's home (model, files, chunks, size, last run), or
+    /// remove one. Asks the node at --api; with none running, works on --home directly.
+    Collections {
+        #[command(subcommand)]
+        action: Option<CollectionsCommand>,
     },
     /// Ask an LLM (a GGUF model some node of the swarm holds) and print the answer as it is
     /// generated. Asks the node at --api; with none running, starts one in this process.
@@ -141,6 +151,12 @@ pub enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         addr: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionsCommand {
+    /// Remove a collection: its directory and every file in it.
+    Rm { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,4 +261,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         }
     };
     Ok((n * mult) as u64)
+}
+
+fn parse_mode(s: &str) -> Result<myco_jobs::collection::Mode, String> {
+    s.parse()
 }

@@ -147,6 +147,22 @@ impl Client {
             .await
     }
 
+    pub async fn collections(&self) -> Result<myco_actors::http::swarm::CollectionsReply> {
+        self.json(self.http.get(format!("{}/api/collections", self.base)))
+            .await
+    }
+
+    pub async fn remove_collection(
+        &self,
+        name: &str,
+    ) -> Result<myco_actors::http::swarm::RemovedReply> {
+        self.json(
+            self.http
+                .delete(format!("{}/api/collections/{name}", self.base)),
+        )
+        .await
+    }
+
     /// A job's events as server-sent events (`progress`, `piece`s, then `end`); with
     /// `cancel_on_disconnect`, the job is cancelled if this client goes away first.
     pub async fn stream(&self, id: &str, cancel_on_disconnect: bool) -> Result<reqwest::Response> {

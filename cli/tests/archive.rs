@@ -80,6 +80,10 @@ fn assert_rows_complete(home: &Path, name: &str, files: &[ArchiveFile]) {
 }
 
 fn query(home: &Path, collection: &str, text: &str) -> serde_json::Value {
+    query_mode(home, collection, text, "hybrid")
+}
+
+fn query_mode(home: &Path, collection: &str, text: &str, mode: &str) -> serde_json::Value {
     let out = myco(home)
         .args([
             "--json",
@@ -89,6 +93,8 @@ fn query(home: &Path, collection: &str, text: &str) -> serde_json::Value {
             collection,
             "-k",
             "3",
+            "--mode",
+            mode,
             "--no-discovery",
         ])
         .output()
@@ -171,6 +177,89 @@ fn a_500_file_archive_becomes_a_searchable_collection_and_reruns_do_only_new_wor
         .map(|r| r["source"].as_str().unwrap().to_owned())
         .collect();
     assert!(!sources.contains(&files[20].rel), "a deleted file leaves");
+
+    // Every mode finds a copied sentence; keyword needs no model.
+    let f = &files[77];
+    let sentence = &f.sentences[0];
+    for mode in ["hybrid", "vector", "keyword"] {
+        let reply = query_mode(&home, "docs", sentence, mode);
+        assert_eq!(reply["mode"], mode, "{reply}");
+        assert_eq!(reply["hits"][0]["source"], f.rel, "{mode}: {reply}");
+    }
+    let out = myco(&home)
+        .args(["query", "x", "-c", "docs", "--mode", "fuzzy"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hybrid, vector or keyword"));
+
+    // Listed, then removed with its files; removing it again is bad input.
+    let out = myco(&home)
+        .args(["--json", "collections"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let docs = &list["collections"][0];
+    assert_eq!(docs["name"], "docs", "{list}");
+    assert_eq!(docs["files"], 500, "{list}");
+    assert_eq!(docs["chunks"], chunk_rows(&home, "docs").len(), "{list}");
+    assert_eq!(docs["model"], "all-MiniLM-L6-v2", "{list}");
+    assert_eq!(docs["keyword"], true, "{list}");
+    assert!(docs["bytes"].as_u64().unwrap() > 500 * 384 * 4, "{list}");
+    let out = myco(&home)
+        .args(["collections", "rm", "docs"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!home.join("collections/docs").exists());
+    let out = myco(&home)
+        .args(["collections", "rm", "docs"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no collection `docs`"));
+}
+
+/// A collection as myco wrote it before version 2 (no keyword index, no chunking record):
+/// queried in every mode, listed, and written as version 2 by its next run.
+#[test]
+fn a_version_1_collection_is_queried_listed_and_upgraded_by_its_next_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = home_with_model(tmp.path(), "home");
+    let archive = tmp.path().join("archive");
+    let files = write_archive(&archive, 24, 3).unwrap();
+    let job = job_file(tmp.path(), &archive, "old");
+    run(&home, &job);
+    let dir = home.join("collections/old");
+    std::fs::remove_dir_all(dir.join("keyword")).unwrap();
+    let meta_path = dir.join("collection.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    meta["version"] = 1.into();
+    meta.as_object_mut().unwrap().remove("chunking");
+    std::fs::write(&meta_path, meta.to_string()).unwrap();
+
+    let f = &files[5];
+    for mode in ["hybrid", "vector", "keyword"] {
+        let reply = query_mode(&home, "old", &f.sentences[0], mode);
+        assert_eq!(reply["hits"][0]["source"], f.rel, "{mode}: {reply}");
+    }
+    let out = myco(&home).args(["collections"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("old") && text.contains("format 1"), "{text}");
+
+    // Its next run re-chunks everything (no chunking record) and writes version 2.
+    let summary = run(&home, &job);
+    assert_eq!(summary["embedded"], 24, "{summary}");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
+    assert_eq!(meta["version"], 2, "{meta}");
+    assert!(dir.join("keyword").is_dir());
 }
 
 /// Children of an archive job, with their histories, from a node's API.

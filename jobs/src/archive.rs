@@ -2,15 +2,16 @@
 //!
 //! An `archive` job is planned at submit time into children ([`DocsTask`]), each a group of
 //! files to chunk and embed. Files whose content hash the collection already holds (with the
-//! same model) are left out, so a re-run on a grown archive only does the new work. The
+//! same model and chunking) are left out, so a re-run on a grown archive only does the new work. The
 //! children run anywhere in the swarm; when they have finished, the parent ([`ArchiveTask`])
 //! runs on its owner and writes the collection from their results ([`join`]). Killed
 //! mid-run, the queue resumes the children that had not finished; finished ones keep their
 //! results.
 //!
 //! A child's result is JSON Lines: for each document, one line per chunk
-//! (`{"source", "hash", "index", "start", "end", "text", "vector"}`, the vector as base64
-//! little-endian f32), then one line `{"doc", "hash", "chunks", "error"}` closing it.
+//! (`{"source", "hash", "index", "start", "end", "text", "title", "headings", "vector"}`, the
+//! vector as base64 little-endian f32; `title` and `headings` left out when the document has
+//! none), then one line `{"doc", "hash", "chunks", "error"}` closing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -100,9 +101,23 @@ fn documents(input: &Path) -> Result<Vec<(PathBuf, String)>, ChunkError> {
         .collect())
 }
 
-/// Whether the collection in `dir` was made with `model` (so its vectors can be kept).
-fn same_model(dir: &Path, model: &ModelRef) -> bool {
-    matches!(collection::read_meta(dir), Ok(Some(m)) if m.model == model.name && m.model_bytes == model.bytes)
+/// How `task` cuts its chunks, as its collection records it.
+fn chunking(params: &ChunkParams) -> collection::Chunking {
+    collection::Chunking {
+        unit: "tokens".into(),
+        max_tokens: params.max_tokens,
+        overlap: params.overlap,
+        chunker: collection::CHUNKER,
+    }
+}
+
+/// Whether the collection in `dir` was made with `model` and `params` (so its chunks and
+/// vectors can be kept).
+fn same_build(dir: &Path, model: &ModelRef, params: &ChunkParams) -> bool {
+    matches!(collection::read_meta(dir), Ok(Some(m))
+        if m.model == model.name
+            && m.model_bytes == model.bytes
+            && m.chunking.as_ref() == Some(&chunking(params)))
 }
 
 /// What an archive job will do: its children, and how many files it leaves alone.
@@ -117,7 +132,7 @@ pub struct ArchivePlan {
 pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, ChunkError> {
     let dir = collections.join(&task.collection);
     let _ = collection::recover(&dir);
-    let known = if same_model(&dir, &task.model) {
+    let known = if same_build(&dir, &task.model, &task.params) {
         collection::manifest(&dir).unwrap_or_default()
     } else {
         Default::default()
@@ -175,6 +190,10 @@ struct ChunkLine {
     start: usize,
     end: usize,
     text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    title: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    headings: Vec<String>,
     vector: String,
 }
 
@@ -198,6 +217,7 @@ pub type EmbedFn<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>, JobError> + '
 pub fn run_docs(
     task: &DocsTask,
     cancelled: &dyn Fn() -> bool,
+    tokens: &dyn chunk::Tokens,
     embed: &mut EmbedFn<'_>,
 ) -> Result<Vec<u8>, JobError> {
     struct Done {
@@ -237,7 +257,7 @@ pub fn run_docs(
             },
         };
         let hash = hash_bytes(bytes);
-        match chunk::chunk_bytes(&doc.path, bytes, &task.params, cancelled) {
+        match chunk::chunk_bytes_in(&doc.path, bytes, &task.params, Some(tokens), cancelled) {
             Ok(chunks) => docs.push(Done {
                 rel: doc.rel.clone(),
                 hash,
@@ -286,6 +306,8 @@ pub fn run_docs(
                 start: c.start,
                 end: c.end,
                 text: c.text.clone(),
+                title: c.title.clone(),
+                headings: c.headings.clone(),
                 vector: B64.encode(raw),
             };
             serde_json::to_writer(&mut out, &line).map_err(encode)?;
@@ -374,6 +396,8 @@ pub fn join(
                     start: c.start,
                     end: c.end,
                     text: c.text,
+                    title: c.title,
+                    headings: c.headings,
                 };
                 rows.push((row, v));
             }
@@ -386,7 +410,7 @@ pub fn join(
     // Keep the previous collection's rows for files still here and not embedded again.
     let mut kept = 0;
     let mut removed = 0;
-    if same_model(&dir, &task.model) {
+    if same_build(&dir, &task.model, &task.params) {
         let old =
             collection::Collection::open(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
         let old_files =
@@ -449,6 +473,7 @@ pub fn join(
         updated_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        chunking: Some(chunking(&task.params)),
     };
     collection::write(&dir, &meta, &rows, &entries)
         .map_err(|e| JobError::retryable(e.to_string()))?;

@@ -1,21 +1,34 @@
 //! Collections: a named set of embedding vectors with the chunks they came from, as written
 //! by the archive pipeline and read by `myco query`.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (version 2)
 //!
 //! A collection is a directory (`~/.myco/collections/NAME/`) of four files, all readable
-//! without myco:
+//! without myco, and a keyword index:
 //!
-//! - `collection.json`: `{"format": "myco-collection", "version": 1, "name", "model",
+//! - `collection.json`: `{"format": "myco-collection", "version": 2, "name", "model",
 //!   "model_bytes", "dim", "count", "files", "metric": "cosine", "normalized": true,
-//!   "input", "updated_ms"}`.
+//!   "input", "updated_ms", "chunking": {"unit": "tokens", "max_tokens", "overlap",
+//!   "chunker"}}` (`chunking` is absent in collections written before it was recorded).
 //! - `vectors.npy`: a NumPy v1.0 array, `<f4`, C order, shape `(count, dim)`; row *i* is the
 //!   L2-normalised vector of chunk *i* (so a dot product is the cosine). `numpy.load` reads it.
 //! - `chunks.jsonl`: line *i* is chunk *i*: `{"source", "hash", "index", "start", "end",
-//!   "text"}`, where `source` is the file's path relative to the archive root, `hash` the
+//!   "text", "title", "headings"}` (the last two left out when the document has none), where `source` is the file's path relative to the archive root, `hash` the
 //!   SHA-256 of the file's bytes, `index` the chunk's number within the file, and
 //!   `start..end` its byte range in the file's extracted text.
 //! - `files.jsonl`: one line per file: `{"path", "hash", "chunks", "first_row"}`.
+//! - `keyword/`: a tantivy index of the chunks' text, one document per row with the row
+//!   number as the u64 fast field `row` (see `crate::keyword`). Optional: a reader without
+//!   it builds one in memory when a query needs it.
+//!
+//! - `vectors.usearch` (collections of [`crate::ann::ANN_MIN`] vectors or more): an HNSW
+//!   index of `vectors.npy` (usearch's format; key = row, inner product, f16), which
+//!   searches use for candidates and then rank exactly (see `crate::ann`). Optional: without
+//!   it a search scans every vector.
+//!
+//! Version 1 is version 2 without `keyword/` (and often without `chunking`): this myco
+//! queries it as it is (building the keyword index in memory when a query needs it), and
+//! the next archive run writes it as version 2.
 //!
 //! Rows are sorted by `(source, index)`. A collection is replaced whole: the new one is
 //! written beside it (`NAME.new`), synced, and renamed into place (the old one goes to
@@ -28,8 +41,56 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "embed")]
+use crate::keyword::{self, KeywordIndex};
+
+/// Built without the `embed` feature (the queue and cluster alone): collections are read
+/// and searched by vector, and a keyword query says why it cannot run.
+#[cfg(not(feature = "embed"))]
+mod keyword {
+    use std::path::Path;
+
+    const MISSING: &str = "this myco was built without the `embed` feature, which keyword search needs: build it with default features";
+
+    #[derive(Debug)]
+    pub struct KeywordIndex;
+
+    #[derive(Debug)]
+    #[allow(dead_code, reason = "the shape the `embed` build indexes")]
+    pub struct Entry<'a> {
+        pub row: u64,
+        pub text: &'a str,
+        pub context: String,
+    }
+
+    pub fn open(_: &Path) -> Result<KeywordIndex, String> {
+        Err(MISSING.into())
+    }
+
+    pub fn build<'a>(
+        _: Option<&Path>,
+        _: impl IntoIterator<Item = Entry<'a>>,
+    ) -> Result<KeywordIndex, String> {
+        Err(MISSING.into())
+    }
+
+    impl KeywordIndex {
+        pub fn search(&self, _: &str, _: usize) -> Result<Vec<(usize, f32)>, String> {
+            Err(MISSING.into())
+        }
+    }
+}
+#[cfg(not(feature = "embed"))]
+use keyword::KeywordIndex;
+
 pub const FORMAT: &str = "myco-collection";
-pub const VERSION: u32 = 1;
+/// The version this myco writes; it reads [`OLDEST`] to this.
+pub const VERSION: u32 = 2;
+/// The oldest version this myco reads (version 1 has no keyword index: one is built in
+/// memory the first time a query needs it).
+pub const OLDEST: u32 = 1;
+/// Where a collection keeps its keyword index (version 2 on).
+pub const KEYWORD_DIR: &str = "keyword";
 
 /// `collection.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +110,27 @@ pub struct Meta {
     /// The archive directory the collection mirrors.
     pub input: String,
     pub updated_ms: u64,
+    /// How its chunks were cut. A collection written before this was recorded has none, and
+    /// its next archive run chunks every file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunking: Option<Chunking>,
 }
+
+/// How a collection's chunks were cut: part of each file's identity, so that changing any of
+/// it re-chunks the files on the next run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunking {
+    /// `"tokens"`: the model's own, counted with its tokenizer.
+    pub unit: String,
+    /// As the job gave it; 0 is the model's maximum.
+    pub max_tokens: usize,
+    pub overlap: usize,
+    /// The chunker's revision: a change to how text is extracted or cut bumps it.
+    pub chunker: u32,
+}
+
+/// The revision of extraction and splitting that [`Chunking::chunker`] records.
+pub const CHUNKER: u32 = 2;
 
 /// One line of `chunks.jsonl`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +141,26 @@ pub struct ChunkRow {
     pub start: usize,
     pub end: usize,
     pub text: String,
+    /// The document's title, if it has one (not in collections written before titles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The headings the chunk falls under, outermost first (left out when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headings: Vec<String>,
+}
+
+/// Row `i` as the keyword index holds it.
+fn entry(i: usize, r: &ChunkRow) -> keyword::Entry<'_> {
+    let mut context = r.title.clone().unwrap_or_default();
+    for h in &r.headings {
+        context.push('\n');
+        context.push_str(h);
+    }
+    keyword::Entry {
+        row: i as u64,
+        text: &r.text,
+        context,
+    }
 }
 
 /// One line of `files.jsonl`.
@@ -140,16 +241,130 @@ pub fn read_meta(dir: &Path) -> Result<Option<Meta>, CollectionError> {
         Err(e) => return Err(io_err(&path)(e)),
     };
     let meta: Meta = serde_json::from_str(&text).map_err(|e| corrupt(&path, e.to_string()))?;
-    if meta.format != FORMAT || meta.version != VERSION {
+    if meta.format != FORMAT || !(OLDEST..=VERSION).contains(&meta.version) {
         return Err(corrupt(
             &path,
             format!(
-                "format {} version {} (this myco reads {FORMAT} version {VERSION})",
+                "format {} version {} (this myco reads {FORMAT} versions {OLDEST} to {VERSION}: a newer myco wrote it?)",
                 meta.format, meta.version
             ),
         ));
     }
     Ok(Some(meta))
+}
+
+/// One collection as `myco collections` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    pub model: String,
+    pub version: u32,
+    pub files: usize,
+    pub chunks: usize,
+    pub dim: usize,
+    /// Bytes on disk, every file of its directory.
+    pub bytes: u64,
+    /// When its last archive run wrote it (Unix ms).
+    pub updated_ms: u64,
+    /// The archive directory it mirrors.
+    pub input: String,
+    /// Whether it has its keyword index on disk (version 2 on).
+    pub keyword: bool,
+    /// Why it cannot be read, when it cannot (it is listed anyway, so that it can be removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok())
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Every collection under `collections` (a home's `collections/`), by name. Half-written
+/// siblings (`NAME.new`, `NAME.old`) are not collections; an unreadable one is listed with its
+/// error.
+///
+/// # Errors
+///
+/// Reading the directory (none there is an empty list).
+pub fn list(collections: &Path) -> Result<Vec<Summary>, CollectionError> {
+    let entries = match std::fs::read_dir(collections) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(collections)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(collections))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dir = entry.path();
+        if !dir.is_dir() || !valid_name(&name) || name.ends_with(".new") || name.ends_with(".old") {
+            continue;
+        }
+        // No `recover` here: a run of another process may be writing `NAME.new` right now.
+        let mut summary = Summary {
+            name,
+            model: String::new(),
+            version: 0,
+            files: 0,
+            chunks: 0,
+            dim: 0,
+            bytes: dir_bytes(&dir),
+            updated_ms: 0,
+            input: String::new(),
+            keyword: dir.join(KEYWORD_DIR).is_dir(),
+            error: None,
+        };
+        match read_meta(&dir) {
+            Ok(Some(m)) => {
+                summary.model = m.model;
+                summary.version = m.version;
+                summary.files = m.files;
+                summary.chunks = m.count;
+                summary.dim = m.dim;
+                summary.updated_ms = m.updated_ms;
+                summary.input = m.input;
+            }
+            Ok(None) => continue,
+            Err(e) => summary.error = Some(e.to_string()),
+        }
+        out.push(summary);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Removes the collection `name` under `collections` (with any half-written siblings).
+/// `Ok(false)` when there is none.
+///
+/// # Errors
+///
+/// A name that is not a collection name, or the removal's I/O error.
+pub fn remove(collections: &Path, name: &str) -> Result<bool, CollectionError> {
+    let dir = collections.join(name);
+    if !valid_name(name) {
+        return Err(CollectionError::Io {
+            path: dir,
+            why: format!("`{name}` is not a collection name (letters, digits, `-`, `_`, `.`)"),
+        });
+    }
+    recover(&dir)?;
+    if !dir.join("collection.json").exists() {
+        return Ok(false);
+    }
+    // Renamed away first: a reader sees the whole collection or none of it.
+    let doomed = sibling(&dir, ".old");
+    std::fs::rename(&dir, &doomed).map_err(io_err(&dir))?;
+    std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(true)
 }
 
 /// The files a collection holds, by relative path → content hash (empty if there is none).
@@ -183,6 +398,117 @@ pub struct Collection {
     chunks: String,
     /// Start of each line of `chunks`, plus its end.
     lines: Vec<usize>,
+    /// The HNSW index of a collection of [`ANN_MIN`] vectors or more (memory-mapped).
+    #[cfg(feature = "embed")]
+    ann: Option<crate::ann::AnnIndex>,
+    /// The keyword index, opened (or, for a version 1 collection, built in memory) by the
+    /// first query that needs it.
+    keyword: std::sync::OnceLock<Result<KeywordIndex, String>>,
+}
+
+/// How a query ranks chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Vector and keyword hits merged by their standardised scores ([`fuse_scores`]).
+    #[default]
+    Hybrid,
+    /// Nearest vectors (cosine) only.
+    Vector,
+    /// BM25 over the chunks' words only.
+    Keyword,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::Hybrid, Mode::Vector, Mode::Keyword];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hybrid => "hybrid",
+            Mode::Vector => "vector",
+            Mode::Keyword => "keyword",
+        }
+    }
+
+    /// Whether the query needs its embedding.
+    pub fn uses_vectors(self) -> bool {
+        self != Mode::Keyword
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a search mode: use hybrid, vector or keyword"))
+    }
+}
+
+/// The constant of reciprocal-rank fusion ([`fuse`]): a hit at rank r (from 1) of a list
+/// adds 1 / (RRF_K + r). 60 as in Cormack et al. (2009).
+pub const RRF_K: f32 = 60.0;
+/// How many hits each list gives the fusion (at least; `k` if more).
+pub const FUSE_DEPTH: usize = 50;
+
+/// Merges scored lists by z-score fusion (the sum of each list's standardised scores:
+/// CombSUM over z-scores, Montague and Aslam 2001), best first (ties: the earlier row). A
+/// row a list does not hold counts as that list's lowest; a list of one hit, or of equal
+/// scores, says only which rows it holds (1 for them, 0 for the rest). Unlike rank fusion
+/// (and min-max or clipped normalisations), this keeps how far a hit stands out: a passage
+/// quoted word for word, far ahead in the keyword list, beats a chunk the vector list puts
+/// first by a hair.
+pub fn fuse_scores(lists: &[&[Hit]], k: usize) -> Vec<Hit> {
+    let mut rows: Vec<usize> = lists.iter().flat_map(|l| l.iter().map(|h| h.row)).collect();
+    rows.sort_unstable();
+    rows.dedup();
+    let mut scores: HashMap<usize, f32> = rows.iter().map(|r| (*r, 0.0)).collect();
+    for list in lists {
+        if list.is_empty() {
+            continue;
+        }
+        let n = list.len() as f32;
+        let mean = list.iter().map(|h| h.score).sum::<f32>() / n;
+        let sd = (list.iter().map(|h| (h.score - mean).powi(2)).sum::<f32>() / n).sqrt();
+        let z = |s: f32| if sd > 0.0 { (s - mean) / sd } else { 1.0 };
+        let floor = if sd > 0.0 {
+            list.iter()
+                .map(|h| z(h.score))
+                .fold(f32::INFINITY, f32::min)
+        } else {
+            0.0
+        };
+        let held: HashMap<usize, f32> = list.iter().map(|h| (h.row, z(h.score))).collect();
+        for (row, score) in &mut scores {
+            *score += held.get(row).copied().unwrap_or(floor);
+        }
+    }
+    let mut out: Vec<Hit> = scores
+        .into_iter()
+        .map(|(row, score)| Hit { row, score })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+    out.truncate(k);
+    out
+}
+
+/// Merges ranked lists by reciprocal-rank fusion, best first (ties: the earlier row): the
+/// common alternative to [`fuse_scores`], which the retrieval bench reports beside it.
+pub fn fuse(lists: &[&[Hit]], k: usize) -> Vec<Hit> {
+    let mut scores: HashMap<usize, f32> = HashMap::new();
+    for list in lists {
+        for (rank, hit) in list.iter().enumerate() {
+            *scores.entry(hit.row).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+        }
+    }
+    let mut out: Vec<Hit> = scores
+        .into_iter()
+        .map(|(row, score)| Hit { row, score })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+    out.truncate(k);
+    out
 }
 
 /// One search result: a row and its cosine similarity to the query.
@@ -236,12 +562,82 @@ impl Collection {
                 format!("{} lines for {} vectors", lines.len() - 1, meta.count),
             ));
         }
+        #[cfg(feature = "embed")]
+        let ann = {
+            let path = dir.join(crate::ann::ANN_FILE);
+            if path.exists() {
+                Some(crate::ann::open(&path, meta.dim).map_err(|why| corrupt(&path, why))?)
+            } else {
+                None
+            }
+        };
         Ok(Collection {
             dir: dir.to_path_buf(),
             meta,
             vectors,
             chunks,
             lines,
+            keyword: std::sync::OnceLock::new(),
+            #[cfg(feature = "embed")]
+            ann,
+        })
+    }
+
+    /// Whether searches go through an HNSW index (else they scan every vector).
+    pub fn has_ann(&self) -> bool {
+        #[cfg(feature = "embed")]
+        let has = self.ann.is_some();
+        #[cfg(not(feature = "embed"))]
+        let has = false;
+        has
+    }
+
+    /// The keyword index: the collection's own, or for an old one without, built in memory
+    /// from its chunks (once per opening).
+    pub fn keyword_index(&self) -> Result<&KeywordIndex, CollectionError> {
+        let dir = self.dir.join(KEYWORD_DIR);
+        self.keyword
+            .get_or_init(|| {
+                if dir.exists() {
+                    return keyword::open(&dir);
+                }
+                let mut rows = Vec::with_capacity(self.len());
+                for i in 0..self.len() {
+                    rows.push(self.row(i).map_err(|e| e.to_string())?);
+                }
+                keyword::build(None, rows.iter().enumerate().map(|(i, r)| entry(i, r)))
+            })
+            .as_ref()
+            .map_err(|why| corrupt(&dir, why.clone()))
+    }
+
+    /// The `k` chunks best matching `text` (and its embedding `vector`, for the modes that use
+    /// it), best first. Scores are the mode's own: cosine, BM25, or the fused score (a sum of
+    /// z-scores).
+    pub fn query(
+        &self,
+        mode: Mode,
+        text: &str,
+        vector: Option<&[f32]>,
+        k: usize,
+    ) -> Result<Vec<Hit>, CollectionError> {
+        let depth = k.max(FUSE_DEPTH);
+        let vector_hits = |n| vector.map(|v| self.search(v, n)).unwrap_or_default();
+        let keyword_hits = |n| {
+            let hits = self
+                .keyword_index()?
+                .search(text, n)
+                .map_err(|why| corrupt(&self.dir.join(KEYWORD_DIR), why))?;
+            Ok::<_, CollectionError>(
+                hits.into_iter()
+                    .map(|(row, score)| Hit { row, score })
+                    .collect(),
+            )
+        };
+        Ok(match mode {
+            Mode::Vector => vector_hits(k),
+            Mode::Keyword => keyword_hits(k)?,
+            Mode::Hybrid => fuse_scores(&[&vector_hits(depth), &keyword_hits(depth)?], k),
         })
     }
 
@@ -272,7 +668,31 @@ impl Collection {
     /// The `k` rows nearest to `query` (L2-normalised, of the collection's dimension), best
     /// first. Exact: one dot product per row over contiguous memory, no allocation per row.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        #[cfg(feature = "embed")]
+        if let Some(ann) = &self.ann
+            && query.len() == self.meta.dim
+            && let Ok(rows) = ann.candidates(query, k)
+        {
+            return self.rank(&rows, query, k);
+        }
         search(&self.vectors, self.meta.dim, query, k)
+    }
+
+    /// The `k` best of `rows` by their exact dot product with `query`, best first.
+    #[cfg(feature = "embed")]
+    fn rank(&self, rows: &[usize], query: &[f32], k: usize) -> Vec<Hit> {
+        let mut hits: Vec<Hit> = rows
+            .iter()
+            .filter(|r| **r < self.len())
+            .map(|&row| Hit {
+                row,
+                score: dot(self.vector(row), query),
+            })
+            .collect();
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+        hits.dedup_by_key(|h| h.row);
+        hits.truncate(k);
+        hits
     }
 }
 
@@ -347,6 +767,26 @@ pub fn write(
         }
         Ok(())
     })?;
+    // Without the `embed` feature there is no keyword index to write (it is optional:
+    // readers build one when they need it).
+    #[cfg(feature = "embed")]
+    keyword::build(
+        Some(&new.join(KEYWORD_DIR)),
+        rows.iter().enumerate().map(|(i, (r, _))| entry(i, r)),
+    )
+    .map_err(|why| CollectionError::Io {
+        path: new.join(KEYWORD_DIR),
+        why,
+    })?;
+    #[cfg(feature = "embed")]
+    if rows.len() >= crate::ann::ANN_MIN && meta.dim > 0 {
+        let mut flat = Vec::with_capacity(rows.len() * meta.dim);
+        rows.iter().for_each(|(_, v)| flat.extend_from_slice(v));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let path = new.join(crate::ann::ANN_FILE);
+        crate::ann::build(&path, &flat, meta.dim, threads)
+            .map_err(|why| CollectionError::Io { path, why })?;
+    }
     write_file("files.jsonl", &|w| {
         for f in files {
             serde_json::to_writer(&mut *w, f)?;
@@ -464,6 +904,8 @@ mod tests {
             start: 0,
             end: 1,
             text: format!("{source} {index}"),
+            title: None,
+            headings: Vec::new(),
         }
     }
 
@@ -493,6 +935,7 @@ mod tests {
             normalized: true,
             input: "/x".into(),
             updated_ms: 0,
+            chunking: None,
         };
         write(&dir, &meta, &rows, &[]).unwrap();
         let c = Collection::open(&dir).unwrap();
@@ -507,6 +950,128 @@ mod tests {
         write(&dir, &meta, &rows, &[]).unwrap();
         let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    fn meta(count: usize, dim: usize) -> Meta {
+        Meta {
+            format: FORMAT.into(),
+            version: VERSION,
+            name: "c".into(),
+            model: "m".into(),
+            model_bytes: 1,
+            dim,
+            count,
+            files: 1,
+            metric: "cosine".into(),
+            normalized: true,
+            input: "/x".into(),
+            updated_ms: 0,
+            chunking: None,
+        }
+    }
+
+    #[cfg(feature = "embed")]
+    #[test]
+    fn modes_rank_by_vectors_words_or_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c");
+        let texts = [
+            "the queue leases jobs to workers",
+            "workers steal jobs from busy peers",
+            "a vector index answers nearest neighbour queries",
+            "the keyword index ranks chunks by their words",
+        ];
+        let rows: Vec<_> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut r = row("a.md", i as u32);
+                r.text = (*t).into();
+                (r, unit(4, i))
+            })
+            .collect();
+        write(&dir, &meta(4, 4), &rows, &[]).unwrap();
+        assert!(dir.join(KEYWORD_DIR).is_dir());
+        let c = Collection::open(&dir).unwrap();
+        let first = |mode, text, v: Option<&[f32]>| c.query(mode, text, v, 4).unwrap()[0].row;
+        // The words point at row 1, the vector at row 2.
+        let v = unit(4, 2);
+        assert_eq!(first(Mode::Keyword, "steal from peers", None), 1);
+        assert_eq!(first(Mode::Vector, "steal from peers", Some(&v)), 2);
+        // Fused: row 2 (vector first, no keyword hit) against row 1 (the only keyword hit,
+        // vector second by a little): a row both lists rank high wins.
+        let mut v = unit(4, 2);
+        v[1] = 0.9;
+        assert_eq!(first(Mode::Hybrid, "steal from peers", Some(&v)), 1);
+        // Without a vector, hybrid is keyword only.
+        assert_eq!(
+            c.query(Mode::Hybrid, "index words", None, 1).unwrap()[0].row,
+            3
+        );
+        assert!("fuzzy".parse::<Mode>().unwrap_err().contains("hybrid"));
+    }
+
+    #[cfg(feature = "embed")]
+    #[test]
+    fn a_version_1_collection_is_still_queried_in_every_mode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c");
+        let rows: Vec<_> = (0..3)
+            .map(|i| (row("b.md", i), unit(3, i as usize)))
+            .collect();
+        let mut m = meta(3, 3);
+        m.version = 1;
+        write(&dir, &m, &rows, &[]).unwrap();
+        // What version 1 wrote: no keyword index.
+        std::fs::remove_dir_all(dir.join(KEYWORD_DIR)).unwrap();
+        let c = Collection::open(&dir).unwrap();
+        assert_eq!(c.meta.version, 1);
+        assert_eq!(c.query(Mode::Keyword, "b.md 2", None, 1).unwrap()[0].row, 2);
+        let v = unit(3, 1);
+        assert_eq!(c.query(Mode::Vector, "x", Some(&v), 1).unwrap()[0].row, 1);
+        // A newer version than this myco reads is refused by name.
+        let mut m = meta(3, 3);
+        m.version = VERSION + 1;
+        write(&dir, &m, &rows, &[]).unwrap();
+        let err = Collection::open(&dir).unwrap_err().to_string();
+        assert!(err.contains("newer myco"), "{err}");
+    }
+
+    #[test]
+    fn listed_with_counts_and_removed_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(list(&tmp.path().join("none")).unwrap().is_empty());
+        let rows: Vec<_> = (0..3)
+            .map(|i| (row("b.md", i), unit(3, i as usize)))
+            .collect();
+        for name in ["beta", "alpha"] {
+            let mut m = meta(3, 3);
+            m.name = name.into();
+            write(&tmp.path().join(name), &m, &rows, &[]).unwrap();
+        }
+        std::fs::create_dir_all(tmp.path().join("gamma.new")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("broken")).unwrap();
+        std::fs::write(tmp.path().join("broken/collection.json"), "{").unwrap();
+        let all = list(tmp.path()).unwrap();
+        let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta", "broken"]);
+        assert_eq!((all[0].chunks, all[0].dim, all[0].version), (3, 3, VERSION));
+        assert_eq!(all[0].keyword, cfg!(feature = "embed"));
+        assert!(all[0].bytes > 36 && all[0].error.is_none());
+        assert!(all[2].error.as_deref().unwrap().contains("collection.json"));
+
+        assert!(remove(tmp.path(), "alpha").unwrap());
+        assert!(!tmp.path().join("alpha").exists());
+        assert!(!tmp.path().join("alpha.old").exists());
+        assert!(!remove(tmp.path(), "alpha").unwrap());
+        assert!(remove(tmp.path(), "../x").is_err());
+        assert!(remove(tmp.path(), "broken").unwrap());
+        let names: Vec<_> = list(tmp.path())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names, ["beta"]);
     }
 
     #[test]

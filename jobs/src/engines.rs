@@ -70,6 +70,26 @@ impl Engines {
         })
     }
 
+    /// The tokenizer chunks for `model` are sized with (the loaded model's own).
+    #[cfg(feature = "embed")]
+    pub fn chunk_tokenizer(
+        &mut self,
+        model: &ModelRef,
+    ) -> Result<std::sync::Arc<dyn crate::chunk::Tokens>, JobError> {
+        let tokens: std::sync::Arc<dyn crate::chunk::Tokens> = self.model(model)?.chunk_tokenizer();
+        Ok(tokens)
+    }
+
+    #[cfg(not(feature = "embed"))]
+    pub fn chunk_tokenizer(
+        &mut self,
+        _: &ModelRef,
+    ) -> Result<std::sync::Arc<dyn crate::chunk::Tokens>, JobError> {
+        Err(JobError::fatal(
+            "this myco was built without the `embed` feature; rebuild with it",
+        ))
+    }
+
     #[cfg(feature = "embed")]
     pub fn embed_texts(
         &mut self,

@@ -8,6 +8,8 @@
 //! about queues, actors or HTTP. Heavy model crates live here behind cargo features
 //! (`embed`, `infer`, `pipeline`); test fixtures behind `test-fixtures`.
 
+#[cfg(feature = "embed")]
+pub mod ann;
 pub mod archive;
 pub mod chunk;
 pub mod collection;
@@ -23,6 +25,8 @@ pub mod fit;
 pub mod gguf;
 pub mod home;
 pub mod infer;
+#[cfg(feature = "embed")]
+pub mod keyword;
 pub mod kind;
 pub mod model;
 #[cfg(feature = "test-fixtures")]

@@ -287,6 +287,25 @@ pub fn resolve_embedding(
     }
 }
 
+/// The most tokens the embedding model in `dir` reads, special tokens included:
+/// sentence-transformers' `max_seq_length` (what the model was trained for: 256 for
+/// all-MiniLM-L6-v2, whose tokenizer says 512), else the tokenizer's `model_max_length`,
+/// never more than the model's position embeddings; 512 when no file says.
+#[must_use]
+pub fn embedding_max_length(dir: &Path) -> usize {
+    let read = |name: &str, key: &str| -> Option<usize> {
+        let text = std::fs::read_to_string(dir.join(name)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let n = v[key].as_f64()?;
+        // Some tokenizers say 1e30 for "no limit".
+        (1.0..1e9).contains(&n).then_some(n as usize)
+    };
+    let said = read("sentence_bert_config.json", "max_seq_length")
+        .or_else(|| read("tokenizer_config.json", "model_max_length"))
+        .unwrap_or(512);
+    read("config.json", "max_position_embeddings").map_or(said, |p| said.min(p))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -1,12 +1,12 @@
 //! The swarm over HTTP: `/api/swarm` (members), `/api/plan` (how a pipeline job would be
-//! placed), `/api/swarm/ping` (the remote call overhead) and `/api/query` (search a
-//! collection).
+//! placed), `/api/swarm/ping` (the remote call overhead), `/api/query` (search a
+//! collection) and `/api/collections` (list them; `DELETE /api/collections/NAME`).
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::http::error::ApiError;
@@ -55,6 +55,73 @@ async fn query(
                 "see the node's log",
             ),
         })
+}
+
+/// `GET /api/collections`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CollectionsReply {
+    pub collections: Vec<myco_jobs::collection::Summary>,
+}
+
+/// `DELETE /api/collections/NAME`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemovedReply {
+    pub name: String,
+    pub removed: bool,
+}
+
+fn collection_failed(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "collections_failed",
+        e.to_string(),
+        "see the node's log",
+    )
+}
+
+/// The collections in this node's home.
+async fn collections(State(node): State<NodeHandle>) -> Result<Json<CollectionsReply>, ApiError> {
+    let dir = node.collections_dir();
+    let list = tokio::task::spawn_blocking(move || myco_jobs::collection::list(&dir))
+        .await
+        .map_err(collection_failed)?
+        .map_err(collection_failed)?;
+    Ok(Json(CollectionsReply { collections: list }))
+}
+
+/// Removes a collection of this node's home: its files are gone when this answers.
+async fn remove_collection(
+    State(node): State<NodeHandle>,
+    Path(name): Path<String>,
+) -> Result<Json<RemovedReply>, ApiError> {
+    if !myco_jobs::collection::valid_name(&name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_collection",
+            format!("`{name}` is not a collection name (letters, digits, `-`, `_`, `.`)"),
+            "GET /api/collections lists them",
+        ));
+    }
+    let dir = node.collections_dir();
+    let open = node.collections().clone();
+    let n = name.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let removed = myco_jobs::collection::remove(&dir, &n);
+        open.forget(&dir.join(&n));
+        removed
+    })
+    .await
+    .map_err(collection_failed)?
+    .map_err(collection_failed)?;
+    if !removed {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_collection",
+            format!("no collection `{name}` on this node"),
+            "GET /api/collections lists them",
+        ));
+    }
+    Ok(Json(RemovedReply { name, removed }))
 }
 
 /// The swarm as this node sees it: itself first, then every peer it knows of.
@@ -192,5 +259,7 @@ pub fn routes() -> Router<NodeHandle> {
         .route("/api/swarm", get(swarm))
         .route("/api/plan", get(plan))
         .route("/api/query", post(query))
+        .route("/api/collections", get(collections))
+        .route("/api/collections/{name}", delete(remove_collection))
         .route("/api/swarm/ping", get(ping))
 }

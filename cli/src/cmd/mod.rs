@@ -4,6 +4,7 @@
 //! `--json`.
 
 pub mod ask;
+pub mod collections;
 pub mod common;
 pub mod jobs;
 pub mod node;
@@ -18,13 +19,13 @@ use anyhow::Result;
 use myco_actors::SubmitError;
 use myco_runtime::config::Home;
 
-use crate::args::{BenchCommand, Cli, Command};
+use crate::args::{BenchCommand, Cli, CollectionsCommand, Command};
 use crate::client::{NodeSaid, Unreachable};
 use crate::cmd::common::BadInput;
 
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<NodeSaid>()
-        .is_some_and(|n| n.code == "model_not_found")
+        .is_some_and(|n| n.code == "model_not_found" || n.code == "no_collection")
     {
         return 2;
     }
@@ -72,8 +73,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             text,
             collection,
             k,
+            mode,
             node,
-        } => query::run(&cli, &home, text, collection, *k, node).await,
+        } => query::run(&cli, &home, text, collection, *k, *mode, node).await,
+        Command::Collections { action: None } => collections::list(&cli, &home).await,
+        Command::Collections {
+            action: Some(CollectionsCommand::Rm { name }),
+        } => collections::remove(&cli, &home, name).await,
         Command::Bench(BenchCommand::Steal(args)) => {
             crate::bench::steal(args, cli.json).await?;
             Ok(ExitCode::SUCCESS)

@@ -16,15 +16,21 @@ pub async fn run(
     text: &str,
     collection: &str,
     k: usize,
+    mode: myco_jobs::collection::Mode,
     args: &NodeArgs,
 ) -> Result<ExitCode> {
     let req = myco_actors::query::QueryRequest {
         collection: collection.to_owned(),
         text: text.to_owned(),
         k,
+        mode,
     };
     let reply = match client(cli, home).query(&req).await {
         Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            eprintln!(
+                "no node answers for {}: searching on a node started in this process (it loads the model each time; a running `myco node` keeps it loaded)",
+                home.root().display()
+            );
             let cfg = node_config(cli, home, args)?;
             let node = Node::start(home.clone(), cfg, Services::EMBEDDED).await?;
             let reply = myco_actors::query::query(node.handle(), req).await;
@@ -42,14 +48,22 @@ pub async fn run(
         for h in &reply.hits {
             let snippet: String = h.text.split_whitespace().collect::<Vec<_>>().join(" ");
             let snippet: String = snippet.chars().take(100).collect();
+            let place = if h.headings.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", h.headings.join(" > "))
+            };
             println!(
-                "{:>2}. {:.4}  {} #{}  {snippet}",
+                "{:>2}. {:.4}  {} #{}{place}  {snippet}",
                 h.rank, h.score, h.source, h.index
             );
         }
         eprintln!(
-            "{} chunks searched; embedding {:.1} ms, search {:.2} ms",
-            reply.searched, reply.embed_ms, reply.search_ms
+            "{} chunks searched ({}); embedding {:.1} ms, search {:.2} ms",
+            reply.searched,
+            reply.mode.as_str(),
+            reply.embed_ms,
+            reply.search_ms
         );
     }
     Ok(ExitCode::SUCCESS)

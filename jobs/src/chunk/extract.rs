@@ -13,6 +13,7 @@ use std::rc::Rc;
 use lol_html::html_content::{Element, TextChunk, TextType};
 use lol_html::{HtmlRewriter, Settings, doc_text, element, end_tag};
 
+use super::outline::{self, Heading, Outline};
 use super::types::{ChunkError, Format};
 
 /// Reads `path` and extracts its text, choosing the format from its extension.
@@ -53,6 +54,37 @@ pub fn extract_bytes(
             })
         }
         Format::Pdf => pdf_text(path_for_messages, bytes),
+    }
+}
+
+/// [`extract_bytes`] with the document's [`Outline`] (title and headings, positioned in the
+/// text it returns).
+///
+/// # Errors
+///
+/// As [`extract_bytes`].
+pub fn extract_with_outline(
+    path_for_messages: &Path,
+    format: Format,
+    bytes: &[u8],
+) -> Result<(String, Outline), ChunkError> {
+    match format {
+        Format::Markdown => {
+            let text = utf8(path_for_messages, bytes)?.to_owned();
+            let o = outline::markdown(&text);
+            Ok((text, o))
+        }
+        Format::Html => {
+            let source = utf8(path_for_messages, bytes)?;
+            html_text_outline(source).map_err(|reason| ChunkError::Html {
+                path: path_for_messages.to_path_buf(),
+                reason,
+            })
+        }
+        Format::Text | Format::Pdf => Ok((
+            extract_bytes(path_for_messages, format, bytes)?,
+            Outline::default(),
+        )),
     }
 }
 
@@ -140,6 +172,55 @@ const HIDDEN: &[&str] = &[
     "canvas", "select",
 ];
 
+/// Page chrome, dropped with its content: navigation and sidebars everywhere, and a page's
+/// own header and footer (one inside an `article` or `main` belongs to the text and stays).
+const CHROME: &[&str] = &["nav", "aside"];
+const PAGE_ONLY: &[&str] = &["header", "footer"];
+/// Where [`PAGE_ONLY`] elements are part of the text.
+const CONTENT: &[&str] = &["article", "main"];
+
+/// ARIA roles of page chrome: an element with one is dropped like [`CHROME`].
+const CHROME_ROLES: &[&str] = &[
+    "navigation",
+    "banner",
+    "contentinfo",
+    "complementary",
+    "search",
+    "menu",
+    "menubar",
+    "toolbar",
+    "tablist",
+];
+
+/// Elements whose end tag may be left out: lol_html runs end handlers only for end tags that
+/// are there, so hiding one by its attributes could hide the rest of the page.
+const END_OPTIONAL: &[&str] = &[
+    "p", "li", "dt", "dd", "option", "optgroup", "tr", "td", "th", "thead", "tbody", "tfoot",
+    "colgroup", "caption", "rb", "rt", "rp", "html", "body", "head",
+];
+
+/// Whether `el` is chrome or hidden by its attributes (`hidden`, `aria-hidden="true"`, a
+/// [`CHROME_ROLES`] role).
+fn hidden_by_attributes(name: &str, el: &Element<'_, '_>) -> bool {
+    if END_OPTIONAL.contains(&name) {
+        return false;
+    }
+    if el.has_attribute("hidden") {
+        return true;
+    }
+    if el
+        .get_attribute("aria-hidden")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return true;
+    }
+    el.get_attribute("role").is_some_and(|roles| {
+        roles
+            .split_ascii_whitespace()
+            .any(|r| CHROME_ROLES.iter().any(|c| r.eq_ignore_ascii_case(c)))
+    })
+}
+
 /// Elements that start a new paragraph (two newlines).
 const PARAGRAPH: &[&str] = &[
     "p",
@@ -150,7 +231,6 @@ const PARAGRAPH: &[&str] = &[
     "h5",
     "h6",
     "section",
-    "article",
     "blockquote",
     "pre",
     "hr",
@@ -161,9 +241,6 @@ const PARAGRAPH: &[&str] = &[
     "figure",
     "header",
     "footer",
-    "nav",
-    "aside",
-    "main",
     "form",
     "fieldset",
     "address",
@@ -194,8 +271,10 @@ const CELL: &[&str] = &["td", "th"];
 #[derive(Debug, Default)]
 struct TextSink {
     out: String,
-    /// Depth of open hidden elements (script, style, ...): text is dropped while > 0.
+    /// Depth of open hidden elements (script, style, chrome, ...): text is dropped while > 0.
     hidden: usize,
+    /// Depth of open [`CONTENT`] elements (`article`, `main`).
+    content: usize,
     /// Depth of open `<pre>` elements: whitespace is kept while > 0.
     pre: usize,
     /// Newlines owed before the next visible text (0, 1 or 2).
@@ -205,6 +284,12 @@ struct TextSink {
     /// Raw text of the current text node, decoded once the node ends (an entity may straddle
     /// two lol_html text chunks).
     raw: String,
+    /// The open heading: its level, and where its text starts in `out` once it has some.
+    heading: Option<(u8, Option<usize>)>,
+    headings: Vec<Heading>,
+    /// Inside the document's first `<title>`, whose raw text collects in `title`.
+    in_title: bool,
+    title: Option<String>,
 }
 
 impl TextSink {
@@ -236,10 +321,27 @@ impl TextSink {
         self.space = false;
     }
 
+    /// Marks where the open heading's text starts, at its first visible character.
+    fn heading_starts(&mut self) {
+        if let Some((_, start @ None)) = &mut self.heading {
+            *start = Some(self.out.len());
+        }
+    }
+
+    fn end_heading(&mut self) {
+        if let Some((level, Some(start))) = self.heading.take() {
+            let text = outline::clean(&self.out[start..]);
+            if !text.is_empty() {
+                self.headings.push(Heading { level, start, text });
+            }
+        }
+    }
+
     fn push_visible(&mut self, text: &str) {
         if self.pre > 0 {
             if !text.is_empty() {
                 self.flush_pending();
+                self.heading_starts();
                 self.out.push_str(text);
             }
             return;
@@ -249,6 +351,7 @@ impl TextSink {
                 self.space = true;
             } else {
                 self.flush_pending();
+                self.heading_starts();
                 self.out.push(c);
             }
         }
@@ -264,6 +367,11 @@ impl TextSink {
                 return;
             }
         };
+        if self.in_title {
+            let title = self.title.get_or_insert_with(String::new);
+            title.push_str(chunk.as_str());
+            return;
+        }
         if self.hidden > 0 {
             self.raw.clear();
             return;
@@ -281,15 +389,23 @@ impl TextSink {
         }
     }
 
-    fn finish(mut self) -> String {
+    fn finish(mut self) -> (String, Outline) {
         let raw = std::mem::take(&mut self.raw);
         if self.hidden == 0 && !raw.is_empty() {
             let decoded = html_escape::decode_html_entities(&raw);
             self.push_visible(&decoded);
         }
+        self.end_heading();
         let kept = self.out.trim_end().len();
         self.out.truncate(kept);
-        self.out
+        let title = self
+            .title
+            .map(|t| outline::clean(&html_escape::decode_html_entities(&t)));
+        let outline = Outline {
+            title,
+            headings: self.headings,
+        };
+        (self.out, outline.with_title_fallback())
     }
 }
 
@@ -305,9 +421,43 @@ fn on_element(sink: &Rc<RefCell<TextSink>>, el: &mut Element<'_, '_>) -> lol_htm
             // end tags: whatever head-level hiding is still open ends here.
             s.hidden = 0;
         }
-        if HIDDEN.contains(&name) {
+        let level = match name.as_bytes() {
+            [b'h', d @ b'1'..=b'6'] => Some(d - b'0'),
+            _ => None,
+        };
+        let hide = HIDDEN.contains(&name)
+            || CHROME.contains(&name)
+            || (PAGE_ONLY.contains(&name) && s.content == 0)
+            || hidden_by_attributes(name, el);
+        if name == "title" && s.title.is_none() && el.can_have_content() {
             s.hidden += 1;
-            on_end = Some(|s| s.hidden = s.hidden.saturating_sub(1));
+            s.in_title = true;
+            s.title = Some(String::new());
+            on_end = Some(|s| {
+                s.hidden = s.hidden.saturating_sub(1);
+                s.in_title = false;
+            });
+        } else if hide {
+            // An element without content (void, self-closing) has no end to undo it.
+            if el.can_have_content() {
+                s.hidden += 1;
+                on_end = Some(|s| s.hidden = s.hidden.saturating_sub(1));
+            }
+        } else if let Some(level) = level {
+            s.block(2);
+            s.end_heading();
+            s.heading = Some((level, None));
+            on_end = Some(|s| {
+                s.end_heading();
+                s.block(2);
+            });
+        } else if CONTENT.contains(&name) {
+            s.block(2);
+            s.content += 1;
+            on_end = Some(|s| {
+                s.content = s.content.saturating_sub(1);
+                s.block(2);
+            });
         } else if name == "br" {
             s.line_break();
         } else if name == "pre" {
@@ -342,6 +492,11 @@ fn on_element(sink: &Rc<RefCell<TextSink>>, el: &mut Element<'_, '_>) -> lol_htm
 
 /// The visible text of an HTML document (see the module docs of [`super`]).
 pub(crate) fn html_text(source: &str) -> Result<String, String> {
+    html_text_outline(source).map(|(text, _)| text)
+}
+
+/// [`html_text`] with the page's title and headings.
+pub(crate) fn html_text_outline(source: &str) -> Result<(String, Outline), String> {
     let sink = Rc::new(RefCell::new(TextSink::default()));
     {
         let for_elements = Rc::clone(&sink);
@@ -378,6 +533,27 @@ mod tests {
     }
 
     #[test]
+    fn records_the_title_and_headings_where_their_text_is() {
+        let doc = "<html><head><title>Ch. 4 &amp; more - Book</title></head><body>\
+            <nav><h2>Contents</h2></nav><h1>Ownership <code>rules</code></h1><p>text</p>\
+            <h2>Moves</h2><p>more</p><svg><title>icon</title></svg><h3>Copy</h3></body></html>";
+        let (text, o) = html_text_outline(doc).unwrap();
+        assert_eq!(o.title.as_deref(), Some("Ch. 4 & more - Book"));
+        let got: Vec<_> = o
+            .headings
+            .iter()
+            .map(|h| (h.level, h.text.as_str()))
+            .collect();
+        assert_eq!(got, [(1, "Ownership rules"), (2, "Moves"), (3, "Copy")]);
+        for h in &o.headings {
+            assert!(text[h.start..].starts_with(&h.text), "{h:?} in {text:?}");
+        }
+        // Without a <title>, the first h1.
+        let (_, o) = html_text_outline("<h2>x</h2><h1>Top</h1>").unwrap();
+        assert_eq!(o.title.as_deref(), Some("Top"));
+    }
+
+    #[test]
     fn drops_script_style_head_and_friends() {
         let doc = r#"<!doctype html><html><head><title>Tab title</title>
             <style>body { color: red }</style><script>var x = "<p>nope</p>";</script></head>
@@ -385,6 +561,33 @@ mod tests {
             <p>Visible text.</p><script>alert(1)</script><p>More.</p></body></html>"#;
         let text = html(doc);
         assert_eq!(text, "Visible text.\n\nMore.");
+    }
+
+    #[test]
+    fn drops_page_chrome_but_keeps_an_articles_own_header() {
+        let doc = r#"<html><body>
+            <header><a href="/">Home</a> Themes: Light Rust Coal</header>
+            <nav class="sidebar"><ol><li>Intro<li>Setup</ol></nav>
+            <div role="navigation">Prev Next</div>
+            <div id="menu" aria-hidden="true">Press ? for shortcuts</div>
+            <main><article><header><h1>Ownership</h1></header>
+            <p>Each value has an owner.</p><aside>Tip: see also</aside>
+            <div hidden>secret</div><img hidden src="x.png"><input hidden>
+            <footer>Article footnote.</footer></article></main>
+            <footer>Copyright 2026</footer></body></html>"#;
+        assert_eq!(
+            html(doc),
+            "Ownership\n\nEach value has an owner.\n\nArticle footnote."
+        );
+    }
+
+    #[test]
+    fn attributes_do_not_hide_elements_whose_end_tag_may_be_missing() {
+        // `<li hidden>` without `</li>`: hiding it would hide everything after it.
+        assert_eq!(
+            html("<ul><li hidden>a<li>b</ul><p>after</p>"),
+            "a\nb\n\nafter"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The chunking core: the entry points [`expand_input`] (an input path, directory or glob to a
 //! sorted file list), [`chunk_file`] and [`chunk_bytes`] (extract + split one document). The
 //! vocabulary ([`Format`], [`ChunkParams`], [`Chunk`], [`ChunkError`]) is in `types`,
-//! extraction in [`extract`], splitting in [`split`](mod@split).
+//! extraction in [`extract`] (with each document's title and headings: `outline`), splitting in
+//! [`split`](mod@split).
 //!
 //! Everything here is pure and synchronous: no async, no queues, no threads, no panics on
 //! input. The children never import this file (their shared types are in `types.rs`).
 
 mod extract;
+mod outline;
 mod split;
 mod tokens;
 mod types;
@@ -14,10 +16,11 @@ mod types;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use extract::{extract, extract_bytes};
+pub use extract::{extract, extract_bytes, extract_with_outline};
+pub use outline::{Heading, Outline};
 pub use split::{SECTION_BYTES, sections, split, split_cancellable};
 pub use tokens::split_tokens;
-pub use types::{Chunk, ChunkError, ChunkParams, Format};
+pub use types::{Chunk, ChunkError, ChunkParams, Format, Tokens};
 
 /// Extracts, splits and numbers the chunks of one file. `cancelled` is polled before
 /// extraction and between sections.
@@ -49,10 +52,32 @@ pub fn chunk_bytes(
     params: &ChunkParams,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<Chunk>, ChunkError> {
+    chunk_bytes_in(path, bytes, params, None, cancelled)
+}
+
+/// [`chunk_bytes`] with sizes in `tokens` when given (see [`split_in_tokens`]), else in
+/// characters.
+pub fn chunk_bytes_in(
+    path: &Path,
+    bytes: &[u8],
+    params: &ChunkParams,
+    tokens: Option<&dyn Tokens>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Vec<Chunk>, ChunkError> {
     let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
-    let text = extract_bytes(path, format, bytes)?;
-    let ranges =
-        split_cancellable(&text, format, params, cancelled).ok_or(ChunkError::Cancelled)?;
+    let (text, outline) = extract_with_outline(path, format, bytes)?;
+    let ranges = match tokens {
+        Some(tokens) => {
+            split_in_tokens(&text, format, params, tokens, cancelled).map_err(|reason| {
+                ChunkError::Tokenize {
+                    path: path.to_path_buf(),
+                    reason,
+                }
+            })?
+        }
+        None => split_cancellable(&text, format, params, cancelled),
+    }
+    .ok_or(ChunkError::Cancelled)?;
     let source = path.display().to_string();
     Ok(ranges
         .into_iter()
@@ -62,9 +87,44 @@ pub fn chunk_bytes(
             index: u32::try_from(i).unwrap_or(u32::MAX),
             start: r.start,
             end: r.end,
+            title: outline.title.clone(),
+            headings: outline.path(r.start, r.end),
             text: text[r].to_owned(),
         })
         .collect())
+}
+
+/// Cuts `text` into chunks of at most `params.fitted(tokens).max_tokens` of the model's
+/// tokens. Big texts are cut into sections first (as for characters: at headings, then
+/// paragraphs; no chunk crosses one), each tokenized once and split at token boundaries by
+/// [`split_tokens`]. `Ok(None)` once cancelled.
+///
+/// # Errors
+///
+/// The tokenizer's, as text.
+pub fn split_in_tokens(
+    text: &str,
+    format: Format,
+    params: &ChunkParams,
+    tokens: &dyn Tokens,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Vec<std::ops::Range<usize>>>, String> {
+    let params = params.fitted(tokens);
+    let mut out = Vec::new();
+    for section in sections(text, format, SECTION_BYTES) {
+        if cancelled() {
+            return Ok(None);
+        }
+        let base = section.start;
+        let piece = &text[section];
+        let spans = tokens.spans(piece)?;
+        let count = |t: &str| tokens.count(t);
+        let Some(ranges) = split_tokens(piece, format, &params, &spans, &count, cancelled) else {
+            return Ok(None);
+        };
+        out.extend(ranges.into_iter().map(|r| base + r.start..base + r.end));
+    }
+    Ok(Some(out))
 }
 
 /// Expands an input into the sorted list of regular files it names: a file is itself, a

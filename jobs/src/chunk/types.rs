@@ -42,11 +42,45 @@ impl Format {
 }
 
 /// How to cut text: chunks of at most `max_tokens` tokens sharing about `overlap` tokens with
-/// their neighbour. Tokens are characters (Unicode scalar values) for now.
+/// their neighbour. Tokens are the embedding model's own when a [`Tokens`] is given (archive
+/// jobs; there `max_tokens` 0 means the model's maximum), else characters (Unicode scalar
+/// values: chunk jobs, which have no model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkParams {
     pub max_tokens: usize,
     pub overlap: usize,
+}
+
+impl ChunkParams {
+    /// The params in `tokens`' units: `max_tokens` 0 or over the model's maximum becomes
+    /// the maximum (a chunk never holds more than the model reads), and the overlap at most
+    /// half a chunk.
+    #[must_use]
+    pub fn fitted(&self, tokens: &dyn Tokens) -> ChunkParams {
+        let most = tokens.max_tokens().max(1);
+        let max_tokens = match self.max_tokens {
+            0 => most,
+            n => n.min(most),
+        };
+        ChunkParams {
+            max_tokens,
+            overlap: self.overlap.min(max_tokens / 2),
+        }
+    }
+}
+
+/// A tokenizer chunk sizes are counted in: the embedding model's own.
+pub trait Tokens {
+    /// The byte ranges of `text`'s tokens, in order, special tokens left out.
+    ///
+    /// # Errors
+    ///
+    /// The tokenizer's own, as text.
+    fn spans(&self, text: &str) -> Result<Vec<std::ops::Range<usize>>, String>;
+    /// How many tokens `text` is, special tokens left out.
+    fn count(&self, text: &str) -> usize;
+    /// The most tokens a chunk may hold: the model's maximum less its special tokens.
+    fn max_tokens(&self) -> usize;
 }
 
 /// One piece of one document.
@@ -61,6 +95,12 @@ pub struct Chunk {
     /// Byte offset into the extracted text (exclusive): `extracted[start..end] == text`.
     pub end: usize,
     pub text: String,
+    /// The document's title (HTML's `<title>`, else its first level-1 heading), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The headings the chunk falls under, outermost first (see [`super::Outline::path`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headings: Vec<String>,
 }
 
 /// Why a file (or an input) could not be chunked. Every message names the file and says what
@@ -106,6 +146,9 @@ pub enum ChunkError {
     #[error("{}: cannot list: {source}; check permissions", path.display())]
     Walk { path: PathBuf, source: io::Error },
 
+    #[error("{}: the model's tokenizer failed: {reason}", path.display())]
+    Tokenize { path: PathBuf, reason: String },
+
     #[error("chunking cancelled")]
     Cancelled,
 }
@@ -146,6 +189,7 @@ impl ChunkError {
             | ChunkError::BadPdf { .. }
             | ChunkError::NoTextLayer { .. }
             | ChunkError::Html { .. }
+            | ChunkError::Tokenize { .. }
             | ChunkError::NotFound { .. }
             | ChunkError::NotRegular { .. }
             | ChunkError::NoMatch { .. }

@@ -44,21 +44,20 @@ pub struct Section {
     pub collection: String,
     #[serde(default = "default_model")]
     pub model: String,
-    /// Chunk size in characters (all-MiniLM-L6-v2 reads at most 256 tokens, about 1000
-    /// characters of English).
-    #[serde(default = "default_max_tokens")]
-    pub max_tokens: usize,
+    /// Chunk size in the model's tokens, counted with its own tokenizer; by default the
+    /// most the model reads (254 for all-MiniLM-L6-v2: 256 less its two special tokens).
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
+    /// Tokens a chunk shares with the one before it (at most half a chunk).
     #[serde(default = "default_overlap")]
     pub overlap: usize,
     #[serde(default = "default_batch_tokens")]
     pub batch_tokens: usize,
 }
 
-fn default_max_tokens() -> usize {
-    800
-}
+/// About an eighth of the default chunk.
 fn default_overlap() -> usize {
-    100
+    32
 }
 
 /// An archive is keyed by its collection unless the file says otherwise: submitting it
@@ -72,7 +71,9 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
         );
         return None;
     };
-    super::chunk::check_chunking(p, "archive", a.max_tokens, a.overlap);
+    if let Some(max) = a.max_tokens {
+        super::chunk::check_chunking(p, "archive", max, a.overlap);
+    }
     if !collection::valid_name(&a.collection) {
         p.bad(
             "archive.collection",
@@ -98,14 +99,28 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
     let model = model::resolve_embedding(&a.model, env.base_dir, env.models_dir)
         .map_err(|why| p.bad("archive.model", why.to_string(), why.hint()))
         .ok()?;
+    let most = model::embedding_max_length(&model.path);
+    if let Some(max) = a.max_tokens
+        && max > most
+    {
+        p.bad(
+            "archive.max_tokens",
+            format!(
+                "{max} is more than {} reads ({most} tokens, special tokens included)",
+                model.name
+            ),
+            "leave `max_tokens` out for the most the model reads, or give less",
+        );
+    }
     Some(Checked {
         default_key: Some(format!("archive:{}", a.collection)),
         task: Task::Archive(ArchiveTask {
             input,
             collection: a.collection.clone(),
             model,
+            // 0: the model's maximum, fitted to its tokenizer where the chunks are made.
             params: ChunkParams {
-                max_tokens: a.max_tokens,
+                max_tokens: a.max_tokens.unwrap_or(0),
                 overlap: a.overlap,
             },
             batch_tokens: a.batch_tokens,

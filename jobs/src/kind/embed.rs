@@ -158,9 +158,12 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
             batch_tokens,
             links,
         } => engines.embed(model, texts, *batch_tokens, links, ctx),
-        Task::EmbedDocs(t) => archive::run_docs(t, ctx.cancelled, &mut |texts| {
-            engines.embed_texts(&t.model, texts, t.batch_tokens, ctx)
-        }),
+        Task::EmbedDocs(t) => {
+            let tokens = engines.chunk_tokenizer(&t.model)?;
+            archive::run_docs(t, ctx.cancelled, &*tokens, &mut |texts| {
+                engines.embed_texts(&t.model, texts, t.batch_tokens, ctx)
+            })
+        }
         other => Err(misrouted(other, "embed")),
     }
 }

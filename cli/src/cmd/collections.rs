@@ -1,0 +1,116 @@
+//! `myco collections`: list the collections of a node's home, or `rm NAME` one. Asks the
+//! node at --api; with none running, reads (or removes from) --home's collections directly.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use myco_actors::http::swarm::{CollectionsReply, RemovedReply};
+use myco_jobs::collection;
+use myco_runtime::config::Home;
+
+use crate::args::Cli;
+use crate::client::Unreachable;
+use crate::cmd::common::{BadInput, client, print_json};
+
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
+    let mut x = bytes as f64;
+    let mut unit = 0;
+    while x >= 1000.0 && unit + 1 < UNITS.len() {
+        x /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{x:.1} {}", UNITS[unit])
+    }
+}
+
+/// "3 h ago", from a Unix time in ms.
+fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..60 => format!("{s} s ago"),
+        60..3600 => format!("{} min ago", s / 60),
+        3600..86_400 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86_400),
+    }
+}
+
+pub async fn list(cli: &Cli, home: &Home) -> Result<ExitCode> {
+    let reply = match client(cli, home).collections().await {
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => CollectionsReply {
+            collections: collection::list(&myco_jobs::home::collections_dir(home.root()))?,
+        },
+        other => other?,
+    };
+    if cli.json {
+        print_json(&reply)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if reply.collections.is_empty() {
+        eprintln!("no collections yet: an archive job (kind = \"archive\") builds one");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24} {:<22} {:>7} {:>9} {:>9}  LAST RUN",
+        "NAME", "MODEL", "FILES", "CHUNKS", "SIZE"
+    );
+    for c in &reply.collections {
+        if let Some(e) = &c.error {
+            println!("{:<24} unreadable: {e}", c.name);
+            continue;
+        }
+        println!(
+            "{:<24} {:<22} {:>7} {:>9} {:>9}  {}{}",
+            c.name,
+            c.model,
+            c.files,
+            c.chunks,
+            size(c.bytes),
+            ago(c.updated_ms),
+            if c.keyword {
+                ""
+            } else {
+                "  (format 1: no keyword index on disk until its next run)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove(cli: &Cli, home: &Home, name: &str) -> Result<ExitCode> {
+    if !collection::valid_name(name) {
+        return Err(BadInput(format!(
+            "`{name}` is not a collection name (letters, digits, `-`, `_`, `.`)"
+        ))
+        .into());
+    }
+    let reply = match client(cli, home).remove_collection(name).await {
+        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+            let removed = collection::remove(&myco_jobs::home::collections_dir(home.root()), name)?;
+            if !removed {
+                return Err(BadInput(format!(
+                    "no collection `{name}` in {}\nhint: `myco collections` lists them",
+                    myco_jobs::home::collections_dir(home.root()).display()
+                ))
+                .into());
+            }
+            RemovedReply {
+                name: name.to_owned(),
+                removed,
+            }
+        }
+        other => other?,
+    };
+    if cli.json {
+        print_json(&reply)?;
+    } else {
+        println!("removed collection {}", reply.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
