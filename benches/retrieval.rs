@@ -80,6 +80,18 @@ fn main() {
             (s.as_str(), page.rel.as_str())
         })
         .collect();
+    let ask = |text: &str, mode, k| {
+        rt.block_on(query(
+            &handle,
+            QueryRequest {
+                collection: "site".into(),
+                text: text.to_owned(),
+                k,
+                mode,
+            },
+        ))
+        .expect("query")
+    };
     let mut searched = 0;
     println!(
         "== retrieval: {PAGES} HTML pages with shared chrome, {QUERIES} sentences copied from them, {threads} threads =="
@@ -90,17 +102,7 @@ fn main() {
         let mut times = Vec::with_capacity(QUERIES);
         for (text, page) in &questions {
             let started = Instant::now();
-            let reply = rt
-                .block_on(query(
-                    &handle,
-                    QueryRequest {
-                        collection: "site".into(),
-                        text: (*text).to_owned(),
-                        k: 5,
-                        mode,
-                    },
-                ))
-                .expect("query");
+            let reply = ask(text, mode, 5);
             times.push(started.elapsed().as_secs_f64() * 1000.0);
             searched = reply.searched;
             if reply.hits.first().is_some_and(|h| h.source == *page) {
@@ -130,17 +132,7 @@ fn main() {
         let mut ids: Vec<(String, u32)> = Vec::new();
         let mut lists: Vec<Vec<Hit>> = Vec::new();
         for mode in [Mode::Vector, Mode::Keyword] {
-            let reply = rt
-                .block_on(query(
-                    &handle,
-                    QueryRequest {
-                        collection: "site".into(),
-                        text: (*text).to_owned(),
-                        k: FUSE_DEPTH,
-                        mode,
-                    },
-                ))
-                .expect("query");
+            let reply = ask(text, mode, FUSE_DEPTH);
             let hits = reply
                 .hits
                 .iter()

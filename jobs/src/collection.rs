@@ -484,13 +484,20 @@ pub fn fuse_scores(lists: &[&[Hit]], k: usize) -> Vec<Hit> {
             *score += held.get(row).copied().unwrap_or(floor);
         }
     }
-    let mut out: Vec<Hit> = scores
-        .into_iter()
-        .map(|(row, score)| Hit { row, score })
-        .collect();
-    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-    out.truncate(k);
-    out
+    best(
+        scores
+            .into_iter()
+            .map(|(row, score)| Hit { row, score })
+            .collect(),
+        k,
+    )
+}
+
+/// The `k` best of `hits`, best first (ties: the earlier row).
+fn best(mut hits: Vec<Hit>, k: usize) -> Vec<Hit> {
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+    hits.truncate(k);
+    hits
 }
 
 /// Merges ranked lists by reciprocal-rank fusion, best first (ties: the earlier row): the
@@ -502,13 +509,13 @@ pub fn fuse(lists: &[&[Hit]], k: usize) -> Vec<Hit> {
             *scores.entry(hit.row).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
         }
     }
-    let mut out: Vec<Hit> = scores
-        .into_iter()
-        .map(|(row, score)| Hit { row, score })
-        .collect();
-    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-    out.truncate(k);
-    out
+    best(
+        scores
+            .into_iter()
+            .map(|(row, score)| Hit { row, score })
+            .collect(),
+        k,
+    )
 }
 
 /// One search result: a row and its cosine similarity to the query.
@@ -681,18 +688,18 @@ impl Collection {
     /// The `k` best of `rows` by their exact dot product with `query`, best first.
     #[cfg(feature = "embed")]
     fn rank(&self, rows: &[usize], query: &[f32], k: usize) -> Vec<Hit> {
-        let mut hits: Vec<Hit> = rows
-            .iter()
-            .filter(|r| **r < self.len())
-            .map(|&row| Hit {
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
+        rows.dedup();
+        let hits = rows
+            .into_iter()
+            .filter(|r| *r < self.len())
+            .map(|row| Hit {
                 row,
                 score: dot(self.vector(row), query),
             })
             .collect();
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
-        hits.dedup_by_key(|h| h.row);
-        hits.truncate(k);
-        hits
+        best(hits, k)
     }
 }
 
