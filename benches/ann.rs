@@ -203,6 +203,7 @@ fn main() {
                         text,
                         k: 10,
                         mode,
+                        filter: Default::default(),
                     },
                 ))
                 .expect("query");

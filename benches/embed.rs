@@ -28,6 +28,7 @@ use myco_actors::{Node, Services, SpecSource};
 use myco_benches::{Totals, fmt_rate, fmt_ratio, linked_home, real_home, write_archive};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
+use myco_jobs::kind::embed::DEFAULT_BATCH_TOKENS;
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{NewJob, StateName};
 use tokio::runtime::Runtime;
@@ -138,7 +139,7 @@ fn bench_embed_path(
                 task: Task::Embed {
                     model: model.clone(),
                     texts,
-                    batch_tokens: 8192,
+                    batch_tokens: DEFAULT_BATCH_TOKENS,
                     links: Vec::new(),
                 },
                 priority: 0,
@@ -218,7 +219,7 @@ fn bench_embed_path(
     let mut start = 0;
     while start < order.len() {
         let mut end = start + 1;
-        while end < order.len() && (end + 1 - start) * counts[order[end]] <= 8192 {
+        while end < order.len() && (end + 1 - start) * counts[order[end]] <= DEFAULT_BATCH_TOKENS {
             end += 1;
         }
         batches.push(

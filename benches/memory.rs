@@ -7,7 +7,8 @@
 //!
 //! The builds run in child processes of this bench (itself, started again with
 //! `MYCO_MEMORY_CHILD`), so that nothing the bench holds counts. Needs ./setup.sh (the
-//! embedding model and ONNX Runtime). No timing or memory assertions.
+//! embedding model and ONNX Runtime). No timing or memory assertions. `MYCO_MEMORY_FILES=N`
+//! runs one build of N files instead (to look into a figure).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +25,8 @@ use myco_runtime::queue::StateName;
 const MODEL: &str = "all-MiniLM-L6-v2";
 const SIZES: [usize; 2] = [1_000, 5_000];
 const ROUNDS: usize = 2;
+/// Set to a number of files to run one quick build of that size only (for looking into it).
+const ONLY: &str = "MYCO_MEMORY_FILES";
 const CHILD: &str = "MYCO_MEMORY_CHILD";
 
 /// This process's peak resident set, in KiB.
@@ -58,7 +61,7 @@ fn child(root: &Path) {
             .expect("start the node");
         let toml = format!(
             "version = 1\nkind = \"archive\"\n[archive]\ninput = {:?}\ncollection = \"m\"\n",
-            root.join("archive").display().to_string()
+            root.join("archive").display().to_string(),
         );
         let handle = node.handle().clone();
         let id = handle
@@ -119,6 +122,13 @@ fn main() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
+    if let Some(files) = std::env::var(ONLY).ok().and_then(|v| v.parse().ok()) {
+        let root = tmp.path().join("only");
+        write_archive(&root.join("archive"), files, 21).expect("archive");
+        let (peak, n, secs) = build(&root);
+        println!("{files} files, {n} chunks: peak {peak:.0} MiB ({secs:.1} s)");
+        return;
+    }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut peaks: Vec<Vec<f64>> = vec![Vec::new(); SIZES.len()];
     let mut chunks = [0u64; SIZES.len()];

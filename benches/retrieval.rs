@@ -88,6 +88,7 @@ fn main() {
                 text: text.to_owned(),
                 k,
                 mode,
+                filter: Default::default(),
             },
         ))
         .expect("query")

@@ -40,7 +40,7 @@ pub async fn embed_now(
         task: Task::Embed {
             model,
             texts,
-            batch_tokens: 8192,
+            batch_tokens: myco_jobs::kind::embed::DEFAULT_BATCH_TOKENS,
             links: Vec::new(),
         },
         priority: INTERACTIVE_PRIORITY,

@@ -1,18 +1,24 @@
-//! Search a collection: embed the query through the queue (an interactive `embed` job, so it
-//! goes ahead of batch work and runs on whichever worker holds the model: see
-//! [`crate::interactive`]), then rank its chunks by [`Mode`]: nearest vectors, BM25 over
-//! their words (no embedding needed), or both fused by reciprocal rank (the default).
+//! Search a collection: embed the query, then rank its chunks by [`Mode`]: nearest vectors,
+//! BM25 over their words (no embedding needed), or both fused (the default; see
+//! [`myco_jobs::collection::fuse_scores`]).
 //!
-//! Open collections are kept by the node ([`crate::collections`]) and opened again when
-//! `collection.json` changes.
+//! On a node ([`query`]) the query is embedded through the queue (an interactive `embed` job,
+//! so it goes ahead of batch work and runs on whichever worker holds the model: see
+//! [`crate::interactive`]), and open collections are kept by the node
+//! ([`crate::collections`]) and opened again when `collection.json` changes. Without a node
+//! ([`query_here`]) the model is loaded in this process and no queue is opened, so a home
+//! whose queue another process holds (a `myco run`) can still be searched.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use myco_jobs::archive::ModelRef;
 use myco_jobs::collection::{self, Collection, Mode};
+use myco_jobs::filter::Filter;
 use serde::{Deserialize, Serialize};
 
+use crate::collections::Collections;
 use crate::interactive::embed_now;
 use crate::node::handle::NodeHandle;
 
@@ -26,6 +32,10 @@ pub struct QueryRequest {
     /// `hybrid` (the default), `vector` or `keyword`.
     #[serde(default)]
     pub mode: Mode,
+    /// Only chunks of files that pass (source glob, types, modification time); applied
+    /// before ranking.
+    #[serde(default, skip_serializing_if = "Filter::is_empty")]
+    pub filter: Filter,
 }
 
 fn default_k() -> usize {
@@ -53,7 +63,7 @@ pub struct QueryReply {
     pub collection: String,
     pub model: String,
     pub mode: Mode,
-    /// Chunks searched.
+    /// Chunks searched: those the filter lets through (all of them without one).
     pub searched: usize,
     pub embed_ms: f64,
     pub search_ms: f64,
@@ -71,15 +81,19 @@ pub enum QueryError {
     Failed(String),
 }
 
-/// The collection `name` of this node, from the cache unless it changed on disk.
-async fn load(node: &NodeHandle, name: &str) -> Result<Arc<Collection>, QueryError> {
+/// The collection `name` in `collections`, from `open` unless it changed on disk.
+async fn load(
+    open: &Collections,
+    collections: &Path,
+    name: &str,
+) -> Result<Arc<Collection>, QueryError> {
     if !collection::valid_name(name) {
         return Err(QueryError::BadRequest(format!(
             "`{name}` is not a collection name (letters, digits, `-`, `_`, `.`)"
         )));
     }
-    let dir = node.collections_dir().join(name);
-    let open = node.collections().clone();
+    let dir = collections.join(name);
+    let open = open.clone();
     tokio::task::spawn_blocking(move || {
         let _ = collection::recover(&dir);
         let meta = collection::read_meta(&dir)
@@ -105,6 +119,76 @@ async fn load(node: &NodeHandle, name: &str) -> Result<Arc<Collection>, QueryErr
 
 /// Answer a query on this node.
 pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, QueryError> {
+    let embed = |model: ModelRef, text: String| async move {
+        embed_now(node, model, vec![text])
+            .await
+            .map_err(|e| e.0)?
+            .pop()
+            .ok_or_else(|| "the model returned no vector".to_owned())
+    };
+    let place = Place {
+        open: node.collections(),
+        collections: &node.collections_dir(),
+        models: &node.models_dir(),
+    };
+    answer(place, req, embed).await
+}
+
+/// Answer a query on the collections of `home` without a node: the model (when the mode
+/// needs one) is loaded in this process for this query, on `threads` threads (0: every
+/// core). Reads only collection and model files, never the queue.
+pub async fn query_here(
+    home: &Path,
+    req: QueryRequest,
+    threads: usize,
+) -> Result<QueryReply, QueryError> {
+    let root = home.to_path_buf();
+    #[cfg(feature = "embed")]
+    let embed = |model: ModelRef, text: String| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut m = myco_jobs::embed::EmbedModel::load_with(&model.path, &root, threads)
+                .map_err(|e| e.to_string())?;
+            m.embed(&[text], 1)
+                .map_err(|e| e.to_string())?
+                .pop()
+                .ok_or_else(|| "the model returned no vector".to_owned())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    };
+    #[cfg(not(feature = "embed"))]
+    let embed = |_: ModelRef, _: String| async move {
+        let _ = (root, threads);
+        Err::<Vec<f32>, _>(
+            "this myco was built without the `embed` feature; rebuild with it, or query with --mode keyword"
+                .to_owned(),
+        )
+    };
+    let place = Place {
+        open: &Collections::default(),
+        collections: &myco_jobs::home::collections_dir(home),
+        models: &myco_jobs::home::models_dir(home),
+    };
+    answer(place, req, embed).await
+}
+
+/// Where a query's collection and model are found.
+struct Place<'a> {
+    open: &'a Collections,
+    collections: &'a Path,
+    models: &'a Path,
+}
+
+/// Answer `req` from `place`, its text embedded by `embed` when the mode needs a vector.
+async fn answer<F, Fut>(
+    place: Place<'_>,
+    req: QueryRequest,
+    embed: F,
+) -> Result<QueryReply, QueryError>
+where
+    F: FnOnce(ModelRef, String) -> Fut,
+    Fut: Future<Output = Result<Vec<f32>, String>>,
+{
     if req.text.trim().is_empty() {
         return Err(QueryError::BadRequest("the query text is empty".into()));
     }
@@ -114,19 +198,18 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
             req.k
         )));
     }
-    let c = load(node, &req.collection).await?;
+    let filter = req.filter.compile().map_err(QueryError::BadRequest)?;
+    let c = load(place.open, place.collections, &req.collection).await?;
     let model = ModelRef {
         name: c.meta.model.clone(),
-        path: node.models_dir().join(&c.meta.model),
+        path: place.models.join(&c.meta.model),
         bytes: c.meta.model_bytes,
     };
     let started = Instant::now();
     let vector = if req.mode.uses_vectors() {
-        let vector = embed_now(node, model, vec![req.text.clone()])
+        let vector = embed(model, req.text.clone())
             .await
-            .map_err(|e| QueryError::Failed(e.0))?
-            .pop()
-            .ok_or_else(|| QueryError::Failed("the model returned no vector".into()))?;
+            .map_err(QueryError::Failed)?;
         if vector.len() != c.meta.dim {
             return Err(QueryError::Failed(format!(
                 "the query vector has {} dimensions and the collection {}: was it built with another model?",
@@ -142,10 +225,20 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
     let started = Instant::now();
     let (k, mode, text) = (req.k, req.mode, req.text.clone());
     let c2 = c.clone();
-    let hits = tokio::task::spawn_blocking(move || c2.query(mode, &text, vector.as_deref(), k))
-        .await
-        .map_err(|e| QueryError::Failed(e.to_string()))?
-        .map_err(|e| QueryError::Failed(e.to_string()))?;
+    let filtered = !req.filter.is_empty();
+    let (hits, searched) = tokio::task::spawn_blocking(move || {
+        if !filtered {
+            return c2
+                .query(mode, &text, vector.as_deref(), k)
+                .map(|h| (h, c2.len()));
+        }
+        let (allowed, n) = c2.allowed(&filter)?;
+        c2.query_in(mode, &text, vector.as_deref(), k, Some(&allowed))
+            .map(|h| (h, n))
+    })
+    .await
+    .map_err(|e| QueryError::Failed(e.to_string()))?
+    .map_err(|e| QueryError::Failed(e.to_string()))?;
     let search_ms = started.elapsed().as_secs_f64() * 1000.0;
     let mut out = Vec::with_capacity(hits.len());
     for (rank, h) in hits.into_iter().enumerate() {
@@ -168,7 +261,7 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
         collection: req.collection,
         model: c.meta.model.clone(),
         mode: req.mode,
-        searched: c.len(),
+        searched,
         embed_ms,
         search_ms,
         hits: out,

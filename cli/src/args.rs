@@ -75,7 +75,8 @@ pub enum Command {
     /// Cancel a job (and its children); a running attempt is stopped.
     Cancel { id: String },
     /// Search a collection (built by an archive job) for the chunks nearest to a text. Asks
-    /// the node at --api; with none running, starts one in this process.
+    /// the node of --home (or --api); with none running, searches the collection's files in
+    /// this process (also while a `myco run` holds the home's queue).
     Query {
         text: String,
         /// The collection's name (`collection` in the archive job).
@@ -84,12 +85,12 @@ pub enum Command {
         /// How many chunks to return.
         #[arg(short = 'k', long, default_value_t = 5)]
         k: usize,
-        /// How to rank: `hybrid` (vectors and keywords, fused by rank), `vector` (nearest
-        /// embeddings) or `keyword` (BM25 over the chunks' words; needs no model).
+        /// How to rank: `hybrid` (vectors and keywords, their scores fused), `vector`
+        /// (nearest embeddings) or `keyword` (BM25 over the chunks' words; needs no model).
         #[arg(long, default_value = "hybrid", value_parser = parse_mode)]
         mode: myco_jobs::collection::Mode,
         #[command(flatten)]
-        node: NodeArgs,
+        filter: FilterArgs,
     },
     /// List the collections of the node's home (model, files, chunks, size, last run), or
     /// remove one. Asks the node at --api; with none running, works on --home directly.
@@ -265,4 +266,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_mode(s: &str) -> Result<myco_jobs::collection::Mode, String> {
     s.parse()
+}
+
+/// Which chunks `myco query` may return; applied before ranking.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FilterArgs {
+    /// Only files whose path (relative to the archive root) matches this glob: `*` stays in
+    /// one directory, `**` crosses any (`guide/**/*.md`).
+    #[arg(long, value_name = "GLOB")]
+    pub source: Option<String>,
+    /// Only files of this type (extension: md, html, pdf, txt); repeat for several.
+    #[arg(long = "type", value_name = "EXT")]
+    pub types: Vec<String>,
+    /// Only files modified since: a date (2026-11-01), a date and time
+    /// (2026-11-01T08:30:00Z) or an age (7d, 36h).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only files modified before: a date, a date and time, or an age.
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
 }

@@ -95,7 +95,6 @@ fn query_mode(home: &Path, collection: &str, text: &str, mode: &str) -> serde_js
             "3",
             "--mode",
             mode,
-            "--no-discovery",
         ])
         .output()
         .unwrap();
@@ -260,6 +259,109 @@ fn a_version_1_collection_is_queried_listed_and_upgraded_by_its_next_run() {
         serde_json::from_str(&std::fs::read_to_string(&meta_path).unwrap()).unwrap();
     assert_eq!(meta["version"], 2, "{meta}");
     assert!(dir.join("keyword").is_dir());
+}
+
+#[test]
+fn a_collection_is_queried_while_a_run_holds_the_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = home_with_model(tmp.path(), "home");
+    let small = tmp.path().join("small");
+    let files = write_archive(&small, 24, 4).unwrap();
+    run(&home, &job_file(tmp.path(), &small, "docs"));
+
+    // A long run on the same home: its embedded node holds queue.redb while it runs.
+    let big = tmp.path().join("big");
+    write_archive(&big, 1500, 5).unwrap();
+    let mut batch = myco(&home)
+        .args(["run", "--no-discovery", "--workers", "1"])
+        .arg(job_file(tmp.path(), &big, "big"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        batch.try_wait().unwrap().is_none(),
+        "the run ended too soon"
+    );
+    for mode in ["hybrid", "keyword"] {
+        let reply = query_mode(&home, "docs", &files[9].sentences[0], mode);
+        assert_eq!(reply["hits"][0]["source"], files[9].rel, "{mode}: {reply}");
+    }
+    let out = myco(&home)
+        .args(["--json", "collections"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        batch.try_wait().unwrap().is_none(),
+        "the run must still hold the home, or this tested nothing"
+    );
+    batch.kill().unwrap();
+    batch.wait().unwrap();
+}
+
+#[test]
+fn filters_narrow_a_query_to_files_by_path_type_and_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = home_with_model(tmp.path(), "home");
+    let archive = tmp.path().join("archive");
+    let files = write_archive(&archive, 24, 6).unwrap();
+    run(&home, &job_file(tmp.path(), &archive, "docs"));
+    let ask = |text: &str, extra: &[&str]| {
+        let out = myco(&home)
+            .args(["--json", "query", text, "-c", "docs", "-k", "5"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let hits = |text: &str, extra: &[&str]| -> Vec<String> {
+        let (code, out, err) = ask(text, extra);
+        assert_eq!(code, Some(0), "{err}");
+        let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+        reply["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["source"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let ext = |rel: &str| rel.rsplit('.').next().unwrap().to_owned();
+    let a = &files[2];
+    let other = files.iter().find(|f| ext(&f.rel) != ext(&a.rel)).unwrap();
+    let sentence = &a.sentences[0];
+    assert_eq!(hits(sentence, &[])[0], a.rel);
+    // Another type: a's sentence no longer finds a, and every hit is of that type.
+    let got = hits(sentence, &["--type", &ext(&other.rel)]);
+    assert!(
+        !got.is_empty() && got.iter().all(|s| ext(s) == ext(&other.rel)),
+        "{got:?}"
+    );
+    // The source glob: only that file.
+    let got = hits(sentence, &["--source", &other.rel]);
+    assert!(
+        !got.is_empty() && got.iter().all(|s| *s == other.rel),
+        "{got:?}"
+    );
+    // Modified since a day ago: everything; before 2000: nothing.
+    assert_eq!(hits(sentence, &["--since", "1d"])[0], a.rel);
+    assert!(hits(sentence, &["--before", "2000-01-01"]).is_empty());
+    // A malformed glob or time is bad input (exit 2) that says what is wrong.
+    let (code, _, err) = ask(sentence, &["--source", "guide/["]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a glob"), "{err}");
+    let (code, _, err) = ask(sentence, &["--since", "last tuesday"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--since"), "{err}");
 }
 
 /// Children of an archive job, with their histories, from a node's API.

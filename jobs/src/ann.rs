@@ -134,19 +134,50 @@ impl AnnIndex {
     ///
     /// usearch's, as text.
     pub fn candidates(&self, query: &[f32], k: usize) -> Result<Vec<usize>, String> {
-        let want = (k * RERANK).max(k).min(self.len());
+        let want = self.want(k);
         if want == 0 {
             return Ok(Vec::new());
         }
+        let found = self.index.search(query, want).map_err(err)?;
+        Ok(keys(found.keys))
+    }
+
+    /// How many candidates to ask for, the search's expansion set to suit.
+    fn want(&self, k: usize) -> usize {
+        let want = (k * RERANK).max(k).min(self.len());
         self.index
             .change_expansion_search(EXPANSION_SEARCH.max(want));
-        let found = self.index.search(query, want).map_err(err)?;
-        Ok(found
-            .keys
-            .into_iter()
-            .filter_map(|k| usize::try_from(k).ok())
-            .collect())
+        want
     }
+
+    /// [`AnnIndex::candidates`] among the rows `keep` accepts: the graph is walked through
+    /// every row, and only accepted ones are returned.
+    ///
+    /// # Errors
+    ///
+    /// usearch's, as text.
+    pub fn candidates_where(
+        &self,
+        query: &[f32],
+        k: usize,
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<Vec<usize>, String> {
+        let want = self.want(k);
+        if want == 0 {
+            return Ok(Vec::new());
+        }
+        let found = self
+            .index
+            .filtered_search(query, want, |key| usize::try_from(key).is_ok_and(&keep))
+            .map_err(err)?;
+        Ok(keys(found.keys))
+    }
+}
+
+fn keys(keys: Vec<u64>) -> Vec<usize> {
+    keys.into_iter()
+        .filter_map(|k| usize::try_from(k).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -205,5 +236,21 @@ mod tests {
         assert!(found * 100 >= asked * 95, "recall {found}/{asked}");
         assert!(open(&path, dim + 1).is_err());
         assert!(open(&tmp.path().join("missing"), dim).is_err());
+    }
+
+    #[test]
+    fn filtered_candidates_are_only_kept_rows_and_enough_of_them() {
+        let (rows, dim) = (3_000, 32);
+        let v = vectors(rows, dim);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(ANN_FILE);
+        build(&path, &v, dim, 2).unwrap();
+        let ann = open(&path, dim).unwrap();
+        // A query at an odd row; only even rows kept.
+        let query = &v[101 * dim..102 * dim];
+        let cands = ann.candidates_where(query, 10, |r| r % 2 == 0).unwrap();
+        assert!(cands.len() >= 10, "{cands:?}");
+        assert!(cands.iter().all(|r| r % 2 == 0), "{cands:?}");
+        assert!(ann.candidates(query, 10).unwrap().contains(&101));
     }
 }

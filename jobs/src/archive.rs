@@ -84,6 +84,13 @@ fn rel_name(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
+/// When the file at `path` was last modified (Unix ms), if the file system says.
+fn modified_ms(path: &Path) -> Option<u64> {
+    let t = std::fs::metadata(path).ok()?.modified().ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(d.as_millis()).ok()
+}
+
 /// The supported documents under `input`, as `(path, relative name)`.
 fn documents(input: &Path) -> Result<Vec<(PathBuf, String)>, ChunkError> {
     let root = if input.is_file() {
@@ -357,11 +364,13 @@ pub fn join(
 ) -> Result<Vec<u8>, JobError> {
     let dir = home::collection_dir(home, &task.collection);
     collection::recover(&dir).map_err(|e| JobError::retryable(e.to_string()))?;
-    let current: BTreeSet<String> = documents(&task.input)
+    // Each file still in the archive, with its modification time (for query filters).
+    let modified: BTreeMap<String, Option<u64>> = documents(&task.input)
         .map_err(|e| JobError::fatal(e.to_string()))?
         .into_iter()
-        .map(|(_, rel)| rel)
+        .map(|(path, rel)| (rel, modified_ms(&path)))
         .collect();
+    let current: BTreeSet<String> = modified.keys().cloned().collect();
     let mut rows: Vec<(ChunkRow, Vec<f32>)> = Vec::new();
     let mut files: BTreeMap<String, (String, u32)> = BTreeMap::new();
     let mut failed = Vec::new();
@@ -455,6 +464,7 @@ pub fn join(
             hash: hash.clone(),
             chunks: *chunks,
             first_row,
+            modified_ms: modified.get(path).copied().flatten(),
         });
         first_row += u64::from(*chunks);
     }

@@ -16,7 +16,9 @@
 //!   "text", "title", "headings"}` (the last two left out when the document has none), where `source` is the file's path relative to the archive root, `hash` the
 //!   SHA-256 of the file's bytes, `index` the chunk's number within the file, and
 //!   `start..end` its byte range in the file's extracted text.
-//! - `files.jsonl`: one line per file: `{"path", "hash", "chunks", "first_row"}`.
+//! - `files.jsonl`: one line per file: `{"path", "hash", "chunks", "first_row",
+//!   "modified_ms"}` (`modified_ms`, the file's modification time in Unix ms when the
+//!   collection was written, is absent in collections written before it was recorded).
 //! - `keyword/`: a tantivy index of the chunks' text, one document per row with the row
 //!   number as the u64 fast field `row` (see `crate::keyword`). Optional: a reader without
 //!   it builds one in memory when a query needs it.
@@ -41,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::filter::Allowed;
 #[cfg(feature = "embed")]
 use crate::keyword::{self, KeywordIndex};
 
@@ -75,7 +78,12 @@ mod keyword {
     }
 
     impl KeywordIndex {
-        pub fn search(&self, _: &str, _: usize) -> Result<Vec<(usize, f32)>, String> {
+        pub fn search_in(
+            &self,
+            _: &str,
+            _: usize,
+            _: Option<crate::filter::Allowed>,
+        ) -> Result<Vec<(usize, f32)>, String> {
             Err(MISSING.into())
         }
     }
@@ -170,6 +178,9 @@ pub struct FileEntry {
     pub hash: String,
     pub chunks: u32,
     pub first_row: u64,
+    /// The file's modification time (Unix ms) when the collection was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_ms: Option<u64>,
 }
 
 /// Why a collection could not be read or written. Messages name the file.
@@ -404,6 +415,8 @@ pub struct Collection {
     /// The keyword index, opened (or, for a version 1 collection, built in memory) by the
     /// first query that needs it.
     keyword: std::sync::OnceLock<Result<KeywordIndex, String>>,
+    /// `files.jsonl`, read by the first filtered query.
+    files: std::sync::OnceLock<Result<Vec<FileEntry>, String>>,
 }
 
 /// How a query ranks chunks.
@@ -585,6 +598,7 @@ impl Collection {
             chunks,
             lines,
             keyword: std::sync::OnceLock::new(),
+            files: std::sync::OnceLock::new(),
             #[cfg(feature = "embed")]
             ann,
         })
@@ -618,6 +632,29 @@ impl Collection {
             .map_err(|why| corrupt(&dir, why.clone()))
     }
 
+    /// The files it holds (`files.jsonl`), read once.
+    pub fn files(&self) -> Result<&[FileEntry], CollectionError> {
+        let path = self.dir.join("files.jsonl");
+        self.files
+            .get_or_init(|| {
+                let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+                text.lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_str(l).map_err(|e| e.to_string()))
+                    .collect()
+            })
+            .as_deref()
+            .map_err(|why| corrupt(&path, why.clone()))
+    }
+
+    /// The rows `filter` lets through, and how many.
+    pub fn allowed(
+        &self,
+        filter: &crate::filter::Compiled,
+    ) -> Result<(Allowed, usize), CollectionError> {
+        Ok(filter.rows(self.files()?, self.len()))
+    }
+
     /// The `k` chunks best matching `text` (and its embedding `vector`, for the modes that use
     /// it), best first. Scores are the mode's own: cosine, BM25, or the fused score (a sum of
     /// z-scores).
@@ -628,12 +665,29 @@ impl Collection {
         vector: Option<&[f32]>,
         k: usize,
     ) -> Result<Vec<Hit>, CollectionError> {
+        self.query_in(mode, text, vector, k, None)
+    }
+
+    /// [`Collection::query`] among the `allowed` rows only (every row when `None`): each
+    /// ranking considers only them, so up to `k` come back however few rows pass.
+    pub fn query_in(
+        &self,
+        mode: Mode,
+        text: &str,
+        vector: Option<&[f32]>,
+        k: usize,
+        allowed: Option<&Allowed>,
+    ) -> Result<Vec<Hit>, CollectionError> {
         let depth = k.max(FUSE_DEPTH);
-        let vector_hits = |n| vector.map(|v| self.search(v, n)).unwrap_or_default();
+        let vector_hits = |n| {
+            vector
+                .map(|v| self.search_in(v, n, allowed))
+                .unwrap_or_default()
+        };
         let keyword_hits = |n| {
             let hits = self
                 .keyword_index()?
-                .search(text, n)
+                .search_in(text, n, allowed.cloned())
                 .map_err(|why| corrupt(&self.dir.join(KEYWORD_DIR), why))?;
             Ok::<_, CollectionError>(
                 hits.into_iter()
@@ -675,14 +729,31 @@ impl Collection {
     /// The `k` rows nearest to `query` (L2-normalised, of the collection's dimension), best
     /// first. Exact: one dot product per row over contiguous memory, no allocation per row.
     pub fn search(&self, query: &[f32], k: usize) -> Vec<Hit> {
+        self.search_in(query, k, None)
+    }
+
+    /// [`Collection::search`] among the `allowed` rows only (every row when `None`). With an
+    /// HNSW index and enough rows allowed ([`crate::ann::ANN_MIN`]), the graph is searched
+    /// with the filter (rows it rejects are passed through, never returned); fewer rows are
+    /// scanned exactly, which is then both cheaper and exact.
+    pub fn search_in(&self, query: &[f32], k: usize, allowed: Option<&Allowed>) -> Vec<Hit> {
         #[cfg(feature = "embed")]
         if let Some(ann) = &self.ann
             && query.len() == self.meta.dim
-            && let Ok(rows) = ann.candidates(query, k)
+            && allowed.is_none_or(|a| a.iter().filter(|x| **x).count() >= crate::ann::ANN_MIN)
+            && let Ok(rows) = match allowed {
+                None => ann.candidates(query, k),
+                Some(a) => {
+                    ann.candidates_where(query, k, |row| a.get(row).copied().unwrap_or(false))
+                }
+            }
         {
             return self.rank(&rows, query, k);
         }
-        search(&self.vectors, self.meta.dim, query, k)
+        match allowed {
+            None => search(&self.vectors, self.meta.dim, query, k),
+            Some(a) => search_where(&self.vectors, self.meta.dim, query, k, |row| a[row]),
+        }
     }
 
     /// The `k` best of `rows` by their exact dot product with `query`, best first.
@@ -705,12 +776,26 @@ impl Collection {
 
 /// Exact top-`k` by dot product over `vectors` (rows of `dim` floats, contiguous).
 pub fn search(vectors: &[f32], dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
+    search_where(vectors, dim, query, k, |_| true)
+}
+
+/// [`search`] over the rows `keep` accepts.
+pub fn search_where(
+    vectors: &[f32],
+    dim: usize,
+    query: &[f32],
+    k: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Vec<Hit> {
     if dim == 0 || query.len() != dim || k == 0 {
         return Vec::new();
     }
     // `top` is kept sorted best first; k is small, so insertion beats a heap.
     let mut top: Vec<Hit> = Vec::with_capacity(k + 1);
     for (row, v) in vectors.chunks_exact(dim).enumerate() {
+        if !keep(row) {
+            continue;
+        }
         let score = dot(v, query);
         if top.len() == k && score <= top[k - 1].score {
             continue;
@@ -1016,6 +1101,68 @@ mod tests {
             3
         );
         assert!("fuzzy".parse::<Mode>().unwrap_err().contains("hybrid"));
+    }
+
+    /// A filter is applied before ranking: in every mode only its files' rows come back,
+    /// and as many as asked for even when they are the worst matches.
+    #[cfg(feature = "embed")]
+    #[test]
+    fn a_filter_narrows_every_mode_before_ranking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("c");
+        // 40 rows over 4 files; each row's text and vector point at itself.
+        let names = ["a.md", "b.html", "guide/c.md", "guide/d.txt"];
+        let rows: Vec<_> = (0..40)
+            .map(|i| {
+                let mut r = row(names[i / 10], (i % 10) as u32);
+                r.text = format!(
+                    "lease queue worker {}",
+                    ["alpha", "beta", "gamma", "delta"][i / 10]
+                );
+                (r, unit(40, i))
+            })
+            .collect();
+        let files: Vec<FileEntry> = (0..4)
+            .map(|f| FileEntry {
+                path: names[f].into(),
+                hash: "h".into(),
+                chunks: 10,
+                first_row: (f * 10) as u64,
+                modified_ms: Some(1_000 * f as u64),
+            })
+            .collect();
+        write(&dir, &meta(40, 40), &rows, &files).unwrap();
+        let c = Collection::open(&dir).unwrap();
+        let guide = crate::filter::Filter {
+            source: Some("guide/**".into()),
+            types: vec!["txt".into()],
+            ..crate::filter::Filter::default()
+        };
+        let (allowed, n) = c.allowed(&guide.compile().unwrap()).unwrap();
+        assert_eq!(n, 10);
+        // The vector and the words both point at a.md's rows (0, and "alpha").
+        let v = unit(40, 0);
+        for mode in [Mode::Vector, Mode::Keyword, Mode::Hybrid] {
+            let hits = c
+                .query_in(mode, "worker alpha", Some(&v), 5, Some(&allowed))
+                .unwrap();
+            assert_eq!(hits.len(), 5, "{mode:?}: {hits:?}");
+            assert!(
+                hits.iter().all(|h| (30..40).contains(&h.row)),
+                "{mode:?}: {hits:?}"
+            );
+            let unfiltered = c.query(mode, "worker alpha", Some(&v), 5).unwrap();
+            assert!(
+                unfiltered.iter().all(|h| h.row < 10),
+                "{mode:?}: {unfiltered:?}"
+            );
+        }
+        let recent = crate::filter::Filter {
+            modified_after_ms: Some(2_000),
+            ..crate::filter::Filter::default()
+        };
+        let (_, n) = c.allowed(&recent.compile().unwrap()).unwrap();
+        assert_eq!(n, 20);
     }
 
     #[cfg(feature = "embed")]

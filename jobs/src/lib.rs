@@ -20,6 +20,7 @@ pub mod error;
 pub mod executor;
 #[cfg(feature = "infer")]
 pub mod ffi;
+pub mod filter;
 pub mod fit;
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod gguf;

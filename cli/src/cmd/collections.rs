@@ -1,5 +1,6 @@
 //! `myco collections`: list the collections of a node's home, or `rm NAME` one. Asks the
-//! node at --api; with none running, reads (or removes from) --home's collections directly.
+//! node of --home (or --api); with none running, reads (or removes from) --home's
+//! collections directly.
 
 use std::process::ExitCode;
 
@@ -10,7 +11,7 @@ use myco_runtime::config::Home;
 
 use crate::args::Cli;
 use crate::client::Unreachable;
-use crate::cmd::common::{BadInput, client, print_json};
+use crate::cmd::common::{BadInput, home_client, print_json};
 
 fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
@@ -42,11 +43,18 @@ fn ago(ms: u64) -> String {
 }
 
 pub async fn list(cli: &Cli, home: &Home) -> Result<ExitCode> {
-    let reply = match client(cli, home).collections().await {
-        Err(e) if e.downcast_ref::<Unreachable>().is_some() => CollectionsReply {
+    let from_node = match home_client(cli, home) {
+        Some(c) => match c.collections().await {
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
+            other => Some(other?),
+        },
+        None => None,
+    };
+    let reply = match from_node {
+        Some(reply) => reply,
+        None => CollectionsReply {
             collections: collection::list(&myco_jobs::home::collections_dir(home.root()))?,
         },
-        other => other?,
     };
     if cli.json {
         print_json(&reply)?;
@@ -90,8 +98,16 @@ pub async fn remove(cli: &Cli, home: &Home, name: &str) -> Result<ExitCode> {
         ))
         .into());
     }
-    let reply = match client(cli, home).remove_collection(name).await {
-        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+    let from_node = match home_client(cli, home) {
+        Some(c) => match c.remove_collection(name).await {
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
+            other => Some(other?),
+        },
+        None => None,
+    };
+    let reply = match from_node {
+        Some(reply) => reply,
+        None => {
             let removed = collection::remove(&myco_jobs::home::collections_dir(home.root()), name)?;
             if !removed {
                 return Err(BadInput(format!(
@@ -105,7 +121,6 @@ pub async fn remove(cli: &Cli, home: &Home, name: &str) -> Result<ExitCode> {
                 removed,
             }
         }
-        other => other?,
     };
     if cli.json {
         print_json(&reply)?;

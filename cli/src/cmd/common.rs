@@ -53,6 +53,13 @@ pub fn open_out(path: Option<&Path>) -> Result<Box<dyn Write>> {
     })
 }
 
+/// A client of --home's own node: at --api / MYCO_API when given, else at the address the
+/// node of --home wrote there; `None` when neither is there (no node runs on this home, and
+/// whatever answers at the default address belongs to another home).
+pub fn home_client(cli: &Cli, home: &Home) -> Option<Client> {
+    (cli.api.is_some() || home.api_addr_path().exists()).then(|| client(cli, home))
+}
+
 /// The API address: --api / MYCO_API, else the one the node in --home wrote, else the default.
 pub fn api_addr(cli: &Cli, home: &Home) -> SocketAddr {
     if let Some(a) = cli.api {

@@ -74,8 +74,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             collection,
             k,
             mode,
-            node,
-        } => query::run(&cli, &home, text, collection, *k, *mode, node).await,
+            filter,
+        } => query::run(&cli, &home, text, collection, *k, *mode, filter).await,
         Command::Collections { action: None } => collections::list(&cli, &home).await,
         Command::Collections {
             action: Some(CollectionsCommand::Rm { name }),

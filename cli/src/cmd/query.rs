@@ -1,14 +1,16 @@
-//! `myco query`: search a collection, on the node or (without one) on an embedded node.
+//! `myco query`: search a collection, on the node of its home or (without one) in this
+//! process, reading the collection's files (not the queue: a `myco run` may hold it).
 
 use std::process::ExitCode;
 
 use anyhow::{Result, anyhow};
-use myco_actors::{Node, Services};
 use myco_runtime::config::Home;
 
-use crate::args::{Cli, NodeArgs};
+use myco_jobs::filter::{Filter, parse_time};
+
+use crate::args::{Cli, FilterArgs};
 use crate::client::Unreachable;
-use crate::cmd::common::{BadInput, client, node_config, print_json};
+use crate::cmd::common::{BadInput, home_client, print_json};
 
 pub async fn run(
     cli: &Cli,
@@ -17,30 +19,50 @@ pub async fn run(
     collection: &str,
     k: usize,
     mode: myco_jobs::collection::Mode,
-    args: &NodeArgs,
+    filter: &FilterArgs,
 ) -> Result<ExitCode> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let time = |t: &Option<String>, flag: &str| {
+        t.as_deref()
+            .map(|t| parse_time(t, now).map_err(|e| BadInput(format!("--{flag}: {e}"))))
+            .transpose()
+    };
+    let filter = Filter {
+        source: filter.source.clone(),
+        types: filter.types.clone(),
+        modified_after_ms: time(&filter.since, "since")?,
+        modified_before_ms: time(&filter.before, "before")?,
+    };
     let req = myco_actors::query::QueryRequest {
         collection: collection.to_owned(),
         text: text.to_owned(),
         k,
         mode,
+        filter,
     };
-    let reply = match client(cli, home).query(&req).await {
-        Err(e) if e.downcast_ref::<Unreachable>().is_some() => {
+    let from_node = match home_client(cli, home) {
+        Some(c) => match c.query(&req).await {
+            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
+            other => Some(other?),
+        },
+        None => None,
+    };
+    let reply = match from_node {
+        Some(reply) => reply,
+        None => {
             eprintln!(
-                "no node answers for {}: searching on a node started in this process (it loads the model each time; a running `myco node` keeps it loaded)",
+                "no node of {} answers: searching in this process (it loads the model each time; a running `myco node` keeps it loaded)",
                 home.root().display()
             );
-            let cfg = node_config(cli, home, args)?;
-            let node = Node::start(home.clone(), cfg, Services::EMBEDDED).await?;
-            let reply = myco_actors::query::query(node.handle(), req).await;
-            node.shutdown().await?;
-            reply.map_err(|e| match e {
-                myco_actors::query::QueryError::Failed(m) => anyhow!(m),
-                other => BadInput(other.to_string()).into(),
-            })?
+            myco_actors::query::query_here(home.root(), req, 0)
+                .await
+                .map_err(|e| match e {
+                    myco_actors::query::QueryError::Failed(m) => anyhow!(m),
+                    other => BadInput(other.to_string()).into(),
+                })?
         }
-        other => other?,
     };
     if cli.json {
         print_json(&reply)?;

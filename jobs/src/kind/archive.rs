@@ -85,7 +85,7 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
         p.bad(
             "archive.batch_tokens",
             "must be at least 1",
-            "leave it out for the default (8192)",
+            "leave it out for the default (512)",
         );
     }
     let input = env.path(&a.input);

@@ -32,8 +32,12 @@ pub const TRAITS: KindTraits = KindTraits {
 
 /// The embedding model jobs use when they name none (`./setup.sh` installs it).
 pub const DEFAULT_MODEL: &str = "all-MiniLM-L6-v2";
-/// Estimated tokens per embedding batch, unless the job says otherwise.
-pub const DEFAULT_BATCH_TOKENS: usize = 8192;
+/// Padded tokens per embedding batch, unless the job says otherwise. Small on purpose: ONNX
+/// Runtime's arena keeps the largest activations a session has run (per worker), and a batch
+/// of 8192 tokens at 256 per text grew it by ~1 GB per worker; on the CPU a batch of 512
+/// embeds as fast per token or faster (`benches/memory.rs`: 1,000 files 2,290 MiB / 43.7 s
+/// at 8192, 502 MiB / 23.2 s at 512, 2 workers).
+pub const DEFAULT_BATCH_TOKENS: usize = 512;
 
 /// `[embed]`: turn texts into vectors with a sentence-embedding model.
 #[derive(Debug, Clone, Deserialize)]
@@ -113,7 +117,7 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
         p.bad(
             "embed.batch_tokens",
             "must be at least 1",
-            "leave it out for the default (8192)",
+            "leave it out for the default (512)",
         );
     }
     let model = model::resolve_embedding(&e.model, env.base_dir, env.models_dir)
