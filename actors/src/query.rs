@@ -66,6 +66,8 @@ pub struct QueryReply {
     /// Chunks searched: those the filter lets through (all of them without one).
     pub searched: usize,
     pub embed_ms: f64,
+    /// What searching added to the embedding (in hybrid mode BM25 runs while the query is
+    /// embedded, so this is less than the two searches took).
     pub search_ms: f64,
     pub hits: Vec<QueryHit>,
 }
@@ -172,6 +174,14 @@ pub async fn query_here(
     answer(place, req, embed).await
 }
 
+/// A blocking task's result, its failure a query's.
+fn joined<T>(
+    r: Result<Result<T, collection::CollectionError>, tokio::task::JoinError>,
+) -> Result<T, QueryError> {
+    r.map_err(|e| QueryError::Failed(e.to_string()))?
+        .map_err(|e| QueryError::Failed(e.to_string()))
+}
+
 /// Where a query's collection and model are found.
 struct Place<'a> {
     open: &'a Collections,
@@ -206,10 +216,28 @@ where
         bytes: c.meta.model_bytes,
     };
     let started = Instant::now();
-    let vector = if req.mode.uses_vectors() {
+    // The rows the filter lets through, once for both rankings.
+    let (allowed, searched) = if req.filter.is_empty() {
+        (None, c.len())
+    } else {
+        let c2 = c.clone();
+        let (a, n) = joined(tokio::task::spawn_blocking(move || c2.allowed(&filter)).await)?;
+        (Some(a), n)
+    };
+    let (k, mode) = (req.k, req.mode);
+    let depth = k.max(collection::FUSE_DEPTH);
+    // BM25 needs no vector: in hybrid mode it runs while the query is being embedded.
+    let keyword = (mode != Mode::Vector).then(|| {
+        let (c2, text, allowed) = (c.clone(), req.text.clone(), allowed.clone());
+        let n = if mode == Mode::Keyword { k } else { depth };
+        tokio::task::spawn_blocking(move || c2.keyword_hits(&text, n, allowed.as_ref()))
+    });
+    let mut embed_ms = 0.0;
+    let vector_hits = if mode.uses_vectors() {
         let vector = embed(model, req.text.clone())
             .await
             .map_err(QueryError::Failed)?;
+        embed_ms = started.elapsed().as_secs_f64() * 1000.0;
         if vector.len() != c.meta.dim {
             return Err(QueryError::Failed(format!(
                 "the query vector has {} dimensions and the collection {}: was it built with another model?",
@@ -217,29 +245,26 @@ where
                 c.meta.dim
             )));
         }
-        Some(vector)
+        let n = if mode == Mode::Vector { k } else { depth };
+        let (c2, allowed) = (c.clone(), allowed.clone());
+        Some(joined(
+            tokio::task::spawn_blocking(move || Ok(c2.search_in(&vector, n, allowed.as_ref())))
+                .await,
+        )?)
     } else {
         None
     };
-    let embed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let started = Instant::now();
-    let (k, mode, text) = (req.k, req.mode, req.text.clone());
-    let c2 = c.clone();
-    let filtered = !req.filter.is_empty();
-    let (hits, searched) = tokio::task::spawn_blocking(move || {
-        if !filtered {
-            return c2
-                .query(mode, &text, vector.as_deref(), k)
-                .map(|h| (h, c2.len()));
-        }
-        let (allowed, n) = c2.allowed(&filter)?;
-        c2.query_in(mode, &text, vector.as_deref(), k, Some(&allowed))
-            .map(|h| (h, n))
-    })
-    .await
-    .map_err(|e| QueryError::Failed(e.to_string()))?
-    .map_err(|e| QueryError::Failed(e.to_string()))?;
-    let search_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let keyword_hits = match keyword {
+        Some(task) => Some(joined(task.await)?),
+        None => None,
+    };
+    let hits = match (vector_hits, keyword_hits) {
+        (Some(v), Some(w)) => collection::fuse_scores(&[&v, &w], k),
+        (Some(hits), None) | (None, Some(hits)) => hits,
+        (None, None) => Vec::new(),
+    };
+    // What the search added to the embedding (BM25 overlaps it in hybrid mode).
+    let search_ms = started.elapsed().as_secs_f64() * 1000.0 - embed_ms;
     let mut out = Vec::with_capacity(hits.len());
     for (rank, h) in hits.into_iter().enumerate() {
         let row = c

@@ -24,7 +24,7 @@
 //!   it builds one in memory when a query needs it.
 //!
 //! - `vectors.usearch` (collections of [`crate::ann::ANN_MIN`] vectors or more): an HNSW
-//!   index of `vectors.npy` (usearch's format; key = row, inner product, f16), which
+//!   index of `vectors.npy` (usearch's format; key = row, inner product, f32), which
 //!   searches use for candidates and then rank exactly (see `crate::ann`). Optional: without
 //!   it a search scans every vector.
 //!
@@ -684,22 +684,36 @@ impl Collection {
                 .map(|v| self.search_in(v, n, allowed))
                 .unwrap_or_default()
         };
-        let keyword_hits = |n| {
-            let hits = self
-                .keyword_index()?
-                .search_in(text, n, allowed.cloned())
-                .map_err(|why| corrupt(&self.dir.join(KEYWORD_DIR), why))?;
-            Ok::<_, CollectionError>(
-                hits.into_iter()
-                    .map(|(row, score)| Hit { row, score })
-                    .collect(),
-            )
-        };
         Ok(match mode {
             Mode::Vector => vector_hits(k),
-            Mode::Keyword => keyword_hits(k)?,
-            Mode::Hybrid => fuse_scores(&[&vector_hits(depth), &keyword_hits(depth)?], k),
+            Mode::Keyword => self.keyword_hits(text, k, allowed)?,
+            Mode::Hybrid => fuse_scores(
+                &[
+                    &vector_hits(depth),
+                    &self.keyword_hits(text, depth, allowed)?,
+                ],
+                k,
+            ),
         })
+    }
+
+    /// The `k` best chunks for `text` by BM25 alone, among the `allowed` rows (every row when
+    /// `None`). Hybrid search fuses [`FUSE_DEPTH`] of these with as many vector hits
+    /// ([`fuse_scores`]); a caller may run this while the query is being embedded.
+    pub fn keyword_hits(
+        &self,
+        text: &str,
+        k: usize,
+        allowed: Option<&Allowed>,
+    ) -> Result<Vec<Hit>, CollectionError> {
+        let hits = self
+            .keyword_index()?
+            .search_in(text, k, allowed.cloned())
+            .map_err(|why| corrupt(&self.dir.join(KEYWORD_DIR), why))?;
+        Ok(hits
+            .into_iter()
+            .map(|(row, score)| Hit { row, score })
+            .collect())
     }
 
     pub fn len(&self) -> usize {

