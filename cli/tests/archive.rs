@@ -364,6 +364,33 @@ fn filters_narrow_a_query_to_files_by_path_type_and_time() {
     assert!(err.contains("--since"), "{err}");
 }
 
+#[test]
+fn lines_most_pages_share_are_dropped_as_boilerplate_and_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = home_with_model(tmp.path(), "home");
+    let site = tmp.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    const SHARED: &str = "Subscribe to our newsletter for weekly updates from the lighthouse";
+    for i in 0..12 {
+        std::fs::write(
+            site.join(format!("page-{i:02}.html")),
+            format!(
+                "<html><head><title>Page {i}</title></head><body><div class=\"promo\">{SHARED}</div>\
+                 <p>The keeper of lighthouse number {i} counts {} gulls every morning.</p></body></html>",
+                i * 7
+            ),
+        )
+        .unwrap();
+    }
+    let summary = run(&home, &job_file(tmp.path(), &site, "site"));
+    assert_eq!(summary["files"], 12, "{summary}");
+    assert_eq!(summary["boilerplate_bytes"], 12 * SHARED.len(), "{summary}");
+    let rows = chunk_rows(&home, "site");
+    assert!(rows.iter().all(|r| !r["text"].as_str().unwrap().contains("newsletter")));
+    let reply = query(&home, "site", "keeper of lighthouse number 5 counts 35 gulls");
+    assert_eq!(reply["hits"][0]["source"], "page-05.html", "{reply}");
+}
+
 /// Children of an archive job, with their histories, from a node's API.
 fn children(http: &Http, node: &NodeProc, id: &str) -> Vec<serde_json::Value> {
     let (status, body) = http

@@ -132,6 +132,8 @@ fn same_build(dir: &Path, model: &ModelRef, params: &ChunkParams) -> bool {
 pub struct ArchivePlan {
     pub children: Vec<DocsTask>,
     pub unchanged: usize,
+    /// The archive's boilerplate lines ([`chunk::boilerplate`]), for the children to drop.
+    pub boilerplate: Vec<u64>,
 }
 
 /// Plan an archive job against the collections in `collections`: hash every supported
@@ -148,11 +150,21 @@ pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, Chunk
     let mut group: Vec<Doc> = Vec::new();
     let mut group_bytes = 0u64;
     let mut unchanged = 0;
-    for (path, rel) in documents(&task.input)? {
+    let docs = documents(&task.input)?;
+    // An even sample of the whole archive (changed or not) to learn its boilerplate from.
+    let sampled = chunk::boilerplate::sample(docs.len());
+    let mut texts = Vec::with_capacity(sampled.len());
+    for (i, (path, rel)) in docs.into_iter().enumerate() {
         let bytes = std::fs::read(&path).map_err(|source| ChunkError::Read {
             path: path.clone(),
             source,
         })?;
+        if sampled.binary_search(&i).is_ok()
+            && let Some(format) = Format::from_path(&path)
+            && let Ok((text, _)) = chunk::extract_with_outline(&path, format, &bytes)
+        {
+            texts.push(text);
+        }
         let hash = hash_bytes(&bytes);
         if known.get(&rel) == Some(&hash) {
             unchanged += 1;
@@ -185,6 +197,7 @@ pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, Chunk
             })
             .collect(),
         unchanged,
+        boilerplate: chunk::boilerplate::learn(texts.iter().map(String::as_str)),
     })
 }
 
@@ -213,6 +226,13 @@ struct DocLine {
     /// Why the document could not be chunked (it stays out of the collection, and the next
     /// run tries it again).
     error: Option<String>,
+    /// Bytes of its extracted text blanked as the archive's boilerplate.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    boilerplate_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Embeds texts, in order: the executor's loaded model.
@@ -223,6 +243,7 @@ pub type EmbedFn<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>, JobError> + '
 /// pass (I/O) fails the child for a retry.
 pub fn run_docs(
     task: &DocsTask,
+    boilerplate: &[u64],
     cancelled: &dyn Fn() -> bool,
     tokens: &dyn chunk::Tokens,
     embed: &mut EmbedFn<'_>,
@@ -232,6 +253,7 @@ pub fn run_docs(
         hash: String,
         chunks: Vec<chunk::Chunk>,
         error: Option<String>,
+        blanked: usize,
     }
     let mut docs = Vec::with_capacity(task.docs.len());
     for doc in &task.docs {
@@ -252,6 +274,7 @@ pub fn run_docs(
                         hash: doc.hash.clone(),
                         chunks: Vec::new(),
                         error: Some(format!("{}: the file is gone", doc.path.display())),
+                        blanked: 0,
                     });
                     continue;
                 }
@@ -264,12 +287,21 @@ pub fn run_docs(
             },
         };
         let hash = hash_bytes(bytes);
-        match chunk::chunk_bytes_in(&doc.path, bytes, &task.params, Some(tokens), cancelled) {
-            Ok(chunks) => docs.push(Done {
+        let chunked = chunk::chunk_bytes_dropping(
+            &doc.path,
+            bytes,
+            &task.params,
+            Some(tokens),
+            cancelled,
+            boilerplate,
+        );
+        match chunked {
+            Ok((chunks, blanked)) => docs.push(Done {
                 rel: doc.rel.clone(),
                 hash,
                 chunks,
                 error: None,
+                blanked,
             }),
             Err(ChunkError::Cancelled) => return Err(JobError::retryable("cancelled")),
             Err(e) if e.is_retryable() => return Err(JobError::retryable(e.to_string())),
@@ -278,6 +310,7 @@ pub fn run_docs(
                 hash,
                 chunks: Vec::new(),
                 error: Some(e.to_string()),
+                blanked: 0,
             }),
         }
     }
@@ -325,6 +358,7 @@ pub fn run_docs(
             hash: d.hash,
             chunks: u32::try_from(d.chunks.len()).unwrap_or(u32::MAX),
             error: d.error,
+            boilerplate_bytes: d.blanked as u64,
         };
         serde_json::to_writer(&mut out, &line).map_err(encode)?;
         out.push(b'\n');
@@ -353,6 +387,10 @@ pub struct JoinSummary {
     pub removed: usize,
     /// Documents that could not be chunked: `(path, why)`. They are retried by the next run.
     pub failed: Vec<(String, String)>,
+    /// Bytes of extracted text dropped as the archive's boilerplate (lines most of its files
+    /// share), in the files embedded by this run.
+    #[serde(default)]
+    pub boilerplate_bytes: u64,
 }
 
 /// Write the collection: what the children embedded, plus what the previous collection holds
@@ -374,6 +412,7 @@ pub fn join(
     let mut rows: Vec<(ChunkRow, Vec<f32>)> = Vec::new();
     let mut files: BTreeMap<String, (String, u32)> = BTreeMap::new();
     let mut failed = Vec::new();
+    let mut boilerplate_bytes = 0;
     if let Some(children) = children {
         children(&mut |bytes: &[u8]| {
             for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -381,6 +420,7 @@ pub fn join(
                     let d: DocLine = serde_json::from_slice(line).map_err(|e| {
                         JobError::fatal(format!("a child's result is damaged: {e}"))
                     })?;
+                    boilerplate_bytes += d.boilerplate_bytes;
                     match d.error {
                         Some(why) => failed.push((d.doc, why)),
                         None => {
@@ -496,6 +536,7 @@ pub fn join(
         kept,
         removed,
         failed,
+        boilerplate_bytes,
     };
     let mut out = serde_json::to_vec(&summary)
         .map_err(|e| JobError::fatal(format!("encoding the summary: {e}")))?;

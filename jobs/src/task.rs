@@ -56,6 +56,11 @@ pub enum Task {
     /// Generate text with an LLM split into layer-range stages across nodes (or whole, on
     /// the stage engine, when one node can hold it). The node's stage chain runs it.
     Pipeline(InferTask),
+    /// [`Task::EmbedDocs`] with the archive's boilerplate: the keys of the lines to blank out
+    /// of each document before chunking (see [`crate::chunk::boilerplate`]). A variant of
+    /// its own, appended last, so that queued `EmbedDocs` records still decode and a child
+    /// without boilerplate keeps its old shape.
+    EmbedDocsDropping(DocsTask, Vec<u64>),
 }
 
 /// Where an embedded text came from: a chunk of a document.
@@ -102,7 +107,9 @@ impl Task {
         match self {
             Task::Chunk { input, .. } => vec![input.as_path()],
             Task::ChunkFile { path, .. } => vec![path.as_path()],
-            Task::EmbedDocs(d) => d.docs.iter().map(|doc| doc.path.as_path()).collect(),
+            Task::EmbedDocs(d) | Task::EmbedDocsDropping(d, _) => {
+                d.docs.iter().map(|doc| doc.path.as_path()).collect()
+            }
             Task::Archive(a) => vec![a.input.as_path()],
             Task::ChunkInline { .. }
             | Task::Noop(_)
@@ -138,7 +145,7 @@ impl Task {
                     Err(_) => Some(self.clone()),
                 }
             }
-            Task::EmbedDocs(t) => {
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
                 let mut t = t.clone();
                 let mut total = 0u64;
                 for doc in &mut t.docs {
@@ -154,7 +161,10 @@ impl Task {
                     }
                     doc.bytes = Some(bytes);
                 }
-                Some(Task::EmbedDocs(t))
+                Some(match self {
+                    Task::EmbedDocsDropping(_, drop) => Task::EmbedDocsDropping(t, drop.clone()),
+                    _ => Task::EmbedDocs(t),
+                })
             }
             other => Some(other.clone()),
         }
@@ -164,7 +174,7 @@ impl Task {
     pub fn inline_bytes(&self) -> u64 {
         match self {
             Task::ChunkInline { bytes, .. } => bytes.len() as u64,
-            Task::EmbedDocs(t) => t
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => t
                 .docs
                 .iter()
                 .map(|d| d.bytes.as_ref().map_or(0, |b| b.len() as u64))
@@ -177,7 +187,7 @@ impl Task {
     pub fn model(&self) -> Option<&ModelRef> {
         match self {
             Task::Embed { model, .. } => Some(model),
-            Task::EmbedDocs(t) => Some(&t.model),
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => Some(&t.model),
             Task::Archive(t) => Some(&t.model),
             Task::Infer(t) | Task::Pipeline(t) => Some(&t.model),
             _ => None,
@@ -187,7 +197,9 @@ impl Task {
     /// Input items (documents) the task covers, for progress.
     pub fn items(&self) -> u32 {
         match self {
-            Task::EmbedDocs(t) => u32::try_from(t.docs.len()).unwrap_or(u32::MAX),
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
+                u32::try_from(t.docs.len()).unwrap_or(u32::MAX)
+            }
             _ => 1,
         }
     }
@@ -195,7 +207,7 @@ impl Task {
     /// Output units (chunks) in a result of this task, for progress.
     pub fn outputs(&self, result: &[u8]) -> u64 {
         match self {
-            Task::EmbedDocs(t) => archive::count_chunks(t, result),
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => archive::count_chunks(t, result),
             Task::ChunkFile { .. } | Task::ChunkInline { .. } => {
                 result.iter().filter(|b| **b == b'\n').count() as u64
             }
@@ -214,7 +226,7 @@ impl Task {
             Task::Embed { model, texts, .. } => {
                 format!("embed {} texts with {}", texts.len(), model.name)
             }
-            Task::EmbedDocs(t) => match &t.docs[..] {
+            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => match &t.docs[..] {
                 [one] => format!("embed {}", one.rel),
                 [first, ..] => format!("embed {} and {} more", first.rel, t.docs.len() - 1),
                 [] => "embed nothing".to_owned(),

@@ -7,6 +7,7 @@
 //! Everything here is pure and synchronous: no async, no queues, no threads, no panics on
 //! input. The children never import this file (their shared types are in `types.rs`).
 
+pub mod boilerplate;
 mod extract;
 mod outline;
 mod split;
@@ -64,8 +65,22 @@ pub fn chunk_bytes_in(
     tokens: Option<&dyn Tokens>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<Chunk>, ChunkError> {
+    chunk_bytes_dropping(path, bytes, params, tokens, cancelled, &[]).map(|(chunks, _)| chunks)
+}
+
+/// [`chunk_bytes_in`], with the lines whose [`boilerplate::key`] is in `boilerplate` (sorted)
+/// blanked out of the extracted text first; also returns how many bytes that blanked.
+pub fn chunk_bytes_dropping(
+    path: &Path,
+    bytes: &[u8],
+    params: &ChunkParams,
+    tokens: Option<&dyn Tokens>,
+    cancelled: &dyn Fn() -> bool,
+    boilerplate: &[u64],
+) -> Result<(Vec<Chunk>, usize), ChunkError> {
     let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
-    let (text, outline) = extract_with_outline(path, format, bytes)?;
+    let (mut text, outline) = extract_with_outline(path, format, bytes)?;
+    let blanked = boilerplate::blank(&mut text, boilerplate);
     let ranges = match tokens {
         Some(tokens) => {
             split_in_tokens(&text, format, params, tokens, cancelled).map_err(|reason| {
@@ -79,7 +94,7 @@ pub fn chunk_bytes_in(
     }
     .ok_or(ChunkError::Cancelled)?;
     let source = path.display().to_string();
-    Ok(ranges
+    let chunks = ranges
         .into_iter()
         .enumerate()
         .map(|(i, r)| Chunk {
@@ -91,7 +106,8 @@ pub fn chunk_bytes_in(
             headings: outline.path(r.start, r.end),
             text: text[r].to_owned(),
         })
-        .collect())
+        .collect();
+    Ok((chunks, blanked))
 }
 
 /// Cuts `text` into chunks of at most `params.fitted(tokens).max_tokens` of the model's

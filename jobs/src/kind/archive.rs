@@ -141,9 +141,20 @@ pub fn plan(task: &Task, collections: &Path) -> Result<Plan, SpecError> {
             "point `input` at a readable directory of documents",
         )
     })?;
+    let boilerplate = planned.boilerplate;
     Ok(Plan {
         task: task.clone(),
-        children: planned.children.into_iter().map(Task::EmbedDocs).collect(),
+        children: planned
+            .children
+            .into_iter()
+            .map(|t| {
+                if boilerplate.is_empty() {
+                    Task::EmbedDocs(t)
+                } else {
+                    Task::EmbedDocsDropping(t, boilerplate.clone())
+                }
+            })
+            .collect(),
     })
 }
 

@@ -162,9 +162,13 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
             batch_tokens,
             links,
         } => engines.embed(model, texts, *batch_tokens, links, ctx),
-        Task::EmbedDocs(t) => {
+        Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
+            let boilerplate = match task {
+                Task::EmbedDocsDropping(_, drop) => drop.as_slice(),
+                _ => &[],
+            };
             let tokens = engines.chunk_tokenizer(&t.model)?;
-            archive::run_docs(t, ctx.cancelled, &*tokens, &mut |texts| {
+            archive::run_docs(t, boilerplate, ctx.cancelled, &*tokens, &mut |texts| {
                 engines.embed_texts(&t.model, texts, t.batch_tokens, ctx)
             })
         }
