@@ -386,9 +386,101 @@ fn lines_most_pages_share_are_dropped_as_boilerplate_and_counted() {
     assert_eq!(summary["files"], 12, "{summary}");
     assert_eq!(summary["boilerplate_bytes"], 12 * SHARED.len(), "{summary}");
     let rows = chunk_rows(&home, "site");
-    assert!(rows.iter().all(|r| !r["text"].as_str().unwrap().contains("newsletter")));
-    let reply = query(&home, "site", "keeper of lighthouse number 5 counts 35 gulls");
+    assert!(
+        rows.iter()
+            .all(|r| !r["text"].as_str().unwrap().contains("newsletter"))
+    );
+    let reply = query(
+        &home,
+        "site",
+        "keeper of lighthouse number 5 counts 35 gulls",
+    );
     assert_eq!(reply["hits"][0]["source"], "page-05.html", "{reply}");
+}
+
+/// A Markdown file of about `bytes`, of numbered sections, each with a sentence of its own.
+fn big_markdown(bytes: usize) -> (String, Vec<String>) {
+    let mut text = String::from("# The big handbook\n\n");
+    let mut sentences = Vec::new();
+    let mut i = 0;
+    while text.len() < bytes {
+        let s = format!(
+            "Section {i} explains how the otter number {i} repairs the violin of glacier {}.",
+            i * 13 % 997
+        );
+        text.push_str(&format!("## Part {i}\n\n{s} "));
+        for j in 0..12 {
+            text.push_str(&format!(
+                "Filler words about lighthouses and bakeries, line {j}. "
+            ));
+        }
+        text.push_str("\n\n");
+        sentences.push(s);
+        i += 1;
+    }
+    (text, sentences)
+}
+
+#[test]
+fn a_big_file_is_shared_among_children_and_chunked_as_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = home_with_model(tmp.path(), "home");
+    let archive = tmp.path().join("archive");
+    let files = write_archive(&archive, 6, 2).unwrap();
+    let (text, sentences) = big_markdown(700 * 1024);
+    std::fs::write(archive.join("big.md"), &text).unwrap();
+    let http = Http::new();
+    let node = NodeProc::start(&home, &["--workers", "2"]);
+    let id = node.submit(&job_file(tmp.path(), &archive, "big"));
+    let job = wait_done(&http, &node, &id);
+    let kids = children(&http, &node, &id);
+    let parts: Vec<&serde_json::Value> = kids
+        .iter()
+        .filter(|k| {
+            k["description"]
+                .as_str()
+                .unwrap_or("")
+                .contains("big.md (part")
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "700 KiB in parts of 256 KiB: {kids:#?}");
+    assert_eq!(job["progress"]["items_total"], 7, "{job}");
+    drop(node);
+
+    // Every chunk of big.md once, numbered in text order across the parts.
+    let rows: Vec<serde_json::Value> = chunk_rows(&home, "big")
+        .into_iter()
+        .filter(|r| r["source"] == "big.md")
+        .collect();
+    assert!(rows.len() > 100, "{}", rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["index"], i, "{r}");
+        if i > 0 {
+            assert!(r["start"].as_u64() > rows[i - 1]["start"].as_u64());
+        }
+        let (a, b) = (
+            r["start"].as_u64().unwrap() as usize,
+            r["end"].as_u64().unwrap() as usize,
+        );
+        assert_eq!(r["text"].as_str().unwrap(), &text[a..b]);
+    }
+    // Sentences from its beginning, middle and end are found; the small files still are.
+    for s in [
+        &sentences[1],
+        &sentences[sentences.len() / 2],
+        &sentences[sentences.len() - 2],
+    ] {
+        let reply = query_mode(&home, "big", s, "keyword");
+        assert_eq!(reply["hits"][0]["source"], "big.md", "{s}: {reply}");
+        assert!(
+            reply["hits"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains(s.as_str())
+        );
+    }
+    let reply = query(&home, "big", &files[3].sentences[0]);
+    assert_eq!(reply["hits"][0]["source"], files[3].rel, "{reply}");
 }
 
 /// Children of an archive job, with their histories, from a node's API.

@@ -58,6 +58,30 @@ pub struct DocsTask {
     pub batch_tokens: usize,
 }
 
+/// A file bigger than this is shared among several children, each chunking and embedding
+/// a share of its sections ([`Part`]).
+pub const PART_BYTES: u64 = 256 * 1024;
+/// The most children one file is shared among.
+pub const MAX_PARTS: u64 = 64;
+
+/// Which share of one big document a child chunks: `index` of `of` equal shares of its
+/// extracted text's sections (see [`chunk::split_in_tokens`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub index: u32,
+    pub of: u32,
+}
+
+/// What a child does beyond a plain [`DocsTask`]: blank the archive's boilerplate lines,
+/// and (for one big document) chunk only a part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DocsOptions {
+    /// Keys of the archive's boilerplate lines (sorted; see [`chunk::boilerplate`]).
+    pub boilerplate: Vec<u64>,
+    /// The part of its one document this child covers; `None`: all of every document.
+    pub part: Option<Part>,
+}
+
 /// The archive job itself: after its children, write the collection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveTask {
@@ -130,7 +154,8 @@ fn same_build(dir: &Path, model: &ModelRef, params: &ChunkParams) -> bool {
 /// What an archive job will do: its children, and how many files it leaves alone.
 #[derive(Debug)]
 pub struct ArchivePlan {
-    pub children: Vec<DocsTask>,
+    /// The children, with the part of their document each covers (for a big file).
+    pub children: Vec<(DocsTask, Option<Part>)>,
     pub unchanged: usize,
     /// The archive's boilerplate lines ([`chunk::boilerplate`]), for the children to drop.
     pub boilerplate: Vec<u64>,
@@ -171,8 +196,22 @@ pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, Chunk
             continue;
         }
         let size = bytes.len() as u64;
+        if size > PART_BYTES {
+            // A big file: children of its own, each a share of it.
+            let of = size.div_ceil(PART_BYTES).min(MAX_PARTS) as u32;
+            let doc = Doc {
+                path,
+                rel,
+                hash,
+                bytes: None,
+            };
+            for index in 0..of {
+                children.push((vec![doc.clone()], Some(Part { index, of })));
+            }
+            continue;
+        }
         if !group.is_empty() && (group_bytes + size > CHILD_BYTES || group.len() >= CHILD_DOCS) {
-            children.push(std::mem::take(&mut group));
+            children.push((std::mem::take(&mut group), None));
             group_bytes = 0;
         }
         group_bytes += size;
@@ -184,16 +223,19 @@ pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, Chunk
         });
     }
     if !group.is_empty() {
-        children.push(group);
+        children.push((group, None));
     }
     Ok(ArchivePlan {
         children: children
             .into_iter()
-            .map(|docs| DocsTask {
-                docs,
-                model: task.model.clone(),
-                params: task.params,
-                batch_tokens: task.batch_tokens,
+            .map(|(docs, part)| {
+                let t = DocsTask {
+                    docs,
+                    model: task.model.clone(),
+                    params: task.params,
+                    batch_tokens: task.batch_tokens,
+                };
+                (t, part)
             })
             .collect(),
         unchanged,
@@ -215,6 +257,9 @@ struct ChunkLine {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     headings: Vec<String>,
     vector: String,
+    /// The part of a big document it came from (its `index` counts within the part).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part: Option<u32>,
 }
 
 /// The line closing a document in a child's result.
@@ -229,6 +274,9 @@ struct DocLine {
     /// Bytes of its extracted text blanked as the archive's boilerplate.
     #[serde(default, skip_serializing_if = "is_zero")]
     boilerplate_bytes: u64,
+    /// The part of a big document this child covered (`chunks` counts that part's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    part: Option<u32>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -243,7 +291,7 @@ pub type EmbedFn<'a> = dyn FnMut(&[&str]) -> Result<Vec<Vec<f32>>, JobError> + '
 /// pass (I/O) fails the child for a retry.
 pub fn run_docs(
     task: &DocsTask,
-    boilerplate: &[u64],
+    options: &DocsOptions,
     cancelled: &dyn Fn() -> bool,
     tokens: &dyn chunk::Tokens,
     embed: &mut EmbedFn<'_>,
@@ -293,7 +341,8 @@ pub fn run_docs(
             &task.params,
             Some(tokens),
             cancelled,
-            boilerplate,
+            &options.boilerplate,
+            options.part.map(|p| (p.index, p.of)),
         );
         match chunked {
             Ok((chunks, blanked)) => docs.push(Done {
@@ -349,6 +398,7 @@ pub fn run_docs(
                 title: c.title.clone(),
                 headings: c.headings.clone(),
                 vector: B64.encode(raw),
+                part: options.part.map(|p| p.index),
             };
             serde_json::to_writer(&mut out, &line).map_err(encode)?;
             out.push(b'\n');
@@ -359,6 +409,7 @@ pub fn run_docs(
             chunks: u32::try_from(d.chunks.len()).unwrap_or(u32::MAX),
             error: d.error,
             boilerplate_bytes: d.blanked as u64,
+            part: options.part.map(|p| p.index),
         };
         serde_json::to_writer(&mut out, &line).map_err(encode)?;
         out.push(b'\n');
@@ -410,8 +461,10 @@ pub fn join(
         .collect();
     let current: BTreeSet<String> = modified.keys().cloned().collect();
     let mut rows: Vec<(ChunkRow, Vec<f32>)> = Vec::new();
+    // Rows of big documents shared among children, with their part: numbered in order below.
+    let mut parted: Vec<(u32, ChunkRow, Vec<f32>)> = Vec::new();
     let mut files: BTreeMap<String, (String, u32)> = BTreeMap::new();
-    let mut failed = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
     let mut boilerplate_bytes = 0;
     if let Some(children) = children {
         children(&mut |bytes: &[u8]| {
@@ -424,7 +477,9 @@ pub fn join(
                     match d.error {
                         Some(why) => failed.push((d.doc, why)),
                         None => {
-                            files.insert(d.doc, (d.hash, d.chunks));
+                            // A big document's parts add up.
+                            let entry = files.entry(d.doc).or_insert((d.hash, 0));
+                            entry.1 += d.chunks;
                         }
                     }
                     continue;
@@ -448,10 +503,31 @@ pub fn join(
                     title: c.title,
                     headings: c.headings,
                 };
-                rows.push((row, v));
+                match c.part {
+                    Some(part) => parted.push((part, row, v)),
+                    None => rows.push((row, v)),
+                }
             }
             Ok(())
         })?;
+    }
+    // A document any part of which failed is left out whole (the next run tries it again).
+    failed.sort();
+    failed.dedup_by(|a, b| a.0 == b.0);
+    for (doc, _) in &failed {
+        files.remove(doc);
+    }
+    // A big document's chunks, numbered across its parts as one child would have.
+    parted.sort_by(|a, b| (&a.1.source, a.0, a.1.index).cmp(&(&b.1.source, b.0, b.1.index)));
+    let mut next: Option<(String, u32)> = None;
+    for (_, mut row, v) in parted {
+        let index = match &next {
+            Some((source, n)) if *source == row.source => *n,
+            _ => 0,
+        };
+        next = Some((row.source.clone(), index + 1));
+        row.index = index;
+        rows.push((row, v));
     }
     let embedded = files.len();
     rows.retain(|(r, _)| current.contains(&r.source) && files.contains_key(&r.source));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{self, ArchiveTask, DocsTask};
+use crate::archive::{self, ArchiveTask, DocsOptions, DocsTask};
 use crate::chunk::ChunkParams;
 use crate::infer::InferTask;
 use crate::model::ModelRef;
@@ -56,11 +56,11 @@ pub enum Task {
     /// Generate text with an LLM split into layer-range stages across nodes (or whole, on
     /// the stage engine, when one node can hold it). The node's stage chain runs it.
     Pipeline(InferTask),
-    /// [`Task::EmbedDocs`] with the archive's boilerplate: the keys of the lines to blank out
-    /// of each document before chunking (see [`crate::chunk::boilerplate`]). A variant of
-    /// its own, appended last, so that queued `EmbedDocs` records still decode and a child
-    /// without boilerplate keeps its old shape.
-    EmbedDocsDropping(DocsTask, Vec<u64>),
+    /// [`Task::EmbedDocs`] with options: the archive's boilerplate lines to blank out of
+    /// each document before chunking, and for a big document the part this child covers
+    /// (see [`DocsOptions`]). A variant of its own, appended last, so that queued
+    /// `EmbedDocs` records still decode and a child without options keeps its old shape.
+    EmbedDocsWith(DocsTask, DocsOptions),
 }
 
 /// Where an embedded text came from: a chunk of a document.
@@ -107,7 +107,7 @@ impl Task {
         match self {
             Task::Chunk { input, .. } => vec![input.as_path()],
             Task::ChunkFile { path, .. } => vec![path.as_path()],
-            Task::EmbedDocs(d) | Task::EmbedDocsDropping(d, _) => {
+            Task::EmbedDocs(d) | Task::EmbedDocsWith(d, _) => {
                 d.docs.iter().map(|doc| doc.path.as_path()).collect()
             }
             Task::Archive(a) => vec![a.input.as_path()],
@@ -145,7 +145,7 @@ impl Task {
                     Err(_) => Some(self.clone()),
                 }
             }
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => {
                 let mut t = t.clone();
                 let mut total = 0u64;
                 for doc in &mut t.docs {
@@ -162,7 +162,7 @@ impl Task {
                     doc.bytes = Some(bytes);
                 }
                 Some(match self {
-                    Task::EmbedDocsDropping(_, drop) => Task::EmbedDocsDropping(t, drop.clone()),
+                    Task::EmbedDocsWith(_, options) => Task::EmbedDocsWith(t, options.clone()),
                     _ => Task::EmbedDocs(t),
                 })
             }
@@ -174,7 +174,7 @@ impl Task {
     pub fn inline_bytes(&self) -> u64 {
         match self {
             Task::ChunkInline { bytes, .. } => bytes.len() as u64,
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => t
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => t
                 .docs
                 .iter()
                 .map(|d| d.bytes.as_ref().map_or(0, |b| b.len() as u64))
@@ -187,7 +187,7 @@ impl Task {
     pub fn model(&self) -> Option<&ModelRef> {
         match self {
             Task::Embed { model, .. } => Some(model),
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => Some(&t.model),
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => Some(&t.model),
             Task::Archive(t) => Some(&t.model),
             Task::Infer(t) | Task::Pipeline(t) => Some(&t.model),
             _ => None,
@@ -197,7 +197,11 @@ impl Task {
     /// Input items (documents) the task covers, for progress.
     pub fn items(&self) -> u32 {
         match self {
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
+            // A big document shared among children counts once, with its last part.
+            Task::EmbedDocsWith(_, DocsOptions { part: Some(p), .. }) => {
+                u32::from(p.index + 1 == p.of)
+            }
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => {
                 u32::try_from(t.docs.len()).unwrap_or(u32::MAX)
             }
             _ => 1,
@@ -207,7 +211,7 @@ impl Task {
     /// Output units (chunks) in a result of this task, for progress.
     pub fn outputs(&self, result: &[u8]) -> u64 {
         match self {
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => archive::count_chunks(t, result),
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => archive::count_chunks(t, result),
             Task::ChunkFile { .. } | Task::ChunkInline { .. } => {
                 result.iter().filter(|b| **b == b'\n').count() as u64
             }
@@ -226,7 +230,10 @@ impl Task {
             Task::Embed { model, texts, .. } => {
                 format!("embed {} texts with {}", texts.len(), model.name)
             }
-            Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => match &t.docs[..] {
+            Task::EmbedDocsWith(t, DocsOptions { part: Some(p), .. }) if t.docs.len() == 1 => {
+                format!("embed {} (part {} of {})", t.docs[0].rel, p.index + 1, p.of)
+            }
+            Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => match &t.docs[..] {
                 [one] => format!("embed {}", one.rel),
                 [first, ..] => format!("embed {} and {} more", first.rel, t.docs.len() - 1),
                 [] => "embed nothing".to_owned(),

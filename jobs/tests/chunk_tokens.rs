@@ -189,3 +189,49 @@ fn word_by_word_spans_equal_one_pass_over_the_whole_text() {
         assert_eq!(tokens.spans(text).unwrap(), want, "{text:?}");
     }
 }
+
+/// A big document cut in parts (for several children) gives exactly the chunks of the whole:
+/// no chunk crosses a section, and each part is a run of whole sections.
+#[test]
+fn the_parts_of_a_big_document_chunk_exactly_as_the_whole() {
+    let tokens = ChunkTokenizer::load(&model_dir()).unwrap();
+    let mut md = String::new();
+    for i in 0..700 {
+        md.push_str(&format!("## Part {i}\n\n"));
+        md.push_str(&format!("Paragraph {i} about the lantern and the harbor. ").repeat(20));
+        md.push_str("\n\n");
+    }
+    assert!(md.len() > 8 * chunk::SECTION_BYTES);
+    let params = ChunkParams {
+        max_tokens: 0,
+        overlap: 32,
+    };
+    let whole = chunk::split_in_tokens(
+        &md,
+        chunk::Format::Markdown,
+        &params,
+        &tokens,
+        None,
+        &|| false,
+    )
+    .unwrap()
+    .unwrap();
+    for of in [2u32, 3, 7] {
+        let mut joined = Vec::new();
+        for index in 0..of {
+            let part = chunk::split_in_tokens(
+                &md,
+                chunk::Format::Markdown,
+                &params,
+                &tokens,
+                Some((index, of)),
+                &|| false,
+            )
+            .unwrap()
+            .unwrap();
+            assert!(!part.is_empty(), "part {index} of {of}");
+            joined.extend(part);
+        }
+        assert_eq!(joined, whole, "{of} parts");
+    }
+}

@@ -65,11 +65,14 @@ pub fn chunk_bytes_in(
     tokens: Option<&dyn Tokens>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Vec<Chunk>, ChunkError> {
-    chunk_bytes_dropping(path, bytes, params, tokens, cancelled, &[]).map(|(chunks, _)| chunks)
+    chunk_bytes_dropping(path, bytes, params, tokens, cancelled, &[], None)
+        .map(|(chunks, _)| chunks)
 }
 
 /// [`chunk_bytes_in`], with the lines whose [`boilerplate::key`] is in `boilerplate` (sorted)
-/// blanked out of the extracted text first; also returns how many bytes that blanked.
+/// blanked out of the extracted text first; also returns how many bytes that blanked. With
+/// `part = Some((index, of))` (and `tokens`), only that share of the text's sections is
+/// chunked (see [`split_in_tokens`]), its chunks numbered from 0.
 pub fn chunk_bytes_dropping(
     path: &Path,
     bytes: &[u8],
@@ -77,22 +80,21 @@ pub fn chunk_bytes_dropping(
     tokens: Option<&dyn Tokens>,
     cancelled: &dyn Fn() -> bool,
     boilerplate: &[u64],
+    part: Option<(u32, u32)>,
 ) -> Result<(Vec<Chunk>, usize), ChunkError> {
     let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
     let (mut text, outline) = extract_with_outline(path, format, bytes)?;
     let blanked = boilerplate::blank(&mut text, boilerplate);
-    let ranges = match tokens {
-        Some(tokens) => {
-            split_in_tokens(&text, format, params, tokens, cancelled).map_err(|reason| {
-                ChunkError::Tokenize {
+    let ranges =
+        match tokens {
+            Some(tokens) => split_in_tokens(&text, format, params, tokens, part, cancelled)
+                .map_err(|reason| ChunkError::Tokenize {
                     path: path.to_path_buf(),
                     reason,
-                }
-            })?
+                })?,
+            None => split_cancellable(&text, format, params, cancelled),
         }
-        None => split_cancellable(&text, format, params, cancelled),
-    }
-    .ok_or(ChunkError::Cancelled)?;
+        .ok_or(ChunkError::Cancelled)?;
     let source = path.display().to_string();
     let chunks = ranges
         .into_iter()
@@ -115,6 +117,10 @@ pub fn chunk_bytes_dropping(
 /// paragraphs; no chunk crosses one), each tokenized once and split at token boundaries by
 /// [`split_tokens`]. `Ok(None)` once cancelled.
 ///
+/// `part = Some((index, of))` chunks only sections `n*index/of .. n*(index+1)/of` of the `n`
+/// sections: since no chunk crosses a section, the parts' chunks together are exactly the
+/// whole text's, so one big document can be shared among several workers.
+///
 /// # Errors
 ///
 /// The tokenizer's, as text.
@@ -123,11 +129,18 @@ pub fn split_in_tokens(
     format: Format,
     params: &ChunkParams,
     tokens: &dyn Tokens,
+    part: Option<(u32, u32)>,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Option<Vec<std::ops::Range<usize>>>, String> {
     let params = params.fitted(tokens);
     let mut out = Vec::new();
-    for section in sections(text, format, SECTION_BYTES) {
+    let mut all = sections(text, format, SECTION_BYTES);
+    if let Some((index, of)) = part {
+        let (n, of) = (all.len(), of.max(1) as usize);
+        let index = (index as usize).min(of - 1);
+        all = all[n * index / of..n * (index + 1) / of].to_vec();
+    }
+    for section in all {
         if cancelled() {
             return Ok(None);
         }

@@ -147,11 +147,15 @@ pub fn plan(task: &Task, collections: &Path) -> Result<Plan, SpecError> {
         children: planned
             .children
             .into_iter()
-            .map(|t| {
-                if boilerplate.is_empty() {
+            .map(|(t, part)| {
+                if boilerplate.is_empty() && part.is_none() {
                     Task::EmbedDocs(t)
                 } else {
-                    Task::EmbedDocsDropping(t, boilerplate.clone())
+                    let options = archive::DocsOptions {
+                        boilerplate: boilerplate.clone(),
+                        part,
+                    };
+                    Task::EmbedDocsWith(t, options)
                 }
             })
             .collect(),

@@ -162,13 +162,14 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
             batch_tokens,
             links,
         } => engines.embed(model, texts, *batch_tokens, links, ctx),
-        Task::EmbedDocs(t) | Task::EmbedDocsDropping(t, _) => {
-            let boilerplate = match task {
-                Task::EmbedDocsDropping(_, drop) => drop.as_slice(),
-                _ => &[],
+        Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => {
+            let plain = archive::DocsOptions::default();
+            let options = match task {
+                Task::EmbedDocsWith(_, options) => options,
+                _ => &plain,
             };
             let tokens = engines.chunk_tokenizer(&t.model)?;
-            archive::run_docs(t, boilerplate, ctx.cancelled, &*tokens, &mut |texts| {
+            archive::run_docs(t, options, ctx.cancelled, &*tokens, &mut |texts| {
                 engines.embed_texts(&t.model, texts, t.batch_tokens, ctx)
             })
         }

@@ -165,7 +165,7 @@ impl Task {
                 JobKind::Chunk
             }
             Task::Noop(_) => JobKind::Noop,
-            Task::Embed { .. } | Task::EmbedDocs(_) | Task::EmbedDocsDropping(..) => JobKind::Embed,
+            Task::Embed { .. } | Task::EmbedDocs(_) | Task::EmbedDocsWith(..) => JobKind::Embed,
             Task::Archive(_) => JobKind::Archive,
             Task::Infer(_) => JobKind::Infer,
             Task::Pipeline(_) => JobKind::Pipeline,
