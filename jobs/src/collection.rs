@@ -652,7 +652,20 @@ impl Collection {
         &self,
         filter: &crate::filter::Compiled,
     ) -> Result<(Allowed, usize), CollectionError> {
-        Ok(filter.rows(self.files()?, self.len()))
+        let count = self.len();
+        let mut allowed = vec![false; count];
+        let mut n = 0;
+        for f in self.files()? {
+            if filter.matches(&f.path, f.modified_ms) {
+                let start = usize::try_from(f.first_row)
+                    .unwrap_or(usize::MAX)
+                    .min(count);
+                let end = start.saturating_add(f.chunks as usize).min(count);
+                allowed[start..end].iter_mut().for_each(|a| *a = true);
+                n += end - start;
+            }
+        }
+        Ok((std::sync::Arc::new(allowed), n))
     }
 
     /// The `k` chunks best matching `text` (and its embedding `vector`, for the modes that use

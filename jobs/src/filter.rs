@@ -12,8 +12,6 @@ use std::sync::Arc;
 use glob::{MatchOptions, Pattern};
 use serde::{Deserialize, Serialize};
 
-use crate::collection::FileEntry;
-
 /// The rows of a collection a query may return (`allowed[row]`).
 pub type Allowed = Arc<Vec<bool>>;
 
@@ -103,16 +101,17 @@ impl Filter {
 }
 
 impl Compiled {
-    /// Whether `file`'s chunks pass. A file whose modification time the collection does not
-    /// record (written before myco recorded it) never passes a time condition.
-    pub fn matches(&self, file: &FileEntry) -> bool {
+    /// Whether the chunks of the file at `path` (relative to the archive root), last
+    /// modified at `modified_ms`, pass. A file whose modification time the collection does
+    /// not record (written before myco recorded it) never passes a time condition.
+    pub fn matches(&self, path: &str, modified_ms: Option<u64>) -> bool {
         if let Some(p) = &self.source
-            && !p.matches_with(&file.path, GLOB)
+            && !p.matches_with(path, GLOB)
         {
             return false;
         }
         if !self.types.is_empty() {
-            let ext = std::path::Path::new(&file.path)
+            let ext = std::path::Path::new(path)
                 .extension()
                 .map(|e| e.to_string_lossy().to_ascii_lowercase())
                 .unwrap_or_default();
@@ -121,7 +120,7 @@ impl Compiled {
             }
         }
         if self.after.is_some() || self.before.is_some() {
-            let Some(t) = file.modified_ms else {
+            let Some(t) = modified_ms else {
                 return false;
             };
             if self.after.is_some_and(|a| t < a) || self.before.is_some_and(|b| t >= b) {
@@ -129,21 +128,6 @@ impl Compiled {
             }
         }
         true
-    }
-
-    /// The rows of a collection of `count` rows with `files` that pass, and how many.
-    pub fn rows(&self, files: &[FileEntry], count: usize) -> (Allowed, usize) {
-        let mut allowed = vec![false; count];
-        let mut n = 0;
-        for f in files.iter().filter(|f| self.matches(f)) {
-            let start = usize::try_from(f.first_row)
-                .unwrap_or(usize::MAX)
-                .min(count);
-            let end = start.saturating_add(f.chunks as usize).min(count);
-            allowed[start..end].iter_mut().for_each(|a| *a = true);
-            n += end - start;
-        }
-        (Arc::new(allowed), n)
     }
 }
 
@@ -180,61 +164,53 @@ mod tests {
 
     use super::*;
 
-    fn file(path: &str, first_row: u64, chunks: u32, modified_ms: Option<u64>) -> FileEntry {
-        FileEntry {
-            path: path.into(),
-            hash: String::new(),
-            chunks,
-            first_row,
-            modified_ms,
-        }
-    }
-
-    fn files() -> Vec<FileEntry> {
-        vec![
-            file("README.md", 0, 2, Some(1_000)),
-            file("guide/intro.md", 2, 3, Some(2_000)),
-            file("guide/deep/api.HTML", 5, 1, Some(3_000)),
-            file("notes.txt", 6, 2, None),
-        ]
-    }
-
-    fn rows(f: Filter) -> Vec<usize> {
-        let (allowed, n) = f.compile().unwrap().rows(&files(), 8);
-        let rows: Vec<usize> = (0..8).filter(|&r| allowed[r]).collect();
-        assert_eq!(rows.len(), n);
-        rows
+    fn passing(f: Filter) -> Vec<&'static str> {
+        let files: [(&str, Option<u64>); 4] = [
+            ("README.md", Some(1_000)),
+            ("guide/intro.md", Some(2_000)),
+            ("guide/deep/api.HTML", Some(3_000)),
+            ("notes.txt", None),
+        ];
+        let f = f.compile().unwrap();
+        files
+            .into_iter()
+            .filter(|(p, t)| f.matches(p, *t))
+            .map(|(p, _)| p)
+            .collect()
     }
 
     #[test]
-    fn globs_types_and_times_select_their_files_rows() {
-        assert_eq!(rows(Filter::default()), (0..8).collect::<Vec<_>>());
+    fn globs_types_and_times_select_their_files() {
+        assert_eq!(passing(Filter::default()).len(), 4);
         let glob = |g: &str| Filter {
             source: Some(g.into()),
             ..Filter::default()
         };
-        assert_eq!(rows(glob("guide/*")), vec![2, 3, 4]);
-        assert_eq!(rows(glob("guide/**")), vec![2, 3, 4, 5]);
-        assert_eq!(rows(glob("**/*.md")), vec![0, 1, 2, 3, 4]);
-        assert_eq!(rows(glob("*.md")), vec![0, 1]);
+        assert_eq!(passing(glob("guide/*")), ["guide/intro.md"]);
+        assert_eq!(
+            passing(glob("guide/**")),
+            ["guide/intro.md", "guide/deep/api.HTML"]
+        );
+        assert_eq!(passing(glob("**/*.md")), ["README.md", "guide/intro.md"]);
+        assert_eq!(passing(glob("*.md")), ["README.md"]);
         let types = Filter {
             types: vec!["html".into(), ".TXT".into()],
             ..Filter::default()
         };
-        assert_eq!(rows(types), vec![5, 6, 7]);
+        assert_eq!(passing(types), ["guide/deep/api.HTML", "notes.txt"]);
         // After is inclusive, before exclusive; a file of unknown time never passes.
         let time = Filter {
             modified_after_ms: Some(2_000),
             modified_before_ms: Some(3_000),
             ..Filter::default()
         };
-        assert_eq!(rows(time), vec![2, 3, 4]);
+        assert_eq!(passing(time), ["guide/intro.md"]);
         let both = Filter {
             source: Some("guide/**".into()),
             modified_after_ms: Some(2_500),
             ..Filter::default()
         };
-        assert_eq!(rows(both), vec![5]);
+        assert_eq!(passing(both), ["guide/deep/api.HTML"]);
     }
 
     #[test]
