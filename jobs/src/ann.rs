@@ -24,8 +24,13 @@ pub const ANN_FILE: &str = "vectors.usearch";
 const CONNECTIVITY: usize = 16;
 /// Candidates kept while inserting (efConstruction).
 const EXPANSION_ADD: usize = 128;
-/// Candidates kept while searching (efSearch), at least; more for a bigger `k`.
+/// Candidates kept while searching (efSearch), at least, up to [`EF_ROWS`] vectors; more for
+/// a bigger index (see [`AnnIndex::want`]) and for a bigger `k`.
 const EXPANSION_SEARCH: usize = 128;
+/// The index size up to which [`EXPANSION_SEARCH`] is enough: at 200k vectors it found
+/// recall@10 1.0 on the ann bench, at 1M 0.914, so beyond this efSearch grows with log2 of
+/// the size (1M: 425).
+const EF_ROWS: usize = 200_000;
 /// Candidates ranked exactly per result asked for.
 const RERANK: usize = 4;
 
@@ -147,8 +152,9 @@ impl AnnIndex {
     /// How many candidates to ask for, the search's expansion set to suit.
     fn want(&self, k: usize) -> usize {
         let want = (k * RERANK).max(k).min(self.len());
-        self.index
-            .change_expansion_search(EXPANSION_SEARCH.max(want));
+        let grow = (self.len() as f64 / EF_ROWS as f64).log2().max(0.0);
+        let ef = (EXPANSION_SEARCH as f64 * (1.0 + grow)) as usize;
+        self.index.change_expansion_search(ef.max(want));
         want
     }
 
