@@ -214,14 +214,21 @@ mod tests {
         out
     }
 
-    #[test]
-    fn built_saved_viewed_and_its_candidates_hold_the_exact_nearest() {
+    /// 3,000 vectors of 32 dimensions, and their index built, saved and opened.
+    fn built() -> (tempfile::TempDir, std::path::PathBuf, Vec<f32>, AnnIndex) {
         let (rows, dim) = (3_000, 32);
         let v = vectors(rows, dim);
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(ANN_FILE);
         build(&path, &v, dim, 2).unwrap();
         let ann = open(&path, dim).unwrap();
+        (tmp, path, v, ann)
+    }
+
+    #[test]
+    fn built_saved_viewed_and_its_candidates_hold_the_exact_nearest() {
+        let (rows, dim) = (3_000, 32);
+        let (tmp, path, v, ann) = built();
         assert_eq!(ann.len(), rows);
         let mut found = 0;
         for q in (0..rows).step_by(97) {
@@ -248,12 +255,8 @@ mod tests {
 
     #[test]
     fn filtered_candidates_are_only_kept_rows_and_enough_of_them() {
-        let (rows, dim) = (3_000, 32);
-        let v = vectors(rows, dim);
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join(ANN_FILE);
-        build(&path, &v, dim, 2).unwrap();
-        let ann = open(&path, dim).unwrap();
+        let dim = 32;
+        let (_tmp, _, v, ann) = built();
         // A query at an odd row; only even rows kept.
         let query = &v[101 * dim..102 * dim];
         let cands = ann.candidates_where(query, 10, |r| r % 2 == 0).unwrap();

@@ -10,8 +10,7 @@ use myco_jobs::collection;
 use myco_runtime::config::Home;
 
 use crate::args::Cli;
-use crate::client::Unreachable;
-use crate::cmd::common::{BadInput, home_client, print_json};
+use crate::cmd::common::{BadInput, from_home_node, print_json};
 
 fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KB", "MB", "GB"];
@@ -43,13 +42,7 @@ fn ago(ms: u64) -> String {
 }
 
 pub async fn list(cli: &Cli, home: &Home) -> Result<ExitCode> {
-    let from_node = match home_client(cli, home) {
-        Some(c) => match c.collections().await {
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
-            other => Some(other?),
-        },
-        None => None,
-    };
+    let from_node = from_home_node(cli, home, |c| async move { c.collections().await }).await?;
     let reply = match from_node {
         Some(reply) => reply,
         None => CollectionsReply {
@@ -98,13 +91,12 @@ pub async fn remove(cli: &Cli, home: &Home, name: &str) -> Result<ExitCode> {
         ))
         .into());
     }
-    let from_node = match home_client(cli, home) {
-        Some(c) => match c.remove_collection(name).await {
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
-            other => Some(other?),
-        },
-        None => None,
-    };
+    let from_node = from_home_node(
+        cli,
+        home,
+        |c| async move { c.remove_collection(name).await },
+    )
+    .await?;
     let reply = match from_node {
         Some(reply) => reply,
         None => {

@@ -60,6 +60,22 @@ pub fn home_client(cli: &Cli, home: &Home) -> Option<Client> {
     (cli.api.is_some() || home.api_addr_path().exists()).then(|| client(cli, home))
 }
 
+/// What `ask` gets from --home's own node ([`home_client`]); `Ok(None)` when no node of
+/// this home runs or it does not answer, for the caller to do the work itself.
+pub async fn from_home_node<T, F, Fut>(cli: &Cli, home: &Home, ask: F) -> Result<Option<T>>
+where
+    F: FnOnce(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let Some(client) = home_client(cli, home) else {
+        return Ok(None);
+    };
+    match ask(client).await {
+        Err(e) if e.downcast_ref::<crate::client::Unreachable>().is_some() => Ok(None),
+        other => other.map(Some),
+    }
+}
+
 /// The API address: --api / MYCO_API, else the one the node in --home wrote, else the default.
 pub fn api_addr(cli: &Cli, home: &Home) -> SocketAddr {
     if let Some(a) = cli.api {

@@ -9,8 +9,7 @@ use myco_runtime::config::Home;
 use myco_jobs::filter::{Filter, parse_time};
 
 use crate::args::{Cli, FilterArgs};
-use crate::client::Unreachable;
-use crate::cmd::common::{BadInput, home_client, print_json};
+use crate::cmd::common::{BadInput, from_home_node, print_json};
 
 pub async fn run(
     cli: &Cli,
@@ -42,13 +41,8 @@ pub async fn run(
         mode,
         filter,
     };
-    let from_node = match home_client(cli, home) {
-        Some(c) => match c.query(&req).await {
-            Err(e) if e.downcast_ref::<Unreachable>().is_some() => None,
-            other => Some(other?),
-        },
-        None => None,
-    };
+    let asked = &req;
+    let from_node = from_home_node(cli, home, |c| async move { c.query(asked).await }).await?;
     let reply = match from_node {
         Some(reply) => reply,
         None => {
