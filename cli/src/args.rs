@@ -74,6 +74,11 @@ pub enum Command {
     },
     /// Cancel a job (and its children); a running attempt is stopped.
     Cancel { id: String },
+    /// Queue a dead or cancelled job again with fresh attempts (for a parent: its dead and
+    /// cancelled children; it waits on them, and joins again). Its history says so.
+    Retry { id: String },
+    /// Submit an ended job again as a new job: the same task, children and scheduling.
+    Resubmit { id: String },
     /// Search a collection (built by an archive job) for the chunks nearest to a text. Asks
     /// the node of --home (or --api); with none running, searches the collection's files in
     /// this process (also while a `myco run` holds the home's queue).

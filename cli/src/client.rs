@@ -121,6 +121,19 @@ impl Client {
         .await
     }
 
+    pub async fn retry(&self, id: &str) -> Result<myco_actors::http::jobs::RetryReply> {
+        self.json(self.http.post(format!("{}/api/jobs/{id}/retry", self.base)))
+            .await
+    }
+
+    pub async fn resubmit(&self, id: &str) -> Result<myco_actors::http::jobs::ResubmitReply> {
+        self.json(
+            self.http
+                .post(format!("{}/api/jobs/{id}/resubmit", self.base)),
+        )
+        .await
+    }
+
     pub async fn swarm(&self) -> Result<myco_actors::http::swarm::SwarmReply> {
         self.json(self.http.get(format!("{}/api/swarm", self.base)))
             .await

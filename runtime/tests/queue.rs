@@ -13,7 +13,8 @@ use myco_jobs::task::NoopTask;
 use myco_jobs::{ErrorClass, JobError, JobKind, Task};
 use myco_runtime::queue::{
     CancelOutcome, ChildCounts, CompleteOutcome, FailOutcome, JobId, JobRecord, JobState,
-    ListFilter, ManualClock, NewJob, Progress, Queue, QueueOptions, StateName, TickOutcome,
+    ListFilter, ManualClock, NewJob, Progress, Queue, QueueOptions, RetryOutcome, StateName,
+    TickOutcome,
 };
 use tempfile::TempDir;
 
@@ -493,6 +494,169 @@ async fn fatal_error_is_dead_at_once() {
         f.q.complete(id, b"late".to_vec()).await.unwrap(),
         CompleteOutcome::Rejected(StateName::Dead)
     );
+}
+
+#[tokio::test]
+async fn retry_requeues_a_dead_job_with_fresh_attempts_and_says_so() {
+    let f = Fixture::new();
+    let id = f.submit_one(job("bad")).await;
+    let live = f.q.retry(id).await.unwrap();
+    assert_eq!(live, RetryOutcome::NotRetryable(StateName::Queued));
+    let lease = f.q.lease(1, &NOOP, LEASE).await.unwrap().remove(0);
+    f.q.fail(id, lease.token, JobError::fatal("bad spec"))
+        .await
+        .unwrap();
+    assert_eq!(f.state(id), StateName::Dead);
+
+    assert_eq!(
+        f.q.retry(id).await.unwrap(),
+        RetryOutcome::Requeued { jobs: 1 }
+    );
+    let rec = f.get(id);
+    assert_eq!(
+        (rec.state.clone(), rec.attempts, rec.lost),
+        (JobState::Queued, 0, 0)
+    );
+    assert_eq!((rec.finished_ms, rec.last_error.clone()), (None, None));
+    let last = rec.history.last().unwrap();
+    assert_eq!(last.state, StateName::Queued);
+    let note = last.note.as_deref().unwrap();
+    assert!(
+        note.contains("fresh attempts") && note.contains("bad spec"),
+        "{note}"
+    );
+    assert_eq!(f.counts(), [(StateName::Queued, 1)]);
+    // Leased again as attempt 1; retention (the finished index) no longer holds it.
+    let lease = f.q.lease(1, &NOOP, LEASE).await.unwrap().remove(0);
+    assert_eq!((lease.id, lease.attempt), (id, 1));
+    f.clock.advance(30 * 24 * 3_600_000);
+    f.q.tick().await.unwrap();
+    assert!(f.q.get(id).unwrap().is_some(), "a live job is never pruned");
+    f.q.complete(id, b"ok".to_vec()).await.unwrap();
+    assert_eq!(f.state(id), StateName::Done);
+    assert_eq!(
+        f.q.retry(id).await.unwrap(),
+        RetryOutcome::NotRetryable(StateName::Done)
+    );
+
+    let gone = f.submit_one(job("x")).await;
+    f.q.cancel(gone).await.unwrap();
+    assert_eq!(
+        f.q.retry(gone).await.unwrap(),
+        RetryOutcome::Requeued { jobs: 1 }
+    );
+    assert_eq!(f.state(gone), StateName::Queued);
+}
+
+#[tokio::test]
+async fn retrying_a_parent_requeues_its_failed_children_and_it_waits_again() {
+    let f = Fixture::new();
+    let p = f.submit_one(parent("p", 3)).await;
+    let kids = f.q.children(p).unwrap();
+    let leases = f.q.lease(3, &NOOP, LEASE).await.unwrap();
+    f.q.complete(kids[0], b"zero".to_vec()).await.unwrap();
+    f.q.fail(kids[1], leases[1].token, JobError::fatal("no"))
+        .await
+        .unwrap();
+    f.q.cancel(kids[2]).await.unwrap();
+    assert_eq!(
+        f.state(p),
+        StateName::Done,
+        "done with 2 of 3 children failed"
+    );
+
+    assert_eq!(
+        f.q.retry(p).await.unwrap(),
+        RetryOutcome::Requeued { jobs: 2 }
+    );
+    let rec = f.get(p);
+    assert_eq!(rec.state, JobState::Waiting);
+    assert_eq!(rec.finished_ms, None);
+    let counts = rec.children.unwrap();
+    assert_eq!((counts.done, counts.dead, counts.cancelled), (1, 0, 0));
+    assert_eq!(counts.items_done, 1);
+    assert_eq!(
+        f.state(kids[0]),
+        StateName::Done,
+        "its done child stays done"
+    );
+    for l in f.q.lease(3, &NOOP, LEASE).await.unwrap() {
+        assert_eq!(l.attempt, 1);
+        f.q.complete(l.id, b"again".to_vec()).await.unwrap();
+    }
+    let rec = f.get(p);
+    assert_eq!(rec.state, JobState::Done);
+    assert_eq!(rec.children.unwrap().done, 3);
+    assert_eq!(f.counts(), [(StateName::Done, 4)]);
+
+    // One child of a finished parent alone.
+    let q = f.submit_one(parent("q", 2)).await;
+    let qk = f.q.children(q).unwrap();
+    let leases = f.q.lease(2, &NOOP, LEASE).await.unwrap();
+    for (k, l) in qk.iter().zip(&leases) {
+        f.q.fail(*k, l.token, JobError::fatal("no")).await.unwrap();
+    }
+    assert_eq!(f.state(q), StateName::Dead, "all children failed");
+    assert_eq!(
+        f.q.retry(qk[1]).await.unwrap(),
+        RetryOutcome::Requeued { jobs: 1 }
+    );
+    assert_eq!(f.get(q).state, JobState::Waiting);
+    assert_eq!(f.get(q).children.unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn resubmit_makes_a_new_job_with_the_same_task_and_children() {
+    let f = Fixture::new();
+    let p = f.submit_one(parent("p", 2)).await;
+    assert!(
+        f.q.resubmit(p).await.is_err(),
+        "a live job is not resubmitted"
+    );
+    f.q.cancel(p).await.unwrap();
+    let new = f.q.resubmit(p).await.unwrap();
+    assert!(new.created && new.id != p);
+    let rec = f.get(new.id);
+    assert_eq!(rec.task, f.get(p).task);
+    assert_eq!(rec.children.unwrap().total, 2);
+    let kids: Vec<Task> =
+        f.q.children(new.id)
+            .unwrap()
+            .into_iter()
+            .map(|k| f.get(k).task)
+            .collect();
+    assert_eq!(kids, [noop("p/0"), noop("p/1")]);
+    let note = |id| f.get(id).history.last().unwrap().note.clone().unwrap();
+    assert_eq!(note(new.id), format!("resubmitted from job {p}"));
+    assert_eq!(note(p), format!("resubmitted as job {}", new.id));
+    assert_eq!(f.state(p), StateName::Cancelled);
+}
+
+#[tokio::test]
+async fn recent_minutes_count_finished_jobs_by_the_node_that_ran_them() {
+    let f = Fixture::new();
+    let a = f.submit_one(job("a")).await;
+    let b = f.submit_one(job("b")).await;
+    let mine = f.q.lease(1, &NOOP, LEASE).await.unwrap().remove(0);
+    let theirs =
+        f.q.lease_to("thief#3".into(), 1, &myco_jobs::Fit::local(&NOOP), LEASE)
+            .await
+            .unwrap()
+            .remove(0);
+    assert_eq!((mine.id, theirs.id), (a, b));
+    f.clock.advance(2_000);
+    f.q.complete(a, b"a".to_vec()).await.unwrap();
+    f.q.complete(b, b"b".to_vec()).await.unwrap();
+    let recent = f.q.stats().recent.last_hour(f.q.now_ms());
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].done, 2);
+    assert_eq!(recent[0].latency_ms_sum, 4_000);
+    let by_node: Vec<(&str, u64)> = recent[0]
+        .by_node
+        .iter()
+        .map(|(n, c)| (n.as_str(), *c))
+        .collect();
+    assert_eq!(by_node, [("n1", 1), ("thief", 1)]);
 }
 
 // ---------------------------------------------------------------- leases

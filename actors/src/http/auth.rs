@@ -6,6 +6,11 @@
 //! | --- | --- | --- | --- |
 //! | loopback only | a client | from loopback: the owner | a client (OpenAI clients need some key: any will do) |
 //! | anything else | 401 (`/metrics` too, unless public) | the owner from loopback, else a client | 401 |
+//!
+//! The token comes as `Authorization: Bearer TOKEN`, or from the dashboard's login cookie
+//! ([`COOKIE`]: `HttpOnly`, `SameSite=Strict`, so no other site's page can send it). The
+//! dashboard's pages and assets ([`is_public`]) hold no data and pass
+//! without it: what they show comes from the gated API.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -59,6 +64,40 @@ pub struct Caller {
     pub access: Access,
 }
 
+/// The paths that pass the gate without the token: the dashboard's page shell, its assets
+/// and the login itself (they hold no data).
+pub fn is_public(path: &str) -> bool {
+    matches!(path, "/" | "/login" | "/logout") || path.starts_with("/assets/")
+}
+
+/// The dashboard's login cookie: it holds the API token.
+pub const COOKIE: &str = "myco_token";
+
+/// The token in a `Cookie` header, if the login cookie is there.
+fn cookie_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == COOKIE && !v.is_empty()).then(|| v.trim().to_owned())
+        })
+}
+
+impl Gate {
+    /// Whether `token` is this node's API token (the login page checks it).
+    pub fn accepts(&self, token: &str) -> bool {
+        self.token.matches(token)
+    }
+
+    /// Whether a caller without the token may come in (the API listens on loopback only).
+    pub fn open_without_token(&self) -> bool {
+        self.loopback_only
+    }
+}
+
 /// The middleware.
 pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
     let peer = req
@@ -68,11 +107,15 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -
     let loopback = peer.is_some_and(|a| a.ip().is_loopback());
     let openai = req.uri().path().starts_with("/v1/");
     let metrics = req.uri().path() == "/metrics";
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned());
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_owned())
+        .or_else(|| cookie_token(req.headers()));
     let authenticated = match presented.as_deref() {
         Some(t) if gate.token.matches(t) => true,
         Some(_) if gate.loopback_only => false,
@@ -196,6 +239,22 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_cookie_is_read_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; myco_token=abc ; b=2"),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("xmyco_token=abc; myco_token="),
+        );
+        assert_eq!(cookie_token(&h), None);
+    }
 
     #[test]
     fn a_client_gets_its_burst_then_waits() {

@@ -1,6 +1,7 @@
 //! Jobs over HTTP: submit, list, status, result (JSON Lines), the event stream of a job
 //! (`/api/jobs/{id}/stream`: pieces, then one `end` event with its status, for every kind),
-//! cancel, and `/health`.
+//! cancel, retry (a dead or cancelled job, fresh attempts), resubmit (a new job of the same
+//! task), the queue's numbers (`/api/stats`: counts, the last hour by minute) and `/health`.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -10,7 +11,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use myco_jobs::JobKind;
 use myco_runtime::queue::{
-    CancelOutcome, JobId, JobState, JobView, ListFilter, QueueError, StateName,
+    CancelOutcome, JobId, JobState, JobView, ListFilter, Minute, QueueError, RetryOutcome,
+    StateName, Submitted,
 };
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +98,8 @@ struct ListQuery {
     /// Include children in a listing without `parent`.
     #[serde(default)]
     all: bool,
+    /// Only jobs whose id or description contains this (ignoring case).
+    text: Option<String>,
     limit: Option<usize>,
 }
 
@@ -136,6 +140,7 @@ async fn list(
         kind,
         parent,
         top_level: !q.all,
+        text: q.text.filter(|t| !t.trim().is_empty()),
         limit: q.limit.unwrap_or(100).min(100_000),
     };
     let queue = node.queue().clone();
@@ -145,10 +150,18 @@ async fn list(
     }))
 }
 
+/// `GET /api/jobs/{id}`: the job's view and its task (the spec as planned).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobPage {
+    #[serde(flatten)]
+    pub view: JobView,
+    pub task: serde_json::Value,
+}
+
 async fn status(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let id = parse_id(&id)?;
     let Some(rec) = node.get(id).await? else {
         return Err(QueueError::NotFound(id).into());
@@ -178,7 +191,10 @@ async fn status(
             ));
         }
     }
-    Ok(Json(view))
+    Ok(Json(JobPage {
+        view,
+        task: serde_json::to_value(&rec.task).unwrap_or_default(),
+    }))
 }
 
 /// Stream a job's result as JSON Lines: a leaf's own, or a parent's children's in order.
@@ -285,6 +301,114 @@ async fn cancel(
     Ok(Json(CancelReply { id, outcome }))
 }
 
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RetryReply {
+    pub id: JobId,
+    /// Jobs queued again: the job, or a parent's failed children.
+    pub requeued: u32,
+}
+
+/// Queue a dead or cancelled job again with fresh attempts; 409 for a live or done one.
+async fn retry(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<Json<RetryReply>, ApiError> {
+    let id = parse_id(&id)?;
+    match node.queue().retry(id).await? {
+        RetryOutcome::Requeued { jobs } => Ok(Json(RetryReply { id, requeued: jobs })),
+        RetryOutcome::NotRetryable(state) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "job {id} is {state}: only a dead or cancelled job (or a parent with failed children) is retried"
+            ),
+            if state.is_terminal() {
+                "to run a finished job again, resubmit it (`myco resubmit ID`)"
+            } else {
+                "wait for it to end, or cancel it first (`myco cancel ID`)"
+            },
+        )),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResubmitReply {
+    /// The job resubmitted.
+    pub from: JobId,
+    pub job: Submitted,
+}
+
+/// Submit an ended job again as a new job (same task, children and scheduling).
+async fn resubmit(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ResubmitReply>), ApiError> {
+    let from = parse_id(&id)?;
+    let job = node.queue().resubmit(from).await?;
+    Ok((StatusCode::CREATED, Json(ResubmitReply { from, job })))
+}
+
+/// `GET /api/stats`: the queue in numbers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatsReply {
+    pub node: String,
+    /// Jobs by state (children included).
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Queued jobs by kind.
+    pub queued_by_kind: std::collections::BTreeMap<String, u64>,
+    /// Jobs finished since the node started, by kind and final state.
+    pub finished: Vec<FinishedCount>,
+    /// The last hour by minute (since the node started): throughput, latency, and who ran
+    /// the jobs (stealing shows as other nodes' shares).
+    pub minutes: Vec<Minute>,
+    /// Results of stolen jobs waiting for their owners.
+    pub outbox: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishedCount {
+    pub kind: String,
+    pub state: StateName,
+    pub jobs: u64,
+}
+
+/// The queue's numbers, for the dashboard and `/api/events`.
+pub async fn stats_of(node: &NodeHandle) -> Result<StatsReply, ApiError> {
+    let q = node.queue().clone();
+    let (counts, outbox) = blocking(move || Ok((q.counts()?, q.outbox_len()?))).await?;
+    let stats = node.queue().stats();
+    let mut finished: Vec<FinishedCount> = stats
+        .finished
+        .iter()
+        .map(|((kind, state), n)| FinishedCount {
+            kind: kind.as_str().to_owned(),
+            state: *state,
+            jobs: *n,
+        })
+        .collect();
+    finished.sort_by(|a, b| (&a.kind, a.state).cmp(&(&b.kind, b.state)));
+    Ok(StatsReply {
+        node: node.name().to_owned(),
+        counts: StateName::ALL
+            .iter()
+            .map(|s| (s.as_str().to_owned(), counts[s.index()]))
+            .collect(),
+        queued_by_kind: stats
+            .queued_by_kind
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.as_str().to_owned(), *n))
+            .collect(),
+        finished,
+        minutes: stats.recent.last_hour(node.queue().now_ms()),
+        outbox,
+    })
+}
+
+async fn stats(State(node): State<NodeHandle>) -> Result<Json<StatsReply>, ApiError> {
+    stats_of(&node).await.map(Json)
+}
+
 /// The job routes.
 pub fn routes() -> Router<NodeHandle> {
     Router::new()
@@ -293,5 +417,8 @@ pub fn routes() -> Router<NodeHandle> {
         .route("/api/jobs/{id}", get(status))
         .route("/api/jobs/{id}/result", get(result))
         .route("/api/jobs/{id}/cancel", post(cancel))
+        .route("/api/jobs/{id}/retry", post(retry))
+        .route("/api/jobs/{id}/resubmit", post(resubmit))
+        .route("/api/stats", get(stats))
         .route("/api/jobs/{id}/stream", get(stream))
 }

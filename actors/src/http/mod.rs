@@ -1,12 +1,15 @@
-//! The node's HTTP API (axum): the router over [`jobs`], [`swarm`], [`metrics`] and the
-//! OpenAI-compatible [`openai`] endpoints, with their [`error`]s and [`sse`] bodies.
+//! The node's HTTP API (axum): the router over [`jobs`], [`swarm`], [`metrics`], the
+//! OpenAI-compatible [`openai`] endpoints, the live [`events`] feed and the [`dashboard`]
+//! (its pages at `/`), with their [`error`]s and [`sse`] bodies.
 //!
 //! Handlers are thin: they parse the request, call [`NodeHandle`] (the only way into the
 //! node) and map errors to `{"error": {"code", "message", "hint"}}` with a fitting status.
 //! Blocking reads go through `spawn_blocking`. No job logic lives here.
 
 pub mod auth;
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod jobs;
 pub mod listen;
 pub mod metrics;
@@ -30,6 +33,8 @@ pub const MAX_BODY: usize = 32 << 20;
 pub fn router(node: NodeHandle, gate: Arc<auth::Gate>) -> Router {
     let requests = metrics::Requests::default();
     Router::new()
+        .merge(dashboard::routes())
+        .merge(events::routes())
         .merge(jobs::routes())
         .merge(swarm::routes())
         .merge(metrics::routes())
@@ -38,7 +43,11 @@ pub fn router(node: NodeHandle, gate: Arc<auth::Gate>) -> Router {
             requests.clone(),
             metrics::count,
         ))
-        .layer(axum::middleware::from_fn_with_state(gate, auth::gate))
+        .layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            auth::gate,
+        ))
+        .layer(Extension(gate))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(Extension(requests))
         .with_state(node)

@@ -1,4 +1,5 @@
-//! `myco jobs`, `myco status`, `myco result` and `myco cancel`: one request each to the node.
+//! `myco jobs`, `myco status`, `myco result`, `myco cancel`, `myco retry` and
+//! `myco resubmit`: one request each to the node.
 
 use std::io::Write;
 use std::path::Path;
@@ -97,6 +98,31 @@ pub async fn cancel(cli: &Cli, home: &Home, id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn retry(cli: &Cli, home: &Home, id: &str) -> Result<ExitCode> {
+    let reply = client(cli, home).retry(id).await?;
+    if cli.json {
+        print_json(&reply)?;
+    } else if reply.requeued == 1 {
+        println!("queued {} again with fresh attempts", reply.id);
+    } else {
+        println!(
+            "queued {} failed children of {} again with fresh attempts",
+            reply.requeued, reply.id
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn resubmit(cli: &Cli, home: &Home, id: &str) -> Result<ExitCode> {
+    let reply = client(cli, home).resubmit(id).await?;
+    if cli.json {
+        print_json(&reply)?;
+    } else {
+        println!("resubmitted {} as {}", reply.from, reply.job.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_status(j: &JobView) {
     println!("id        {}", j.id);
     println!("kind      {}  ({})", j.kind, j.description);
@@ -122,5 +148,13 @@ fn print_status(j: &JobView) {
     }
     if let Some(e) = &j.error {
         println!("error     {}", e.message);
+    }
+    println!("history   (seconds after submission)");
+    for h in &j.history {
+        let at = h.at_ms.saturating_sub(j.created_ms) as f64 / 1000.0;
+        match &h.note {
+            Some(note) => println!("  {at:>9.1}  {:<9}  {note}", h.state.as_str()),
+            None => println!("  {at:>9.1}  {}", h.state.as_str()),
+        }
     }
 }

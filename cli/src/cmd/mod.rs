@@ -69,6 +69,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { id } => jobs::status(&cli, &home, id).await,
         Command::Result { id, out } => jobs::result(&cli, &home, id, out.as_deref()).await,
         Command::Cancel { id } => jobs::cancel(&cli, &home, id).await,
+        Command::Retry { id } => jobs::retry(&cli, &home, id).await,
+        Command::Resubmit { id } => jobs::resubmit(&cli, &home, id).await,
         Command::Query {
             text,
             collection,

@@ -40,12 +40,13 @@ pub use options::{
 pub use record::{
     ChildCounts, JobId, JobRecord, JobState, JobView, Progress, StateName, Transition,
 };
-pub use stats::{Histogram, QueueStats};
+pub use stats::{Histogram, Minute, QueueStats, Recent};
 use store::{
     CHILDREN, COUNTS, JOBS, META, META_INCARNATION, META_SEQ, OUTBOX, RESULTS, Txn, TxnEffects,
 };
 pub use store::{
-    CancelOutcome, CompleteOutcome, FailOutcome, Lease, NewJob, OutboxEntry, Submitted, TickOutcome,
+    CancelOutcome, CompleteOutcome, FailOutcome, Lease, NewJob, OutboxEntry, RetryOutcome,
+    Submitted, TickOutcome,
 };
 use writer::{Op, Shared, for_each_table, writer_loop};
 
@@ -410,6 +411,17 @@ impl Queue {
         self.call(|r| Op::Cancel(id, r)).await
     }
 
+    /// Queue a dead or cancelled job (or a parent's failed children) again with fresh
+    /// attempts; see [`RetryOutcome`].
+    pub async fn retry(&self, id: JobId) -> Result<RetryOutcome, QueueError> {
+        self.call(|r| Op::Retry(id, r)).await
+    }
+
+    /// Submit an ended job again as a new job with the same task and children.
+    pub async fn resubmit(&self, id: JobId) -> Result<Submitted, QueueError> {
+        self.call(|r| Op::Resubmit(id, r)).await
+    }
+
     /// Expire overdue leases and requeue jobs whose retry time has come.
     pub async fn tick(&self) -> Result<TickOutcome, QueueError> {
         self.call(Op::Tick).await
@@ -511,6 +523,8 @@ pub struct ListFilter {
     pub parent: Option<JobId>,
     /// Leave out children (jobs with a parent), unless `parent` is set.
     pub top_level: bool,
+    /// Only jobs whose id or description contains this (ignoring case).
+    pub text: Option<String>,
     pub limit: usize,
 }
 
@@ -521,6 +535,7 @@ impl Default for ListFilter {
             kind: None,
             parent: None,
             top_level: true,
+            text: None,
             limit: 100,
         }
     }
@@ -531,5 +546,10 @@ impl ListFilter {
         self.state.is_none_or(|s| rec.state.name() == s)
             && self.kind.is_none_or(|k| rec.kind == k)
             && (self.parent.is_some() || !self.top_level || rec.parent.is_none())
+            && self.text.as_deref().is_none_or(|t| {
+                let t = t.to_lowercase();
+                rec.id.to_string().to_lowercase().contains(&t)
+                    || rec.task.describe().to_lowercase().contains(&t)
+            })
     }
 }

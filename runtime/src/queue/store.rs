@@ -126,6 +126,16 @@ pub enum CancelOutcome {
     AlreadyFinished(StateName),
 }
 
+/// What [`Queue::retry`](super::Queue::retry) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryOutcome {
+    /// Queued again with fresh attempts: the job itself, or a parent's failed children
+    /// (`jobs` of them; the parent waits on them again).
+    Requeued { jobs: u32 },
+    /// Nothing to retry in this state: the job is live, or done with no failed part.
+    NotRetryable(StateName),
+}
+
 /// What a tick changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TickOutcome {
@@ -144,9 +154,20 @@ pub(crate) struct TxnEffects {
     /// Change of the queued jobs per kind.
     pub queued: std::collections::HashMap<JobKind, i64>,
     pub ready: bool,
-    pub finished: Vec<(JobKind, StateName, u64)>,
+    pub finished: Vec<Finished>,
     /// Kinds of the attempts that failed in this transaction.
     pub failures: Vec<JobKind>,
+}
+
+/// A job that finished in a transaction, for the writer's counters.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub kind: JobKind,
+    pub state: StateName,
+    pub at_ms: u64,
+    pub latency_ms: u64,
+    /// The lease holder it finished under (none for a parent or a job not running).
+    pub holder: Option<String>,
 }
 
 impl TxnEffects {
@@ -272,7 +293,10 @@ impl Txn<'_> {
         }
         let (from, to) = (rec.state.name(), state.name());
         let terminal = state.is_terminal();
-        rec.state = state;
+        let holder = match std::mem::replace(&mut rec.state, state) {
+            JobState::Leased { holder, .. } if terminal => Some(holder),
+            _ => None,
+        };
         rec.updated_ms = self.now_ms;
         if from != to || note.is_some() {
             if rec.history.len() >= HISTORY_LEN {
@@ -292,7 +316,13 @@ impl Txn<'_> {
         if terminal {
             rec.finished_ms = Some(self.now_ms);
             let latency = self.now_ms.saturating_sub(rec.created_ms);
-            self.effects.finished.push((rec.kind, to, latency));
+            self.effects.finished.push(Finished {
+                kind: rec.kind,
+                state: to,
+                at_ms: self.now_ms,
+                latency_ms: latency,
+                holder,
+            });
             if rec.parent.is_none() {
                 let class = retention_class(rec.priority);
                 self.t.finished.insert((class, self.now_ms, id), ())?;
@@ -675,6 +705,165 @@ impl Txn<'_> {
         }
         self.transition(&mut rec, JobState::Cancelled, None)?;
         Ok(CancelOutcome::Cancelled)
+    }
+
+    /// Queue a dead or cancelled job again with fresh attempts (its history says so). For a
+    /// parent: its dead and cancelled children, and it waits on them again (joining again
+    /// when they are done); a joining parent that died itself is queued again.
+    pub fn retry(&mut self, id: JobId) -> Result<RetryOutcome, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        let state = rec.state.name();
+        let failed = |r: &JobRecord| matches!(r.state, JobState::Dead | JobState::Cancelled);
+        if rec.children.is_none() {
+            if !failed(&rec) {
+                return Ok(RetryOutcome::NotRetryable(state));
+            }
+            let Some(parent) = rec.parent else {
+                self.requeue(&mut rec)?;
+                return Ok(RetryOutcome::Requeued { jobs: 1 });
+            };
+            let Some(mut p) = self.load(parent)? else {
+                return Err(QueueError::Corrupt(format!("parent {parent} is missing")));
+            };
+            if !(p.state == JobState::Waiting || p.state.is_terminal()) {
+                // Its parent is joining the results it has: retry the parent once it ends.
+                return Ok(RetryOutcome::NotRetryable(p.state.name()));
+            }
+            let (dead, items) = (rec.state == JobState::Dead, u64::from(rec.task.items()));
+            self.requeue(&mut rec)?;
+            self.reopen(&mut p, u32::from(dead), u32::from(!dead), items)?;
+            return Ok(RetryOutcome::Requeued { jobs: 1 });
+        }
+        if !rec.state.is_terminal() {
+            return Ok(RetryOutcome::NotRetryable(state));
+        }
+        let (mut dead, mut cancelled, mut items) = (0, 0, 0);
+        for child in self.children_of(id)? {
+            if let Some(mut c) = self.load(child)?
+                && failed(&c)
+            {
+                if c.state == JobState::Dead {
+                    dead += 1;
+                } else {
+                    cancelled += 1;
+                }
+                items += u64::from(c.task.items());
+                self.requeue(&mut c)?;
+            }
+        }
+        if dead + cancelled > 0 {
+            self.reopen(&mut rec, dead, cancelled, items)?;
+            return Ok(RetryOutcome::Requeued {
+                jobs: dead + cancelled,
+            });
+        }
+        if failed(&rec) && rec.task.joins() {
+            self.requeue(&mut rec)?;
+            return Ok(RetryOutcome::Requeued { jobs: 1 });
+        }
+        Ok(RetryOutcome::NotRetryable(state))
+    }
+
+    /// A dead or cancelled job back to `Queued`, with no attempts used.
+    fn requeue(&mut self, rec: &mut JobRecord) -> Result<(), QueueError> {
+        let was = rec.state.name();
+        self.unfinish(rec)?;
+        let why = rec
+            .last_error
+            .take()
+            .map(|e| format!(": {}", e.message))
+            .unwrap_or_default();
+        let note = format!(
+            "retried with fresh attempts (was {was} after {} attempts{why})",
+            rec.attempts
+        );
+        rec.attempts = 0;
+        rec.lost = 0;
+        self.transition(rec, JobState::Queued, Some(note))
+    }
+
+    /// A parent whose failed children were queued again: count them out of its finished
+    /// ones, and wait on them again.
+    fn reopen(
+        &mut self,
+        p: &mut JobRecord,
+        dead: u32,
+        cancelled: u32,
+        items: u64,
+    ) -> Result<(), QueueError> {
+        let mut counts = p.children.unwrap_or_default();
+        counts.dead = counts.dead.saturating_sub(dead);
+        counts.cancelled = counts.cancelled.saturating_sub(cancelled);
+        counts.items_done = counts.items_done.saturating_sub(items);
+        p.children = Some(counts);
+        if !p.state.is_terminal() {
+            return self.store(p);
+        }
+        self.unfinish(p)?;
+        p.last_error = None;
+        let note = format!("{} failed children retried", dead + cancelled);
+        self.transition(p, JobState::Waiting, Some(note))
+    }
+
+    /// Take a finished job out of the retention index: it is live again.
+    fn unfinish(&mut self, rec: &mut JobRecord) -> Result<(), QueueError> {
+        if let Some(at) = rec.finished_ms.take()
+            && rec.parent.is_none()
+        {
+            let key = (retention_class(rec.priority), at, u128::from(rec.id));
+            self.t.finished.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Submit a finished job again as a new one (same task, children and scheduling; no
+    /// idempotency key). Both histories name the other.
+    pub fn resubmit(&mut self, id: JobId) -> Result<Submitted, QueueError> {
+        let Some(mut rec) = self.load(id)? else {
+            return Err(QueueError::NotFound(id));
+        };
+        if !rec.state.is_terminal() {
+            return Err(QueueError::Invalid(format!(
+                "job {id} is {}: resubmit it once it has ended, or cancel it first",
+                rec.state.name()
+            )));
+        }
+        let mut children = Vec::new();
+        if rec.children.is_some() {
+            for child in self.children_of(id)? {
+                if let Some(c) = self.load(child)? {
+                    children.push(c.task);
+                }
+            }
+        }
+        let new = self.submit(NewJob {
+            task: rec.task.clone(),
+            priority: rec.priority,
+            max_attempts: rec.max_attempts,
+            timeout_ms: rec.timeout_ms,
+            idempotency_key: None,
+            children,
+        })?;
+        if let Some(mut fresh) = self.load(new.id)? {
+            self.annotate(&mut fresh, format!("resubmitted from job {id}"))?;
+        }
+        self.annotate(&mut rec, format!("resubmitted as job {}", new.id))?;
+        Ok(new)
+    }
+
+    /// Add a note to a job's history without changing its state.
+    fn annotate(&mut self, rec: &mut JobRecord, note: String) -> Result<(), QueueError> {
+        if rec.history.len() >= HISTORY_LEN {
+            rec.history.remove(0);
+        }
+        rec.history.push(Transition {
+            at_ms: self.now_ms,
+            state: rec.state.name(),
+            note: Some(note),
+        });
+        self.store(rec)
     }
 
     fn children_of(&self, parent: JobId) -> Result<Vec<JobId>, QueueError> {

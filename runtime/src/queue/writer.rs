@@ -19,7 +19,7 @@ use super::stats::QueueStats;
 use super::store::{
     self, CHILDREN, COUNTS, CancelOutcome, CompleteOutcome, DELAYED, FINISHED, FailOutcome,
     IDEMPOTENCY, JOBS, LEASES, Lease, META, META_SEQ, NewJob, OUTBOX, OutboxEntry, READY, RESULTS,
-    Submitted, TickOutcome, Txn, TxnEffects,
+    RetryOutcome, Submitted, TickOutcome, Txn, TxnEffects,
 };
 
 pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
@@ -57,6 +57,8 @@ pub(super) enum Op {
         reply: oneshot::Sender<Result<Vec<JobId>, QueueError>>,
     },
     Cancel(JobId, oneshot::Sender<Result<CancelOutcome, QueueError>>),
+    Retry(JobId, oneshot::Sender<Result<RetryOutcome, QueueError>>),
+    Resubmit(JobId, oneshot::Sender<Result<Submitted, QueueError>>),
     Tick(oneshot::Sender<Result<TickOutcome, QueueError>>),
     OutboxPut(JobId, OutboxEntry, oneshot::Sender<Result<(), QueueError>>),
     OutboxRemove(Vec<JobId>, oneshot::Sender<Result<u32, QueueError>>),
@@ -207,11 +209,18 @@ pub(super) fn writer_loop(
                     let n = stats.queued_by_kind.entry(*kind).or_default();
                     *n = n.saturating_add_signed(*d);
                 }
-                for (kind, state, latency) in &effects.finished {
-                    *stats.finished.entry((*kind, *state)).or_default() += 1;
-                    if *state == StateName::Done {
-                        stats.latency.entry(*kind).or_default().observe(*latency);
+                for f in &effects.finished {
+                    *stats.finished.entry((f.kind, f.state)).or_default() += 1;
+                    if f.state == StateName::Done {
+                        stats
+                            .latency
+                            .entry(f.kind)
+                            .or_default()
+                            .observe(f.latency_ms);
                     }
+                    stats
+                        .recent
+                        .observe(f.at_ms, f.state, f.latency_ms, f.holder.as_deref());
                 }
                 for kind in &effects.failures {
                     *stats.failed_attempts.entry(*kind).or_default() += 1;
@@ -369,6 +378,8 @@ fn apply_batch(
                 }
             }),
             Op::Cancel(id, reply) => run!(reply, txn.cancel(id)),
+            Op::Retry(id, reply) => run!(reply, txn.retry(id)),
+            Op::Resubmit(id, reply) => run!(reply, txn.resubmit(id)),
             Op::Tick(reply) => run!(reply, txn.tick()),
             Op::OutboxPut(id, entry, reply) => run!(reply, txn.outbox_put(id, &entry)),
             Op::OutboxRemove(ids, reply) => run!(reply, txn.outbox_remove(&ids)),
@@ -403,6 +414,8 @@ fn fail_op(op: Op, e: &QueueError, stop: &mut Option<oneshot::Sender<()>>) -> Re
         Op::Release(_, r) => respond(r, err(e)),
         Op::Renew { reply, .. } => respond(reply, err(e)),
         Op::Cancel(_, r) => respond(r, err(e)),
+        Op::Retry(_, r) => respond(r, err(e)),
+        Op::Resubmit(_, r) => respond(r, err(e)),
         Op::Tick(r) => respond(r, err(e)),
         Op::OutboxPut(_, _, r) => respond(r, err(e)),
         Op::OutboxRemove(_, r) => respond(r, err(e)),
