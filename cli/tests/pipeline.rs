@@ -346,6 +346,27 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
         assert_eq!(spans(&r["stages"]), own(&[("x", 0, 3), ("y", 3, 6)]));
         check_memory(&r["stages"], &info);
     }
+    // The loaded stages stay a while, and each node's heartbeats say which it hosts: x
+    // sees y's layers (the dashboard's swarm page shows them).
+    let hosted = eventually(Duration::from_secs(10), "y's stage in x's view", || {
+        let (_, s) = http.get(&x.url("/api/swarm")).unwrap();
+        let y = s["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["name"] == "y")?
+            .clone();
+        let st = y["info"]["stages"].as_array()?.clone();
+        (!st.is_empty()).then_some(st)
+    });
+    assert_eq!(hosted.len(), 1, "{hosted:?}");
+    assert_eq!(
+        (&hosted[0]["first"], &hosted[0]["end"]),
+        (&serde_json::json!(3), &serde_json::json!(6))
+    );
+    assert!(
+        hosted[0]["model"].as_str().unwrap().ends_with(".gguf"),
+        "{hosted:?}"
+    );
 
     // Through /v1: no node can hold the model whole, so the request runs as a pipeline
     // job over both, with the same tokens.

@@ -17,7 +17,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use myco_jobs::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
-use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire};
+use myco_runtime::cluster::wire::{
+    HostedStage, Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::Sender;
 
@@ -97,6 +99,8 @@ pub struct StagesState {
     /// Which hosted stage each run uses here, and the node running it.
     runs: HashMap<SeqKey, (StageId, String)>,
     runners: HashMap<SeqKey, Sender<StageFrame>>,
+    /// What [`Stages::post`] last posted.
+    posted: Vec<HostedStage>,
 }
 
 impl Stages {
@@ -383,7 +387,34 @@ impl Actor for Stages {
                     .retain(|_, h| h.runs > 0 || h.idle_since.elapsed() < LINGER);
             }
         }
+        self.post(state);
         Ok(())
+    }
+}
+
+impl Stages {
+    /// Post the hosted stages to the swarm's board when they changed (heartbeats carry
+    /// them: the dashboard shows which node hosts which layers).
+    fn post(&self, state: &mut StagesState) {
+        let Some(swarm) = &self.swarm else { return };
+        let mut now: Vec<HostedStage> = state
+            .hosted
+            .iter()
+            .map(|((path, first, end), h)| HostedStage {
+                model: path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                first: *first,
+                end: *end,
+                runs: h.runs as u32,
+            })
+            .collect();
+        now.sort_by(|a, b| (&a.model, a.first).cmp(&(&b.model, b.first)));
+        if now != state.posted {
+            swarm.stage_board().set(now.clone());
+            state.posted = now;
+        }
     }
 }
 

@@ -194,6 +194,7 @@ impl Membership {
                 .filter(|(_, p)| p.up)
                 .filter_map(|(n, p)| Some((n.clone(), p.info.as_ref()?.cluster_addr.clone())))
                 .collect(),
+            stages: self.publisher.hosted_stages(),
         }
     }
 

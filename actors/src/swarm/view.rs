@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use myco_jobs::JobKind;
-use myco_runtime::cluster::wire::NodeInfo;
+use myco_runtime::cluster::wire::{HostedStage, NodeInfo};
 use myco_runtime::models::{ModelFile, ModelFormat};
 use ractor::ActorRef;
 use serde::Serialize;
@@ -140,13 +140,30 @@ impl SwarmView {
     }
 }
 
-/// A reader of the published swarm view. Cheap to clone.
+/// A reader of the published swarm view, and the board where this node's Stages actor
+/// posts the stages it hosts (membership's heartbeats carry them). Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Swarm(watch::Receiver<Arc<SwarmView>>);
+pub struct Swarm(watch::Receiver<Arc<SwarmView>>, StageBoard);
 
-/// Membership's end: publishes each new view.
+/// Membership's end: publishes each new view, and reads the stage board.
 #[derive(Debug, Clone)]
-pub struct SwarmPublisher(Arc<watch::Sender<Arc<SwarmView>>>);
+pub struct SwarmPublisher(Arc<watch::Sender<Arc<SwarmView>>>, StageBoard);
+
+/// The stages this node hosts now: one writer (the Stages actor), read at each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct StageBoard(Arc<std::sync::Mutex<Vec<HostedStage>>>);
+
+impl StageBoard {
+    pub fn set(&self, stages: Vec<HostedStage>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = stages;
+        }
+    }
+
+    pub fn get(&self) -> Vec<HostedStage> {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
 
 impl Swarm {
     /// A new view, with nobody in it but `name`.
@@ -156,18 +173,32 @@ impl Swarm {
             ..SwarmView::default()
         };
         let (tx, rx) = watch::channel(Arc::new(view));
-        (SwarmPublisher(Arc::new(tx)), Swarm(rx))
+        let board = StageBoard::default();
+        (
+            SwarmPublisher(Arc::new(tx), board.clone()),
+            Swarm(rx, board),
+        )
     }
 
     /// The latest view.
     pub fn view(&self) -> Arc<SwarmView> {
         self.0.borrow().clone()
     }
+
+    /// Where this node's hosted stages go (the Stages actor's).
+    pub fn stage_board(&self) -> &StageBoard {
+        &self.1
+    }
 }
 
 impl SwarmPublisher {
     pub fn publish(&self, view: SwarmView) {
         self.0.send_replace(Arc::new(view));
+    }
+
+    /// The stages this node hosts now.
+    pub fn hosted_stages(&self) -> Vec<HostedStage> {
+        self.1.get()
     }
 }
 

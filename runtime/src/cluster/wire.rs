@@ -13,7 +13,7 @@ use crate::detect::Capabilities;
 use crate::queue::{JobId, Lease};
 
 /// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// The largest frame a node decodes (a delivery of results, a stage's activations). A
 /// bigger one is refused before anything is decoded, and no length inside a frame may claim
@@ -110,6 +110,21 @@ pub struct NodeInfo {
     /// The peers it is connected to, as `(name, cluster address)`: a node that joined
     /// through one member dials the rest (gossip), so `--join` needs one address.
     pub peers: Vec<(String, String)>,
+    /// The layer-range stages it has loaded now (protocol 4 on).
+    #[serde(default)]
+    pub stages: Vec<HostedStage>,
+}
+
+/// A loaded stage of a pipeline model, as a node advertises it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedStage {
+    /// The model file's name.
+    pub model: String,
+    pub first: u32,
+    /// Exclusive.
+    pub end: u32,
+    /// Pipeline runs using it now.
+    pub runs: u32,
 }
 
 /// "I am alive, and this is me."
