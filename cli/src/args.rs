@@ -61,6 +61,9 @@ pub enum Command {
         /// Include child jobs.
         #[arg(long)]
         all: bool,
+        /// Only jobs whose id or description contains this (ignoring case).
+        #[arg(long, value_name = "TEXT")]
+        text: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },

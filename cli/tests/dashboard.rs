@@ -130,7 +130,11 @@ impl Chrome {
 
     /// Wait until a JavaScript expression is truthy (not null, false, 0 or "").
     fn wait(&self, js: &str, what: &str) -> Value {
-        eventually(LIMIT, what, || {
+        self.wait_up_to(LIMIT, js, what)
+    }
+
+    fn wait_up_to(&self, limit: Duration, js: &str, what: &str) -> Value {
+        eventually(limit, what, || {
             let v = self.eval(js);
             let truthy = match &v {
                 Value::Null => false,
@@ -193,6 +197,14 @@ impl Drop for Chrome {
             self.browser.wait().await
         });
     }
+}
+
+/// A size of the run, from the environment.
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn submit_spec(node: &NodeProc, dir: &Path, name: &str, toml: &str) -> String {
@@ -312,23 +324,33 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
         "both nodes on the swarm page",
     );
 
-    // A steal-heavy run: 60 jobs on a; b (4 slots to a's 2) takes its share.
-    let many: Vec<String> = (0..60)
+    // A steal-heavy run: jobs on a; b (4 slots to a's 2) takes its share. The swarm page is
+    // shot when 80 % of them are done. (MYCO_DASHBOARD_JOBS, _JOB_MS and _DOCS make the run
+    // and the archive below bigger, for the README's screenshots.)
+    let n_jobs = knob("MYCO_DASHBOARD_JOBS", 60);
+    let job_ms = knob("MYCO_DASHBOARD_JOB_MS", 400);
+    let run = Duration::from_millis(n_jobs * job_ms);
+    let many: Vec<String> = (0..n_jobs)
         .map(|i| {
             submit_spec(
                 &a,
                 &jobs,
                 &format!("many-{i}"),
-                &noop(&format!("m{i}"), "", "sleep_ms = 400"),
+                &noop(&format!("m{i}"), "", &format!("sleep_ms = {job_ms}")),
             )
         })
         .collect();
-    chrome.wait(
-        "Number((document.querySelector('#steal tr[data-node=\"b\"] .hour') || {}).textContent) > 0",
+    chrome.wait_up_to(
+        LIMIT + run,
+        &format!(
+            "Number((document.querySelector('#steal tr[data-node=\"b\"] .hour') || {{}}).textContent) > 0 \
+             && Array.from(document.querySelectorAll('#steal .hour')).reduce((s, e) => s + Number(e.textContent), 0) >= {}",
+            n_jobs * 4 / 5
+        ),
         "b's stolen jobs on the swarm page",
     );
     chrome.screenshot("swarm-stealing.png");
-    eventually(LIMIT, "the 60 jobs done", || {
+    eventually(LIMIT + run, "the steal-heavy run done", || {
         many.iter()
             .all(|id| job(&http, &a, id)["state"] == "done")
             .then_some(())
@@ -437,7 +459,8 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
     // An archive job: its page follows its progress; then its collection is searched.
     let docs = root.path().join("docs");
     std::fs::create_dir_all(&docs).unwrap();
-    for i in 0..24 {
+    let n_docs = knob("MYCO_DASHBOARD_DOCS", 24);
+    for i in 0..n_docs {
         let body = format!(
             "# Note {i}\n\nThe mini PC number {i} draws about {} watts when idle and runs the \
              embedding worker overnight.\n\n{}\n",
@@ -472,7 +495,8 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
         "the archive job under way",
     );
     chrome.screenshot("job-archive.png");
-    chrome.wait(
+    chrome.wait_up_to(
+        LIMIT + Duration::from_secs(n_docs),
         "document.querySelector('#jstate').innerText === 'done'",
         "the archive job done on its page",
     );

@@ -20,6 +20,7 @@ pub struct ListArgs<'a> {
     pub kind: &'a Option<String>,
     pub parent: &'a Option<String>,
     pub all: bool,
+    pub text: &'a Option<String>,
     pub limit: usize,
 }
 
@@ -36,6 +37,9 @@ pub async fn list(cli: &Cli, home: &Home, a: ListArgs<'_>) -> Result<ExitCode> {
     }
     if a.all {
         q.push(("all", "true".into()));
+    }
+    if let Some(t) = a.text {
+        q.push(("text", t.clone()));
     }
     let reply = client(cli, home).list(&q).await?;
     if cli.json {

@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             kind,
             parent,
             all,
+            text,
             limit,
         } => {
             let a = jobs::ListArgs {
@@ -62,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 kind,
                 parent,
                 all: *all,
+                text,
                 limit: *limit,
             };
             jobs::list(&cli, &home, a).await

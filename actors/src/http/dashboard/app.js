@@ -165,7 +165,7 @@ function stealView(minutes, members) {
   const cols = [];
   for (let k = now - span + 1; k <= now; k += 1) cols.push(byMinute.get(k) || { minute: k, by_node: {} });
   const max = Math.max(1, ...cols.map((c) => Object.values(c.by_node).reduce((a, b) => a + b, 0)));
-  const W = 600; const H = 150; const pad = 24; const bw = (W - pad) / span;
+  const W = 1000; const H = 170; const pad = 30; const bw = (W - pad) / span;
   let bars = '';
   cols.forEach((c, x) => {
     let y = H - 16;
@@ -229,7 +229,7 @@ function queuePage(_, params) {
     if (loading) return;
     loading = true;
     lastList = Date.now();
-    const q = new URLSearchParams({ limit: '100' });
+    const q = new URLSearchParams({ limit: '50' });
     for (const k of ['state', 'kind', 'parent', 'text']) if (f[k]) q.set(k, f[k]);
     if (f.all) q.set('all', 'true');
     try {
@@ -249,8 +249,9 @@ function queuePage(_, params) {
     if (!s.stats) return;
     const c = s.stats.counts;
     $('#counts').innerHTML = STATES.map((st) => `<a class="count ${st === f.state ? 'sel' : ''}" data-state="${st}" href="#/queue?state=${st}">${badge(st)}<b>${c[st]}</b></a>`).join('');
-    const kinds = Object.entries(s.stats.queued_by_kind).map(([k, n]) => `${n} ${esc(k)}`).join(', ');
-    $('#kinds').textContent = `queued by kind: ${kinds || 'none'} · results waiting for their owners: ${s.stats.outbox}`;
+    const kinds = Object.entries(s.stats.queued_by_kind).map(([k, n]) => `${n} ${k}`).join(', ');
+    const finished = s.stats.finished.map((f) => `${f.jobs} ${f.kind} ${f.state}`).join(', ');
+    $('#kinds').textContent = `queued by kind: ${kinds || 'none'} · finished since the node started: ${finished || 'none'} · results waiting for their owners: ${s.stats.outbox}`;
     $('#hour').innerHTML = hourChart(s.stats.minutes);
     const key = JSON.stringify(c);
     if (key !== lastCounts || Date.now() - lastList > 3000) { lastCounts = key; load(); }
@@ -280,7 +281,7 @@ function jobRow(j) {
 /// Bars: jobs done per minute; line: their mean latency.
 function hourChart(minutes) {
   const now = Math.floor(Date.now() / 60000);
-  const W = 720; const H = 140; const pad = 30; const bw = (W - 2 * pad) / 60;
+  const W = 1000; const H = 160; const pad = 40; const bw = (W - 2 * pad) / 60;
   const byMinute = new Map(minutes.map((m) => [m.minute, m]));
   const cols = [];
   for (let k = now - 59; k <= now; k += 1) cols.push(byMinute.get(k) || { minute: k, done: 0, dead: 0, cancelled: 0, latency_ms_sum: 0 });
@@ -590,7 +591,7 @@ function planPicture(p) {
       <text x="${x + 8}" y="34">${bytes(n.free_bytes)} free${n.gpu_bytes ? ` (${bytes(n.gpu_bytes)} GPU)` : ''}</text>`;
     let sx = x + 8;
     for (const s of p.stages.filter((st) => st.node === n.name)) {
-      const sw = Math.max(40, (s.bytes / Math.max(1, n.free_bytes)) * (w - 16));
+      const sw = Math.max(110, (s.bytes / Math.max(1, n.free_bytes)) * (w - 16));
       g += `<rect x="${sx}" y="48" width="${Math.min(sw, x + w - 8 - sx)}" height="56" rx="5" fill="${color}" opacity=".85"></rect>
         <text x="${sx + 6}" y="70" style="fill:#fff;font-size:12px">layers ${s.first}–${s.end - 1}</text>
         <text x="${sx + 6}" y="88" style="fill:#fff">${bytes(s.bytes)}</text>`;
