@@ -24,7 +24,7 @@ use std::time::Duration;
 use chromiumoxide::cdp::browser_protocol::network::EventRequestWillBeSent;
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser, BrowserConfig, Page};
-use common::{Http, NodeProc, eventually, linked_home, myco};
+use common::{Http, NodeProc, eventually, linked_home};
 use futures_util::StreamExt;
 use myco_jobs::gguf::TinyLlama;
 use serde_json::Value;
@@ -402,10 +402,7 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
     eventually(LIMIT, "the job dead", || {
         (job(&http, &a, &dead)["state"] == "dead").then_some(())
     });
-    let out = myco(&home_a)
-        .args(["--api", &a.addr.to_string(), "retry", &dead])
-        .output()
-        .unwrap();
+    let out = a.cli().args(["retry", &dead]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -417,20 +414,14 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
         (v["state"] == "dead" && notes(&v).iter().any(|n| n.contains("retried"))).then_some(v)
     });
     assert_eq!(after_cli["attempts"], 1, "fresh attempts: {after_cli}");
-    let status = myco(&home_a)
-        .args(["--api", &a.addr.to_string(), "status", &dead])
-        .output()
-        .unwrap();
+    let status = a.cli().args(["status", &dead]).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.contains("retried with fresh attempts (was dead after 1 attempts"),
         "{status}"
     );
     // A job that is not dead is not retried: the CLI says why and fails.
-    let out = myco(&home_a)
-        .args(["--api", &a.addr.to_string(), "retry", &id])
-        .output()
-        .unwrap();
+    let out = a.cli().args(["retry", &id]).output().unwrap();
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("resubmit"),

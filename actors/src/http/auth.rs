@@ -100,6 +100,9 @@ impl Gate {
 
 /// The middleware.
 pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+    if is_public(req.uri().path()) {
+        return next.run(req).await;
+    }
     let peer = req
         .extensions()
         .get::<ConnectInfo<Peer>>()
@@ -107,9 +110,6 @@ pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -
     let loopback = peer.is_some_and(|a| a.ip().is_loopback());
     let openai = req.uri().path().starts_with("/v1/");
     let metrics = req.uri().path() == "/metrics";
-    if is_public(req.uri().path()) {
-        return next.run(req).await;
-    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::Form;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,8 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
 /// How long the login cookie lasts.
 const COOKIE_DAYS: u32 = 30;
 
-fn page(status: StatusCode, content_type: &'static str, body: String) -> Response {
+fn page(status: StatusCode, content_type: &'static str, body: impl Into<Body>) -> Response {
+    let body: Body = body.into();
     let mut r = (status, body).into_response();
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -60,23 +62,15 @@ async fn index() -> Response {
 }
 
 async fn app_js() -> Response {
-    page(
-        StatusCode::OK,
-        "text/javascript; charset=utf-8",
-        APP_JS.to_owned(),
-    )
+    page(StatusCode::OK, "text/javascript; charset=utf-8", APP_JS)
 }
 
 async fn app_css() -> Response {
-    page(
-        StatusCode::OK,
-        "text/css; charset=utf-8",
-        APP_CSS.to_owned(),
-    )
+    page(StatusCode::OK, "text/css; charset=utf-8", APP_CSS)
 }
 
 async fn icon() -> Response {
-    page(StatusCode::OK, "image/svg+xml", ICON.to_owned())
+    page(StatusCode::OK, "image/svg+xml", ICON)
 }
 
 fn login_page(status: StatusCode, message: &str) -> Response {

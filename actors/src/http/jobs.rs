@@ -29,25 +29,21 @@ struct Health {
     holder: String,
     version: &'static str,
     uptime_s: u64,
-    jobs: std::collections::BTreeMap<&'static str, u64>,
+    jobs: std::collections::BTreeMap<String, u64>,
     /// Results of stolen jobs waiting for their owners.
     outbox: u64,
 }
 
 async fn health(State(node): State<NodeHandle>) -> Result<Json<Health>, ApiError> {
-    let q = node.queue().clone();
-    let (counts, outbox) = blocking(move || Ok((q.counts()?, q.outbox_len()?))).await?;
+    let stats = stats_of(&node).await?;
     Ok(Json(Health {
-        outbox,
+        outbox: stats.outbox,
         status: "ok",
-        node: node.name().to_owned(),
+        node: stats.node,
         holder: node.queue().holder().to_owned(),
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: node.started().elapsed().as_secs(),
-        jobs: StateName::ALL
-            .iter()
-            .map(|s| (s.as_str(), counts[s.index()]))
-            .collect(),
+        jobs: stats.counts,
     }))
 }
 

@@ -145,10 +145,18 @@ impl NodeProc {
         }
     }
 
+    /// A `myco` command of this node's home that talks to this node (`--api`).
+    pub fn cli(&self) -> Command {
+        let mut cmd = myco(&self.home);
+        cmd.args(["--api", &self.addr.to_string()]);
+        cmd
+    }
+
     /// `myco submit JOB` to this node; the id of the (first) job.
     pub fn submit(&self, job: &Path) -> String {
-        let out = myco(&self.home)
-            .args(["--json", "--api", &self.addr.to_string(), "submit"])
+        let out = self
+            .cli()
+            .args(["--json", "submit"])
             .arg(job)
             .output()
             .unwrap();

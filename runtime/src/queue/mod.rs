@@ -453,6 +453,7 @@ impl Queue {
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<JobRecord>, QueueError> {
         let tx = self.shared.db()?.begin_read()?;
         let jobs = tx.open_table(JOBS)?;
+        let matches = filter.matcher();
         let mut out = Vec::new();
         if let Some(parent) = filter.parent {
             let children = tx.open_table(CHILDREN)?;
@@ -461,7 +462,7 @@ impl Queue {
                 let id = entry?.1.value();
                 if let Some(v) = jobs.get(id)? {
                     let rec = store::decode(v.value())?;
-                    if filter.matches(&rec) {
+                    if matches(&rec) {
                         out.push(rec);
                     }
                 }
@@ -474,7 +475,7 @@ impl Queue {
         for entry in jobs.iter()?.rev() {
             let (_, v) = entry?;
             let rec = store::decode(v.value())?;
-            if filter.matches(&rec) {
+            if matches(&rec) {
                 out.push(rec);
                 if out.len() >= filter.limit {
                     break;
@@ -542,14 +543,17 @@ impl Default for ListFilter {
 }
 
 impl ListFilter {
-    fn matches(&self, rec: &JobRecord) -> bool {
-        self.state.is_none_or(|s| rec.state.name() == s)
-            && self.kind.is_none_or(|k| rec.kind == k)
-            && (self.parent.is_some() || !self.top_level || rec.parent.is_none())
-            && self.text.as_deref().is_none_or(|t| {
-                let t = t.to_lowercase();
-                rec.id.to_string().to_lowercase().contains(&t)
-                    || rec.task.describe().to_lowercase().contains(&t)
-            })
+    /// A matcher with the text lowercased once, not once per record.
+    fn matcher(&self) -> impl Fn(&JobRecord) -> bool + '_ {
+        let text = self.text.as_deref().map(str::to_lowercase);
+        move |rec| {
+            self.state.is_none_or(|s| rec.state.name() == s)
+                && self.kind.is_none_or(|k| rec.kind == k)
+                && (self.parent.is_some() || !self.top_level || rec.parent.is_none())
+                && text.as_deref().is_none_or(|t| {
+                    rec.id.to_string().to_lowercase().contains(t)
+                        || rec.task.describe().to_lowercase().contains(t)
+                })
+        }
     }
 }

@@ -209,6 +209,14 @@ pub struct JobView {
 }
 
 impl JobRecord {
+    /// Add a step to the history, keeping the last [`HISTORY_LEN`].
+    pub(crate) fn remember(&mut self, at_ms: u64, state: StateName, note: Option<String>) {
+        if self.history.len() >= HISTORY_LEN {
+            self.history.remove(0);
+        }
+        self.history.push(Transition { at_ms, state, note });
+    }
+
     pub fn view(&self) -> JobView {
         let progress = match &self.children {
             Some(c) => {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::QueueError;
 use super::options::QueueOptions;
-use super::record::{ChildCounts, HISTORY_LEN, JobId, JobRecord, JobState, StateName, Transition};
+use super::record::{ChildCounts, JobId, JobRecord, JobState, StateName};
 
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Queued jobs in lease order: (inverted priority, seq) → id.
@@ -134,6 +134,30 @@ pub enum RetryOutcome {
     Requeued { jobs: u32 },
     /// Nothing to retry in this state: the job is live, or done with no failed part.
     NotRetryable(StateName),
+}
+
+/// The children a retry queued again, as their parent's counts had them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Retried {
+    dead: u32,
+    cancelled: u32,
+    /// Their input items (documents).
+    items: u64,
+}
+
+impl Retried {
+    fn count(&mut self, child: &JobRecord) {
+        if child.state == JobState::Dead {
+            self.dead += 1;
+        } else {
+            self.cancelled += 1;
+        }
+        self.items += u64::from(child.task.items());
+    }
+
+    fn jobs(&self) -> u32 {
+        self.dead + self.cancelled
+    }
 }
 
 /// What a tick changed.
@@ -299,14 +323,7 @@ impl Txn<'_> {
         };
         rec.updated_ms = self.now_ms;
         if from != to || note.is_some() {
-            if rec.history.len() >= HISTORY_LEN {
-                rec.history.remove(0);
-            }
-            rec.history.push(Transition {
-                at_ms: self.now_ms,
-                state: to,
-                note,
-            });
+            rec.remember(self.now_ms, to, note);
         }
         if from != to {
             self.effects.moved(Some(from), to);
@@ -432,11 +449,7 @@ impl Txn<'_> {
         }
         let name = state.name();
         rec.state = state;
-        rec.history.push(Transition {
-            at_ms: self.now_ms,
-            state: name,
-            note: None,
-        });
+        rec.remember(self.now_ms, name, None);
         self.effects.moved(None, name);
         self.store(rec)
     }
@@ -731,33 +744,28 @@ impl Txn<'_> {
                 // Its parent is joining the results it has: retry the parent once it ends.
                 return Ok(RetryOutcome::NotRetryable(p.state.name()));
             }
-            let (dead, items) = (rec.state == JobState::Dead, u64::from(rec.task.items()));
+            let mut retried = Retried::default();
+            retried.count(&rec);
             self.requeue(&mut rec)?;
-            self.reopen(&mut p, u32::from(dead), u32::from(!dead), items)?;
+            self.reopen(&mut p, retried)?;
             return Ok(RetryOutcome::Requeued { jobs: 1 });
         }
         if !rec.state.is_terminal() {
             return Ok(RetryOutcome::NotRetryable(state));
         }
-        let (mut dead, mut cancelled, mut items) = (0, 0, 0);
+        let mut retried = Retried::default();
         for child in self.children_of(id)? {
             if let Some(mut c) = self.load(child)?
                 && failed(&c)
             {
-                if c.state == JobState::Dead {
-                    dead += 1;
-                } else {
-                    cancelled += 1;
-                }
-                items += u64::from(c.task.items());
+                retried.count(&c);
                 self.requeue(&mut c)?;
             }
         }
-        if dead + cancelled > 0 {
-            self.reopen(&mut rec, dead, cancelled, items)?;
-            return Ok(RetryOutcome::Requeued {
-                jobs: dead + cancelled,
-            });
+        if retried.jobs() > 0 {
+            let jobs = retried.jobs();
+            self.reopen(&mut rec, retried)?;
+            return Ok(RetryOutcome::Requeued { jobs });
         }
         if failed(&rec) && rec.task.joins() {
             self.requeue(&mut rec)?;
@@ -786,24 +794,18 @@ impl Txn<'_> {
 
     /// A parent whose failed children were queued again: count them out of its finished
     /// ones, and wait on them again.
-    fn reopen(
-        &mut self,
-        p: &mut JobRecord,
-        dead: u32,
-        cancelled: u32,
-        items: u64,
-    ) -> Result<(), QueueError> {
+    fn reopen(&mut self, p: &mut JobRecord, retried: Retried) -> Result<(), QueueError> {
         let mut counts = p.children.unwrap_or_default();
-        counts.dead = counts.dead.saturating_sub(dead);
-        counts.cancelled = counts.cancelled.saturating_sub(cancelled);
-        counts.items_done = counts.items_done.saturating_sub(items);
+        counts.dead = counts.dead.saturating_sub(retried.dead);
+        counts.cancelled = counts.cancelled.saturating_sub(retried.cancelled);
+        counts.items_done = counts.items_done.saturating_sub(retried.items);
         p.children = Some(counts);
         if !p.state.is_terminal() {
             return self.store(p);
         }
         self.unfinish(p)?;
         p.last_error = None;
-        let note = format!("{} failed children retried", dead + cancelled);
+        let note = format!("{} failed children retried", retried.jobs());
         self.transition(p, JobState::Waiting, Some(note))
     }
 
@@ -855,14 +857,7 @@ impl Txn<'_> {
 
     /// Add a note to a job's history without changing its state.
     fn annotate(&mut self, rec: &mut JobRecord, note: String) -> Result<(), QueueError> {
-        if rec.history.len() >= HISTORY_LEN {
-            rec.history.remove(0);
-        }
-        rec.history.push(Transition {
-            at_ms: self.now_ms,
-            state: rec.state.name(),
-            note: Some(note),
-        });
+        rec.remember(self.now_ms, rec.state.name(), Some(note));
         self.store(rec)
     }
 
