@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzz the input myco reads from outside (fuzz/fuzz_targets/: peers' wire frames, job files,
-# HTML and PDF documents, GGUF headers), MYCO_FUZZ_SECS (default 30) seconds each.
+# HTML and PDF documents, GGUF headers) and what it stores (queue records of every format),
+# MYCO_FUZZ_SECS (default 30) seconds each.
 #
 # The targets use cargo-fuzz's layout, but CI does not need cargo-fuzz or a nightly
 # toolchain: this builds them as `cargo fuzz build --sanitizer none` does, with libFuzzer's
@@ -18,7 +19,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 cargo build --release --locked --target "$host" --bins
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for t in wire job_toml extract gguf_header; do
+for t in wire records job_toml extract gguf_header; do
   bin="$CARGO_TARGET_DIR/$host/release/$t"
   mkdir -p "artifacts/$t" "$scratch/$t"
   # Known crashers first: each must now pass.

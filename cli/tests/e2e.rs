@@ -341,9 +341,35 @@ fn same_idempotency_key_returns_the_first_job() {
         "{out:?}"
     );
 
+    // Another spec under the same key: 409 naming the job, nothing enqueued.
+    let other = noop_toml(
+        "idempotency_key = \"nightly-2026-11-22\"",
+        "payload = \"y\"",
+    );
+    let (s3, third) = http
+        .post(
+            &node.url("/api/jobs"),
+            &json!({ "toml": other, "base_dir": "/" }),
+        )
+        .unwrap();
+    assert_eq!(s3, 409, "{third}");
+    assert_eq!(third["error"]["code"], "idempotency_conflict", "{third}");
+    assert!(
+        third["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(first["id"].as_str().unwrap()),
+        "{third}"
+    );
     let jobs = list(&http, &node, "all=true");
     assert_eq!(jobs.len(), 1, "{jobs:#?}");
     reaches(&http, &node, first["id"].as_str().unwrap(), "done");
+
+    // Keys are scoped to who submits: a client without the token (from loopback) using the
+    // owner's key gets a job of its own, never the owner's.
+    let (s4, theirs) = submit_raw(&Http::new(), &node, &other, Path::new("/"));
+    assert_eq!(s4, 201, "{theirs}");
+    assert_ne!(theirs["id"], first["id"]);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod config;
 pub mod detect;
+pub mod format;
 pub mod models;
 pub mod plan;
 pub mod private_file;

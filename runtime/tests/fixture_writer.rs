@@ -141,27 +141,38 @@ async fn write_owner(path: &Path) -> (u128, u64) {
     .await
     .unwrap();
     let (id, _) = lease_one(&q, "owner#1", JobKind::Noop, year).await;
-    q.complete(id.into(), b"{\"payload\":\"done before the upgrade\"}\n".to_vec())
-        .await
-        .unwrap();
+    q.complete(
+        id.into(),
+        b"{\"payload\":\"done before the upgrade\"}\n".to_vec(),
+    )
+    .await
+    .unwrap();
 
     // Dead (a fatal error).
     q.submit(vec![top(noop("dead before the upgrade"))])
         .await
         .unwrap();
     let (id, token) = lease_one(&q, "owner#1", JobKind::Noop, year).await;
-    q.fail(id.into(), token, JobError::fatal("failed for good before the upgrade"))
-        .await
-        .unwrap();
+    q.fail(
+        id.into(),
+        token,
+        JobError::fatal("failed for good before the upgrade"),
+    )
+    .await
+    .unwrap();
 
     // Failed once, due again (the backoff is short).
     q.submit(vec![top(noop("failed before the upgrade"))])
         .await
         .unwrap();
     let (id, token) = lease_one(&q, "owner#1", JobKind::Noop, year).await;
-    q.fail(id.into(), token, JobError::retryable("failed once before the upgrade"))
-        .await
-        .unwrap();
+    q.fail(
+        id.into(),
+        token,
+        JobError::retryable("failed once before the upgrade"),
+    )
+    .await
+    .unwrap();
 
     // Leased by this node's last run: queued again when it starts.
     q.submit(vec![top(noop("leased before the upgrade"))])
@@ -244,7 +255,10 @@ async fn write_owner(path: &Path) -> (u128, u64) {
             ..job(noop("queued before the upgrade"))
         },
         NewJob {
-            children: vec![inline("c.txt", "Gamma document, queued before the upgrade.")],
+            children: vec![inline(
+                "c.txt",
+                "Gamma document, queued before the upgrade.",
+            )],
             ..job(Task::Chunk {
                 input: "/nonexistent/myco-fixture/texts".into(),
                 params: params(),
@@ -304,7 +318,11 @@ async fn write_fixtures() {
     let owner = dir.join("owner.redb");
     let thief = dir.join("thief.redb");
     for f in [&owner, &thief] {
-        assert!(!f.exists(), "{} exists: fixtures are never overwritten", f.display());
+        assert!(
+            !f.exists(),
+            "{} exists: fixtures are never overwritten",
+            f.display()
+        );
     }
     let (stolen, token) = write_owner(&owner).await;
     write_thief(&thief, stolen, token).await;

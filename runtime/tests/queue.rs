@@ -13,8 +13,8 @@ use myco_jobs::task::NoopTask;
 use myco_jobs::{ErrorClass, JobError, JobKind, Task};
 use myco_runtime::queue::{
     CancelOutcome, ChildCounts, CompleteOutcome, FailOutcome, JobId, JobRecord, JobState,
-    ListFilter, ManualClock, NewJob, Progress, Queue, QueueOptions, RetryOutcome, StateName,
-    TickOutcome,
+    ListFilter, ManualClock, NewJob, Progress, Queue, QueueError, QueueOptions, RetryOutcome,
+    StateName, Submitter, TickOutcome,
 };
 use tempfile::TempDir;
 
@@ -178,21 +178,51 @@ fn progress(rec: &JobRecord) -> (u32, u32, u32) {
 async fn idempotency_key_returns_the_first_job() {
     let f = Fixture::new();
     let a = f.q.submit(vec![keyed("first", "k")]).await.unwrap();
-    let b = f.q.submit(vec![keyed("second", "k")]).await.unwrap();
+    let b = f.q.submit(vec![keyed("first", "k")]).await.unwrap();
     assert!(a[0].created);
     assert_eq!(b[0].id, a[0].id);
     assert!(!b[0].created);
+    // Another spec under the same key is a conflict naming the job, not that job.
+    let e = f.q.submit(vec![keyed("second", "k")]).await.unwrap_err();
+    assert!(matches!(e, QueueError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains(&a[0].id.to_string()), "{e}");
     let all = f.all();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].task, noop("first"), "the first submission wins");
     assert_eq!(f.counts(), [(StateName::Queued, 1)]);
 
+    // Keys are scoped to who submits: a client's key never returns the owner's job.
+    let theirs =
+        f.q.submit_as(vec![keyed("second", "k")], Submitter::Client)
+            .await
+            .unwrap();
+    assert!(theirs[0].created);
+    // And to the kind: a parent's key is not a noop's.
+    let p =
+        f.q.submit(vec![NewJob {
+            idempotency_key: Some("k".into()),
+            children: vec![noop("c")],
+            task: Task::Chunk {
+                input: "/x".into(),
+                params: myco_jobs::chunk::ChunkParams {
+                    max_tokens: 10,
+                    overlap: 0,
+                },
+            },
+            ..job("unused")
+        }])
+        .await
+        .unwrap();
+    assert!(p[0].created);
+    f.q.cancel(theirs[0].id).await.unwrap();
+    f.q.cancel(p[0].id).await.unwrap();
+
     // Still the same job once it is finished, and after a restart.
     f.q.complete(a[0].id, b"r".to_vec()).await.unwrap();
     let f = f.restart().await;
-    let c = f.q.submit(vec![keyed("third", "k")]).await.unwrap();
+    let c = f.q.submit(vec![keyed("first", "k")]).await.unwrap();
     assert_eq!((c[0].id, c[0].created), (a[0].id, false));
-    assert_eq!(f.all().len(), 1);
+    assert_eq!(f.all().len(), 4, "three jobs and the chunk job's child");
 }
 
 #[tokio::test]
@@ -202,14 +232,14 @@ async fn idempotency_key_twice_in_one_batch() {
         f.q.submit(vec![
             keyed("a", "same"),
             job("plain"),
-            keyed("b", "same"),
+            keyed("a", "same"),
             NewJob {
                 idempotency_key: Some("parent".into()),
                 ..parent("p", 2)
             },
             NewJob {
                 idempotency_key: Some("parent".into()),
-                ..parent("q", 3)
+                ..parent("p", 3)
             },
         ])
         .await
@@ -222,6 +252,13 @@ async fn idempotency_key_twice_in_one_batch() {
     assert_eq!(f.all().len(), 5);
     assert_eq!(f.q.children(got[3].id).unwrap().len(), 2);
     assert_eq!(f.get(got[0].id).task, noop("a"));
+    // Two specs under one key in one batch: refused whole, nothing stored.
+    let e =
+        f.q.submit(vec![job("x"), keyed("b", "other"), keyed("c", "other")])
+            .await
+            .unwrap_err();
+    assert!(matches!(e, QueueError::Conflict(_)), "{e}");
+    assert_eq!(f.all().len(), 5);
 }
 
 // ---------------------------------------------------------------- cancel
@@ -610,11 +647,11 @@ async fn resubmit_makes_a_new_job_with_the_same_task_and_children() {
     let f = Fixture::new();
     let p = f.submit_one(parent("p", 2)).await;
     assert!(
-        f.q.resubmit(p).await.is_err(),
+        f.q.resubmit(p, Submitter::Owner).await.is_err(),
         "a live job is not resubmitted"
     );
     f.q.cancel(p).await.unwrap();
-    let new = f.q.resubmit(p).await.unwrap();
+    let new = f.q.resubmit(p, Submitter::Owner).await.unwrap();
     assert!(new.created && new.id != p);
     let rec = f.get(new.id);
     assert_eq!(rec.task, f.get(p).task);

@@ -565,7 +565,15 @@ async fn run(ops: Vec<Op>, path: &Path) {
                 let jobs: Vec<NewJob> = specs
                     .iter()
                     .map(|s| {
-                        let task = m.new_task();
+                        // One spec per key: a key given another spec is a conflict
+                        // (tested in queue.rs), not a return of the first job.
+                        let task = match s.key {
+                            Some(k) => Task::Noop(NoopTask {
+                                payload: format!("keyed {k}"),
+                                ..NoopTask::default()
+                            }),
+                            None => m.new_task(),
+                        };
                         let children = (0..s.children).map(|_| m.new_task()).collect();
                         NewJob {
                             task,

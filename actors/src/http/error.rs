@@ -85,6 +85,18 @@ impl From<QueueError> for ApiError {
                 "list jobs with `myco jobs`",
             ),
             QueueError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, "invalid", m, ""),
+            QueueError::Conflict(m) => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_conflict",
+                m,
+                "an idempotency key returns the job first submitted with it only for the same spec; nothing was enqueued",
+            ),
+            QueueError::Format(f) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "format",
+                format!("this node cannot read a stored record: {f}"),
+                "a newer myco wrote to this node's queue: run that version here",
+            ),
             QueueError::Closed => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

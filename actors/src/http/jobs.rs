@@ -307,10 +307,11 @@ pub struct RetryReply {
 /// Queue a dead or cancelled job again with fresh attempts; 409 for a live or done one.
 async fn retry(
     State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<RetryReply>, ApiError> {
     let id = parse_id(&id)?;
-    match node.queue().retry(id).await? {
+    match node.retry_as(id, &caller.access).await? {
         RetryOutcome::Requeued { jobs } => Ok(Json(RetryReply { id, requeued: jobs })),
         RetryOutcome::NotRetryable(state) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -337,10 +338,11 @@ pub struct ResubmitReply {
 /// Submit an ended job again as a new job (same task, children and scheduling).
 async fn resubmit(
     State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<ResubmitReply>), ApiError> {
     let from = parse_id(&id)?;
-    let job = node.queue().resubmit(from).await?;
+    let job = node.resubmit_as(from, &caller.access).await?;
     Ok((StatusCode::CREATED, Json(ResubmitReply { from, job })))
 }
 

@@ -14,7 +14,9 @@ use myco_jobs::SpecError;
 use myco_jobs::archive::ModelRef;
 use myco_runtime::access::{Access, Outside};
 use myco_runtime::models::ModelFile;
-use myco_runtime::queue::{CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, Submitted};
+use myco_runtime::queue::{
+    CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, RetryOutcome, Submitted, Submitter,
+};
 use ractor::ActorRef;
 
 use crate::collections::Collections;
@@ -44,6 +46,14 @@ pub enum SubmitError {
     Outside { index: usize, outside: Outside },
     #[error(transparent)]
     Queue(#[from] QueueError),
+}
+
+/// Who submits, by what they may read: the owner reads anything, a client below the roots.
+fn submitter_of(access: &Access) -> Submitter {
+    match access {
+        Access::Any => Submitter::Owner,
+        Access::Below(_) => Submitter::Client,
+    }
 }
 
 /// Why a model cannot be used.
@@ -218,6 +228,7 @@ impl NodeHandle {
         // Planning walks directories: keep it off the async threads.
         let models_dir = self.models_dir();
         let collections = self.collections_dir();
+        let submitter = submitter_of(&access);
         let jobs = tokio::task::spawn_blocking(move || {
             specs
                 .into_iter()
@@ -244,7 +255,48 @@ impl NodeHandle {
         })
         .await
         .map_err(|e| QueueError::Internal(format!("planning failed: {e}")))??;
-        Ok(self.queue.submit(jobs).await?)
+        Ok(self.queue.submit_as(jobs, submitter).await?)
+    }
+
+    /// Check that the caller may read every file job `id` (and its children) would read
+    /// again: a retry or resubmit runs as the caller who asks, not as who submitted it.
+    async fn check_rerun(&self, id: JobId, access: &Access) -> Result<(), SubmitError> {
+        if *access == Access::Any {
+            return Ok(());
+        }
+        let queue = self.queue.clone();
+        let access = access.clone();
+        tokio::task::spawn_blocking(move || {
+            let rec = queue.get(id)?.ok_or(QueueError::NotFound(id))?;
+            let mut tasks = vec![rec.task];
+            for child in queue.children(id)? {
+                if let Some(c) = queue.get(child)? {
+                    tasks.push(c.task);
+                }
+            }
+            for task in &tasks {
+                for p in task.inputs() {
+                    access
+                        .check(p)
+                        .map_err(|outside| SubmitError::Outside { index: 0, outside })?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| QueueError::Internal(format!("checking job {id} failed: {e}")))?
+    }
+
+    /// Queue an ended job again, as `access` may (see [`Queue::retry`]).
+    pub async fn retry_as(&self, id: JobId, access: &Access) -> Result<RetryOutcome, SubmitError> {
+        self.check_rerun(id, access).await?;
+        Ok(self.queue.retry(id).await?)
+    }
+
+    /// Submit an ended job again as a new one, as `access` may (see [`Queue::resubmit`]).
+    pub async fn resubmit_as(&self, id: JobId, access: &Access) -> Result<Submitted, SubmitError> {
+        self.check_rerun(id, access).await?;
+        Ok(self.queue.resubmit(id, submitter_of(access)).await?)
     }
 
     /// Cancel a job (and its children); a running attempt is told to stop.
@@ -315,6 +367,7 @@ impl NodeHandle {
                 name: self.name.clone(),
                 status: "self".into(),
                 info: None,
+                why_not: None,
                 heartbeat_age_ms: 0,
             }],
         }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use myco_jobs::JobKind;
 use myco_runtime::cluster::discovery::{self, Beacon, DiscoveryConfig, Found};
 use myco_runtime::cluster::secret::{SwarmSecret, SwarmTls};
-use myco_runtime::cluster::wire::{Heartbeat, NodeInfo, NodeLoad, PROTOCOL, Role, Wire};
+use myco_runtime::cluster::wire::{
+    self, Heartbeat, HeartbeatFrame, Hello, NodeInfo, NodeLoad, Role,
+};
 use myco_runtime::detect::Capabilities;
 use myco_runtime::models::ModelFile;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -42,6 +44,9 @@ pub enum MembershipMsg {
     Session(SessionEvent, Box<NodeServerSessionInformation>),
     /// A peer's heartbeat, via the PeerService.
     Heard(Box<Heartbeat>),
+    /// A peer whose heartbeat is of a protocol this node does not speak, via the
+    /// PeerService: who it is and which protocols it speaks.
+    Refused(Hello),
     /// Discovery heard a node of this swarm.
     Discovered(Found),
     /// Dial this address (and keep it dialed).
@@ -104,6 +109,34 @@ struct Peer {
     last_heard: Instant,
     up: bool,
     sessions: HashMap<u64, ActorRef<NodeSessionMessage>>,
+    /// Its hello while its heartbeats are of a protocol this node does not read.
+    refused: Option<Hello>,
+}
+
+impl Peer {
+    fn new() -> Peer {
+        Peer {
+            info: None,
+            last_heard: Instant::now(),
+            up: false,
+            sessions: HashMap::new(),
+            refused: None,
+        }
+    }
+
+    /// Connected, and speaking a protocol this node reads.
+    fn is_up(&self) -> bool {
+        self.up && self.refused.is_none()
+    }
+
+    /// The newest protocol it speaks, as far as this node knows.
+    fn newest(&self) -> Option<u16> {
+        match (&self.refused, &self.info) {
+            (Some(h), _) => h.shares().then_some(h.newest),
+            (None, Some(i)) => Some(u16::try_from(i.protocol).unwrap_or(u16::MAX)),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -175,7 +208,7 @@ impl Membership {
         let offer = crate::features::stage_memory(&state.caps, self.stage_memory, self.gpu_memory);
         NodeInfo {
             name: self.name.clone(),
-            protocol: PROTOCOL,
+            protocol: u32::from(wire::protocol()),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             cluster_addr: state.cluster_addr.to_string(),
             api_addr: self.api_addr.clone(),
@@ -344,7 +377,7 @@ impl Actor for Membership {
         if let Some(cfg) = self.discovery.clone() {
             let (tx, mut rx) = tokio::sync::mpsc::channel(64);
             let beacon = Beacon {
-                protocol: PROTOCOL,
+                protocol: u32::from(wire::protocol()),
                 swarm_id: self.secret.swarm_id(),
                 name: self.name.clone(),
                 cluster_port: cluster_addr.port(),
@@ -464,12 +497,7 @@ impl Actor for Membership {
                                 }
                             }
                         }
-                        let peer = state.peers.entry(name.clone()).or_insert_with(|| Peer {
-                            info: None,
-                            last_heard: Instant::now(),
-                            up: false,
-                            sessions: HashMap::new(),
-                        });
+                        let peer = state.peers.entry(name.clone()).or_insert_with(Peer::new);
                         peer.sessions.insert(ses.node_id, ses.actor.clone());
                         peer.last_heard = Instant::now();
                         if !peer.up {
@@ -505,17 +533,11 @@ impl Actor for Membership {
                     }
                     return Ok(());
                 }
-                if hb.info.protocol != PROTOCOL {
-                    tracing::warn!(peer = %name, theirs = hb.info.protocol, ours = PROTOCOL, "peer speaks another protocol version; upgrade both to the same myco");
-                    return Ok(());
-                }
-                let peer = state.peers.entry(name.clone()).or_insert_with(|| Peer {
-                    info: None,
-                    last_heard: Instant::now(),
-                    up: false,
-                    sessions: HashMap::new(),
-                });
+                let peer = state.peers.entry(name.clone()).or_insert_with(Peer::new);
                 peer.last_heard = Instant::now();
+                if peer.refused.take().is_some() {
+                    tracing::info!(peer = %name, protocol = hb.info.protocol, "peer now speaks a protocol this node reads");
+                }
                 // Learn whose address this is, and of the peers it knows (gossip).
                 let gossip = hb.info.peers.clone();
                 let own = hb.info.cluster_addr.clone();
@@ -551,6 +573,26 @@ impl Actor for Membership {
                         }
                     }
                 }
+            }
+            MembershipMsg::Refused(hello) => {
+                if hello.name == self.name {
+                    return Ok(());
+                }
+                let peer = state
+                    .peers
+                    .entry(hello.name.clone())
+                    .or_insert_with(Peer::new);
+                if peer.refused.as_ref() != Some(&hello) {
+                    if hello.shares() {
+                        // It speaks a newer protocol we share: it comes down once it hears
+                        // us (our heartbeats go at the newest it speaks from now on).
+                        tracing::info!(peer = %hello.name, oldest = hello.oldest, newest = hello.newest, "peer speaks a newer protocol; waiting for it to come down to one this node reads");
+                    } else {
+                        tracing::warn!(peer = %hello.name, "cannot work with this peer: {}", hello.why_not());
+                    }
+                }
+                peer.last_heard = Instant::now();
+                peer.refused = Some(hello);
             }
             MembershipMsg::Discovered(found) => {
                 let addr = found.addr.to_string();
@@ -661,7 +703,7 @@ impl Actor for Membership {
 impl Membership {
     /// Tell the coordinator when the number of peers that are up changes.
     fn notify_peers_up(&self, state: &mut MembershipState) {
-        let up = state.peers.values().filter(|p| p.up).count();
+        let up = state.peers.values().filter(|p| p.is_up()).count();
         if up != state.peers_up {
             state.peers_up = up;
             if let Some(events) = &self.events {
@@ -672,15 +714,36 @@ impl Membership {
 
     /// Publish the swarm as it is now.
     fn publish(&self, state: &MembershipState) {
+        // Speak the newest protocol every connected peer speaks.
+        let before = wire::speaking();
+        let now = wire::speak_with(
+            state
+                .peers
+                .values()
+                .filter(|p| p.up)
+                .filter_map(Peer::newest),
+        );
+        if now != before {
+            tracing::info!(
+                from = before,
+                to = now,
+                "speaking another protocol to the swarm"
+            );
+        }
         let mut peers: Vec<PeerEntry> = state
             .peers
             .iter()
             .map(|(name, p)| PeerEntry {
                 name: name.clone(),
-                up: p.up,
+                up: p.is_up(),
                 info: p.info.clone(),
                 last_heard: p.last_heard,
                 sessions: p.sessions.keys().copied().collect(),
+                why_not: p
+                    .refused
+                    .as_ref()
+                    .filter(|h| !h.shares())
+                    .map(Hello::why_not),
             })
             .collect();
         peers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -703,7 +766,7 @@ impl Membership {
                 continue;
             }
             let peer: ActorRef<PeerMsg> = cell.into();
-            let _ = peer.cast(PeerMsg::Heartbeat(Wire::new(Box::new(hb.clone()))));
+            let _ = peer.cast(PeerMsg::Heartbeat(HeartbeatFrame::new(hb.clone())));
         }
     }
 }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use myco_runtime::cluster::wire::{
-    Delivery, DeliveryAck, RenewReply, StealGrant, StealRequest, Wire,
+    Delivery, DeliveryAck, HeartbeatFrame, Refused, RenewReply, StealGrant, StealRequest, Wire,
 };
 use myco_runtime::queue::Queue;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -82,8 +82,14 @@ impl Actor for PeerService {
     ) -> Result<(), ActorProcessingErr> {
         while state.tasks.try_join_next().is_some() {}
         match msg {
-            PeerMsg::Heartbeat(Wire(Ok(hb))) => {
+            PeerMsg::Heartbeat(HeartbeatFrame(Ok(hb))) => {
                 let _ = self.membership.cast(MembershipMsg::Heard(hb));
+            }
+            PeerMsg::Heartbeat(HeartbeatFrame(Err(Refused::Incompatible(hello)))) => {
+                let _ = self.membership.cast(MembershipMsg::Refused(hello));
+            }
+            PeerMsg::Heartbeat(HeartbeatFrame(Err(Refused::Garbled(e)))) => {
+                tracing::warn!(error = %e, "dropped a heartbeat this node cannot read");
             }
             PeerMsg::Steal(Wire(Ok(req)), reply) => {
                 let queue = self.queue.clone();
@@ -132,8 +138,7 @@ impl Actor for PeerService {
             PeerMsg::Stage(Wire(Ok(_))) => {
                 tracing::warn!("dropped a stage frame: this node was built without pipeline jobs");
             }
-            PeerMsg::Heartbeat(Wire(Err(e)))
-            | PeerMsg::Stream(Wire(Err(e)))
+            PeerMsg::Stream(Wire(Err(e)))
             | PeerMsg::Stage(Wire(Err(e)))
             | PeerMsg::Ping(Wire(Err(e)), _)
             | PeerMsg::Steal(Wire(Err(e)), _)

@@ -6,7 +6,7 @@
 //! nodes, kept apart so that the actors sending frames do not depend on the one receiving.
 
 use myco_runtime::cluster::wire::{
-    Delivery, DeliveryAck, Heartbeat, RenewReply, RenewRequest, StageFrame, StealGrant,
+    Delivery, DeliveryAck, HeartbeatFrame, RenewReply, RenewRequest, StageFrame, StealGrant,
     StealRequest, StreamFrame, Wire,
 };
 use ractor::RpcReplyPort;
@@ -19,8 +19,8 @@ pub const PEERS_GROUP: &str = "myco.peers";
 /// logged and dropped.
 #[derive(RactorClusterMessage)]
 pub enum PeerMsg {
-    /// "I am alive, and this is me" (every second).
-    Heartbeat(Wire<Box<Heartbeat>>),
+    /// "I am alive, this is me, and these are the protocols I speak" (every second).
+    Heartbeat(HeartbeatFrame),
     /// A thief asks for work; the reply holds the jobs durably leased to it.
     #[rpc]
     Steal(Wire<StealRequest>, RpcReplyPort<Wire<StealGrant>>),

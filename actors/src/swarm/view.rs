@@ -24,9 +24,13 @@ use crate::swarm::protocol::{PEERS_GROUP, PeerMsg};
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct MemberView {
     pub name: String,
-    /// `self`, `up` or `down`.
+    /// `self`, `up`, `down`, or `incompatible` (it shares no protocol with this node).
     pub status: String,
     pub info: Option<NodeInfo>,
+    /// Why this node cannot work with it (an `incompatible` node: which protocols each
+    /// speaks, and which to upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_not: Option<String>,
     /// Milliseconds since its last heartbeat (0 for this node).
     pub heartbeat_age_ms: u64,
 }
@@ -70,6 +74,8 @@ pub struct PeerEntry {
     pub last_heard: Instant,
     /// ractor_cluster node ids of its open sessions.
     pub sessions: Vec<u64>,
+    /// Set while its heartbeats are of protocols this node does not speak: why not.
+    pub why_not: Option<String>,
 }
 
 /// One published state of the swarm.
@@ -89,13 +95,22 @@ impl SwarmView {
             name: self.name.clone(),
             status: "self".into(),
             info: self.me.clone(),
+            why_not: None,
             heartbeat_age_ms: 0,
         }];
-        out.extend(self.peers.iter().map(|p| MemberView {
-            name: p.name.clone(),
-            status: if p.up { "up" } else { "down" }.into(),
-            info: p.info.clone(),
-            heartbeat_age_ms: p.last_heard.elapsed().as_millis() as u64,
+        out.extend(self.peers.iter().map(|p| {
+            MemberView {
+                name: p.name.clone(),
+                status: match (&p.why_not, p.up) {
+                    (Some(_), _) => "incompatible",
+                    (None, true) => "up",
+                    (None, false) => "down",
+                }
+                .into(),
+                why_not: p.why_not.clone(),
+                info: p.info.clone(),
+                heartbeat_age_ms: p.last_heard.elapsed().as_millis() as u64,
+            }
         }));
         out
     }

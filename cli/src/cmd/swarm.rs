@@ -172,6 +172,10 @@ fn print_swarm(nodes: &[myco_actors::swarm::view::MemberView]) {
         "HEARTBEAT"
     );
     for n in nodes {
+        if let Some(why) = &n.why_not {
+            println!("{:<16} {}  {why}", n.name, n.status);
+            continue;
+        }
         let Some(i) = &n.info else {
             println!("{:<16} {:<6}", n.name, n.status);
             continue;

@@ -156,7 +156,9 @@ pub async fn run(
             got = recv.recv_from(&mut buf) => {
                 let Ok((n, from)) = got else { continue };
                 let Some(b) = Beacon::decode(&buf[..n]) else { continue };
-                if b.name == me.name || b.swarm_id != me.swarm_id || b.protocol != me.protocol {
+                // A node of another protocol is dialed too: its heartbeats say whether the
+                // two share one, and if not, each says why not (`myco swarm`).
+                if b.name == me.name || b.swarm_id != me.swarm_id {
                     continue;
                 }
                 let addr = SocketAddr::new(from.ip(), b.cluster_port);

@@ -1,19 +1,96 @@
 //! What nodes say to each other: heartbeats with capabilities, steal requests and grants,
-//! lease renewals, and result deliveries. Encoded with bincode (serde), versioned by
-//! [`PROTOCOL`].
+//! lease renewals, and result deliveries. Encoded with bincode (serde) in the versioned
+//! envelope of [`crate::format`], under a protocol version.
 //!
-//! Every payload travels as [`Wire<T>`]: decoding never panics, a frame that does not decode
-//! arrives as `Err` and the receiver logs and drops it. No I/O here.
+//! Versions: a node speaks the protocols [`oldest_protocol`]`..=`[`protocol`] (this build:
+//! [`OLDEST_PROTOCOL`] to [`PROTOCOL`]). It reads every frame in that range and writes every
+//! frame at one version, [`speaking`]: its newest, lowered to the newest its peers all
+//! speak (membership sets it from their heartbeats and hellos). A heartbeat starts with a
+//! [`Hello`] that stays the same in every version (name and range), so any node can read who
+//! a peer is and which versions it speaks, and says why not when the two share none. So a swarm upgrades one node at a time while each release keeps reading the
+//! one before it (a release that changes a wire type bumps [`PROTOCOL`] and keeps the old
+//! shape's decoder at the old version); see ARCHITECTURE.md.
+//!
+//! Decoding never panics: a frame that does not decode (or is of a version this node does
+//! not speak) arrives as `Err`, and the receiver logs and drops it. No I/O here.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use myco_jobs::{JobError, JobKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::detect::Capabilities;
+use crate::format;
 use crate::queue::{JobId, Lease};
 
-/// Bumped whenever a wire type changes shape; nodes refuse heartbeats of another version.
-pub const PROTOCOL: u32 = 4;
+/// The newest protocol this build speaks. 5: frames carry the versioned envelope.
+pub const PROTOCOL: u32 = 5;
+/// The oldest protocol this build reads and writes. 4 and older sent bare bincode (no
+/// envelope): a node before 5 is told apart and named, but not spoken to.
+pub const OLDEST_PROTOCOL: u32 = 5;
+/// The last protocol without the envelope.
+pub const BARE_PROTOCOL: u16 = 4;
+
+/// For tests of mixed versions: `MYCO_TEST_PROTOCOL=OLDEST..NEWEST` makes this process speak
+/// those protocols instead (the frames keep this build's shapes).
+pub const TEST_PROTOCOL_ENV: &str = "MYCO_TEST_PROTOCOL";
+
+fn range() -> (u16, u16) {
+    static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
+    *RANGE.get_or_init(|| {
+        let own = (OLDEST_PROTOCOL as u16, PROTOCOL as u16);
+        let Ok(v) = std::env::var(TEST_PROTOCOL_ENV) else {
+            return own;
+        };
+        let parsed = v.split_once("..").and_then(|(a, b)| {
+            let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+            (a <= b && a > BARE_PROTOCOL).then_some((a, b))
+        });
+        parsed.unwrap_or_else(|| {
+            tracing::warn!(value = %v, "{TEST_PROTOCOL_ENV} is not OLDEST..NEWEST (above {BARE_PROTOCOL}): ignored");
+            own
+        })
+    })
+}
+
+/// The oldest protocol this node speaks.
+pub fn oldest_protocol() -> u16 {
+    range().0
+}
+
+/// The newest protocol this node speaks (what its heartbeats advertise).
+pub fn protocol() -> u16 {
+    range().1
+}
+
+/// 0: not lowered (speak the newest).
+static SPEAKING: AtomicU16 = AtomicU16::new(0);
+
+/// The protocol this node writes frames at now.
+pub fn speaking() -> u16 {
+    match SPEAKING.load(Ordering::Relaxed) {
+        0 => protocol(),
+        v => v,
+    }
+}
+
+/// Write at the newest protocol that this node and every peer in `peers_newest` speak (never
+/// below this node's oldest). Returns the version now spoken.
+pub fn speak_with(peers_newest: impl IntoIterator<Item = u16>) -> u16 {
+    let v = peers_newest
+        .into_iter()
+        .fold(protocol(), u16::min)
+        .max(oldest_protocol());
+    SPEAKING.store(v, Ordering::Relaxed);
+    v
+}
+
+/// Whether this node reads frames of protocol `v`.
+fn speaks(v: u16) -> bool {
+    (oldest_protocol()..=protocol()).contains(&v)
+}
 
 /// The largest frame a node decodes (a delivery of results, a stage's activations). A
 /// bigger one is refused before anything is decoded, and no length inside a frame may claim
@@ -31,30 +108,175 @@ impl<T> Wire<T> {
     }
 }
 
+/// `value` at the protocol this node speaks now.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    format::encode(speaking(), value).unwrap_or_default()
+}
+
+/// A frame of any protocol this node speaks.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    if bytes.len() > MAX_FRAME {
+        return Err(format!(
+            "a frame of {} bytes is over the {MAX_FRAME}-byte cap",
+            bytes.len()
+        ));
+    }
+    let (version, body) = format::split(bytes);
+    let version = if version == format::UNVERSIONED {
+        BARE_PROTOCOL
+    } else {
+        version
+    };
+    if !speaks(version) {
+        return Err(format!(
+            "a frame of protocol {version}, and this node speaks {} to {}: {}",
+            oldest_protocol(),
+            protocol(),
+            if version > protocol() {
+                "upgrade this node to the sender's myco"
+            } else {
+                "upgrade the sender to this node's myco"
+            }
+        ));
+    }
+    format::decode_body::<T, MAX_FRAME>("a frame", version, body)
+        .map_err(|e| format!("undecodable frame of {} bytes: {e}", bytes.len()))
+}
+
 impl<T: Serialize + DeserializeOwned> ractor::BytesConvertable for Wire<T> {
     fn into_bytes(self) -> Vec<u8> {
         match self.0 {
-            Ok(v) => {
-                bincode::serde::encode_to_vec(&v, bincode::config::standard()).unwrap_or_default()
-            }
+            Ok(v) => encode(&v),
             Err(_) => Vec::new(),
         }
     }
 
     fn from_bytes(bytes: Vec<u8>) -> Self {
-        if bytes.len() > MAX_FRAME {
-            return Wire(Err(format!(
-                "a frame of {} bytes is over the {MAX_FRAME}-byte cap",
-                bytes.len()
-            )));
+        Wire(decode(&bytes))
+    }
+}
+
+/// Who a heartbeat is from and which protocols it speaks: the start of every heartbeat, the
+/// same in every protocol from 5 on, so that nodes that share no protocol can still say so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub name: String,
+    pub oldest: u16,
+    pub newest: u16,
+}
+
+impl Hello {
+    /// This node's hello.
+    pub fn mine(name: &str) -> Hello {
+        Hello {
+            name: name.to_owned(),
+            oldest: oldest_protocol(),
+            newest: protocol(),
         }
-        let config = bincode::config::standard().with_limit::<MAX_FRAME>();
-        Wire(
-            bincode::serde::decode_from_slice(&bytes, config)
-                .map(|(v, _)| v)
-                .map_err(|e| format!("undecodable frame of {} bytes: {e}", bytes.len())),
+    }
+
+    /// Whether this node and the sender share a protocol (the one that speaks the newer
+    /// comes down to it once it hears the other).
+    pub fn shares(&self) -> bool {
+        self.oldest <= protocol() && oldest_protocol() <= self.newest
+    }
+
+    /// Why this node and the sender cannot talk.
+    pub fn why_not(&self) -> String {
+        let (oldest, newest) = (oldest_protocol(), protocol());
+        let upgrade = if self.oldest > newest {
+            "upgrade this node to its myco".to_owned()
+        } else {
+            format!("upgrade `{}` to this node's myco", self.name)
+        };
+        format!(
+            "node `{}` speaks protocols {} to {}, this node {oldest} to {newest}: {upgrade}",
+            self.name, self.oldest, self.newest
         )
     }
+}
+
+/// A heartbeat as it travels: the tag and the protocol the sender speaks now, its
+/// [`Hello`], then the [`Heartbeat`] at that protocol. `Err` holds the hello of a node whose
+/// heartbeat this one cannot read (it shares no protocol with it, or has not yet come down
+/// to one they share), or for a node from before protocol 5, what could be read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeartbeatFrame(pub Result<Box<Heartbeat>, Refused>);
+
+/// A heartbeat this node cannot take.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// A node that shares no protocol with this one.
+    Incompatible(Hello),
+    /// Not a heartbeat any protocol reads.
+    Garbled(String),
+}
+
+impl HeartbeatFrame {
+    pub fn new(hb: Heartbeat) -> HeartbeatFrame {
+        HeartbeatFrame(Ok(Box::new(hb)))
+    }
+}
+
+impl ractor::BytesConvertable for HeartbeatFrame {
+    fn into_bytes(self) -> Vec<u8> {
+        let Ok(hb) = self.0 else {
+            return Vec::new();
+        };
+        let hello = Hello::mine(&hb.info.name);
+        let mut out = format::header(speaking(), 0);
+        let config = bincode::config::standard();
+        match (
+            bincode::serde::encode_to_vec(&hello, config),
+            bincode::serde::encode_to_vec(&*hb, config),
+        ) {
+            (Ok(a), Ok(b)) => {
+                out.extend(a);
+                out.extend(b);
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Self {
+        HeartbeatFrame(read_heartbeat(&bytes))
+    }
+}
+
+fn read_heartbeat(bytes: &[u8]) -> Result<Box<Heartbeat>, Refused> {
+    if bytes.len() > MAX_FRAME {
+        return Err(Refused::Garbled(format!(
+            "a heartbeat of {} bytes",
+            bytes.len()
+        )));
+    }
+    let config = bincode::config::standard().with_limit::<MAX_FRAME>();
+    let (version, body) = format::split(bytes);
+    if version == format::UNVERSIONED {
+        // Before protocol 5: bare bincode of the heartbeat, of the shape it still has.
+        return match bincode::serde::decode_from_slice::<Heartbeat, _>(body, config) {
+            Ok((hb, _)) => Err(Refused::Incompatible(Hello {
+                name: hb.info.name,
+                oldest: BARE_PROTOCOL,
+                newest: u16::try_from(hb.info.protocol).unwrap_or(BARE_PROTOCOL),
+            })),
+            Err(e) => Err(Refused::Garbled(format!("an unversioned heartbeat: {e}"))),
+        };
+    }
+    let (hello, used): (Hello, usize) = bincode::serde::decode_from_slice(body, config)
+        .map_err(|e| Refused::Garbled(format!("a heartbeat's hello: {e}")))?;
+    if !speaks(version) {
+        return Err(Refused::Incompatible(hello));
+    }
+    bincode::serde::decode_from_slice::<Heartbeat, _>(&body[used..], config)
+        .map(|(hb, _)| Box::new(hb))
+        .map_err(|e| {
+            Refused::Garbled(format!(
+                "a heartbeat of protocol {version} from `{}`: {e}",
+                hello.name
+            ))
+        })
 }
 
 /// A node's roles, which follow its capabilities.
@@ -340,6 +562,79 @@ mod tests {
     use ractor::BytesConvertable;
 
     use super::*;
+
+    fn heartbeat(name: &str, protocol: u32) -> Heartbeat {
+        Heartbeat {
+            seq: 1,
+            sent_ms: 2,
+            info: NodeInfo {
+                name: name.into(),
+                protocol,
+                version: "test".into(),
+                cluster_addr: "127.0.0.1:1".into(),
+                api_addr: None,
+                roles: vec![Role::Coordinator],
+                caps: crate::detect::detect(),
+                models: Vec::new(),
+                kinds: vec![JobKind::Noop],
+                load: NodeLoad::default(),
+                stage_memory: 0,
+                stage_gpu_memory: 0,
+                peers: Vec::new(),
+                stages: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn heartbeats_say_who_speaks_what() {
+        let hb = heartbeat("a", PROTOCOL);
+        let bytes = HeartbeatFrame::new(hb.clone()).into_bytes();
+        assert_eq!(bytes[0], format::TAG);
+        assert_eq!(
+            HeartbeatFrame::from_bytes(bytes.clone()).0,
+            Ok(Box::new(hb.clone()))
+        );
+        // A newer node that reads none of ours: its hello still reads.
+        let mut newer = format::header(PROTOCOL as u16 + 1, 0);
+        let hello = Hello {
+            name: "n".into(),
+            oldest: PROTOCOL as u16 + 1,
+            newest: PROTOCOL as u16 + 2,
+        };
+        newer.extend(bincode::serde::encode_to_vec(&hello, bincode::config::standard()).unwrap());
+        newer.extend([1, 2, 3]);
+        let Err(Refused::Incompatible(h)) = HeartbeatFrame::from_bytes(newer).0 else {
+            panic!("a newer node is named");
+        };
+        assert_eq!(h, hello);
+        assert!(h.why_not().contains("upgrade this node"), "{}", h.why_not());
+        // A node from before versions: bare bincode, named too.
+        let bare = bincode::serde::encode_to_vec(heartbeat("old", 4), bincode::config::standard())
+            .unwrap();
+        let Err(Refused::Incompatible(h)) = HeartbeatFrame::from_bytes(bare).0 else {
+            panic!("an old node is named");
+        };
+        assert_eq!((h.name.as_str(), h.oldest, h.newest), ("old", 4, 4));
+        assert!(h.why_not().contains("upgrade `old`"), "{}", h.why_not());
+        assert!(matches!(
+            HeartbeatFrame::from_bytes(vec![format::TAG, 5, 0, 0xff]).0,
+            Err(Refused::Garbled(_))
+        ));
+    }
+
+    #[test]
+    fn frames_of_other_protocols_are_refused_by_version() {
+        let bare = bincode::serde::encode_to_vec(7u64, bincode::config::standard()).unwrap();
+        let e = Wire::<u64>::from_bytes(bare).0.unwrap_err();
+        assert!(
+            e.contains("protocol 4") && e.contains("upgrade the sender"),
+            "{e}"
+        );
+        let newer = format::encode(PROTOCOL as u16 + 1, &7u64).unwrap();
+        let e = Wire::<u64>::from_bytes(newer).0.unwrap_err();
+        assert!(e.contains("upgrade this node"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_garbage_is_an_error_not_a_panic() {

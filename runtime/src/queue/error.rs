@@ -29,6 +29,13 @@ pub enum QueueError {
     /// committed. Retrying may succeed.
     #[error("queue storage error: {0}")]
     Storage(StorageError),
+    /// Refused: an idempotency key already names a different job (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A record (or the whole file) is of a format this build does not read: written by a
+    /// newer myco, or one too old.
+    #[error("{0}")]
+    Format(#[from] crate::format::FormatError),
     /// The file holds a record this build cannot read.
     #[error("the queue holds a record it cannot read ({0}); restore from backup or report a bug")]
     Corrupt(String),
@@ -55,13 +62,15 @@ pub enum ErrorClass {
 impl QueueError {
     pub fn class(&self) -> ErrorClass {
         match self {
-            QueueError::Locked(_) | QueueError::NotFound(_) | QueueError::Invalid(_) => {
-                ErrorClass::Refused
-            }
+            QueueError::Locked(_)
+            | QueueError::NotFound(_)
+            | QueueError::Invalid(_)
+            | QueueError::Conflict(_) => ErrorClass::Refused,
             QueueError::Storage(_) => ErrorClass::Storage,
-            QueueError::Corrupt(_) | QueueError::Internal(_) | QueueError::Closed => {
-                ErrorClass::Internal
-            }
+            QueueError::Corrupt(_)
+            | QueueError::Format(_)
+            | QueueError::Internal(_)
+            | QueueError::Closed => ErrorClass::Internal,
         }
     }
 

@@ -38,17 +38,48 @@ pub use options::{
     RETENTION_INTERACTIVE_MS, SystemClock,
 };
 pub use record::{
-    ChildCounts, JobId, JobRecord, JobState, JobView, Progress, StateName, Transition,
+    ChildCounts, JobId, JobRecord, JobState, JobView, Progress, StateName, Submitter, Transition,
 };
 pub use stats::{Histogram, Minute, QueueStats, Recent};
 use store::{
     CHILDREN, COUNTS, JOBS, META, META_INCARNATION, META_SEQ, OUTBOX, RESULTS, Txn, TxnEffects,
 };
 pub use store::{
-    CancelOutcome, CompleteOutcome, FailOutcome, Lease, NewJob, OutboxEntry, RetryOutcome,
-    Submitted, TickOutcome,
+    CancelOutcome, CompleteOutcome, FailOutcome, JOB_FORMAT, Lease, NewJob, OUTBOX_FORMAT,
+    OutboxEntry, QUEUE_FORMAT, RESULT_FORMAT, RetryOutcome, Submitted, TickOutcome, decode,
+    decode_entry, result_body,
 };
 use writer::{Op, Shared, for_each_table, writer_loop};
+
+/// The format of an existing queue file (`meta["format"]`; 0 for files from before formats
+/// had versions, and for a new file).
+fn file_format(db: &impl ReadableDatabase) -> Result<u64, QueueError> {
+    let tx = db.begin_read()?;
+    match tx.open_table(META) {
+        Ok(meta) => Ok(meta
+            .get(store::META_FORMAT)?
+            .map(|v| v.value())
+            .unwrap_or(0)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuse a queue file of a format newer than this build's.
+fn check_format(path: &Path, format: u64) -> Result<(), QueueError> {
+    crate::format::check(
+        "the queue file",
+        u16::try_from(format).unwrap_or(u16::MAX),
+        0,
+        store::QUEUE_FORMAT as u16,
+    )
+    .map_err(|e| {
+        QueueError::Invalid(format!(
+            "{}: {e}; the file is left as it was",
+            path.display()
+        ))
+    })
+}
 
 /// A handle on the durable queue. Cheap to clone; the writer thread stops when
 /// [`Queue::shutdown`] is called or the last handle is dropped.
@@ -100,6 +131,14 @@ impl Queue {
         opts: QueueOptions,
         clock: Arc<dyn Clock>,
     ) -> Result<Queue, QueueError> {
+        // A file of a newer format is refused before anything is written to it: read its
+        // format without opening it for writing (a file that needs recovery, or that
+        // another process holds, is checked below, once open).
+        if path.exists()
+            && let Ok(db) = redb::ReadOnlyDatabase::open(path)
+        {
+            check_format(path, file_format(&db)?)?;
+        }
         let db = match fault::open_database(path, opts.disk_full_while.clone()) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
@@ -108,11 +147,22 @@ impl Queue {
             Err(e) => return Err(e.into()),
         };
         let db = Arc::new(db);
+        let format = file_format(&*db)?;
+        check_format(path, format)?;
         // Create the tables, bump the incarnation, and hand back leases a previous run of
         // this node held: they died with it.
         let (incarnation, next_seq, by_state) = {
             let tx = db.begin_write()?;
             for_each_table(&tx)?;
+            if format < store::QUEUE_FORMAT {
+                let n = store::migrate(&tx, format)?;
+                tracing::info!(
+                    from = format,
+                    to = store::QUEUE_FORMAT,
+                    keys = n,
+                    "upgraded the queue file's format (records are read as they are)"
+                );
+            }
             let (inc, seq) = {
                 let mut meta = tx.open_table(META)?;
                 let inc = meta.get(META_INCARNATION)?.map(|v| v.value()).unwrap_or(0) + 1;
@@ -258,7 +308,16 @@ impl Queue {
     /// Durably enqueue jobs (with their children). Idempotency keys that match an earlier
     /// job return that job's id with `created: false`.
     pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>, QueueError> {
-        self.call(|r| Op::Submit(jobs, r)).await
+        self.submit_as(jobs, Submitter::Owner).await
+    }
+
+    /// [`Queue::submit`] for `submitter`: idempotency keys are scoped to it.
+    pub async fn submit_as(
+        &self,
+        jobs: Vec<NewJob>,
+        submitter: Submitter,
+    ) -> Result<Vec<Submitted>, QueueError> {
+        self.call(|r| Op::Submit(jobs, submitter, r)).await
     }
 
     /// Lease up to `max` jobs of `kinds` to this node's holder.
@@ -418,8 +477,8 @@ impl Queue {
     }
 
     /// Submit an ended job again as a new job with the same task and children.
-    pub async fn resubmit(&self, id: JobId) -> Result<Submitted, QueueError> {
-        self.call(|r| Op::Resubmit(id, r)).await
+    pub async fn resubmit(&self, id: JobId, submitter: Submitter) -> Result<Submitted, QueueError> {
+        self.call(|r| Op::Resubmit(id, submitter, r)).await
     }
 
     /// Expire overdue leases and requeue jobs whose retry time has come.
@@ -501,7 +560,10 @@ impl Queue {
     pub fn result(&self, id: JobId) -> Result<Option<Vec<u8>>, QueueError> {
         let tx = self.shared.db()?.begin_read()?;
         let results = tx.open_table(RESULTS)?;
-        Ok(results.get(u128::from(id))?.map(|v| v.value().to_vec()))
+        results
+            .get(u128::from(id))?
+            .map(|v| store::result_body(v.value()).map(<[u8]>::to_vec))
+            .transpose()
     }
 
     /// Exact job counts per state, as committed.

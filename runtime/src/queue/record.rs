@@ -1,8 +1,10 @@
 //! The stored shape of a job: [`JobRecord`], its [`JobState`] machine and the public
 //! [`JobView`] / [`StateName`] that the API and CLI show.
 //!
-//! Records are serde structs encoded with bincode; they change only inside the queue's write
-//! transactions (`store.rs`). Nothing here does I/O.
+//! Records are serde structs encoded with bincode under a format version
+//! ([`crate::format`]); they change only inside the queue's write transactions (`store.rs`).
+//! Every older layout a build still reads keeps a frozen copy here (`JobRecordV0`) with its
+//! migration into the current one. Nothing here does I/O.
 
 use myco_jobs::{JobError, JobKind, Task};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,81 @@ pub struct JobRecord {
     pub children: Option<ChildCounts>,
     /// The last [`HISTORY_LEN`] transitions, oldest first.
     pub history: Vec<Transition>,
+    /// Who submitted it (format 1 on; older records were the owner's): its idempotency key
+    /// is scoped to them, and so is what it may read.
+    pub submitter: Submitter,
+}
+
+/// Who submitted a job: the node's owner (the CLI, or the token from loopback) or a client
+/// of its API (whose jobs read only below the data roots). Idempotency keys are scoped by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Submitter {
+    #[default]
+    Owner,
+    Client,
+}
+
+impl Submitter {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Submitter::Owner => "owner",
+            Submitter::Client => "client",
+        }
+    }
+}
+
+/// A job record as format 0 stored it (before formats had versions): [`JobRecord`] without
+/// `submitter`. Frozen: it reads the queue files of myco before format versions.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct JobRecordV0 {
+    id: JobId,
+    parent: Option<JobId>,
+    kind: JobKind,
+    task: Task,
+    priority: i32,
+    max_attempts: u32,
+    timeout_ms: u64,
+    idempotency_key: Option<String>,
+    state: JobState,
+    attempts: u32,
+    leases: u64,
+    lost: u32,
+    seq: u64,
+    created_ms: u64,
+    updated_ms: u64,
+    finished_ms: Option<u64>,
+    last_error: Option<JobError>,
+    children: Option<ChildCounts>,
+    history: Vec<Transition>,
+}
+
+impl From<JobRecordV0> for JobRecord {
+    fn from(r: JobRecordV0) -> JobRecord {
+        JobRecord {
+            id: r.id,
+            parent: r.parent,
+            kind: r.kind,
+            task: r.task,
+            priority: r.priority,
+            max_attempts: r.max_attempts,
+            timeout_ms: r.timeout_ms,
+            idempotency_key: r.idempotency_key,
+            state: r.state,
+            attempts: r.attempts,
+            leases: r.leases,
+            lost: r.lost,
+            seq: r.seq,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            finished_ms: r.finished_ms,
+            last_error: r.last_error,
+            children: r.children,
+            history: r.history,
+            // Before scopes, keys were the owner's (`myco submit`, the CLI's API calls).
+            submitter: Submitter::Owner,
+        }
+    }
 }
 
 /// The state machine: `Queued → Leased → Done | Failed → (backoff) → Queued | Dead`, plus

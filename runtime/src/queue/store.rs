@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::QueueError;
 use super::options::QueueOptions;
-use super::record::{ChildCounts, JobId, JobRecord, JobState, StateName};
+use super::record::{ChildCounts, JobId, JobRecord, JobRecordV0, JobState, StateName, Submitter};
+use crate::format;
 
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Queued jobs in lease order: (inverted priority, seq) → id.
@@ -217,15 +218,86 @@ pub(crate) fn ready_key(priority: i32, seq: u64) -> (u32, u64) {
     (u32::MAX - ordered, seq)
 }
 
+/// The queue file's format (`meta["format"]`): 1 scopes idempotency keys by submitter and
+/// kind (see [`idempotency_key`]); 0 is every file from before formats had versions. A
+/// build opens files of this format or older, and refuses newer ones untouched.
+pub const QUEUE_FORMAT: u64 = 1;
+pub(crate) const META_FORMAT: &str = "format";
+
+/// Stored job records: format 0 (bare bincode of [`JobRecordV0`]) and 1 (versioned, with
+/// `submitter`).
+pub const JOB_FORMAT: u16 = 1;
+/// Stored outbox entries: format 0 (bare bincode) and 1 (versioned), of one layout.
+pub const OUTBOX_FORMAT: u16 = 1;
+/// Stored leaf results: format 0 (bare JSON Lines) and 1 (versioned JSON Lines).
+pub const RESULT_FORMAT: u16 = 1;
+/// The largest length a stored record may claim inside it.
+const MAX_RECORD: usize = 1 << 30;
+
 fn encode(rec: &JobRecord) -> Result<Vec<u8>, QueueError> {
-    bincode::serde::encode_to_vec(rec, bincode::config::standard())
+    format::encode(JOB_FORMAT, rec)
         .map_err(|e| QueueError::Corrupt(format!("encoding job {}: {e}", rec.id)))
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<JobRecord, QueueError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(rec, _)| rec)
-        .map_err(|e| QueueError::Corrupt(format!("decoding a job record: {e}")))
+/// A stored job record of any format this build reads, as the current [`JobRecord`].
+pub fn decode(bytes: &[u8]) -> Result<JobRecord, QueueError> {
+    const WHAT: &str = "a job record";
+    let (version, body) = format::split(bytes);
+    format::check(WHAT, version, format::UNVERSIONED, JOB_FORMAT)?;
+    Ok(match version {
+        format::UNVERSIONED => {
+            format::decode_body::<JobRecordV0, MAX_RECORD>(WHAT, version, body)?.into()
+        }
+        _ => format::decode_body::<JobRecord, MAX_RECORD>(WHAT, version, body)?,
+    })
+}
+
+/// A stored result's JSON Lines, of any format this build reads.
+pub fn result_body(bytes: &[u8]) -> Result<&[u8], QueueError> {
+    let (version, body) = format::split(bytes);
+    format::check("a job result", version, format::UNVERSIONED, RESULT_FORMAT)?;
+    Ok(body)
+}
+
+/// Bring a queue file of format `from` to [`QUEUE_FORMAT`] inside the opening transaction:
+/// format 0 kept idempotency keys bare, format 1 scopes them (records are not rewritten:
+/// [`decode`] reads every format). Returns how many keys moved.
+pub(crate) fn migrate(tx: &WriteTransaction, from: u64) -> Result<u64, QueueError> {
+    let mut moved = 0;
+    if from < 1 {
+        let mut keys = tx.open_table(IDEMPOTENCY)?;
+        let jobs = tx.open_table(JOBS)?;
+        let mut bare = Vec::new();
+        for entry in keys.iter()? {
+            let (k, id) = entry?;
+            bare.push((k.value().to_owned(), id.value()));
+        }
+        for (key, id) in bare {
+            keys.remove(key.as_str())?;
+            // A key whose job is gone (pruned) is dropped with it.
+            if let Some(rec) = jobs.get(id)? {
+                let rec = decode(rec.value())?;
+                keys.insert(idempotency_key(rec.submitter, rec.kind, &key).as_str(), id)?;
+                moved += 1;
+            }
+        }
+    }
+    tx.open_table(META)?.insert(META_FORMAT, QUEUE_FORMAT)?;
+    Ok(moved)
+}
+
+fn conflict(job: &NewJob, id: JobId, earlier: &Task) -> QueueError {
+    QueueError::Conflict(format!(
+        "idempotency key `{}` already names job {id}, submitted with a different spec ({}); use another key for this job",
+        job.idempotency_key.as_deref().unwrap_or_default(),
+        earlier.describe()
+    ))
+}
+
+/// The key under which an idempotency key is kept: scoped to who submitted the job and its
+/// kind, so a client's key never returns an owner's job (nor a noop an archive).
+pub(crate) fn idempotency_key(submitter: Submitter, kind: JobKind, key: &str) -> String {
+    format!("{}/{}/{key}", submitter.as_str(), kind.as_str())
 }
 
 /// The operations, applied to one open write transaction.
@@ -366,7 +438,7 @@ impl Txn<'_> {
             StateName::Done => {
                 counts.done += 1;
                 if let Some(result) = self.t.results.get(u128::from(child.id))? {
-                    counts.outputs += child.task.outputs(result.value());
+                    counts.outputs += child.task.outputs(result_body(result.value())?);
                 }
             }
             StateName::Dead => counts.dead += 1,
@@ -437,6 +509,7 @@ impl Txn<'_> {
             last_error: None,
             children: None,
             history: Vec::new(),
+            submitter: Submitter::Owner,
         }
     }
 
@@ -454,19 +527,63 @@ impl Txn<'_> {
         self.store(rec)
     }
 
-    pub fn submit(&mut self, job: NewJob) -> Result<Submitted, QueueError> {
-        if let Some(key) = &job.idempotency_key {
-            let existing = self.t.idempotency.get(key.as_str())?.map(|v| v.value());
-            if let Some(id) = existing {
-                let id = JobId::from(id);
-                // An archive's key names its collection: it resumes a live run, and starts
-                // a new one once the last has finished.
-                let rerun =
-                    job.task.joins() && self.load(id)?.is_none_or(|r| r.state.is_terminal());
-                if !rerun {
-                    return Ok(Submitted { id, created: false });
+    /// The live job an idempotency key already names for `job`, if any; a conflict if that
+    /// job was submitted with a different spec.
+    fn keyed(&self, job: &NewJob, scoped: &str) -> Result<Option<JobId>, QueueError> {
+        let Some(id) = self
+            .t
+            .idempotency
+            .get(scoped)?
+            .map(|v| JobId::from(v.value()))
+        else {
+            return Ok(None);
+        };
+        let earlier = self.load(id)?;
+        // An archive's key names its collection: it resumes a live run, and starts a new
+        // one once the last has finished.
+        if job.task.joins() && earlier.as_ref().is_none_or(|r| r.state.is_terminal()) {
+            return Ok(None);
+        }
+        if let Some(earlier) = earlier
+            && earlier.task != job.task
+        {
+            return Err(conflict(job, id, &earlier.task));
+        }
+        Ok(Some(id))
+    }
+
+    /// Refuse a batch whose idempotency keys name other specs (already stored, or earlier
+    /// in the batch) before any of it is stored: a batch goes in whole or not at all.
+    pub fn check_keys(&self, jobs: &[NewJob], submitter: Submitter) -> Result<(), QueueError> {
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(key) = job.idempotency_key.as_deref() else {
+                continue;
+            };
+            let scoped = idempotency_key(submitter, job.task.kind(), key);
+            if let Some(&first) = seen.get(&scoped) {
+                if jobs[first].task != job.task {
+                    return Err(QueueError::Conflict(format!(
+                        "idempotency key `{key}` names two different jobs in one submission (jobs {first} and {i}); give each its own key"
+                    )));
                 }
+                continue;
             }
+            self.keyed(job, &scoped)?;
+            seen.insert(scoped, i);
+        }
+        Ok(())
+    }
+
+    pub fn submit(&mut self, job: NewJob, submitter: Submitter) -> Result<Submitted, QueueError> {
+        let scoped = job
+            .idempotency_key
+            .as_deref()
+            .map(|key| idempotency_key(submitter, job.task.kind(), key));
+        if let Some(scoped) = &scoped
+            && let Some(id) = self.keyed(&job, scoped)?
+        {
+            return Ok(Submitted { id, created: false });
         }
         let total = u32::try_from(job.children.len())
             .map_err(|_| QueueError::Invalid("more than 4 billion children".into()))?;
@@ -484,10 +601,11 @@ impl Txn<'_> {
             timeout_ms,
         };
         let mut rec = self.new_record(&envelope, task, None, idempotency_key);
-        if let Some(key) = &rec.idempotency_key {
+        rec.submitter = submitter;
+        if let Some(scoped) = &scoped {
             self.t
                 .idempotency
-                .insert(key.as_str(), u128::from(rec.id))?;
+                .insert(scoped.as_str(), u128::from(rec.id))?;
         }
         if children.is_empty() {
             self.insert_new(&mut rec, JobState::Queued)?;
@@ -582,7 +700,10 @@ impl Txn<'_> {
             }
             JobState::Queued | JobState::Leased { .. } | JobState::Failed { .. } => {}
         }
-        self.t.results.insert(u128::from(id), output)?;
+        self.t.results.insert(
+            u128::from(id),
+            format::wrap(RESULT_FORMAT, output).as_slice(),
+        )?;
         self.transition(&mut rec, JobState::Done, None)?;
         Ok(CompleteOutcome::Recorded)
     }
@@ -822,7 +943,7 @@ impl Txn<'_> {
 
     /// Submit a finished job again as a new one (same task, children and scheduling; no
     /// idempotency key). Both histories name the other.
-    pub fn resubmit(&mut self, id: JobId) -> Result<Submitted, QueueError> {
+    pub fn resubmit(&mut self, id: JobId, submitter: Submitter) -> Result<Submitted, QueueError> {
         let Some(mut rec) = self.load(id)? else {
             return Err(QueueError::NotFound(id));
         };
@@ -840,14 +961,17 @@ impl Txn<'_> {
                 }
             }
         }
-        let new = self.submit(NewJob {
-            task: rec.task.clone(),
-            priority: rec.priority,
-            max_attempts: rec.max_attempts,
-            timeout_ms: rec.timeout_ms,
-            idempotency_key: None,
-            children,
-        })?;
+        let new = self.submit(
+            NewJob {
+                task: rec.task.clone(),
+                priority: rec.priority,
+                max_attempts: rec.max_attempts,
+                timeout_ms: rec.timeout_ms,
+                idempotency_key: None,
+                children,
+            },
+            submitter,
+        )?;
         if let Some(mut fresh) = self.load(new.id)? {
             self.annotate(&mut fresh, format!("resubmitted from job {id}"))?;
         }
@@ -974,6 +1098,7 @@ impl Txn<'_> {
             self.t.jobs.remove(key)?;
             self.t.results.remove(key)?;
             if let Some(k) = &rec.idempotency_key {
+                let k = idempotency_key(rec.submitter, rec.kind, k);
                 let mine = self.t.idempotency.get(k.as_str())?.map(|v| v.value()) == Some(key);
                 if mine {
                     self.t.idempotency.remove(k.as_str())?;
@@ -1054,14 +1179,18 @@ pub struct OutboxEntry {
 }
 
 pub(crate) fn encode_entry(e: &OutboxEntry) -> Result<Vec<u8>, QueueError> {
-    bincode::serde::encode_to_vec(e, bincode::config::standard())
+    format::encode(OUTBOX_FORMAT, e)
         .map_err(|err| QueueError::Corrupt(format!("encoding an outbox entry: {err}")))
 }
 
-pub(crate) fn decode_entry(bytes: &[u8]) -> Result<OutboxEntry, QueueError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(e, _)| e)
-        .map_err(|err| QueueError::Corrupt(format!("decoding an outbox entry: {err}")))
+/// A stored outbox entry of any format this build reads (0 and 1 share one layout).
+pub fn decode_entry(bytes: &[u8]) -> Result<OutboxEntry, QueueError> {
+    const WHAT: &str = "an outbox entry";
+    let (version, body) = format::split(bytes);
+    format::check(WHAT, version, format::UNVERSIONED, OUTBOX_FORMAT)?;
+    Ok(format::decode_body::<OutboxEntry, MAX_RECORD>(
+        WHAT, version, body,
+    )?)
 }
 
 impl Txn<'_> {

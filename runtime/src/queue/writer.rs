@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::error::{QueueError, StorageError};
 use super::options::{Clock, QueueOptions};
-use super::record::{JobId, StateName};
+use super::record::{JobId, StateName, Submitter};
 use super::stats::QueueStats;
 use super::store::{
     self, CHILDREN, COUNTS, CancelOutcome, CompleteOutcome, DELAYED, FINISHED, FailOutcome,
@@ -27,6 +27,7 @@ pub(super) type Reply = Box<dyn FnOnce(Option<&QueueError>) + Send>;
 pub(super) enum Op {
     Submit(
         Vec<NewJob>,
+        Submitter,
         oneshot::Sender<Result<Vec<Submitted>, QueueError>>,
     ),
     Lease {
@@ -58,7 +59,11 @@ pub(super) enum Op {
     },
     Cancel(JobId, oneshot::Sender<Result<CancelOutcome, QueueError>>),
     Retry(JobId, oneshot::Sender<Result<RetryOutcome, QueueError>>),
-    Resubmit(JobId, oneshot::Sender<Result<Submitted, QueueError>>),
+    Resubmit(
+        JobId,
+        Submitter,
+        oneshot::Sender<Result<Submitted, QueueError>>,
+    ),
     Tick(oneshot::Sender<Result<TickOutcome, QueueError>>),
     OutboxPut(JobId, OutboxEntry, oneshot::Sender<Result<(), QueueError>>),
     OutboxRemove(Vec<JobId>, oneshot::Sender<Result<u32, QueueError>>),
@@ -324,11 +329,11 @@ fn apply_batch(
             }};
         }
         match op {
-            Op::Submit(jobs, reply) => run!(reply, {
+            Op::Submit(jobs, submitter, reply) => run!(reply, {
                 let mut out = Vec::with_capacity(jobs.len());
-                let mut r = Ok(());
-                for job in jobs {
-                    match txn.submit(job) {
+                let mut r = txn.check_keys(&jobs, submitter);
+                for job in jobs.into_iter().take_while(|_| r.is_ok()) {
+                    match txn.submit(job, submitter) {
                         Ok(s) => out.push(s),
                         Err(e) => {
                             r = Err(e);
@@ -379,7 +384,7 @@ fn apply_batch(
             }),
             Op::Cancel(id, reply) => run!(reply, txn.cancel(id)),
             Op::Retry(id, reply) => run!(reply, txn.retry(id)),
-            Op::Resubmit(id, reply) => run!(reply, txn.resubmit(id)),
+            Op::Resubmit(id, submitter, reply) => run!(reply, txn.resubmit(id, submitter)),
             Op::Tick(reply) => run!(reply, txn.tick()),
             Op::OutboxPut(id, entry, reply) => run!(reply, txn.outbox_put(id, &entry)),
             Op::OutboxRemove(ids, reply) => run!(reply, txn.outbox_remove(&ids)),
@@ -407,7 +412,7 @@ fn fail_op(op: Op, e: &QueueError, stop: &mut Option<oneshot::Sender<()>>) -> Re
         Err(e.clone())
     }
     match op {
-        Op::Submit(_, r) => respond(r, err(e)),
+        Op::Submit(_, _, r) => respond(r, err(e)),
         Op::Lease { reply, .. } => respond(reply, err(e)),
         Op::Complete(_, _, r) => respond(r, err(e)),
         Op::Fail(_, _, _, r) => respond(r, err(e)),
@@ -415,7 +420,7 @@ fn fail_op(op: Op, e: &QueueError, stop: &mut Option<oneshot::Sender<()>>) -> Re
         Op::Renew { reply, .. } => respond(reply, err(e)),
         Op::Cancel(_, r) => respond(r, err(e)),
         Op::Retry(_, r) => respond(r, err(e)),
-        Op::Resubmit(_, r) => respond(r, err(e)),
+        Op::Resubmit(_, _, r) => respond(r, err(e)),
         Op::Tick(r) => respond(r, err(e)),
         Op::OutboxPut(_, _, r) => respond(r, err(e)),
         Op::OutboxRemove(_, r) => respond(r, err(e)),
