@@ -241,6 +241,14 @@ pub struct NodeArgs {
     /// Serve /metrics without the API token.
     #[arg(long, env = "MYCO_PUBLIC_METRICS")]
     pub public_metrics: bool,
+    /// A host name the API answers to besides its own address, localhost and this
+    /// machine's name (e.g. the name it has on your LAN or behind a proxy); repeatable.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// A web origin whose pages may call the API from a browser (CORS), e.g.
+    /// https://app.example; repeatable [default: none].
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 }
 
 /// `123`, `512KiB`, `1.5GB`, `6GiB`, `2g`: a size in bytes.

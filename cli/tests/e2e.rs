@@ -802,7 +802,7 @@ fn sigterm_with_an_open_stream_on_a_queued_job_exits_and_keeps_the_job() {
     let mut tcp = std::net::TcpStream::connect(node.addr).unwrap();
     write!(
         tcp,
-        "GET /api/jobs/{queued}/stream?cancel_on_disconnect=true HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /api/jobs/{queued}/stream?cancel_on_disconnect=true HTTP/1.1\r\nHost: localhost\r\n\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(tcp.try_clone().unwrap());

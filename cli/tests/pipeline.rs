@@ -286,7 +286,7 @@ fn a_model_split_over_three_nodes_gives_the_whole_models_tokens_and_survives_los
     let mut tcp = std::net::TcpStream::connect(a.addr).unwrap();
     write!(
         tcp,
-        "GET /api/jobs/{id}/stream HTTP/1.1\r\nHost: myco\r\nConnection: close\r\n\r\n"
+        "GET /api/jobs/{id}/stream HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut pieces = 0;

@@ -861,10 +861,27 @@ pub fn write(
 ) -> Result<(), CollectionError> {
     recover(dir)?;
     let new = sibling(dir, ".new");
-    std::fs::create_dir_all(&new).map_err(io_err(&new))?;
+    // A collection holds the documents' text: its owner's alone (0700, files 0600).
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&new)
+            .map_err(io_err(&new))?;
+    }
     let write_file = |name: &str, f: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| {
         let path = new.join(name);
-        let file = std::fs::File::create(&path).map_err(io_err(&path))?;
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io_err(&path))?
+        };
         let mut w = BufWriter::new(file);
         f(&mut w).map_err(io_err(&path))?;
         let file = w.into_inner().map_err(|e| io_err(&path)(e.into_error()))?;

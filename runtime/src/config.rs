@@ -73,14 +73,49 @@ impl Home {
     }
 
     /// Create the directory if needed.
+    ///
+    /// The home is private (0700): it holds every prompt and answer (the queue), the
+    /// collections, the swarm secret and the API token. A home made by an older myco (0755)
+    /// is made private too; a directory that holds no myco file is left as it is.
     pub fn ensure(&self) -> Result<(), ConfigError> {
-        std::fs::create_dir_all(&self.root).map_err(|e| {
-            ConfigError::one(
-                "home",
-                format!("cannot create {}: {e}", self.root.display()),
-                "pick a writable directory with --home or MYCO_HOME",
-            )
-        })
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let existed = self.root.is_dir();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| {
+                ConfigError::one(
+                    "home",
+                    format!("cannot create {}: {e}", self.root.display()),
+                    "pick a writable directory with --home or MYCO_HOME",
+                )
+            })?;
+        let ours = !existed
+            || [
+                "queue.redb",
+                "swarm.key",
+                "api.token",
+                "config.toml",
+                "collections",
+            ]
+            .iter()
+            .any(|f| self.root.join(f).exists());
+        if ours
+            && let Ok(meta) = std::fs::metadata(&self.root)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700)).map_err(
+                |e| {
+                    ConfigError::one(
+                        "home",
+                        format!("cannot make {} private (0700): {e}", self.root.display()),
+                        "chmod 700 it yourself, or pick another --home",
+                    )
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// Read `config.toml` if present, else defaults.
@@ -177,6 +212,22 @@ pub struct NodeConfig {
     /// Most HTTP connections open at once; more wait to be accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// How long an HTTP connection may take to send a request's header, counted from when
+    /// the node is ready to read it (so also how long a connection may sit idle).
+    #[serde(with = "humantime_secs", default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// Most HTTP connections open at once from one client address; more are closed at once.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
+    /// Host names the API answers to besides its own address, loopback names (`localhost`)
+    /// and this machine's host name: requests naming any other `Host` are refused (a web page
+    /// that rebinds its DNS name to this node cannot reach it).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://app.example`) whose pages may call the API from a browser
+    /// (CORS): their preflights are answered. Pages of every other origin are refused.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_rate_limit() -> u32 {
@@ -185,6 +236,14 @@ fn default_rate_limit() -> u32 {
 
 fn default_max_connections() -> u32 {
     256
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_connections_per_client() -> u32 {
+    64
 }
 
 fn retention_interactive() -> Duration {
@@ -224,6 +283,10 @@ impl Default for NodeConfig {
             public_metrics: false,
             rate_limit: default_rate_limit(),
             max_connections: default_max_connections(),
+            max_connections_per_client: default_max_connections_per_client(),
+            header_timeout: default_header_timeout(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -291,8 +291,8 @@ async fn a_record_of_a_newer_format_is_refused_not_guessed() {
 #[tokio::test]
 #[ignore = "writes fuzz seeds: run by hand with MYCO_WRITE_SEEDS=fuzz/corpus after a format change"]
 async fn write_fuzz_seeds() {
-    use ractor::BytesConvertable;
     use myco_runtime::cluster::wire::{HeartbeatFrame, StealRequest, Wire};
+    use ractor::BytesConvertable;
     let out = PathBuf::from(std::env::var("MYCO_WRITE_SEEDS").expect("MYCO_WRITE_SEEDS"));
     let records = out.join("records");
     let wire = out.join("wire");

@@ -23,6 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use myco_runtime::access::{Access, ApiToken};
 
+use super::browsers::{self, Browsers};
 use super::listen::Peer;
 
 /// What the gate knows: the token, where the API listens, the data roots, the rate limit.
@@ -35,6 +36,8 @@ pub struct Gate {
     /// What a caller who is not the owner may read.
     roots: Access,
     rate: Option<RateLimit>,
+    /// What web pages may do through a browser.
+    browsers: Browsers,
 }
 
 impl Gate {
@@ -51,7 +54,15 @@ impl Gate {
             public_metrics,
             roots,
             rate: (rate_per_s > 0).then(|| RateLimit::new(rate_per_s)),
+            browsers: Browsers::default(),
         }
+    }
+
+    /// The rules for requests from web pages (allowed host names and origins).
+    #[must_use]
+    pub fn with_browsers(mut self, browsers: Browsers) -> Gate {
+        self.browsers = browsers;
+        self
     }
 }
 
@@ -99,7 +110,23 @@ impl Gate {
 }
 
 /// The middleware.
-pub async fn gate(State(gate): State<Arc<Gate>>, mut req: Request, next: Next) -> Response {
+pub async fn gate(State(gate): State<Arc<Gate>>, req: Request, next: Next) -> Response {
+    let origin = match gate
+        .browsers
+        .check(req.method(), req.uri().path(), req.headers())
+    {
+        Ok(origin) => origin,
+        Err(refused) => return *refused,
+    };
+    let mut response = admit(&gate, req, next).await;
+    if let Some(origin) = origin {
+        browsers::allow(&mut response, origin);
+    }
+    response
+}
+
+/// The token, the caller and the rate limit.
+async fn admit(gate: &Gate, mut req: Request, next: Next) -> Response {
     if is_public(req.uri().path()) {
         return next.run(req).await;
     }

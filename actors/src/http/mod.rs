@@ -1,12 +1,14 @@
 //! The node's HTTP API (axum): the router over [`jobs`], [`swarm`], [`metrics`], the
 //! OpenAI-compatible [`openai`] endpoints, the live [`events`] feed and the [`dashboard`]
-//! (its pages at `/`), with their [`error`]s and [`sse`] bodies.
+//! (its pages at `/`), with their [`error`]s and [`sse`] bodies, behind the [`auth`] gate
+//! (which applies the [`browsers`] rules first), served by [`listen`].
 //!
 //! Handlers are thin: they parse the request, call [`NodeHandle`] (the only way into the
 //! node) and map errors to `{"error": {"code", "message", "hint"}}` with a fitting status.
 //! Blocking reads go through `spawn_blocking`. No job logic lives here.
 
 pub mod auth;
+pub mod browsers;
 pub mod dashboard;
 pub mod error;
 pub mod events;

@@ -273,20 +273,23 @@ impl Node {
                 config.public_metrics,
                 Access::below(&config.data_roots),
                 config.rate_limit,
+            )
+            .with_browsers(crate::http::browsers::Browsers::new(
+                &config.allowed_hosts,
+                &config.allowed_origins,
+            ));
+            let app = crate::http::router(handle.clone(), Arc::new(gate));
+            let listener = crate::http::listen::Limited::new(
+                listener,
+                config.max_connections as usize,
+                config.max_connections_per_client as usize,
             );
-            let app = crate::http::router(handle.clone(), Arc::new(gate))
-                .into_make_service_with_connect_info::<crate::http::listen::Peer>();
-            let stop = token.clone();
-            let listener =
-                crate::http::listen::Limited::new(listener, config.max_connections as usize);
-            let task = tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the HTTP API stopped");
-                }
-            });
+            let task = tokio::spawn(crate::http::listen::serve(
+                listener,
+                app,
+                config.header_timeout,
+                token.clone(),
+            ));
             std::fs::write(home.api_addr_path(), addr.to_string())?;
             Some((addr, token, task))
         } else {

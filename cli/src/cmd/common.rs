@@ -163,6 +163,9 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     if args.public_metrics {
         cfg.public_metrics = true;
     }
+    cfg.allowed_hosts.extend(args.allowed_hosts.iter().cloned());
+    cfg.allowed_origins
+        .extend(args.allowed_origins.iter().cloned());
     if let Some(h) = args.retention {
         cfg.retention = std::time::Duration::try_from_secs_f64(h * 3600.0).map_err(|_| {
             BadInput(format!(

@@ -149,6 +149,15 @@ impl Queue {
         let db = Arc::new(db);
         let format = file_format(&*db)?;
         check_format(path, format)?;
+        // The queue holds every prompt and answer: its owner's alone.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && meta.permissions().mode() & 0o077 != 0
+            {
+                let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+            }
+        }
         // Create the tables, bump the incarnation, and hand back leases a previous run of
         // this node held: they died with it.
         let (incarnation, next_seq, by_state) = {

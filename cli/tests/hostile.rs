@@ -1,0 +1,346 @@
+//! Issue 27: the holes a hostile test found, each against real node processes (the node on
+//! loopback, with a data root; and beyond loopback with its token). Requests are written by
+//! hand on raw sockets where the point is a header a normal client would not send.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Http, NodeProc, api_token, eventually};
+use serde_json::{Value, json};
+
+/// A connection to `to`, from the loopback address `from` (127.0.0.0/8 is all this
+/// machine's: another address there is another client to the node).
+fn connect_from(from: IpAddr, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    sock.into()
+}
+
+/// Send `request` (with `Connection: close` added) and read the status and body.
+fn raw(to: SocketAddr, request: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(to).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    write!(tcp, "{head}\r\nConnection: close\r\n\r\n{body}").unwrap();
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+fn post(path: &str, host: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+
+#[test]
+fn browsers_cannot_use_the_node_dns_rebinding_simple_posts_and_other_origins() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let node = NodeProc::start(
+        &home,
+        &[
+            "--allow-origin",
+            "https://app.example",
+            "--allow-host",
+            "box.lan",
+        ],
+    );
+    let to = node.addr;
+    let token = api_token(&home);
+
+    // DNS rebinding: a page's own name pointed at the node.
+    for (req, what) in [
+        (
+            "GET /api/jobs HTTP/1.1\r\nHost: evil.example\r\n\r\n".to_owned(),
+            "a read",
+        ),
+        (
+            format!(
+                "GET /api/jobs HTTP/1.1\r\nHost: evil.example:{}\r\n\r\n",
+                to.port()
+            ),
+            "a read, with the port",
+        ),
+        (
+            post(
+                "/api/jobs",
+                "evil.example",
+                "Content-Type: application/json\r\n",
+                r#"{"toml":"version = 1\nkind = \"noop\"\n[noop]\n","base_dir":"/"}"#,
+            ),
+            "a submit",
+        ),
+        (
+            format!(
+                "GET / HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {token}\r\n\r\n"
+            ),
+            "the dashboard, even with the token",
+        ),
+    ] {
+        let (status, body) = raw(to, &req);
+        assert_eq!(status, 403, "{what}: {body}");
+        assert!(
+            body.contains("host_not_allowed") && body.contains("--allow-host"),
+            "{body}"
+        );
+    }
+    // Its own names pass: the address, localhost, a configured name.
+    for host in [
+        to.to_string(),
+        format!("localhost:{}", to.port()),
+        "box.lan".into(),
+    ] {
+        let (status, body) = raw(to, &format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+
+    // Simple requests (no preflight): text/plain and forms are refused on /v1 and /api.
+    for (path, body) in [
+        ("/v1/chat/completions", CHAT),
+        ("/v1/embeddings", r#"{"input":"x","model":"m"}"#),
+        ("/api/query", r#"{"collection":"c","query":"q"}"#),
+        ("/api/jobs", r#"{"toml":"","base_dir":"/"}"#),
+    ] {
+        for kind in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            let (status, text) = raw(
+                to,
+                &post(
+                    path,
+                    "127.0.0.1",
+                    &format!("Content-Type: {kind}\r\n"),
+                    body,
+                ),
+            );
+            assert_eq!(status, 415, "{path} as {kind}: {text}");
+            assert!(text.contains("json_required"), "{text}");
+        }
+    }
+    // JSON from another origin is refused too; from an allowed one it is answered, and says
+    // so to the browser.
+    let (status, text) = raw(
+        to,
+        &post(
+            "/api/jobs",
+            "127.0.0.1",
+            "Content-Type: application/json\r\nOrigin: https://evil.example\r\n",
+            r#"{"toml":"version = 1\nkind = \"noop\"\n[noop]\n","base_dir":"/"}"#,
+        ),
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("origin_not_allowed"), "{text}");
+
+    // Preflights: answered for the allowed origin, refused for others.
+    let preflight = |origin: &str| {
+        let mut tcp = TcpStream::connect(to).unwrap();
+        write!(
+            tcp,
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = tcp.read_to_string(&mut out);
+        out
+    };
+    let ok = preflight("https://app.example");
+    assert!(ok.starts_with("HTTP/1.1 204"), "{ok}");
+    assert!(
+        ok.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example"),
+        "{ok}"
+    );
+    let no = preflight("https://evil.example");
+    assert!(no.starts_with("HTTP/1.1 403"), "{no}");
+    assert!(
+        !no.to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{no}"
+    );
+    let mut tcp = TcpStream::connect(to).unwrap();
+    write!(
+        tcp,
+        "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://app.example\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://app.example"),
+        "{out}"
+    );
+
+    // Beyond loopback, with the token: the Host rule holds as well.
+    let wide_home = root.path().join("wide");
+    let wide = NodeProc::start(&wide_home, &["--api", "0.0.0.0:0"]);
+    let wide_token = api_token(&wide_home);
+    let port = wide.addr.port();
+    let wide_to = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = raw(
+        wide_to,
+        &format!(
+            "GET /api/jobs HTTP/1.1\r\nHost: evil.example\r\nAuthorization: Bearer {wide_token}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = raw(
+        wide_to,
+        &format!(
+            "GET /api/jobs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {wide_token}\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn idle_and_half_sent_connections_cannot_take_the_node_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join("config.toml"), "header_timeout = 2\n").unwrap();
+    let node = NodeProc::start(&home, &[]);
+    let attacker: IpAddr = "127.0.0.2".parse().unwrap();
+    // 300 connections that send nothing and 300 that send half a request, all held open.
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let mut c = connect_from(attacker, node.addr);
+        if i % 2 == 1 {
+            let _ = c.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ");
+        }
+        held.push(c);
+    }
+    let http = Http::owner(&node);
+    let asked = Instant::now();
+    let (status, body) = http.get(&node.url("/health")).unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status, 200, "{body}");
+    eprintln!("/health answered in {took:?} with 600 connections held by another client");
+    assert!(
+        took < Duration::from_secs(1),
+        "a request with the token answers within 1 s: took {took:?}"
+    );
+    // The node closed what it would not hold (64 per client) and, once the header timeout
+    // passed, the rest.
+    eventually(
+        Duration::from_secs(30),
+        "every held connection closed",
+        || {
+            held.retain_mut(|c| !closed(c));
+            held.is_empty().then_some(())
+        },
+    );
+}
+
+/// Whether the other end has closed `c` (what it sent before is read and dropped).
+fn closed(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    let mut b = [0u8; 256];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn the_home_and_queue_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // A new home.
+    let home = root.path().join("new");
+    let node = NodeProc::start(&home, &[]);
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("queue.redb")), 0o600);
+    drop(node);
+    // A home an older myco made readable to all: made private at start.
+    let old = root.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("config.toml"), "").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = NodeProc::start(&old, &[]);
+    std::fs::set_permissions(
+        old.join("queue.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    drop(node);
+    let node = NodeProc::start(&old, &[]);
+    assert_eq!(mode(&old), 0o700);
+    assert_eq!(mode(&old.join("queue.redb")), 0o600);
+    drop(node);
+}
+
+fn chunk_job(input: &Path) -> Value {
+    json!({
+        "toml": format!("version = 1\nkind = \"chunk\"\n[chunk]\ninput = {:?}\n", input.display().to_string()),
+        "base_dir": "/",
+    })
+}
+
+#[test]
+fn a_client_cannot_rerun_the_owners_job_on_a_file_outside_the_roots() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let secret = root.path().join("secret.md");
+    std::fs::write(&secret, "# Secret\n\nThe owner's words.\n").unwrap();
+    let node = NodeProc::start(&home, &["--data-root", data.to_str().unwrap()]);
+    let owner = Http::owner(&node);
+    let client = Http::new();
+    let (status, v) = owner
+        .post(&node.url("/api/jobs"), &chunk_job(&secret))
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "the owner's job done", || {
+        let (_, j) = owner.get(&node.url(&format!("/api/jobs/{id}"))).ok()?;
+        (j["state"] == "done").then_some(())
+    });
+    for what in ["resubmit", "retry"] {
+        let (status, v) = client
+            .post(&node.url(&format!("/api/jobs/{id}/{what}")), &json!({}))
+            .unwrap();
+        assert_eq!(status, 403, "{what} as a client: {v}");
+        assert_eq!(v["error"]["code"], "outside_data_roots", "{v}");
+        assert!(!v.to_string().contains("owner's words"), "{v}");
+    }
+    // The owner may.
+    let (status, v) = owner
+        .post(&node.url(&format!("/api/jobs/{id}/resubmit")), &json!({}))
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+}
