@@ -344,3 +344,76 @@ fn a_client_cannot_rerun_the_owners_job_on_a_file_outside_the_roots() {
         .unwrap();
     assert_eq!(status, 201, "{v}");
 }
+
+/// The most memory the node process has held (VmHWM), in bytes.
+fn peak_rss(node: &NodeProc) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn a_context_beyond_the_model_is_refused_with_the_limit_before_anything_is_allocated() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    // Trained for 512 positions.
+    myco_jobs::gguf::TinyLlama::default()
+        .write(&home.join("models/tiny.gguf"), true)
+        .unwrap();
+    let node = NodeProc::start(&home, &["--workers", "1"]);
+    let client = Http::new();
+
+    // On the OpenAI route.
+    for n_ctx in [131_072_u32, 1_000_000_000] {
+        let (status, v) = client
+            .post(
+                &node.url("/v1/chat/completions"),
+                &json!({
+                    "model": "tiny", "max_tokens": 4, "n_ctx": n_ctx,
+                    "messages": [{ "role": "user", "content": "hi" }],
+                }),
+            )
+            .unwrap();
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["param"], "n_ctx", "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("at most 512"), "{message}");
+    }
+
+    // In a job file.
+    let job = root.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"infer\"\n[infer]\nmodel = \"tiny\"\nprompt = \"hi\"\nn_ctx = 1000000000\n",
+    )
+    .unwrap();
+    let out = node.cli().arg("submit").arg(&job).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("infer.n_ctx") && err.contains("at most 512"),
+        "{err}"
+    );
+
+    // Left out, the context is the model's (not the 4096 default beyond it), and it runs.
+    let (status, v) = client
+        .post(
+            &node.url("/v1/chat/completions"),
+            &json!({
+                "model": "tiny", "max_tokens": 2, "temperature": 0.0,
+                "messages": [{ "role": "user", "content": "hi" }],
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+
+    let (_, jobs) = Http::owner(&node).get(&node.url("/api/jobs")).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    let peak = peak_rss(&node);
+    assert!(peak < 1 << 30, "the node held {peak} bytes");
+}

@@ -15,16 +15,17 @@ use futures_util::StreamExt;
 use myco_jobs::gguf::TinyLlama;
 
 /// A home with the tiny model as `models/tiny.gguf` (with a chat template) and
-/// `models/plain.gguf` (without).
+/// `models/plain.gguf` (without), trained (so it says) for a context long enough for the
+/// long generations here.
 fn home_with_models(root: &Path, name: &str) -> std::path::PathBuf {
     let home = root.join(name);
     std::fs::create_dir_all(home.join("models")).unwrap();
-    TinyLlama::default()
-        .write(&home.join("models/tiny.gguf"), true)
-        .unwrap();
-    TinyLlama::default()
-        .write(&home.join("models/plain.gguf"), false)
-        .unwrap();
+    let tiny = TinyLlama {
+        n_ctx: 65_536,
+        ..TinyLlama::default()
+    };
+    tiny.write(&home.join("models/tiny.gguf"), true).unwrap();
+    tiny.write(&home.join("models/plain.gguf"), false).unwrap();
     home
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use header::{GgufError, GgufHeader, parse_gguf_header, read_gguf_header};
+pub use header::{ContextError, GgufError, GgufHeader, parse_gguf_header, read_gguf_header};
 
 use crate::home;
 

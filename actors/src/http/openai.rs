@@ -592,6 +592,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
         return bad_request("n", "only n = 1 is supported".into());
     }
     // Checked as a job file's `[infer]` is: one set of rules wherever a request comes from.
+    let req_n_ctx = req.n_ctx;
     let options = myco_jobs::infer::InferOptions {
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
@@ -605,7 +606,7 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             Some(Stop::One(s)) => vec![s],
             Some(Stop::Many(v)) => v,
         },
-        n_ctx: req.n_ctx,
+        n_ctx: req_n_ctx,
         chat_template: req.chat_template,
         json: json_mode(req.response_format.as_ref()),
         grammar: req.grammar,
@@ -639,6 +640,27 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             );
         }
     };
+    // The context is bounded by the model (its trained context) before anything is
+    // allocated; the node that runs it checks again, and its memory.
+    let mut params = params;
+    if model.path.is_file() {
+        let path = model.path.clone();
+        let (asked, default) = (req_n_ctx, params.n_ctx);
+        let fitted = tokio::task::spawn_blocking(move || {
+            myco_jobs::model::read_gguf_header(&path)
+                .map_err(|e| ("model", e.to_string()))
+                .and_then(|h| {
+                    h.fit_context(asked, default)
+                        .map_err(|e| ("n_ctx", e.to_string()))
+                })
+        })
+        .await;
+        match fitted {
+            Ok(Ok(n_ctx)) => params.n_ctx = n_ctx,
+            Ok(Err((param, why))) => return bad_request(param, why),
+            Err(_) => {}
+        }
+    }
     let task = myco_jobs::infer::InferTask {
         gpu: false,
         model,

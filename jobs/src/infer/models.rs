@@ -159,6 +159,7 @@ impl Models {
         gpu_layers: Option<u32>,
         n_ctx: u32,
     ) -> Result<Served, InferError> {
+        check_context(path, n_ctx)?;
         let entry = self.entry(path, gpu_layers, n_ctx, || memory().0, || memory().1)?;
         Ok(Served {
             entry,
@@ -258,6 +259,35 @@ impl Models {
     fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Refuse a context the model was not trained for, or whose KV cache (with the weights)
+/// would not fit in this node's memory, before anything is allocated. Remembered per model
+/// file and context (a header holds the vocabulary: not read per request).
+fn check_context(path: &Path, n_ctx: u32) -> Result<(), InferError> {
+    type Key = (PathBuf, u64, u32);
+    static TOTAL: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static CHECKED: Mutex<Option<HashMap<Key, Result<(), String>>>> = Mutex::new(None);
+    let bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let key = (path.to_path_buf(), bytes, n_ctx);
+    let mut checked = CHECKED.lock().unwrap_or_else(|p| p.into_inner());
+    let memo = checked.get_or_insert_with(HashMap::new);
+    if let Some(r) = memo.get(&key) {
+        return r.clone().map_err(InferError::Context);
+    }
+    let total = *TOTAL.get_or_init(|| memory().1);
+    let r = match crate::model::read_gguf_header(path) {
+        Ok(header) => header
+            .check_context(n_ctx, bytes, Some(total))
+            .map_err(|e| e.to_string()),
+        // Not a GGUF header: loading says why.
+        Err(_) => Ok(()),
+    };
+    if memo.len() >= 1024 {
+        memo.clear();
+    }
+    memo.insert(key, r.clone());
+    r.map_err(InferError::Context)
 }
 
 /// Memory the system can give without swapping, and its total (bytes); unknown counts as

@@ -189,6 +189,9 @@ pub enum InferError {
     Template { path: String, why: String },
     #[error("the grammar cannot be used: {0}; give a GBNF grammar whose start rule is `root`")]
     Grammar(String),
+    /// The context does not fit the model or this node (checked before loading).
+    #[error("{0}")]
+    Context(String),
     #[error("llama.cpp: {0}")]
     Engine(String),
     #[error("cancelled")]

@@ -68,11 +68,31 @@ pub fn check_llm(
             .map_err(|why| p.bad(&field(table, "model"), why.to_string(), why.hint()))
             .ok(),
     };
+    let (model, mut params) = (model?, params?);
+    // The context is bounded by the model before anything is allocated (here, at submit,
+    // when this node has the file; the node that runs it checks again, and its memory).
+    if model.path.is_file() {
+        match model::read_gguf_header(&model.path) {
+            Ok(h) => match h.fit_context(i.n_ctx, params.n_ctx) {
+                Ok(n_ctx) => params.n_ctx = n_ctx,
+                Err(e) => p.bad(
+                    &field(table, "n_ctx"),
+                    e.to_string(),
+                    "leave it out for the model's context (at most 4096), or lower it",
+                ),
+            },
+            Err(e) => p.bad(
+                &field(table, "model"),
+                e.to_string(),
+                "point `model` at a complete GGUF file",
+            ),
+        }
+    }
     Some(InferTask {
         gpu: i.gpu,
-        model: model?,
+        model,
         prompt: prompt?,
-        params: params?,
+        params,
     })
 }
 

@@ -16,7 +16,93 @@ pub struct GgufHeader {
     pub name: Option<String>,
     pub layers: Option<u64>,
     pub embedding: Option<u64>,
+    /// The context it was trained for (`context_length`).
     pub context: Option<u64>,
+    pub heads: Option<u64>,
+    pub kv_heads: Option<u64>,
+    pub key_length: Option<u64>,
+    pub value_length: Option<u64>,
+}
+
+impl GgufHeader {
+    /// The KV cache for `n_ctx` positions, f16 keys and values as llama.cpp keeps them, if
+    /// the header says enough to tell.
+    pub fn kv_bytes(&self, n_ctx: u32) -> Option<u64> {
+        let layers = self.layers?;
+        let heads = self.heads.filter(|h| *h > 0)?;
+        let kv_heads = self.kv_heads.unwrap_or(heads);
+        let head = self.embedding? / heads;
+        let k = self.key_length.unwrap_or(head);
+        let v = self.value_length.unwrap_or(head);
+        Some(
+            layers
+                .saturating_mul(kv_heads)
+                .saturating_mul(k + v)
+                .saturating_mul(2)
+                .saturating_mul(u64::from(n_ctx)),
+        )
+    }
+
+    /// The context a request runs with: `asked` when the model was trained for that many
+    /// positions (else the error says the most it takes), or, not asked, `default` capped at
+    /// the trained context.
+    pub fn fit_context(&self, asked: Option<u32>, default: u32) -> Result<u32, ContextError> {
+        match asked {
+            Some(n) => self.check_context(n, 0, None).map(|()| n),
+            None => Ok(self.context.map_or(default, |t| {
+                u32::try_from(t)
+                    .unwrap_or(u32::MAX)
+                    .clamp(8, default.max(8))
+            })),
+        }
+    }
+
+    /// Whether `n_ctx` positions fit the model (its trained context) and, when `memory` is
+    /// given, a node with that many bytes of memory (with the weights, `file_bytes`); the
+    /// error says the most that fits. Checked before anything is allocated.
+    pub fn check_context(
+        &self,
+        n_ctx: u32,
+        file_bytes: u64,
+        memory: Option<u64>,
+    ) -> Result<(), ContextError> {
+        if let Some(trained) = self.context
+            && u64::from(n_ctx) > trained
+        {
+            return Err(ContextError::Trained { n_ctx, trained });
+        }
+        if let (Some(memory), Some(kv)) = (memory, self.kv_bytes(n_ctx))
+            && kv.saturating_add(file_bytes) > memory
+        {
+            let per = self.kv_bytes(1).unwrap_or(1).max(1);
+            let most = memory.saturating_sub(file_bytes) / per;
+            return Err(ContextError::Memory {
+                n_ctx,
+                kv_mib: kv >> 20,
+                memory_mib: memory >> 20,
+                most: u32::try_from(most).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a context is too big for a model or a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    #[error(
+        "n_ctx {n_ctx} is more than the model's trained context of {trained} tokens; use at most {trained}"
+    )]
+    Trained { n_ctx: u32, trained: u64 },
+    #[error(
+        "n_ctx {n_ctx} needs a {kv_mib} MiB KV cache besides the model, more than this node's {memory_mib} MiB of memory; use at most {most}"
+    )]
+    Memory {
+        n_ctx: u32,
+        kv_mib: u64,
+        memory_mib: u64,
+        most: u32,
+    },
 }
 
 /// Why a GGUF header could not be read.
@@ -171,6 +257,10 @@ pub fn parse_gguf_header(r: impl Read, shown: &str) -> Result<GgufHeader, GgufEr
         h.layers = get("block_count");
         h.embedding = get("embedding_length");
         h.context = get("context_length");
+        h.heads = get("attention.head_count");
+        h.kv_heads = get("attention.head_count_kv");
+        h.key_length = get("attention.key_length");
+        h.value_length = get("attention.value_length");
     }
     Ok(h)
 }
