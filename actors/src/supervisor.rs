@@ -66,6 +66,8 @@ pub struct NodeSupervisor {
     pub stage_memory: Option<u64>,
     /// GPU memory its models and stages may use (`--gpu-memory`).
     pub gpu_memory: Option<u64>,
+    /// What jobs submitted by clients may read (checked again when they run).
+    pub client_access: myco_runtime::access::Access,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -142,6 +144,7 @@ impl NodeSupervisor {
             queue: env.queue.clone(),
             factory: self.factory.clone(),
             budget: self.budget.clone(),
+            client_access: self.client_access.clone(),
             #[cfg(feature = "pipeline")]
             pipeline: env.pipeline.clone(),
         };

@@ -56,6 +56,9 @@ pub struct Worker {
     pub factory: ExecutorFactory,
     /// The node's cores: interactive jobs take them, batch jobs yield (see [`budget`]).
     pub budget: CpuBudget,
+    /// What jobs submitted by clients may read: their files are checked again before they
+    /// run (a symlink swapped in after submit).
+    pub client_access: myco_runtime::access::Access,
     /// For pipeline jobs: the node's stage host and swarm.
     #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
@@ -233,6 +236,33 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+impl Worker {
+    /// Why a job of this node may not run as its submitter: a client's job whose files have
+    /// come to lie outside the data roots since it was submitted.
+    async fn refused(&self, id: myco_runtime::queue::JobId, task: &Task) -> Option<String> {
+        if task.inputs().is_empty() || self.client_access == myco_runtime::access::Access::Any {
+            return None;
+        }
+        let inputs: Vec<std::path::PathBuf> =
+            task.inputs().into_iter().map(|p| p.to_path_buf()).collect();
+        let queue = self.queue.clone();
+        let access = self.client_access.clone();
+        tokio::task::spawn_blocking(move || {
+            let rec = queue.get(id).ok().flatten()?;
+            if rec.submitter != myco_runtime::queue::Submitter::Client {
+                return None;
+            }
+            inputs
+                .iter()
+                .find_map(|p| access.check(p).err())
+                .map(|outside| format!("{outside}; the job may read only files below them"))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+}
+
 impl Actor for Worker {
     type Msg = WorkerMsg;
     type State = ExecutorThread;
@@ -305,7 +335,15 @@ impl Actor for Worker {
         let interactive = lane == Lane::Executive || lease.priority >= INTERACTIVE_PRIORITY;
         let _running = interactive.then(|| self.budget.enter());
         let yields = (!interactive).then(|| self.budget.clone());
+        let refused = if owner.is_none() {
+            self.refused(id, &lease.task).await
+        } else {
+            None
+        };
         let outcome = match lease.task {
+            _ if refused.is_some() => Ok(Err(RunError::Job(JobError::fatal(
+                refused.unwrap_or_default(),
+            )))),
             // A pipeline job drives stages across the swarm: async, on no executor thread.
             #[cfg(feature = "pipeline")]
             Task::Pipeline(task) => {

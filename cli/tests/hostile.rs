@@ -417,3 +417,169 @@ fn a_context_beyond_the_model_is_refused_with_the_limit_before_anything_is_alloc
     let peak = peak_rss(&node);
     assert!(peak < 1 << 30, "the node held {peak} bytes");
 }
+
+fn job(toml: &str) -> Value {
+    json!({ "toml": toml, "base_dir": "/" })
+}
+
+#[test]
+fn every_field_that_names_a_file_is_gated_and_only_bounded_regular_files_are_read() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    let secret = root.path().join("secret.jsonl");
+    std::fs::write(
+        &secret,
+        "{\"source\":\"s\",\"index\":0,\"start\":0,\"end\":5,\"text\":\"the owner's words\"}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&secret, data.join("link.jsonl")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", data.join("zero.jsonl")).unwrap();
+    // A 2 GB sparse file inside the root.
+    let sparse = data.join("big.jsonl");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    std::fs::copy(&sparse, data.join("big.md")).ok();
+    std::fs::File::create(data.join("big.md"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let node = NodeProc::start(&home, &["--data-root", data.to_str().unwrap()]);
+    let client = Http::new();
+    let owner = Http::owner(&node);
+    let url = node.url("/api/jobs");
+    let d = data.display();
+    let s = secret.display();
+
+    // Outside the roots, for every field that names a file: 403, the file unread.
+    for toml in [
+        format!("version = 1\nkind = \"embed\"\n[embed]\nchunks = \"{s}\"\n"),
+        format!(
+            "version = 1\nkind = \"embed\"\n[embed]\nchunks = \"{d}/sub/../../secret.jsonl\"\n"
+        ),
+        format!("version = 1\nkind = \"embed\"\n[embed]\nchunks = \"{d}/link.jsonl\"\n"),
+        format!("version = 1\nkind = \"embed\"\n[embed]\nchunks = \"{d}/zero.jsonl\"\n"),
+        format!(
+            "version = 1\nkind = \"embed\"\n[embed]\ntexts = [\"a\"]\nmodel = \"{}\"\n",
+            root.path().display()
+        ),
+        format!("version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"{s}\"\n"),
+        format!(
+            "version = 1\nkind = \"archive\"\n[archive]\ninput = \"{}\"\ncollection = \"c\"\n",
+            root.path().display()
+        ),
+        format!("version = 1\nkind = \"infer\"\n[infer]\nprompt = \"hi\"\nmodel = \"{s}\"\n"),
+        format!("version = 1\nkind = \"pipeline\"\n[pipeline]\nprompt = \"hi\"\nmodel = \"{s}\"\n"),
+    ] {
+        let (status, v) = client.post(&url, &job(&toml)).unwrap();
+        assert_eq!(status, 403, "{toml}: {v}");
+        assert_eq!(v["error"]["code"], "outside_data_roots", "{v}");
+        let text = v.to_string();
+        assert!(!text.contains("owner's words"), "{text}");
+        assert!(!text.contains(&home.display().to_string()), "{text}");
+    }
+
+    // Inside the roots, a device, a pipe or a file beyond the bound is refused before it is
+    // read (the owner may name /dev/zero itself), fast and without memory.
+    let started = Instant::now();
+    for (who, toml) in [
+        (
+            &client,
+            format!("version = 1\nkind = \"embed\"\n[embed]\nchunks = \"{d}/big.jsonl\"\n"),
+        ),
+        (
+            &owner,
+            "version = 1\nkind = \"embed\"\n[embed]\nchunks = \"/dev/zero\"\n".to_owned(),
+        ),
+    ] {
+        let (status, v) = who.post(&url, &job(&toml)).unwrap();
+        assert_eq!(status, 422, "{toml}: {v}");
+        let text = v.to_string();
+        if std::ptr::eq(who, &client) {
+            assert!(!text.contains(&home.display().to_string()), "{text}");
+        }
+        assert!(
+            text.contains("more than the") || text.contains("not a regular file"),
+            "{text}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // A 2 GB document inside the roots: accepted (it is a file there), and its job fails
+    // saying the file is too big, without reading it.
+    let (status, v) = client
+        .post(
+            &url,
+            &job(&format!(
+                "version = 1\nkind = \"chunk\"\n[chunk]\ninput = \"{d}/big.md\"\n"
+            )),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let failed = eventually(
+        Duration::from_secs(60),
+        "the big document's job fails",
+        || {
+            let (_, j) = owner.get(&node.url(&format!("/api/jobs/{id}"))).ok()?;
+            (j["state"] == "dead").then_some(j)
+        },
+    );
+    assert!(failed.to_string().contains("split it"), "{failed}");
+
+    let peak = peak_rss(&node);
+    assert!(peak < 1 << 30, "the node held {peak} bytes");
+}
+
+#[test]
+fn a_clients_file_is_checked_again_when_its_job_runs() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let secret = root.path().join("secret.md");
+    std::fs::write(&secret, "# Secret\n\nThe owner's words.\n").unwrap();
+    let doc = data.join("doc.md");
+    std::fs::write(&doc, "# Doc\n\nA client's words.\n").unwrap();
+    let node = NodeProc::start(
+        &home,
+        &["--workers", "1", "--data-root", data.to_str().unwrap()],
+    );
+    let owner = Http::owner(&node);
+    let client = Http::new();
+    // The one worker is busy for a while: the client's job waits behind it.
+    let (status, v) = owner
+        .post(
+            &node.url("/api/jobs"),
+            &json!({
+                "toml": "version = 1\nkind = \"noop\"\npriority = 10\n[noop]\npayload = \"x\"\nsleep_ms = 3000\n",
+                "base_dir": "/",
+            }),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = client
+        .post(&node.url("/api/jobs"), &chunk_job(&doc))
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let id = v["jobs"][0]["id"].as_str().unwrap().to_owned();
+    // Before it runs, its file becomes a link out of the roots.
+    std::fs::remove_file(&doc).unwrap();
+    std::os::unix::fs::symlink(&secret, &doc).unwrap();
+    let job = eventually(Duration::from_secs(60), "the job ends", || {
+        let (_, j) = owner.get(&node.url(&format!("/api/jobs/{id}"))).ok()?;
+        (j["state"] == "dead" || j["state"] == "done").then_some(j)
+    });
+    assert_eq!(job["state"], "dead", "{job}");
+    assert!(
+        job.to_string().contains("outside the node's data roots"),
+        "{job}"
+    );
+    let (_, result) = owner
+        .get_text(&node.url(&format!("/api/jobs/{id}/result")))
+        .unwrap();
+    assert!(!result.contains("owner's words"), "{result}");
+}

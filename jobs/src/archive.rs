@@ -180,10 +180,22 @@ pub fn plan(task: &ArchiveTask, collections: &Path) -> Result<ArchivePlan, Chunk
     let sampled = chunk::boilerplate::sample(docs.len());
     let mut texts = Vec::with_capacity(sampled.len());
     for (i, (path, rel)) in docs.into_iter().enumerate() {
-        let bytes = std::fs::read(&path).map_err(|source| ChunkError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let bytes = match chunk::read_document(&path) {
+            Ok(bytes) => bytes,
+            // Not a document (a device, a pipe) or too big to read whole: a child of its
+            // own, whose run says so for this file alone.
+            Err(ChunkError::NotRegular { .. } | ChunkError::TooBig { .. }) => {
+                let doc = Doc {
+                    path,
+                    rel,
+                    hash: String::new(),
+                    bytes: None,
+                };
+                children.push((vec![doc], None));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if sampled.binary_search(&i).is_ok()
             && let Some(format) = Format::from_path(&path)
             && let Ok((text, _)) = chunk::extract_with_outline(&path, format, &bytes)
@@ -311,17 +323,31 @@ pub fn run_docs(
         let read;
         let bytes = match &doc.bytes {
             Some(b) => b.as_slice(),
-            None => match std::fs::read(&doc.path) {
+            None => match chunk::read_document(&doc.path) {
                 Ok(b) => {
                     read = b;
                     read.as_slice()
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(ChunkError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
                     docs.push(Done {
                         rel: doc.rel.clone(),
                         hash: doc.hash.clone(),
                         chunks: Vec::new(),
                         error: Some(format!("{}: the file is gone", doc.path.display())),
+                        blanked: 0,
+                    });
+                    continue;
+                }
+                // Not a document (a device, a pipe) or too big: this one fails, the
+                // others go on.
+                Err(e @ (ChunkError::NotRegular { .. } | ChunkError::TooBig { .. })) => {
+                    docs.push(Done {
+                        rel: doc.rel.clone(),
+                        hash: doc.hash.clone(),
+                        chunks: Vec::new(),
+                        error: Some(e.to_string()),
                         blanked: 0,
                     });
                     continue;

@@ -8,6 +8,7 @@
 //! about queues, actors or HTTP. Heavy model crates live here behind cargo features
 //! (`embed`, `infer`, `pipeline`); test fixtures behind `test-fixtures`.
 
+pub mod access;
 #[cfg(feature = "embed")]
 pub mod ann;
 pub mod archive;

@@ -125,25 +125,24 @@ impl Task {
     }
 
     /// The task as it should travel to another node: a file it names is read here and
-    /// carried inline, up to `max_bytes`; `None` if the file is larger (run it here). An
-    /// unreadable file travels by name, to fail there as it would here.
+    /// carried inline, up to `max_bytes`; `None` if the files are larger, or cannot be read
+    /// here (run it here: the other node must never read a file of its own by that name).
     pub fn portable(&self, max_bytes: u64) -> Option<Task> {
         match self {
             Task::ChunkFile { path, params } => {
-                let Ok(meta) = std::fs::metadata(path) else {
-                    return Some(self.clone());
-                };
+                // A file that cannot be read here does not travel by its name (the other
+                // node could have a file of that name): it runs here, and fails here.
+                let meta = std::fs::metadata(path).ok()?;
                 if meta.len() > max_bytes {
                     return None;
                 }
-                match std::fs::read(path) {
-                    Ok(bytes) => Some(Task::ChunkInline {
+                crate::chunk::read_document(path)
+                    .ok()
+                    .map(|bytes| Task::ChunkInline {
                         path: path.clone(),
                         bytes,
                         params: *params,
-                    }),
-                    Err(_) => Some(self.clone()),
-                }
+                    })
             }
             Task::EmbedDocs(t) | Task::EmbedDocsWith(t, _) => {
                 let mut t = t.clone();
@@ -152,9 +151,8 @@ impl Task {
                     if doc.bytes.is_some() {
                         continue;
                     }
-                    let Ok(bytes) = std::fs::read(&doc.path) else {
-                        continue;
-                    };
+                    // As above: a document that cannot be read here keeps the task here.
+                    let bytes = crate::chunk::read_document(&doc.path).ok()?;
                     total += bytes.len() as u64;
                     if total > max_bytes {
                         return None;

@@ -386,7 +386,13 @@ fn the_turns_of_a_chat_reuse_the_cached_prefix() {
     use myco_jobs::infer::{Models, Serving};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    TinyLlama::default().write(&path, true).unwrap();
+    // Trained (so it says) for the 1024 positions the chat takes.
+    TinyLlama {
+        n_ctx: 1024,
+        ..TinyLlama::default()
+    }
+    .write(&path, true)
+    .unwrap();
     let models = Models::new().serving(Serving {
         parallel: 2,
         threads: 1,

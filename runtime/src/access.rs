@@ -9,7 +9,9 @@
 //! (`--data-root`, repeatable) or the node's models folder, checked after every symlink is
 //! resolved.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use myco_jobs::access::{Access, Outside};
 
 use subtle::ConstantTimeEq;
 
@@ -97,135 +99,9 @@ impl ApiToken {
     }
 }
 
-/// What files a job may read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Access {
-    /// Any path the node can read: the node's owner.
-    Any,
-    /// Only paths below these directories (canonical), after resolving symlinks.
-    Below(Vec<PathBuf>),
-}
-
-/// Why a path is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path} is outside the node's data roots ({roots})", roots = roots_list(.roots))]
-pub struct Outside {
-    pub path: PathBuf,
-    pub roots: Vec<PathBuf>,
-}
-
-fn roots_list(roots: &[PathBuf]) -> String {
-    if roots.is_empty() {
-        return "none: start the node with --data-root DIR".into();
-    }
-    roots
-        .iter()
-        .map(|r| r.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-impl Access {
-    /// Access below `roots` (made canonical; a root that does not exist is left out).
-    pub fn below(roots: &[PathBuf]) -> Access {
-        Access::Below(
-            roots
-                .iter()
-                .filter_map(|r| std::fs::canonicalize(r).ok())
-                .collect(),
-        )
-    }
-
-    /// Whether a job may read `path`. The path is resolved (every symlink followed) and must
-    /// then lie below a root; a path that does not exist is judged by its nearest existing
-    /// ancestor (a glob pattern, a file yet to come), so `..` cannot climb out either.
-    pub fn check(&self, path: &Path) -> Result<(), Outside> {
-        let Access::Below(roots) = self else {
-            return Ok(());
-        };
-        let outside = || Outside {
-            path: path.to_path_buf(),
-            roots: roots.clone(),
-        };
-        let resolved = resolve(path).ok_or_else(outside)?;
-        if roots.iter().any(|r| resolved.starts_with(r)) {
-            Ok(())
-        } else {
-            Err(outside())
-        }
-    }
-}
-
-/// `path` made canonical, or, if it does not exist, its nearest existing ancestor made
-/// canonical with the rest appended (the rest may not hold `..`).
-fn resolve(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = std::fs::canonicalize(path) {
-        return Some(p);
-    }
-    let mut rest = Vec::new();
-    let mut at = path;
-    loop {
-        let name = at.file_name()?;
-        rest.push(name.to_owned());
-        at = at.parent()?;
-        if let Ok(base) = std::fs::canonicalize(if at.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            at
-        }) {
-            if path
-                .components()
-                .any(|c| c == std::path::Component::ParentDir)
-            {
-                return None;
-            }
-            let mut p = base;
-            p.extend(rest.iter().rev());
-            return Some(p);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_are_judged_after_their_symlinks_resolve() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        let secret = dir.path().join("secret.txt");
-        std::fs::create_dir_all(root.join("docs")).unwrap();
-        std::fs::write(root.join("docs/a.md"), "a").unwrap();
-        std::fs::write(&secret, "s").unwrap();
-        std::os::unix::fs::symlink(&secret, root.join("docs/link.md")).unwrap();
-        std::os::unix::fs::symlink(dir.path(), root.join("up")).unwrap();
-        let access = Access::below(std::slice::from_ref(&root));
-        assert!(access.check(&root.join("docs/a.md")).is_ok());
-        assert!(access.check(&root.join("docs")).is_ok());
-        assert!(
-            access.check(&root.join("docs/*.md")).is_ok(),
-            "a glob below"
-        );
-        assert!(access.check(&secret).is_err());
-        assert!(
-            access.check(&root.join("docs/link.md")).is_err(),
-            "a symlink out"
-        );
-        assert!(
-            access.check(&root.join("up/secret.txt")).is_err(),
-            "a symlinked dir out"
-        );
-        assert!(access.check(&root.join("docs/../../secret.txt")).is_err());
-        assert!(
-            access.check(&root.join("nothing/../../x/*")).is_err(),
-            "`..` in a missing path"
-        );
-        assert!(Access::Any.check(&secret).is_ok());
-        let none = Access::below(&[]);
-        let e = none.check(&root.join("docs/a.md")).unwrap_err();
-        assert!(e.to_string().contains("--data-root"), "{e}");
-    }
 
     #[test]
     fn a_token_is_made_once_and_kept_private() {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use myco_jobs::JobSpec;
 use myco_jobs::SpecError;
 use myco_jobs::archive::ModelRef;
+use myco_jobs::spec::Refused;
 use myco_runtime::access::{Access, Outside};
 use myco_runtime::models::ModelFile;
 use myco_runtime::queue::{
@@ -49,6 +50,17 @@ pub enum SubmitError {
 }
 
 /// Who submits, by what they may read: the owner reads anything, a client below the roots.
+/// `error` with the node's home shown as `$MYCO_HOME`.
+fn hide(mut error: SpecError, home: &str) -> SpecError {
+    if home.len() > 1 {
+        for p in &mut error.problems {
+            p.message = p.message.replace(home, "$MYCO_HOME");
+            p.hint = p.hint.replace(home, "$MYCO_HOME");
+        }
+    }
+    error
+}
+
 fn submitter_of(access: &Access) -> Submitter {
     match access {
         Access::Any => Submitter::Owner,
@@ -229,13 +241,27 @@ impl NodeHandle {
         let models_dir = self.models_dir();
         let collections = self.collections_dir();
         let submitter = submitter_of(&access);
+        // Problems told to a client name the node's home as $MYCO_HOME, not where it is.
+        let home = (access != Access::Any).then(|| self.home.display().to_string());
         let jobs = tokio::task::spawn_blocking(move || {
             specs
                 .into_iter()
                 .enumerate()
                 .map(|(index, src)| {
-                    let spec = JobSpec::parse_swarm(&src.toml, &src.base_dir, &models_dir, &remote)
-                        .map_err(|error| SubmitError::Spec { index, error })?;
+                    let spec =
+                        JobSpec::parse_as(&src.toml, &src.base_dir, &models_dir, &remote, &access)
+                            .map_err(|refused| match refused {
+                                Refused::Spec(error) => SubmitError::Spec {
+                                    index,
+                                    error: match &home {
+                                        Some(home) => hide(error, home),
+                                        None => error,
+                                    },
+                                },
+                                Refused::Outside(outside) => {
+                                    SubmitError::Outside { index, outside }
+                                }
+                            })?;
                     let check = |task: &myco_jobs::Task| {
                         task.inputs().into_iter().try_for_each(|p| {
                             access

@@ -204,6 +204,16 @@ impl Node {
             .as_ref()
             .map(|(_, s): &(Membership, Swarm)| s.clone());
         let streams = crate::streams::Streams::default();
+        // What jobs submitted by clients (not the owner) may read: below the data roots, or
+        // a model in the models folder. Checked at submit, and again when such a job runs.
+        let client_access = Access::below(
+            &config
+                .data_roots
+                .iter()
+                .cloned()
+                .chain([home.models_dir()])
+                .collect::<Vec<_>>(),
+        );
         let supervisor = NodeSupervisor {
             coordinator: Coordinator {
                 queue: queue.clone(),
@@ -227,6 +237,7 @@ impl Node {
             home: home.root().to_path_buf(),
             stage_memory: config.stage_memory,
             gpu_memory: config.gpu_memory,
+            client_access: client_access.clone(),
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
@@ -271,7 +282,7 @@ impl Node {
                 api_token,
                 addr.ip().is_loopback(),
                 config.public_metrics,
-                Access::below(&config.data_roots),
+                client_access,
                 config.rate_limit,
             )
             .with_browsers(crate::http::browsers::Browsers::new(

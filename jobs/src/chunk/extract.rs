@@ -24,10 +24,7 @@ use super::types::{ChunkError, Format};
 /// cannot be read, and whatever [`extract_bytes`] returns for bad content.
 pub fn extract(path: &Path) -> Result<(Format, String), ChunkError> {
     let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
-    let bytes = std::fs::read(path).map_err(|source| ChunkError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = super::read_document(path)?;
     let text = extract_bytes(path, format, &bytes)?;
     Ok((format, text))
 }

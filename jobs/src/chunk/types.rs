@@ -137,6 +137,13 @@ pub enum ChunkError {
     #[error("{}: not a regular file or directory; point at documents instead", path.display())]
     NotRegular { path: PathBuf },
 
+    #[error("{}: {bytes} bytes, more than the {limit} bytes a document may have; split it", path.display())]
+    TooBig {
+        path: PathBuf,
+        bytes: u64,
+        limit: u64,
+    },
+
     #[error("{pattern}: glob pattern matches no files; check the pattern")]
     NoMatch { pattern: String },
 
@@ -192,6 +199,7 @@ impl ChunkError {
             | ChunkError::Tokenize { .. }
             | ChunkError::NotFound { .. }
             | ChunkError::NotRegular { .. }
+            | ChunkError::TooBig { .. }
             | ChunkError::NoMatch { .. }
             | ChunkError::BadPattern { .. } => false,
         }

@@ -88,7 +88,7 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "leave it out for the default (512)",
         );
     }
-    let input = env.path(&a.input);
+    let input = env.readable("archive.input", &a.input, p)?;
     if !input.exists() && !is_glob(&a.input) {
         p.bad(
             "archive.input",
@@ -96,9 +96,17 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "point `input` at the archive's directory (relative paths start at the job file's directory)",
         );
     }
+    // A path (not a name in the models folder) is a file the submitter names: gated
+    // before anything looks at it, and again once resolved.
+    if model::is_path(&a.model) {
+        env.readable("archive.model", Path::new(&a.model), p)?;
+    }
     let model = model::resolve_embedding(&a.model, env.base_dir, env.models_dir)
         .map_err(|why| p.bad("archive.model", why.to_string(), why.hint()))
         .ok()?;
+    if !env.may_read("archive.model", &model.path, p) {
+        return None;
+    }
     let most = model::embedding_max_length(&model.path);
     if let Some(max) = a.max_tokens
         && max > most

@@ -70,7 +70,7 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "use `tokenizer = \"chars\"`",
         );
     }
-    let input = env.path(&c.input);
+    let input = env.readable("chunk.input", &c.input, p)?;
     if !input.exists() && !is_glob(&c.input) {
         p.bad(
             "chunk.input",

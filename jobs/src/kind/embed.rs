@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
+use crate::access;
 use crate::archive;
 use crate::chunk;
 use crate::engines::{Engines, misrouted};
@@ -82,8 +83,12 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "give `texts` or `chunks`, not both",
             "remove one of them",
         ),
-        Some(path) => match read_chunks(&env.path(path)) {
-            Ok(chunks) => {
+        Some(path) => match env
+            .readable("embed.chunks", path, p)
+            .map(|path| read_chunks(&path))
+        {
+            None => {}
+            Some(Ok(chunks)) => {
                 for c in chunks {
                     links.push(ChunkLink {
                         source: c.source,
@@ -94,7 +99,7 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
                     texts.push(c.text);
                 }
             }
-            Err(why) => p.bad(
+            Some(Err(why)) => p.bad(
                 "embed.chunks",
                 why,
                 "point `chunks` at a chunk job's result: `myco run chunk.toml --out chunks.jsonl`",
@@ -120,9 +125,17 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "leave it out for the default (512)",
         );
     }
+    // A path (not a name in the models folder) is a file the submitter names: gated
+    // before anything looks at it, and again once resolved.
+    if model::is_path(&e.model) {
+        env.readable("embed.model", Path::new(&e.model), p)?;
+    }
     let model = model::resolve_embedding(&e.model, env.base_dir, env.models_dir)
         .map_err(|why| p.bad("embed.model", why.to_string(), why.hint()))
         .ok()?;
+    if !env.may_read("embed.model", &model.path, p) {
+        return None;
+    }
     Some(
         Task::Embed {
             model,
@@ -134,17 +147,38 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
     )
 }
 
+/// The largest chunks file (a chunk job's result) an embed job reads.
+pub const MAX_CHUNKS_BYTES: u64 = 64 << 20;
+
 /// The chunks in a chunk job's result file (JSON Lines of `{source, index, start, end,
-/// text}`).
+/// text}`): a regular file of at most [`MAX_CHUNKS_BYTES`]. Errors name the path as the job
+/// gave it and where a line is wrong, never what the file holds.
 fn read_chunks(path: &Path) -> Result<Vec<chunk::Chunk>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = access::read_regular(path, MAX_CHUNKS_BYTES).map_err(|e| match e {
+        access::ReadError::TooBig { .. } => format!(
+            "{e}; split the chunks over several embed jobs, or embed the documents with an archive job"
+        ),
+        e => format!("cannot read it: {e}"),
+    })?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        format!(
+            "{}: not UTF-8 text (byte {})",
+            path.display(),
+            e.valid_up_to()
+        )
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| format!("{} line {}: not a chunk: {e}", path.display(), i + 1))
+            serde_json::from_str(l).map_err(|e| {
+                format!(
+                    "{} line {} column {}: not a chunk (a JSON object of source, index, start, end and text)",
+                    path.display(),
+                    i + 1,
+                    e.column()
+                )
+            })
         })
         .collect()
 }

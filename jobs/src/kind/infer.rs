@@ -64,9 +64,21 @@ pub fn check_llm(
             );
             None
         }
+        // A path (not a name in the models folder) is a file the submitter names: gated
+        // before anything looks at it, and again once resolved.
+        Some(name)
+            if model::is_path(name)
+                && env
+                    .readable(&field(table, "model"), Path::new(name), p)
+                    .is_none() =>
+        {
+            None
+        }
         Some(name) => model::resolve_llm(name, env.base_dir, env.models_dir, env.remote)
             .map_err(|why| p.bad(&field(table, "model"), why.to_string(), why.hint()))
-            .ok(),
+            .ok()
+            // A path (not a name in the models folder) is a file the submitter names.
+            .filter(|m| !model::is_path(name) || env.may_read(&field(table, "model"), &m.path, p)),
     };
     let (model, mut params) = (model?, params?);
     // The context is bounded by the model before anything is allocated (here, at submit,

@@ -5,6 +5,7 @@
 //!
 //! It must not know any kind's section or rules: adding a kind never touches this file.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use super::env::SpecEnv;
 use super::plan::JobSpec;
 use super::problem::{Problems, SpecError};
+use crate::access::{Access, Outside};
 use crate::kind::{JobKind, Sections};
 use crate::model::ModelRef;
 
@@ -123,6 +125,20 @@ impl JobFile {
         models_dir: &Path,
         remote: &[ModelRef],
     ) -> Result<JobSpec, SpecError> {
+        self.validate_as(base_dir, models_dir, remote, &Access::Any)
+            .map_err(Refused::into_spec_error)
+    }
+
+    /// [`JobFile::validate_in`] for a submitter who may read only what `access` allows: a
+    /// field that names a file outside it refuses the job as [`Refused::Outside`], before
+    /// the file is read.
+    pub fn validate_as(
+        self,
+        base_dir: &Path,
+        models_dir: &Path,
+        remote: &[ModelRef],
+        access: &Access,
+    ) -> Result<JobSpec, Refused> {
         let mut p = Problems::default();
         if self.version != SPEC_VERSION {
             p.bad(
@@ -171,10 +187,13 @@ impl JobFile {
                 );
             }
         }
+        let refused = OnceCell::new();
         let env = SpecEnv {
             base_dir,
             models_dir,
             remote,
+            access,
+            refused: &refused,
         };
         match self.sections.check(self.kind, &env, &mut p) {
             Some(checked) if p.is_empty() => Ok(JobSpec {
@@ -184,9 +203,38 @@ impl JobFile {
                 idempotency_key: self.idempotency_key.or(checked.default_key),
                 task: checked.task,
             }),
-            _ => Err(SpecError {
-                problems: p.into_vec(),
+            _ => Err(match refused.into_inner() {
+                Some(outside) => Refused::Outside(outside),
+                None => Refused::Spec(SpecError {
+                    problems: p.into_vec(),
+                }),
             }),
+        }
+    }
+}
+
+/// Why a job was not accepted: its file's problems, or a file it names that its submitter
+/// may not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Outside(Outside),
+}
+
+impl Refused {
+    /// As a spec error (a refusal by the data roots as its one problem).
+    pub fn into_spec_error(self) -> SpecError {
+        match self {
+            Refused::Spec(e) => e,
+            Refused::Outside(o) => SpecError {
+                problems: vec![super::problem::Problem::new(
+                    "",
+                    o.to_string(),
+                    "name a file below the node's data roots",
+                )],
+            },
         }
     }
 }

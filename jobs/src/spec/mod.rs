@@ -31,7 +31,7 @@ pub mod read;
 
 use std::path::Path;
 
-pub use file::{JobFile, SPEC_VERSION};
+pub use file::{JobFile, Refused, SPEC_VERSION};
 pub use plan::{Checked, JobSpec, Plan};
 pub use problem::{Problem, Problems, SpecError};
 
@@ -68,6 +68,19 @@ impl JobSpec {
     ) -> Result<JobSpec, SpecError> {
         let file = read::parse_file(text)?;
         file.validate_in(base_dir, models_dir, remote)
+    }
+
+    /// Like [`JobSpec::parse_swarm`], for a submitter who may read only what `access`
+    /// allows: every field that names a file is checked before it is read.
+    pub fn parse_as(
+        text: &str,
+        base_dir: &Path,
+        models_dir: &Path,
+        remote: &[ModelRef],
+        access: &crate::access::Access,
+    ) -> Result<JobSpec, Refused> {
+        let file = read::parse_file(text)?;
+        file.validate_as(base_dir, models_dir, remote, access)
     }
 
     /// Expand the job into the tasks the queue stores, with collections in the default

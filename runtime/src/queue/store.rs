@@ -618,6 +618,8 @@ impl Txn<'_> {
             self.insert_new(&mut rec, JobState::Waiting)?;
             for (index, task) in children.into_iter().enumerate() {
                 let mut child = self.new_record(&envelope, task, Some(rec.id), None);
+                // Children read files as their parent's submitter may.
+                child.submitter = submitter;
                 self.insert_new(&mut child, JobState::Queued)?;
                 self.t
                     .children
