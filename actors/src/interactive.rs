@@ -26,9 +26,34 @@ use crate::streams::Subscription;
 pub use myco_runtime::queue::INTERACTIVE_PRIORITY;
 
 /// Why an interactive embedding failed.
+/// Why an embedding request failed: the queue could not take it (`Queue`), or its job did
+/// not give vectors (the model's files, a timeout: `Failed`).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct EmbedError(pub String);
+pub enum EmbedError {
+    #[error("{0}")]
+    Queue(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Cancels a job when dropped while armed: the request that waits for it is gone (its
+/// client went away), so the work stops too.
+struct CancelOnDrop {
+    node: NodeHandle,
+    id: JobId,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            let (node, id) = (self.node.clone(), self.id);
+            tokio::spawn(async move {
+                let _ = node.cancel(id).await;
+            });
+        }
+    }
+}
 
 /// Embed `texts` with `model` now: an interactive job through the queue, awaited.
 pub async fn embed_now(
@@ -49,15 +74,20 @@ pub async fn embed_now(
         idempotency_key: None,
         children: Vec::new(),
     };
-    let failed = EmbedError;
+    let failed = EmbedError::Failed;
     let id = node
         .queue()
         .submit(vec![job])
         .await
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| EmbedError::Queue(e.to_string()))?
         .first()
-        .ok_or_else(|| failed("the queue accepted no job".into()))?
+        .ok_or_else(|| EmbedError::Queue("the queue accepted no job".into()))?
         .id;
+    let mut guard = CancelOnDrop {
+        node: node.clone(),
+        id,
+        armed: true,
+    };
     let rec = match tokio::time::timeout(
         Duration::from_secs(130),
         node.wait(id, Duration::from_millis(250)),
@@ -65,14 +95,14 @@ pub async fn embed_now(
     .await
     {
         Ok(Ok(rec)) => rec,
-        Ok(Err(e)) => return Err(failed(e.to_string())),
+        Ok(Err(e)) => return Err(EmbedError::Queue(e.to_string())),
         Err(_) => {
-            let _ = node.cancel(id).await;
             return Err(failed(format!(
                 "job {id} did not finish in time; it was cancelled"
             )));
         }
     };
+    guard.armed = false;
     if rec.state != JobState::Done {
         let why = rec.last_error.map(|e| e.message).unwrap_or_default();
         return Err(failed(format!(

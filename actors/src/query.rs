@@ -79,6 +79,14 @@ pub enum QueryError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The collection's files cannot be read (truncated, garbled): rebuild it.
+    #[error("{0}")]
+    Damaged(String),
+    /// The embedding model cannot embed the query (its files, or another model than the
+    /// collection's).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug (a task that panicked).
     #[error("{0}")]
     Failed(String),
 }
@@ -99,7 +107,7 @@ async fn load(
     tokio::task::spawn_blocking(move || {
         let _ = collection::recover(&dir);
         let meta = collection::read_meta(&dir)
-            .map_err(|e| QueryError::Failed(e.to_string()))?
+            .map_err(|e| QueryError::Damaged(e.to_string()))?
             .ok_or_else(|| {
                 QueryError::NotFound(
                     collection::CollectionError::Missing {
@@ -113,7 +121,7 @@ async fn load(
                 )
             })?;
         open.get(&dir, meta.updated_ms)
-            .map_err(|e| QueryError::Failed(e.to_string()))
+            .map_err(|e| QueryError::Damaged(e.to_string()))
     })
     .await
     .map_err(|e| QueryError::Failed(e.to_string()))?
@@ -124,7 +132,7 @@ pub async fn query(node: &NodeHandle, req: QueryRequest) -> Result<QueryReply, Q
     let embed = |model: ModelRef, text: String| async move {
         embed_now(node, model, vec![text])
             .await
-            .map_err(|e| e.0)?
+            .map_err(|e| e.to_string())?
             .pop()
             .ok_or_else(|| "the model returned no vector".to_owned())
     };
@@ -179,7 +187,7 @@ fn joined<T>(
     r: Result<Result<T, collection::CollectionError>, tokio::task::JoinError>,
 ) -> Result<T, QueryError> {
     r.map_err(|e| QueryError::Failed(e.to_string()))?
-        .map_err(|e| QueryError::Failed(e.to_string()))
+        .map_err(|e| QueryError::Damaged(e.to_string()))
 }
 
 /// Where a query's collection and model are found.
@@ -201,6 +209,12 @@ where
 {
     if req.text.trim().is_empty() {
         return Err(QueryError::BadRequest("the query text is empty".into()));
+    }
+    if req.text.len() > 64 << 10 {
+        return Err(QueryError::BadRequest(format!(
+            "the query text is {} bytes; ask with at most 65536",
+            req.text.len()
+        )));
     }
     if req.k == 0 || req.k > 1000 {
         return Err(QueryError::BadRequest(format!(
@@ -236,10 +250,10 @@ where
     let vector_hits = if mode.uses_vectors() {
         let vector = embed(model, req.text.clone())
             .await
-            .map_err(QueryError::Failed)?;
+            .map_err(QueryError::Unavailable)?;
         embed_ms = started.elapsed().as_secs_f64() * 1000.0;
         if vector.len() != c.meta.dim {
-            return Err(QueryError::Failed(format!(
+            return Err(QueryError::Unavailable(format!(
                 "the query vector has {} dimensions and the collection {}: was it built with another model?",
                 vector.len(),
                 c.meta.dim
@@ -269,7 +283,7 @@ where
     for (rank, h) in hits.into_iter().enumerate() {
         let row = c
             .row(h.row)
-            .map_err(|e| QueryError::Failed(e.to_string()))?;
+            .map_err(|e| QueryError::Damaged(e.to_string()))?;
         out.push(QueryHit {
             rank: rank + 1,
             score: h.score,

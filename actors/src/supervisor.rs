@@ -68,6 +68,8 @@ pub struct NodeSupervisor {
     pub gpu_memory: Option<u64>,
     /// What jobs submitted by clients may read (checked again when they run).
     pub client_access: myco_runtime::access::Access,
+    /// The jobs this node is running now, on disk (see [`myco_runtime::running`]).
+    pub running: std::sync::Arc<myco_runtime::running::Running>,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -145,6 +147,7 @@ impl NodeSupervisor {
             factory: self.factory.clone(),
             budget: self.budget.clone(),
             client_access: self.client_access.clone(),
+            running: self.running.clone(),
             #[cfg(feature = "pipeline")]
             pipeline: env.pipeline.clone(),
         };

@@ -59,6 +59,9 @@ pub struct Worker {
     /// What jobs submitted by clients may read: their files are checked again before they
     /// run (a symlink swapped in after submit).
     pub client_access: myco_runtime::access::Access,
+    /// The jobs this node is running now, on disk: one that was running when the node died
+    /// twice goes dead.
+    pub running: Arc<myco_runtime::running::Running>,
     /// For pipeline jobs: the node's stage host and swarm.
     #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
@@ -340,6 +343,11 @@ impl Actor for Worker {
         } else {
             None
         };
+        // Only this node's own jobs: a stolen one's owner counts its losses.
+        let own = owner.is_none();
+        if own {
+            self.running.start(id);
+        }
         let outcome = match lease.task {
             _ if refused.is_some() => Ok(Err(RunError::Job(JobError::fatal(
                 refused.unwrap_or_default(),
@@ -425,6 +433,9 @@ impl Actor for Worker {
             (Some(Ok(output)), None) => self.queue.complete_detached(id, output).await,
             (Some(Err(e)), None) => self.queue.fail_detached(id, token, e).await,
         };
+        if own {
+            self.running.end(id);
+        }
         let _ = self.coordinator.cast(CoordinatorMsg::Finished(id));
         report?;
         if let Some(why) = broken {

@@ -128,9 +128,9 @@ pub enum Command {
         /// The sampler's seed, to repeat an answer [default: a random one].
         #[arg(long)]
         seed: Option<u32>,
-        /// Context size in tokens.
-        #[arg(long, default_value_t = 4096)]
-        n_ctx: u32,
+        /// Context size in tokens [default: the model's trained context, at most 4096].
+        #[arg(long)]
+        n_ctx: Option<u32>,
         #[command(flatten)]
         node: NodeArgs,
     },

@@ -583,3 +583,191 @@ fn a_clients_file_is_checked_again_when_its_job_runs() {
         .unwrap();
     assert!(!result.contains("owner's words"), "{result}");
 }
+
+#[test]
+fn bad_data_gives_4xx_or_503_with_a_hint_never_500() {
+    let root = tempfile::tempdir().unwrap();
+    let home = common::linked_home(root.path(), "home", true);
+    // A model directory with a garbled tokenizer.
+    let broken = home.join("models/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let real = common::real_home().join("models").join(common::MODEL);
+    for f in [
+        "model.onnx",
+        "config.json",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ] {
+        std::os::unix::fs::symlink(real.join(f), broken.join(f)).unwrap();
+    }
+    std::fs::write(broken.join("tokenizer.json"), "{\"garbled\": ").unwrap();
+    // Two collections of the same documents, to damage two ways.
+    let docs = root.path().join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            docs.join(format!("d{i}.md")),
+            format!("# Doc {i}\n\nThe river bends at mile {i} near the old mill.\n"),
+        )
+        .unwrap();
+    }
+    let node = NodeProc::start(&home, &[]);
+    let owner = Http::owner(&node);
+    for c in ["vectors", "chunks"] {
+        let job = root.path().join(format!("{c}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "version = 1\nkind = \"archive\"\n[archive]\ninput = {:?}\ncollection = {c:?}\n",
+                docs.display().to_string()
+            ),
+        )
+        .unwrap();
+        let id = node.submit(&job);
+        eventually(Duration::from_secs(120), "the collection is built", || {
+            let (_, j) = owner.get(&node.url(&format!("/api/jobs/{id}"))).ok()?;
+            (j["state"] == "done").then_some(())
+        });
+    }
+    let collections = home.join("collections");
+    let npy = collections.join("vectors/vectors.npy");
+    let len = std::fs::metadata(&npy).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&npy)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let chunks = collections.join("chunks/chunks.jsonl");
+    let garbled: String = std::fs::read_to_string(&chunks)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}\n", "#".repeat(l.len())))
+        .collect();
+    std::fs::write(&chunks, garbled).unwrap();
+
+    // The listing says which is damaged.
+    let (status, list) = owner.get(&node.url("/api/collections")).unwrap();
+    assert_eq!(status, 200, "{list}");
+    let by_name = |n: &str| {
+        list["collections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .cloned()
+            .unwrap()
+    };
+    let v = by_name("vectors");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("truncated"),
+        "{list}"
+    );
+
+    // Queries on them: 503 with a hint, not 500.
+    for (c, code) in [
+        ("vectors", "collection_damaged"),
+        ("chunks", "collection_damaged"),
+    ] {
+        let (status, v) = owner
+            .post(
+                &node.url("/api/query"),
+                &json!({ "collection": c, "text": "river mill", "k": 2 }),
+            )
+            .unwrap();
+        assert_eq!(status, 503, "{c}: {v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(
+            v["error"]["hint"].as_str().unwrap().contains("archive"),
+            "{v}"
+        );
+    }
+
+    // Embeddings with the broken model: 503 with a hint; an input beyond the bound: 400.
+    let (status, v) = owner
+        .post(
+            &node.url("/v1/embeddings"),
+            &json!({ "model": "broken", "input": "hello" }),
+        )
+        .unwrap();
+    assert_eq!(status, 503, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokenizer"),
+        "{v}"
+    );
+    let (status, v) = owner
+        .post(
+            &node.url("/v1/embeddings"),
+            &json!({ "model": common::MODEL, "input": "word ".repeat(1 << 20) }),
+        )
+        .unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "input", "{v}");
+    // The node is fine, and small.
+    let (status, v) = owner
+        .post(
+            &node.url("/v1/embeddings"),
+            &json!({ "model": common::MODEL, "input": "hello" }),
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let peak = peak_rss(&node);
+    assert!(peak < 1 << 30, "the node held {peak} bytes");
+}
+
+#[test]
+fn a_job_running_when_its_node_died_twice_goes_dead_and_a_waiting_one_does_not() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    // The second job waits behind the first (lower priority, one worker).
+    let noop = |payload: &str, priority: i32| {
+        json!({
+            "toml": format!("version = 1\nkind = \"noop\"\nmax_attempts = 10\npriority = {priority}\n[noop]\npayload = {payload:?}\nsleep_ms = 60000\n"),
+            "base_dir": "/",
+        })
+    };
+    let mut node = NodeProc::start(&home, &["--workers", "1"]);
+    let owner = Http::owner(&node);
+    let (status, v) = owner
+        .post(
+            &node.url("/api/jobs"),
+            &json!({ "jobs": [noop("first", 0), noop("second", -1)] }),
+        )
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let ids: Vec<String> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    let state = |node: &NodeProc, id: &str| {
+        let (_, j) = Http::owner(node)
+            .get(&node.url(&format!("/api/jobs/{id}")))
+            .unwrap();
+        j
+    };
+    for death in 1..=2 {
+        // Kill the node while it runs the first job (the second waits: one worker).
+        eventually(Duration::from_secs(30), "the first job runs", || {
+            let running = std::fs::read_to_string(home.join("running")).ok()?;
+            running.contains(&ids[0]).then_some(())
+        });
+        node.kill9();
+        node = NodeProc::start(&home, &["--workers", "1"]);
+        let j = state(&node, &ids[0]);
+        if death == 1 {
+            assert_ne!(j["state"], "dead", "once is no pattern: {j}");
+        } else {
+            assert_eq!(j["state"], "dead", "{j}");
+            let message = j["error"]["message"].as_str().unwrap();
+            assert!(message.contains("died 2 times while running it"), "{j}");
+        }
+    }
+    // The waiting job was leased by both runs, but never running at a death: it lives.
+    let j = state(&node, &ids[1]);
+    assert_ne!(j["state"], "dead", "{j}");
+}

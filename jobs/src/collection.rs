@@ -333,6 +333,11 @@ pub fn list(collections: &Path) -> Result<Vec<Summary>, CollectionError> {
         };
         match read_meta(&dir) {
             Ok(Some(m)) => {
+                if let Err(e) = check_files(&dir, &m) {
+                    summary.error = Some(format!(
+                        "{e}; build it again (submit its archive job), or remove it"
+                    ));
+                }
                 summary.model = m.model;
                 summary.version = m.version;
                 summary.files = m.files;
@@ -976,6 +981,28 @@ pub fn npy_header(rows: usize, dim: usize) -> Vec<u8> {
 
 /// Parse a `.npy` file of 2-D little-endian f32 in C order: its shape and data bytes.
 pub fn npy_parse(bytes: &[u8]) -> Result<((usize, usize), &[u8]), String> {
+    let ((rows, dim), start) = npy_read_header(bytes)?;
+    let data = &bytes[start..];
+    let want = npy_data_len(rows, dim)?;
+    if data.len() as u64 != want {
+        return Err(format!(
+            "{} data bytes for shape ({rows}, {dim}), expected {want}",
+            data.len(),
+        ));
+    }
+    Ok(((rows, dim), data))
+}
+
+/// The bytes of a (rows, dim) f32 array.
+fn npy_data_len(rows: usize, dim: usize) -> Result<u64, String> {
+    (rows as u64)
+        .checked_mul(dim as u64)
+        .and_then(|n| n.checked_mul(4))
+        .ok_or_else(|| format!("shape ({rows}, {dim}) is too big"))
+}
+
+/// The shape of a `.npy` file of f32 rows and where its data starts, from its first bytes.
+fn npy_read_header(bytes: &[u8]) -> Result<((usize, usize), usize), String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -1017,15 +1044,52 @@ pub fn npy_parse(bytes: &[u8]) -> Result<((usize, usize), &[u8]), String> {
         [r, d] => (r, d),
         _ => return Err(format!("expected a 2-D array, shape is ({shape})")),
     };
-    let data = &bytes[start + len..];
-    if data.len() != rows * dim * 4 {
-        return Err(format!(
-            "{} data bytes for shape ({rows}, {dim}), expected {}",
-            data.len(),
-            rows * dim * 4
+    Ok(((rows, dim), start + len))
+}
+
+/// Whether the files of the collection in `dir` have the sizes `meta` says, read cheaply
+/// (the vectors' header and size, the chunks' size and last byte): what a listing tells
+/// of a damaged collection before a query trips on it.
+fn check_files(dir: &Path, meta: &Meta) -> Result<(), CollectionError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let npy = dir.join("vectors.npy");
+    let mut f = std::fs::File::open(&npy).map_err(io_err(&npy))?;
+    let len = f.metadata().map_err(io_err(&npy))?.len();
+    let mut head = Vec::new();
+    (&mut f)
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .map_err(io_err(&npy))?;
+    let ((rows, dim), start) = npy_read_header(&head).map_err(|why| corrupt(&npy, why))?;
+    if (rows, dim) != (meta.count, meta.dim) {
+        return Err(corrupt(
+            &npy,
+            format!(
+                "shape ({rows}, {dim}) does not match collection.json ({}, {})",
+                meta.count, meta.dim
+            ),
         ));
     }
-    Ok(((rows, dim), data))
+    let want = npy_data_len(rows, dim).map_err(|why| corrupt(&npy, why))? + start as u64;
+    if len != want {
+        return Err(corrupt(
+            &npy,
+            format!("{len} bytes, {want} expected (truncated?)"),
+        ));
+    }
+    let cpath = dir.join("chunks.jsonl");
+    let mut c = std::fs::File::open(&cpath).map_err(io_err(&cpath))?;
+    let clen = c.metadata().map_err(io_err(&cpath))?.len();
+    if meta.count > 0 {
+        let mut last = [0u8];
+        c.seek(SeekFrom::Start(clen.saturating_sub(1)))
+            .and_then(|_| c.read_exact(&mut last))
+            .map_err(io_err(&cpath))?;
+        if clen < meta.count as u64 || last[0] != b'\n' {
+            return Err(corrupt(&cpath, "cut off (truncated?)"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod models;
 pub mod plan;
 pub mod private_file;
 pub mod queue;
+pub mod running;
 
 pub use queue::{JobId, Queue, QueueError, QueueOptions};
 pub mod cluster;

@@ -60,6 +60,10 @@ pub struct SubmitReply {
     pub jobs: Vec<myco_runtime::queue::Submitted>,
 }
 
+/// The most job files one `POST /api/jobs` takes (each is checked and planned before any
+/// is enqueued).
+pub const MAX_JOBS_PER_SUBMIT: usize = 10_000;
+
 async fn submit(
     State(node): State<NodeHandle>,
     Extension(caller): Extension<Caller>,
@@ -75,6 +79,17 @@ async fn submit(
             "empty",
             "no jobs in the request".into(),
             "send {\"toml\": ..., \"base_dir\": ...} or {\"jobs\": [...]}",
+        ));
+    }
+    if specs.len() > MAX_JOBS_PER_SUBMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_jobs",
+            format!(
+                "{} jobs in one request, more than {MAX_JOBS_PER_SUBMIT}",
+                specs.len()
+            ),
+            "send them in several requests (a directory or glob input makes one job of many files)",
         ));
     }
     let jobs = node.submit_as(specs, caller.access).await?;

@@ -79,6 +79,12 @@ enum Encoding {
     Base64,
 }
 
+/// The longest text `/v1/embeddings` embeds (OpenAI's models take 8192 tokens, these far
+/// fewer).
+pub const MAX_EMBED_INPUT_BYTES: usize = 64 << 10;
+/// The most text one `/v1/embeddings` request carries (OpenAI's limit is 300k tokens).
+pub const MAX_EMBED_REQUEST_BYTES: usize = 4 << 20;
+
 pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
     let req: EmbeddingsRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -148,16 +154,54 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
             );
         }
     };
+    // Bounded before anything is tokenized (a tokenizer holds every token of a text, and
+    // the model reads only its first few hundred).
+    if let Some((i, t)) = texts
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.len() > MAX_EMBED_INPUT_BYTES)
+    {
+        return bad_request(
+            "input",
+            format!(
+                "input {i} is {} bytes, more than the {MAX_EMBED_INPUT_BYTES} an input may have (the model reads only its first {} tokens); chunk the text (myco's chunk jobs do) and send the pieces",
+                t.len(),
+                myco_jobs::model::embedding_max_length(&model.path)
+            ),
+        );
+    }
+    let total: usize = texts.iter().map(String::len).sum();
+    if total > MAX_EMBED_REQUEST_BYTES {
+        return bad_request(
+            "input",
+            format!(
+                "the inputs are {total} bytes together, more than the {MAX_EMBED_REQUEST_BYTES} a request may have; send them in several requests"
+            ),
+        );
+    }
     let estimated_tokens: usize = texts.iter().map(|t| t.len() / 4 + 2).sum();
     let vectors = match interactive::embed_now(&node, model, texts).await {
         Ok(v) => v,
-        Err(e) => {
+        Err(interactive::EmbedError::Queue(e)) => {
             return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
                 None,
-                "internal",
-                e.to_string(),
+                "queue_unavailable",
+                format!("{e}; try again later"),
+            );
+        }
+        // The model's files (a bad tokenizer, a broken model.onnx) or a timeout: not the
+        // request's fault, and not a bug.
+        Err(interactive::EmbedError::Failed(e)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                Some("model"),
+                "model_unavailable",
+                format!(
+                    "{e}; check the model's directory (model.onnx, tokenizer.json and its config files; ./setup.sh fetches the default again)"
+                ),
             );
         }
     };

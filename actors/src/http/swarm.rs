@@ -48,6 +48,18 @@ async fn query(
                 m,
                 "list collections under ~/.myco/collections of the node",
             ),
+            QueryError::Damaged(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "collection_damaged",
+                m,
+                "the collection's files are damaged: build it again (submit its archive job), or DELETE /api/collections/NAME",
+            ),
+            QueryError::Unavailable(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_unavailable",
+                m,
+                "check the embedding model's directory (model.onnx, tokenizer.json and its config files; ./setup.sh fetches the default again)",
+            ),
             QueryError::Failed(m) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "query_failed",

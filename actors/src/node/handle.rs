@@ -49,7 +49,6 @@ pub enum SubmitError {
     Queue(#[from] QueueError),
 }
 
-/// Who submits, by what they may read: the owner reads anything, a client below the roots.
 /// `error` with the node's home shown as `$MYCO_HOME`.
 fn hide(mut error: SpecError, home: &str) -> SpecError {
     if home.len() > 1 {
@@ -61,6 +60,7 @@ fn hide(mut error: SpecError, home: &str) -> SpecError {
     error
 }
 
+/// Who submits, by what they may read: the owner reads anything, a client below the roots.
 fn submitter_of(access: &Access) -> Submitter {
     match access {
         Access::Any => Submitter::Owner,

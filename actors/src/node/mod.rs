@@ -92,6 +92,16 @@ impl Node {
         config.validate()?;
         home.ensure()?;
         let name = config.node_name();
+        // The jobs the last run was running when it ended without finishing them.
+        let (running, died_running) =
+            myco_runtime::running::Running::open(&home.root().join("running"));
+        let running = Arc::new(running);
+        if !died_running.is_empty() {
+            tracing::warn!(
+                jobs = died_running.len(),
+                "the last run of this node died while running jobs (killed for memory?): each is queued again once, and goes dead if it was running at such a death before"
+            );
+        }
         let opts = QueueOptions {
             node: name.clone(),
             backoff_base_ms: config.backoff_base.as_millis() as u64,
@@ -101,6 +111,7 @@ impl Node {
             // Fault injection for the disk-full tests; unset in any real use.
             disk_full_while: std::env::var_os(myco_runtime::queue::FAULT_DISK_FULL_ENV)
                 .map(std::path::PathBuf::from),
+            running: died_running,
             ..QueueOptions::default()
         };
         let path = home.queue_path();
@@ -238,6 +249,7 @@ impl Node {
             stage_memory: config.stage_memory,
             gpu_memory: config.gpu_memory,
             client_access: client_access.clone(),
+            running,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await

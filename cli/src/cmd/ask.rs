@@ -32,7 +32,8 @@ pub struct Ask {
     pub max_tokens: u32,
     pub temperature: f32,
     pub seed: u32,
-    pub n_ctx: u32,
+    /// None: the model's trained context, at most 4096.
+    pub n_ctx: Option<u32>,
 }
 
 /// A TOML basic string: JSON's string escapes are a subset of TOML's.
@@ -45,13 +46,15 @@ impl Ask {
     /// for a model split into stages; a second attempt covers a node lost mid-generation).
     fn spec(&self, kind: &str) -> SpecSource {
         let mut toml = format!(
-            "version = 1\nkind = \"{kind}\"\npriority = {INTERACTIVE_PRIORITY}\nmax_attempts = 2\ntimeout = \"10m\"\n\n[{kind}]\nmodel = {}\nmax_tokens = {}\ntemperature = {:?}\nseed = {}\nn_ctx = {}\n",
+            "version = 1\nkind = \"{kind}\"\npriority = {INTERACTIVE_PRIORITY}\nmax_attempts = 2\ntimeout = \"10m\"\n\n[{kind}]\nmodel = {}\nmax_tokens = {}\ntemperature = {:?}\nseed = {}\n",
             quote(&self.model),
             self.max_tokens,
             f64::from(self.temperature),
             self.seed,
-            self.n_ctx,
         );
+        if let Some(n_ctx) = self.n_ctx {
+            toml.push_str(&format!("n_ctx = {n_ctx}\n"));
+        }
         if self.raw {
             toml.push_str(&format!("prompt = {}\n", quote(&self.prompt)));
         } else {
@@ -95,7 +98,7 @@ async fn ask_on(cli: &Cli, target: Target<'_>, ask: &Ask) -> Result<ExitCode> {
     // The node's plan says whether any one node holds the model whole (no plan, or one
     // stage: an infer job, which also reports any problem with the model best).
     let kind = match &target {
-        Target::Remote(c) => match c.plan(&ask.model, ask.n_ctx).await {
+        Target::Remote(c) => match c.plan(&ask.model, ask.n_ctx.unwrap_or(4096)).await {
             Ok(p) if p.stages.len() > 1 => "pipeline",
             _ => "infer",
         },

@@ -1146,7 +1146,8 @@ impl Txn<'_> {
         Ok(false)
     }
 
-    /// At start-up: leases held by an earlier incarnation of this node died with it.
+    /// At start-up: leases held by an earlier incarnation of this node died with it; those
+    /// it was running (`QueueOptions::running`) count towards a job that kills its node.
     pub fn recover_local(&mut self, node: &str) -> Result<u32, QueueError> {
         let prefix = format!("{node}#");
         let all: Vec<u128> = {
@@ -1163,14 +1164,37 @@ impl Txn<'_> {
                 && let JobState::Leased { holder, .. } = &rec.state
                 && holder.starts_with(&prefix)
             {
-                let why = format!("{holder} restarted");
-                self.lose(rec, &why)?;
+                let id = rec.id;
+                if self.opts.running.contains(&id) {
+                    // It was running when the node died: it may be what killed it.
+                    let deaths = 1 + rec
+                        .history
+                        .iter()
+                        .filter(|t| t.note.as_deref().is_some_and(|n| n.ends_with(DIED_RUNNING)))
+                        .count();
+                    let why = format!("{holder}{DIED_RUNNING}");
+                    if deaths >= 2 {
+                        let mut rec = rec;
+                        rec.last_error = Some(JobError::fatal(format!(
+                            "its node died {deaths} times while running it (out of memory? `dmesg | grep -i oom` tells): it is not run again blindly; make it smaller (a shorter context, fewer texts), then retry it"
+                        )));
+                        self.transition(&mut rec, JobState::Dead, Some(why))?;
+                    } else {
+                        self.lose(rec, &why)?;
+                    }
+                } else {
+                    let why = format!("{holder} restarted");
+                    self.lose(rec, &why)?;
+                }
                 n += 1;
             }
         }
         Ok(n)
     }
 }
+
+/// The note of a job that was running when its node died (its history counts them).
+const DIED_RUNNING: &str = " died while running it";
 
 /// The end of an attempt at another node's job, waiting in the outbox for its owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
