@@ -24,7 +24,7 @@ use super::types::{ChunkError, Format};
 /// cannot be read, and whatever [`extract_bytes`] returns for bad content.
 pub fn extract(path: &Path) -> Result<(Format, String), ChunkError> {
     let format = Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
-    let bytes = super::read_document(path)?;
+    let bytes = read_document(path)?;
     let text = extract_bytes(path, format, &bytes)?;
     Ok((format, text))
 }
@@ -517,6 +517,26 @@ pub(crate) fn html_text_outline(source: &str) -> Result<(String, Outline), Strin
         .map_err(|_| "HTML handlers outlived the rewriter".to_owned())?
         .into_inner();
     Ok(sink.finish())
+}
+
+/// A document's bytes: a regular file of at most [`crate::access::MAX_DOCUMENT_BYTES`]
+/// (a device, a pipe or a bigger file is refused before it is read).
+pub fn read_document(path: &Path) -> Result<Vec<u8>, ChunkError> {
+    use crate::access::{MAX_DOCUMENT_BYTES, ReadError, read_regular};
+    read_regular(path, MAX_DOCUMENT_BYTES).map_err(|e| match e {
+        ReadError::Io { kind, .. } => ChunkError::Read {
+            path: path.to_path_buf(),
+            source: kind.into(),
+        },
+        ReadError::NotRegular { .. } => ChunkError::NotRegular {
+            path: path.to_path_buf(),
+        },
+        ReadError::TooBig { bytes, limit, .. } => ChunkError::TooBig {
+            path: path.to_path_buf(),
+            bytes,
+            limit,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ mod types;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use extract::{extract, extract_bytes, extract_with_outline};
+pub use extract::{extract, extract_bytes, extract_with_outline, read_document};
 pub use outline::{Heading, Outline};
 pub use split::{SECTION_BYTES, sections, split, split_cancellable};
 pub use tokens::split_tokens;
@@ -40,26 +40,6 @@ pub fn chunk_file(
     Format::from_path(path).ok_or_else(|| ChunkError::unsupported(path))?;
     let bytes = read_document(path)?;
     chunk_bytes(path, &bytes, params, cancelled)
-}
-
-/// A document's bytes: a regular file of at most [`crate::access::MAX_DOCUMENT_BYTES`]
-/// (a device, a pipe or a bigger file is refused before it is read).
-pub fn read_document(path: &Path) -> Result<Vec<u8>, ChunkError> {
-    use crate::access::{MAX_DOCUMENT_BYTES, ReadError, read_regular};
-    read_regular(path, MAX_DOCUMENT_BYTES).map_err(|e| match e {
-        ReadError::Io { kind, .. } => ChunkError::Read {
-            path: path.to_path_buf(),
-            source: kind.into(),
-        },
-        ReadError::NotRegular { .. } => ChunkError::NotRegular {
-            path: path.to_path_buf(),
-        },
-        ReadError::TooBig { bytes, limit, .. } => ChunkError::TooBig {
-            path: path.to_path_buf(),
-            bytes,
-            limit,
-        },
-    })
 }
 
 /// Like [`chunk_file`], for a document already in memory (one that travelled from another
