@@ -482,6 +482,26 @@ fn every_field_that_names_a_file_is_gated_and_only_bounded_regular_files_are_rea
         assert!(!text.contains(&home.display().to_string()), "{text}");
     }
 
+    // A model named by its path on the OpenAI routes: the same gate.
+    for (route, body) in [
+        (
+            "/v1/chat/completions",
+            json!({ "model": s.to_string(), "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+        (
+            "/v1/completions",
+            json!({ "model": s.to_string(), "prompt": "hi" }),
+        ),
+        (
+            "/v1/embeddings",
+            json!({ "model": root.path().display().to_string(), "input": "hi" }),
+        ),
+    ] {
+        let (status, v) = client.post(&node.url(route), &body).unwrap();
+        assert_eq!(status, 403, "{route}: {v}");
+        assert_eq!(v["error"]["code"], "outside_data_roots", "{v}");
+    }
+
     // Inside the roots, a device, a pipe or a file beyond the bound is refused before it is
     // read (the owner may name /dev/zero itself), fast and without memory.
     let started = Instant::now();

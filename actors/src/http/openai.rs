@@ -8,14 +8,15 @@
 //! wherever the model is. A streaming client that disconnects cancels its job. Errors use
 //! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
 
+use crate::http::auth::Caller;
 use crate::http::sse;
 use crate::interactive::{self, Follow, Followed, Relay};
 use crate::node::handle::NodeHandle;
@@ -85,7 +86,28 @@ pub const MAX_EMBED_INPUT_BYTES: usize = 64 << 10;
 /// The most text one `/v1/embeddings` request carries (OpenAI's limit is 300k tokens).
 pub const MAX_EMBED_REQUEST_BYTES: usize = 4 << 20;
 
-pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
+/// A model named by its path goes through the same gate as any file a job names: a caller
+/// who is not the owner may name only models below the data roots (or in the models
+/// folder); names are looked up in the models folder as ever.
+fn gate_model(caller: &Caller, name: &str) -> Option<Response> {
+    if !myco_jobs::model::is_path(name) {
+        return None;
+    }
+    let outside = caller.access.check(std::path::Path::new(name)).err()?;
+    Some(error(
+        StatusCode::FORBIDDEN,
+        "invalid_request_error",
+        Some("model"),
+        "outside_data_roots",
+        format!("{outside}; name a model of the node (GET /v1/models lists them)"),
+    ))
+}
+
+pub async fn embeddings(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: EmbeddingsRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -133,6 +155,9 @@ pub async fn embeddings(State(node): State<NodeHandle>, body: axum::body::Bytes)
             "invalid_input",
             format!("input holds {} texts; send 1 to 2048", texts.len()),
         );
+    }
+    if let Some(refused) = gate_model(&caller, &req.model) {
+        return refused;
     }
     let model = match myco_jobs::model::resolve_embedding(
         &req.model,
@@ -522,12 +547,20 @@ fn bad_request(param: &str, message: String) -> Response {
     )
 }
 
-pub async fn chat_completions(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
-    complete(node, body, Flavor::Chat).await
+pub async fn chat_completions(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    complete(node, caller, body, Flavor::Chat).await
 }
 
-pub async fn completions(State(node): State<NodeHandle>, body: axum::body::Bytes) -> Response {
-    complete(node, body, Flavor::Text).await
+pub async fn completions(
+    State(node): State<NodeHandle>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    complete(node, caller, body, Flavor::Text).await
 }
 
 /// `GET /v1/models`: the GGUF models the swarm holds (for chat and completions, with the
@@ -595,7 +628,12 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> Response {
+async fn complete(
+    node: NodeHandle,
+    caller: Caller,
+    body: axum::body::Bytes,
+    flavor: Flavor,
+) -> Response {
     let req: CompletionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -672,6 +710,9 @@ async fn complete(node: NodeHandle, body: axum::body::Bytes, flavor: Flavor) -> 
             return bad_request(&param, message);
         }
     };
+    if let Some(refused) = gate_model(&caller, &req.model) {
+        return refused;
+    }
     let model = match node.find_model(&req.model).await {
         Ok(m) => m,
         Err(e) => {
