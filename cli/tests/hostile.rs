@@ -734,6 +734,41 @@ fn bad_data_gives_4xx_or_503_with_a_hint_never_500() {
         )
         .unwrap();
     assert_eq!(status, 200, "{v}");
+
+    // A big request whose client goes away: its job is cancelled, not run to the end.
+    let texts: Vec<String> = (0..2048)
+        .map(|i| {
+            format!(
+                "text {i}: {}",
+                "the river bends near the old mill ".repeat(50)
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let gone = rt.block_on(async {
+        reqwest::Client::new()
+            .post(node.url("/v1/embeddings"))
+            .timeout(Duration::from_millis(1500))
+            .json(&json!({ "model": common::MODEL, "input": texts }))
+            .send()
+            .await
+    });
+    assert!(gone.is_err(), "it was meant to take longer: {gone:?}");
+    drop(rt);
+    eventually(
+        Duration::from_secs(30),
+        "the embedding job is cancelled",
+        || {
+            let (_, list) = owner
+                .get(&node.url("/api/jobs?all=true&kind=embed&limit=100"))
+                .ok()?;
+            list["jobs"]
+                .as_array()?
+                .iter()
+                .any(|j| j["state"] == "cancelled")
+                .then_some(())
+        },
+    );
     let peak = peak_rss(&node);
     assert!(peak < 1 << 30, "the node held {peak} bytes");
 }
