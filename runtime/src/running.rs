@@ -22,22 +22,27 @@ pub struct Running {
 }
 
 impl Running {
-    /// Open the file at `path`: returns it, emptied, and the jobs it held (those running
-    /// when the node last stopped without finishing them).
-    pub fn open(path: &Path) -> (Running, Vec<JobId>) {
-        let before = std::fs::read_to_string(path)
+    /// The jobs the file at `path` holds (those running when the node last stopped without
+    /// finishing them). Read before the queue opens; [`Running::create`] empties it once the
+    /// queue is this process's (another node on the same home must not empty it).
+    pub fn read(path: &Path) -> Vec<JobId> {
+        std::fs::read_to_string(path)
             .map(|t| {
                 t.lines()
                     .filter_map(|l| JobId::from_string(l.trim()).ok())
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The file at `path`, emptied: nothing runs yet.
+    pub fn create(path: &Path) -> Running {
         let running = Running {
             path: path.to_path_buf(),
             ids: Mutex::new(BTreeSet::new()),
         };
         running.write(&BTreeSet::new());
-        (running, before)
+        running
     }
 
     /// Job `id` starts running here.
@@ -73,16 +78,15 @@ mod tests {
     fn what_was_running_is_read_back_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("running");
-        let (r, before) = Running::open(&path);
-        assert!(before.is_empty());
+        assert!(Running::read(&path).is_empty());
+        let r = Running::create(&path);
         let (a, b) = (JobId::new(), JobId::new());
         r.start(a);
         r.start(b);
         r.end(a);
         drop(r);
-        let (_, before) = Running::open(&path);
-        assert_eq!(before, vec![b]);
-        let (_, before) = Running::open(&path);
-        assert!(before.is_empty(), "emptied at open");
+        assert_eq!(Running::read(&path), vec![b]);
+        Running::create(&path);
+        assert!(Running::read(&path).is_empty(), "emptied");
     }
 }

@@ -93,9 +93,8 @@ impl Node {
         home.ensure()?;
         let name = config.node_name();
         // The jobs the last run was running when it ended without finishing them.
-        let (running, died_running) =
-            myco_runtime::running::Running::open(&home.root().join("running"));
-        let running = Arc::new(running);
+        let running_path = home.root().join("running");
+        let died_running = myco_runtime::running::Running::read(&running_path);
         if !died_running.is_empty() {
             tracing::warn!(
                 jobs = died_running.len(),
@@ -118,6 +117,8 @@ impl Node {
         let queue = tokio::task::spawn_blocking(move || Queue::open(&path, opts))
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))??;
+        // The queue is this process's: what the last run was running is in it now.
+        let running = Arc::new(myco_runtime::running::Running::create(&running_path));
         let workers = config.worker_count();
         let budget = crate::budget::CpuBudget::new(config.thread_count());
         // The executives run LLM requests: each waits on its request while the model's
