@@ -264,3 +264,51 @@ pub fn parse_gguf_header(r: impl Read, shown: &str) -> Result<GgufHeader, GgufEr
     }
     Ok(h)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A llama-8B-like header: 32 layers, 32 heads of 128 (8 for K and V), trained for 8192.
+    fn eight_b() -> GgufHeader {
+        GgufHeader {
+            layers: Some(32),
+            embedding: Some(4096),
+            context: Some(8192),
+            heads: Some(32),
+            kv_heads: Some(8),
+            ..GgufHeader::default()
+        }
+    }
+
+    #[test]
+    fn a_context_is_bounded_by_the_model_and_the_memory() {
+        let h = eight_b();
+        // f16 K and V: 32 layers × 8 heads × (128 + 128) × 2 bytes = 128 KiB a position.
+        assert_eq!(h.kv_bytes(1), Some(128 << 10));
+        assert!(h.check_context(8192, 0, None).is_ok());
+        let e = h.check_context(131_072, 0, None).unwrap_err();
+        assert!(e.to_string().contains("use at most 8192"), "{e}");
+        // 4 GiB of weights on a node of 5 GiB: 1 GiB of KV is 8192 positions.
+        let weights = 4u64 << 30;
+        assert!(h.check_context(8192, weights, Some(5 << 30)).is_ok());
+        let e = h
+            .check_context(8192, weights, Some((5 << 30) - 1))
+            .unwrap_err();
+        assert!(
+            matches!(e, ContextError::Memory { most: 8191, .. }),
+            "{e:?}"
+        );
+        // Left out: the trained context, at most the default.
+        assert_eq!(h.fit_context(None, 4096).unwrap(), 4096);
+        let small = GgufHeader {
+            context: Some(512),
+            ..eight_b()
+        };
+        assert_eq!(small.fit_context(None, 4096).unwrap(), 512);
+        assert_eq!(small.fit_context(Some(256), 4096).unwrap(), 256);
+        assert!(small.fit_context(Some(1024), 4096).is_err());
+    }
+}
