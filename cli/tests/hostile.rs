@@ -396,7 +396,7 @@ fn a_context_beyond_the_model_is_refused_with_the_limit_before_anything_is_alloc
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("infer.n_ctx") && err.contains("at most 512"),
+        err.contains("infer.n_ctx") && err.contains("hint: use n_ctx = 512 or less"),
         "{err}"
     );
 

@@ -87,11 +87,7 @@ pub fn check_llm(
         match model::read_gguf_header(&model.path) {
             Ok(h) => match h.fit_context(i.n_ctx, params.n_ctx) {
                 Ok(n_ctx) => params.n_ctx = n_ctx,
-                Err(e) => p.bad(
-                    &field(table, "n_ctx"),
-                    e.to_string(),
-                    "leave it out for the model's context (at most 4096), or lower it",
-                ),
+                Err(e) => p.bad(&field(table, "n_ctx"), e.to_string(), e.hint()),
             },
             Err(e) => p.bad(
                 &field(table, "model"),

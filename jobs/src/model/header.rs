@@ -87,6 +87,20 @@ impl GgufHeader {
     }
 }
 
+impl ContextError {
+    /// What to ask for instead.
+    pub fn hint(&self) -> String {
+        match self {
+            ContextError::Trained { trained, .. } => format!(
+                "use n_ctx = {trained} or less (the model's trained context), or leave it out"
+            ),
+            ContextError::Memory { most, .. } => format!(
+                "use n_ctx = {most} or less on this node, or run the job where there is more memory"
+            ),
+        }
+    }
+}
+
 /// Why a context is too big for a model or a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
