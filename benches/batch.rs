@@ -39,8 +39,8 @@ use myco_actors::{Node, Services};
 use myco_benches::median;
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
-use myco_jobs::gguf::{TinyLlama, WType};
-use myco_jobs::infer::{Generation, InferParams, InferTask, Prompt};
+use myco_jobs::llm::gguf::{TinyLlama, WType};
+use myco_jobs::llm::infer::{Generation, InferParams, InferTask, Prompt};
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{JobId, NewJob, StateName};
 
@@ -158,7 +158,7 @@ async fn myco(node: &NodeHandle, model: &Path, prompts: &[&str], round: usize) -
 /// as many sequences, then one token of each per step, greedy. With `gaps`, also the logit
 /// gap between the two best tokens at each step (for one sequence).
 fn direct(model: &LlamaModel, prompts: &[&str], round: usize, gaps: bool) -> (Run, Vec<Vec<f32>>) {
-    let backend = myco_jobs::infer::engine::backend().unwrap();
+    let backend = myco_jobs::llm::infer::engine::backend().unwrap();
     let t = threads() as i32;
     let n = prompts.len();
     let started = Instant::now();
@@ -277,7 +277,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let backend = myco_jobs::infer::engine::backend().unwrap();
+    let backend = myco_jobs::llm::infer::engine::backend().unwrap();
     let model = LlamaModel::load_from_file(backend, &model_path, &LlamaModelParams::default())
         .expect("load the bench model");
     let cfg = NodeConfig {

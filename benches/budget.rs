@@ -27,8 +27,8 @@ use myco_benches::{linked_home, median, write_archive};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::collection::Collection;
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::{Generation, InferParams, InferTask, Prompt};
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::infer::{Generation, InferParams, InferTask, Prompt};
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{INTERACTIVE_PRIORITY, JobId, NewJob, StateName};
 

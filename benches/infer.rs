@@ -32,8 +32,8 @@ use myco_actors::{Node, Services};
 use myco_benches::{Totals, fmt_rate, fmt_ratio};
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::{Generation, InferParams, InferTask, Prompt};
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::infer::{Generation, InferParams, InferTask, Prompt};
 use myco_runtime::config::{Home, NodeConfig};
 use myco_runtime::queue::{NewJob, StateName};
 
@@ -65,7 +65,7 @@ struct Direct {
 }
 
 fn direct(model: &LlamaModel) -> Direct {
-    let backend = myco_jobs::infer::engine::backend().unwrap();
+    let backend = myco_jobs::llm::infer::engine::backend().unwrap();
     let t = threads() as i32;
     let started = Instant::now();
     let params = LlamaContextParams::default()
@@ -150,7 +150,7 @@ fn main() {
         .expect("tokio runtime");
 
     // The direct baseline's model, loaded once (as myco's executive keeps its own).
-    let backend = myco_jobs::infer::engine::backend().unwrap();
+    let backend = myco_jobs::llm::infer::engine::backend().unwrap();
     let model = LlamaModel::load_from_file(backend, &model_path, &LlamaModelParams::default())
         .expect("load the bench model");
 

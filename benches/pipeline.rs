@@ -31,10 +31,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
 use myco_benches::{Totals, fmt_rate, fmt_ratio};
-use myco_jobs::gguf::{Arch, TinyLlama, WType};
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{Generation, InferParams, Prompt};
-use myco_jobs::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput, UBATCH};
+use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::infer::engine::LlmModel;
+use myco_jobs::llm::infer::{Generation, InferParams, Prompt};
+use myco_jobs::llm::stage::{
+    ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput, UBATCH,
+};
 use myco_runtime::cluster::wire::{SeqKey, StageFrame, Wire};
 use myco_runtime::queue::JobId;
 use ractor::BytesConvertable;
@@ -479,15 +481,15 @@ fn main() {
     );
     // Where it ran: the CPU kernels ggml chose, and the GPU of a GPU build (`--features
     // vulkan`: every path puts every layer there).
-    let devices: Vec<String> = myco_jobs::infer::engine::devices()
+    let devices: Vec<String> = myco_jobs::llm::infer::engine::devices()
         .into_iter()
         .map(|d| format!("{} ({})", d.name, d.description))
         .collect();
     println!(
         "devices      {}; CPU kernels {}; GPU build: {}",
         devices.join(", "),
-        myco_jobs::infer::engine::cpu_kernels().unwrap_or("none"),
-        myco_jobs::stage::GPU_BUILD,
+        myco_jobs::llm::infer::engine::cpu_kernels().unwrap_or("none"),
+        myco_jobs::llm::stage::GPU_BUILD,
     );
     println!(
         "criterion    generation: llama.cpp {} tok/s, stage whole {} tok/s, split over 2 nodes {} tok/s",

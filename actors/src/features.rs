@@ -6,7 +6,7 @@ use myco_runtime::detect::{Capabilities, ComputeDevice};
 
 /// Whether this build puts the stages of pipeline jobs on a GPU.
 #[cfg(feature = "pipeline")]
-pub const STAGES_ON_GPU: bool = myco_jobs::stage::GPU_BUILD;
+pub const STAGES_ON_GPU: bool = myco_jobs::llm::stage::GPU_BUILD;
 /// Whether this build puts the stages of pipeline jobs on a GPU.
 #[cfg(not(feature = "pipeline"))]
 pub const STAGES_ON_GPU: bool = false;
@@ -31,7 +31,7 @@ pub fn kinds() -> Vec<JobKind> {
 #[cfg(feature = "infer")]
 fn llm_cpu() -> bool {
     static SAID: std::sync::Once = std::sync::Once::new();
-    match myco_jobs::infer::engine::cpu_kernels() {
+    match myco_jobs::llm::infer::engine::cpu_kernels() {
         Ok(_) => true,
         Err(why) => {
             SAID.call_once(|| tracing::warn!("{why}"));
@@ -55,7 +55,7 @@ pub fn detect() -> Capabilities {
 
 #[cfg(feature = "infer")]
 fn devices() -> Vec<ComputeDevice> {
-    myco_jobs::infer::engine::devices()
+    myco_jobs::llm::infer::engine::devices()
         .into_iter()
         .map(|d| ComputeDevice {
             kind: serde_json::to_value(d.kind)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
-use myco_jobs::infer::{Generation, InferTask};
+use myco_jobs::llm::infer::{Generation, InferTask};
 use myco_runtime::cluster::wire::StreamPiece;
 use myco_runtime::queue::{JobId, JobRecord, JobState, JobView, NewJob, QueueError};
 use serde::Deserialize;

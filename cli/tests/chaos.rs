@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use common::netns::{Netns, is_root};
 use common::{Http, NodeProc, eventually, linked_home};
 use myco_benches::write_archive;
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::stage::ModelInfo;
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::stage::ModelInfo;
 use serde_json::{Value, json};
 
 const CHUNKS: usize = 500;

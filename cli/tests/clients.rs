@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{NodeProc, linked_home};
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 
 /// tiktoken's `cl100k_base.tiktoken` (a base64 token and its rank per line), rebuilt from
 /// tiktoken-rs's ranks, under the cache name tiktoken looks for (the SHA-1 of its URL).

@@ -26,7 +26,7 @@ use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser, BrowserConfig, Page};
 use common::{Http, NodeProc, eventually, linked_home};
 use futures_util::StreamExt;
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 use serde_json::Value;
 
 /// Short leases and heartbeats, so that stealing and failure handling show in seconds.

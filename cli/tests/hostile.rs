@@ -362,7 +362,7 @@ fn a_context_beyond_the_model_is_refused_with_the_limit_before_anything_is_alloc
     let home = root.path().join("home");
     std::fs::create_dir_all(home.join("models")).unwrap();
     // Trained for 512 positions.
-    myco_jobs::gguf::TinyLlama::default()
+    myco_jobs::llm::gguf::TinyLlama::default()
         .write(&home.join("models/tiny.gguf"), true)
         .unwrap();
     let node = NodeProc::start(&home, &["--workers", "1"]);

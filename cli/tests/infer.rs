@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use common::myco;
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 
 fn job(dir: &Path, name: &str, model: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join(name);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Http, NodeProc, copy_secret, eventually, myco};
 use futures_util::StreamExt;
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 
 /// A home with the tiny model as `models/tiny.gguf` (with a chat template) and
 /// `models/plain.gguf` (without), trained (so it says) for a context long enough for the

@@ -78,7 +78,7 @@ fn a_cpu_without_avx_runs_infer_jobs_on_sse_kernels() {
     assert_eq!(kernels(qemu(), &home), "sse42");
 
     let model = dir.path().join("tiny.gguf");
-    myco_jobs::gguf::TinyLlama::default()
+    myco_jobs::llm::gguf::TinyLlama::default()
         .write(&model, false)
         .unwrap();
     let job = dir.path().join("job.toml");

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Http, NodeProc, copy_secret, eventually, myco};
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{InferParams, Prompt};
-use myco_jobs::stage::ModelInfo;
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::infer::engine::LlmModel;
+use myco_jobs::llm::infer::{InferParams, Prompt};
+use myco_jobs::llm::stage::ModelInfo;
 
 const N_CTX: u32 = 2048;
 const PROMPT: &str = "hello swarm, the node runs a job";

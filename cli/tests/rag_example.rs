@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::{NodeProc, linked_home, myco};
 use myco_benches::write_archive;
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 
 fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rag.py")

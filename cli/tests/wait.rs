@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Http, NodeProc, myco};
-use myco_jobs::gguf::TinyLlama;
+use myco_jobs::llm::gguf::TinyLlama;
 
 /// The node's requests so far, by `METHOD route`, leaving out `/metrics` itself.
 fn requests(http: &Http, node: &NodeProc) -> BTreeMap<String, u64> {

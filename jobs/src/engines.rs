@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::JobError;
-use crate::infer::Models;
+use crate::llm::infer::Models;
 use crate::model::ModelRef;
 use crate::run::RunContext;
 use crate::task::{ChunkLink, Task};

@@ -7,7 +7,7 @@
 
 use crate::engines::Engines;
 use crate::error::JobError;
-use crate::infer::Models;
+use crate::llm::infer::Models;
 use crate::run::RunContext;
 use crate::task::Task;
 

@@ -70,7 +70,7 @@ impl Fit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::{InferParams, InferTask, Prompt};
+    use crate::llm::infer::{InferParams, InferTask, Prompt};
     use crate::model::ModelRef;
 
     fn llm(path: &str, pipeline: bool) -> Task {

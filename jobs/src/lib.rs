@@ -1,8 +1,9 @@
 //! myco's job layer: the `job.toml` format ([`spec`]), one module per job kind ([`kind`]:
 //! its section, validation, planning and traits), the stored [`task::Task`] enum with its
 //! classified errors ([`error`]), the models a node holds and how names resolve ([`model`]),
-//! the home layout ([`home`]), and the synchronous executors ([`executor`], [`chunk`],
-//! [`embed`], [`infer`], [`stage`]).
+//! the home layout ([`home`]), the synchronous executors ([`executor`], [`chunk`],
+//! [`embed`]), and the LLM half, everything that faces llama.cpp ([`llm`]: inference,
+//! layer-range stages, GGUF files).
 //!
 //! This crate is the bottom of the stack (`jobs ← runtime ← actors ← cli`): it must not know
 //! about queues, actors or HTTP. Heavy model crates live here behind cargo features
@@ -19,24 +20,18 @@ pub mod embed;
 pub mod engines;
 pub mod error;
 pub mod executor;
-#[cfg(feature = "infer")]
-pub mod ffi;
 pub mod filter;
 pub mod fit;
-#[cfg(any(test, feature = "test-fixtures"))]
-pub mod gguf;
 pub mod home;
-pub mod infer;
 #[cfg(feature = "embed")]
 pub mod keyword;
 pub mod kind;
+pub mod llm;
 pub mod model;
 #[cfg(feature = "test-fixtures")]
 pub mod pdf;
 pub mod run;
 pub mod spec;
-#[cfg(feature = "pipeline")]
-pub mod stage;
 pub mod task;
 
 pub use error::{ErrorClass, JobError};

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, ArchiveTask, DocsOptions, DocsTask};
 use crate::chunk::ChunkParams;
-use crate::infer::InferTask;
+use crate::llm::infer::InferTask;
 use crate::model::ModelRef;
 
 /// Moved to [`crate::error`] and [`crate::run`]; kept here for old paths.

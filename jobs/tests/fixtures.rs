@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use myco_jobs::gguf::{Arch, TinyLlama, WType};
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{Finish, InferParams, Prompt};
+use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::infer::engine::LlmModel;
+use myco_jobs::llm::infer::{Finish, InferParams, Prompt};
 
 const N: usize = 24;
 

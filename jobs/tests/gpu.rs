@@ -10,11 +10,11 @@
 
 use std::path::Path;
 
-use myco_jobs::ffi::DeviceKind;
-use myco_jobs::gguf::{Arch, TinyLlama, WType};
-use myco_jobs::infer::engine::{self, LlmModel};
-use myco_jobs::infer::{InferParams, Prompt};
-use myco_jobs::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput};
+use myco_jobs::llm::ffi::DeviceKind;
+use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::infer::engine::{self, LlmModel};
+use myco_jobs::llm::infer::{InferParams, Prompt};
+use myco_jobs::llm::stage::{ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput};
 
 /// Short enough that llama.cpp computes the prompt where its weights are (a batch of 32 or
 /// more may be sent to the GPU even with no layer there).
@@ -197,8 +197,8 @@ fn quantized_q8_0_on_the_vulkan_device_gives_infers_gpu_tokens() {
 /// to the device, the rest run on the CPU, and the tokens stay the CPU's.
 #[test]
 fn a_model_larger_than_the_gpu_budget_splits_between_vram_and_ram() {
-    use myco_jobs::infer::{GpuPolicy, Models};
-    use myco_jobs::stage::GPU_RESERVE;
+    use myco_jobs::llm::infer::{GpuPolicy, Models};
+    use myco_jobs::llm::stage::GPU_RESERVE;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     TinyLlama {

@@ -3,9 +3,9 @@
 #![cfg(feature = "infer")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{Finish, InferError, InferParams, Message, Prompt};
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::infer::engine::LlmModel;
+use myco_jobs::llm::infer::{Finish, InferError, InferParams, Message, Prompt};
 
 fn greedy(max_tokens: u32) -> InferParams {
     InferParams {
@@ -186,7 +186,7 @@ fn bad_models_and_long_prompts_are_precise_errors() {
 
 #[test]
 fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
-    let models = myco_jobs::infer::Models::new();
+    let models = myco_jobs::llm::infer::Models::new();
     let dir = tempfile::tempdir().unwrap();
     let paths: Vec<_> = ["m0", "m1", "m2"]
         .iter()
@@ -228,7 +228,7 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
     // the total. Room for two models beside the headroom: loading m1 evicts m0, the least
     // recently used.
     let one = std::fs::metadata(&paths[0]).unwrap().len();
-    let headroom = myco_jobs::infer::models::HEADROOM;
+    let headroom = myco_jobs::llm::infer::models::HEADROOM;
     models
         .get_with(&paths[1], plenty, 2 * one + headroom)
         .unwrap();
@@ -240,7 +240,7 @@ fn loaded_models_stay_while_memory_allows_and_the_least_recent_goes_first() {
 
 #[test]
 fn each_cache_loads_its_own_copy_and_clones_share_one() {
-    use myco_jobs::infer::Models;
+    use myco_jobs::llm::infer::Models;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     TinyLlama::default().write(&path, false).unwrap();
@@ -290,7 +290,7 @@ fn generation_stops_at_the_context_asked_for() {
 /// cancel still act per request.
 #[test]
 fn concurrent_requests_in_one_batch_each_get_their_solo_tokens() {
-    use myco_jobs::infer::{Models, Serving};
+    use myco_jobs::llm::infer::{Models, Serving};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     TinyLlama::default().write(&path, false).unwrap();
@@ -383,7 +383,7 @@ fn concurrent_requests_in_one_batch_each_get_their_solo_tokens() {
 /// only what is new (the result counts the cached prompt tokens).
 #[test]
 fn the_turns_of_a_chat_reuse_the_cached_prefix() {
-    use myco_jobs::infer::{Models, Serving};
+    use myco_jobs::llm::infer::{Models, Serving};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     // Trained (so it says) for the 1024 positions the chat takes.
@@ -445,7 +445,7 @@ fn the_turns_of_a_chat_reuse_the_cached_prefix() {
 /// fails the request, saying so.
 #[test]
 fn json_mode_answers_in_json_and_a_bad_grammar_is_refused() {
-    use myco_jobs::infer::{JSON_GRAMMAR, Models};
+    use myco_jobs::llm::infer::{JSON_GRAMMAR, Models};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     TinyLlama::default().write(&path, false).unwrap();

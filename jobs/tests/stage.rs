@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use myco_jobs::gguf::TinyLlama;
-use myco_jobs::infer::engine::LlmModel;
-use myco_jobs::infer::{InferParams, Prompt};
-use myco_jobs::stage::{Sampler, Stage, StageInput, StageOutput, UBATCH};
+use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::infer::engine::LlmModel;
+use myco_jobs::llm::infer::{InferParams, Prompt};
+use myco_jobs::llm::stage::{Sampler, Stage, StageInput, StageOutput, UBATCH};
 
 const PROMPT: &str = "hello swarm, the node runs a job in the queue of the machine";
 
@@ -132,7 +132,7 @@ fn stages_give_infers_greedy_tokens_on_the_f32_llama() {
 /// cut off its sliding-window period, so the slices carry the pattern) = `infer`.
 #[test]
 fn stages_give_infers_greedy_tokens_for_every_architecture_and_type() {
-    use myco_jobs::gguf::{Arch, WType};
+    use myco_jobs::llm::gguf::{Arch, WType};
     let dir = tempfile::tempdir().unwrap();
     for arch in Arch::ALL {
         for wtype in [WType::F16, WType::Q8_0, WType::Q4_0, WType::Q4_K] {
@@ -161,7 +161,7 @@ fn stages_give_infers_greedy_tokens_for_every_architecture_and_type() {
 /// llama.cpp offloads), each with its KV cache, and the head only when everything fits.
 #[test]
 fn the_gpu_takes_the_last_layers_that_fit() {
-    use myco_jobs::stage::{GPU_RESERVE, ModelInfo};
+    use myco_jobs::llm::stage::{GPU_RESERVE, ModelInfo};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     TinyLlama {

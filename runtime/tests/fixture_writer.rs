@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use myco_jobs::archive::{ArchiveTask, Doc, DocsOptions, DocsTask, Part};
 use myco_jobs::chunk::ChunkParams;
-use myco_jobs::infer::{InferParams, InferTask, Message, Prompt};
+use myco_jobs::llm::infer::{InferParams, InferTask, Message, Prompt};
 use myco_jobs::task::NoopTask;
 use myco_jobs::{Fit, JobError, JobKind, ModelRef, Task};
 use myco_runtime::queue::{NewJob, OutboxEntry, Queue, QueueOptions};

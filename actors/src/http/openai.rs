@@ -369,7 +369,9 @@ pub struct Part {
 
 /// The messages as the engine takes them (text parts joined by new lines), or the
 /// `(param, message)` of the first thing in them myco cannot do.
-fn messages(list: Vec<ChatMessage>) -> Result<Vec<myco_jobs::infer::Message>, (String, String)> {
+fn messages(
+    list: Vec<ChatMessage>,
+) -> Result<Vec<myco_jobs::llm::infer::Message>, (String, String)> {
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.into_iter().enumerate() {
         if m.tool_calls.is_some() || m.role == "tool" || m.role == "function" {
@@ -405,7 +407,7 @@ fn messages(list: Vec<ChatMessage>) -> Result<Vec<myco_jobs::infer::Message>, (S
                 texts.join("\n")
             }
         };
-        out.push(myco_jobs::infer::Message {
+        out.push(myco_jobs::llm::infer::Message {
             role: m.role,
             content,
         });
@@ -661,13 +663,13 @@ async fn complete(
     };
     let prompt = match (flavor, req.messages, req.prompt) {
         (Flavor::Chat, Some(m), _) if !m.is_empty() => match messages(m) {
-            Ok(m) => myco_jobs::infer::Prompt::Chat(m),
+            Ok(m) => myco_jobs::llm::infer::Prompt::Chat(m),
             Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
         },
         (Flavor::Chat, _, _) => {
             return bad_request("messages", "messages is missing or empty".into());
         }
-        (Flavor::Text, _, Some(p)) => myco_jobs::infer::Prompt::Text(p),
+        (Flavor::Text, _, Some(p)) => myco_jobs::llm::infer::Prompt::Text(p),
         (Flavor::Text, _, None) => return bad_request("prompt", "prompt is missing".into()),
     };
     if req.n.is_some_and(|n| n != 1) {
@@ -675,7 +677,7 @@ async fn complete(
     }
     // Checked as a job file's `[infer]` is: one set of rules wherever a request comes from.
     let req_n_ctx = req.n_ctx;
-    let options = myco_jobs::infer::InferOptions {
+    let options = myco_jobs::llm::infer::InferOptions {
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
         top_k: req.top_k,
@@ -693,7 +695,7 @@ async fn complete(
         json: json_mode(req.response_format.as_ref()),
         grammar: req.grammar,
         threads: req.threads,
-        ..myco_jobs::infer::InferOptions::default()
+        ..myco_jobs::llm::infer::InferOptions::default()
     };
     let params = match options.params("") {
         Ok(p) => p,
@@ -746,7 +748,7 @@ async fn complete(
             Err(_) => {}
         }
     }
-    let task = myco_jobs::infer::InferTask {
+    let task = myco_jobs::llm::infer::InferTask {
         gpu: false,
         model,
         prompt,
@@ -877,14 +879,14 @@ async fn complete(
     response
 }
 
-fn finish_name(f: myco_jobs::infer::Finish) -> &'static str {
+fn finish_name(f: myco_jobs::llm::infer::Finish) -> &'static str {
     match f {
-        myco_jobs::infer::Finish::Stop => "stop",
-        myco_jobs::infer::Finish::Length => "length",
+        myco_jobs::llm::infer::Finish::Stop => "stop",
+        myco_jobs::llm::infer::Finish::Length => "length",
     }
 }
 
-fn usage(g: &myco_jobs::infer::Generation) -> serde_json::Value {
+fn usage(g: &myco_jobs::llm::infer::Generation) -> serde_json::Value {
     json!({
         "prompt_tokens": g.prompt_tokens,
         "completion_tokens": g.completion_tokens,
@@ -907,7 +909,7 @@ fn failed_internal(id: myco_runtime::queue::JobId) -> Response {
 async fn generation(
     node: &NodeHandle,
     rec: &myco_runtime::queue::JobRecord,
-) -> Result<myco_jobs::infer::Generation, (StatusCode, &'static str, &'static str, String)> {
+) -> Result<myco_jobs::llm::infer::Generation, (StatusCode, &'static str, &'static str, String)> {
     use myco_runtime::queue::JobState;
     let id = rec.id;
     match rec.state {

@@ -129,16 +129,16 @@ impl Node {
         // The node's LLMs, loaded once and shared by its own executors (not by other nodes
         // of the same process), decoding with the budget's cores.
         #[cfg(feature = "infer")]
-        let models = myco_jobs::infer::Models::with_gpu(myco_jobs::infer::GpuPolicy {
+        let models = myco_jobs::llm::infer::Models::with_gpu(myco_jobs::llm::infer::GpuPolicy {
             layers: config.gpu_layers,
             memory: config.gpu_memory,
         })
-        .serving(myco_jobs::infer::Serving {
+        .serving(myco_jobs::llm::infer::Serving {
             parallel,
             threads: budget.cores(),
         });
         #[cfg(not(feature = "infer"))]
-        let models = myco_jobs::infer::Models::new();
+        let models = myco_jobs::llm::infer::Models::new();
         let embed_threads = budget.batch_threads(workers);
         let factory: ExecutorFactory = Arc::new(move || {
             Box::new(

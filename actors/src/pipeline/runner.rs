@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use myco_jobs::JobError;
-use myco_jobs::infer::engine::{Detokenizer, LlmModel};
-use myco_jobs::infer::{Finish, Generation, InferError, InferTask, StageReport};
-use myco_jobs::stage::ModelInfo;
+use myco_jobs::llm::infer::engine::{Detokenizer, LlmModel};
+use myco_jobs::llm::infer::{Finish, Generation, InferError, InferTask, StageReport};
+use myco_jobs::llm::stage::ModelInfo;
 use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageOpen, StreamPiece};
 use myco_runtime::plan::{self, ModelShape, NodeMemory};
 use myco_runtime::queue::JobId;
@@ -355,7 +355,7 @@ impl Progress {
 /// Prompt tokens per feed: llama.cpp's compute step, so the stages split a prompt as `infer`
 /// does (and compute the same numbers); it also caps a hidden-state frame at `CHUNK × n_embd`
 /// f32 and paces progress.
-const CHUNK: usize = myco_jobs::stage::UBATCH as usize;
+const CHUNK: usize = myco_jobs::llm::stage::UBATCH as usize;
 
 /// Open one placement's stages and generate until the end, a lost node, or an error.
 #[allow(clippy::too_many_arguments)]

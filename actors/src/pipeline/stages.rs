@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use myco_jobs::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
+use myco_jobs::llm::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
 use myco_runtime::cluster::wire::{
     HostedStage, Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire,
 };

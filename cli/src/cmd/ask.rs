@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use myco_actors::interactive::INTERACTIVE_PRIORITY;
 use myco_actors::{Node, Services, SpecSource};
-use myco_jobs::infer::Generation;
+use myco_jobs::llm::infer::Generation;
 use myco_runtime::config::Home;
 use myco_runtime::queue::StateName;
 

@@ -88,7 +88,7 @@ async fn wait_for(cli: &Cli, target: Target<'_>, id: JobId) -> Result<JobView> {
         let mut bytes = Vec::new();
         if job.state == StateName::Done
             && target.write_result(id, &mut bytes).await.is_ok()
-            && let Ok(g) = serde_json::from_slice::<myco_jobs::infer::Generation>(&bytes)
+            && let Ok(g) = serde_json::from_slice::<myco_jobs::llm::infer::Generation>(&bytes)
         {
             w.rest(&g.text);
         }

@@ -96,7 +96,7 @@ pub fn detect(cli: &Cli) -> Result<ExitCode> {
         }
         // What llama.cpp in this build can compute on: the CPU, and GPUs of a GPU build.
         #[cfg(feature = "infer")]
-        match myco_jobs::infer::engine::cpu_kernels() {
+        match myco_jobs::llm::infer::engine::cpu_kernels() {
             Ok(variant) => {
                 println!("kernels   cpu {variant} (llama.cpp's CPU backend for this CPU)")
             }

@@ -3,7 +3,7 @@
 //! planning and traits; [`check_llm`] is shared with the `pipeline` kind.
 //!
 //! Its `run` generates on the node's cached model; it must not load or run llama.cpp
-//! itself (that is [`crate::infer::engine`]).
+//! itself (that is [`crate::llm::infer::engine`]).
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use crate::engines::Engines;
 #[cfg(feature = "infer")]
 use crate::engines::misrouted;
 use crate::error::JobError;
-use crate::infer::{InferOptions, InferTask};
+use crate::llm::infer::{InferOptions, InferTask};
 use crate::model;
 use crate::run::RunContext;
 use crate::spec::env::SpecEnv;

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::traits::{ExecutorKind, Gpu, KindTraits, Lane};
 use crate::engines::Engines;
 use crate::error::JobError;
-use crate::infer::InferOptions;
+use crate::llm::infer::InferOptions;
 use crate::run::RunContext;
 use crate::spec::env::SpecEnv;
 use crate::spec::plan::{Checked, Plan};

@@ -35,12 +35,12 @@ pub use file::{JobFile, Refused, SPEC_VERSION};
 pub use plan::{Checked, JobSpec, Plan};
 pub use problem::{Problem, Problems, SpecError};
 
-pub use crate::infer::InferOptions as InferSection;
 /// The kinds' sections under their old names.
 pub use crate::kind::archive::Section as ArchiveSection;
 pub use crate::kind::chunk::Section as ChunkSection;
 pub use crate::kind::embed::Section as EmbedSection;
 pub use crate::kind::noop::Section as NoopSection;
+pub use crate::llm::infer::InferOptions as InferSection;
 
 use crate::home;
 use crate::kind;

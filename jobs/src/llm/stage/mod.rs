@@ -39,8 +39,8 @@ use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 
-use crate::ffi;
-pub use crate::infer::engine::UBATCH;
+use crate::llm::ffi;
+pub use crate::llm::infer::engine::UBATCH;
 use gguf::{TensorInfo, layer_of};
 pub use info::{ARCHITECTURES, GPU_RESERVE, Hparams, ModelInfo, StageError};
 use info::{Result, open};
@@ -175,10 +175,10 @@ impl Stage {
         ));
         let written = gguf::write_slice(&header, path, &hp.arch, first, end, &slice);
         let model = written.map_err(scratch_err).and_then(|()| {
-            crate::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
+            crate::llm::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
             // VRAM first, then RAM: the layers that fit in the GPU's free memory go there
             // (the range's last ones, as llama.cpp offloads), the rest run on the CPU.
-            let policy = crate::infer::GpuPolicy {
+            let policy = crate::llm::infer::GpuPolicy {
                 layers: None,
                 memory: config.gpu_memory,
             };
@@ -266,7 +266,7 @@ impl Stage {
     }
 
     /// Where llama.cpp put the stage's slice (GPU layers, buffers), from its load report.
-    pub fn placement(&self) -> &crate::ffi::Placement {
+    pub fn placement(&self) -> &crate::llm::ffi::Placement {
         self.model.placement()
     }
 
@@ -295,7 +295,7 @@ impl Stage {
         self.seqs.remove(&seq);
         let n_ctx = n_ctx.clamp(8, u32::try_from(self.hp.ctx_len).unwrap_or(u32::MAX).max(8));
         let capture = (self.end != self.hp.n_layer).then(|| self.end - self.first - 1);
-        let threads = crate::infer::engine::threads(threads);
+        let threads = crate::llm::infer::engine::threads(threads);
         let ctx =
             ffi::Context::new(&self.model, n_ctx, threads, capture).map_err(StageError::Engine)?;
         self.seqs.insert(
@@ -442,7 +442,7 @@ impl Embedding {
     }
 }
 
-pub use crate::infer::engine::SamplerParams;
+pub use crate::llm::infer::engine::SamplerParams;
 
 /// Picks the next token from logits, with llama.cpp's samplers (the same chain as `infer`,
 /// so the same settings pick the same tokens).
@@ -459,7 +459,7 @@ impl std::fmt::Debug for Sampler {
 impl Sampler {
     pub fn new(p: &SamplerParams, n_vocab: usize) -> Sampler {
         Sampler {
-            chain: crate::infer::engine::sampler_chain(p, i32::try_from(n_vocab).unwrap_or(0)),
+            chain: crate::llm::infer::engine::sampler_chain(p, i32::try_from(n_vocab).unwrap_or(0)),
         }
     }
 

@@ -3,6 +3,13 @@
 //!
 //! Every length it reads is bounded, so a damaged file is an error, not a huge allocation.
 //! It must not load models or list directories.
+//!
+//! [`fixtures`] (cargo feature `test-fixtures`, or this crate's tests) writes GGUF files.
+
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub use fixtures::*;
 
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -169,28 +176,28 @@ impl<R: Read> Reader<R> {
 }
 
 /// A metadata value, as far as myco needs it.
-enum Value {
+enum Meta {
     Int(u64),
     Str(String),
     Other,
 }
 
-fn value<R: Read>(r: &mut Reader<R>, ty: u32) -> Result<Value, String> {
+fn value<R: Read>(r: &mut Reader<R>, ty: u32) -> Result<Meta, String> {
     let io = |e: std::io::Error| e.to_string();
     Ok(match ty {
-        0 | 1 | 7 => Value::Int(u64::from(r.bytes::<1>().map_err(io)?[0])),
-        2 | 3 => Value::Int(u64::from(u16::from_le_bytes(r.bytes().map_err(io)?))),
-        4 | 5 => Value::Int(u64::from(r.u32().map_err(io)?)),
+        0 | 1 | 7 => Meta::Int(u64::from(r.bytes::<1>().map_err(io)?[0])),
+        2 | 3 => Meta::Int(u64::from(u16::from_le_bytes(r.bytes().map_err(io)?))),
+        4 | 5 => Meta::Int(u64::from(r.u32().map_err(io)?)),
         6 => {
             r.skip(4).map_err(io)?;
-            Value::Other
+            Meta::Other
         }
-        10 | 11 => Value::Int(r.u64().map_err(io)?),
+        10 | 11 => Meta::Int(r.u64().map_err(io)?),
         12 => {
             r.skip(8).map_err(io)?;
-            Value::Other
+            Meta::Other
         }
-        8 => Value::Str(r.string()?),
+        8 => Meta::Str(r.string()?),
         9 => {
             let item = r.u32().map_err(io)?;
             let count = r.u64().map_err(io)?;
@@ -209,7 +216,7 @@ fn value<R: Read>(r: &mut Reader<R>, ty: u32) -> Result<Value, String> {
                     }
                 }
             }
-            Value::Other
+            Meta::Other
         }
         other => return Err(format!("an unknown value type {other}")),
     })
@@ -257,9 +264,9 @@ pub fn parse_gguf_header(r: impl Read, shown: &str) -> Result<GgufHeader, GgufEr
         let key = r.string().map_err(&invalid)?;
         let ty = r.u32().map_err(|e| invalid(e.to_string()))?;
         match value(&mut r, ty).map_err(&invalid)? {
-            Value::Str(s) if key == "general.architecture" => h.architecture = Some(s),
-            Value::Str(s) if key == "general.name" => h.name = Some(s),
-            Value::Int(n) => ints.push((key, n)),
+            Meta::Str(s) if key == "general.architecture" => h.architecture = Some(s),
+            Meta::Str(s) if key == "general.name" => h.name = Some(s),
+            Meta::Int(n) => ints.push((key, n)),
             _ => {}
         }
     }

@@ -7,13 +7,13 @@
 //! Reads the file system only (headers, sizes); it loads no model and must not know about
 //! tasks, specs or executors.
 
-mod header;
-
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use header::{ContextError, GgufError, GgufHeader, parse_gguf_header, read_gguf_header};
+pub use crate::llm::gguf::{
+    ContextError, GgufError, GgufHeader, parse_gguf_header, read_gguf_header,
+};
 
 use crate::home;
 
@@ -400,7 +400,7 @@ mod scan_tests {
     fn reads_the_tiny_llama_fixture() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
-        let shape = crate::gguf::TinyLlama::default();
+        let shape = crate::llm::gguf::TinyLlama::default();
         shape.write(&path, true).unwrap();
         let h = read_gguf_header(&path).unwrap();
         assert_eq!(h.version, 3);

@@ -37,7 +37,7 @@ pub fn backend() -> Result<&'static LlamaBackend, InferError> {
         .map_err(|e| InferError::Engine(e.clone()))
 }
 
-pub use crate::ffi::UBATCH;
+pub use crate::llm::ffi::UBATCH;
 
 /// The CPU kernels ggml chose for this CPU (the variant of its CPU backend: `sse42` on a
 /// 2008 CPU, `haswell` with AVX2, `skylakex` or `zen4` with AVX-512), loaded at run time
@@ -45,7 +45,7 @@ pub use crate::ffi::UBATCH;
 /// cannot happen (the `x64` variant needs only SSE2) unless the modules are missing: then
 /// the node neither leases nor steals LLM jobs instead of failing each one.
 pub fn cpu_kernels() -> Result<&'static str, String> {
-    let b = crate::ffi::backends();
+    let b = crate::llm::ffi::backends();
     b.cpu.as_deref().ok_or_else(|| {
         format!(
             "no CPU kernels of llama.cpp load on this machine (looked for libggml-cpu-*.so in {}): LLM jobs (infer, pipeline) cannot run on this node; reinstall myco with its libraries beside the binary",
@@ -56,9 +56,9 @@ pub fn cpu_kernels() -> Result<&'static str, String> {
 
 /// The compute devices this build of llama.cpp can use (the CPU, and GPUs of a GPU build),
 /// with their free memory now.
-pub fn devices() -> Vec<crate::ffi::Device> {
+pub fn devices() -> Vec<crate::llm::ffi::Device> {
     match backend() {
-        Ok(_) => crate::ffi::devices(),
+        Ok(_) => crate::llm::ffi::devices(),
         Err(_) => Vec::new(),
     }
 }
@@ -67,7 +67,7 @@ pub fn devices() -> Vec<crate::ffi::Device> {
 pub struct LlmModel {
     model: LlamaModel,
     path: PathBuf,
-    placement: crate::ffi::Placement,
+    placement: crate::llm::ffi::Placement,
 }
 
 impl std::fmt::Debug for LlmModel {
@@ -151,12 +151,12 @@ impl LlmModel {
             params = params.with_n_gpu_layers(n);
         }
         let (model, log) =
-            crate::ffi::capture_log(|| LlamaModel::load_from_file(backend, path, &params));
+            crate::llm::ffi::capture_log(|| LlamaModel::load_from_file(backend, path, &params));
         let model = model.map_err(|_| InferError::Corrupt { path: shown })?;
         Ok(LlmModel {
             model,
             path: path.to_path_buf(),
-            placement: crate::ffi::Placement::from_log(&log),
+            placement: crate::llm::ffi::Placement::from_log(&log),
         })
     }
 
@@ -171,7 +171,7 @@ impl LlmModel {
     }
 
     /// Where llama.cpp put the model (GPU layers, buffers), from its load report.
-    pub fn placement(&self) -> &crate::ffi::Placement {
+    pub fn placement(&self) -> &crate::llm::ffi::Placement {
         &self.placement
     }
 
@@ -189,7 +189,7 @@ impl LlmModel {
         Ok(LlmModel {
             model,
             path: path.to_path_buf(),
-            placement: crate::ffi::Placement::default(),
+            placement: crate::llm::ffi::Placement::default(),
         })
     }
 
@@ -501,7 +501,8 @@ pub fn sampler_for(
     let Some(g) = grammar else {
         return Ok(chain);
     };
-    let (made, log) = crate::ffi::capture_log(|| LlamaSampler::grammar(&model.model, g, "root"));
+    let (made, log) =
+        crate::llm::ffi::capture_log(|| LlamaSampler::grammar(&model.model, g, "root"));
     let grammar = made.map_err(|e| {
         let why = log
             .lines()

@@ -99,7 +99,7 @@ impl GpuPolicy {
         let gpu = devices().into_iter().find(|d| {
             matches!(
                 d.kind,
-                crate::ffi::DeviceKind::Gpu | crate::ffi::DeviceKind::Igpu
+                crate::llm::ffi::DeviceKind::Gpu | crate::llm::ffi::DeviceKind::Igpu
             )
         })?;
         Some(self.memory.map_or(gpu.free, |m| m.min(gpu.free)))
@@ -123,7 +123,7 @@ impl GpuPolicy {
 /// a build without it (or a file it cannot read) leaves the choice to llama.cpp.
 #[cfg(feature = "pipeline")]
 fn fit_layers(path: &Path, n_ctx: u32, budget: u64) -> Option<u32> {
-    let info = crate::stage::info::ModelInfo::read(path).ok()?;
+    let info = crate::llm::stage::info::ModelInfo::read(path).ok()?;
     Some(info.gpu_layers_that_fit(0, info.hp.n_layer, n_ctx, budget, true))
 }
 
@@ -469,7 +469,7 @@ fn slots_that_fit(path: &Path, n_ctx: u32, parallel: u32) -> u32 {
 /// values of every layer).
 #[cfg(feature = "pipeline")]
 fn kv_bytes(path: &Path, n_ctx: u32) -> Option<u64> {
-    let info = crate::stage::info::ModelInfo::read(path).ok()?;
+    let info = crate::llm::stage::info::ModelInfo::read(path).ok()?;
     Some(info.kv_bytes_per_layer(n_ctx) * u64::from(info.hp.n_layer))
 }
 

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crate::ffi;
+use crate::llm::ffi;
 
 /// A metadata value, as stored.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,8 +1,8 @@
-//! Unit tests of the stage engine (`mod.rs`), on tiny GGUF models written by [`crate::gguf`]
+//! Unit tests of the stage engine (`mod.rs`), on tiny GGUF models written by [`crate::llm::gguf`]
 //! and on hand-made headers it must refuse.
 
 use super::*;
-use crate::gguf::TinyLlama;
+use crate::llm::gguf::TinyLlama;
 
 fn model(dir: &Path, layers: u32) -> PathBuf {
     let path = dir.join("tiny.gguf");
@@ -136,10 +136,10 @@ fn sequences_keep_separate_caches_and_positions_are_checked() {
 fn other_architectures_and_bad_ranges_are_refused_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("phi.gguf");
-    let bytes = crate::gguf::encode(
+    let bytes = crate::llm::gguf::encode(
         &[(
             "general.architecture",
-            crate::gguf::Value::Str("phi3".into()),
+            crate::llm::gguf::Value::Str("phi3".into()),
         )],
         &[],
     );
