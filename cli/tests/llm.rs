@@ -763,3 +763,32 @@ fn openai_request_shapes_are_read_or_refused_by_name() {
     let (status, v) = http.post(&url, &text).unwrap();
     assert_eq!(status, 200, "{v}");
 }
+
+#[test]
+fn models_are_known_by_their_content() {
+    let root = tempfile::tempdir().unwrap();
+    let home = home_with_models(root.path(), "home");
+    let node = NodeProc::start(&home, &[]);
+    let http = Http::new();
+    let sha = |name: &str| {
+        myco_jobs::model::identity::sha256_hex(
+            &std::fs::read(home.join(format!("models/{name}.gguf"))).unwrap(),
+        )
+    };
+    // The node hashes its models in the background; /v1/models carries the hash once known.
+    let listed = eventually(Duration::from_secs(30), "the models' hashes", || {
+        let (_, v) = http.get(&node.url("/v1/models")).unwrap();
+        let of = |id: &str| {
+            v["data"].as_array()?.iter().find(|m| m["id"] == id)?["sha256"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        Some((of("tiny")?, of("plain")?))
+    });
+    assert_eq!(listed, (sha("tiny"), sha("plain")));
+    // Same shape and name length, other bytes (one has a chat template): other models.
+    assert_ne!(listed.0, listed.1);
+    // Remembered in the home's cache, so the next start reads nothing.
+    let ids = std::fs::read_dir(home.join("cache/ids")).unwrap().count();
+    assert_eq!(ids, 2);
+}

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::chunk::{self, ChunkError, ChunkParams, Format};
 use crate::collection::{self, ChunkRow, FileEntry, Meta};
@@ -94,10 +93,7 @@ pub struct ArchiveTask {
 
 /// Lowercase hex SHA-256.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::model::identity::sha256_hex(bytes)
 }
 
 fn rel_name(root: &Path, path: &Path) -> String {

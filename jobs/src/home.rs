@@ -17,6 +17,15 @@ pub const LIB: &str = "lib";
 /// under the home: never under `models`, whose files the node advertises.
 pub const SCRATCH: &str = "scratch";
 
+/// What a node keeps to save work, under the home: model identities (`ids/`); fetched
+/// models and slices later.
+pub const CACHE: &str = "cache";
+
+/// `home/cache`.
+pub fn cache_dir(home: &Path) -> PathBuf {
+    home.join(CACHE)
+}
+
 /// `home/models`.
 pub fn models_dir(home: &Path) -> PathBuf {
     home.join(MODELS)

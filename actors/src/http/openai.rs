@@ -607,9 +607,28 @@ async fn model_list(node: &NodeHandle) -> Vec<serde_json::Value> {
         })
         .collect();
     let dir = node.models_dir();
-    let local = tokio::task::spawn_blocking(move || myco_jobs::model::scan(&dir))
-        .await
-        .unwrap_or_default();
+    let cache = node.cache_dir();
+    let local = tokio::task::spawn_blocking(move || {
+        myco_jobs::model::scan(&dir)
+            .into_iter()
+            .map(|m| {
+                let sha = myco_jobs::model::identity::known(&m.path, &cache);
+                (m, sha)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    // The content hash of the GGUF files this node holds, once it has read them (a node
+    // hashes its models in the background after it starts).
+    for entry in &mut data {
+        if let Some((_, Some(sha))) = local.iter().find(|(m, _)| {
+            m.format == myco_jobs::model::ModelFormat::Gguf && entry["id"] == m.name.as_str()
+        }) {
+            entry["sha256"] = json!(sha);
+        }
+    }
+    let local: Vec<_> = local.into_iter().map(|(m, _)| m).collect();
     data.extend(
         local
             .into_iter()

@@ -211,6 +211,11 @@ impl NodeHandle {
         myco_jobs::home::models_dir(&self.home)
     }
 
+    /// What the node keeps to save work (model identities; fetched models later).
+    pub fn cache_dir(&self) -> PathBuf {
+        myco_jobs::home::cache_dir(&self.home)
+    }
+
     /// Where collections live: beside the models, in the node's home.
     pub fn collections_dir(&self) -> PathBuf {
         myco_jobs::home::collections_dir(&self.home)

@@ -78,6 +78,8 @@ pub struct Node {
     supervisor_task: JoinHandle<()>,
     api: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
     home: Home,
+    /// Ends the background hashing of the node's models at shutdown.
+    identify_stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -95,10 +97,11 @@ impl Node {
         // The jobs the last run was running when it ended without finishing them.
         let running_path = home.root().join("running");
         let died_running = myco_runtime::running::Running::read(&running_path);
-        if !died_running.is_empty() {
+        let oom_killed = myco_runtime::running::Running::killed_for_memory(&died_running);
+        if !oom_killed.is_empty() {
             tracing::warn!(
-                jobs = died_running.len(),
-                "the last run of this node died while running jobs (killed for memory?): each is queued again once, and goes dead if it was running at such a death before"
+                jobs = oom_killed.len(),
+                "the last run of this node was killed for memory while running jobs: each is queued again once, and goes dead if it was running at such a kill before"
             );
         }
         let opts = QueueOptions {
@@ -110,7 +113,7 @@ impl Node {
             // Fault injection for the disk-full tests; unset in any real use.
             disk_full_while: std::env::var_os(myco_runtime::queue::FAULT_DISK_FULL_ENV)
                 .map(std::path::PathBuf::from),
-            running: died_running,
+            oom_killed,
             ..QueueOptions::default()
         };
         let path = home.queue_path();
@@ -332,6 +335,7 @@ impl Node {
             config,
             supervisor_task,
             api,
+            identify_stop: identify_in_background(&home),
             home,
         })
     }
@@ -357,6 +361,8 @@ impl Node {
     /// the grace period, unstarted leases go back), then commit and close the queue.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         const EDGE_DEADLINE: Duration = Duration::from_secs(5);
+        self.identify_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some((_, token, mut task)) = self.api {
             // End the edge's followers and streams first: axum's graceful shutdown waits for
             // every open response, and a client following a queued job would hold it forever.
@@ -399,4 +405,43 @@ impl Node {
         tracing::info!("node stopped cleanly");
         Ok(())
     }
+}
+
+/// Hash the node's GGUF models that have no remembered identity yet, on a thread of its
+/// own (a 40 GB file is read once, at disk speed, and remembered: see
+/// [`myco_jobs::model::identity`]). Returns the flag that stops it.
+fn identify_in_background(home: &Home) -> Arc<std::sync::atomic::AtomicBool> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let (models, cache) = (home.models_dir(), myco_jobs::home::cache_dir(home.root()));
+    let spawned = std::thread::Builder::new()
+        .name("myco-identify".into())
+        .spawn(move || {
+            let stopped = || flag.load(std::sync::atomic::Ordering::Relaxed);
+            for m in myco_jobs::model::scan(&models) {
+                if m.format != myco_jobs::model::ModelFormat::Gguf
+                    || myco_jobs::model::identity::known(&m.path, &cache).is_some()
+                {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                match myco_jobs::model::identity::identify(&m.path, &cache, &stopped) {
+                    Ok(sha) => {
+                        let secs = started.elapsed().as_secs_f64();
+                        tracing::info!(
+                            model = %m.name,
+                            sha256 = %sha,
+                            mb_per_s = (m.size_bytes as f64 / 1e6 / secs.max(1e-6)).round(),
+                            "model identified by its content"
+                        );
+                    }
+                    Err(_) if stopped() => return,
+                    Err(e) => tracing::warn!(model = %m.name, error = %e, "cannot hash the model"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start hashing the models");
+    }
+    stop
 }

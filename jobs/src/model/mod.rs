@@ -7,6 +7,8 @@
 //! Reads the file system only (headers, sizes); it loads no model and must not know about
 //! tasks, specs or executors.
 
+pub mod identity;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

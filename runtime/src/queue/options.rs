@@ -64,10 +64,10 @@ pub struct QueueOptions {
     /// fails as on a full disk. A node sets it from `MYCO_FAULT_DISK_FULL`
     /// ([`super::FAULT_DISK_FULL_ENV`]).
     pub disk_full_while: Option<std::path::PathBuf>,
-    /// The jobs this node was running (not only leased) when its last run ended without
-    /// finishing them: it died with them (see [`crate::running`]). One that was running at
-    /// such a death before too goes dead instead of being leased again.
-    pub running: Vec<super::JobId>,
+    /// The jobs this node was running (not only leased) when its last run was killed for
+    /// memory (see [`crate::running`]). One that was running at such a death before too
+    /// goes dead instead of being leased again.
+    pub oom_killed: Vec<super::JobId>,
 }
 
 /// The priority of interactive requests (the API's and the CLI's), ahead of batch work's 0:
@@ -92,7 +92,7 @@ impl Default for QueueOptions {
             retention_interactive_ms: RETENTION_INTERACTIVE_MS,
             retention_batch_ms: RETENTION_BATCH_MS,
             disk_full_while: None,
-            running: Vec::new(),
+            oom_killed: Vec::new(),
         }
     }
 }

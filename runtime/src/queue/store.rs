@@ -1147,7 +1147,8 @@ impl Txn<'_> {
     }
 
     /// At start-up: leases held by an earlier incarnation of this node died with it; those
-    /// it was running (`QueueOptions::running`) count towards a job that kills its node.
+    /// it was running when it was killed for memory (`QueueOptions::oom_killed`) count
+    /// towards a job that kills its node.
     pub fn recover_local(&mut self, node: &str) -> Result<u32, QueueError> {
         let prefix = format!("{node}#");
         let all: Vec<u128> = {
@@ -1165,8 +1166,8 @@ impl Txn<'_> {
                 && holder.starts_with(&prefix)
             {
                 let id = rec.id;
-                if self.opts.running.contains(&id) {
-                    // It was running when the node died: it may be what killed it.
+                if self.opts.oom_killed.contains(&id) {
+                    // It was running when the node was killed for memory: it may be why.
                     let deaths = 1 + rec
                         .history
                         .iter()
@@ -1176,7 +1177,7 @@ impl Txn<'_> {
                     if deaths >= 2 {
                         let mut rec = rec;
                         rec.last_error = Some(JobError::fatal(format!(
-                            "its node died {deaths} times while running it (out of memory? `dmesg | grep -i oom` tells): it is not run again blindly; make it smaller (a shorter context, fewer texts), then retry it"
+                            "its node was killed for memory {deaths} times while running it (`dmesg | grep -i oom` tells more): it is not run again blindly; make it smaller (a shorter context, fewer texts), or run it where there is more memory, then retry it"
                         )));
                         self.transition(&mut rec, JobState::Dead, Some(why))?;
                     } else {
@@ -1193,8 +1194,9 @@ impl Txn<'_> {
     }
 }
 
-/// The note of a job that was running when its node died (its history counts them).
-const DIED_RUNNING: &str = " died while running it";
+/// The note of a job that was running when its node was killed for memory (its history
+/// counts them).
+const DIED_RUNNING: &str = " was killed for memory while running it";
 
 /// The end of an attempt at another node's job, waiting in the outbox for its owner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
