@@ -254,9 +254,61 @@ fn ran_on(http: &Http, node: &NodeProc, id: &str) -> Option<String> {
     last.map(|h| h.split('#').next().unwrap().to_owned())
 }
 
+/// A GGUF model in `root/name/models/tiny.gguf`, before the node of that home starts; its
+/// SHA-256.
+fn with_model(root: &Path, name: &str) -> String {
+    let models = root.join(name).join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let path = models.join("tiny.gguf");
+    myco_jobs::llm::gguf::TinyLlama::default()
+        .write(&path, true)
+        .unwrap();
+    myco_jobs::model::identity::sha256_hex(&std::fs::read(&path).unwrap())
+}
+
+/// The content hash of `holder`'s model `tiny` as `node`'s view of the swarm has it.
+fn hash_in_view(http: &Http, node: &NodeProc, holder: &str) -> Option<Value> {
+    let (_, v) = http.get(&node.url("/api/swarm")).ok()?;
+    let n = v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == holder)?;
+    let m = n["info"]["models"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == "tiny")?;
+    Some(m["sha256"].clone())
+}
+
+#[test]
+fn a_node_of_the_protocol_before_works_with_this_one() {
+    let root = tempfile::tempdir().unwrap();
+    with_model(root.path(), "b");
+    // b is the release before: it speaks protocol 5 only (heartbeats without models'
+    // hashes), so a comes down to it.
+    let (a, b) = pair(root.path(), "5..5");
+    let (ha, hb) = (Http::owner(&a), Http::owner(&b));
+    eventually(LONG, "a and b up in each other's view", || {
+        let (va, vb) = (view(&ha, &a), view(&hb, &b));
+        (va.get("b").is_some_and(|s| s.0 == "up") && vb.get("a").is_some_and(|s| s.0 == "up"))
+            .then_some(())
+    });
+    let log = std::fs::read_to_string(root.path().join("a.log")).unwrap();
+    assert!(
+        log.contains("speaking another protocol"),
+        "a lowers its protocol:\n{log}"
+    );
+    // b's model arrives in the old shape: no hash.
+    let hash = eventually(LONG, "b's model in a's view", || hash_in_view(&ha, &a, "b"));
+    assert!(hash.is_null(), "{hash}");
+    stolen(&ha, &a, "a", "b");
+    stolen(&hb, &b, "b", "a");
+}
+
 #[test]
 fn nodes_of_adjacent_protocols_work_together() {
     let root = tempfile::tempdir().unwrap();
+    let sha = with_model(root.path(), "b");
     // b is the next release: it speaks this build's protocol and the one after.
     let next = format!(
         "{}..{}",
@@ -276,6 +328,10 @@ fn nodes_of_adjacent_protocols_work_together() {
         log.contains("speaking another protocol"),
         "b lowers its protocol:\n{log}"
     );
+    // At protocol 6 on, a model travels with its content hash.
+    eventually(LONG, "b's model's hash in a's view", || {
+        (hash_in_view(&ha, &a, "b")? == sha.as_str()).then_some(())
+    });
     // Work flows both ways: idle b steals from a, then idle a from b (a few rounds, as a
     // busy machine may let the owner run a whole round itself).
     stolen(&ha, &a, "a", "b");
@@ -286,7 +342,9 @@ fn nodes_of_adjacent_protocols_work_together() {
 fn stolen(http: &Http, owner: &NodeProc, tag: &str, thief: &str) {
     let mut seen = Vec::new();
     for round in 0..5 {
-        let ids = noops(http, owner, &format!("{tag}{round}"), 12, 300);
+        // More than the owner leases ahead for its one worker (32), so some stay queued
+        // for the thief to take.
+        let ids = noops(http, owner, &format!("{tag}{round}"), 48, 100);
         for id in &ids {
             done(http, owner, id, "the jobs");
         }

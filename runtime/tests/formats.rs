@@ -341,7 +341,8 @@ async fn write_fuzz_seeds() {
     .into_bytes();
     let mut seed = vec![1u8];
     seed.extend(steal);
-    std::fs::write(wire.join("steal-v5"), &seed).unwrap();
+    let protocol = myco_runtime::cluster::wire::PROTOCOL;
+    std::fs::write(wire.join(format!("steal-v{protocol}")), &seed).unwrap();
     let hb = myco_runtime::cluster::wire::Heartbeat {
         seq: 1,
         sent_ms: 2,
@@ -353,7 +354,16 @@ async fn write_fuzz_seeds() {
             api_addr: None,
             roles: Vec::new(),
             caps: myco_runtime::detect::detect(),
-            models: Vec::new(),
+            models: vec![myco_jobs::model::ModelFile {
+                name: "tiny".into(),
+                path: "/m/tiny.gguf".into(),
+                format: myco_jobs::model::ModelFormat::Gguf,
+                size_bytes: 1,
+                architecture: Some("llama".into()),
+                layers: Some(3),
+                embedding: Some(128),
+                sha256: Some(myco_jobs::model::identity::sha256_hex(b"x")),
+            }],
             kinds: vec![JobKind::Noop],
             load: Default::default(),
             stage_memory: 0,
@@ -364,5 +374,5 @@ async fn write_fuzz_seeds() {
     };
     let mut seed = vec![0u8];
     seed.extend(HeartbeatFrame::new(hb).into_bytes());
-    std::fs::write(wire.join("heartbeat-v5"), &seed).unwrap();
+    std::fs::write(wire.join(format!("heartbeat-v{protocol}")), &seed).unwrap();
 }

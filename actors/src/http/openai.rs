@@ -602,33 +602,14 @@ async fn model_list(node: &NodeHandle) -> Vec<serde_json::Value> {
             json!({
                 "id": m.id, "object": "model", "created": 0, "owned_by": "myco",
                 "kind": "llm", "file": m.file, "bytes": m.bytes,
-                "architecture": m.architecture, "nodes": m.nodes,
+                "architecture": m.architecture, "nodes": m.nodes, "sha256": m.sha256,
             })
         })
         .collect();
     let dir = node.models_dir();
-    let cache = node.cache_dir();
-    let local = tokio::task::spawn_blocking(move || {
-        myco_jobs::model::scan(&dir)
-            .into_iter()
-            .map(|m| {
-                let sha = myco_jobs::model::identity::known(&m.path, &cache);
-                (m, sha)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap_or_default();
-    // The content hash of the GGUF files this node holds, once it has read them (a node
-    // hashes its models in the background after it starts).
-    for entry in &mut data {
-        if let Some((_, Some(sha))) = local.iter().find(|(m, _)| {
-            m.format == myco_jobs::model::ModelFormat::Gguf && entry["id"] == m.name.as_str()
-        }) {
-            entry["sha256"] = json!(sha);
-        }
-    }
-    let local: Vec<_> = local.into_iter().map(|(m, _)| m).collect();
+    let local = tokio::task::spawn_blocking(move || myco_jobs::model::scan(&dir))
+        .await
+        .unwrap_or_default();
     data.extend(
         local
             .into_iter()

@@ -227,9 +227,14 @@ pub struct SwarmModel {
     pub architecture: Option<String>,
     /// The nodes that hold it.
     pub nodes: Vec<String>,
+    /// The SHA-256 of its bytes, once a holder has read it and says so (protocol 6 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
-/// The GGUF models among `(holder, file)` pairs, one entry per file name and size, by name.
+/// The GGUF models among `(holder, file)` pairs, one entry per file name and size (and
+/// content hash: two files of one name and size whose hashes differ are two models), by
+/// name.
 pub fn gguf_models(files: impl IntoIterator<Item = (String, ModelFile)>) -> Vec<SwarmModel> {
     let mut out: Vec<SwarmModel> = Vec::new();
     for (holder, m) in files {
@@ -241,18 +246,29 @@ pub fn gguf_models(files: impl IntoIterator<Item = (String, ModelFile)>) -> Vec<
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_else(|| m.name.clone());
+        let same_bytes = |s: &SwarmModel| match (&s.sha256, &m.sha256) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
         match out
             .iter_mut()
-            .find(|s| s.file == file && s.bytes == m.size_bytes)
+            .find(|s| s.file == file && s.bytes == m.size_bytes && same_bytes(s))
         {
-            Some(s) if !s.nodes.contains(&holder) => s.nodes.push(holder),
-            Some(_) => {}
+            Some(s) => {
+                if !s.nodes.contains(&holder) {
+                    s.nodes.push(holder);
+                }
+                if s.sha256.is_none() {
+                    s.sha256.clone_from(&m.sha256);
+                }
+            }
             None => out.push(SwarmModel {
                 id: m.name.clone(),
                 file,
                 bytes: m.size_bytes,
                 architecture: m.architecture.clone(),
                 nodes: vec![holder],
+                sha256: m.sha256.clone(),
             }),
         }
     }

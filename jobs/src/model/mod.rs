@@ -103,6 +103,9 @@ pub struct ModelFile {
     pub layers: Option<u64>,
     /// Hidden size (`<arch>.embedding_length`), if known.
     pub embedding: Option<u64>,
+    /// The SHA-256 of its bytes ([`identity`]), once this node has read it (heartbeats of
+    /// protocol 6 on carry it).
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,11 +116,16 @@ pub enum ModelFormat {
 }
 
 /// The models under `dir`: `*.gguf` files, and directories holding a `model.onnx`. A file
-/// whose header cannot be read is listed without an architecture (and logged).
+/// whose header cannot be read is listed without an architecture (and logged). A GGUF file's
+/// content hash comes with it when the home's cache remembers it (`dir` is a home's
+/// `models/`, its cache beside it; nothing is hashed here).
 pub fn scan(dir: &Path) -> Vec<ModelFile> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
+    let cache = dir
+        .parent()
+        .map_or_else(|| PathBuf::from(home::CACHE), home::cache_dir);
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
@@ -136,6 +144,7 @@ pub fn scan(dir: &Path) -> Vec<ModelFile> {
                 architecture: header.as_ref().and_then(|h| h.architecture.clone()),
                 layers: header.as_ref().and_then(|h| h.layers),
                 embedding: header.as_ref().and_then(|h| h.embedding),
+                sha256: identity::known(&path, &cache),
                 path,
             });
         } else if path.join("model.onnx").is_file() {
@@ -149,6 +158,7 @@ pub fn scan(dir: &Path) -> Vec<ModelFile> {
                 architecture: Some("onnx".into()),
                 layers: None,
                 embedding: None,
+                sha256: None,
                 path,
             });
         }

@@ -25,8 +25,9 @@ use crate::detect::Capabilities;
 use crate::format;
 use crate::queue::{JobId, Lease};
 
-/// The newest protocol this build speaks. 5: frames carry the versioned envelope.
-pub const PROTOCOL: u32 = 5;
+/// The newest protocol this build speaks. 5: frames carry the versioned envelope. 6: a
+/// heartbeat's models carry their content hash ([`v5`] keeps the shape before).
+pub const PROTOCOL: u32 = 6;
 /// The oldest protocol this build reads and writes. 4 and older sent bare bincode (no
 /// envelope): a node before 5 is told apart and named, but not spoken to.
 pub const OLDEST_PROTOCOL: u32 = 5;
@@ -224,12 +225,15 @@ impl ractor::BytesConvertable for HeartbeatFrame {
             return Vec::new();
         };
         let hello = Hello::mine(&hb.info.name);
-        let mut out = format::header(speaking(), 0);
+        let version = speaking();
+        let mut out = format::header(version, 0);
         let config = bincode::config::standard();
-        match (
-            bincode::serde::encode_to_vec(&hello, config),
-            bincode::serde::encode_to_vec(&*hb, config),
-        ) {
+        let body = if version <= 5 {
+            bincode::serde::encode_to_vec(v5::Heartbeat::from(&*hb), config)
+        } else {
+            bincode::serde::encode_to_vec(&*hb, config)
+        };
+        match (bincode::serde::encode_to_vec(&hello, config), body) {
             (Ok(a), Ok(b)) => {
                 out.extend(a);
                 out.extend(b);
@@ -269,14 +273,18 @@ fn read_heartbeat(bytes: &[u8]) -> Result<Box<Heartbeat>, Refused> {
     if !speaks(version) {
         return Err(Refused::Incompatible(hello));
     }
-    bincode::serde::decode_from_slice::<Heartbeat, _>(&body[used..], config)
-        .map(|(hb, _)| Box::new(hb))
-        .map_err(|e| {
-            Refused::Garbled(format!(
-                "a heartbeat of protocol {version} from `{}`: {e}",
-                hello.name
-            ))
-        })
+    let decoded = if version <= 5 {
+        bincode::serde::decode_from_slice::<v5::Heartbeat, _>(&body[used..], config)
+            .map(|(hb, n)| (Heartbeat::from(hb), n))
+    } else {
+        bincode::serde::decode_from_slice::<Heartbeat, _>(&body[used..], config)
+    };
+    decoded.map(|(hb, _)| Box::new(hb)).map_err(|e| {
+        Refused::Garbled(format!(
+            "a heartbeat of protocol {version} from `{}`: {e}",
+            hello.name
+        ))
+    })
 }
 
 /// A node's roles, which follow its capabilities.
@@ -555,6 +563,130 @@ impl StageFrame {
 pub struct StageLoaded {
     pub tensor_bytes: u64,
     pub tensors: Vec<String>,
+}
+
+/// The shapes of protocol 5 that protocol 6 changed, frozen: a heartbeat whose models carry
+/// no content hash. Read from and written to nodes that speak 5 (a node comes down to it
+/// while such a peer is up).
+pub mod v5 {
+    use serde::{Deserialize, Serialize};
+
+    use super::{Capabilities, HostedStage, JobKind, NodeLoad, Role};
+    use myco_jobs::model::{ModelFile as File6, ModelFormat};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct ModelFile {
+        pub name: String,
+        pub path: std::path::PathBuf,
+        pub format: ModelFormat,
+        pub size_bytes: u64,
+        pub architecture: Option<String>,
+        pub layers: Option<u64>,
+        pub embedding: Option<u64>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct NodeInfo {
+        pub name: String,
+        pub protocol: u32,
+        pub version: String,
+        pub cluster_addr: String,
+        pub api_addr: Option<String>,
+        pub roles: Vec<Role>,
+        pub caps: Capabilities,
+        pub models: Vec<ModelFile>,
+        pub kinds: Vec<JobKind>,
+        pub load: NodeLoad,
+        pub stage_memory: u64,
+        pub stage_gpu_memory: u64,
+        pub peers: Vec<(String, String)>,
+        #[serde(default)]
+        pub stages: Vec<HostedStage>,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Heartbeat {
+        pub seq: u64,
+        pub sent_ms: u64,
+        pub info: NodeInfo,
+    }
+
+    impl From<&super::Heartbeat> for Heartbeat {
+        fn from(hb: &super::Heartbeat) -> Heartbeat {
+            let i = &hb.info;
+            Heartbeat {
+                seq: hb.seq,
+                sent_ms: hb.sent_ms,
+                info: NodeInfo {
+                    name: i.name.clone(),
+                    protocol: i.protocol,
+                    version: i.version.clone(),
+                    cluster_addr: i.cluster_addr.clone(),
+                    api_addr: i.api_addr.clone(),
+                    roles: i.roles.clone(),
+                    caps: i.caps.clone(),
+                    models: i
+                        .models
+                        .iter()
+                        .map(|m| ModelFile {
+                            name: m.name.clone(),
+                            path: m.path.clone(),
+                            format: m.format,
+                            size_bytes: m.size_bytes,
+                            architecture: m.architecture.clone(),
+                            layers: m.layers,
+                            embedding: m.embedding,
+                        })
+                        .collect(),
+                    kinds: i.kinds.clone(),
+                    load: i.load,
+                    stage_memory: i.stage_memory,
+                    stage_gpu_memory: i.stage_gpu_memory,
+                    peers: i.peers.clone(),
+                    stages: i.stages.clone(),
+                },
+            }
+        }
+    }
+
+    impl From<Heartbeat> for super::Heartbeat {
+        fn from(hb: Heartbeat) -> super::Heartbeat {
+            let i = hb.info;
+            super::Heartbeat {
+                seq: hb.seq,
+                sent_ms: hb.sent_ms,
+                info: super::NodeInfo {
+                    name: i.name,
+                    protocol: i.protocol,
+                    version: i.version,
+                    cluster_addr: i.cluster_addr,
+                    api_addr: i.api_addr,
+                    roles: i.roles,
+                    caps: i.caps,
+                    models: i
+                        .models
+                        .into_iter()
+                        .map(|m| File6 {
+                            name: m.name,
+                            path: m.path,
+                            format: m.format,
+                            size_bytes: m.size_bytes,
+                            architecture: m.architecture,
+                            layers: m.layers,
+                            embedding: m.embedding,
+                            sha256: None,
+                        })
+                        .collect(),
+                    kinds: i.kinds,
+                    load: i.load,
+                    stage_memory: i.stage_memory,
+                    stage_gpu_memory: i.stage_gpu_memory,
+                    peers: i.peers,
+                    stages: i.stages,
+                },
+            }
+        }
+    }
 }
 
 #[cfg(test)]
