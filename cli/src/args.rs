@@ -147,6 +147,9 @@ pub enum Command {
     Detect,
     /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.
     Swarm,
+    /// Show the models each node holds: name, size, architecture, layers and content hash
+    /// (once the node has read the file).
+    Models,
     /// Measure myco on this machine, each figure against its baseline.
     #[command(subcommand)]
     Bench(BenchCommand),

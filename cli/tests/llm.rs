@@ -791,4 +791,28 @@ fn models_are_known_by_their_content() {
     // Remembered in the home's cache, so the next start reads nothing.
     let ids = std::fs::read_dir(home.join("cache/ids")).unwrap().count();
     assert_eq!(ids, 2);
+    // `myco models` says what each node holds, with the hashes.
+    let printed = eventually(Duration::from_secs(30), "myco models with hashes", || {
+        let out = node.cli().args(["--json", "models"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tiny = v["models"]
+            .as_array()?
+            .iter()
+            .find(|m| m["model"] == "tiny")?
+            .clone();
+        tiny["sha256"].is_string().then_some(tiny)
+    });
+    assert_eq!(printed["sha256"], listed.0.as_str(), "{printed}");
+    assert_eq!(printed["node"], "test", "{printed}");
+    let out = node.cli().arg("models").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tiny") && text.contains(&listed.0[..16]),
+        "{text}"
+    );
 }

@@ -20,6 +20,52 @@ pub async fn swarm(cli: &Cli, home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `myco models`: per node of the swarm, the models it holds (from its heartbeat).
+pub async fn models(cli: &Cli, home: &Home) -> Result<ExitCode> {
+    let reply = client(cli, home).swarm().await?;
+    let rows: Vec<serde_json::Value> = reply
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n, n.info.as_ref()?)))
+        .flat_map(|(n, i)| {
+            i.models.iter().map(move |m| {
+                serde_json::json!({
+                    "node": n.name, "model": m.name, "format": m.format,
+                    "bytes": m.size_bytes, "architecture": m.architecture,
+                    "layers": m.layers, "sha256": m.sha256,
+                })
+            })
+        })
+        .collect();
+    if cli.json {
+        print_json(&serde_json::json!({ "models": rows }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<32} {:>10} {:<12} {:>6}  SHA-256",
+        "NODE", "MODEL", "SIZE", "ARCH", "LAYERS"
+    );
+    for r in &rows {
+        let text = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+        println!(
+            "{:<16} {:<32} {:>10} {:<12} {:>6}  {}",
+            text("node"),
+            text("model"),
+            format!(
+                "{:.1} MiB",
+                r["bytes"].as_u64().unwrap_or(0) as f64 / f64::from(1u32 << 20)
+            ),
+            text("architecture"),
+            r["layers"].as_u64().map_or("-".into(), |l| l.to_string()),
+            r["sha256"]
+                .as_str()
+                .map_or("(not read yet)".to_owned(), |h| h[..16.min(h.len())]
+                    .to_owned()),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn plan(cli: &Cli, home: &Home, model: &str, n_ctx: u32) -> Result<ExitCode> {
     let reply = client(cli, home).plan(model, n_ctx).await?;
     if cli.json {
