@@ -353,6 +353,7 @@ fn peak_rss(node: &NodeProc) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap();
+    eprintln!("node peak RSS (VmHWM): {} MiB", kb / 1024);
     kb * 1024
 }
 
