@@ -164,6 +164,9 @@ pub struct PlanReply {
     pub stages: Vec<myco_runtime::plan::Stage>,
     /// Why no plan exists, if none does.
     pub error: Option<String>,
+    /// The model's content hash, once this node has read the file.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 #[cfg(not(feature = "pipeline"))]
@@ -217,6 +220,7 @@ async fn plan(
         Ok(s) => (s, None),
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
+    let sha256 = myco_jobs::model::identity::known(&path, &node.cache_dir());
     Ok(Json(PlanReply {
         model: path
             .file_name()
@@ -230,6 +234,7 @@ async fn plan(
         nodes,
         stages,
         error,
+        sha256,
     }))
 }
 

@@ -407,9 +407,10 @@ impl Node {
     }
 }
 
-/// Hash the node's GGUF models that have no remembered identity yet, on a thread of its
-/// own (a 40 GB file is read once, at disk speed, and remembered: see
-/// [`myco_jobs::model::identity`]). Returns the flag that stops it.
+/// Hash the node's GGUF models that have no remembered identity yet, and those that appear
+/// or change later (a look every 5 s), on a thread of its own (a 40 GB file is read once, at
+/// disk speed, and remembered: see [`myco_jobs::model::identity`]). Returns the flag that
+/// stops it.
 fn identify_in_background(home: &Home) -> Arc<std::sync::atomic::AtomicBool> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -418,25 +419,14 @@ fn identify_in_background(home: &Home) -> Arc<std::sync::atomic::AtomicBool> {
         .name("myco-identify".into())
         .spawn(move || {
             let stopped = || flag.load(std::sync::atomic::Ordering::Relaxed);
-            for m in myco_jobs::model::scan(&models) {
-                if m.format != myco_jobs::model::ModelFormat::Gguf
-                    || myco_jobs::model::identity::known(&m.path, &cache).is_some()
-                {
-                    continue;
-                }
-                let started = std::time::Instant::now();
-                match myco_jobs::model::identity::identify(&m.path, &cache, &stopped) {
-                    Ok(sha) => {
-                        let secs = started.elapsed().as_secs_f64();
-                        tracing::info!(
-                            model = %m.name,
-                            sha256 = %sha,
-                            mb_per_s = (m.size_bytes as f64 / 1e6 / secs.max(1e-6)).round(),
-                            "model identified by its content"
-                        );
+            // A model that appears (or changes) later is read on the next round.
+            while !stopped() {
+                identify_all(&models, &cache, &stopped);
+                for _ in 0..50 {
+                    if stopped() {
+                        return;
                     }
-                    Err(_) if stopped() => return,
-                    Err(e) => tracing::warn!(model = %m.name, error = %e, "cannot hash the model"),
+                    std::thread::sleep(Duration::from_millis(100));
                 }
             }
         });
@@ -444,4 +434,29 @@ fn identify_in_background(home: &Home) -> Arc<std::sync::atomic::AtomicBool> {
         tracing::warn!(error = %e, "cannot start hashing the models");
     }
     stop
+}
+
+/// Hash every GGUF model in `models` that `cache` has no identity of.
+fn identify_all(models: &std::path::Path, cache: &std::path::Path, stopped: &dyn Fn() -> bool) {
+    for m in myco_jobs::model::scan(models) {
+        if m.format != myco_jobs::model::ModelFormat::Gguf
+            || myco_jobs::model::identity::known(&m.path, cache).is_some()
+        {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match myco_jobs::model::identity::identify(&m.path, cache, stopped) {
+            Ok(sha) => {
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(
+                    model = %m.name,
+                    sha256 = %sha,
+                    mb_per_s = (m.size_bytes as f64 / 1e6 / secs.max(1e-6)).round(),
+                    "model identified by its content"
+                );
+            }
+            Err(_) if stopped() => return,
+            Err(e) => tracing::warn!(model = %m.name, error = %e, "cannot hash the model"),
+        }
+    }
 }

@@ -173,6 +173,9 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
         p.n_ctx,
         mib(p.kv_bytes_per_layer)
     );
+    if let Some(sha) = &p.sha256 {
+        println!("sha256 {sha}");
+    }
     println!("nodes holding it, with the memory each offers to stages:");
     for n in &p.nodes {
         let used = p.stages.iter().any(|s| s.node == n.name);
