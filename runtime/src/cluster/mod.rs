@@ -3,4 +3,5 @@
 
 pub mod discovery;
 pub mod secret;
+pub mod transfer;
 pub mod wire;

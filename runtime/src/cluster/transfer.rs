@@ -1,0 +1,407 @@
+//! Bulk transfer of files between swarm members (issue 28, its first part): a node serves
+//! the files it holds *by content hash* over the swarm's mutual TLS, on a listener of its
+//! own beside the actor messages (a 40 GB model does not fit ractor frames, and must not
+//! delay heartbeats); another member fetches one into a file of its own, in chunks that are
+//! each verified, resuming from what it already has on disk, and checks the whole file's
+//! hash at the end before it becomes visible under its name.
+//!
+//! On the wire (each message a u32 length, then the versioned envelope of
+//! [`crate::format`] around bincode, format [`TRANSFER_FORMAT`]): the fetcher sends a
+//! [`Fetch`] (the hash, and the offset it has, a multiple of [`CHUNK`]); the server answers
+//! an [`Offer`] (the file's size) or why not, then streams chunks from the offset, each as
+//! its length, the SHA-256 of its bytes and the bytes. A chunk whose hash does not match is
+//! fetched again (from a new connection, at most [`RETRIES`] times in a row). The server
+//! sends at most `rate` bytes a second (a transfer must not starve running jobs).
+//!
+//! Only a holder of the swarm's secret can connect (the TLS ends both require a certificate
+//! of the swarm's authority). No job, queue or actor here: the node wires it in.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::secret::SwarmTls;
+use crate::format;
+
+/// The format of the transfer messages.
+pub const TRANSFER_FORMAT: u16 = 1;
+/// The bytes of a chunk (the last one of a file may be shorter).
+pub const CHUNK: u64 = 1 << 20;
+/// How many times in a row a chunk that arrives damaged is fetched again before the fetch
+/// fails.
+pub const RETRIES: u32 = 3;
+/// The largest message other than a chunk.
+const MAX_MESSAGE: usize = 64 << 10;
+
+/// What a fetcher asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fetch {
+    /// The SHA-256 of the whole file, hex.
+    pub sha256: String,
+    /// Where to start: the bytes the fetcher has (a multiple of [`CHUNK`]).
+    pub offset: u64,
+}
+
+/// The server's answer to a [`Fetch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Offer {
+    /// The file, of `size` bytes: chunks follow from the offset asked.
+    File { size: u64 },
+    /// Not served here (no such file, or an offset past its end).
+    Refused(String),
+}
+
+/// The files a server serves: the path of the file whose bytes hash to a SHA-256.
+pub type Files = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
+
+/// A server's settings.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Bytes a second for each transfer (`None`: as fast as it goes).
+    pub rate: Option<u64>,
+    /// Fault injection for tests: damage the bytes of this chunk index (once per server).
+    pub corrupt_chunk: Option<u64>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("cannot reach {addr}: {why}")]
+    Connect { addr: String, why: String },
+    #[error("the holder refused: {0}")]
+    Refused(String),
+    #[error("the transfer broke off after {received} bytes: {why}; fetch again to resume")]
+    Broken { received: u64, why: String },
+    #[error(
+        "chunk {index} arrived damaged {RETRIES} times in a row; the holder's copy or the network is bad"
+    )]
+    Damaged { index: u64 },
+    #[error(
+        "the file fetched does not hash to {want} (it hashes to {got}): the holder's copy is not that model; it was removed"
+    )]
+    WrongFile { want: String, got: String },
+    #[error(
+        "cannot write {path}: {why} (a full disk?); what was fetched is kept, and the next fetch resumes"
+    )]
+    Disk { path: String, why: String },
+}
+
+/// Serve `files` on `listener` to swarm members until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: SwarmTls, files: Files, opts: ServeOptions) {
+    let corrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (tls, files, opts, corrupted) =
+            (tls.clone(), files.clone(), opts.clone(), corrupted.clone());
+        tokio::spawn(async move {
+            // A stranger without the swarm's certificate ends here.
+            let Ok(stream) = tls.acceptor.accept(tcp).await else {
+                tracing::debug!(%peer, "a transfer connection without the swarm's certificate");
+                return;
+            };
+            if let Err(e) = answer(stream, &files, &opts, &corrupted).await {
+                tracing::debug!(%peer, error = %e, "a transfer ended early");
+            }
+        });
+    }
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    files: &Files,
+    opts: &ServeOptions,
+    corrupted: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    let fetch: Fetch = read_message(&mut stream).await?;
+    let path = files(&fetch.sha256);
+    let file = match &path {
+        Some(p) => tokio::fs::File::open(p).await.ok(),
+        None => None,
+    };
+    let Some(mut file) = file else {
+        let refused = Offer::Refused(format!("no file of sha256 {} here", fetch.sha256));
+        return write_message(&mut stream, &refused).await;
+    };
+    let size = file.metadata().await?.len();
+    if fetch.offset > size || !fetch.offset.is_multiple_of(CHUNK) {
+        let refused = Offer::Refused(format!(
+            "offset {} is not a chunk boundary within the file's {size} bytes",
+            fetch.offset
+        ));
+        return write_message(&mut stream, &refused).await;
+    }
+    write_message(&mut stream, &Offer::File { size }).await?;
+    file.seek(std::io::SeekFrom::Start(fetch.offset)).await?;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = fetch.offset;
+    while at < size {
+        let n = usize::try_from((size - at).min(CHUNK)).unwrap_or(0);
+        file.read_exact(&mut buf[..n]).await?;
+        let digest = Sha256::digest(&buf[..n]);
+        let index = at / CHUNK;
+        if opts.corrupt_chunk == Some(index)
+            && !corrupted.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            buf[0] ^= 0xFF;
+        }
+        stream.write_u32(n as u32).await?;
+        stream.write_all(&digest).await?;
+        stream.write_all(&buf[..n]).await?;
+        at += n as u64;
+        sent += n as u64;
+        if let Some(rate) = opts.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+/// A fetch's outcome: the file in place, and the bytes that crossed the network for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub path: PathBuf,
+    pub size: u64,
+    /// Chunk bytes received (re-fetched chunks counted again).
+    pub received: u64,
+}
+
+/// Fetch the file of `sha256` from the server at `addr` into `dest`. Bytes go to
+/// `dest.part` first (kept when the fetch breaks off: the next fetch resumes from it);
+/// `dest` appears only once the whole file hashes to `sha256`. `progress` is told the bytes
+/// on disk and the size after each chunk.
+pub async fn fetch(
+    tls: &SwarmTls,
+    addr: &str,
+    sha256: &str,
+    dest: &Path,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<Fetched, TransferError> {
+    let part = part_path(dest);
+    let disk = |e: std::io::Error| TransferError::Disk {
+        path: part.display().to_string(),
+        why: e.to_string(),
+    };
+    if let Some(dir) = dest.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(disk)?;
+    }
+    let mut received = 0u64;
+    let mut damaged_in_a_row = 0u32;
+    loop {
+        // What is on disk, cut to whole chunks.
+        let have = match tokio::fs::metadata(&part).await {
+            Ok(m) => m.len() - m.len() % CHUNK,
+            Err(_) => 0,
+        };
+        match fetch_from(tls, addr, sha256, &part, have, &mut received, progress).await {
+            Ok(size) => {
+                let got = hash_file(&part).await.map_err(disk)?;
+                if got != sha256 {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(TransferError::WrongFile {
+                        want: sha256.to_owned(),
+                        got,
+                    });
+                }
+                tokio::fs::rename(&part, dest).await.map_err(disk)?;
+                return Ok(Fetched {
+                    path: dest.to_path_buf(),
+                    size,
+                    received,
+                });
+            }
+            Err(Step::Damaged(index)) => {
+                damaged_in_a_row += 1;
+                tracing::warn!(
+                    chunk = index,
+                    sha256,
+                    "a chunk arrived damaged: fetching it again"
+                );
+                if damaged_in_a_row >= RETRIES {
+                    return Err(TransferError::Damaged { index });
+                }
+            }
+            Err(Step::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+/// The partial file beside `dest`.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut s = dest.as_os_str().to_owned();
+    s.push(".part");
+    PathBuf::from(s)
+}
+
+enum Step {
+    /// Chunk `index` did not match its hash (the file on disk ends before it).
+    Damaged(u64),
+    Failed(TransferError),
+}
+
+/// One connection's worth of a fetch: from `have` to the end, or to a damaged chunk.
+async fn fetch_from(
+    tls: &SwarmTls,
+    addr: &str,
+    sha256: &str,
+    part: &Path,
+    have: u64,
+    received: &mut u64,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<u64, Step> {
+    let connect = |why: String| {
+        Step::Failed(TransferError::Connect {
+            addr: addr.to_owned(),
+            why,
+        })
+    };
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let name = SwarmTls::server_name().map_err(|e| connect(e.to_string()))?;
+    let mut stream = tls
+        .connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| connect(format!("TLS: {e} (is this node of the same swarm?)")))?;
+    let broken = |received: u64, e: &dyn std::fmt::Display| {
+        Step::Failed(TransferError::Broken {
+            received,
+            why: e.to_string(),
+        })
+    };
+    write_message(
+        &mut stream,
+        &Fetch {
+            sha256: sha256.to_owned(),
+            offset: have,
+        },
+    )
+    .await
+    .map_err(|e| broken(*received, &e))?;
+    let size = match read_message::<_, Offer>(&mut stream)
+        .await
+        .map_err(|e| broken(*received, &e))?
+    {
+        Offer::File { size } => size,
+        Offer::Refused(why) => return Err(Step::Failed(TransferError::Refused(why))),
+    };
+    let disk = |e: std::io::Error| {
+        Step::Failed(TransferError::Disk {
+            path: part.display().to_string(),
+            why: e.to_string(),
+        })
+    };
+    let mut out = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(part)
+        .await
+        .map_err(disk)?;
+    out.set_len(have).await.map_err(disk)?;
+    out.seek(std::io::SeekFrom::Start(have))
+        .await
+        .map_err(disk)?;
+    let mut at = have;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while at < size {
+        let n = u64::from(stream.read_u32().await.map_err(|e| broken(*received, &e))?);
+        if n == 0 || n > CHUNK || n > size - at {
+            return Err(broken(*received, &format!("a chunk of {n} bytes at {at}")));
+        }
+        let mut digest = [0u8; 32];
+        stream
+            .read_exact(&mut digest)
+            .await
+            .map_err(|e| broken(*received, &e))?;
+        let chunk = &mut buf[..n as usize];
+        stream
+            .read_exact(chunk)
+            .await
+            .map_err(|e| broken(*received, &e))?;
+        *received += n;
+        if Sha256::digest(&*chunk).as_slice() != digest {
+            out.flush().await.map_err(disk)?;
+            return Err(Step::Damaged(at / CHUNK));
+        }
+        out.write_all(chunk).await.map_err(disk)?;
+        at += n;
+        progress(at, size);
+    }
+    out.flush().await.map_err(disk)?;
+    out.sync_all().await.map_err(disk)?;
+    Ok(size)
+}
+
+/// The hex SHA-256 of a file, read in chunks.
+pub async fn hash_file(path: &Path) -> std::io::Result<String> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(
+    stream: &mut S,
+    value: &T,
+) -> std::io::Result<()> {
+    let bytes = format::encode(TRANSFER_FORMAT, value).map_err(std::io::Error::other)?;
+    stream.write_u32(bytes.len() as u32).await?;
+    stream.write_all(&bytes).await?;
+    stream.flush().await
+}
+
+async fn read_message<S: AsyncRead + Unpin, T: serde::de::DeserializeOwned>(
+    stream: &mut S,
+) -> std::io::Result<T> {
+    let len = stream.read_u32().await? as usize;
+    if len > MAX_MESSAGE {
+        return Err(std::io::Error::other(format!(
+            "a message of {len} bytes is over the cap"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    let (version, body) = format::split(&bytes);
+    format::check(
+        "a transfer message",
+        version,
+        TRANSFER_FORMAT,
+        TRANSFER_FORMAT,
+    )
+    .map_err(std::io::Error::other)?;
+    format::decode_body::<T, MAX_MESSAGE>("a transfer message", version, body)
+        .map_err(std::io::Error::other)
+}
