@@ -148,8 +148,11 @@ pub enum Command {
     /// Show the swarm: nodes, roles, capabilities, load, heartbeat age.
     Swarm,
     /// Show the models each node holds: name, size, architecture, layers and content hash
-    /// (once the node has read the file).
-    Models,
+    /// (once the node has read the file); `pull` fetches one from a peer.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
+    },
     /// Measure myco on this machine, each figure against its baseline.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -304,4 +307,18 @@ pub struct FilterArgs {
     /// Only files modified before: a date, a date and time, or an age.
     #[arg(long, value_name = "TIME")]
     pub before: Option<String>,
+}
+
+/// `myco models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Fetch a GGUF model from a node of the swarm that holds it into this node's models
+    /// folder (over the swarm's TLS, verified by its content hash, resumable).
+    Pull {
+        /// The model's name (its file name, with or without `.gguf`).
+        name: String,
+        /// The node to fetch from [default: the first that holds it].
+        #[arg(long)]
+        from: Option<String>,
+    },
 }

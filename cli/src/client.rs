@@ -134,6 +134,19 @@ impl Client {
         .await
     }
 
+    pub async fn pull(
+        &self,
+        model: &str,
+        from: Option<&str>,
+    ) -> Result<myco_actors::node::handle::PulledModel> {
+        self.json(
+            self.http
+                .post(format!("{}/api/models/pull", self.base))
+                .json(&serde_json::json!({ "model": model, "from": from })),
+        )
+        .await
+    }
+
     pub async fn swarm(&self) -> Result<myco_actors::http::swarm::SwarmReply> {
         self.json(self.http.get(format!("{}/api/swarm", self.base)))
             .await

@@ -816,3 +816,84 @@ fn models_are_known_by_their_content() {
         "{text}"
     );
 }
+
+#[test]
+fn a_node_pulls_a_model_from_a_peer_by_its_content_and_then_holds_it() {
+    let root = tempfile::tempdir().unwrap();
+    let one = &["--workers", "1", "--no-discovery"];
+    // Only a holds the model.
+    let a_home = home_with_models(root.path(), "a");
+    let a = NodeProc::start_with(&a_home, &[&["--name", "a"][..], one].concat());
+    let b_home = root.path().join("b");
+    copy_secret(&a_home, &b_home);
+    let b = NodeProc::start_with(
+        &b_home,
+        &[
+            &["--name", "b", "--join", a.cluster.as_deref().unwrap()][..],
+            one,
+        ]
+        .concat(),
+    );
+    let http = Http::new();
+    // a has read its model and says so in its heartbeats.
+    eventually(
+        Duration::from_secs(30),
+        "b sees a's tiny with its hash",
+        || {
+            let out = b.cli().args(["--json", "models"]).output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            v["models"]
+                .as_array()?
+                .iter()
+                .any(|m| m["node"] == "a" && m["model"] == "tiny" && m["sha256"].is_string())
+                .then_some(())
+        },
+    );
+    // A client may not add models to a node.
+    let (status, v) = http
+        .post(
+            &b.url("/api/models/pull"),
+            &serde_json::json!({ "model": "tiny" }),
+        )
+        .unwrap();
+    assert_eq!(status, 403, "{v}");
+    let out = b
+        .cli()
+        .args(["--json", "models", "pull", "tiny", "--from", "a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pulled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = std::fs::read(a_home.join("models/tiny.gguf")).unwrap();
+    assert_eq!(
+        std::fs::read(b_home.join("models/tiny.gguf")).unwrap(),
+        want,
+        "the same bytes"
+    );
+    assert_eq!(pulled["bytes"], want.len() as u64, "{pulled}");
+    assert_eq!(pulled["received"], want.len() as u64, "{pulled}");
+    // b holds it now: the swarm lists both as holders of one model.
+    eventually(Duration::from_secs(30), "both hold tiny", || {
+        let (_, m) = http.get(&a.url("/v1/models")).unwrap();
+        let tiny = m["data"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == "tiny")?
+            .clone();
+        (tiny["nodes"] == serde_json::json!(["a", "b"])).then_some(())
+    });
+    // Pulling what it holds, or what nobody holds, says why.
+    for (name, why) in [
+        ("tiny", "holds `tiny` already"),
+        ("nothing", "holds a `nothing`"),
+    ] {
+        let out = b.cli().args(["models", "pull", name]).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+    }
+}

@@ -175,6 +175,10 @@ pub struct NodeConfig {
     /// Memory (bytes) this node offers to model stages; unset means its free memory.
     #[serde(default)]
     pub stage_memory: Option<u64>,
+    /// Bytes a second each model transfer this node serves may send (so a transfer does
+    /// not starve running jobs); unset means as fast as the network and disk go.
+    #[serde(default)]
+    pub transfer_rate: Option<u64>,
     /// Layers of each LLM on the GPU for jobs that do not say; unset means as many as fit.
     #[serde(default)]
     pub gpu_layers: Option<u32>,
@@ -273,6 +277,7 @@ impl Default for NodeConfig {
             heartbeat: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             stage_memory: None,
+            transfer_rate: None,
             gpu_layers: None,
             gpu_memory: None,
             threads: 0,

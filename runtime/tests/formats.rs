@@ -370,6 +370,7 @@ async fn write_fuzz_seeds() {
             stage_gpu_memory: 0,
             peers: Vec::new(),
             stages: Vec::new(),
+            transfer_port: None,
         },
     };
     let mut seed = vec![0u8];

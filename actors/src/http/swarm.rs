@@ -270,6 +270,43 @@ async fn ping(
     })))
 }
 
+/// `POST /api/models/pull` body.
+#[derive(Debug, Deserialize)]
+pub struct PullRequest {
+    pub model: String,
+    /// The node to fetch from (default: the first that holds it).
+    #[serde(default)]
+    pub from: Option<String>,
+}
+
+/// Fetch a model from a peer into this node's models folder (the owner only: it writes
+/// into the node's home).
+async fn pull(
+    State(node): State<NodeHandle>,
+    axum::Extension(caller): axum::Extension<crate::http::auth::Caller>,
+    Json(req): Json<PullRequest>,
+) -> Result<Json<crate::node::handle::PulledModel>, ApiError> {
+    if !caller.owner {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "owner_only",
+            "only the node's owner may add models to it".into(),
+            "run `myco models pull` on the node's machine (it uses the API token)",
+        ));
+    }
+    node.pull_model(&req.model, req.from.as_deref())
+        .await
+        .map(Json)
+        .map_err(|why| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "pull_failed",
+                why,
+                "see `myco models` for what each node holds",
+            )
+        })
+}
+
 /// The swarm's and collections' routes.
 pub fn routes() -> Router<NodeHandle> {
     Router::new()
@@ -279,4 +316,5 @@ pub fn routes() -> Router<NodeHandle> {
         .route("/api/collections", get(collections))
         .route("/api/collections/{name}", delete(remove_collection))
         .route("/api/swarm/ping", get(ping))
+        .route("/api/models/pull", post(pull))
 }

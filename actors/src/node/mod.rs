@@ -80,6 +80,8 @@ pub struct Node {
     home: Home,
     /// Ends the background hashing of the node's models at shutdown.
     identify_stop: Arc<std::sync::atomic::AtomicBool>,
+    /// The transfer listener's task, if it serves one.
+    transfers: Option<JoinHandle<()>>,
 }
 
 impl Node {
@@ -170,6 +172,9 @@ impl Node {
             .await
             .map_err(|e| NodeError::Actors(e.to_string()))?;
         let gpu = !caps.gpus.is_empty();
+        let mut transfers = None;
+        // The client end of transfers (this node fetching from a peer).
+        let mut fetcher = None;
         let membership = if services.cluster {
             let (secret, created) = SwarmSecret::load_or_create(&home.secret_path())
                 .map_err(|e| NodeError::Actors(e.to_string()))?;
@@ -180,6 +185,10 @@ impl Node {
                 );
             }
             let caps = caps.clone();
+            // The transfer listener: the model files this node holds, by content hash, to
+            // members of the swarm only (mutual TLS with the swarm's authority).
+            let transfer = serve_transfers(&home, &config, &secret).await;
+            fetcher = secret.tls().ok();
             let mut roles = vec![Role::Coordinator];
             if workers > 0 {
                 roles.push(Role::Worker);
@@ -210,7 +219,9 @@ impl Node {
                 gpu_memory: config.gpu_memory,
                 publisher,
                 events: None,
+                transfer_port: transfer.as_ref().map(|t| t.0),
             };
+            transfers = transfer.map(|t| t.1);
             Some((membership, swarm))
         } else {
             None
@@ -281,6 +292,7 @@ impl Node {
             gpu,
             #[cfg(feature = "pipeline")]
             pipeline,
+            fetcher,
         });
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();
@@ -336,6 +348,7 @@ impl Node {
             supervisor_task,
             api,
             identify_stop: identify_in_background(&home),
+            transfers,
             home,
         })
     }
@@ -363,6 +376,9 @@ impl Node {
         const EDGE_DEADLINE: Duration = Duration::from_secs(5);
         self.identify_stop
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = &self.transfers {
+            t.abort();
+        }
         if let Some((_, token, mut task)) = self.api {
             // End the edge's followers and streams first: axum's graceful shutdown waits for
             // every open response, and a client following a queued job would hold it forever.
@@ -459,4 +475,42 @@ fn identify_all(models: &std::path::Path, cache: &std::path::Path, stopped: &dyn
             Err(e) => tracing::warn!(model = %m.name, error = %e, "cannot hash the model"),
         }
     }
+}
+
+/// For tests: damage the bytes of this chunk index once in the transfers a node serves.
+pub const FAULT_CORRUPT_CHUNK_ENV: &str = "MYCO_FAULT_CORRUPT_CHUNK";
+
+/// Start the transfer listener on the cluster's address (any port): its port and task.
+async fn serve_transfers(
+    home: &Home,
+    config: &NodeConfig,
+    secret: &SwarmSecret,
+) -> Option<(u16, JoinHandle<()>)> {
+    use myco_runtime::cluster::transfer;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.cluster.ip(), 0))
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "cannot listen for model transfers"))
+        .ok()?;
+    let port = listener.local_addr().ok()?.port();
+    let tls = secret
+        .tls()
+        .map_err(|e| tracing::warn!(error = %e, "no TLS for model transfers"))
+        .ok()?;
+    let models = home.models_dir();
+    let files: transfer::Files = Arc::new(move |sha: &str| {
+        myco_jobs::model::scan(&models)
+            .into_iter()
+            .find(|m| m.sha256.as_deref() == Some(sha))
+            .map(|m| m.path)
+    });
+    let opts = transfer::ServeOptions {
+        rate: config.transfer_rate,
+        corrupt_chunk: std::env::var(FAULT_CORRUPT_CHUNK_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    };
+    Some((
+        port,
+        tokio::spawn(transfer::serve(listener, tls, files, opts)),
+    ))
 }

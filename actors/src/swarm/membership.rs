@@ -101,6 +101,8 @@ pub struct Membership {
     pub publisher: SwarmPublisher,
     /// The coordinator's channel for the swarm signals it acts on.
     pub events: Option<tokio::sync::watch::Sender<SwarmSignals>>,
+    /// The port of this node's transfer listener, if it serves one.
+    pub transfer_port: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -228,6 +230,7 @@ impl Membership {
                 .filter_map(|(n, p)| Some((n.clone(), p.info.as_ref()?.cluster_addr.clone())))
                 .collect(),
             stages: self.publisher.hosted_stages(),
+            transfer_port: self.transfer_port,
         }
     }
 

@@ -90,7 +90,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Plan { model, n_ctx } => swarm::plan(&cli, &home, model, *n_ctx).await,
         Command::Swarm => swarm::swarm(&cli, &home).await,
-        Command::Models => swarm::models(&cli, &home).await,
+        Command::Models { action: None } => swarm::models(&cli, &home).await,
+        Command::Models {
+            action: Some(crate::args::ModelsAction::Pull { name, from }),
+        } => swarm::pull(&cli, &home, name, from.as_deref()).await,
         Command::Invite { addr } => swarm::invite(&cli, &home, addr).await,
         Command::Token => swarm::token(&cli, &home),
         Command::Ask {

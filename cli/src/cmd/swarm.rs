@@ -66,6 +66,25 @@ pub async fn models(cli: &Cli, home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `myco models pull NAME [--from NODE]`.
+pub async fn pull(cli: &Cli, home: &Home, name: &str, from: Option<&str>) -> Result<ExitCode> {
+    let p = client(cli, home).pull(name, from).await?;
+    if cli.json {
+        print_json(&p)?;
+    } else {
+        println!(
+            "{} from {}: {} in {:.1} s ({:.0} MB/s), sha256 {}",
+            p.model,
+            p.from,
+            mib(p.bytes),
+            p.seconds,
+            p.bytes as f64 / 1e6 / p.seconds.max(1e-9),
+            p.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn plan(cli: &Cli, home: &Home, model: &str, n_ctx: u32) -> Result<ExitCode> {
     let reply = client(cli, home).plan(model, n_ctx).await?;
     if cli.json {

@@ -73,14 +73,24 @@ pub fn identify(path: &Path, cache: &Path, stop: &dyn Fn() -> bool) -> std::io::
     let hash = hex(&hasher.finalize());
     // A file that changed while it was read is not remembered (the next call reads it again).
     if stamp(path)? == before {
-        let ids = cache.join("ids");
-        std::fs::create_dir_all(&ids)?;
-        let record = record_path(&ids, path);
-        let tmp = record.with_extension("tmp");
-        std::fs::write(&tmp, format!("{} {} {hash}\n", before.0, before.1))?;
-        std::fs::rename(&tmp, &record)?;
+        write_record(path, cache, before, &hash)?;
     }
     Ok(hash)
+}
+
+/// Remember that the file at `path`, as it is now, hashes to `sha256` (it was checked as it
+/// was written: a fetched model).
+pub fn remember(path: &Path, cache: &Path, sha256: &str) -> std::io::Result<()> {
+    write_record(path, cache, stamp(path)?, sha256)
+}
+
+fn write_record(path: &Path, cache: &Path, stamp: (u64, u128), hash: &str) -> std::io::Result<()> {
+    let ids = cache.join("ids");
+    std::fs::create_dir_all(&ids)?;
+    let record = record_path(&ids, path);
+    let tmp = record.with_extension("tmp");
+    std::fs::write(&tmp, format!("{} {} {hash}\n", stamp.0, stamp.1))?;
+    std::fs::rename(&tmp, &record)
 }
 
 #[cfg(test)]

@@ -343,6 +343,9 @@ pub struct NodeInfo {
     /// The layer-range stages it has loaded now (protocol 4 on).
     #[serde(default)]
     pub stages: Vec<HostedStage>,
+    /// The port of its transfer listener (on the host of `cluster_addr`): members fetch
+    /// the model files it holds there, by content hash (protocol 6 on).
+    pub transfer_port: Option<u16>,
 }
 
 /// A loaded stage of a pipeline model, as a node advertises it.
@@ -683,6 +686,7 @@ pub mod v5 {
                     stage_gpu_memory: i.stage_gpu_memory,
                     peers: i.peers,
                     stages: i.stages,
+                    transfer_port: None,
                 },
             }
         }
@@ -714,6 +718,7 @@ mod tests {
                 stage_gpu_memory: 0,
                 peers: Vec::new(),
                 stages: Vec::new(),
+                transfer_port: None,
             },
         }
     }
