@@ -179,6 +179,9 @@ pub enum BenchCommand {
     /// Skewed load on a local swarm of node processes: makespan against the ideal, steal
     /// latency, remote call overhead.
     Steal(crate::bench::StealArgs),
+    /// A model pulled between two node processes on loopback, against a plain TLS copy of
+    /// the same bytes: MB/s, the ratio, CPU per GB.
+    Transfer(crate::bench::TransferArgs),
 }
 
 /// Settings of a node this process starts.

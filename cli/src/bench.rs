@@ -238,3 +238,191 @@ async fn run(args: &StealArgs, homes: &[PathBuf], json_out: bool) -> Result<()> 
     }
     Ok(())
 }
+
+/// Settings of `myco bench transfer`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferArgs {
+    /// The size of the model file moved, in MB.
+    #[arg(long, default_value_t = 256)]
+    pub mb: u64,
+    /// Rounds, each a pull and a plain TLS copy (interleaved).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+}
+
+/// `myco bench transfer`: a model pulled between two node processes on loopback (chunked,
+/// each chunk hashed, the whole file hashed at the end, fsynced) against a plain copy of the
+/// same bytes over one TLS connection of the same swarm into a file (fsynced), interleaved;
+/// the median of the per-round ratios (plain seconds / pull seconds), MB/s, and the nodes'
+/// CPU seconds per GB pulled.
+pub async fn transfer(args: &TransferArgs, json_out: bool) -> Result<()> {
+    if args.mb == 0 || args.rounds == 0 {
+        bail!("need at least 1 MB and 1 round");
+    }
+    let root = std::env::temp_dir().join(format!("myco-bench-transfer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let result = run_transfer(args, &root, json_out).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+/// A process's CPU time so far (user + system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn run_transfer(args: &TransferArgs, root: &std::path::Path, json_out: bool) -> Result<()> {
+    use myco_runtime::cluster::secret::SwarmSecret;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (a_home, b_home) = (root.join("a"), root.join("b"));
+    std::fs::create_dir_all(a_home.join("models"))?;
+    std::fs::create_dir_all(&b_home)?;
+    // Pseudo-random bytes (nothing compresses them), as a model file.
+    let size = args.mb * 1_000_000;
+    let model = a_home.join("models/big.gguf");
+    {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&model)?);
+        let mut block = vec![0u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            let n = left.min(block.len() as u64) as usize;
+            std::io::Write::write_all(&mut out, &block[..n])?;
+            left -= n as u64;
+        }
+    }
+    let a = start(&a_home, "a", 1, None)?;
+    std::fs::copy(a_home.join("swarm.key"), b_home.join("swarm.key"))?;
+    let b = start(&b_home, "b", 1, Some(&a.cluster))?;
+    let token = std::fs::read_to_string(b_home.join("api.token"))?
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    // Until b sees a's model with its hash (a reads the file first).
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let v = get(&http, &format!("http://{}/api/swarm", b.api)).await?;
+        let known = v["nodes"].as_array().is_some_and(|n| {
+            n.iter().any(|n| {
+                n["status"] == "up"
+                    && n["info"]["models"]
+                        .as_array()
+                        .is_some_and(|m| m.iter().any(|m| m["sha256"].is_string()))
+            })
+        });
+        if known {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("b did not see a's model and its hash within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The plain copy: one TLS connection of the same swarm, the bytes as they are.
+    let secret = SwarmSecret::load_or_create(&a_home.join("swarm.key"))
+        .map_err(|e| anyhow!("{e}"))?
+        .0;
+    let (server_tls, client_tls) = (
+        secret.tls().map_err(|e| anyhow!("{e}"))?,
+        secret.tls().map_err(|e| anyhow!("{e}"))?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let plain_addr = listener.local_addr()?;
+    let served = model.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut s) = server_tls.acceptor.accept(tcp).await else {
+                continue;
+            };
+            let Ok(mut f) = tokio::fs::File::open(&served).await else {
+                continue;
+            };
+            let _ = tokio::io::copy(&mut f, &mut s).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    let copy_to = b_home.join("plain.bin");
+    let mut ratios = Vec::new();
+    let (mut pull_secs, mut plain_secs, mut cpu) = (Vec::new(), Vec::new(), 0.0);
+    for _ in 0..args.rounds {
+        // Pulled by b from a.
+        let _ = std::fs::remove_file(b_home.join("models/big.gguf"));
+        let cpu0 = cpu_seconds(a.child.id()) + cpu_seconds(b.child.id());
+        let t = Instant::now();
+        http.post(format!("http://{}/api/models/pull", b.api))
+            .bearer_auth(&token)
+            .json(&json!({ "model": "big", "from": "a" }))
+            .send()
+            .await?
+            .error_for_status()?;
+        let pull = t.elapsed().as_secs_f64();
+        cpu += cpu_seconds(a.child.id()) + cpu_seconds(b.child.id()) - cpu0;
+        // Copied plainly, into a file, synced as the pull's is.
+        let _ = std::fs::remove_file(&copy_to);
+        let t = Instant::now();
+        let tcp = tokio::net::TcpStream::connect(plain_addr).await?;
+        let name =
+            myco_runtime::cluster::secret::SwarmTls::server_name().map_err(|e| anyhow!("{e}"))?;
+        let mut s = client_tls.connector.connect(name, tcp).await?;
+        let mut out = tokio::fs::File::create(&copy_to).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = s.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).await?;
+        }
+        out.sync_all().await?;
+        let plain = t.elapsed().as_secs_f64();
+        ratios.push(plain / pull);
+        pull_secs.push(pull);
+        plain_secs.push(plain);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = median(&mut ratios);
+    let (pull, plain) = (median(&mut pull_secs), median(&mut plain_secs));
+    let mb = size as f64 / 1e6;
+    let gb_pulled = size as f64 * args.rounds as f64 / 1e9;
+    let report = json!({
+        "bench": "transfer",
+        "mb": args.mb,
+        "rounds": args.rounds,
+        "pull_mb_per_s": mb / pull,
+        "plain_tls_mb_per_s": mb / plain,
+        "ratio_median": ratio,
+        "cpu_s_per_gb": cpu / gb_pulled,
+        "baseline": "one TLS connection of the same swarm, in this process, the bytes into a file (synced)",
+    });
+    if json_out {
+        println!("{report}");
+    } else {
+        println!(
+            "transfer of {} MB between two node processes on loopback, {} rounds:\n  pull  {:.0} MB/s (chunks hashed, the file hashed, synced)\n  plain {:.0} MB/s (one TLS connection into a file, synced)\n  ratio {ratio:.2} (median of plain/pull per round; the goal is >= 0.7)\n  CPU   {:.2} s per GB pulled (both nodes)",
+            args.mb,
+            args.rounds,
+            mb / pull,
+            mb / plain,
+            cpu / gb_pulled
+        );
+    }
+    Ok(())
+}

@@ -88,6 +88,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::bench::steal(args, cli.json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Transfer(args)) => {
+            crate::bench::transfer(args, cli.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plan { model, n_ctx } => swarm::plan(&cli, &home, model, *n_ctx).await,
         Command::Swarm => swarm::swarm(&cli, &home).await,
         Command::Models { action: None } => swarm::models(&cli, &home).await,

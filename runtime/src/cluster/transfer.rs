@@ -207,15 +207,31 @@ pub async fn fetch(
     }
     let mut received = 0u64;
     let mut damaged_in_a_row = 0u32;
+    // The whole file's hash, kept as verified chunks arrive (the file is not read again).
+    let mut whole = Whole::default();
     loop {
         // What is on disk, cut to whole chunks.
         let have = match tokio::fs::metadata(&part).await {
             Ok(m) => m.len() - m.len() % CHUNK,
             Err(_) => 0,
         };
-        match fetch_from(tls, addr, sha256, &part, have, &mut received, progress).await {
+        if whole.upto != have {
+            // Resuming what an earlier fetch left: hash what is kept of it.
+            whole = Whole::of(&part, have).await.map_err(disk)?;
+        }
+        match fetch_from(
+            tls,
+            addr,
+            sha256,
+            &part,
+            &mut whole,
+            &mut received,
+            progress,
+        )
+        .await
+        {
             Ok(size) => {
-                let got = hash_file(&part).await.map_err(disk)?;
+                let got = std::mem::take(&mut whole).finish();
                 if got != sha256 {
                     let _ = tokio::fs::remove_file(&part).await;
                     return Err(TransferError::WrongFile {
@@ -259,16 +275,50 @@ enum Step {
     Failed(TransferError),
 }
 
-/// One connection's worth of a fetch: from `have` to the end, or to a damaged chunk.
+/// The hash of a file's first `upto` bytes.
+#[derive(Default)]
+struct Whole {
+    hasher: Sha256,
+    upto: u64,
+}
+
+impl Whole {
+    /// The hash of the first `upto` bytes of the file at `path`.
+    async fn of(path: &Path, upto: u64) -> std::io::Result<Whole> {
+        let mut f = tokio::fs::File::open(path).await?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut left = upto;
+        while left > 0 {
+            let n = usize::try_from(left.min(CHUNK)).unwrap_or(0);
+            f.read_exact(&mut buf[..n]).await?;
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(Whole { hasher, upto })
+    }
+
+    fn finish(self) -> String {
+        self.hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// One connection's worth of a fetch: from what `whole` has hashed to the end, or to a
+/// damaged chunk.
 async fn fetch_from(
     tls: &SwarmTls,
     addr: &str,
     sha256: &str,
     part: &Path,
-    have: u64,
+    whole: &mut Whole,
     received: &mut u64,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, Step> {
+    let have = whole.upto;
     let connect = |why: String| {
         Step::Failed(TransferError::Connect {
             addr: addr.to_owned(),
@@ -346,7 +396,9 @@ async fn fetch_from(
             return Err(Step::Damaged(at / CHUNK));
         }
         out.write_all(chunk).await.map_err(disk)?;
+        whole.hasher.update(&*chunk);
         at += n;
+        whole.upto = at;
         progress(at, size);
     }
     out.flush().await.map_err(disk)?;
