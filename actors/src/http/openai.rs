@@ -734,17 +734,15 @@ async fn complete(
         let path = model.path.clone();
         let (asked, default) = (req_n_ctx, params.n_ctx);
         let fitted = tokio::task::spawn_blocking(move || {
-            myco_jobs::model::read_gguf_header(&path)
-                .map_err(|e| ("model", e.to_string()))
-                .and_then(|h| {
-                    h.fit_context(asked, default)
-                        .map_err(|e| ("n_ctx", e.to_string()))
-                })
+            myco_jobs::model::fit_context_of(&path, asked, default)
         })
         .await;
         match fitted {
             Ok(Ok(n_ctx)) => params.n_ctx = n_ctx,
-            Ok(Err((param, why))) => return bad_request(param, why),
+            Ok(Err(e @ myco_jobs::model::FitError::Context(_))) => {
+                return bad_request("n_ctx", e.to_string());
+            }
+            Ok(Err(e)) => return bad_request("model", e.to_string()),
             Err(_) => {}
         }
     }

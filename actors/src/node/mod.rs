@@ -454,25 +454,26 @@ fn identify_in_background(home: &Home) -> Arc<std::sync::atomic::AtomicBool> {
 
 /// Hash every GGUF model in `models` that `cache` has no identity of.
 fn identify_all(models: &std::path::Path, cache: &std::path::Path, stopped: &dyn Fn() -> bool) {
-    for m in myco_jobs::model::scan(models) {
-        if m.format != myco_jobs::model::ModelFormat::Gguf
-            || myco_jobs::model::identity::known(&m.path, cache).is_some()
-        {
+    use myco_jobs::model::identity;
+    // File names and stamps only: no header is read for what is known already.
+    for path in myco_jobs::model::gguf_files(models) {
+        if identity::known(&path, cache).is_some() {
             continue;
         }
         let started = std::time::Instant::now();
-        match myco_jobs::model::identity::identify(&m.path, cache, stopped) {
+        match identity::identify(&path, cache, stopped) {
             Ok(sha) => {
                 let secs = started.elapsed().as_secs_f64();
+                let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
                 tracing::info!(
-                    model = %m.name,
+                    model = %path.display(),
                     sha256 = %sha,
-                    mb_per_s = (m.size_bytes as f64 / 1e6 / secs.max(1e-6)).round(),
+                    mb_per_s = (bytes as f64 / 1e6 / secs.max(1e-6)).round(),
                     "model identified by its content"
                 );
             }
             Err(_) if stopped() => return,
-            Err(e) => tracing::warn!(model = %m.name, error = %e, "cannot hash the model"),
+            Err(e) => tracing::warn!(model = %path.display(), error = %e, "cannot hash the model"),
         }
     }
 }
@@ -496,12 +497,11 @@ async fn serve_transfers(
         .tls()
         .map_err(|e| tracing::warn!(error = %e, "no TLS for model transfers"))
         .ok()?;
-    let models = home.models_dir();
+    let (models, cache) = (home.models_dir(), myco_jobs::home::cache_dir(home.root()));
     let files: transfer::Files = Arc::new(move |sha: &str| {
-        myco_jobs::model::scan(&models)
+        myco_jobs::model::gguf_files(&models)
             .into_iter()
-            .find(|m| m.sha256.as_deref() == Some(sha))
-            .map(|m| m.path)
+            .find(|p| myco_jobs::model::identity::known(p, &cache).as_deref() == Some(sha))
     });
     let opts = transfer::ServeOptions {
         rate: config.transfer_rate,

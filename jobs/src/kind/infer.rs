@@ -84,12 +84,12 @@ pub fn check_llm(
     // The context is bounded by the model before anything is allocated (here, at submit,
     // when this node has the file; the node that runs it checks again, and its memory).
     if model.path.is_file() {
-        match model::read_gguf_header(&model.path) {
-            Ok(h) => match h.fit_context(i.n_ctx, params.n_ctx) {
-                Ok(n_ctx) => params.n_ctx = n_ctx,
-                Err(e) => p.bad(&field(table, "n_ctx"), e.to_string(), e.hint()),
-            },
-            Err(e) => p.bad(
+        match model::fit_context_of(&model.path, i.n_ctx, params.n_ctx) {
+            Ok(n_ctx) => params.n_ctx = n_ctx,
+            Err(model::FitError::Context(e)) => {
+                p.bad(&field(table, "n_ctx"), e.to_string(), e.hint());
+            }
+            Err(model::FitError::Header(e)) => p.bad(
                 &field(table, "model"),
                 e.to_string(),
                 "point `model` at a complete GGUF file",

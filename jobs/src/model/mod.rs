@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::llm::gguf::{
-    ContextError, GgufError, GgufHeader, parse_gguf_header, read_gguf_header,
+    ContextError, FitError, GgufError, GgufHeader, fit_context_of, parse_gguf_header,
+    read_gguf_header,
 };
 
 use crate::home;
@@ -87,6 +88,22 @@ pub fn local_models(home: &Path) -> Vec<(String, u64)> {
         .collect();
     out.sort();
     out
+}
+
+/// The GGUF files under `dir` (a home's `models/`), without reading them.
+pub fn gguf_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        })
+        .collect()
 }
 
 /// A model file on this node.

@@ -299,11 +299,7 @@ impl Whole {
     }
 
     fn finish(self) -> String {
-        self.hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        myco_jobs::model::identity::hex(&self.hasher.finalize())
     }
 }
 
@@ -404,25 +400,6 @@ async fn fetch_from(
     out.flush().await.map_err(disk)?;
     out.sync_all().await.map_err(disk)?;
     Ok(size)
-}
-
-/// The hex SHA-256 of a file, read in chunks.
-pub async fn hash_file(path: &Path) -> std::io::Result<String> {
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(

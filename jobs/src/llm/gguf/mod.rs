@@ -108,6 +108,21 @@ impl ContextError {
     }
 }
 
+/// Why a context could not be fitted to a model file: its header, or the context.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Header(#[from] GgufError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
+}
+
+/// [`GgufHeader::fit_context`] for the model file at `path` (its header read here): what
+/// job files and API requests alike run with, checked before anything is allocated.
+pub fn fit_context_of(path: &Path, asked: Option<u32>, default: u32) -> Result<u32, FitError> {
+    Ok(read_gguf_header(path)?.fit_context(asked, default)?)
+}
+
 /// Why a context is too big for a model or a node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
