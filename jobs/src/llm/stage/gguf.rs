@@ -281,6 +281,47 @@ impl Gguf {
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
+
+    /// Where the tensors' data ends, aligned, from the start of the data section.
+    pub fn data_end(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| (t.offset + t.bytes).div_ceil(self.alignment) * self.alignment)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A slice that travels: the token embedding it carries after its data (stage 0's),
+    /// its offset from the start of the data section. `Err` if the metadata says there is
+    /// one and the file does not hold it.
+    pub fn carried_embedding(&self, file_len: u64) -> Result<Option<TensorInfo>, String> {
+        let Some(Value::Array(_, ne)) = self.get(keys::EMBD_NE) else {
+            return Ok(None);
+        };
+        let ty = self
+            .get(keys::EMBD_TYPE)
+            .and_then(Value::as_u64)
+            .and_then(|t| u32::try_from(t).ok())
+            .ok_or("a slice names an embedding without its type")?;
+        let ne: Vec<u64> = ne.iter().filter_map(Value::as_u64).collect();
+        let info = ffi::type_info(ty).ok_or_else(|| format!("unknown embedding type {ty}"))?;
+        let n = ne
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|_| ne.len() == 2 && ne[0].is_multiple_of(info.block))
+            .ok_or("a slice's embedding has impossible dimensions")?;
+        let t = TensorInfo {
+            name: "token_embd.weight".into(),
+            ne,
+            ty,
+            offset: self.data_end(),
+            bytes: n / info.block * info.bytes,
+        };
+        if self.data_start + t.offset + t.bytes > file_len {
+            return Err("the slice's embedding runs past the end of the file".into());
+        }
+        Ok(Some(t))
+    }
 }
 
 /// `blk.7.attn_q.weight` → (7, `attn_q.weight`).
@@ -298,8 +339,32 @@ enum Source {
     Zeros,
 }
 
+/// The metadata of a slice that travels (see [`write_slice`]): a stage loads it as it is,
+/// without the model it was cut from.
+pub mod keys {
+    /// The SHA-256 of the model the slice was cut from.
+    pub const SOURCE: &str = "myco.slice.source";
+    /// The range of the source's layers.
+    pub const FIRST: &str = "myco.slice.first";
+    pub const END: &str = "myco.slice.end";
+    /// The source's layers and vocabulary.
+    pub const N_LAYER: &str = "myco.slice.n_layer";
+    pub const N_VOCAB: &str = "myco.slice.n_vocab";
+    /// The source has no `output.weight` (its head is its embedding).
+    pub const TIED: &str = "myco.slice.tied";
+    /// Stage 0's: the type and dimensions of the token embedding, whose data follows the
+    /// GGUF's own (aligned), where llama.cpp never reads.
+    pub const EMBD_TYPE: &str = "myco.slice.embd_type";
+    pub const EMBD_NE: &str = "myco.slice.embd_ne";
+}
+
 /// Write the slice of layers `first..end` of `src` (read from `path`) to `out`. `last`: it
 /// ends at the model's last layer, so it keeps the output head.
+///
+/// `travels`: the source's SHA-256, for a slice sent to a node without the model: it also
+/// says what it was cut from ([`keys`]), and stage 0's carries the token embedding after
+/// the GGUF's data (the stage looks its rows up there). Writing is deterministic: the same
+/// model and range give the same bytes on every node.
 pub fn write_slice(
     src: &Gguf,
     path: &Path,
@@ -307,6 +372,7 @@ pub fn write_slice(
     first: u32,
     end: u32,
     out: &Path,
+    travels: Option<&str>,
 ) -> Result<(), String> {
     let n_layer = src
         .get(&format!("{arch}.block_count"))
@@ -363,6 +429,33 @@ pub fn write_slice(
     kv.push(("tokenizer.ggml.model".into(), Value::Str("none".into())));
     kv.retain(|(k, _)| *k != format!("{arch}.vocab_size"));
     kv.push((format!("{arch}.vocab_size"), Value::U32(n_vocab as u32)));
+    let embd = src
+        .tensor("token_embd.weight")
+        .ok_or("no token_embd.weight")?;
+    // Stage 0's embedding, when the slice travels.
+    let carried = travels.is_some() && first == 0;
+    if let Some(source) = travels {
+        kv.retain(|(k, _)| !k.starts_with("myco.slice."));
+        kv.push((keys::SOURCE.into(), Value::Str(source.to_owned())));
+        kv.push((keys::FIRST.into(), Value::U32(first)));
+        kv.push((keys::END.into(), Value::U32(end)));
+        kv.push((keys::N_LAYER.into(), Value::U64(n_layer)));
+        kv.push((
+            keys::N_VOCAB.into(),
+            Value::U64(embd.ne.get(1).copied().unwrap_or(0)),
+        ));
+        kv.push((
+            keys::TIED.into(),
+            Value::Bool(src.tensor("output.weight").is_none()),
+        ));
+        if carried {
+            kv.push((keys::EMBD_TYPE.into(), Value::U32(embd.ty)));
+            kv.push((
+                keys::EMBD_NE.into(),
+                Value::Array(10, embd.ne.iter().map(|&d| Value::U64(d)).collect()),
+            ));
+        }
+    }
 
     let mut tensors: Vec<(TensorInfo, Source)> = Vec::new();
     let f32_info = |name: &str, ne: Vec<u64>| {
@@ -452,6 +545,16 @@ pub fn write_slice(
             }
         }
         w.write_all(&zeros[..pad(t.bytes) as usize]).map_err(io)?;
+    }
+    if carried {
+        // At the aligned end of the tensors' data (each tensor above was padded).
+        input
+            .seek(SeekFrom::Start(src.data_start + embd.offset))
+            .map_err(|e| e.to_string())?;
+        let copied = std::io::copy(&mut (&mut input).take(embd.bytes), &mut w).map_err(io)?;
+        if copied != embd.bytes {
+            return Err(format!("{} was cut short", path.display()));
+        }
     }
     w.into_inner()
         .map_err(|e| io(e.into_error()))?

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::gguf::{Gguf, Value, layer_of};
+use super::gguf::{Gguf, Value, keys, layer_of};
 
 /// GPU memory kept free beyond the layers and KV caches put on a GPU: llama.cpp's compute
 /// buffers (a few hundred MiB for the prompt batch of a 7B model) and the driver's own.
@@ -77,6 +77,20 @@ pub struct ModelInfo {
     pub tied: bool,
     /// Every tensor in the file.
     pub file_tensor_bytes: u64,
+    /// The file is a slice that travelled (layers of another model, with what a stage
+    /// needs of it): what it was cut from.
+    pub slice: Option<SliceOf>,
+}
+
+/// What a slice that travels was cut from ([`super::gguf::keys`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceOf {
+    /// The source model's SHA-256.
+    pub source: String,
+    pub first: u32,
+    pub end: u32,
+    /// Stage 0's token embedding, after the slice's data.
+    pub embedding: Option<super::gguf::TensorInfo>,
 }
 
 impl ModelInfo {
@@ -154,7 +168,17 @@ pub(super) fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
             .and_then(|x| usize::try_from(x).ok())
     };
     let need = |key: &str| int(key).ok_or_else(|| corrupt(format!("no {arch}.{key}")));
-    let n_layer = need("block_count")?;
+    let slice = slice_of(&g, path).map_err(corrupt)?;
+    let n_layer = match &slice {
+        Some(_) => g
+            .get(keys::N_LAYER)
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| corrupt(format!("no {}", keys::N_LAYER)))?,
+        None => need("block_count")?,
+    };
+    // A slice's layers are numbered from 0: where they sit in the source.
+    let shift = slice.as_ref().map_or(0, |s| s.first);
     let n_embd = need("embedding_length")?;
     let n_head = need("attention.head_count")?;
     let n_kv_head = int("attention.head_count_kv").unwrap_or(n_head);
@@ -172,7 +196,10 @@ pub(super) fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
             "token_embd.weight rows are not {n_embd} wide"
         )));
     }
-    let n_vocab = embd.ne.get(1).copied().unwrap_or(0) as usize;
+    let n_vocab = match &slice {
+        Some(_) => g.get(keys::N_VOCAB).and_then(Value::as_u64).unwrap_or(0),
+        None => embd.ne.get(1).copied().unwrap_or(0),
+    } as usize;
     let hp = Hparams {
         n_layer: u32::try_from(n_layer).map_err(|_| corrupt("too many layers".into()))?,
         n_embd,
@@ -188,7 +215,7 @@ pub(super) fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
     for t in &g.tensors {
         file_tensor_bytes += t.bytes;
         if let Some((i, _)) = layer_of(&t.name) {
-            match layer_bytes.get_mut(i as usize) {
+            match layer_bytes.get_mut((i + shift) as usize) {
                 Some(slot) => *slot += t.bytes,
                 None => {
                     return Err(corrupt(format!("{} is past block_count {n_layer}", t.name)));
@@ -200,8 +227,23 @@ pub(super) fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
             head_bytes += t.bytes;
         }
     }
-    let tied = g.tensor("output.weight").is_none();
-    if tied {
+    let tied = match &slice {
+        Some(_) => matches!(g.get(keys::TIED), Some(Value::Bool(true))),
+        None => g.tensor("output.weight").is_none(),
+    };
+    if let Some(s) = &slice {
+        // The slice's `token_embd.weight` is its head (the last stage's) or a dummy row; the
+        // embedding it carries, if any, is stage 0's.
+        let last = s.end == hp.n_layer;
+        head_bytes += if last { embed_bytes } else { 0 };
+        embed_bytes = s.embedding.as_ref().map_or(0, |e| e.bytes);
+        if s.end > hp.n_layer || s.first >= s.end {
+            return Err(corrupt(format!(
+                "a slice of layers {}..{} of {} layers",
+                s.first, s.end, hp.n_layer
+            )));
+        }
+    } else if tied {
         head_bytes += embed_bytes;
     }
     let info = ModelInfo {
@@ -212,6 +254,32 @@ pub(super) fn open(path: &Path) -> Result<(ModelInfo, Gguf)> {
         head_bytes,
         tied,
         file_tensor_bytes,
+        slice,
     };
     Ok((info, g))
+}
+
+/// What a slice that travels was cut from; `None` for any other GGUF.
+fn slice_of(g: &Gguf, path: &Path) -> std::result::Result<Option<SliceOf>, String> {
+    let Some(source) = g.get(keys::SOURCE).and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let int = |k: &str| {
+        g.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| format!("a slice without {k}"))
+    };
+    let (first, end) = (int(keys::FIRST)?, int(keys::END)?);
+    let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let embedding = g.carried_embedding(len)?;
+    if (first == 0) != embedding.is_some() {
+        return Err("stage 0's slice carries the embedding, and only it".into());
+    }
+    Ok(Some(SliceOf {
+        source: source.to_owned(),
+        first,
+        end,
+        embedding,
+    }))
 }

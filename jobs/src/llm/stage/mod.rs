@@ -139,6 +139,43 @@ pub const GPU_BUILD: bool = cfg!(any(feature = "vulkan", feature = "cuda", featu
 /// Names slices written at the same time apart.
 static SLICES: AtomicU64 = AtomicU64::new(0);
 
+/// Write the slice of layers `first..end` of the model at `path` (whose SHA-256 is
+/// `source`) to `out`, as a slice that travels: a node without the model loads it as the
+/// stage with [`Stage::load_with`] (see [`gguf::write_slice`]). Written beside `out` and
+/// renamed, so `out` is whole or absent.
+pub fn write_travelling_slice(
+    path: &Path,
+    source: &str,
+    first: u32,
+    end: u32,
+    out: &Path,
+) -> Result<()> {
+    let (info, header) = open(path)?;
+    if info.slice.is_some() || first >= end || end > info.hp.n_layer {
+        return Err(StageError::Range {
+            first,
+            end,
+            n_layer: info.hp.n_layer,
+        });
+    }
+    let scratch_err = |why: String| StageError::Scratch {
+        dir: out
+            .parent()
+            .map_or_else(String::new, |d| d.display().to_string()),
+        why,
+    };
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| scratch_err(e.to_string()))?;
+    }
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let written = gguf::write_slice(&header, path, &info.hp.arch, first, end, &tmp, Some(source))
+        .and_then(|()| std::fs::rename(&tmp, out).map_err(|e| e.to_string()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(scratch_err)
+}
+
 impl Stage {
     /// Load layers `first..end` of the model at `path`; sequences default to `ctx`
     /// positions.
@@ -148,7 +185,8 @@ impl Stage {
     }
 
     /// Load layers `first..end` of the model at `path`: write their slice to
-    /// `config.scratch`, load it with llama.cpp, remove the file.
+    /// `config.scratch`, load it with llama.cpp, remove the file. `path` may also be a slice
+    /// that travelled ([`write_travelling_slice`]) of that range: it loads as it is.
     pub fn load_with(path: &Path, first: u32, end: u32, config: StageConfig) -> Result<Stage> {
         let (info, header) = open(path)?;
         let hp = info.hp.clone();
@@ -164,6 +202,17 @@ impl Stage {
             dir: config.scratch.display().to_string(),
             why,
         };
+        if let Some(slice) = &info.slice
+            && (slice.first, slice.end) != (first, end)
+        {
+            return Err(StageError::Corrupt {
+                path: path.display().to_string(),
+                why: format!(
+                    "it is the slice of layers {}..{}, not {first}..{end}",
+                    slice.first, slice.end
+                ),
+            });
+        }
         std::fs::create_dir_all(&config.scratch).map_err(|e| scratch_err(e.to_string()))?;
         let stem = path
             .file_stem()
@@ -173,7 +222,14 @@ impl Stage {
             std::process::id(),
             SLICES.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = gguf::write_slice(&header, path, &hp.arch, first, end, &slice);
+        // A slice that travelled loads as it is; of a whole model, the range is written out.
+        let (slice, written) = match &info.slice {
+            Some(_) => (path.to_path_buf(), Ok(())),
+            None => {
+                let written = gguf::write_slice(&header, path, &hp.arch, first, end, &slice, None);
+                (slice, written)
+            }
+        };
         let model = written.map_err(scratch_err).and_then(|()| {
             crate::llm::infer::engine::backend().map_err(|e| StageError::Engine(e.to_string()))?;
             // VRAM first, then RAM: the layers that fit in the GPU's free memory go there
@@ -191,7 +247,9 @@ impl Stage {
             ffi::Model::load(&slice, gpu_layers).map_err(StageError::Engine)
         });
         // The mapping (or the copy on the GPU) keeps what llama.cpp needs.
-        let _ = std::fs::remove_file(&slice);
+        if info.slice.is_none() {
+            let _ = std::fs::remove_file(&slice);
+        }
         let model = Arc::new(model?);
         if model.n_embd() != hp.n_embd || (last && model.n_vocab() != hp.n_vocab) {
             return Err(StageError::Engine(format!(
@@ -203,40 +261,61 @@ impl Stage {
             )));
         }
         let mut loaded = Vec::new();
-        let embed =
-            if first == 0 {
-                let tensor = header.tensor("token_embd.weight").cloned().ok_or_else(|| {
-                    StageError::Corrupt {
-                        path: path.display().to_string(),
-                        why: "no token_embd.weight".into(),
-                    }
-                })?;
-                loaded.push((tensor.name.clone(), tensor.bytes));
-                let file = File::open(path).map_err(|_| StageError::Missing {
-                    path: path.display().to_string(),
-                })?;
-                let scale = if hp.arch == "gemma3" {
-                    (hp.n_embd as f32).sqrt()
-                } else {
-                    1.0
-                };
-                Some(Embedding {
-                    file,
-                    data_start: header.data_start,
-                    tensor,
-                    scale,
-                })
+        let embed = if first == 0 {
+            let tensor = match &info.slice {
+                Some(s) => s.embedding.clone(),
+                None => header.tensor("token_embd.weight").cloned(),
+            };
+            let tensor = tensor.ok_or_else(|| StageError::Corrupt {
+                path: path.display().to_string(),
+                why: "no token_embd.weight".into(),
+            })?;
+            loaded.push((tensor.name.clone(), tensor.bytes));
+            let file = File::open(path).map_err(|_| StageError::Missing {
+                path: path.display().to_string(),
+            })?;
+            let scale = if hp.arch == "gemma3" {
+                (hp.n_embd as f32).sqrt()
             } else {
-                None
+                1.0
             };
-        for t in &header.tensors {
-            let mine = match layer_of(&t.name) {
-                Some((il, _)) => (first..end).contains(&il),
-                None if t.name == "token_embd.weight" => last && info.tied,
-                None => last,
-            };
-            if mine {
-                loaded.push((t.name.clone(), t.bytes));
+            Some(Embedding {
+                file,
+                data_start: header.data_start,
+                tensor,
+                scale,
+            })
+        } else {
+            None
+        };
+        match &info.slice {
+            // Named as in the source model.
+            Some(_) => {
+                for t in &header.tensors {
+                    let name = match layer_of(&t.name) {
+                        Some((il, tail)) => format!("blk.{}.{tail}", il + first),
+                        None if t.name == "token_embd.weight" && !last => continue,
+                        None if t.name == "token_embd.weight" && !info.tied => {
+                            "output.weight".into()
+                        }
+                        // The output norm is in every slice's graph, and the last stage's.
+                        None if !last => continue,
+                        None => t.name.clone(),
+                    };
+                    loaded.push((name, t.bytes));
+                }
+            }
+            None => {
+                for t in &header.tensors {
+                    let mine = match layer_of(&t.name) {
+                        Some((il, _)) => (first..end).contains(&il),
+                        None if t.name == "token_embd.weight" => last && info.tied,
+                        None => last,
+                    };
+                    if mine {
+                        loaded.push((t.name.clone(), t.bytes));
+                    }
+                }
             }
         }
         Ok(Stage {

@@ -61,6 +61,60 @@ fn a_chain_of_stages_computes_exactly_what_the_whole_model_does() {
 }
 
 #[test]
+fn slices_that_travel_load_without_the_model_and_compute_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = model(dir.path(), 3);
+    let prompt = [1, 270, 280, 100, 101, 102, 275];
+    let mut whole = vec![Stage::load(&path, 0, 3, 512).expect("load whole")];
+    let (want, want_logits) = run_chain(&mut whole, &prompt, 12);
+    let away = dir.path().join("elsewhere");
+    for split in [vec![(0, 1), (1, 3)], vec![(0, 3)]] {
+        let mut names = Vec::new();
+        for &(a, b) in &split {
+            let out = away.join(format!("{a}-{b}.gguf"));
+            write_travelling_slice(&path, "f00d", a, b, &out).expect("write the slice");
+            let again = away.join(format!("{a}-{b}.again"));
+            write_travelling_slice(&path, "f00d", a, b, &again).expect("write it again");
+            assert_eq!(
+                std::fs::read(&out).unwrap(),
+                std::fs::read(&again).unwrap(),
+                "the same slice is the same bytes"
+            );
+            names.push(out);
+        }
+        // The model is gone: the slices are all there is.
+        let hidden = dir.path().join("hidden.gguf");
+        std::fs::rename(&path, &hidden).unwrap();
+        let mut chain: Vec<Stage> = split
+            .iter()
+            .zip(&names)
+            .map(|(&(a, b), p)| Stage::load(p, a, b, 512).expect("load the slice"))
+            .collect();
+        std::fs::rename(&hidden, &path).unwrap();
+        let (got, got_logits) = run_chain(&mut chain, &prompt, 12);
+        assert_eq!(got, want, "split {split:?}");
+        assert_eq!(got_logits, want_logits, "split {split:?}");
+        let info = ModelInfo::read(&names[0]).expect("a slice's header");
+        assert_eq!(info.hp.n_layer, 3);
+        assert_eq!(info.slice.as_ref().map(|s| s.source.as_str()), Some("f00d"));
+        // The same tensors, named as in the model, as a stage of the model holds.
+        let from_model = Stage::load(&path, split[0].0, split[0].1, 64).expect("load");
+        let mut a: Vec<_> = chain[0].tensors().to_vec();
+        let mut b: Vec<_> = from_model.tensors().to_vec();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        // A slice is only its own range.
+        let wrong = Stage::load(&names[0], 1, 2, 64).expect_err("another range");
+        assert!(wrong.to_string().contains("not 1..2"), "{wrong}");
+    }
+    // Smaller than the model: the layers it does not hold are not in it.
+    let model_len = std::fs::metadata(&path).unwrap().len();
+    let tail = std::fs::metadata(away.join("1-3.gguf")).unwrap().len();
+    assert!(tail < model_len, "{tail} < {model_len}");
+}
+
+#[test]
 fn stages_read_only_their_own_tensors_and_together_the_whole_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = model(dir.path(), 4);
