@@ -24,6 +24,7 @@ pub mod query;
 pub mod streams;
 pub mod supervisor;
 pub mod swarm;
+pub mod travel;
 pub mod worker;
 
 pub use node::handle::{ModelLookupError, NodeHandle, SpecSource, SubmitError};

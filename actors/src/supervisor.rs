@@ -70,6 +70,8 @@ pub struct NodeSupervisor {
     pub client_access: myco_runtime::access::Access,
     /// The jobs this node is running now, on disk (see [`myco_runtime::running`]).
     pub running: std::sync::Arc<myco_runtime::running::Running>,
+    /// Fetching models and slices from peers (in a swarm).
+    pub travel: Option<crate::travel::Travel>,
 }
 
 impl std::fmt::Debug for NodeSupervisor {
@@ -119,6 +121,7 @@ impl NodeSupervisor {
             scratch: myco_jobs::home::scratch_dir(&self.home),
             swarm: self.swarm(),
             gpu_memory: self.gpu_memory,
+            travel: self.travel.clone(),
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;
         Ok(stages)

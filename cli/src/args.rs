@@ -223,6 +223,10 @@ pub struct NodeArgs {
     /// free memory].
     #[arg(long, env = "MYCO_STAGE_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub stage_memory: Option<u64>,
+    /// Disk the model cache may take (slices of models this node does not hold, fetched to
+    /// run their stages), e.g. `40GiB`; least recently used first [default: 20GiB].
+    #[arg(long, env = "MYCO_MODEL_CACHE", value_name = "SIZE", value_parser = parse_size)]
+    pub model_cache: Option<u64>,
     /// Layers of each LLM to put on the GPU, for jobs that do not say (0: none) [default: as
     /// many as fit in the GPU's free memory; the rest run on the CPU].
     #[arg(long, env = "MYCO_GPU_LAYERS", value_name = "N")]

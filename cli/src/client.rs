@@ -52,6 +52,9 @@ impl Client {
             base: format!("http://{addr}"),
             http: reqwest::Client::builder()
                 .default_headers(headers)
+                // Under the node's header timeout (10 s by default), which closes idle
+                // kept-alive connections: one reused as the node closes it would fail.
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
         }

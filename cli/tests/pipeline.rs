@@ -470,3 +470,253 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
     assert_eq!(r["tokens"], serde_json::json!(want));
     assert_eq!(spans(&r["stages"]), own(&[("test", 0, 6)]));
 }
+
+/// A quantized model of six layers big enough that a slice takes seconds at the holder's
+/// rate limit (about 4 MiB a layer in Q8_0).
+fn write_big(path: &Path) {
+    TinyLlama {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 4,
+        n_ff: 2048,
+        n_layer: 6,
+        n_ctx: N_CTX,
+        wtype: myco_jobs::llm::gguf::WType::Q8_0,
+        ..TinyLlama::default()
+    }
+    .write(path, false)
+    .unwrap();
+}
+
+/// The slice of `first..end` in a node's model cache (its `.part` while it travels).
+fn cached_slice(home: &Path, first: u64, end: u64, part: bool) -> Option<PathBuf> {
+    let name = format!("{first}-{end}.gguf{}", if part { ".part" } else { "" });
+    std::fs::read_dir(home.join("cache/slices"))
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join(&name))
+        .find(|p| p.is_file())
+}
+
+/// What a node says of itself in its heartbeats.
+fn own_info(http: &Http, node: &NodeProc) -> serde_json::Value {
+    let (_, s) = http.get(&node.url("/api/swarm")).unwrap();
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["status"] == "self")
+        .unwrap()["info"]
+        .clone()
+}
+
+#[test]
+fn nodes_without_the_model_fetch_only_their_slices_resume_after_kill_9_and_fetch_nothing_twice() {
+    let root = tempfile::tempdir().unwrap();
+    let reference_model = root.path().join("ref/q6.gguf");
+    write_big(&reference_model);
+    let info = ModelInfo::read(&reference_model).unwrap();
+    let file_bytes = std::fs::metadata(&reference_model).unwrap().len();
+    let u = layer_unit(&info);
+    // Equal offers, none big enough alone: three stages; the holder (a) goes first.
+    let memory = (5 * u / 2).to_string();
+    let home = |n: &str| root.path().join(n);
+    write_big(&home("a").join("models/q6.gguf"));
+    // A slow holder (1 MB/s a transfer), so a transfer can be caught mid-way.
+    std::fs::write(home("a").join("config.toml"), "transfer_rate = 1000000\n").unwrap();
+    let log = |n: &str| root.path().join(format!("{n}.log"));
+    let a = NodeProc::start_logged(
+        &home("a"),
+        &[
+            "--name",
+            "a",
+            "--workers",
+            "1",
+            "--no-discovery",
+            "--stage-memory",
+            &memory,
+        ],
+        &log("a"),
+    );
+    let join = a.cluster.clone().unwrap();
+    let args = |name: &'static str| -> Vec<String> {
+        [
+            "--name",
+            name,
+            "--workers",
+            "1",
+            "--no-discovery",
+            "--stage-memory",
+            &memory,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(["--join".to_owned(), join.clone()])
+        .collect()
+    };
+    let start = |name: &'static str| {
+        std::fs::create_dir_all(home(name)).unwrap();
+        copy_secret(&a.home, &home(name));
+        let args = args(name);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = root.path().join(format!("{name}.log"));
+        let log = if log.exists() {
+            root.path().join(format!("{name}-again.log"))
+        } else {
+            log
+        };
+        NodeProc::start_logged(&home(name), &args, &log)
+    };
+    let mut b = start("b");
+    let c = start("c");
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(60),
+        "a plan over the three nodes",
+        || {
+            let (_, p) = http.get(&a.url("/api/plan?model=q6&n_ctx=2048")).unwrap();
+            (p["stages"].as_array()?.len() == 3).then_some(())
+        },
+    );
+
+    // `myco plan` says who fetches what from whom.
+    let out = myco(&a.home)
+        .args([
+            "--api",
+            &a.addr.to_string(),
+            "plan",
+            "q6",
+            "--n-ctx",
+            "2048",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("* a"), "a holds the file: {text}");
+    let fetching: Vec<&str> = text.lines().filter(|l| l.contains("(fetches")).collect();
+    assert_eq!(fetching.len(), 2, "b and c fetch, a does not: {text}");
+    assert!(fetching.iter().all(|l| l.contains("from a")), "{text}");
+    let (_, plan) = http.get(&a.url("/api/plan?model=q6&n_ctx=2048")).unwrap();
+    let stages = spans(&plan["stages"]);
+    assert_eq!(stages[0].0, "a", "{plan}");
+    let range = |node: &str| {
+        let s = stages.iter().find(|s| s.0 == node).unwrap();
+        (s.1, s.2)
+    };
+    let (b_range, c_range) = (range("b"), range("c"));
+
+    // Run 1: b is killed -9 while its slice travels, then started again.
+    let file = job(root.path(), "q6", 24, N_CTX, 8);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("tiny6", "q6")).unwrap();
+    let want = {
+        let model = LlmModel::load(&reference_model).unwrap();
+        let params = InferParams {
+            max_tokens: 24,
+            temperature: 0.0,
+            n_ctx: N_CTX,
+            threads: 1,
+            ..InferParams::default()
+        };
+        let g = model
+            .generate(
+                &Prompt::Text(PROMPT.into()),
+                &params,
+                &|| false,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        g.tokens.into_iter().map(i64::from).collect::<Vec<i64>>()
+    };
+    let id = a.submit(&file);
+    let part = eventually(Duration::from_secs(60), "b's slice mid-way", || {
+        let p = cached_slice(&b.home, b_range.0, b_range.1, true)?;
+        (std::fs::metadata(&p).ok()?.len() >= 3 << 20).then_some(p)
+    });
+    b.kill9();
+    let kept = std::fs::metadata(&part).unwrap().len();
+    let b = start("b");
+    let j = wait_end(&http, &a, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    let r = result(&http, &a, &id);
+    assert_eq!(
+        r["tokens"],
+        serde_json::json!(want),
+        "split tokens = whole tokens"
+    );
+    let ran: Vec<String> = spans(&r["stages"]).into_iter().map(|s| s.0).collect();
+    assert_eq!(ran, ["a", "b", "c"], "{r}");
+
+    // What crossed the network: each slice, never the file.
+    let b_slice = std::fs::metadata(cached_slice(&b.home, b_range.0, b_range.1, false).unwrap())
+        .unwrap()
+        .len();
+    let c_slice = std::fs::metadata(cached_slice(&c.home, c_range.0, c_range.1, false).unwrap())
+        .unwrap()
+        .len();
+    let received = |n: &NodeProc| own_info(&http, n)["received_bytes"].as_u64().unwrap();
+    // As of a node's last heartbeat (every 500 ms).
+    let (b_got, c_got) = eventually(Duration::from_secs(5), "both report what came", || {
+        let (b_got, c_got) = (received(&b), received(&c));
+        (b_got > 0 && c_got > 0).then_some((b_got, c_got))
+    });
+    let tensors = |(first, end): (u64, u64)| {
+        let (first, end) = (first as usize, end as usize);
+        let layers: u64 = info.layer_bytes[first..end].iter().sum();
+        layers + if end == 6 { info.head_bytes } else { 0 }
+    };
+    eprintln!(
+        "model {file_bytes} B; b: slice {b_slice} B ({} B of tensors), {kept} B kept at the kill, {b_got} B after; c: slice {c_slice} B ({} B of tensors), received {c_got} B",
+        tensors(b_range),
+        tensors(c_range)
+    );
+    assert_eq!(c_got, c_slice, "c received its slice once");
+    for (slice, range) in [(b_slice, b_range), (c_slice, c_range)] {
+        let overhead = slice - tensors(range);
+        assert!(
+            overhead < 64 << 10,
+            "a slice is its tensors and a header: {overhead} B more"
+        );
+        assert!(slice < file_bytes / 2, "{slice} of {file_bytes}");
+    }
+    // b resumed from the whole chunks it kept.
+    let resumed_from = kept - kept % (1 << 20);
+    assert!(resumed_from >= 2 << 20 && resumed_from < b_slice, "{kept}");
+    assert_eq!(
+        b_got,
+        b_slice - resumed_from,
+        "b fetched only what it lacked"
+    );
+    assert!(
+        ((kept + b_got) as f64) < 1.25 * b_slice as f64,
+        "{kept} + {b_got} of {b_slice}"
+    );
+
+    // Run 2: the same job transfers nothing (the slices are in the caches).
+    let id = a.submit(&file);
+    let j = wait_end(&http, &a, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    assert_eq!(result(&http, &a, &id)["tokens"], serde_json::json!(want));
+    // Two heartbeats later, still what came for run 1.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        (received(&b), received(&c)),
+        (b_got, c_got),
+        "nothing travelled"
+    );
+
+    // `myco models` shows each node's cache.
+    let out = myco(&a.home)
+        .args(["--json", "--api", &a.addr.to_string(), "models"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cached = v["cached"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        cached
+            .iter()
+            .any(|s| s["node"] == "c" && s["first"] == c_range.0),
+        "{v}"
+    );
+}

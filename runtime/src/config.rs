@@ -133,6 +133,9 @@ impl Home {
     }
 }
 
+/// The model cache's cap when `model_cache` is unset: 20 GiB.
+pub const DEFAULT_MODEL_CACHE: u64 = 20 << 30;
+
 /// A node's settings. Every field has a default; CLI flags override the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -179,6 +182,11 @@ pub struct NodeConfig {
     /// not starve running jobs); unset means as fast as the network and disk go.
     #[serde(default)]
     pub transfer_rate: Option<u64>,
+    /// Bytes the model cache (`cache/slices/`: slices fetched to run stages of models this
+    /// node does not hold) may take; least recently used first, never a loaded stage's.
+    /// Unset means [`DEFAULT_MODEL_CACHE`].
+    #[serde(default)]
+    pub model_cache: Option<u64>,
     /// Layers of each LLM on the GPU for jobs that do not say; unset means as many as fit.
     #[serde(default)]
     pub gpu_layers: Option<u32>,
@@ -278,6 +286,7 @@ impl Default for NodeConfig {
             peer_timeout: Duration::from_secs(3),
             stage_memory: None,
             transfer_rate: None,
+            model_cache: None,
             gpu_layers: None,
             gpu_memory: None,
             threads: 0,

@@ -7,7 +7,11 @@
 //! - VRAM first: if the GPUs of the nodes that have one can hold the model, the plan uses
 //!   their VRAM only (by the rules below). Otherwise every node's whole offer (a GPU node's
 //!   VRAM and the RAM its stage spills to) is planned.
-//! - A model that fits on one node runs there whole (the node with the most free memory).
+//! - Every node that offers memory is a candidate, whether it holds the model file or not
+//!   (one that does not fetches its stage's slice from a holder); at equal memory, holders
+//!   come first.
+//! - A model that fits on one node runs there whole: on the largest holder that can hold it,
+//!   else on the node with the most free memory.
 //! - Otherwise the layers are split in contiguous ranges, in proportion to free memory,
 //!   largest node first. Stage 0 also holds the token embedding, the last stage the final
 //!   norm and the output head.
@@ -48,10 +52,13 @@ impl ModelShape {
     }
 }
 
-/// A candidate node: one that holds the model file.
+/// A candidate node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMemory {
     pub name: String,
+    /// It holds the model file (a stage there fetches nothing).
+    #[serde(default)]
+    pub holds: bool,
     /// Free memory for the model: its GPU's VRAM and RAM.
     pub free_bytes: u64,
     /// Of `free_bytes`, the part on its GPU (0 without one).
@@ -77,15 +84,15 @@ pub enum PlanError {
     #[error("the model has no layers")]
     NoLayers,
     #[error(
-        "no node that holds the model can hold even one layer ({need} bytes with its KV cache); add a node with more free memory"
+        "no node can hold even one layer ({need} bytes with its KV cache); add a node with more free memory"
     )]
     NoNodes { need: u64 },
     #[error(
-        "the model needs {need} bytes and the nodes that hold it have {have} free; add a node with the model file, or free memory"
+        "the model needs {need} bytes and the nodes up offer {have}; add a node, or free memory (--stage-memory)"
     )]
     TooBig { need: u64, have: u64 },
     #[error(
-        "the model needs {need} bytes and the nodes that hold it have {have} free, but not in pieces that hold whole layers in order; add a node with the model file, or free memory"
+        "the model needs {need} bytes and the nodes up offer {have}, but not in pieces that hold whole layers in order; add a node, or free memory"
     )]
     Fragmented { need: u64, have: u64 },
 }
@@ -116,9 +123,19 @@ fn place(shape: &ModelShape, nodes: &[NodeMemory]) -> Result<Vec<Stage>, PlanErr
     }
     let total = shape.total_bytes();
     let mut order: Vec<&NodeMemory> = nodes.iter().collect();
-    // Largest first, then by name: the same inputs give the same plan on every node.
-    order.sort_by(|a, b| b.free_bytes.cmp(&a.free_bytes).then(a.name.cmp(&b.name)));
-    if let Some(best) = order.first()
+    // Largest first, holders first at equal memory, then by name: the same inputs give the
+    // same plan on every node.
+    order.sort_by(|a, b| {
+        b.free_bytes
+            .cmp(&a.free_bytes)
+            .then(b.holds.cmp(&a.holds))
+            .then(a.name.cmp(&b.name))
+    });
+    let whole = order
+        .iter()
+        .find(|n| n.holds && n.free_bytes >= total)
+        .or(order.first());
+    if let Some(best) = whole
         && best.free_bytes >= total
     {
         return Ok(vec![Stage {
@@ -253,6 +270,7 @@ mod tests {
     fn node(name: &str, free: u64) -> NodeMemory {
         NodeMemory {
             name: name.into(),
+            holds: true,
             free_bytes: free,
             gpu_bytes: 0,
         }
@@ -261,6 +279,7 @@ mod tests {
     fn gpu_node(name: &str, vram: u64, ram: u64) -> NodeMemory {
         NodeMemory {
             name: name.into(),
+            holds: true,
             free_bytes: vram + ram,
             gpu_bytes: vram,
         }
@@ -291,6 +310,31 @@ mod tests {
         // A GPU node alone, too small in VRAM: its stage spills to its RAM.
         let alone = [gpu_node("gpu-a", 8 * GIB, 16 * GIB)];
         assert_eq!(spans(&plan(&s, &alone).unwrap()), [("gpu-a", 0, 32)]);
+    }
+
+    #[test]
+    fn nodes_without_the_file_take_stages_and_holders_win_ties() {
+        let s = shape(8, GIB / 2);
+        let lacks = |name: &str, free: u64| NodeMemory {
+            holds: false,
+            ..node(name, free)
+        };
+        // Only `h` holds the file; none can hold it alone: all three take a range.
+        let nodes = [
+            node("h", 5 * GIB / 2),
+            lacks("a", 5 * GIB / 2),
+            lacks("b", 5 * GIB / 2),
+        ];
+        let p = plan(&s, &nodes).unwrap();
+        assert_eq!(p.len(), 3, "{p:?}");
+        // Equal memory: the holder goes first (stage 0, which fetches the most if it must).
+        assert_eq!(p[0].node, "h");
+        // A holder that fits it whole runs it whole, even if a node without it is larger.
+        let nodes = [node("h", 6 * GIB), lacks("big", 64 * GIB)];
+        assert_eq!(spans(&plan(&s, &nodes).unwrap()), [("h", 0, 8)]);
+        // No holder fits it: the largest node does, and fetches it.
+        let nodes = [node("h", GIB), lacks("big", 64 * GIB)];
+        assert_eq!(spans(&plan(&s, &nodes).unwrap())[0].0, "big");
     }
 
     fn spans(stages: &[Stage]) -> Vec<(&str, u32, u32)> {

@@ -371,6 +371,9 @@ async fn write_fuzz_seeds() {
             peers: Vec::new(),
             stages: Vec::new(),
             transfer_port: None,
+            cached: Vec::new(),
+            transfers: Vec::new(),
+            received_bytes: 0,
         },
     };
     let mut seed = vec![0u8];

@@ -45,6 +45,7 @@ fn plain() -> ServeOptions {
     ServeOptions {
         rate: None,
         corrupt_chunk: None,
+        slicer: None,
     }
 }
 
@@ -75,6 +76,7 @@ async fn a_file_travels_whole_resumes_after_a_cut_and_a_damaged_chunk_is_fetched
         ServeOptions {
             rate: Some(2 * CHUNK),
             corrupt_chunk: None,
+            slicer: None,
         },
     )
     .await;
@@ -112,6 +114,7 @@ async fn a_file_travels_whole_resumes_after_a_cut_and_a_damaged_chunk_is_fetched
         ServeOptions {
             rate: None,
             corrupt_chunk: Some(2),
+            slicer: None,
         },
     )
     .await;

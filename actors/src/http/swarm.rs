@@ -159,14 +159,29 @@ pub struct PlanReply {
     /// Everything, with the KV cache at `n_ctx`.
     pub total_bytes: u64,
     pub kv_bytes_per_layer: u64,
-    /// The nodes holding the file, with the memory each offers to stages.
+    /// The nodes up (holding the file or able to fetch their slice of it), with the memory
+    /// each offers to stages.
     pub nodes: Vec<myco_runtime::plan::NodeMemory>,
     pub stages: Vec<myco_runtime::plan::Stage>,
+    /// What each stage on a node without the file fetches, and from whom (a node that has
+    /// the slice in its cache fetches nothing).
+    #[serde(default)]
+    pub fetches: Vec<PlannedFetch>,
     /// Why no plan exists, if none does.
     pub error: Option<String>,
     /// The model's content hash, once this node has read the file.
     #[serde(default)]
     pub sha256: Option<String>,
+}
+
+/// A stage's slice that its node will fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedFetch {
+    pub node: String,
+    pub first: u32,
+    pub end: u32,
+    pub bytes: u64,
+    pub from: String,
 }
 
 #[cfg(not(feature = "pipeline"))]
@@ -221,6 +236,42 @@ async fn plan(
         Err(e) => (Vec::new(), Some(e.to_string())),
     };
     let sha256 = myco_jobs::model::identity::known(&path, &node.cache_dir());
+    let holders: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.holds)
+        .map(|n| n.name.as_str())
+        .collect();
+    let members = node.members().await;
+    let fetches = stages
+        .iter()
+        .filter(|s| !holders.contains(&s.node.as_str()))
+        .filter(|s| {
+            // Already in that node's cache: nothing to fetch.
+            !members.iter().any(|m| {
+                m.name == s.node
+                    && m.info.as_ref().is_some_and(|i| {
+                        i.cached.iter().any(|c| {
+                            Some(&c.source) == sha256.as_ref()
+                                && (c.first, c.end) == (s.first, s.end)
+                        })
+                    })
+            })
+        })
+        .map(|s| PlannedFetch {
+            node: s.node.clone(),
+            first: s.first,
+            end: s.end,
+            bytes: crate::pipeline::runner::slice_bytes(&info, s.first, s.end),
+            // The runner's node first (it holds the file), as the stage asks.
+            from: if holders.contains(&node.name()) {
+                node.name().to_owned()
+            } else {
+                holders
+                    .first()
+                    .map_or_else(String::new, |h| (*h).to_owned())
+            },
+        })
+        .collect();
     Ok(Json(PlanReply {
         model: path
             .file_name()
@@ -233,6 +284,7 @@ async fn plan(
         kv_bytes_per_layer: shape.kv_bytes_per_layer,
         nodes,
         stages,
+        fetches,
         error,
         sha256,
     }))

@@ -175,6 +175,9 @@ impl Node {
         let mut transfers = None;
         // The client end of transfers (this node fetching from a peer).
         let mut fetcher = None;
+        // Transfers in flight and the model cache, for heartbeats and the API.
+        let board = myco_runtime::cluster::transfer::Board::default();
+        board.rescan(&myco_jobs::home::cache_dir(home.root()));
         let membership = if services.cluster {
             let (secret, created) = SwarmSecret::load_or_create(&home.secret_path())
                 .map_err(|e| NodeError::Actors(e.to_string()))?;
@@ -187,7 +190,7 @@ impl Node {
             let caps = caps.clone();
             // The transfer listener: the model files this node holds, by content hash, to
             // members of the swarm only (mutual TLS with the swarm's authority).
-            let transfer = serve_transfers(&home, &config, &secret).await;
+            let transfer = serve_transfers(&home, &config, &secret, &board).await;
             fetcher = secret.tls().ok();
             let mut roles = vec![Role::Coordinator];
             if workers > 0 {
@@ -220,6 +223,7 @@ impl Node {
                 publisher,
                 events: None,
                 transfer_port: transfer.as_ref().map(|t| t.0),
+                board: board.clone(),
             };
             transfers = transfer.map(|t| t.1);
             Some((membership, swarm))
@@ -229,6 +233,15 @@ impl Node {
         let swarm = membership
             .as_ref()
             .map(|(_, s): &(Membership, Swarm)| s.clone());
+        let travel = swarm.as_ref().map(|swarm| crate::travel::Travel {
+            board: board.clone(),
+            tls: fetcher.clone(),
+            cache: myco_jobs::home::cache_dir(home.root()),
+            cap: config
+                .model_cache
+                .unwrap_or(myco_runtime::config::DEFAULT_MODEL_CACHE),
+            swarm: Some(swarm.clone()),
+        });
         let streams = crate::streams::Streams::default();
         // What jobs submitted by clients (not the owner) may read: below the data roots, or
         // a model in the models folder. Checked at submit, and again when such a job runs.
@@ -265,6 +278,7 @@ impl Node {
             gpu_memory: config.gpu_memory,
             client_access: client_access.clone(),
             running,
+            travel,
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
@@ -486,6 +500,7 @@ async fn serve_transfers(
     home: &Home,
     config: &NodeConfig,
     secret: &SwarmSecret,
+    board: &myco_runtime::cluster::transfer::Board,
 ) -> Option<(u16, JoinHandle<()>)> {
     use myco_runtime::cluster::transfer;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.cluster.ip(), 0))
@@ -498,19 +513,79 @@ async fn serve_transfers(
         .map_err(|e| tracing::warn!(error = %e, "no TLS for model transfers"))
         .ok()?;
     let (models, cache) = (home.models_dir(), myco_jobs::home::cache_dir(home.root()));
-    let files: transfer::Files = Arc::new(move |sha: &str| {
-        myco_jobs::model::gguf_files(&models)
-            .into_iter()
-            .find(|p| myco_jobs::model::identity::known(p, &cache).as_deref() == Some(sha))
-    });
+    // The models it holds, and the slices in its cache (fetched, or written to serve).
+    let files: transfer::Files = {
+        let (models, cache) = (models.clone(), cache.clone());
+        Arc::new(move |sha: &str| {
+            myco_jobs::model::gguf_files(&models)
+                .into_iter()
+                .find(|p| myco_jobs::model::identity::known(p, &cache).as_deref() == Some(sha))
+                .or_else(|| {
+                    myco_jobs::model::cache::slices(&cache)
+                        .into_iter()
+                        .find(|c| c.sha256 == sha)
+                        .map(|c| c.path)
+                })
+        })
+    };
     let opts = transfer::ServeOptions {
         rate: config.transfer_rate,
         corrupt_chunk: std::env::var(FAULT_CORRUPT_CHUNK_ENV)
             .ok()
             .and_then(|v| v.parse().ok()),
+        slicer: slicer(models, cache, board.clone()),
     };
     Some((
         port,
         tokio::spawn(transfer::serve(listener, tls, files, opts)),
     ))
+}
+
+/// Slices of the models this node holds, for peers that run a stage of one: written once
+/// into the model cache (deterministic, so any holder gives the same bytes), then served
+/// from there by their own hash.
+#[cfg(feature = "pipeline")]
+fn slicer(
+    models: std::path::PathBuf,
+    cache: std::path::PathBuf,
+    board: myco_runtime::cluster::transfer::Board,
+) -> Option<myco_runtime::cluster::transfer::Slicer> {
+    use myco_jobs::model::{cache as slices, identity};
+    // One slice written at a time.
+    let writing = Arc::new(std::sync::Mutex::new(()));
+    Some(Arc::new(move |source: &str, first: u32, end: u32| {
+        let _one = writing
+            .lock()
+            .map_err(|_| "a slice writer panicked".to_owned())?;
+        let out = slices::slice_path(&cache, source, first, end);
+        if let Some(c) = slices::cached(&out) {
+            slices::touch(&out);
+            return Ok((c.sha256, c.bytes));
+        }
+        let model = myco_jobs::model::gguf_files(&models)
+            .into_iter()
+            .find(|p| identity::known(p, &cache).as_deref() == Some(source))
+            .ok_or_else(|| format!("no model of sha256 {source} here"))?;
+        let started = std::time::Instant::now();
+        myco_jobs::llm::stage::write_travelling_slice(&model, source, first, end, &out)
+            .map_err(|e| e.to_string())?;
+        let sha = identity::sha256_of(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        slices::remember(&out, &sha).map_err(|e| format!("{}: {e}", out.display()))?;
+        board.rescan(&cache);
+        let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
+        tracing::info!(
+            model = %model.display(), first, end, bytes, ms = started.elapsed().as_millis() as u64,
+            "wrote a slice to serve"
+        );
+        Ok((sha, bytes))
+    }))
+}
+
+#[cfg(not(feature = "pipeline"))]
+fn slicer(
+    _models: std::path::PathBuf,
+    _cache: std::path::PathBuf,
+    _board: myco_runtime::cluster::transfer::Board,
+) -> Option<myco_runtime::cluster::transfer::Slicer> {
+    None
 }

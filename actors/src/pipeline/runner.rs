@@ -61,9 +61,16 @@ fn members(env: &PipelineEnv) -> Option<Vec<MemberView>> {
     Some(env.swarm.as_ref()?.view().members())
 }
 
-/// The nodes that could host stages of `model` (file name and size) and the memory each
-/// offers: this node and the peers that are up, holding the file.
-pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMemory> {
+/// The nodes that could host stages of `model` (file name and size, content hash `sha256`)
+/// and the memory each offers: this node and the peers that are up, holding the file or
+/// able to fetch their slice of it (a node that serves transfers, when the model's hash is
+/// known).
+pub async fn candidates(
+    env: &PipelineEnv,
+    model: &str,
+    size: u64,
+    sha256: Option<&str>,
+) -> Vec<NodeMemory> {
     let Some(members) = members(env).filter(|m| !m.is_empty()) else {
         let (stage_cap, gpu_cap) = (env.stage_memory, env.gpu_memory);
         let offer = tokio::task::spawn_blocking(crate::features::detect)
@@ -72,6 +79,7 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
             .unwrap_or_default();
         return vec![NodeMemory {
             name: env.name.clone(),
+            holds: true,
             free_bytes: offer.total,
             gpu_bytes: offer.gpu,
         }];
@@ -85,13 +93,33 @@ pub async fn candidates(env: &PipelineEnv, model: &str, size: u64) -> Vec<NodeMe
                 .models
                 .iter()
                 .any(|f| f.size_bytes == size && f.path.file_name().is_some_and(|n| n == model));
-            holds.then_some(NodeMemory {
+            let fetches = sha256.is_some() && info.transfer_port.is_some();
+            (holds || fetches).then_some(NodeMemory {
                 name: m.name,
+                holds,
                 free_bytes: info.stage_memory,
                 gpu_bytes: info.stage_gpu_memory,
             })
         })
         .collect()
+}
+
+/// The content hash of the model file at `path`, once this node has read it.
+fn sha_of(env: &PipelineEnv, path: &Path) -> Option<String> {
+    myco_jobs::model::identity::known(path, &myco_jobs::home::cache_dir(&env.home))
+}
+
+/// The bytes of the slice a stage of `first..end` fetches (its tensors; its KV cache is
+/// made where it runs).
+pub fn slice_bytes(info: &ModelInfo, first: u32, end: u32) -> u64 {
+    let layers: u64 = info.layer_bytes[first as usize..end as usize].iter().sum();
+    let embed = if first == 0 { info.embed_bytes } else { 0 };
+    let head = if end == info.hp.n_layer {
+        info.head_bytes
+    } else {
+        0
+    };
+    layers + embed + head
 }
 
 /// A model file's name and size, as nodes advertise them.
@@ -211,6 +239,7 @@ pub async fn run(
             .map_err(|e| JobError::retryable(format!("preparing the prompt: {e}")))??
     };
     let (model, size) = file_of(&path);
+    let sha256 = sha_of(env, &path);
     let n_ctx = prepared.n_ctx;
     let shape = shape(&prepared.info, n_ctx);
 
@@ -227,7 +256,7 @@ pub async fn run(
     // `infer` reports as prompt_ms: prompt processing until the first token).
     let mut first_token: Option<(Instant, f64)> = None;
     for placement_no in 0..MAX_PLACEMENTS {
-        let nodes: Vec<NodeMemory> = candidates(env, &model, size)
+        let nodes: Vec<NodeMemory> = candidates(env, &model, size, sha256.as_deref())
             .await
             .into_iter()
             .filter(|n| !lost.contains(&n.name))
@@ -409,9 +438,9 @@ async fn drive(
             StageFrame::Open(Box::new(open)),
         ));
     }
-    let mut watch = Watch::new();
-    // Wait for every stage to load.
-    let deadline = Instant::now() + OPEN_TIMEOUT;
+    let mut watch = Watch::new(env, placement);
+    // Wait for every stage to load (and fetch its slice, where it must).
+    let mut deadline = Instant::now() + OPEN_TIMEOUT;
     while placement.reports.iter().any(Option::is_none) {
         match watch.next(env, placement, rx, cancel, deadline).await? {
             Event::Frame(StageFrame::Opened {
@@ -434,6 +463,10 @@ async fn drive(
                     tensor_bytes: loaded.tensor_bytes,
                     tensors: loaded.tensors,
                 });
+            }
+            // A stage node fetching its slice is not stalled.
+            Event::Stalled if fetching(env, placement) => {
+                deadline = Instant::now() + OPEN_TIMEOUT;
             }
             Event::Stalled => {
                 return Err(JobError::retryable(format!(
@@ -510,6 +543,20 @@ async fn drive(
     }
 }
 
+/// Whether a node of the placement has a transfer in flight (its heartbeat says).
+fn fetching(env: &PipelineEnv, placement: &Placement) -> bool {
+    let Some(swarm) = &env.swarm else {
+        return false;
+    };
+    let nodes = placement.nodes();
+    swarm
+        .view()
+        .members()
+        .into_iter()
+        .filter(|m| nodes.contains(&m.name))
+        .any(|m| m.info.is_some_and(|i| !i.transfers.is_empty()))
+}
+
 /// `b (layers 3..5)`.
 fn describe(plan: &[plan::Stage], node: &str) -> String {
     plan.iter()
@@ -565,16 +612,39 @@ enum Event {
 }
 
 /// Waits for the runner's next event, checking every 250 ms for cancellation, the deadline
-/// and the placement's nodes still being up.
+/// and the placement's nodes still being up (and the same processes: a node that restarted
+/// at once has lost its stages, though its name never left the swarm).
 struct Watch {
     check: tokio::time::Interval,
+    /// The cluster sessions of each peer of the placement when it began.
+    sessions: std::collections::HashMap<String, Vec<u64>>,
+}
+
+/// The cluster sessions of the peers named in `nodes`.
+fn sessions(
+    env: &PipelineEnv,
+    nodes: &BTreeSet<String>,
+) -> std::collections::HashMap<String, Vec<u64>> {
+    let Some(swarm) = &env.swarm else {
+        return Default::default();
+    };
+    swarm
+        .view()
+        .peers
+        .iter()
+        .filter(|p| nodes.contains(&p.name))
+        .map(|p| (p.name.clone(), p.sessions.clone()))
+        .collect()
 }
 
 impl Watch {
-    fn new() -> Watch {
+    fn new(env: &PipelineEnv, placement: &Placement) -> Watch {
         let mut check = tokio::time::interval(Duration::from_millis(250));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Watch { check }
+        Watch {
+            check,
+            sessions: sessions(env, &placement.nodes()),
+        }
     }
 
     async fn next(
@@ -602,8 +672,15 @@ impl Watch {
                         return Ok(Event::Stalled);
                     }
                     if let Some(up) = up(env) {
-                        let gone: BTreeSet<String> =
+                        let mut gone: BTreeSet<String> =
                             placement.nodes().difference(&up).cloned().collect();
+                        // Up, but none of the sessions it had: it restarted.
+                        for (node, now) in sessions(env, &placement.nodes()) {
+                            let before = self.sessions.get(&node);
+                            if before.is_some_and(|b| !b.is_empty() && !now.iter().any(|s| b.contains(s))) {
+                                gone.insert(node);
+                            }
+                        }
                         if !gone.is_empty() {
                             return Ok(Event::Lost(gone));
                         }
@@ -635,7 +712,7 @@ pub async fn plan_for(
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let (model, size) = file_of(path);
-    let nodes = candidates(env, &model, size).await;
+    let nodes = candidates(env, &model, size, sha_of(env, path).as_deref()).await;
     let shape = shape(&info, n_ctx);
     let planned = plan::plan(&shape, &nodes);
     Ok((info, shape, nodes, planned))

@@ -44,6 +44,9 @@ pub enum StagesMsg {
     Unlisten(SeqKey),
     /// Unload stages unused for [`LINGER`] (internal).
     Tick,
+    /// A slice this node fetched into its model cache, or why not (internal): the opens
+    /// that waited for it go on.
+    Fetched(PathBuf, Result<(), String>),
 }
 
 // Local only: never serialized (the cluster feature requires the impl).
@@ -76,6 +79,8 @@ pub struct Stages {
     pub swarm: Option<Swarm>,
     /// GPU memory the node's stages may use (`--gpu-memory`); unset: the GPU's free memory.
     pub gpu_memory: Option<u64>,
+    /// Fetching the slice of a stage of a model this node does not hold.
+    pub travel: Option<crate::travel::Travel>,
 }
 
 /// A loaded (or loading) stage and its thread.
@@ -101,6 +106,8 @@ pub struct StagesState {
     runners: HashMap<SeqKey, Sender<StageFrame>>,
     /// What [`Stages::post`] last posted.
     posted: Vec<HostedStage>,
+    /// Slices being fetched, and the opens waiting for each.
+    fetching: HashMap<PathBuf, Vec<StageOpen>>,
 }
 
 impl Stages {
@@ -133,17 +140,16 @@ impl Stages {
                 open.model
             ));
         }
-        let path = self.models_dir.join(&open.model);
+        let mut path = self.models_dir.join(&open.model);
         match std::fs::metadata(&path) {
             Ok(m) if m.len() == open.size => {}
-            _ => {
-                return refuse(format!(
-                    "no model file {} of {} bytes in {}",
-                    open.model,
-                    open.size,
-                    self.models_dir.display()
-                ));
-            }
+            // A model this node does not hold: its slice, from the cache or a holder.
+            _ => match self.slice(myself, state, &open) {
+                Ok(Some(slice)) => path = slice,
+                // Fetching: the open goes on when the slice is here.
+                Ok(None) => return,
+                Err(why) => return refuse(why),
+            },
         }
         let ring = self.target(myself, &open.ring);
         let next = match &open.next {
@@ -200,6 +206,72 @@ impl Stages {
             }
         }
         refuse("the stage thread keeps failing".into());
+    }
+
+    /// The slice of `open`'s range, for a node without the model: `Some` if it is in the
+    /// cache; `None` if it is being fetched (the open waits, and is handled again when it
+    /// arrives); `Err` if it cannot be had.
+    fn slice(
+        &self,
+        myself: &ActorRef<StagesMsg>,
+        state: &mut StagesState,
+        open: &StageOpen,
+    ) -> Result<Option<PathBuf>, String> {
+        let missing = || {
+            format!(
+                "no model file {} of {} bytes in {}",
+                open.model,
+                open.size,
+                self.models_dir.display()
+            )
+        };
+        let (Some(travel), Some(swarm)) = (&self.travel, &self.swarm) else {
+            return Err(missing());
+        };
+        // The model is known by the content hash its runner's node gives it.
+        let source = swarm
+            .view()
+            .members()
+            .into_iter()
+            .find(|m| m.name == open.runner)
+            .and_then(|m| m.info)
+            .and_then(|i| {
+                i.models.into_iter().find(|f| {
+                    f.size_bytes == open.size
+                        && f.path.file_name().is_some_and(|n| *n == *open.model)
+                })
+            })
+            .and_then(|f| f.sha256)
+            .ok_or_else(|| {
+                format!(
+                    "{}, and the runner's node {} names no content hash for it to fetch it by",
+                    missing(),
+                    open.runner
+                )
+            })?;
+        let path =
+            myco_jobs::model::cache::slice_path(&travel.cache, &source, open.first, open.end);
+        if myco_jobs::model::cache::cached(&path).is_some() {
+            myco_jobs::model::cache::touch(&path);
+            return Ok(Some(path));
+        }
+        let waiting = state.fetching.entry(path.clone()).or_default();
+        waiting.push(open.clone());
+        if waiting.len() == 1 {
+            let in_use: std::collections::HashSet<PathBuf> =
+                state.hosted.keys().map(|(p, _, _)| p.clone()).collect();
+            let (travel, me, model) = (travel.clone(), myself.clone(), open.model.clone());
+            let (first, end, runner) = (open.first, open.end, open.runner.clone());
+            tokio::spawn(async move {
+                let got = travel
+                    .slice(&model, &source, first, end, Some(&runner), &|p| {
+                        in_use.contains(p)
+                    })
+                    .await;
+                let _ = me.cast(StagesMsg::Fetched(path, got.map(|_| ())));
+            });
+        }
+        Ok(None)
     }
 
     fn close(state: &mut StagesState, key: SeqKey) {
@@ -378,6 +450,23 @@ impl Actor for Stages {
             }
             StagesMsg::Unlisten(key) => {
                 state.runners.remove(&key);
+            }
+            StagesMsg::Fetched(path, result) => {
+                for open in state.fetching.remove(&path).unwrap_or_default() {
+                    match &result {
+                        Ok(()) => Box::pin(self.open(&myself, state, open)).await,
+                        Err(why) => {
+                            if let Some(runner) = self.target(&myself, &open.runner) {
+                                runner.send(StageFrame::Opened {
+                                    key: open.key,
+                                    index: open.index,
+                                    node: self.name.clone(),
+                                    result: Err(why.clone()),
+                                });
+                            }
+                        }
+                    }
+                }
             }
             StagesMsg::Tick => {
                 self.close_orphans(state);

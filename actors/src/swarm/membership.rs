@@ -103,6 +103,8 @@ pub struct Membership {
     pub events: Option<tokio::sync::watch::Sender<SwarmSignals>>,
     /// The port of this node's transfer listener, if it serves one.
     pub transfer_port: Option<u16>,
+    /// Its transfers in flight and its cache, for heartbeats.
+    pub board: myco_runtime::cluster::transfer::Board,
 }
 
 #[derive(Debug)]
@@ -231,6 +233,9 @@ impl Membership {
                 .collect(),
             stages: self.publisher.hosted_stages(),
             transfer_port: self.transfer_port,
+            cached: self.board.cached(),
+            transfers: self.board.flying(),
+            received_bytes: self.board.received(),
         }
     }
 

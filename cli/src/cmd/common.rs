@@ -141,6 +141,9 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     if let Some(p) = args.discovery_port {
         cfg.discovery_port = p;
     }
+    if let Some(m) = args.model_cache {
+        cfg.model_cache = Some(m);
+    }
     if let Some(m) = args.stage_memory {
         cfg.stage_memory = Some(m);
     }

@@ -37,8 +37,46 @@ pub async fn models(cli: &Cli, home: &Home) -> Result<ExitCode> {
             })
         })
         .collect();
+    // Each node's model cache (slices of models it does not hold) and its transfers.
+    let name_of = |sha: &str| {
+        reply
+            .nodes
+            .iter()
+            .filter_map(|n| n.info.as_ref())
+            .flat_map(|i| &i.models)
+            .find(|m| m.sha256.as_deref() == Some(sha))
+            .map_or_else(|| sha[..16.min(sha.len())].to_owned(), |m| m.name.clone())
+    };
+    let cached: Vec<serde_json::Value> = reply
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n, n.info.as_ref()?)))
+        .flat_map(|(n, i)| {
+            i.cached.iter().map(move |c| {
+                serde_json::json!({
+                    "node": n.name, "model": name_of(&c.source), "source": c.source,
+                    "first": c.first, "end": c.end, "bytes": c.bytes,
+                })
+            })
+        })
+        .collect();
+    let transfers: Vec<serde_json::Value> = reply
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n, n.info.as_ref()?)))
+        .flat_map(|(n, i)| {
+            i.transfers.iter().map(move |t| {
+                serde_json::json!({
+                    "node": n.name, "what": t.what, "from": t.from, "sha256": t.sha256,
+                    "done": t.done, "size": t.size,
+                })
+            })
+        })
+        .collect();
     if cli.json {
-        print_json(&serde_json::json!({ "models": rows }))?;
+        print_json(&serde_json::json!({
+            "models": rows, "cached": cached, "transfers": transfers,
+        }))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -62,6 +100,37 @@ pub async fn models(cli: &Cli, home: &Home) -> Result<ExitCode> {
                 .map_or("(not read yet)".to_owned(), |h| h[..16.min(h.len())]
                     .to_owned()),
         );
+    }
+    if !cached.is_empty() {
+        println!("\ncached slices (stages of models a node does not hold):");
+        for c in &cached {
+            println!(
+                "  {:<16} {:<32} layers {:>3}..{:<3} {:>10}",
+                c["node"].as_str().unwrap_or("-"),
+                c["model"].as_str().unwrap_or("-"),
+                c["first"],
+                c["end"],
+                mib(c["bytes"].as_u64().unwrap_or(0)),
+            );
+        }
+    }
+    if !transfers.is_empty() {
+        println!("\ntransfers in flight:");
+        for t in &transfers {
+            let (done, size) = (
+                t["done"].as_u64().unwrap_or(0),
+                t["size"].as_u64().unwrap_or(0),
+            );
+            println!(
+                "  {:<16} {} from {}: {} of {} ({:.0} %)",
+                t["node"].as_str().unwrap_or("-"),
+                t["what"].as_str().unwrap_or("-"),
+                t["from"].as_str().unwrap_or("-"),
+                mib(done),
+                mib(size),
+                100.0 * done as f64 / size.max(1) as f64,
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -195,7 +264,7 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
     if let Some(sha) = &p.sha256 {
         println!("sha256 {sha}");
     }
-    println!("nodes holding it, with the memory each offers to stages:");
+    println!("nodes up, with the memory each offers to stages (* holds the file):");
     for n in &p.nodes {
         let used = p.stages.iter().any(|s| s.node == n.name);
         let note = if used || p.stages.is_empty() {
@@ -208,7 +277,8 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
         } else {
             String::new()
         };
-        println!("  {:<16} {:>12}{gpu}{note}", n.name, mib(n.free_bytes));
+        let star = if n.holds { "*" } else { " " };
+        println!("{star} {:<16} {:>12}{gpu}{note}", n.name, mib(n.free_bytes));
     }
     match (&p.error, p.stages.len()) {
         (Some(e), _) => println!("no plan: {e}"),
@@ -216,8 +286,15 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
         (None, n) => println!("split over {n} nodes, in proportion to their memory:"),
     }
     for s in &p.stages {
+        let fetch = p
+            .fetches
+            .iter()
+            .find(|f| f.node == s.node && (f.first, f.end) == (s.first, s.end))
+            .map_or_else(String::new, |f| {
+                format!("  (fetches {} from {})", mib(f.bytes), f.from)
+            });
         println!(
-            "  {:<16} -> layers {:>3}..{:<3} -> {}",
+            "  {:<16} -> layers {:>3}..{:<3} -> {}{fetch}",
             s.node,
             s.first,
             s.end,

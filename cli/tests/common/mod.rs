@@ -274,6 +274,9 @@ impl Http {
                 .unwrap(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                // Under the node's 10 s header timeout, which closes idle kept-alive
+                // connections: a connection reused as the node closes it fails the request.
+                .pool_idle_timeout(Duration::from_secs(5))
                 .default_headers(headers)
                 .build()
                 .unwrap(),

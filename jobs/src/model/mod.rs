@@ -7,6 +7,7 @@
 //! Reads the file system only (headers, sizes); it loads no model and must not know about
 //! tasks, specs or executors.
 
+pub mod cache;
 pub mod identity;
 
 use std::path::{Path, PathBuf};

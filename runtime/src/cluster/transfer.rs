@@ -33,10 +33,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::secret::SwarmTls;
+use super::wire::TransferView;
 use crate::format;
 
 /// The format of the transfer messages.
-pub const TRANSFER_FORMAT: u16 = 2;
+pub const TRANSFER_FORMAT: u16 = 3;
 /// The bytes of a chunk (the last one of a file may be shorter).
 pub const CHUNK: u64 = 1 << 20;
 /// How many times in a row a chunk that arrives damaged is fetched again before the fetch
@@ -44,6 +45,21 @@ pub const CHUNK: u64 = 1 << 20;
 pub const RETRIES: u32 = 3;
 /// The largest message other than a chunk.
 const MAX_MESSAGE: usize = 64 << 10;
+
+/// The first message of a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Send the file of this hash.
+    Fetch(Fetch),
+    /// Make (or find) the slice of layers `first..end` of the model of SHA-256 `source`,
+    /// and say its own hash and size (answered with [`Offer::Slice`]); it is then fetched
+    /// like any file.
+    Slice {
+        source: String,
+        first: u32,
+        end: u32,
+    },
+}
 
 /// What a fetcher asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +77,16 @@ pub enum Offer {
     File { size: u64 },
     /// Not served here (no such file, or an offset past its end).
     Refused(String),
+    /// The slice asked for: its own SHA-256 and size.
+    Slice { sha256: String, size: u64 },
 }
 
 /// The files a server serves: the path of the file whose bytes hash to a SHA-256.
 pub type Files = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
+
+/// Makes the slice of layers `first..end` of the model of a SHA-256 this node holds: its
+/// own SHA-256 and size, or why not. Called on a blocking thread.
+pub type Slicer = Arc<dyn Fn(&str, u32, u32) -> Result<(String, u64), String> + Send + Sync>;
 
 /// A server's settings.
 #[derive(Clone)]
@@ -73,6 +95,8 @@ pub struct ServeOptions {
     pub rate: Option<u64>,
     /// Fault injection for tests: damage the bytes of this chunk index (once per server).
     pub corrupt_chunk: Option<u64>,
+    /// Slices of the models it holds, for nodes that run a stage of one (`None`: none).
+    pub slicer: Option<Slicer>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -134,7 +158,22 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     opts: &ServeOptions,
     corrupted: &std::sync::atomic::AtomicBool,
 ) -> std::io::Result<()> {
-    let fetch: Fetch = read_message(&mut stream).await?;
+    let fetch = match read_message::<_, Request>(&mut stream).await? {
+        Request::Fetch(fetch) => fetch,
+        Request::Slice { source, first, end } => {
+            let answer = match opts.slicer.clone() {
+                Some(slicer) => tokio::task::spawn_blocking(move || slicer(&source, first, end))
+                    .await
+                    .map_err(std::io::Error::other)?,
+                None => Err("this node serves no slices".into()),
+            };
+            let offer = match answer {
+                Ok((sha256, size)) => Offer::Slice { sha256, size },
+                Err(why) => Offer::Refused(why),
+            };
+            return write_message(&mut stream, &offer).await;
+        }
+    };
     let path = files(&fetch.sha256);
     let file = path.as_deref().and_then(|p| std::fs::File::open(p).ok());
     let Some(file) = file else {
@@ -414,10 +453,10 @@ async fn fetch_from(
     };
     write_message(
         &mut stream,
-        &Fetch {
+        &Request::Fetch(Fetch {
             sha256: sha256.to_owned(),
             offset: have,
-        },
+        }),
     )
     .await
     .map_err(|e| broken(*received, &e))?;
@@ -427,6 +466,7 @@ async fn fetch_from(
     {
         Offer::File { size } => size,
         Offer::Refused(why) => return Err(Step::Failed(TransferError::Refused(why))),
+        Offer::Slice { .. } => return Err(broken(*received, &"an answer out of turn")),
     };
     let disk = || {
         Step::Failed(TransferError::Disk {
@@ -461,6 +501,120 @@ async fn fetch_from(
         progress(at, size);
     }
     Ok(size)
+}
+
+/// Ask the server at `addr` for the slice of layers `first..end` of the model of SHA-256
+/// `source`: the slice's own SHA-256 and size (then [`fetch`] it). The holder writes it
+/// first if it has not yet (seconds for a large model).
+pub async fn ask_slice(
+    tls: &SwarmTls,
+    addr: &str,
+    source: &str,
+    first: u32,
+    end: u32,
+) -> Result<(String, u64), TransferError> {
+    let connect = |why: String| TransferError::Connect {
+        addr: addr.to_owned(),
+        why,
+    };
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let name = SwarmTls::server_name().map_err(|e| connect(e.to_string()))?;
+    let mut stream = tls
+        .connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| connect(format!("TLS: {e} (is this node of the same swarm?)")))?;
+    let broken = |e: std::io::Error| TransferError::Broken {
+        received: 0,
+        why: e.to_string(),
+    };
+    let ask = Request::Slice {
+        source: source.to_owned(),
+        first,
+        end,
+    };
+    write_message(&mut stream, &ask).await.map_err(broken)?;
+    match read_message::<_, Offer>(&mut stream)
+        .await
+        .map_err(broken)?
+    {
+        Offer::Slice { sha256, size } => Ok((sha256, size)),
+        Offer::Refused(why) => Err(TransferError::Refused(why)),
+        Offer::File { .. } => Err(TransferError::Refused("an answer out of turn".into())),
+    }
+}
+
+/// The transfers a node has in flight and the bytes it received, for its heartbeats and
+/// its API. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Board(Arc<std::sync::Mutex<BoardState>>);
+
+#[derive(Debug, Default)]
+struct BoardState {
+    next: u64,
+    flying: std::collections::BTreeMap<u64, TransferView>,
+    received: u64,
+    cached: Vec<super::wire::CachedSlice>,
+}
+
+impl Board {
+    /// A transfer starts: its id for [`Board::progress`] and [`Board::end`].
+    pub fn begin(&self, view: TransferView) -> u64 {
+        let Ok(mut b) = self.0.lock() else { return 0 };
+        b.next += 1;
+        let id = b.next;
+        b.flying.insert(id, view);
+        id
+    }
+
+    pub fn progress(&self, id: u64, done: u64, size: u64) {
+        if let Ok(mut b) = self.0.lock()
+            && let Some(t) = b.flying.get_mut(&id)
+        {
+            (t.done, t.size) = (done, size);
+        }
+    }
+
+    /// It ended, with `received` bytes off the network.
+    pub fn end(&self, id: u64, received: u64) {
+        if let Ok(mut b) = self.0.lock() {
+            b.flying.remove(&id);
+            b.received += received;
+        }
+    }
+
+    pub fn flying(&self) -> Vec<TransferView> {
+        self.0
+            .lock()
+            .map(|b| b.flying.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn received(&self) -> u64 {
+        self.0.lock().map_or(0, |b| b.received)
+    }
+
+    /// Read the model cache again (after it changed).
+    pub fn rescan(&self, cache: &Path) {
+        let now: Vec<super::wire::CachedSlice> = myco_jobs::model::cache::slices(cache)
+            .into_iter()
+            .map(|c| super::wire::CachedSlice {
+                source: c.source,
+                first: c.first,
+                end: c.end,
+                bytes: c.bytes,
+            })
+            .collect();
+        if let Ok(mut b) = self.0.lock() {
+            b.cached = now;
+        }
+    }
+
+    pub fn cached(&self) -> Vec<super::wire::CachedSlice> {
+        self.0.lock().map(|b| b.cached.clone()).unwrap_or_default()
+    }
 }
 
 async fn write_message<S: AsyncWrite + Unpin, T: Serialize>(

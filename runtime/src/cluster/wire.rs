@@ -346,6 +346,37 @@ pub struct NodeInfo {
     /// The port of its transfer listener (on the host of `cluster_addr`): members fetch
     /// the model files it holds there, by content hash (protocol 6 on).
     pub transfer_port: Option<u16>,
+    /// The slices of models it keeps in its cache (protocol 6 on).
+    pub cached: Vec<CachedSlice>,
+    /// What it is fetching now (protocol 6 on).
+    pub transfers: Vec<TransferView>,
+    /// Bytes it received by transfers since it started (protocol 6 on).
+    pub received_bytes: u64,
+}
+
+/// A slice of a model a node keeps in its cache, to run a stage of a model it does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedSlice {
+    /// The SHA-256 of the model it was cut from.
+    pub source: String,
+    pub first: u32,
+    /// Exclusive.
+    pub end: u32,
+    pub bytes: u64,
+}
+
+/// A transfer in flight to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferView {
+    /// What: `model NAME`, or `layers A..B of NAME`.
+    pub what: String,
+    /// The SHA-256 of what travels.
+    pub sha256: String,
+    /// The node it comes from.
+    pub from: String,
+    /// Bytes on disk so far (a resumed transfer starts at what it kept), and in all.
+    pub done: u64,
+    pub size: u64,
 }
 
 /// A loaded stage of a pipeline model, as a node advertises it.
@@ -687,6 +718,9 @@ pub mod v5 {
                     peers: i.peers,
                     stages: i.stages,
                     transfer_port: None,
+                    cached: Vec::new(),
+                    transfers: Vec::new(),
+                    received_bytes: 0,
                 },
             }
         }
@@ -719,6 +753,9 @@ mod tests {
                 peers: Vec::new(),
                 stages: Vec::new(),
                 transfer_port: None,
+                cached: Vec::new(),
+                transfers: Vec::new(),
+                received_bytes: 0,
             },
         }
     }

@@ -1,0 +1,168 @@
+//! Models that travel, as a node uses them: where a model's bytes are in the swarm (the
+//! holders, by content hash), and fetching the slice of a stage this node is asked to run
+//! of a model it does not hold, into its model cache ([`myco_jobs::model::cache`]) under its
+//! size cap, with the transfer on the node's board (heartbeats, `myco models`, the
+//! dashboard). The bytes move in [`myco_runtime::cluster::transfer`].
+
+use std::path::{Path, PathBuf};
+
+use myco_jobs::model::cache;
+use myco_runtime::cluster::secret::SwarmTls;
+use myco_runtime::cluster::transfer::{self, Board};
+use myco_runtime::cluster::wire::TransferView;
+
+use crate::swarm::view::Swarm;
+
+/// What a node needs to fetch models and slices from its peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Travel {
+    pub board: Board,
+    /// The client end of the swarm's mutual TLS (`None` outside a swarm).
+    pub tls: Option<SwarmTls>,
+    /// The home's `cache/`.
+    pub cache: PathBuf,
+    /// The model cache's cap in bytes.
+    pub cap: u64,
+    pub swarm: Option<Swarm>,
+}
+
+impl std::fmt::Debug for Travel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Travel")
+            .field("cache", &self.cache)
+            .field("cap", &self.cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Travel {
+    /// The nodes up that hold the model of `sha256` and serve transfers: (name, transfer
+    /// address), `prefer` first.
+    pub fn holders(&self, sha256: &str, prefer: Option<&str>) -> Vec<(String, String)> {
+        let Some(swarm) = &self.swarm else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, String)> = swarm
+            .view()
+            .members()
+            .into_iter()
+            .filter(|m| m.status == "up")
+            .filter_map(|m| {
+                let info = m.info?;
+                info.models
+                    .iter()
+                    .any(|f| f.sha256.as_deref() == Some(sha256))
+                    .then_some(())?;
+                let host = info.cluster_addr.rsplit_once(':')?.0.to_owned();
+                Some((m.name, format!("{host}:{}", info.transfer_port?)))
+            })
+            .collect();
+        out.sort_by_key(|(n, _)| Some(n.as_str()) != prefer);
+        out
+    }
+
+    /// The slice of layers `first..end` of the model of `source` (named `model` in what is
+    /// shown): from the cache, or fetched from a holder (`prefer` first, then the others)
+    /// into it. `in_use`: the cache slices loaded stages hold (never removed to make room).
+    pub async fn slice(
+        &self,
+        model: &str,
+        source: &str,
+        first: u32,
+        end: u32,
+        prefer: Option<&str>,
+        in_use: &(dyn Fn(&Path) -> bool + Send + Sync),
+    ) -> Result<PathBuf, String> {
+        let path = cache::slice_path(&self.cache, source, first, end);
+        if cache::cached(&path).is_some() {
+            cache::touch(&path);
+            return Ok(path);
+        }
+        let Some(tls) = &self.tls else {
+            return Err("this node is in no swarm: there is no holder to fetch from".into());
+        };
+        let holders = self.holders(source, prefer);
+        if holders.is_empty() {
+            return Err(format!(
+                "no node that is up holds {model} (sha256 {}) and serves transfers",
+                &source[..16.min(source.len())]
+            ));
+        }
+        let mut why = Vec::new();
+        for (node, addr) in holders {
+            match self
+                .fetch_slice(tls, &node, &addr, model, source, first, end, &path, in_use)
+                .await
+            {
+                Ok(()) => return Ok(path),
+                Err(e) => {
+                    tracing::warn!(%node, model, first, end, error = %e, "fetching a slice");
+                    why.push(format!("from {node}: {e}"));
+                }
+            }
+        }
+        Err(format!(
+            "cannot fetch layers {first}..{end} of {model}: {}",
+            why.join("; ")
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_slice(
+        &self,
+        tls: &SwarmTls,
+        node: &str,
+        addr: &str,
+        model: &str,
+        source: &str,
+        first: u32,
+        end: u32,
+        path: &Path,
+        in_use: &(dyn Fn(&Path) -> bool + Send + Sync),
+    ) -> Result<(), String> {
+        let (sha, size) = transfer::ask_slice(tls, addr, source, first, end)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Room for it, least recently used first.
+        let removed = cache::trim(&self.cache, self.cap, size, in_use);
+        for r in &removed {
+            tracing::info!(slice = %r.path.display(), bytes = r.bytes, "removed from the model cache (least recently used)");
+        }
+        let kept = std::fs::metadata(transfer::part_path(path))
+            .map_or(0, |m| m.len() - m.len() % transfer::CHUNK);
+        let id = self.board.begin(TransferView {
+            what: format!("layers {first}..{end} of {model}"),
+            sha256: sha.clone(),
+            from: node.to_owned(),
+            done: kept,
+            size,
+        });
+        let board = self.board.clone();
+        let last = std::sync::atomic::AtomicU64::new(kept);
+        let received = std::sync::atomic::AtomicU64::new(0);
+        let progress = |done: u64, size: u64| {
+            let before = last.swap(done, std::sync::atomic::Ordering::Relaxed);
+            received.fetch_add(
+                done.saturating_sub(before),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            board.progress(id, done, size);
+        };
+        let fetched = transfer::fetch(tls, addr, &sha, path, &progress).await;
+        self.board
+            .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
+        let fetched = fetched.map_err(|e| e.to_string())?;
+        cache::remember(path, &sha).map_err(|e| format!("{}: {e}", path.display()))?;
+        self.board.rescan(&self.cache);
+        tracing::info!(
+            model,
+            first,
+            end,
+            from = node,
+            bytes = fetched.size,
+            received = fetched.received,
+            "slice fetched into the model cache"
+        );
+        Ok(())
+    }
+}
