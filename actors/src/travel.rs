@@ -35,7 +35,107 @@ impl std::fmt::Debug for Travel {
     }
 }
 
+/// A model fetched from a peer ([`Travel::pull`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PulledModel {
+    pub model: String,
+    /// The node it came from.
+    pub from: String,
+    pub sha256: String,
+    pub bytes: u64,
+    /// Bytes that crossed the network (a damaged chunk counts twice).
+    pub received: u64,
+    pub seconds: f64,
+}
+
 impl Travel {
+    /// Fetch the model `name` (a GGUF file's name, with or without `.gguf`) from a peer
+    /// that holds it (`from`, or the first that does) into `models` (the node's models
+    /// folder), verified, resumable; its identity is remembered (it is not read again).
+    pub async fn pull(
+        &self,
+        models: &Path,
+        name: &str,
+        from: Option<&str>,
+    ) -> Result<PulledModel, String> {
+        let Some(tls) = &self.tls else {
+            return Err("this node is in no swarm: there is no peer to fetch from".into());
+        };
+        let bare = name.strip_suffix(".gguf").unwrap_or(name);
+        let dest = models.join(format!("{bare}.gguf"));
+        if dest.exists() {
+            return Err(format!(
+                "this node holds `{bare}` already ({}); remove it first to fetch it again",
+                dest.display()
+            ));
+        }
+        let members = self
+            .swarm
+            .as_ref()
+            .map(|s| s.view().members())
+            .unwrap_or_default();
+        let holder = members
+            .into_iter()
+            .filter(|m| m.status == "up" && from.is_none_or(|f| m.name == f))
+            .find_map(|m| {
+                let info = m.info?;
+                let model = info.models.iter().find(|f| {
+                    f.name == bare && f.format == myco_runtime::models::ModelFormat::Gguf
+                })?;
+                let sha = model.sha256.clone()?;
+                let host = info.cluster_addr.rsplit_once(':')?.0.to_owned();
+                Some((m.name, format!("{host}:{}", info.transfer_port?), sha, model.size_bytes))
+            })
+            .ok_or_else(|| match from {
+                Some(f) => format!(
+                    "node `{f}` is not up, or holds no `{bare}` it has read and serves (myco models lists what each node holds)"
+                ),
+                None => format!(
+                    "no node that is up holds a `{bare}` it has read and serves (myco models lists what each node holds; a node reads a new model within seconds)"
+                ),
+            })?;
+        let (node, addr, sha, size) = holder;
+        let started = std::time::Instant::now();
+        let kept = std::fs::metadata(transfer::part_path(&dest))
+            .map_or(0, |m| m.len() - m.len() % transfer::CHUNK);
+        let id = self.board.begin(TransferView {
+            what: format!("model {bare}"),
+            sha256: sha.clone(),
+            from: node.clone(),
+            done: kept,
+            size,
+        });
+        let board = self.board.clone();
+        let last = std::sync::atomic::AtomicU64::new(kept);
+        let received = std::sync::atomic::AtomicU64::new(0);
+        let progress = |done: u64, size: u64| {
+            let before = last.swap(done, std::sync::atomic::Ordering::Relaxed);
+            received.fetch_add(
+                done.saturating_sub(before),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            board.progress(id, done, size);
+        };
+        let fetched = transfer::fetch(tls, &addr, &sha, &dest, &progress).await;
+        self.board
+            .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
+        let fetched = fetched.map_err(|e| format!("fetching `{bare}` from {node}: {e}"))?;
+        // Its identity is known: no need to read it again.
+        let (cache, path, sha2) = (self.cache.clone(), dest.clone(), sha.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            myco_jobs::model::identity::remember(&path, &cache, &sha2)
+        })
+        .await;
+        Ok(PulledModel {
+            model: bare.to_owned(),
+            from: node,
+            sha256: sha,
+            bytes: fetched.size,
+            received: fetched.received,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// The nodes up that hold the model of `sha256` and serve transfers: (name, transfer
     /// address), `prefer` first.
     pub fn holders(&self, sha256: &str, prefer: Option<&str>) -> Vec<(String, String)> {

@@ -227,6 +227,10 @@ pub struct NodeArgs {
     /// run their stages), e.g. `40GiB`; least recently used first [default: 20GiB].
     #[arg(long, env = "MYCO_MODEL_CACHE", value_name = "SIZE", value_parser = parse_size)]
     pub model_cache: Option<u64>,
+    /// Never pull a model by itself (by default an idle node pulls a model that `infer` jobs
+    /// wait for at a peer, if it has the memory for it, and takes some of them).
+    #[arg(long, env = "MYCO_NO_AUTO_PULL")]
+    pub no_auto_pull: bool,
     /// Layers of each LLM to put on the GPU, for jobs that do not say (0: none) [default: as
     /// many as fit in the GPU's free memory; the rest run on the CPU].
     #[arg(long, env = "MYCO_GPU_LAYERS", value_name = "N")]

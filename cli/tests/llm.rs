@@ -489,7 +489,8 @@ fn infer_jobs_run_where_the_model_is_and_give_the_same_tokens_on_any_node() {
         "version = 1\nkind = \"infer\"\n[infer]\nmodel = \"tiny\"\nprompt = \"hello swarm\"\ntemperature = 0.0\nrepeat_penalty = 1.0\nthreads = 1\nn_ctx = 256\nmax_tokens = 16\n",
     )
     .unwrap();
-    let one = &["--workers", "1", "--no-discovery"];
+    // Jobs go to the model here: no node pulls it by itself (see the replicas test).
+    let one = &["--workers", "1", "--no-discovery", "--no-auto-pull"];
     let a = NodeProc::start_with(&home("a"), &[&["--name", "a"][..], one].concat());
     let joined = |n: &'static str| {
         copy_secret(&home("a"), &home(n));
@@ -896,4 +897,105 @@ fn a_node_pulls_a_model_from_a_peer_by_its_content_and_then_holds_it() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(why), "{err}");
     }
+}
+
+#[test]
+fn an_idle_node_pulls_a_model_that_jobs_wait_for_and_takes_some_of_them() {
+    let root = tempfile::tempdir().unwrap();
+    let one = &["--workers", "1", "--parallel", "1", "--no-discovery"];
+    // Only a holds the model; b holds nothing and is idle.
+    let a_home = home_with_models(root.path(), "a");
+    let a = NodeProc::start_with(&a_home, &[&["--name", "a"][..], one].concat());
+    let b_home = root.path().join("b");
+    copy_secret(&a_home, &b_home);
+    let b = NodeProc::start_with(
+        &b_home,
+        &[
+            &["--name", "b", "--join", a.cluster.as_deref().unwrap()][..],
+            one,
+        ]
+        .concat(),
+    );
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(30),
+        "b sees a's tiny with its hash",
+        || {
+            let (_, s) = http.get(&b.url("/api/swarm")).unwrap();
+            s["nodes"]
+                .as_array()?
+                .iter()
+                .any(|n| {
+                    n["name"] == "a"
+                        && n["info"]["models"]
+                            .as_array()
+                            .is_some_and(|m| m.iter().any(|m| m["sha256"].is_string()))
+                })
+                .then_some(())
+        },
+    );
+    let job = root.path().join("long.toml");
+    std::fs::write(
+        &job,
+        "version = 1\nkind = \"infer\"\n[infer]\nmodel = \"tiny\"\nprompt = \"hello swarm\"\ntemperature = 0.0\nrepeat_penalty = 1.0\nthreads = 1\nn_ctx = 1024\nmax_tokens = 600\n",
+    )
+    .unwrap();
+    // Sixteen at once (one request), queued at a.
+    let spec = serde_json::json!({
+        "toml": std::fs::read_to_string(&job).unwrap(),
+        "base_dir": root.path(),
+    });
+    let (status, v) = Http::owner(&a)
+        .post(
+            &a.url("/api/jobs"),
+            &serde_json::json!({ "jobs": vec![spec; 16] }),
+        )
+        .unwrap();
+    assert!(status < 300, "{v}");
+    let ids: Vec<String> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 16, "{v}");
+    let mut by_node = std::collections::BTreeMap::<String, usize>::new();
+    let mut reference: Option<serde_json::Value> = None;
+    for id in &ids {
+        let j = eventually(Duration::from_secs(180), "the job ends", || {
+            let (_, j) = http.get(&a.url(&format!("/api/jobs/{id}"))).unwrap();
+            (j["state"] == "done" || j["state"] == "dead").then_some(j)
+        });
+        assert_eq!(j["state"], "done", "{j}");
+        let history = j["history"].as_array().unwrap();
+        let done = history.iter().filter(|t| t["state"] == "done").count();
+        assert_eq!(done, 1, "done once: {j}");
+        let by = leased_by(&j);
+        *by_node.entry(by.last().cloned().unwrap()).or_default() += 1;
+        let (_, text) = http
+            .get_text(&a.url(&format!("/api/jobs/{id}/result")))
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // Every job gives the holder's tokens, wherever it ran.
+        match &reference {
+            None => reference = Some(r["tokens"].clone()),
+            Some(want) => assert!(&r["tokens"] == want, "job {id} on {by:?}: other tokens"),
+        }
+    }
+    eprintln!(
+        "jobs by node: {by_node:?}; {} tokens each",
+        reference
+            .as_ref()
+            .and_then(|r| r.as_array())
+            .map_or(0, Vec::len)
+    );
+    assert!(
+        by_node.get("b").copied().unwrap_or(0) >= 1,
+        "b took none: {by_node:?}"
+    );
+    // b holds the model now, the same bytes.
+    assert_eq!(
+        std::fs::read(b_home.join("models/tiny.gguf")).unwrap(),
+        std::fs::read(a_home.join("models/tiny.gguf")).unwrap()
+    );
 }

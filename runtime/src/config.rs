@@ -187,6 +187,9 @@ pub struct NodeConfig {
     /// Unset means [`DEFAULT_MODEL_CACHE`].
     #[serde(default)]
     pub model_cache: Option<u64>,
+    /// An idle node pulls a model that `infer` jobs wait for at a peer (if it has the memory
+    /// for it) and takes some of them: replicas on demand.
+    pub auto_pull: bool,
     /// Layers of each LLM on the GPU for jobs that do not say; unset means as many as fit.
     #[serde(default)]
     pub gpu_layers: Option<u32>,
@@ -287,6 +290,7 @@ impl Default for NodeConfig {
             stage_memory: None,
             transfer_rate: None,
             model_cache: None,
+            auto_pull: true,
             gpu_layers: None,
             gpu_memory: None,
             threads: 0,

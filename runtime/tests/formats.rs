@@ -374,6 +374,7 @@ async fn write_fuzz_seeds() {
             cached: Vec::new(),
             transfers: Vec::new(),
             received_bytes: 0,
+            wanted: Vec::new(),
         },
     };
     let mut seed = vec![0u8];

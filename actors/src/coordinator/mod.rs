@@ -118,6 +118,10 @@ pub struct Coordinator {
     /// The swarm, if this node is in one: Membership (told this node's load) and its
     /// published view (peers to steal from, owners to deliver to).
     pub swarm: Option<(ActorRef<MembershipMsg>, Swarm)>,
+    /// Fetching models from peers: with `auto_pull`, an idle executive lane pulls a model
+    /// that `infer` jobs wait for at a peer, and then steals them (replicas on demand).
+    pub travel: Option<crate::travel::Travel>,
+    pub auto_pull: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +165,10 @@ pub struct CoordinatorState {
     /// One-shot work off the actor (handing back leases, deliveries, steals): awaited at
     /// stop, up to [`STOP_DEADLINE`], so none is cut off halfway.
     tasks: Vec<JoinHandle<()>>,
+    /// When the models the queued `infer` jobs wait for were last counted (for heartbeats).
+    wanted_at: Option<Instant>,
+    /// A model is being pulled for jobs that wait at a peer.
+    pulling: Arc<AtomicBool>,
 }
 
 /// How long a stopping coordinator waits for its one-shot tasks.
@@ -251,6 +259,8 @@ impl Actor for Coordinator {
             drain_reply: None,
             loops,
             tasks: Vec::new(),
+            wanted_at: None,
+            pulling: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -635,12 +645,23 @@ impl Coordinator {
         let swarm = swarm.clone();
         let me = myself.clone();
         let home = self.home.clone();
+        // Replicas on demand: the executive lane found nothing it can run.
+        let pull = (lane == Lane::Executive && self.auto_pull)
+            .then(|| self.travel.clone())
+            .flatten()
+            .map(|t| (t, state.pulling.clone()));
         track(
             state,
             tokio::spawn(async move {
                 // The owner lends only jobs whose model this node holds too.
-                request.fit.models = Some(local_models(home).await);
+                let held = local_models(home.clone()).await;
+                request.fit.models = Some(held.clone());
                 let grant = stealing::steal(&swarm, request).await;
+                if grant.is_none()
+                    && let Some((travel, pulling)) = pull
+                {
+                    pull_wanted(&swarm, &travel, &home, &held, &pulling, &me);
+                }
                 let _ = me.cast(CoordinatorMsg::Stolen(grant));
             }),
         );
@@ -658,8 +679,49 @@ impl Coordinator {
         }
     }
 
+    /// Count the models the queued `infer` jobs wait for, every few seconds, for the
+    /// heartbeats (idle peers without one may pull it).
+    fn report_wanted(&self, state: &mut CoordinatorState) {
+        let Some((m, _)) = &self.swarm else { return };
+        if state
+            .wanted_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        state.wanted_at = Some(Instant::now());
+        let (queue, m) = (self.queue.clone(), m.clone());
+        let none = self.queue.queued_of(&[myco_jobs::JobKind::Infer]) == 0;
+        track(
+            state,
+            tokio::spawn(async move {
+                let counted = if none {
+                    Vec::new()
+                } else {
+                    tokio::task::spawn_blocking(move || queue.waiting_models(1024))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or_default()
+                };
+                let wanted = counted
+                    .into_iter()
+                    .map(
+                        |(name, bytes, jobs)| myco_runtime::cluster::wire::WantedModel {
+                            name,
+                            bytes,
+                            jobs,
+                        },
+                    )
+                    .collect();
+                let _ = m.cast(MembershipMsg::Wanted(wanted));
+            }),
+        );
+    }
+
     fn tick(&self, myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState) {
         self.report_load(state);
+        self.report_wanted(state);
         if state.ticking {
             return;
         }
@@ -767,6 +829,60 @@ impl Coordinator {
 }
 
 /// The models this node holds, as `(name, bytes)`; read off the async threads.
+/// Replicas on demand: pull (on a task of its own) a model that `infer` jobs wait for at
+/// a peer, if this node lacks it, offers the memory to hold it, and pulls nothing yet. The
+/// next steal takes some of those jobs.
+fn pull_wanted(
+    swarm: &Swarm,
+    travel: &crate::travel::Travel,
+    home: &std::path::Path,
+    held: &[(String, u64)],
+    pulling: &Arc<AtomicBool>,
+    me: &ActorRef<CoordinatorMsg>,
+) {
+    if pulling.load(Ordering::Relaxed) {
+        return;
+    }
+    let view = swarm.view();
+    let offer = view.me.as_ref().map_or(0, |i| i.stage_memory);
+    let want = view
+        .members()
+        .into_iter()
+        .filter(|m| m.status == "up")
+        .filter_map(|m| Some((m.name, m.info?)))
+        .flat_map(|(node, i)| i.wanted.into_iter().map(move |w| (node.clone(), w)))
+        .filter(|(_, w)| !held.iter().any(|(n, b)| *n == w.name && *b == w.bytes))
+        .filter(|(_, w)| w.bytes <= offer)
+        .max_by_key(|(_, w)| w.jobs);
+    let Some((node, w)) = want else { return };
+    pulling.store(true, Ordering::Relaxed);
+    let (travel, models, pulling, me) = (
+        travel.clone(),
+        myco_jobs::home::models_dir(home),
+        pulling.clone(),
+        me.clone(),
+    );
+    tokio::spawn(async move {
+        tracing::info!(model = %w.name, jobs = w.jobs, at = %node, "pulling a model that jobs wait for");
+        // From the node whose jobs wait, if it holds it; else from any holder.
+        let pulled = match travel.pull(&models, &w.name, Some(&node)).await {
+            Ok(p) => Ok(p),
+            Err(_) => travel.pull(&models, &w.name, None).await,
+        };
+        match pulled {
+            Ok(p) => {
+                tracing::info!(model = %p.model, from = %p.from, mb = p.bytes / 1_000_000, seconds = p.seconds, "pulled; taking the jobs that wait for it")
+            }
+            Err(e) => {
+                tracing::warn!(model = %w.name, error = %e, "cannot pull a model that jobs wait for")
+            }
+        }
+        pulling.store(false, Ordering::Relaxed);
+        // Steal again now, without the backoff.
+        let _ = me.cast(CoordinatorMsg::Swarm(SwarmEvent::PeerWork));
+    });
+}
+
 async fn local_models(home: std::path::PathBuf) -> Vec<(String, u64)> {
     tokio::task::spawn_blocking(move || myco_jobs::archive::local_models(&home))
         .await

@@ -68,18 +68,7 @@ fn submitter_of(access: &Access) -> Submitter {
     }
 }
 
-/// A model fetched from a peer ([`NodeHandle::pull_model`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PulledModel {
-    pub model: String,
-    /// The node it came from.
-    pub from: String,
-    pub sha256: String,
-    pub bytes: u64,
-    /// Bytes that crossed the network (a damaged chunk counts twice).
-    pub received: u64,
-    pub seconds: f64,
-}
+pub use crate::travel::PulledModel;
 
 /// Why a model cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +104,7 @@ pub struct NodeHandle {
     /// ends them when the node stops.
     edge: Edge,
     /// The client end of model transfers (in a swarm).
-    fetcher: Option<myco_runtime::cluster::secret::SwarmTls>,
+    travel: Option<crate::travel::Travel>,
 }
 
 /// The HTTP edge's background tasks: every one is tracked and ends when `stop` is
@@ -141,7 +130,7 @@ pub struct Parts {
     #[cfg(feature = "pipeline")]
     pub pipeline: PipelineEnv,
     /// The client end of model transfers (in a swarm).
-    pub fetcher: Option<myco_runtime::cluster::secret::SwarmTls>,
+    pub travel: Option<crate::travel::Travel>,
 }
 
 impl NodeHandle {
@@ -157,7 +146,7 @@ impl NodeHandle {
             streams: p.streams,
             collections: Collections::default(),
             gpu: p.gpu,
-            fetcher: p.fetcher,
+            travel: p.travel,
             #[cfg(feature = "pipeline")]
             pipeline: p.pipeline,
             edge: Edge::default(),
@@ -426,60 +415,10 @@ impl NodeHandle {
     /// says its content hash and serves transfers) into this node's models folder: it is
     /// then held here like any model. The file appears only once its bytes hash right.
     pub async fn pull_model(&self, name: &str, from: Option<&str>) -> Result<PulledModel, String> {
-        let Some(tls) = &self.fetcher else {
-            return Err("this node is in no swarm: there is no peer to fetch from".into());
-        };
-        let bare = name.strip_suffix(".gguf").unwrap_or(name);
-        let dest = self.models_dir().join(format!("{bare}.gguf"));
-        if dest.exists() {
-            return Err(format!(
-                "this node holds `{bare}` already ({}); remove it first to fetch it again",
-                dest.display()
-            ));
+        match &self.travel {
+            Some(t) => t.pull(&self.models_dir(), name, from).await,
+            None => Err("this node is in no swarm: there is no peer to fetch from".into()),
         }
-        let holder = self
-            .members()
-            .await
-            .into_iter()
-            .filter(|m| m.status == "up" && from.is_none_or(|f| m.name == f))
-            .find_map(|m| {
-                let info = m.info?;
-                let model = info.models.iter().find(|f| {
-                    f.name == bare && f.format == myco_runtime::models::ModelFormat::Gguf
-                })?;
-                let sha = model.sha256.clone()?;
-                let host = info.cluster_addr.rsplit_once(':')?.0.to_owned();
-                Some((m.name, format!("{host}:{}", info.transfer_port?), sha))
-            })
-            .ok_or_else(|| match from {
-                Some(f) => format!(
-                    "node `{f}` is not up, or holds no `{bare}` it has read and serves (myco models lists what each node holds)"
-                ),
-                None => format!(
-                    "no node that is up holds a `{bare}` it has read and serves (myco models lists what each node holds; a node reads a new model within seconds)"
-                ),
-            })?;
-        let (node, addr, sha) = holder;
-        let started = Instant::now();
-        let fetched = myco_runtime::cluster::transfer::fetch(tls, &addr, &sha, &dest, &|_, _| {})
-            .await
-            .map_err(|e| format!("fetching `{bare}` from {node}: {e}"))?;
-        // Its identity is known: no need to read it again.
-        let cache = myco_jobs::home::cache_dir(&self.home);
-        let path = dest.clone();
-        let sha2 = sha.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            myco_jobs::model::identity::remember(&path, &cache, &sha2)
-        })
-        .await;
-        Ok(PulledModel {
-            model: bare.to_owned(),
-            from: node,
-            sha256: sha,
-            bytes: fetched.size,
-            received: fetched.received,
-            seconds: started.elapsed().as_secs_f64(),
-        })
     }
 
     /// The published swarm, if this node is in one.

@@ -265,6 +265,8 @@ impl Node {
                 executives: executives as u32,
                 gpu,
                 swarm: None,
+                travel: travel.clone(),
+                auto_pull: config.auto_pull,
             },
             workers,
             executives,
@@ -278,7 +280,7 @@ impl Node {
             gpu_memory: config.gpu_memory,
             client_access: client_access.clone(),
             running,
-            travel,
+            travel: travel.clone(),
         };
         let (supervisor, supervisor_task) = Actor::spawn(None, supervisor, ())
             .await
@@ -306,7 +308,7 @@ impl Node {
             gpu,
             #[cfg(feature = "pipeline")]
             pipeline,
-            fetcher,
+            travel,
         });
         let api = if let (Some(listener), Some(addr)) = (api_listener, api_addr) {
             let token = CancellationToken::new();

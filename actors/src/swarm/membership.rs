@@ -60,6 +60,8 @@ pub enum MembershipMsg {
     },
     /// This node's load changed (from the coordinator).
     Load(NodeLoad),
+    /// The models the `infer` jobs queued here wait for (from the coordinator).
+    Wanted(Vec<myco_runtime::cluster::wire::WantedModel>),
     /// Fresh capabilities and model list (internal, every few seconds).
     Refreshed(Box<(Capabilities, Vec<ModelFile>)>),
 }
@@ -157,6 +159,8 @@ pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
     caps: Capabilities,
     models: Vec<ModelFile>,
+    /// The models the `infer` jobs queued here wait for (the coordinator's count).
+    wanted: Vec<myco_runtime::cluster::wire::WantedModel>,
     peers_up: usize,
     tls: SwarmTls,
     cluster_addr: SocketAddr,
@@ -236,6 +240,7 @@ impl Membership {
             cached: self.board.cached(),
             transfers: self.board.flying(),
             received_bytes: self.board.received(),
+            wanted: state.wanted.clone(),
         }
     }
 
@@ -444,6 +449,7 @@ impl Actor for Membership {
             server,
             caps: self.caps.clone(),
             models,
+            wanted: Vec::new(),
             peers_up: 0,
             tls,
             cluster_addr,
@@ -550,8 +556,16 @@ impl Actor for Membership {
                 let gossip = hb.info.peers.clone();
                 let own = hb.info.cluster_addr.clone();
                 let had_work = peer.info.as_ref().is_some_and(|i| i.load.queued > 0);
-                if !had_work
-                    && hb.info.load.queued > 0
+                // Models its jobs wait for that it did not say before: an idle node may
+                // pull one (replicas on demand), so it is news as well.
+                let new_wants = hb.info.wanted.iter().any(|w| {
+                    !peer.info.as_ref().is_some_and(|i| {
+                        i.wanted
+                            .iter()
+                            .any(|o| o.name == w.name && o.bytes == w.bytes)
+                    })
+                });
+                if (!had_work && hb.info.load.queued > 0 || new_wants)
                     && let Some(events) = &self.events
                 {
                     events.send_modify(|s| s.peer_work = s.peer_work.wrapping_add(1));
@@ -694,6 +708,7 @@ impl Actor for Membership {
                     self.send_heartbeats(state);
                 }
             }
+            MembershipMsg::Wanted(wanted) => state.wanted = wanted,
             MembershipMsg::Load(load) => {
                 let news = state.load.queued == 0 && load.queued > 0;
                 state.load = load;

@@ -141,6 +141,9 @@ pub fn node_config(cli: &Cli, home: &Home, args: &NodeArgs) -> Result<NodeConfig
     if let Some(p) = args.discovery_port {
         cfg.discovery_port = p;
     }
+    if args.no_auto_pull {
+        cfg.auto_pull = false;
+    }
     if let Some(m) = args.model_cache {
         cfg.model_cache = Some(m);
     }

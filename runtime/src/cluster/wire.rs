@@ -352,6 +352,19 @@ pub struct NodeInfo {
     pub transfers: Vec<TransferView>,
     /// Bytes it received by transfers since it started (protocol 6 on).
     pub received_bytes: u64,
+    /// The models of the `infer` jobs waiting in its queue (protocol 6 on): an idle node
+    /// without one may pull it and take some.
+    pub wanted: Vec<WantedModel>,
+}
+
+/// A model that queued `infer` jobs wait for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WantedModel {
+    /// Its file name (`NAME.gguf`) and size, as the jobs name it.
+    pub name: String,
+    pub bytes: u64,
+    /// Jobs waiting for it.
+    pub jobs: u64,
 }
 
 /// A slice of a model a node keeps in its cache, to run a stage of a model it does not hold.
@@ -721,6 +734,7 @@ pub mod v5 {
                     cached: Vec::new(),
                     transfers: Vec::new(),
                     received_bytes: 0,
+                    wanted: Vec::new(),
                 },
             }
         }
@@ -756,6 +770,7 @@ mod tests {
                 cached: Vec::new(),
                 transfers: Vec::new(),
                 received_bytes: 0,
+                wanted: Vec::new(),
             },
         }
     }

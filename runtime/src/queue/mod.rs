@@ -42,7 +42,8 @@ pub use record::{
 };
 pub use stats::{Histogram, Minute, QueueStats, Recent};
 use store::{
-    CHILDREN, COUNTS, JOBS, META, META_INCARNATION, META_SEQ, OUTBOX, RESULTS, Txn, TxnEffects,
+    CHILDREN, COUNTS, JOBS, META, META_INCARNATION, META_SEQ, OUTBOX, READY, RESULTS, Txn,
+    TxnEffects,
 };
 pub use store::{
     CancelOutcome, CompleteOutcome, FailOutcome, JOB_FORMAT, Lease, NewJob, OUTBOX_FORMAT,
@@ -573,6 +574,27 @@ impl Queue {
             .get(u128::from(id))?
             .map(|v| store::result_body(v.value()).map(<[u8]>::to_vec))
             .transpose()
+    }
+
+    /// The models of the `infer` jobs queued now (of the first `scan` ready jobs, best
+    /// first), with how many wait for each: what an idle peer without the model could pull
+    /// to take some of them.
+    pub fn waiting_models(&self, scan: usize) -> Result<Vec<(String, u64, u64)>, QueueError> {
+        let tx = self.shared.db()?.begin_read()?;
+        let ready = tx.open_table(READY)?;
+        let jobs = tx.open_table(JOBS)?;
+        let mut counts: std::collections::BTreeMap<(String, u64), u64> = Default::default();
+        for entry in ready.iter()?.take(scan) {
+            let id = entry?.1.value();
+            let Some(v) = jobs.get(id)? else { continue };
+            let rec = store::decode(v.value())?;
+            if let myco_jobs::Task::Infer(t) = &rec.task {
+                *counts
+                    .entry((t.model.name.clone(), t.model.bytes))
+                    .or_default() += 1;
+            }
+        }
+        Ok(counts.into_iter().map(|((n, b), c)| (n, b, c)).collect())
     }
 
     /// Exact job counts per state, as committed.
