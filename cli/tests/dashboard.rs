@@ -260,10 +260,27 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
 
     // Node a: the embedding model and a tiny GGUF for the chat; its API beyond loopback.
     let home_a = linked_home(root.path(), "a", true);
-    std::fs::write(home_a.join("config.toml"), format!("{CONFIG}workers = 2\n")).unwrap();
+    // Serving transfers at 2 MB/s, so one is seen on its way.
+    std::fs::write(
+        home_a.join("config.toml"),
+        format!("{CONFIG}workers = 2\ntransfer_rate = 2000000\n"),
+    )
+    .unwrap();
     TinyLlama::default()
         .write(&home_a.join("models/tiny.gguf"), true)
         .unwrap();
+    // About 8 MB: a model b pulls while the page watches.
+    TinyLlama {
+        n_embd: 512,
+        n_head: 8,
+        n_head_kv: 4,
+        n_ff: 2048,
+        n_layer: 2,
+        wtype: myco_jobs::llm::gguf::WType::Q8_0,
+        ..TinyLlama::default()
+    }
+    .write(&home_a.join("models/big.gguf"), false)
+    .unwrap();
     let mut args_a = discovery("a");
     args_a.extend(["--api".into(), "0.0.0.0:0".into()]);
     let args_a: Vec<&str> = args_a.iter().map(String::as_str).collect();
@@ -273,7 +290,7 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
     common::copy_secret(&home_a, &home_b);
     let args_b = discovery("b");
     let args_b: Vec<&str> = args_b.iter().map(String::as_str).collect();
-    let _b = NodeProc::start_logged(&home_b, &args_b, &root.path().join("b.log"));
+    let b = NodeProc::start_logged(&home_b, &args_b, &root.path().join("b.log"));
     let token = common::api_token(&home_a);
     let http = Http::with_token(&token);
     let jobs = root.path().join("jobs");
@@ -322,6 +339,44 @@ fn the_dashboard_shows_and_drives_a_two_node_swarm_in_a_real_browser() {
         "document.querySelectorAll('#nodes .node').length === 2 \
          && !!document.querySelector('#nodes .node[data-node=\"b\"] .badge.up')",
         "both nodes on the swarm page",
+    );
+
+    // b pulls a's big model: the swarm page shows the transfer on b's card as it goes, then
+    // the model among b's.
+    eventually(LIMIT, "b sees a's big model with its hash", || {
+        let (_, s) = http.get(&a.url("/api/swarm")).ok()?;
+        s["nodes"]
+            .as_array()?
+            .iter()
+            .any(|n| {
+                n["name"] == "a"
+                    && n["info"]["models"].as_array().is_some_and(|m| {
+                        m.iter()
+                            .any(|m| m["name"] == "big" && m["sha256"].is_string())
+                    })
+            })
+            .then_some(())
+    });
+    let mut pull = b.cli();
+    pull.args(["models", "pull", "big", "--from", "a"]);
+    let pulling = std::thread::spawn(move || pull.output().unwrap());
+    chrome.wait(
+        "(() => { const t = document.querySelector('#nodes .node[data-node=\"b\"] .transfers .transfer'); \
+         return !!t && t.innerText.includes('model big from a') \
+           && Number(t.dataset.done) < Number(t.dataset.size); })()",
+        "b's transfer with its progress on the swarm page",
+    );
+    chrome.screenshot("swarm-transfer.png");
+    let out = pulling.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    chrome.wait(
+        "!document.querySelector('#nodes .node[data-node=\"b\"] .transfers') \
+         && document.querySelector('#nodes .node[data-node=\"b\"]').innerText.includes('big')",
+        "the transfer done, big among b's models",
     );
 
     // A steal-heavy run: jobs on a; b (4 slots to a's 2) takes its share. The swarm page is

@@ -135,6 +135,20 @@ function nodeCard(m) {
   const stages = (i.stages || []).length
     ? i.stages.map((st) => `${esc(st.model)} layers ${st.first}–${st.end - 1} <span class="muted">(${st.runs} runs)</span>`).join('<br>')
     : '<span class="muted">none</span>';
+  // Slices of models it does not hold, kept to run their stages; and what it fetches now.
+  const modelName = (sha) => {
+    for (const f of i.models) if (f.sha256 === sha) return f.name;
+    return sha.slice(0, 12);
+  };
+  const cached = (i.cached || []).length
+    ? i.cached.map((c) => `${esc(modelName(c.source))} layers ${c.first}–${c.end - 1} <span class="muted">${bytes(c.bytes)}</span>`).join('<br>')
+    : '';
+  const transfers = (i.transfers || []).map((t) => {
+    const pct = t.size ? Math.floor((100 * t.done) / t.size) : 0;
+    return `<div class="transfer" data-done="${t.done}" data-size="${t.size}">${esc(t.what)} from ${esc(t.from)}
+      <span class="bar"><span style="width:${pct}%"></span></span>
+      <span class="muted">${bytes(t.done)} of ${bytes(t.size)} (${pct} %)</span></div>`;
+  }).join('');
   const l = i.load;
   return `<div class="card node" data-node="${esc(m.name)}">
     <h3>${esc(m.name)} ${status}</h3>
@@ -148,6 +162,8 @@ function nodeCard(m) {
       <dt>stage memory</dt><dd>${bytes(i.stage_memory)} (${bytes(i.stage_gpu_memory)} on GPU)</dd>
       <dt>stages</dt><dd>${stages}</dd>
       <dt>models</dt><dd>${models}</dd>
+      ${cached ? `<dt>cached slices</dt><dd class="cached">${cached}</dd>` : ''}
+      ${transfers ? `<dt>transfers</dt><dd class="transfers">${transfers}</dd>` : ''}
       <dt>heartbeat</dt><dd>${m.status === 'self' ? 'this node' : `${age(m.heartbeat_age_ms)} ago`}</dd>
       <dt>addresses</dt><dd>cluster ${esc(i.cluster_addr)}${i.api_addr ? ` · API ${esc(i.api_addr)}` : ''}</dd>
       <dt>version</dt><dd>${esc(i.version)} (protocol ${i.protocol})</dd>
