@@ -48,7 +48,73 @@ pub struct PulledModel {
     pub seconds: f64,
 }
 
+/// What [`Travel::remove`] removed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RemovedModel {
+    pub model: String,
+    /// Its file in the models folder.
+    pub file: bool,
+    /// Slices of it in the model cache.
+    pub slices: u32,
+    pub bytes: u64,
+    /// Slices kept because a loaded stage uses them (unloaded a minute after its last run).
+    pub kept: u32,
+}
+
 impl Travel {
+    /// Remove the model `name` from this node: its file in `models` and every slice of it
+    /// (by its content hash) in the cache, except those a loaded stage uses (`in_use`).
+    /// `None` if the node has neither.
+    pub fn remove(
+        &self,
+        models: &Path,
+        name: &str,
+        in_use: &dyn Fn(&Path) -> bool,
+    ) -> Option<RemovedModel> {
+        let bare = name.strip_suffix(".gguf").unwrap_or(name);
+        let path = models.join(format!("{bare}.gguf"));
+        // Its hash: remembered for the file, or named by the swarm.
+        let sha = myco_jobs::model::identity::known(&path, &self.cache).or_else(|| {
+            self.swarm.as_ref().and_then(|s| {
+                s.view()
+                    .members()
+                    .into_iter()
+                    .filter_map(|m| m.info)
+                    .flat_map(|i| i.models)
+                    .find(|f| f.name == bare)
+                    .and_then(|f| f.sha256)
+            })
+        });
+        let mut removed = RemovedModel {
+            model: bare.to_owned(),
+            file: false,
+            slices: 0,
+            bytes: 0,
+            kept: 0,
+        };
+        if let Ok(meta) = std::fs::metadata(&path)
+            && std::fs::remove_file(&path).is_ok()
+        {
+            removed.file = true;
+            removed.bytes += meta.len();
+        }
+        let _ = std::fs::remove_file(transfer::part_path(&path));
+        for c in cache::slices(&self.cache) {
+            if Some(&c.source) != sha.as_ref() {
+                continue;
+            }
+            if in_use(&c.path) {
+                removed.kept += 1;
+            } else {
+                cache::remove(&c.path);
+                removed.slices += 1;
+                removed.bytes += c.bytes;
+            }
+        }
+        self.board.rescan(&self.cache);
+        (removed.file || removed.slices > 0 || removed.kept > 0).then_some(removed)
+    }
+
     /// Fetch the model `name` (a GGUF file's name, with or without `.gguf`) from a peer
     /// that holds it (`from`, or the first that does) into `models` (the node's models
     /// folder), verified, resumable; its identity is remembered (it is not read again).

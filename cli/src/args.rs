@@ -332,4 +332,10 @@ pub enum ModelsAction {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Remove a GGUF model from this node: its file in the models folder and the slices of
+    /// it in the model cache (other nodes keep theirs).
+    Rm {
+        /// The model's name (its file name, with or without `.gguf`).
+        name: String,
+    },
 }

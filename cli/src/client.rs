@@ -137,6 +137,14 @@ impl Client {
         .await
     }
 
+    pub async fn remove_model(&self, model: &str) -> Result<myco_actors::travel::RemovedModel> {
+        self.json(
+            self.http
+                .delete(format!("{}/api/models/{model}", self.base)),
+        )
+        .await
+    }
+
     pub async fn pull(
         &self,
         model: &str,

@@ -998,4 +998,25 @@ fn an_idle_node_pulls_a_model_that_jobs_wait_for_and_takes_some_of_them() {
         std::fs::read(b_home.join("models/tiny.gguf")).unwrap(),
         std::fs::read(a_home.join("models/tiny.gguf")).unwrap()
     );
+    // `myco models rm` takes it off b again; a second time there is nothing to remove.
+    let out = b
+        .cli()
+        .args(["--json", "models", "rm", "tiny"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removed["file"], true, "{removed}");
+    assert!(!b_home.join("models/tiny.gguf").exists());
+    let out = b.cli().args(["models", "rm", "tiny"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no model `tiny`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

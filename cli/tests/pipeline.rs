@@ -719,4 +719,21 @@ fn nodes_without_the_model_fetch_only_their_slices_resume_after_kill_9_and_fetch
             .any(|s| s["node"] == "c" && s["first"] == c_range.0),
         "{v}"
     );
+    // `myco models rm` keeps a slice that a loaded stage uses (c's lingers a minute).
+    let out = myco(&c.home)
+        .args(["--json", "--api", &c.addr.to_string(), "models", "rm", "q6"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&removed["kept"], &removed["slices"]),
+        (&1.into(), &0.into()),
+        "{removed}"
+    );
+    assert!(cached_slice(&c.home, c_range.0, c_range.1, false).is_some());
 }

@@ -359,6 +359,42 @@ async fn pull(
         })
 }
 
+/// `DELETE /api/models/{name}`: remove a model from this node (the owner only).
+async fn remove_model(
+    State(node): State<NodeHandle>,
+    axum::Extension(caller): axum::Extension<crate::http::auth::Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::travel::RemovedModel>, ApiError> {
+    if !caller.owner {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "owner_only",
+            "only the node's owner may remove models from it".into(),
+            "run `myco models rm` on the node's machine (it uses the API token)",
+        ));
+    }
+    let bare = name.strip_suffix(".gguf").unwrap_or(&name);
+    if bare.is_empty() || bare.contains('/') || bare.starts_with('.') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_model",
+            format!("`{name}` is not a model file name"),
+            "myco models lists them",
+        ));
+    }
+    node.remove_model(bare).await.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "this node ({}) holds no model `{bare}` and no slice of it",
+                node.name()
+            ),
+            "myco models lists what each node holds and has cached",
+        )
+    })
+}
+
 /// The swarm's and collections' routes.
 pub fn routes() -> Router<NodeHandle> {
     Router::new()
@@ -369,4 +405,5 @@ pub fn routes() -> Router<NodeHandle> {
         .route("/api/collections/{name}", delete(remove_collection))
         .route("/api/swarm/ping", get(ping))
         .route("/api/models/pull", post(pull))
+        .route("/api/models/{name}", delete(remove_model))
 }

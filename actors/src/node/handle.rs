@@ -414,6 +414,30 @@ impl NodeHandle {
     /// Fetch the GGUF model `name` from a peer that holds it (`from`, or the first that
     /// says its content hash and serves transfers) into this node's models folder: it is
     /// then held here like any model. The file appears only once its bytes hash right.
+    /// Remove a model from this node (its file and its cached slices); `None` if it has
+    /// neither. A slice that a loaded stage uses stays.
+    pub async fn remove_model(&self, name: &str) -> Option<crate::travel::RemovedModel> {
+        let travel = self.travel.clone()?;
+        let (models, name) = (self.models_dir(), name.to_owned());
+        let loaded: Vec<std::path::PathBuf> = self
+            .swarm
+            .as_ref()
+            .map(|s| s.stage_board().get())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|st| std::path::PathBuf::from(st.model))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            travel.remove(&models, &name, &|p| {
+                // A loaded stage names its file: a cache slice is `<first>-<end>.gguf`.
+                loaded.iter().any(|l| p.file_name() == l.file_name())
+            })
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     pub async fn pull_model(&self, name: &str, from: Option<&str>) -> Result<PulledModel, String> {
         match &self.travel {
             Some(t) => t.pull(&self.models_dir(), name, from).await,

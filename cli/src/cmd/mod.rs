@@ -98,6 +98,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Models {
             action: Some(crate::args::ModelsAction::Pull { name, from }),
         } => swarm::pull(&cli, &home, name, from.as_deref()).await,
+        Command::Models {
+            action: Some(crate::args::ModelsAction::Rm { name }),
+        } => swarm::remove_model(&cli, &home, name).await,
         Command::Invite { addr } => swarm::invite(&cli, &home, addr).await,
         Command::Token => swarm::token(&cli, &home),
         Command::Ask {

@@ -135,6 +135,29 @@ pub async fn models(cli: &Cli, home: &Home) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `myco models rm NAME`.
+pub async fn remove_model(cli: &Cli, home: &Home, name: &str) -> Result<ExitCode> {
+    let r = client(cli, home).remove_model(name).await?;
+    if cli.json {
+        print_json(&r)?;
+    } else {
+        let file = if r.file { "its file" } else { "no file" };
+        println!(
+            "removed {} from this node: {file}, {} cached slice(s), {} in all",
+            r.model,
+            r.slices,
+            mib(r.bytes)
+        );
+        if r.kept > 0 {
+            println!(
+                "kept {} slice(s) that loaded stages use (they unload a minute after their last run; remove it again then)",
+                r.kept
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `myco models pull NAME [--from NODE]`.
 pub async fn pull(cli: &Cli, home: &Home, name: &str, from: Option<&str>) -> Result<ExitCode> {
     let p = client(cli, home).pull(name, from).await?;
