@@ -27,11 +27,12 @@ cargo clippy -p myco-runtime -p myco-actors --no-default-features --all-targets 
 .ci/no-engines.sh
 cargo test --workspace --exclude myco-runtime --locked
 # The tests that need root (network namespaces: a partition, and the chaos test's cut-off
-# node) are #[ignore]d for plain `cargo test`; they run here wherever this runs as root.
+# node; a mount namespace: a full disk during a model transfer) are #[ignore]d for plain
+# `cargo test`; they run here wherever this runs as root.
 if [ "$(id -u)" = 0 ]; then
-  cargo test -p myco --locked --test partition --test chaos -- --ignored
+  cargo test -p myco --locked --test partition --test chaos --test pipeline -- --ignored
 else
-  echo "test.sh: not root: the partition and chaos tests (ip netns) did not run" >&2
+  echo "test.sh: not root: the partition, chaos and full-disk tests did not run" >&2
 fi
 # llama.cpp's Vulkan backend, on Mesa's software device (ggml skips CPU-type Vulkan devices
 # unless GGML_VK_VISIBLE_DEVICES names them): infer and a 2-stage chain with every layer on

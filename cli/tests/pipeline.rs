@@ -737,3 +737,101 @@ fn nodes_without_the_model_fetch_only_their_slices_resume_after_kill_9_and_fetch
     );
     assert!(cached_slice(&c.home, c_range.0, c_range.1, false).is_some());
 }
+
+#[test]
+#[ignore = "needs root to mount a small tmpfs in a mount namespace; test.sh runs it with --ignored as root"]
+fn a_full_disk_during_a_fetch_says_so_and_harms_neither_the_queue_nor_the_cache() {
+    assert!(
+        common::netns::is_root(),
+        "this test needs root (unshare, mount)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    let home = |n: &str| root.path().join(n);
+    write_big(&home("a").join("models/q6.gguf"));
+    let info = ModelInfo::read(&home("a").join("models/q6.gguf")).unwrap();
+    // Two nodes, neither big enough alone: b takes half the layers (about 12 MB).
+    let memory = (4 * layer_unit(&info)).to_string();
+    let a = NodeProc::start_with(
+        &home("a"),
+        &[
+            "--name",
+            "a",
+            "--workers",
+            "1",
+            "--no-discovery",
+            "--stage-memory",
+            &memory,
+        ],
+    );
+    // b's model cache is a 4 MiB file system of its own: it fills mid-transfer.
+    std::fs::create_dir_all(home("b").join("cache")).unwrap();
+    copy_secret(&a.home, &home("b"));
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=4m tmpfs \"$HOME_B/cache\" && exec \"$0\" \"$@\"")
+        .arg(common::MYCO)
+        .arg("--home")
+        .arg(home("b"))
+        .args([
+            "--api",
+            "127.0.0.1:0",
+            "--json",
+            "node",
+            "--name",
+            "b",
+            "--workers",
+            "1",
+        ])
+        .args(["--no-discovery", "--stage-memory", &memory, "--join"])
+        .arg(a.cluster.clone().unwrap())
+        .env("HOME_B", home("b"))
+        .env("MYCO_CLUSTER", "127.0.0.1:0")
+        .env("MYCO_LOG", "warn,ractor_cluster=error");
+    let b = NodeProc::from_command(cmd, &home("b"));
+    let http = Http::new();
+    eventually(Duration::from_secs(60), "a plan over both nodes", || {
+        let (_, p) = http.get(&a.url("/api/plan?model=q6&n_ctx=2048")).unwrap();
+        (p["stages"].as_array()?.len() == 2 && p["sha256"].is_string()).then_some(())
+    });
+    let file = job(root.path(), "q6", 8, N_CTX, 1);
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("tiny6", "q6")).unwrap();
+    // Each try resumes what the last one kept, and finds the disk full again.
+    std::fs::write(
+        &file,
+        text.replace("tiny6", "q6")
+            .replace("max_attempts = 1", "max_attempts = 3"),
+    )
+    .unwrap();
+    let id = a.submit(&file);
+    let j = wait_end(&http, &a, &id);
+    assert_eq!(j["state"], "dead", "{j}");
+    let err = j["error"].to_string();
+    assert!(
+        err.contains("a full disk?") && err.contains("cannot fetch layers"),
+        "the job says the disk is full: {err}"
+    );
+    // b's queue works as before.
+    let noop = root.path().join("noop.toml");
+    std::fs::write(
+        &noop,
+        "version = 1\nkind = \"noop\"\n[noop]\npayload = \"after\"\n",
+    )
+    .unwrap();
+    let id = b.submit(&noop);
+    let j = wait_end(&http, &b, &id);
+    assert_eq!(j["state"], "done", "{j}");
+    // Nothing half-fetched counts as cached (what was written stays, to resume from).
+    let out = myco(&b.home)
+        .args(["--json", "--api", &b.addr.to_string(), "models"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let on_b = v["cached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["node"] == "b")
+        .count();
+    assert_eq!(on_b, 0, "{v}");
+}

@@ -104,9 +104,20 @@ pub async fn candidates(
         .collect()
 }
 
-/// The content hash of the model file at `path`, once this node has read it.
+/// The content hash of the model file at `path`, once this node's heartbeats carry it (so
+/// that a node asked to run a stage of it knows what to fetch).
 fn sha_of(env: &PipelineEnv, path: &Path) -> Option<String> {
-    myco_jobs::model::identity::known(path, &myco_jobs::home::cache_dir(&env.home))
+    let (name, size) = file_of(path);
+    env.swarm
+        .as_ref()?
+        .view()
+        .me
+        .as_ref()?
+        .models
+        .iter()
+        .find(|f| f.size_bytes == size && f.path.file_name().is_some_and(|n| *n == *name))?
+        .sha256
+        .clone()
 }
 
 /// The bytes of the slice a stage of `first..end` fetches (its tensors; its KV cache is
