@@ -187,11 +187,7 @@ impl Travel {
             .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
         let fetched = fetched.map_err(|e| format!("fetching `{bare}` from {node}: {e}"))?;
         // Its identity is known: no need to read it again.
-        let (cache, path, sha2) = (self.cache.clone(), dest.clone(), sha.clone());
-        let _ = tokio::task::spawn_blocking(move || {
-            myco_jobs::model::identity::remember(&path, &cache, &sha2)
-        })
-        .await;
+        remember(&dest, &self.cache, &sha, fetched.manifest.as_deref()).await;
         Ok(PulledModel {
             model: bare.to_owned(),
             from: node,
@@ -319,6 +315,7 @@ impl Travel {
             .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
         let fetched = fetched.map_err(|e| e.to_string())?;
         cache::remember(path, &sha).map_err(|e| format!("{}: {e}", path.display()))?;
+        remember(path, &self.cache, &sha, fetched.manifest.as_deref()).await;
         self.board.rescan(&self.cache);
         tracing::info!(
             model,
@@ -330,5 +327,25 @@ impl Travel {
             "slice fetched into the model cache"
         );
         Ok(())
+    }
+}
+
+/// Remember a fetched file's identity, with the manifest its chunks were checked against
+/// (so this node serves it on with the same guarantee). Without one (the holder had none,
+/// and the fetch hashed the whole file), the background identifier reads it once more for
+/// its manifest.
+async fn remember(path: &Path, cache: &Path, sha: &str, manifest: Option<&[[u8; 32]]>) {
+    let (path, cache, sha) = (path.to_path_buf(), cache.to_path_buf(), sha.to_owned());
+    let manifest = manifest.map(<[[u8; 32]]>::to_vec);
+    let done = tokio::task::spawn_blocking(move || {
+        use myco_jobs::model::identity;
+        match manifest {
+            Some(m) => identity::remember_with(&path, &cache, &sha, &m),
+            None => identity::remember(&path, &cache, &sha),
+        }
+    })
+    .await;
+    if let Ok(Err(e)) = done {
+        tracing::warn!(error = %e, "cannot remember a fetched file's identity");
     }
 }

@@ -251,7 +251,7 @@ pub struct TransferArgs {
 }
 
 /// `myco bench transfer`: a model pulled between two node processes on loopback (chunked,
-/// each chunk hashed, the whole file hashed at the end, fsynced) against a plain copy of the
+/// each chunk checked against the holder's manifest, fsynced) against a plain copy of the
 /// same bytes over one TLS connection of the same swarm into a file (fsynced), interleaved;
 /// the median of the per-round ratios (plain seconds / pull seconds), MB/s, and the nodes'
 /// CPU seconds per GB pulled.
@@ -428,7 +428,7 @@ async fn run_transfer(args: &TransferArgs, root: &std::path::Path, json_out: boo
         println!("{report}");
     } else {
         println!(
-            "transfer of {} MB between two node processes on loopback, {} rounds:\n  pull  {:.0} MB/s (chunks hashed, the file hashed, synced)\n  plain {:.0} MB/s (one TLS connection into a file, synced)\n  ratio {ratio:.2} (median of plain/pull per round; the goal is >= 0.7)\n  CPU   {:.2} s per GB pulled (both nodes)",
+            "transfer of {} MB between two node processes on loopback, {} rounds:\n  pull  {:.0} MB/s (each chunk checked against the holder's manifest, synced)\n  plain {:.0} MB/s (one TLS connection into a file, synced)\n  ratio {ratio:.2} (median of plain/pull per round; the goal is >= 0.7)\n  CPU   {:.2} s per GB pulled (both nodes)",
             args.mb,
             args.rounds,
             mb / pull,

@@ -473,7 +473,8 @@ fn identify_all(models: &std::path::Path, cache: &std::path::Path, stopped: &dyn
     use myco_jobs::model::identity;
     // File names and stamps only: no header is read for what is known already.
     for path in myco_jobs::model::gguf_files(models) {
-        if identity::known(&path, cache).is_some() {
+        // Known, with its manifest (a file fetched without one is read once more for it).
+        if identity::known(&path, cache).is_some() && identity::manifest(&path, cache).is_some() {
             continue;
         }
         let started = std::time::Instant::now();
@@ -519,15 +520,20 @@ async fn serve_transfers(
     let files: transfer::Files = {
         let (models, cache) = (models.clone(), cache.clone());
         Arc::new(move |sha: &str| {
-            myco_jobs::model::gguf_files(&models)
+            use myco_jobs::model::identity;
+            let path = myco_jobs::model::gguf_files(&models)
                 .into_iter()
-                .find(|p| myco_jobs::model::identity::known(p, &cache).as_deref() == Some(sha))
+                .find(|p| identity::known(p, &cache).as_deref() == Some(sha))
                 .or_else(|| {
                     myco_jobs::model::cache::slices(&cache)
                         .into_iter()
                         .find(|c| c.sha256 == sha)
                         .map(|c| c.path)
-                })
+                })?;
+            Some(transfer::Served {
+                manifest: identity::manifest(&path, &cache),
+                path,
+            })
         })
     };
     let opts = transfer::ServeOptions {
@@ -571,7 +577,9 @@ fn slicer(
         let started = std::time::Instant::now();
         myco_jobs::llm::stage::write_travelling_slice(&model, source, first, end, &out)
             .map_err(|e| e.to_string())?;
-        let sha = identity::sha256_of(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        // Its hash and manifest, remembered as any file's.
+        let sha = identity::identify(&out, &cache, &|| false)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
         slices::remember(&out, &sha).map_err(|e| format!("{}: {e}", out.display()))?;
         board.rescan(&cache);
         let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());

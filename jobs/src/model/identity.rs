@@ -51,15 +51,27 @@ pub fn known(path: &Path, cache: &Path) -> Option<String> {
         .then(|| h.to_owned())
 }
 
-/// The hash of the file at `path`: remembered, or read now (in 8 MiB blocks, `stop`
-/// polled between them) and remembered in `cache`.
+/// The bytes of a chunk of a file's manifest (the last chunk may be shorter).
+pub const CHUNK: u64 = 1 << 20;
+
+/// A file's manifest: the BLAKE3 digest of each of its [`CHUNK`]s, computed in the same
+/// read as its SHA-256, so it stands for the same bytes. A transfer checks each chunk that
+/// arrives against it (the holder's copy may have rotted since; the network may damage a
+/// chunk), and then need not hash the whole file again.
+pub type Manifest = Vec<[u8; 32]>;
+
+/// The hash of the file at `path`: remembered (with its manifest), or read now (in 8 MiB
+/// blocks, `stop` polled between them) and remembered in `cache`.
 pub fn identify(path: &Path, cache: &Path, stop: &dyn Fn() -> bool) -> std::io::Result<String> {
-    if let Some(h) = known(path, cache) {
+    if let (Some(h), Some(_)) = (known(path, cache), manifest(path, cache)) {
         return Ok(h);
     }
     let before = stamp(path)?;
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
+    let mut chunks: Manifest = Vec::new();
+    let mut chunk = blake3::Hasher::new();
+    let mut in_chunk = 0u64;
     let mut buf = vec![0u8; 8 << 20];
     loop {
         if stop() {
@@ -70,13 +82,66 @@ pub fn identify(path: &Path, cache: &Path, stop: &dyn Fn() -> bool) -> std::io::
             break;
         }
         hasher.update(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let take = rest.len().min((CHUNK - in_chunk) as usize);
+            chunk.update(&rest[..take]);
+            in_chunk += take as u64;
+            rest = &rest[take..];
+            if in_chunk == CHUNK {
+                chunks.push(*chunk.finalize().as_bytes());
+                chunk.reset();
+                in_chunk = 0;
+            }
+        }
+    }
+    if in_chunk > 0 {
+        chunks.push(*chunk.finalize().as_bytes());
     }
     let hash = hex(&hasher.finalize());
     // A file that changed while it was read is not remembered (the next call reads it again).
     if stamp(path)? == before {
         write_record(path, cache, before, &hash)?;
+        write_manifest(path, cache, &chunks)?;
     }
     Ok(hash)
+}
+
+/// The remembered manifest of the file at `path`, if its record matches the file now.
+pub fn manifest(path: &Path, cache: &Path) -> Option<Manifest> {
+    let (size, _) = stamp(path).ok()?;
+    known(path, cache)?;
+    let bytes =
+        std::fs::read(record_path(&cache.join("ids"), path).with_extension("chunks")).ok()?;
+    let want = size.div_ceil(CHUNK) as usize;
+    if bytes.len() != want * 32 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(32)
+            .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+            .collect(),
+    )
+}
+
+fn write_manifest(path: &Path, cache: &Path, chunks: &[[u8; 32]]) -> std::io::Result<()> {
+    let record = record_path(&cache.join("ids"), path).with_extension("chunks");
+    let tmp = record.with_extension("chunks-tmp");
+    std::fs::write(&tmp, chunks.concat())?;
+    std::fs::rename(&tmp, &record)
+}
+
+/// Remember that the file at `path`, as it is now, hashes to `sha256`, with its manifest
+/// (a fetched file, each chunk checked against the manifest as it arrived).
+pub fn remember_with(
+    path: &Path,
+    cache: &Path,
+    sha256: &str,
+    chunks: &[[u8; 32]],
+) -> std::io::Result<()> {
+    write_record(path, cache, stamp(path)?, sha256)?;
+    write_manifest(path, cache, chunks)
 }
 
 /// The SHA-256 of the file at `path`, read now (nothing remembered).
@@ -131,6 +196,20 @@ mod tests {
         let h2 = identify(&a, &cache, &|| false).unwrap();
         assert_ne!(h, h2);
         assert_eq!(h2, sha256_hex(b"weights two"));
+        // The manifest: a digest per MiB, of the bytes hashed.
+        assert_eq!(
+            manifest(&a, &cache),
+            Some(vec![*blake3::hash(b"weights two").as_bytes()])
+        );
+        let big = dir.path().join("big.gguf");
+        let bytes: Vec<u8> = (0..(CHUNK as usize * 2 + 5))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&big, &bytes).unwrap();
+        identify(&big, &cache, &|| false).unwrap();
+        let m = manifest(&big, &cache).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[2], *blake3::hash(&bytes[2 * CHUNK as usize..]).as_bytes());
         // A stop request ends a hash without remembering anything.
         let b = dir.path().join("b.gguf");
         std::fs::write(&b, b"more").unwrap();

@@ -37,9 +37,9 @@ use super::wire::TransferView;
 use crate::format;
 
 /// The format of the transfer messages.
-pub const TRANSFER_FORMAT: u16 = 3;
-/// The bytes of a chunk (the last one of a file may be shorter).
-pub const CHUNK: u64 = 1 << 20;
+pub const TRANSFER_FORMAT: u16 = 4;
+/// The bytes of a chunk (the last one of a file may be shorter): a manifest's.
+pub const CHUNK: u64 = myco_jobs::model::identity::CHUNK;
 /// How many times in a row a chunk that arrives damaged is fetched again before the fetch
 /// fails.
 pub const RETRIES: u32 = 3;
@@ -73,16 +73,26 @@ pub struct Fetch {
 /// The server's answer to a [`Fetch`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Offer {
-    /// The file, of `size` bytes: chunks follow from the offset asked.
-    File { size: u64 },
+    /// The file, of `size` bytes: chunks follow from the offset asked. `bound`: their
+    /// digests are the file's manifest, computed with its SHA-256, so a fetch that checks
+    /// every chunk has the file of that hash without hashing it again.
+    File { size: u64, bound: bool },
     /// Not served here (no such file, or an offset past its end).
     Refused(String),
     /// The slice asked for: its own SHA-256 and size.
     Slice { sha256: String, size: u64 },
 }
 
-/// The files a server serves: the path of the file whose bytes hash to a SHA-256.
-pub type Files = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
+/// A file a server serves, and its manifest if it has one
+/// ([`myco_jobs::model::identity::Manifest`]).
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub path: PathBuf,
+    pub manifest: Option<myco_jobs::model::identity::Manifest>,
+}
+
+/// The files a server serves: the file whose bytes hash to a SHA-256.
+pub type Files = Arc<dyn Fn(&str) -> Option<Served> + Send + Sync>;
 
 /// Makes the slice of layers `first..end` of the model of a SHA-256 this node holds: its
 /// own SHA-256 and size, or why not. Called on a blocking thread.
@@ -174,8 +184,10 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             return write_message(&mut stream, &offer).await;
         }
     };
-    let path = files(&fetch.sha256);
-    let file = path.as_deref().and_then(|p| std::fs::File::open(p).ok());
+    let served = files(&fetch.sha256);
+    let file = served
+        .as_ref()
+        .and_then(|s| std::fs::File::open(&s.path).ok());
     let Some(file) = file else {
         let refused = Offer::Refused(format!("no file of sha256 {} here", fetch.sha256));
         return write_message(&mut stream, &refused).await;
@@ -188,7 +200,15 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         ));
         return write_message(&mut stream, &refused).await;
     }
-    write_message(&mut stream, &Offer::File { size }).await?;
+    let manifest = served
+        .and_then(|s| s.manifest)
+        .filter(|m| m.len() as u64 == size.div_ceil(CHUNK));
+    let bound = manifest.is_some();
+    write_message(&mut stream, &Offer::File { size, bound }).await?;
+    if let Some(m) = &manifest {
+        stream.write_u32(m.len() as u32).await?;
+        stream.write_all(&m.concat()).await?;
+    }
     // A thread reads and digests the next chunks while this task sends the one before.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<(Vec<u8>, blake3::Hash)>>(4);
     // Buffers come back once sent (no fresh pages for every chunk).
@@ -201,7 +221,12 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             let mut buf = taken.try_recv().unwrap_or_default();
             buf.resize(usize::try_from((size - at).min(CHUNK)).unwrap_or(0), 0);
             let read = file.read_exact_at(&mut buf, at).map(|()| {
-                let digest = blake3::hash(&buf);
+                // The manifest's digest (of the bytes when the file was identified), else
+                // one of the bytes as read now.
+                let digest = match &manifest {
+                    Some(m) => blake3::Hash::from_bytes(m[(at / CHUNK) as usize]),
+                    None => blake3::hash(&buf),
+                };
                 (buf, digest)
             });
             let failed = read.is_err();
@@ -251,6 +276,9 @@ pub struct Fetched {
     pub size: u64,
     /// Chunk bytes received (re-fetched chunks counted again).
     pub received: u64,
+    /// The holder's manifest, every chunk checked against it (`None`: the holder had none,
+    /// and the whole file was hashed instead).
+    pub manifest: Option<myco_jobs::model::identity::Manifest>,
 }
 
 /// Fetch the file of `sha256` from the server at `addr` into `dest`. Bytes go to
@@ -274,13 +302,15 @@ pub async fn fetch(
     }
     let mut received = 0u64;
     let mut damaged_in_a_row = 0u32;
-    // What is on disk, cut to whole chunks: a fetch resumes from there.
-    let have = match tokio::fs::metadata(&part).await {
-        Ok(m) => m.len() - m.len() % CHUNK,
-        Err(_) => 0,
+    // Opened at the holder's first answer: writes verified chunks on a thread of its own,
+    // and hashes the whole file unless the holder's manifest vouches for every chunk.
+    let mut sink: Option<Sink> = None;
+    let finish = |sink: Option<Sink>| async move {
+        match sink {
+            Some(s) => s.finish().await,
+            None => Ok(String::new()),
+        }
     };
-    // Writes verified chunks and keeps the whole file's hash, on a thread of its own.
-    let mut sink = Sink::open(&part, have);
     let size = loop {
         match fetch_from(tls, addr, sha256, &part, &mut sink, &mut received, progress).await {
             Ok(size) => break size,
@@ -292,13 +322,13 @@ pub async fn fetch(
                     "a chunk arrived damaged: fetching it again"
                 );
                 if damaged_in_a_row >= RETRIES {
-                    let _ = sink.finish().await;
+                    let _ = finish(sink).await;
                     return Err(TransferError::Damaged { index });
                 }
             }
             Err(Step::Failed(e)) => {
                 // What was written stays for the next fetch, unless the disk failed too.
-                return Err(match sink.finish().await {
+                return Err(match finish(sink).await {
                     Err(why) => TransferError::Disk {
                         path: part.display().to_string(),
                         why: why.to_string(),
@@ -308,8 +338,9 @@ pub async fn fetch(
             }
         }
     };
-    let got = sink.finish().await.map_err(disk)?;
-    if got != sha256 {
+    let manifest = sink.as_ref().and_then(|s| s.manifest.clone());
+    let got = finish(sink).await.map_err(disk)?;
+    if manifest.is_none() && got != sha256 {
         let _ = tokio::fs::remove_file(&part).await;
         return Err(TransferError::WrongFile {
             want: sha256.to_owned(),
@@ -321,6 +352,7 @@ pub async fn fetch(
         path: dest.to_path_buf(),
         size,
         received,
+        manifest,
     })
 }
 
@@ -341,6 +373,8 @@ enum Step {
 /// appends the verified chunks it is handed and keeps the whole file's SHA-256 (so the disk
 /// and the hash overlap the network), and syncs the file at the end.
 struct Sink {
+    /// The holder's manifest, when it vouches for the chunks (then nothing is hashed here).
+    manifest: Option<myco_jobs::model::identity::Manifest>,
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// Buffers written, for the next chunks.
     spare: std::sync::mpsc::Receiver<Vec<u8>>,
@@ -350,8 +384,14 @@ struct Sink {
 }
 
 impl Sink {
-    /// `part`, keeping its first `have` bytes.
-    fn open(part: &Path, have: u64) -> Sink {
+    /// `part`, keeping its first `have` bytes; `manifest`: they and every chunk to come
+    /// were checked against it, so the whole file is not hashed.
+    fn open(
+        part: &Path,
+        have: u64,
+        manifest: Option<myco_jobs::model::identity::Manifest>,
+    ) -> Sink {
+        let hash = manifest.is_none();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
         let (give_back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let part = part.to_path_buf();
@@ -365,7 +405,7 @@ impl Sink {
                 .open(&part)?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; CHUNK as usize];
-            let mut left = have;
+            let mut left = if hash { have } else { 0 };
             while left > 0 {
                 let n = usize::try_from(left.min(CHUNK)).unwrap_or(0);
                 file.read_exact(&mut buf[..n])?;
@@ -373,15 +413,19 @@ impl Sink {
                 left -= n as u64;
             }
             file.set_len(have)?;
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(have))?;
             while let Some(bytes) = rx.blocking_recv() {
                 file.write_all(&bytes)?;
-                hasher.update(&bytes);
+                if hash {
+                    hasher.update(&bytes);
+                }
                 let _ = give_back.send(bytes);
             }
             file.sync_all()?;
             Ok(myco_jobs::model::identity::hex(&hasher.finalize()))
         });
         Sink {
+            manifest,
             tx,
             spare,
             thread,
@@ -425,11 +469,17 @@ async fn fetch_from(
     addr: &str,
     sha256: &str,
     part: &Path,
-    sink: &mut Sink,
+    sink: &mut Option<Sink>,
     received: &mut u64,
     progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, Step> {
-    let have = sink.upto;
+    // What is on disk, cut to whole chunks: a fetch resumes from there.
+    let have = match sink {
+        Some(s) => s.upto,
+        None => tokio::fs::metadata(part)
+            .await
+            .map_or(0, |m| m.len() - m.len() % CHUNK),
+    };
     let connect = |why: String| {
         Step::Failed(TransferError::Connect {
             addr: addr.to_owned(),
@@ -464,9 +514,68 @@ async fn fetch_from(
         .await
         .map_err(|e| broken(*received, &e))?
     {
-        Offer::File { size } => size,
+        Offer::File { size, bound } => (size, bound),
         Offer::Refused(why) => return Err(Step::Failed(TransferError::Refused(why))),
         Offer::Slice { .. } => return Err(broken(*received, &"an answer out of turn")),
+    };
+    let (size, bound) = size;
+    // A bound offer: the manifest comes first, as raw digests.
+    let manifest = if bound {
+        let n = stream.read_u32().await.map_err(|e| broken(*received, &e))? as u64;
+        if n != size.div_ceil(CHUNK) {
+            return Err(broken(
+                *received,
+                &format!("a manifest of {n} chunks for {size} bytes"),
+            ));
+        }
+        let mut raw = vec![0u8; n as usize * 32];
+        stream
+            .read_exact(&mut raw)
+            .await
+            .map_err(|e| broken(*received, &e))?;
+        Some(
+            raw.chunks_exact(32)
+                .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+                .collect::<myco_jobs::model::identity::Manifest>(),
+        )
+    } else {
+        None
+    };
+    match (sink.as_ref(), &manifest) {
+        // The first answer: open the sink, checking what is kept against the manifest.
+        (None, _) => {
+            let kept = match &manifest {
+                Some(m) => {
+                    let (p, m2) = (part.to_path_buf(), m.clone());
+                    tokio::task::spawn_blocking(move || good_prefix(&p, have, &m2))
+                        .await
+                        .unwrap_or(0)
+                }
+                None => have,
+            };
+            if kept != have {
+                tracing::warn!(
+                    kept,
+                    have,
+                    "a kept chunk does not match the manifest: fetching it again"
+                );
+                // Fetch again from there (the sink cuts the file to `kept`).
+                *sink = Some(Sink::open(part, kept, manifest));
+                return Err(Step::Damaged(kept / CHUNK));
+            }
+            *sink = Some(Sink::open(part, have, manifest.clone()));
+        }
+        // The same holder's word as before, or the whole file is hashed anyway.
+        (Some(s), m) if s.manifest.is_none() || s.manifest.as_ref() == m.as_ref() => {}
+        (Some(_), _) => {
+            return Err(broken(
+                *received,
+                &"the holder's manifest changed; fetch again",
+            ));
+        }
+    }
+    let Some(sink) = sink.as_mut() else {
+        return Err(broken(*received, &"no sink"));
     };
     let disk = || {
         Step::Failed(TransferError::Disk {
@@ -491,7 +600,11 @@ async fn fetch_from(
             .await
             .map_err(|e| broken(*received, &e))?;
         *received += n;
-        if blake3::hash(&chunk).as_bytes() != &digest {
+        let want = match &manifest {
+            Some(m) => m[(at / CHUNK) as usize],
+            None => digest,
+        };
+        if blake3::hash(&chunk).as_bytes() != &want {
             return Err(Step::Damaged(at / CHUNK));
         }
         if !sink.write(chunk).await {
@@ -501,6 +614,26 @@ async fn fetch_from(
         progress(at, size);
     }
     Ok(size)
+}
+
+/// The bytes of the first `have` of `part` whose chunks match `manifest` (a prefix).
+fn good_prefix(part: &Path, have: u64, manifest: &[[u8; 32]]) -> u64 {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(part) else {
+        return 0;
+    };
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut at = 0u64;
+    while at < have {
+        let n = (have - at).min(CHUNK) as usize;
+        if f.read_exact(&mut buf[..n]).is_err()
+            || manifest.get((at / CHUNK) as usize) != Some(blake3::hash(&buf[..n]).as_bytes())
+        {
+            return at;
+        }
+        at += n as u64;
+    }
+    at
 }
 
 /// Ask the server at `addr` for the slice of layers `first..end` of the model of SHA-256
