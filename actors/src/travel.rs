@@ -92,11 +92,13 @@ impl Travel {
             bytes: 0,
             kept: 0,
         };
-        if let Ok(meta) = std::fs::metadata(&path)
-            && std::fs::remove_file(&path).is_ok()
-        {
-            removed.file = true;
-            removed.bytes += meta.len();
+        if let Ok(meta) = std::fs::metadata(&path) {
+            // Forgotten first: its record is keyed by the path as it resolves now.
+            myco_jobs::model::identity::forget(&path, &self.cache);
+            if std::fs::remove_file(&path).is_ok() {
+                removed.file = true;
+                removed.bytes += meta.len();
+            }
         }
         let _ = std::fs::remove_file(transfer::part_path(&path));
         for c in cache::slices(&self.cache) {

@@ -95,8 +95,12 @@ pub fn slices(cache: &Path) -> Vec<Cached> {
     out
 }
 
-/// Remove a slice and its record.
+/// Remove a slice and its records (here and its identity's).
 pub fn remove(slice: &Path) {
+    // `<cache>/slices/<source>/<range>.gguf`.
+    if let Some(cache) = slice.ancestors().nth(3) {
+        super::identity::forget(slice, cache);
+    }
     let _ = std::fs::remove_file(slice);
     let _ = std::fs::remove_file(sha_path(slice));
     if let Some(dir) = slice.parent() {
@@ -162,6 +166,10 @@ mod tests {
         let gone: Vec<&Path> = removed.iter().map(|c| c.path.as_path()).collect();
         assert_eq!(gone, vec![recent.as_path()]);
         assert!(old.exists() && loaded.exists() && !recent.exists());
+        assert!(
+            !recent.with_extension("sha256").exists(),
+            "its record went too"
+        );
         // Under the cap, nothing moves.
         assert!(trim(cache, 10_000, 0, &|_| false).is_empty());
         let c = cached(&old).unwrap();

@@ -144,6 +144,13 @@ pub fn remember_with(
     write_manifest(path, cache, chunks)
 }
 
+/// Forget what is remembered of the file at `path` (it was removed).
+pub fn forget(path: &Path, cache: &Path) {
+    let record = record_path(&cache.join("ids"), path);
+    let _ = std::fs::remove_file(record.with_extension("chunks"));
+    let _ = std::fs::remove_file(record);
+}
+
 /// The SHA-256 of the file at `path`, read now (nothing remembered).
 pub fn sha256_of(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
