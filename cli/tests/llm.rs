@@ -827,9 +827,17 @@ fn models_are_known_by_their_content() {
 fn a_node_pulls_a_model_from_a_peer_by_its_content_and_then_holds_it() {
     let root = tempfile::tempdir().unwrap();
     let one = &["--workers", "1", "--no-discovery"];
-    // Only a holds the model.
+    // Only a holds the model; a damages the first chunk it sends (once).
     let a_home = home_with_models(root.path(), "a");
-    let a = NodeProc::start_with(&a_home, &[&["--name", "a"][..], one].concat());
+    let a = NodeProc::start_logged_env(
+        &a_home,
+        &[&["--name", "a"][..], one].concat(),
+        &root.path().join("a.log"),
+        &[(
+            myco_actors::node::FAULT_CORRUPT_CHUNK_ENV,
+            std::ffi::OsStr::new("0"),
+        )],
+    );
     let b_home = root.path().join("b");
     copy_secret(&a_home, &b_home);
     let b = NodeProc::start_with(
@@ -881,7 +889,12 @@ fn a_node_pulls_a_model_from_a_peer_by_its_content_and_then_holds_it() {
         "the same bytes"
     );
     assert_eq!(pulled["bytes"], want.len() as u64, "{pulled}");
-    assert_eq!(pulled["received"], want.len() as u64, "{pulled}");
+    // The damaged chunk was caught against a's manifest and came again: one MiB more.
+    assert_eq!(
+        pulled["received"],
+        want.len() as u64 + (1 << 20),
+        "{pulled}"
+    );
     // b holds it now: the swarm lists both as holders of one model.
     eventually(Duration::from_secs(30), "both hold tiny", || {
         let (_, m) = http.get(&a.url("/v1/models")).unwrap();
