@@ -1038,3 +1038,53 @@ fn an_idle_node_pulls_a_model_that_jobs_wait_for_and_takes_some_of_them() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_request_gives_the_same_greedy_tokens_whatever_the_node_served_before() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("n");
+    // A model whose long greedy answers part at the least change of numerics.
+    TinyLlama {
+        n_embd: 256,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ff: 768,
+        n_layer: 6,
+        n_ctx: 4096,
+        ..TinyLlama::default()
+    }
+    .write(&home.join("models/m.gguf"), false)
+    .unwrap();
+    let node = NodeProc::start(&home, &["--workers", "1", "--parallel", "1"]);
+    let http = Http::new();
+    let ask = |prompt: &str| {
+        let (status, v) = http
+            .post(
+                &node.url("/v1/completions"),
+                &serde_json::json!({
+                    "model": "m", "prompt": prompt, "max_tokens": 2000, "temperature": 0.0,
+                    "n_ctx": 4096, "threads": 1,
+                }),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{v}");
+        v["myco"]["tokens"].clone()
+    };
+    let x = "hello swarm, the node runs a job";
+    let first = ask(x);
+    assert!(first.as_array().unwrap().len() > 200, "{first}");
+    // Others in between: one shares X's start (the cache could take it), one does not; and
+    // X itself (the cache holds all of its prompt then).
+    ask("hello swarm, the queue");
+    ask("a model of the world");
+    ask(x);
+    let again = ask(x);
+    let (a, b) = (first.as_array().unwrap(), again.as_array().unwrap());
+    let parted = a.iter().zip(b).position(|(x, y)| x != y);
+    assert!(
+        a == b,
+        "X again gave other tokens: {} and {} tokens, first different at {parted:?}",
+        a.len(),
+        b.len()
+    );
+}

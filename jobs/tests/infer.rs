@@ -379,34 +379,39 @@ fn concurrent_requests_in_one_batch_each_get_their_solo_tokens() {
     assert_eq!(err, InferError::Cancelled);
 }
 
-/// A chat of five turns: each turn's prompt extends the one before, and the batch decodes
-/// only what is new (the result counts the cached prompt tokens).
+/// A chat of five turns with a long system prompt: each turn's prompt extends the one
+/// before, and the batch reuses the whole 512-token pieces of it that it decoded alone (the
+/// result counts the cached prompt tokens); each answer is the one a fresh batch gives.
 #[test]
-fn the_turns_of_a_chat_reuse_the_cached_prefix() {
+fn the_turns_of_a_chat_reuse_whole_pieces_of_the_cached_prefix_and_answer_the_same() {
+    use myco_jobs::llm::infer::batch::PREFILL_STEP;
     use myco_jobs::llm::infer::{Models, Serving};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
-    // Trained (so it says) for the 1024 positions the chat takes.
+    // Trained (so it says) for the 2048 positions the chat takes.
     TinyLlama {
-        n_ctx: 1024,
+        n_ctx: 2048,
         ..TinyLlama::default()
     }
     .write(&path, true)
     .unwrap();
-    let models = Models::new().serving(Serving {
+    let serving = Serving {
         parallel: 2,
         threads: 1,
-    });
-    let served = models.serve(&path, None, 1024).unwrap();
+    };
+    let served = Models::new()
+        .serving(serving)
+        .serve(&path, None, 2048)
+        .unwrap();
     let params = InferParams {
-        n_ctx: 1024,
+        n_ctx: 2048,
         ..greedy(12)
     };
     let mut messages = vec![Message {
         role: "system".into(),
-        content: "you are the swarm's helper".into(),
+        content: "you are the swarm's helper: the node runs the job and the queue holds the work. "
+            .repeat(6),
     }];
-    let mut last_prompt = 0;
     for turn in 1..=5 {
         messages.push(Message {
             role: "user".into(),
@@ -420,18 +425,37 @@ fn the_turns_of_a_chat_reuse_the_cached_prefix() {
                 &mut |_, _| {},
             )
             .unwrap();
+        assert!(
+            g.prompt_tokens as usize > PREFILL_STEP,
+            "{}",
+            g.prompt_tokens
+        );
         if turn == 1 {
             assert_eq!(g.cached_tokens, 0, "nothing to reuse at the first turn");
         } else {
-            // All of the previous turn's prompt, give or take the token at the seam.
+            // The whole pieces of the prompt before, never a part of one.
             assert!(
-                g.cached_tokens + 2 >= last_prompt && g.cached_tokens < g.prompt_tokens,
-                "turn {turn}: {} of {} prompt tokens cached, the previous prompt was {last_prompt}",
+                g.cached_tokens as usize >= PREFILL_STEP
+                    && (g.cached_tokens as usize).is_multiple_of(PREFILL_STEP)
+                    && g.cached_tokens < g.prompt_tokens,
+                "turn {turn}: {} of {} prompt tokens cached",
                 g.cached_tokens,
                 g.prompt_tokens
             );
         }
-        last_prompt = g.prompt_tokens;
+        // The same answer as a batch that never saw this chat.
+        let fresh = Models::new()
+            .serving(serving)
+            .serve(&path, None, 2048)
+            .unwrap()
+            .generate(
+                &Prompt::Chat(messages.clone()),
+                &params,
+                &|| false,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(g.tokens, fresh.tokens, "turn {turn}");
         // A random-weight model's answer may hold NUL bytes, which no chat template takes.
         messages.push(Message {
             role: "assistant".into(),

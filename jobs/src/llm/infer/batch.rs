@@ -17,6 +17,16 @@
 //! its cache (it holds `slots × n_ctx` positions of KV memory); the next request makes a new
 //! one.
 //!
+//! **The cache never changes an answer.** llama.cpp's numbers for a token depend on the batch
+//! it is decoded in (its kernels sum in an order set by the batch's shape), so a prompt whose
+//! first tokens came from the cache and the rest in other pieces would be computed a little
+//! differently, and a long greedy answer parts from the fresh one (seen: after 426 tokens).
+//! So a prompt is always prefilled in pieces that end at multiples of [`PREFILL_STEP`]
+//! positions, as a fresh request alone is, and a request reuses only whole such pieces that
+//! were decoded alone ([`Slot::clean`]): a prefix of at least [`PREFILL_STEP`] tokens, which is
+//! where reuse pays. A request's greedy tokens then do not depend on what the node served
+//! before it. (Requests prefilled at the same moment share decodes, and are not covered.)
+//!
 //! The thread sends each request's sampled token ids back on the request's own channel; the
 //! caller's thread turns them into text, applies stop strings and polls its cancel flag, and
 //! halts the sequence by setting [`Request::halt`] or by dropping its receiver. Everything
@@ -145,6 +155,9 @@ struct Active {
 struct Slot {
     /// The tokens in its KV cache, positions 0.. in order.
     cached: Vec<LlamaToken>,
+    /// Of those, the first ones decoded in whole [`PREFILL_STEP`] pieces at multiples of it,
+    /// each alone in its decode (as a fresh request computes them): what may be reused.
+    clean: usize,
     last_used: Instant,
     active: Option<Active>,
 }
@@ -178,6 +191,7 @@ fn serve(model: &LlmModel, slots: u32, n_ctx: u32, threads: i32, rx: &mpsc::Rece
     let mut seqs: Vec<Slot> = (0..slots)
         .map(|_| Slot {
             cached: Vec::new(),
+            clean: 0,
             last_used: now,
             active: None,
         })
@@ -228,12 +242,20 @@ fn serve(model: &LlmModel, slots: u32, n_ctx: u32, threads: i32, rx: &mpsc::Rece
         // next decode replaces them.
         for phase in [Phase::Generate, Phase::Prefill] {
             batch.clear();
+            // Where each sequence stands before this decode (for its clean prefix).
+            let before: Vec<Option<i32>> = seqs
+                .iter()
+                .map(|s| s.active.as_ref().map(|a| a.pos))
+                .collect();
             if let Err(e) = fill(&mut batch, &mut seqs, phase) {
                 fail_all(&mut ctx, &mut seqs, &e);
                 break;
             }
             if batch.n_tokens() == 0 {
                 continue;
+            }
+            if phase == Phase::Prefill {
+                mark_clean(&mut seqs, &before);
             }
             if let Err(e) = ctx.decode(&mut batch) {
                 fail_all(&mut ctx, &mut seqs, &InferError::Engine(e.to_string()));
@@ -243,6 +265,30 @@ fn serve(model: &LlmModel, slots: u32, n_ctx: u32, threads: i32, rx: &mpsc::Rece
                 step(&ctx, model, s);
             }
         }
+    }
+}
+
+/// After a prefill's batch is filled: a sequence whose piece is alone in it, whole
+/// ([`PREFILL_STEP`] tokens from a multiple of it) and follows its clean prefix extends that
+/// prefix (the decode computes it as a fresh request would).
+fn mark_clean(seqs: &mut [Slot], before: &[Option<i32>]) {
+    let moved: Vec<usize> = seqs
+        .iter()
+        .zip(before)
+        .enumerate()
+        .filter(|(_, (s, b))| matches!((s.active.as_ref(), b), (Some(a), Some(b)) if a.pos != *b))
+        .map(|(i, _)| i)
+        .collect();
+    let [only] = moved[..] else {
+        return;
+    };
+    let (Some(from), Some(a)) = (before[only], seqs[only].active.as_ref()) else {
+        return;
+    };
+    let (from, to) = (from as usize, a.pos as usize);
+    let s = &mut seqs[only];
+    if s.clean == from && from.is_multiple_of(PREFILL_STEP) && to - from == PREFILL_STEP {
+        s.clean = to;
     }
 }
 
@@ -287,7 +333,12 @@ fn start(ctx: &mut LlamaContext<'_>, slot: &mut Slot, seq: usize, req: Request, 
             return;
         }
     };
-    let shared = common_prefix(&slot.cached, &req.tokens).min(req.tokens.len() - 1);
+    // Only whole clean pieces (see the module's note); at least the last token is decoded.
+    let shared = common_prefix(&slot.cached, &req.tokens)
+        .min(req.tokens.len() - 1)
+        .min(slot.clean)
+        / PREFILL_STEP
+        * PREFILL_STEP;
     let kept = ctx
         .clear_kv_cache_seq(Some(seq as u32), Some(shared as u32), None)
         .unwrap_or(false);
@@ -299,6 +350,7 @@ fn start(ctx: &mut LlamaContext<'_>, slot: &mut Slot, seq: usize, req: Request, 
         0
     };
     slot.cached.truncate(shared);
+    slot.clean = slot.clean.min(shared);
     slot.last_used = Instant::now();
     slot.active = Some(Active {
         pending: req.tokens[shared..]
@@ -343,7 +395,10 @@ fn fill(batch: &mut LlamaBatch<'_>, seqs: &mut [Slot], phase: Phase) -> Result<(
     let mut budget = PREFILL_STEP;
     for (seq, s) in seqs.iter_mut().enumerate() {
         let Some(a) = s.active.as_mut() else { continue };
-        while budget > 0 {
+        // A piece ends at the next multiple of PREFILL_STEP, as a fresh request's do.
+        let mut room = PREFILL_STEP - a.pos as usize % PREFILL_STEP;
+        while budget > 0 && room > 0 {
+            room -= 1;
             let Some(t) = a.pending.pop_front() else {
                 break;
             };
@@ -415,6 +470,7 @@ fn fail_all(ctx: &mut LlamaContext<'_>, seqs: &mut [Slot], e: &InferError) {
             let _ = a.req.events.send(Event::Failed(e.clone()));
         }
         s.cached.clear();
+        s.clean = 0;
     }
     ctx.clear_kv_cache();
 }
