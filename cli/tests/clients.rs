@@ -44,9 +44,13 @@ fn the_openai_and_langchain_clients_work_against_a_node() {
     );
     let root = tempfile::tempdir().unwrap();
     let home = linked_home(root.path(), "home", true);
-    TinyLlama::default()
-        .write(&home.join("models/tiny.gguf"), true)
-        .unwrap();
+    // Trained (so it says) for 2048 positions: the prompt cache check sends a long prompt.
+    TinyLlama {
+        n_ctx: 2048,
+        ..TinyLlama::default()
+    }
+    .write(&home.join("models/tiny.gguf"), true)
+    .unwrap();
     let tiktoken = root.path().join("tiktoken");
     write_cl100k(&tiktoken);
     let node = NodeProc::start(&home, &["--workers", "1"]);

@@ -116,12 +116,26 @@ if j.choices[0].finish_reason == "stop":
 
     check("JSON mode, whole", isinstance(json.loads(answer), dict), answer)
 
-# Prompt cache: the same conversation again reuses its prompt.
+# Prompt cache: a long conversation again reuses whole 512-token pieces of its prompt (the
+# cache serves prefixes of 512 tokens or more, so that it never changes an answer).
+long_chat = [
+    {"role": "system", "content": "the node runs the job and the queue holds the work. " * 10},
+    {"role": "user", "content": "hello swarm"},
+]
+LONG = {"n_ctx": 2048, "repeat_penalty": 1.0}
+first = client.chat.completions.create(
+    model=LLM, messages=long_chat, max_tokens=4, temperature=0, extra_body=LONG
+)
 again = client.chat.completions.create(
-    model=LLM, messages=messages, max_tokens=4, temperature=0, extra_body=SMALL
+    model=LLM, messages=long_chat, max_tokens=4, temperature=0, extra_body=LONG
 )
 cached = again.usage.prompt_tokens_details.cached_tokens
-check("cached prompt tokens reported", cached > 0, again.usage)
+check(
+    "cached prompt tokens reported, whole pieces",
+    cached >= 512 and cached % 512 == 0 and cached < again.usage.prompt_tokens,
+    again.usage,
+)
+check("the same answer from the cache", again.choices[0].message.content == first.choices[0].message.content, again)
 
 # What myco does not do yet is refused by name, never ignored.
 refused = {
