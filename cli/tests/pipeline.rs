@@ -384,6 +384,21 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
     let job_id = v["id"].as_str().unwrap().trim_start_matches("cmpl-");
     let (_, j) = http.get(&x.url(&format!("/api/jobs/{job_id}"))).unwrap();
     assert_eq!(j["kind"], "pipeline", "{j}");
+    // What the stages ran before does not change an answer: another prompt through the same
+    // loaded stages, then the first again, with the lone reference's tokens.
+    let other = root.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace(PROMPT, "a model of the world and a machine"),
+    )
+    .unwrap();
+    let id = x.submit(&other);
+    assert_eq!(wait_end(&http, x, &id)["state"], "done");
+    let id = x.submit(&file);
+    assert_eq!(wait_end(&http, x, &id)["state"], "done");
+    assert_eq!(result(&http, x, &id)["tokens"], serde_json::json!(want));
     // `myco ask` too: its question runs as a pipeline job.
     let out = myco(&x.home)
         .args([
