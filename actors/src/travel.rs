@@ -151,8 +151,7 @@ impl Travel {
                     f.name == bare && f.format == myco_runtime::models::ModelFormat::Gguf
                 })?;
                 let sha = model.sha256.clone()?;
-                let host = info.cluster_addr.rsplit_once(':')?.0.to_owned();
-                Some((m.name, format!("{host}:{}", info.transfer_port?), sha, model.size_bytes))
+                Some((m.name, transfer_addr(&info)?, sha, model.size_bytes))
             })
             .ok_or_else(|| match from {
                 Some(f) => format!(
@@ -164,30 +163,17 @@ impl Travel {
             })?;
         let (node, addr, sha, size) = holder;
         let started = std::time::Instant::now();
-        let kept = std::fs::metadata(transfer::part_path(&dest))
-            .map_or(0, |m| m.len() - m.len() % transfer::CHUNK);
-        let id = self.board.begin(TransferView {
+        let view = TransferView {
             what: format!("model {bare}"),
             sha256: sha.clone(),
             from: node.clone(),
-            done: kept,
+            done: 0,
             size,
-        });
-        let board = self.board.clone();
-        let last = std::sync::atomic::AtomicU64::new(kept);
-        let received = std::sync::atomic::AtomicU64::new(0);
-        let progress = |done: u64, size: u64| {
-            let before = last.swap(done, std::sync::atomic::Ordering::Relaxed);
-            received.fetch_add(
-                done.saturating_sub(before),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            board.progress(id, done, size);
         };
-        let fetched = transfer::fetch(tls, &addr, &sha, &dest, &progress).await;
-        self.board
-            .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
-        let fetched = fetched.map_err(|e| format!("fetching `{bare}` from {node}: {e}"))?;
+        let fetched = self
+            .fetch_shown(tls, &addr, view, &dest)
+            .await
+            .map_err(|e| format!("fetching `{bare}` from {node}: {e}"))?;
         // Its identity is known: no need to read it again.
         remember(&dest, &self.cache, &sha, fetched.manifest.as_deref()).await;
         Ok(PulledModel {
@@ -217,8 +203,7 @@ impl Travel {
                     .iter()
                     .any(|f| f.sha256.as_deref() == Some(sha256))
                     .then_some(())?;
-                let host = info.cluster_addr.rsplit_once(':')?.0.to_owned();
-                Some((m.name, format!("{host}:{}", info.transfer_port?)))
+                Some((m.name, transfer_addr(&info)?))
             })
             .collect();
         out.sort_by_key(|(n, _)| Some(n.as_str()) != prefer);
@@ -271,6 +256,32 @@ impl Travel {
         ))
     }
 
+    /// [`transfer::fetch`] of `view.sha256` into `dest`, shown on the board while it runs
+    /// (from what an earlier fetch kept), with the bytes it received counted.
+    async fn fetch_shown(
+        &self,
+        tls: &SwarmTls,
+        addr: &str,
+        mut view: TransferView,
+        dest: &Path,
+    ) -> Result<transfer::Fetched, transfer::TransferError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let kept = std::fs::metadata(transfer::part_path(dest))
+            .map_or(0, |m| m.len() - m.len() % transfer::CHUNK);
+        view.done = kept;
+        let sha = view.sha256.clone();
+        let id = self.board.begin(view);
+        let (last, received) = (AtomicU64::new(kept), AtomicU64::new(0));
+        let progress = |done: u64, size: u64| {
+            let before = last.swap(done, Ordering::Relaxed);
+            received.fetch_add(done.saturating_sub(before), Ordering::Relaxed);
+            self.board.progress(id, done, size);
+        };
+        let fetched = transfer::fetch(tls, addr, &sha, dest, &progress).await;
+        self.board.end(id, received.load(Ordering::Relaxed));
+        fetched
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn fetch_slice(
         &self,
@@ -292,30 +303,17 @@ impl Travel {
         for r in &removed {
             tracing::info!(slice = %r.path.display(), bytes = r.bytes, "removed from the model cache (least recently used)");
         }
-        let kept = std::fs::metadata(transfer::part_path(path))
-            .map_or(0, |m| m.len() - m.len() % transfer::CHUNK);
-        let id = self.board.begin(TransferView {
+        let view = TransferView {
             what: format!("layers {first}..{end} of {model}"),
             sha256: sha.clone(),
             from: node.to_owned(),
-            done: kept,
+            done: 0,
             size,
-        });
-        let board = self.board.clone();
-        let last = std::sync::atomic::AtomicU64::new(kept);
-        let received = std::sync::atomic::AtomicU64::new(0);
-        let progress = |done: u64, size: u64| {
-            let before = last.swap(done, std::sync::atomic::Ordering::Relaxed);
-            received.fetch_add(
-                done.saturating_sub(before),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            board.progress(id, done, size);
         };
-        let fetched = transfer::fetch(tls, addr, &sha, path, &progress).await;
-        self.board
-            .end(id, received.load(std::sync::atomic::Ordering::Relaxed));
-        let fetched = fetched.map_err(|e| e.to_string())?;
+        let fetched = self
+            .fetch_shown(tls, addr, view, path)
+            .await
+            .map_err(|e| e.to_string())?;
         cache::remember(path, &sha).map_err(|e| format!("{}: {e}", path.display()))?;
         remember(path, &self.cache, &sha, fetched.manifest.as_deref()).await;
         self.board.rescan(&self.cache);
@@ -350,4 +348,10 @@ async fn remember(path: &Path, cache: &Path, sha: &str, manifest: Option<&[[u8; 
     if let Ok(Err(e)) = done {
         tracing::warn!(error = %e, "cannot remember a fetched file's identity");
     }
+}
+
+/// Where a node serves transfers: its cluster host, its transfer port.
+fn transfer_addr(info: &myco_runtime::cluster::wire::NodeInfo) -> Option<String> {
+    let host = info.cluster_addr.rsplit_once(':')?.0;
+    Some(format!("{host}:{}", info.transfer_port?))
 }

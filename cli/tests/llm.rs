@@ -871,6 +871,19 @@ fn a_node_pulls_a_model_from_a_peer_by_its_content_and_then_holds_it() {
         )
         .unwrap();
     assert_eq!(status, 403, "{v}");
+    // Nor remove them; and a name that is a path is refused by the owner's request too.
+    let (status, v) = http.delete(&a.url("/api/models/tiny")).unwrap();
+    assert_eq!(status, 403, "{v}");
+    assert!(a_home.join("models/tiny.gguf").exists());
+    let (status, v) = Http::owner(&a)
+        .delete(&a.url("/api/models/..%2Fswarm.key"))
+        .unwrap();
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &"bad_model".into()),
+        "{v}"
+    );
+    assert!(a_home.join("swarm.key").exists());
     let out = b
         .cli()
         .args(["--json", "models", "pull", "tiny", "--from", "a"])

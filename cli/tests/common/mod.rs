@@ -336,6 +336,21 @@ impl Http {
     }
 }
 
+impl Http {
+    /// DELETE → (status, JSON body).
+    pub fn delete(&self, url: &str) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        self.rt.block_on(async {
+            let r = self.client.delete(url).send().await?;
+            let status = r.status().as_u16();
+            let text = r.text().await?;
+            Ok((
+                status,
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+            ))
+        })
+    }
+}
+
 /// Give the node at home `to` the swarm secret of the node at `from`, so it may join.
 pub fn copy_secret(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

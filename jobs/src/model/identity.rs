@@ -151,20 +151,6 @@ pub fn forget(path: &Path, cache: &Path) {
     let _ = std::fs::remove_file(record);
 }
 
-/// The SHA-256 of the file at `path`, read now (nothing remembered).
-pub fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex(&hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
 /// Remember that the file at `path`, as it is now, hashes to `sha256` (it was checked as it
 /// was written: a fetched model).
 pub fn remember(path: &Path, cache: &Path, sha256: &str) -> std::io::Result<()> {

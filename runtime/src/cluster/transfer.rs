@@ -43,6 +43,8 @@ pub const CHUNK: u64 = myco_jobs::model::identity::CHUNK;
 /// How many times in a row a chunk that arrives damaged is fetched again before the fetch
 /// fails.
 pub const RETRIES: u32 = 3;
+/// The most chunks a manifest may list (64 MiB of digests: files up to 2 TiB).
+const MAX_MANIFEST: u64 = 2 << 20;
 /// The largest message other than a chunk.
 const MAX_MESSAGE: usize = 64 << 10;
 
@@ -480,21 +482,7 @@ async fn fetch_from(
             .await
             .map_or(0, |m| m.len() - m.len() % CHUNK),
     };
-    let connect = |why: String| {
-        Step::Failed(TransferError::Connect {
-            addr: addr.to_owned(),
-            why,
-        })
-    };
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    let name = SwarmTls::server_name().map_err(|e| connect(e.to_string()))?;
-    let mut stream = tls
-        .connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect(format!("TLS: {e} (is this node of the same swarm?)")))?;
+    let mut stream = dial(tls, addr).await.map_err(Step::Failed)?;
     let broken = |received: u64, e: &dyn std::fmt::Display| {
         Step::Failed(TransferError::Broken {
             received,
@@ -522,7 +510,8 @@ async fn fetch_from(
     // A bound offer: the manifest comes first, as raw digests.
     let manifest = if bound {
         let n = stream.read_u32().await.map_err(|e| broken(*received, &e))? as u64;
-        if n != size.div_ceil(CHUNK) {
+        // Bounded before anything is allocated for it: a holder may claim any size.
+        if n != size.div_ceil(CHUNK) || n > MAX_MANIFEST {
             return Err(broken(
                 *received,
                 &format!("a manifest of {n} chunks for {size} bytes"),
@@ -616,6 +605,25 @@ async fn fetch_from(
     Ok(size)
 }
 
+/// A connection to the transfer listener at `addr`, over the swarm's mutual TLS.
+async fn dial(
+    tls: &SwarmTls,
+    addr: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TransferError> {
+    let connect = |why: String| TransferError::Connect {
+        addr: addr.to_owned(),
+        why,
+    };
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let name = SwarmTls::server_name().map_err(|e| connect(e.to_string()))?;
+    tls.connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| connect(format!("TLS: {e} (is this node of the same swarm?)")))
+}
+
 /// The bytes of the first `have` of `part` whose chunks match `manifest` (a prefix).
 fn good_prefix(part: &Path, have: u64, manifest: &[[u8; 32]]) -> u64 {
     use std::io::Read;
@@ -646,19 +654,7 @@ pub async fn ask_slice(
     first: u32,
     end: u32,
 ) -> Result<(String, u64), TransferError> {
-    let connect = |why: String| TransferError::Connect {
-        addr: addr.to_owned(),
-        why,
-    };
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|e| connect(e.to_string()))?;
-    let name = SwarmTls::server_name().map_err(|e| connect(e.to_string()))?;
-    let mut stream = tls
-        .connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect(format!("TLS: {e} (is this node of the same swarm?)")))?;
+    let mut stream = dial(tls, addr).await?;
     let broken = |e: std::io::Error| TransferError::Broken {
         received: 0,
         why: e.to_string(),
