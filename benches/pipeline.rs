@@ -37,7 +37,7 @@ use myco_jobs::llm::infer::{Generation, InferParams, Prompt};
 use myco_jobs::llm::stage::{
     ModelInfo, Sampler, Stage, StageConfig, StageInput, StageOutput, UBATCH,
 };
-use myco_runtime::cluster::wire::{SeqKey, StageFrame, Wire};
+use myco_runtime::cluster::wire::{SeqKey, StageFrame, StageStep, StepInput, Wire};
 use myco_runtime::queue::JobId;
 use ractor::BytesConvertable;
 
@@ -429,21 +429,22 @@ fn main() {
         job: JobId::new(),
         run: u64::MAX,
     };
-    let hidden = Wire::new(StageFrame::Hidden {
+    let hidden = Wire::new(StageFrame::Steps(vec![StageStep {
         key,
         pos: N_CTX - 1,
-        data: vec![0.5; info.hp.n_embd],
+        input: StepInput::Hidden(vec![0.5; info.hp.n_embd]),
         sample: true,
-    })
+        report: false,
+    }]))
     .into_bytes()
     .len();
-    let feed = Wire::new(StageFrame::Feed {
+    let feed = Wire::new(StageFrame::Steps(vec![StageStep {
         key,
         pos: N_CTX - 1,
-        tokens: vec![u32::MAX],
+        input: StepInput::Tokens(vec![u32::MAX]),
         sample: true,
         report: true,
-    })
+    }]))
     .into_bytes()
     .len();
     let token = Wire::new(StageFrame::Token {

@@ -122,6 +122,7 @@ impl NodeSupervisor {
             swarm: self.swarm(),
             gpu_memory: self.gpu_memory,
             travel: self.travel.clone(),
+            slots: self.executives.max(1) as u32,
         };
         let (stages, _) = Actor::spawn_linked(None, stages, (), myself.get_cell()).await?;
         Ok(stages)

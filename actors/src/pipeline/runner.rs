@@ -22,7 +22,9 @@ use myco_jobs::JobError;
 use myco_jobs::llm::infer::engine::{Detokenizer, LlmModel};
 use myco_jobs::llm::infer::{Finish, Generation, InferError, InferTask, StageReport};
 use myco_jobs::llm::stage::ModelInfo;
-use myco_runtime::cluster::wire::{Sampling, SeqKey, StageFrame, StageOpen, StreamPiece};
+use myco_runtime::cluster::wire::{
+    Sampling, SeqKey, StageFrame, StageOpen, StageStep, StepInput, StreamPiece,
+};
 use myco_runtime::plan::{self, ModelShape, NodeMemory};
 use myco_runtime::queue::JobId;
 use ractor::ActorRef;
@@ -443,6 +445,7 @@ async fn drive(
             },
             max_tokens: remaining,
             eog: prepared.eog.clone(),
+            stages: placement.plan.len() as u32,
         };
         let _ = env.stages.cast(StagesMsg::Send(
             s.node.clone(),
@@ -511,13 +514,13 @@ async fn drive(
     for (i, chunk) in feed.into_iter().enumerate() {
         let _ = env.stages.cast(StagesMsg::Send(
             placement.plan[0].node.clone(),
-            StageFrame::Feed {
+            StageFrame::Steps(vec![StageStep {
                 key,
                 pos,
-                tokens: chunk.to_vec(),
+                input: StepInput::Tokens(chunk.to_vec()),
                 sample: i + 1 == chunks,
                 report: false,
-            },
+            }]),
         ));
         pos += chunk.len() as u32;
     }

@@ -16,9 +16,11 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use myco_jobs::llm::stage::{Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput};
+use myco_jobs::llm::stage::{
+    Sampler, SamplerParams, Stage, StageConfig, StageInput, StageOutput, Step,
+};
 use myco_runtime::cluster::wire::{
-    HostedStage, Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, Wire,
+    HostedStage, Sampling, SeqKey, StageFrame, StageLoaded, StageOpen, StageStep, StepInput, Wire,
 };
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::Sender;
@@ -81,6 +83,9 @@ pub struct Stages {
     pub gpu_memory: Option<u64>,
     /// Fetching the slice of a stage of a model this node does not hold.
     pub travel: Option<crate::travel::Travel>,
+    /// Runs of a stage that share one llama.cpp context and decode together (the node's
+    /// `--parallel`); more runs get another context.
+    pub slots: u32,
 }
 
 /// A loaded (or loading) stage and its thread.
@@ -177,6 +182,7 @@ impl Stages {
             eog: open.eog,
             n_ctx: open.n_ctx,
             threads: open.threads,
+            stages: open.stages.max(1),
         };
         // The same run opened twice here: close the first.
         Self::close(state, key);
@@ -185,7 +191,7 @@ impl Stages {
         for _ in 0..2 {
             let hosted = match state.hosted.get_mut(&id) {
                 Some(h) => h,
-                None => match spawn_stage(&id, &self.scratch, self.gpu_memory) {
+                None => match spawn_stage(&id, &self.scratch, self.gpu_memory, self.slots) {
                     Ok(h) => state.hosted.entry(id.clone()).or_insert(h),
                     Err(e) => return refuse(format!("cannot start a stage thread: {e}")),
                 },
@@ -309,12 +315,14 @@ fn spawn_stage(
     id: &StageId,
     scratch: &std::path::Path,
     gpu_memory: Option<u64>,
+    slots: u32,
 ) -> std::io::Result<Hosted> {
     let (tx, rx) = mpsc::sync_channel(FEED);
     let (path, first, end) = id.clone();
     let config = StageConfig {
         scratch: scratch.to_path_buf(),
         gpu_memory,
+        slots,
         ..StageConfig::new(MAX_CTX)
     };
     std::thread::Builder::new()
@@ -328,43 +336,53 @@ fn spawn_stage(
 }
 
 impl Stages {
-    fn input(
-        &self,
-        myself: &ActorRef<StagesMsg>,
-        state: &mut StagesState,
-        key: SeqKey,
-        pos: u32,
-        input: StageInput,
-        sample: bool,
-    ) {
-        let Some((id, runner)) = state.runs.get(&key) else {
-            return;
-        };
-        let Some(h) = state.hosted.get(id) else {
-            return;
-        };
-        let work = Work::Input {
-            key,
-            pos,
-            input,
-            sample,
-        };
-        if let Err(mpsc::TrySendError::Full(_)) = h.tx.try_send(work) {
-            let (first, end) = (id.1, id.2);
-            tracing::warn!(job = %key.job, first, end, "a stage's feed is full: failing the run");
-            if let Some(t) = self.target(myself, runner) {
-                t.send(StageFrame::Failed {
-                    key,
-                    node: self.name.clone(),
-                    why: format!(
-                        "the stage of layers {first}..{end} on {} fell {FEED} frames behind",
-                        self.name
-                    ),
-                    unreachable: None,
-                    fatal: false,
-                });
+    /// Hand a frame's steps to the stage threads of their runs: the steps for one hosted
+    /// stage in one piece of work, so that they are decoded together.
+    fn steps(&self, myself: &ActorRef<StagesMsg>, state: &mut StagesState, steps: Vec<StageStep>) {
+        let mut per_stage: Vec<(StageId, Vec<Input>)> = Vec::new();
+        for step in steps {
+            let Some((id, _)) = state.runs.get(&step.key) else {
+                continue;
+            };
+            let input = Input {
+                key: step.key,
+                pos: step.pos,
+                input: match step.input {
+                    StepInput::Tokens(t) => StageInput::Tokens(t),
+                    StepInput::Hidden(h) => StageInput::Hidden(h),
+                },
+                sample: step.sample,
+            };
+            match per_stage.iter_mut().find(|(i, _)| i == id) {
+                Some((_, v)) => v.push(input),
+                None => per_stage.push((id.clone(), vec![input])),
             }
-            Self::close(state, key);
+        }
+        for (id, inputs) in per_stage {
+            let Some(h) = state.hosted.get(&id) else {
+                continue;
+            };
+            let keys: Vec<SeqKey> = inputs.iter().map(|i| i.key).collect();
+            if let Err(mpsc::TrySendError::Full(_)) = h.tx.try_send(Work::Steps(inputs)) {
+                let (first, end) = (id.1, id.2);
+                for key in keys {
+                    tracing::warn!(job = %key.job, first, end, "a stage's feed is full: failing the run");
+                    let runner = state.runs.get(&key).map(|(_, r)| r.clone());
+                    if let Some(t) = runner.and_then(|r| self.target(myself, &r)) {
+                        t.send(StageFrame::Failed {
+                            key,
+                            node: self.name.clone(),
+                            why: format!(
+                                "the stage of layers {first}..{end} on {} fell {FEED} frames behind",
+                                self.name
+                            ),
+                            unreachable: None,
+                            fatal: false,
+                        });
+                    }
+                    Self::close(state, key);
+                }
+            }
         }
     }
 }
@@ -400,36 +418,28 @@ impl Actor for Stages {
         match msg {
             StagesMsg::Frame(frame) => match frame {
                 StageFrame::Open(open) => self.open(&myself, state, *open).await,
-                StageFrame::Feed {
-                    key,
-                    pos,
-                    tokens,
-                    sample,
-                    report,
-                } => {
-                    if report
-                        && let (Some(tx), Some(&token)) = (state.runners.get(&key), tokens.first())
-                    {
-                        let _ = tx.try_send(StageFrame::Token {
-                            key,
-                            token,
-                            eog: false,
-                            last: false,
-                        });
+                StageFrame::Steps(steps) => {
+                    // Tokens the last stage sent round the ring tell the runner here too.
+                    for step in steps.iter().filter(|s| s.report) {
+                        if let (Some(tx), StepInput::Tokens(t)) =
+                            (state.runners.get(&step.key), &step.input)
+                            && let Some(&token) = t.first()
+                        {
+                            let _ = tx.try_send(StageFrame::Token {
+                                key: step.key,
+                                token,
+                                eog: false,
+                                last: false,
+                            });
+                        }
                     }
-                    self.input(&myself, state, key, pos, StageInput::Tokens(tokens), sample)
+                    self.steps(&myself, state, steps);
                 }
-                StageFrame::Hidden {
-                    key,
-                    pos,
-                    data,
-                    sample,
-                } => self.input(&myself, state, key, pos, StageInput::Hidden(data), sample),
                 StageFrame::Close { key } => Self::close(state, key),
                 report @ (StageFrame::Opened { .. }
                 | StageFrame::Token { .. }
                 | StageFrame::Failed { .. }) => {
-                    if let Some(tx) = state.runners.get(&report.key())
+                    if let Some(tx) = report.key().and_then(|k| state.runners.get(&k))
                         && tx.try_send(report).is_err()
                     {
                         // A live runner reads every report before the next step: a full
@@ -526,23 +536,36 @@ struct Route {
     eog: Vec<u32>,
     n_ctx: u32,
     threads: u32,
+    /// Stages in its chain.
+    stages: u32,
+}
+
+/// One run's input, as a stage thread queues it.
+#[derive(Debug)]
+struct Input {
+    key: SeqKey,
+    pos: u32,
+    input: StageInput,
+    sample: bool,
 }
 
 #[derive(Debug)]
 enum Work {
     Open(Box<Route>),
-    Input {
-        key: SeqKey,
-        pos: u32,
-        input: StageInput,
-        sample: bool,
-    },
+    /// Steps of several runs that arrived together.
+    Steps(Vec<Input>),
     Close(SeqKey),
 }
 
-/// Load the stage, then run its frames in order until the actor drops the sender. A stage
-/// that cannot load answers the Opens already queued and ends (the next Open loads anew); a
-/// panic ends it too, after telling the runner.
+/// Load the stage, then run its frames until the actor drops the sender. A stage that cannot
+/// load answers the Opens already queued and ends (the next Open loads anew); a panic ends it
+/// too, after telling the runners.
+///
+/// Each round decodes, in one llama.cpp call, the next single-position step of each of up to
+/// 1/`stages` of its runs (the runs waiting longest first), then one prompt chunk (the oldest),
+/// as `infer`'s batcher does: the runs then travel the chain in groups, a group at each stage
+/// at once, and a long prompt does not stall the runs that are generating. A run's steps run
+/// in the order they came.
 fn stage_thread(
     path: &std::path::Path,
     first: u32,
@@ -576,14 +599,56 @@ fn stage_thread(
             return;
         }
     };
-    let mut routes: HashMap<SeqKey, (u64, Route)> = HashMap::new();
-    let mut next_seq = 0u64;
-    while let Ok(work) = rx.recv() {
+    let mut runs = Runs {
+        n_embd: stage.hparams().n_embd,
+        ..Runs::default()
+    };
+    loop {
+        if runs.idle() {
+            match rx.recv() {
+                Ok(work) => runs.take(&mut stage, work),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(work) => runs.take(&mut stage, work),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        for batch in runs.next_batches(&stage) {
+            if !runs.run(&mut stage, batch) {
+                return;
+            }
+        }
+    }
+}
+
+/// A stage thread's runs and the steps waiting for it.
+#[derive(Debug, Default)]
+struct Runs {
+    routes: HashMap<SeqKey, (u64, Route)>,
+    /// Each run's steps in the order they came, with when (a count) each came.
+    waiting: HashMap<SeqKey, std::collections::VecDeque<(u64, Input)>>,
+    arrived: u64,
+    next_seq: u64,
+    /// Values in a row of hidden states.
+    n_embd: usize,
+}
+
+impl Runs {
+    fn idle(&self) -> bool {
+        self.waiting.values().all(|q| q.is_empty())
+    }
+
+    fn take(&mut self, stage: &mut Stage, work: Work) {
         match work {
             Work::Open(route) => {
-                next_seq += 1;
+                self.next_seq += 1;
+                let seq = self.next_seq;
                 let result = stage
-                    .begin(next_seq, route.n_ctx, route.threads)
+                    .begin(seq, route.n_ctx, route.threads)
                     .map(|()| StageLoaded {
                         tensor_bytes: stage.tensor_bytes(),
                         tensors: stage.tensors().iter().map(|(n, _)| n.clone()).collect(),
@@ -597,90 +662,237 @@ fn stage_thread(
                     result,
                 });
                 if ok {
-                    routes.insert(route.key, (next_seq, *route));
+                    self.routes.insert(route.key, (seq, *route));
                 }
             }
-            Work::Close(key) => {
-                if let Some((seq, _)) = routes.remove(&key) {
-                    stage.drop_sequence(seq);
-                }
-            }
-            Work::Input {
-                key,
-                pos,
-                input,
-                sample,
-            } => {
-                let Some((seq, route)) = routes.get_mut(&key) else {
-                    continue;
-                };
-                let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    step(&mut stage, *seq, route, key, pos, input, sample)
-                }));
-                match forwarded {
-                    Ok(true) => {}
-                    // The runner is gone: stop this run's ring.
-                    Ok(false) => {
-                        if let Some((seq, _)) = routes.remove(&key) {
-                            stage.drop_sequence(seq);
-                        }
-                    }
-                    Err(_) => {
-                        route.runner.send(StageFrame::Failed {
-                            key,
-                            node: route.node.clone(),
-                            why: "the stage engine panicked".into(),
-                            unreachable: None,
-                            fatal: false,
-                        });
-                        return;
+            Work::Close(key) => self.end(stage, key),
+            Work::Steps(inputs) => {
+                for input in inputs {
+                    if self.routes.contains_key(&input.key) {
+                        self.arrived += 1;
+                        self.waiting
+                            .entry(input.key)
+                            .or_default()
+                            .push_back((self.arrived, input));
                     }
                 }
             }
         }
     }
+
+    fn end(&mut self, stage: &mut Stage, key: SeqKey) {
+        if let Some((seq, _)) = self.routes.remove(&key) {
+            stage.drop_sequence(seq);
+        }
+        self.waiting.remove(&key);
+    }
+
+    /// What to decode this round: the single-position steps at the head of up to
+    /// 1/`stages` of the runs (oldest first), then the oldest prompt chunk.
+    fn next_batches(&mut self, stage: &Stage) -> Vec<Vec<Input>> {
+        let stages = self
+            .routes
+            .values()
+            .map(|(_, r)| r.stages)
+            .max()
+            .unwrap_or(1)
+            .max(1) as usize;
+        let cap = self.routes.len().div_ceil(stages).max(1);
+        let mut singles: Vec<(u64, SeqKey)> = Vec::new();
+        let mut chunk: Option<(u64, SeqKey)> = None;
+        for (key, q) in &self.waiting {
+            let Some((at, input)) = q.front() else {
+                continue;
+            };
+            if input_rows(&input.input, self.n_embd) == 1 {
+                singles.push((*at, *key));
+            } else if chunk.is_none_or(|(c, _)| *at < c) {
+                chunk = Some((*at, *key));
+            }
+        }
+        singles.sort_unstable_by_key(|(at, _)| *at);
+        // Runs decode together only in one context: those of the oldest step's.
+        let context = |key: &SeqKey| {
+            self.routes
+                .get(key)
+                .and_then(|(seq, _)| stage.context_of(*seq))
+        };
+        if let Some((_, oldest)) = singles.first() {
+            let pool = context(oldest);
+            singles.retain(|(_, k)| context(k) == pool);
+        }
+        singles.truncate(cap);
+        let mut batches = Vec::new();
+        let mut pop = |key: &SeqKey| {
+            let q = self.waiting.get_mut(key)?;
+            let input = q.pop_front().map(|(_, i)| i);
+            if q.is_empty() {
+                self.waiting.remove(key);
+            }
+            input
+        };
+        let group: Vec<Input> = singles.iter().filter_map(|(_, k)| pop(k)).collect();
+        if !group.is_empty() {
+            batches.push(group);
+        }
+        if let Some(input) = chunk.and_then(|(_, k)| pop(&k)) {
+            batches.push(vec![input]);
+        }
+        batches
+    }
+
+    /// Decode one batch and pass each output on. False if the engine panicked (the thread
+    /// ends, after telling the runners).
+    fn run(&mut self, stage: &mut Stage, batch: Vec<Input>) -> bool {
+        let mut steps = Vec::with_capacity(batch.len());
+        let mut meta = Vec::with_capacity(batch.len());
+        for input in batch {
+            let Some((seq, _)) = self.routes.get(&input.key) else {
+                continue;
+            };
+            let rows = input_rows(&input.input, self.n_embd) as u32;
+            meta.push((input.key, input.pos, rows, input.sample));
+            steps.push(Step {
+                seq: *seq,
+                pos: input.pos as usize,
+                input: input.input,
+                logits: input.sample,
+            });
+        }
+        if steps.is_empty() {
+            return true;
+        }
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.forward_batch(steps)));
+        let Ok(results) = results else {
+            for (key, ..) in &meta {
+                if let Some((_, route)) = self.routes.get(key) {
+                    route.runner.send(StageFrame::Failed {
+                        key: *key,
+                        node: route.node.clone(),
+                        why: "the stage engine panicked".into(),
+                        unreachable: None,
+                        fatal: false,
+                    });
+                }
+            }
+            return false;
+        };
+        let n_vocab = stage.hparams().n_vocab;
+        // The outputs for each node, sent together.
+        let mut out: Vec<(String, Target, Vec<StageStep>, Vec<SeqKey>)> = Vec::new();
+        let mut gone = Vec::new();
+        for ((key, pos, rows, sample), result) in meta.into_iter().zip(results) {
+            let Some((_, route)) = self.routes.get_mut(&key) else {
+                continue;
+            };
+            match pass_on(route, key, pos, rows, sample, result, n_vocab) {
+                Passed::Forward(node, target, step) => {
+                    match out.iter_mut().find(|(n, ..)| *n == node) {
+                        Some((_, _, steps, keys)) => {
+                            steps.push(step);
+                            keys.push(key);
+                        }
+                        None => out.push((node, target, vec![step], vec![key])),
+                    }
+                }
+                Passed::Kept => {}
+                Passed::Ended => gone.push(key),
+            }
+        }
+        for (node, target, steps, keys) in out {
+            if !target.send(StageFrame::Steps(steps)) {
+                for key in keys {
+                    if let Some((_, route)) = self.routes.get(&key) {
+                        failed(
+                            route,
+                            key,
+                            format!("cannot reach {node}"),
+                            Some(&node),
+                            false,
+                        );
+                    }
+                    gone.push(key);
+                }
+            }
+        }
+        for key in gone {
+            self.end(stage, key);
+        }
+        true
+    }
 }
 
-/// Run one input of a run through the stage and pass the output on: hidden states to the
-/// next stage, or (the last stage) a sampled token to the runner and round the ring. False
-/// if the runner cannot be told.
-fn step(
-    stage: &mut Stage,
-    seq: u64,
+/// Positions a step covers: one for a generated token, more for a prompt chunk.
+fn input_rows(input: &StageInput, n_embd: usize) -> usize {
+    match input {
+        StageInput::Tokens(t) => t.len(),
+        StageInput::Hidden(h) => h.len() / n_embd.max(1),
+    }
+}
+
+/// What became of a run's output.
+enum Passed {
+    /// A step for the next stage (or round the ring), for this node.
+    Forward(String, Target, StageStep),
+    /// Nothing to send (a prompt chunk before the last, at the last stage).
+    Kept,
+    /// The run ended here: its last token, or a failure told to its runner.
+    Ended,
+}
+
+fn failed(
+    route: &Route,
+    key: SeqKey,
+    why: String,
+    unreachable: Option<&String>,
+    fatal: bool,
+) -> bool {
+    route.runner.send(StageFrame::Failed {
+        key,
+        node: route.node.clone(),
+        why,
+        unreachable: unreachable.cloned(),
+        fatal,
+    })
+}
+
+/// Pass one run's output on: hidden states to the next stage, or (the last stage) a sampled
+/// token to the runner and round the ring.
+fn pass_on(
     route: &mut Route,
     key: SeqKey,
     pos: u32,
-    input: StageInput,
+    n_in: u32,
     sample: bool,
-) -> bool {
-    let n_in = match &input {
-        StageInput::Tokens(t) => t.len(),
-        StageInput::Hidden(h) => h.len() / stage.hparams().n_embd.max(1),
-    } as u32;
-    let failed = |route: &Route, why: String, unreachable: Option<&String>, fatal: bool| {
-        route.runner.send(StageFrame::Failed {
-            key,
-            node: route.node.clone(),
-            why,
-            unreachable: unreachable.cloned(),
-            fatal,
-        })
-    };
-    let n_vocab = stage.hparams().n_vocab;
-    match stage.forward_with(seq, pos as usize, input, sample) {
+    result: Result<StageOutput, myco_jobs::llm::stage::StageError>,
+    n_vocab: usize,
+) -> Passed {
+    match result {
         Ok(StageOutput::Hidden(data)) => match &route.next {
-            Some((next, name)) => {
-                let frame = StageFrame::Hidden {
+            Some((next, name)) => Passed::Forward(
+                name.clone(),
+                next.clone(),
+                StageStep {
                     key,
                     pos,
-                    data,
+                    input: StepInput::Hidden(data),
                     sample,
-                };
-                next.send(frame) || failed(route, format!("cannot reach {name}"), Some(name), false)
+                    report: false,
+                },
+            ),
+            None => {
+                failed(
+                    route,
+                    key,
+                    "no next stage for hidden states".into(),
+                    None,
+                    true,
+                );
+                Passed::Ended
             }
-            None => failed(route, "no next stage for hidden states".into(), None, true),
         },
-        Ok(StageOutput::Logits(_)) if !sample => true,
+        Ok(StageOutput::Logits(_)) if !sample => Passed::Kept,
         Ok(StageOutput::Logits(logits)) => {
             let sampling = &route.sampling;
             let sampler = route.sampler.get_or_insert_with(|| {
@@ -711,23 +923,25 @@ fn step(
                     last,
                 });
                 if !told || last {
-                    return told;
+                    return Passed::Ended;
                 }
             }
-            let feed = StageFrame::Feed {
-                key,
-                pos: at,
-                tokens: vec![token],
-                sample: true,
-                report: route.runner_at_ring,
-            };
-            if !route.ring.0.send(feed) {
-                let name = &route.ring.1;
-                return failed(route, format!("cannot reach {name}"), Some(name), false);
-            }
-            true
+            Passed::Forward(
+                route.ring.1.clone(),
+                route.ring.0.clone(),
+                StageStep {
+                    key,
+                    pos: at,
+                    input: StepInput::Tokens(vec![token]),
+                    sample: true,
+                    report: route.runner_at_ring,
+                },
+            )
         }
-        Err(e) => failed(route, e.to_string(), None, e.is_fatal()),
+        Err(e) => {
+            failed(route, key, e.to_string(), None, e.is_fatal());
+            Passed::Ended
+        }
     }
 }
 

@@ -191,10 +191,15 @@ unsafe extern "C" fn capture_cb(t: *mut sys::ggml_tensor, ask: bool, user: *mut 
         cap.error = Some(format!("{name:?} is not contiguous"));
         return false;
     }
-    cap.data.resize(n, 0.0);
-    // SAFETY: the tensor holds n contiguous f32 (checked); data has room for n f32; the
-    // backend copies from wherever the tensor lives (CPU or device memory).
-    unsafe { sys::ggml_backend_tensor_get(tensor, cap.data.as_mut_ptr().cast(), 0, n * 4) };
+    // A decode of more rows than one compute step takes calls back once a step: the rows
+    // follow on, in the batch's order.
+    let at = cap.data.len();
+    cap.data.resize(at + n, 0.0);
+    // SAFETY: the tensor holds n contiguous f32 (checked); data has room for n f32 from
+    // `at`; the backend copies from wherever the tensor lives (CPU or device memory).
+    unsafe {
+        sys::ggml_backend_tensor_get(tensor, cap.data[at..].as_mut_ptr().cast(), 0, n * 4);
+    }
     true
 }
 
@@ -228,11 +233,26 @@ unsafe impl Send for Context {}
 pub const UBATCH: u32 = 512;
 
 impl Context {
-    /// A context of `n_ctx` positions. `capture_layer`: hand out the output of that layer
-    /// (the slice's last) instead of logits.
+    /// A context of `n_ctx` positions for one sequence. `capture_layer`: hand out the output
+    /// of that layer (the slice's last) instead of logits.
     pub fn new(
         model: &Arc<Model>,
         n_ctx: u32,
+        threads: i32,
+        capture_layer: Option<u32>,
+    ) -> Result<Context, String> {
+        Context::shared(model, n_ctx, 1, threads, capture_layer)
+    }
+
+    /// A context of `n_ctx` cells shared by up to `n_seq` sequences (ids `0..n_seq`), decoded
+    /// together by [`Context::decode_rows`]. One KV buffer for all (llama.cpp's unified cache):
+    /// any subset of the sequences then goes into one compute step, and the flash-attention
+    /// kernel skips the cells of the other sequences, so a sequence's numbers do not depend on
+    /// its neighbours' cells.
+    pub fn shared(
+        model: &Arc<Model>,
+        n_ctx: u32,
+        n_seq: u32,
         threads: i32,
         capture_layer: Option<u32>,
     ) -> Result<Context, String> {
@@ -243,12 +263,14 @@ impl Context {
                 error: None,
             })))
         });
+        let n_seq = n_seq.max(1);
         // SAFETY: returns a plain struct of defaults.
         let mut params = unsafe { sys::llama_context_default_params() };
         params.n_ctx = n_ctx;
         params.n_batch = n_ctx;
         params.n_ubatch = UBATCH.min(n_ctx);
-        params.n_seq_max = 1;
+        params.n_seq_max = n_seq;
+        params.kv_unified = true;
         params.n_threads = threads;
         params.n_threads_batch = threads;
         if let Some(cap) = capture {
@@ -285,30 +307,61 @@ impl Context {
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
     }
 
-    /// Run hidden states `embd` (`n × n_embd` f32, row-major) at positions `pos..pos+n`.
+    /// Forget one sequence's positions.
+    pub fn forget(&mut self, seq: i32) {
+        // SAFETY: a live context; its memory handle lives as long as it does.
+        unsafe {
+            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), seq, -1, -1);
+        }
+    }
+
+    /// Run hidden states `embd` (`n × n_embd` f32, row-major) at positions `pos..pos+n` of
+    /// sequence 0.
     pub fn decode(&mut self, pos: u32, embd: &[f32], outputs: Outputs) -> Result<(), String> {
         let n_embd = self.model.n_embd;
         if n_embd == 0 || embd.is_empty() || !embd.len().is_multiple_of(n_embd) {
             return Err(format!("{} values are not rows of {n_embd}", embd.len()));
         }
         let n = embd.len() / n_embd;
+        let rows: Vec<Row> = (0..n)
+            .map(|i| Row {
+                seq: 0,
+                pos: pos.saturating_add(i as u32),
+                output: match outputs {
+                    Outputs::All => true,
+                    Outputs::Last => i + 1 == n,
+                    Outputs::None => false,
+                },
+            })
+            .collect();
+        self.decode_rows(embd, &rows)
+    }
+
+    /// Run hidden states `embd` (one row of `n_embd` f32 per entry of `rows`, in that order)
+    /// in one decode: each row at its sequence and position. A captured layer's output comes
+    /// back in the same row order ([`Context::take_hidden`]); logits by row index
+    /// ([`Context::logits_at`]).
+    pub fn decode_rows(&mut self, embd: &[f32], rows: &[Row]) -> Result<(), String> {
+        let n_embd = self.model.n_embd;
+        let n = rows.len();
+        if n_embd == 0 || n == 0 || embd.len() != n * n_embd {
+            return Err(format!(
+                "{} values are not {n} rows of {n_embd}",
+                embd.len()
+            ));
+        }
         let n_i32 = i32::try_from(n).map_err(|_| "too many positions".to_owned())?;
-        let pos = i32::try_from(pos).map_err(|_| "position out of range".to_owned())?;
         // SAFETY: allocates a batch for n rows of n_embd floats and one sequence id each;
         // freed below on every path.
         let mut batch = unsafe { sys::llama_batch_init(n_i32, n_embd as i32, 1) };
         // SAFETY: the batch's arrays have n entries (embd: n × n_embd), as allocated above.
         unsafe {
             std::ptr::copy_nonoverlapping(embd.as_ptr(), batch.embd, embd.len());
-            for i in 0..n {
-                *batch.pos.add(i) = pos + i as i32;
+            for (i, r) in rows.iter().enumerate() {
+                *batch.pos.add(i) = i32::try_from(r.pos).unwrap_or(i32::MAX);
                 *batch.n_seq_id.add(i) = 1;
-                **batch.seq_id.add(i) = 0;
-                *batch.logits.add(i) = i8::from(match outputs {
-                    Outputs::All => true,
-                    Outputs::Last => i + 1 == n,
-                    Outputs::None => false,
-                });
+                **batch.seq_id.add(i) = r.seq;
+                *batch.logits.add(i) = i8::from(r.output);
             }
         }
         batch.n_tokens = n_i32;
@@ -345,17 +398,31 @@ impl Context {
 
     /// The logits of the last decode's last position.
     pub fn logits(&self) -> Result<&[f32], String> {
-        // SAFETY: a live context; -1 is the last output. The pointer, if not null, is to
-        // n_vocab floats owned by the context, valid until the next decode (`&self` keeps
-        // `&mut self` methods out for the borrow's life).
+        self.logits_at(-1)
+    }
+
+    /// The logits of row `i` of the last decode (-1: its last output).
+    pub fn logits_at(&self, i: i32) -> Result<&[f32], String> {
+        // SAFETY: a live context. The pointer, if not null, is to n_vocab floats owned by the
+        // context, valid until the next decode (`&self` keeps `&mut self` methods out for
+        // the borrow's life); llama.cpp checks `i` and returns null when it is not an output.
         unsafe {
-            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), -1);
+            let p = sys::llama_get_logits_ith(self.ptr.as_ptr(), i);
             if p.is_null() {
-                return Err("the last decode produced no logits".into());
+                return Err(format!("the last decode produced no logits at row {i}"));
             }
             Ok(std::slice::from_raw_parts(p, self.model.n_vocab))
         }
     }
+}
+
+/// One row of a [`Context::decode_rows`] batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    pub seq: i32,
+    pub pos: u32,
+    /// Compute this row's output (logits, or the captured layer's row).
+    pub output: bool,
 }
 
 impl Drop for Context {

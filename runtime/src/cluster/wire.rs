@@ -534,6 +534,43 @@ pub struct StageOpen {
     pub max_tokens: u32,
     /// Tokens that end generation.
     pub eog: Vec<u32>,
+    /// Stages in the chain: a stage decodes at most about 1/`stages` of its runs' steps at
+    /// once, so that groups of runs keep every stage of the chain busy.
+    pub stages: u32,
+}
+
+/// One run's input at a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStep {
+    pub key: SeqKey,
+    /// Positions `pos..pos + rows`.
+    pub pos: u32,
+    pub input: StepInput,
+    /// The last stage samples after it (the prompt's last chunk, and every generated token).
+    pub sample: bool,
+    /// Token ids at stage 0 sent by the last stage when the runner is on stage 0's node: the
+    /// runner learns the sampled token from this step (one frame a token instead of two).
+    pub report: bool,
+}
+
+/// What a step carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StepInput {
+    /// Token ids → stage 0 (a chunk of the prompt from the runner, or a sampled token from
+    /// the last stage).
+    Tokens(Vec<u32>),
+    /// Stage i → stage i+1: `rows × n_embd` hidden states.
+    Hidden(Vec<f32>),
+}
+
+impl StepInput {
+    /// Positions it covers (`n_embd` values a row of hidden states).
+    pub fn rows(&self, n_embd: usize) -> usize {
+        match self {
+            StepInput::Tokens(t) => t.len(),
+            StepInput::Hidden(h) => h.len() / n_embd.max(1),
+        }
+    }
 }
 
 /// Frames of the stage chain. Hidden states travel as f32 (4 bytes a value): stages then
@@ -549,25 +586,11 @@ pub enum StageFrame {
         node: String,
         result: Result<StageLoaded, String>,
     },
-    /// Token ids at positions `pos..` → stage 0 (a chunk of the prompt from the runner, or a
-    /// sampled token from the last stage). The last stage samples after it if `sample` (the
-    /// prompt's last chunk, and every generated token).
-    Feed {
-        key: SeqKey,
-        pos: u32,
-        tokens: Vec<u32>,
-        sample: bool,
-        /// The runner is on stage 0's node: it learns the sampled token from this frame
-        /// (one frame a token instead of two).
-        report: bool,
-    },
-    /// Stage i → stage i+1: `n_tok × n_embd` hidden states for positions `pos..`.
-    Hidden {
-        key: SeqKey,
-        pos: u32,
-        data: Vec<f32>,
-        sample: bool,
-    },
+    /// Inputs for stages on the receiving node: a chunk of a prompt from a runner, or the
+    /// outputs of one decode of a stage (a step of each of several runs), sent together so
+    /// that the runs that were decoded together arrive together and are decoded together
+    /// again.
+    Steps(Vec<StageStep>),
     /// The last stage → the runner: a sampled token; `last` when generation ends with it
     /// (an end-of-generation token, `max_tokens` or a full context).
     Token {
@@ -591,16 +614,15 @@ pub enum StageFrame {
 }
 
 impl StageFrame {
-    /// The run the frame belongs to.
-    pub fn key(&self) -> SeqKey {
+    /// The run the frame belongs to (`Steps` may carry several).
+    pub fn key(&self) -> Option<SeqKey> {
         match self {
-            StageFrame::Open(o) => o.key,
+            StageFrame::Open(o) => Some(o.key),
+            StageFrame::Steps(_) => None,
             StageFrame::Opened { key, .. }
-            | StageFrame::Feed { key, .. }
-            | StageFrame::Hidden { key, .. }
             | StageFrame::Token { key, .. }
             | StageFrame::Failed { key, .. }
-            | StageFrame::Close { key } => *key,
+            | StageFrame::Close { key } => Some(*key),
         }
     }
 }

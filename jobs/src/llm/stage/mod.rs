@@ -14,8 +14,10 @@
 //!   callback copies llama.cpp's `l_out-N` out); its slice has a one-row dummy head, so the
 //!   output llama.cpp computes for every position costs nothing.
 //! - The last stage returns the logits of the last position.
-//! - Each sequence (a run) has its own llama.cpp context (KV cache), so several jobs share
-//!   one loaded stage.
+//! - Several sequences (runs) share one loaded stage: sequences of the same context size
+//!   share a llama.cpp context of [`StageConfig::slots`] sequences (one KV buffer, each
+//!   sequence its own cells), and [`Stage::forward_batch`] decodes a step of each of several
+//!   sequences in one llama.cpp call, as `infer`'s batcher does for whole models.
 //!
 //! Supported architectures: `llama` (Llama 3.x, Mistral, SmolLM), `qwen2`, `qwen3` and
 //! `gemma3`; others are refused by name.
@@ -77,6 +79,9 @@ pub struct StageConfig {
     pub gpu_layers: u32,
     /// GPU memory the stage may use; unset: the GPU's free memory.
     pub gpu_memory: Option<u64>,
+    /// Sequences that share one llama.cpp context (and decode together); more sequences
+    /// of the same context size get another context.
+    pub slots: u32,
 }
 
 impl StageConfig {
@@ -87,6 +92,7 @@ impl StageConfig {
             scratch: std::env::temp_dir(),
             gpu_layers: if GPU_BUILD { u32::MAX } else { 0 },
             gpu_memory: None,
+            slots: 4,
         }
     }
 }
@@ -102,11 +108,34 @@ struct Embedding {
     scale: f32,
 }
 
+/// A llama.cpp context shared by up to [`StageConfig::slots`] sequences of `n_ctx`
+/// positions each.
+#[derive(Debug)]
+struct Pool {
+    ctx: ffi::Context,
+    n_ctx: usize,
+    /// Which of its sequence ids are taken.
+    used: Vec<bool>,
+}
+
 #[derive(Debug)]
 struct Sequence {
-    ctx: ffi::Context,
+    /// Its context, and its sequence id there.
+    pool: u64,
+    id: i32,
     len: usize,
     n_ctx: usize,
+}
+
+/// One step of one sequence for [`Stage::forward_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub seq: u64,
+    /// The sequence's length so far (0 starts it afresh).
+    pub pos: usize,
+    pub input: StageInput,
+    /// The last stage: the logits of the step's last position (false skips the head).
+    pub logits: bool,
 }
 
 /// Layers `first..end` of a model, loaded.
@@ -117,6 +146,8 @@ pub struct Stage {
     config: StageConfig,
     model: Arc<ffi::Model>,
     embed: Option<Embedding>,
+    pools: HashMap<u64, Pool>,
+    next_pool: u64,
     seqs: HashMap<u64, Sequence>,
     /// The tensors of the original file this stage holds, with their bytes.
     loaded: Vec<(String, u64)>,
@@ -325,6 +356,8 @@ impl Stage {
             config,
             model,
             embed,
+            pools: HashMap::new(),
+            next_pool: 0,
             seqs: HashMap::new(),
             loaded,
         })
@@ -363,24 +396,77 @@ impl Stage {
         self.seqs.len()
     }
 
-    /// Forget a sequence's KV cache.
-    pub fn drop_sequence(&mut self, seq: u64) {
-        self.seqs.remove(&seq);
+    /// The shared context of sequence `seq` (an id).
+    pub fn context_of(&self, seq: u64) -> Option<u64> {
+        self.seqs.get(&seq).map(|s| s.pool)
     }
 
-    /// Start (or restart) sequence `seq` with a context of `n_ctx` positions and `threads`
-    /// threads (0: every core).
+    /// The llama.cpp contexts its sequences share.
+    pub fn contexts(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// Forget a sequence's KV cache.
+    pub fn drop_sequence(&mut self, seq: u64) {
+        let Some(s) = self.seqs.remove(&seq) else {
+            return;
+        };
+        let Some(pool) = self.pools.get_mut(&s.pool) else {
+            return;
+        };
+        pool.ctx.forget(s.id);
+        if let Some(u) = pool.used.get_mut(s.id as usize) {
+            *u = false;
+        }
+        // An empty context goes, unless it is the only one (the next run reuses it).
+        if !pool.used.contains(&true) && self.pools.len() > 1 {
+            self.pools.remove(&s.pool);
+        }
+    }
+
+    /// Start (or restart) sequence `seq` with a context of `n_ctx` positions, in a shared
+    /// context of sequences of that size (a new one, decoding with `threads` threads, 0:
+    /// every core, when those there are full).
     pub fn begin(&mut self, seq: u64, n_ctx: u32, threads: u32) -> Result<()> {
-        self.seqs.remove(&seq);
+        self.drop_sequence(seq);
         let n_ctx = n_ctx.clamp(8, u32::try_from(self.hp.ctx_len).unwrap_or(u32::MAX).max(8));
-        let capture = (self.end != self.hp.n_layer).then(|| self.end - self.first - 1);
-        let threads = crate::llm::infer::engine::threads(threads);
-        let ctx =
-            ffi::Context::new(&self.model, n_ctx, threads, capture).map_err(StageError::Engine)?;
+        let free = self.pools.iter().find_map(|(&id, p)| {
+            (p.n_ctx == n_ctx as usize)
+                .then(|| p.used.iter().position(|u| !u))
+                .flatten()
+                .map(|slot| (id, slot))
+        });
+        let (pool, slot) = match free {
+            Some(found) => found,
+            None => {
+                let slots = self.config.slots.max(1);
+                let capture = (self.end != self.hp.n_layer).then(|| self.end - self.first - 1);
+                let threads = crate::llm::infer::engine::threads(threads);
+                let cells = n_ctx.saturating_mul(slots);
+                let ctx = ffi::Context::shared(&self.model, cells, slots, threads, capture)
+                    .map_err(StageError::Engine)?;
+                let id = self.next_pool;
+                self.next_pool += 1;
+                self.pools.insert(
+                    id,
+                    Pool {
+                        ctx,
+                        n_ctx: n_ctx as usize,
+                        used: vec![false; slots as usize],
+                    },
+                );
+                (id, 0)
+            }
+        };
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.used[slot] = true;
+            p.ctx.forget(slot as i32);
+        }
         self.seqs.insert(
             seq,
             Sequence {
-                ctx,
+                pool,
+                id: slot as i32,
                 len: 0,
                 n_ctx: n_ctx as usize,
             },
@@ -404,8 +490,82 @@ impl Stage {
         input: StageInput,
         logits: bool,
     ) -> Result<StageOutput> {
+        let step = Step {
+            seq,
+            pos,
+            input,
+            logits,
+        };
+        self.forward_batch(vec![step])
+            .pop()
+            .unwrap_or_else(|| Err(StageError::Input("no step".into())))
+    }
+
+    /// Run a step of each of several sequences (one step per sequence) through this stage's
+    /// layers: the steps of sequences that share a context in one llama.cpp decode, rows in
+    /// the steps' order. One result per step, in order; a step that is wrong fails alone, a
+    /// decode that fails fails its steps.
+    pub fn forward_batch(&mut self, steps: Vec<Step>) -> Vec<Result<StageOutput>> {
+        let mut out: Vec<Option<Result<StageOutput>>> = (0..steps.len()).map(|_| None).collect();
+        let mut groups: Vec<(u64, Vec<Prepared>)> = Vec::new();
+        let mut fresh = Vec::new();
+        for (i, step) in steps.into_iter().enumerate() {
+            let (seq, began) = (step.seq, !self.seqs.contains_key(&step.seq));
+            match self.prepare(i, step, &groups) {
+                Ok((pool, p)) => {
+                    if began {
+                        fresh.push((p.seq, i));
+                    }
+                    match groups.iter_mut().find(|(id, _)| *id == pool) {
+                        Some((_, g)) => g.push(p),
+                        None => groups.push((pool, vec![p])),
+                    }
+                }
+                Err(e) => {
+                    if began {
+                        self.drop_sequence(seq);
+                    }
+                    out[i] = Some(Err(e));
+                }
+            }
+        }
+        for (pool, group) in groups {
+            match self.decode(pool, &group) {
+                Ok(results) => {
+                    for (p, r) in group.iter().zip(results) {
+                        out[p.index] = Some(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for p in &group {
+                        out[p.index] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        let results: Vec<Result<StageOutput>> = out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(StageError::Engine("not decoded".into()))))
+            .collect();
+        // A sequence begun for a step that failed is not kept.
+        for (seq, i) in fresh {
+            if results.get(i).is_some_and(Result::is_err) {
+                self.drop_sequence(seq);
+            }
+        }
+        results
+    }
+
+    /// Check step `index` and make its rows; its context's id. `groups`: the steps already
+    /// taken for this batch.
+    fn prepare(
+        &mut self,
+        index: usize,
+        step: Step,
+        groups: &[(u64, Vec<Prepared>)],
+    ) -> Result<(u64, Prepared)> {
         let n_embd = self.hp.n_embd;
-        let embd = match (input, &self.embed) {
+        let embd = match (step.input, &self.embed) {
             (StageInput::Tokens(ids), Some(embed)) => embed.rows(&ids, self.hp.n_vocab)?,
             (StageInput::Hidden(h), None) => {
                 if h.is_empty() || !h.len().is_multiple_of(n_embd) {
@@ -427,69 +587,126 @@ impl Stage {
                 ));
             }
         };
-        let t = embd.len() / n_embd;
-        if t == 0 {
+        let rows = embd.len() / n_embd;
+        if rows == 0 {
             return Err(StageError::Input("no tokens".into()));
         }
-        let fresh = !self.seqs.contains_key(&seq);
-        if fresh {
-            self.begin(seq, self.config.n_ctx, self.config.threads)?;
+        if groups
+            .iter()
+            .any(|(_, g)| g.iter().any(|p| p.seq == step.seq))
+        {
+            return Err(StageError::Input(format!(
+                "two steps of sequence {} in one batch",
+                step.seq
+            )));
         }
-        let out = self.run(seq, pos, &embd, logits);
-        if out.is_err() && fresh {
-            self.seqs.remove(&seq);
+        if !self.seqs.contains_key(&step.seq) {
+            self.begin(step.seq, self.config.n_ctx, self.config.threads)?;
         }
-        out
-    }
-
-    fn run(&mut self, seq: u64, pos: usize, embd: &[f32], logits: bool) -> Result<StageOutput> {
-        let t = embd.len() / self.hp.n_embd;
-        let last = self.end == self.hp.n_layer;
-        let Some(sequence) = self.seqs.get_mut(&seq) else {
+        let Some(sequence) = self.seqs.get_mut(&step.seq) else {
             return Err(StageError::Engine("the sequence was not begun".into()));
         };
-        if pos + t > sequence.n_ctx {
+        let pos = step.pos;
+        if pos + rows > sequence.n_ctx {
             return Err(StageError::Context {
-                pos: pos + t,
+                pos: pos + rows,
                 ctx: sequence.n_ctx,
             });
         }
         if pos == 0 && sequence.len > 0 {
-            sequence.ctx.clear();
+            if let Some(p) = self.pools.get_mut(&sequence.pool) {
+                p.ctx.forget(sequence.id);
+            }
             sequence.len = 0;
         }
         if sequence.len != pos {
             return Err(StageError::Input(format!(
-                "sequence {seq} is at position {}, not {pos}",
-                sequence.len
+                "sequence {} is at position {}, not {pos}",
+                step.seq, sequence.len
             )));
         }
-        let outputs = match (last, logits) {
-            (false, _) => ffi::Outputs::All,
-            (true, true) => ffi::Outputs::Last,
-            (true, false) => ffi::Outputs::None,
+        Ok((
+            sequence.pool,
+            Prepared {
+                index,
+                seq: step.seq,
+                id: sequence.id,
+                pos,
+                embd,
+                logits: step.logits,
+            },
+        ))
+    }
+
+    /// One decode of the steps of sequences sharing context `pool`: hidden states of every
+    /// row for the next stage, or (the last stage) each step's last logits.
+    fn decode(&mut self, pool: u64, group: &[Prepared]) -> Result<Vec<StageOutput>> {
+        let n_embd = self.hp.n_embd;
+        let last = self.end == self.hp.n_layer;
+        let mut rows = Vec::new();
+        let mut embd = Vec::new();
+        for p in group {
+            let n = p.embd.len() / n_embd;
+            for r in 0..n {
+                rows.push(ffi::Row {
+                    seq: p.id,
+                    pos: (p.pos + r) as u32,
+                    output: !last || (p.logits && r + 1 == n),
+                });
+            }
+            embd.extend_from_slice(&p.embd);
+        }
+        let Some(ctx) = self.pools.get_mut(&pool).map(|p| &mut p.ctx) else {
+            return Err(StageError::Engine("the sequence's context is gone".into()));
         };
-        sequence
-            .ctx
-            .decode(pos as u32, embd, outputs)
-            .map_err(StageError::Engine)?;
-        sequence.len = pos + t;
-        if !last {
-            let h = sequence.ctx.take_hidden().map_err(StageError::Engine)?;
+        ctx.decode_rows(&embd, &rows).map_err(StageError::Engine)?;
+        let mut outputs = Vec::with_capacity(group.len());
+        if last {
+            let mut at = 0i32;
+            for p in group {
+                at += (p.embd.len() / n_embd) as i32;
+                outputs.push(StageOutput::Logits(if p.logits {
+                    ctx.logits_at(at - 1).map_err(StageError::Engine)?.to_vec()
+                } else {
+                    Vec::new()
+                }));
+            }
+        } else {
+            let h = ctx.take_hidden().map_err(StageError::Engine)?;
             if h.len() != embd.len() {
                 return Err(StageError::Engine(format!(
-                    "the stage handed out {} values for {t} positions",
-                    h.len()
+                    "the stage handed out {} values for {} positions",
+                    h.len(),
+                    rows.len()
                 )));
             }
-            return Ok(StageOutput::Hidden(h));
+            let mut from = 0;
+            for p in group {
+                let to = from + p.embd.len();
+                outputs.push(StageOutput::Hidden(h[from..to].to_vec()));
+                from = to;
+            }
         }
-        if !logits {
-            return Ok(StageOutput::Logits(Vec::new()));
+        for p in group {
+            if let Some(s) = self.seqs.get_mut(&p.seq) {
+                s.len = p.pos + p.embd.len() / n_embd;
+            }
         }
-        let l = sequence.ctx.logits().map_err(StageError::Engine)?;
-        Ok(StageOutput::Logits(l.to_vec()))
+        Ok(outputs)
     }
+}
+
+/// A step checked and made into rows, for one decode.
+#[derive(Debug)]
+struct Prepared {
+    /// Its place in the batch.
+    index: usize,
+    seq: u64,
+    /// Its sequence id in its context.
+    id: i32,
+    pos: usize,
+    embd: Vec<f32>,
+    logits: bool,
 }
 
 impl Embedding {
