@@ -642,6 +642,18 @@ impl Runs {
         self.waiting.values().all(|q| q.is_empty())
     }
 
+    /// The most runs one decode takes: 1/`stages` of them.
+    fn cap(&self) -> usize {
+        let stages = self
+            .routes
+            .values()
+            .map(|(_, r)| r.stages)
+            .max()
+            .unwrap_or(1)
+            .max(1) as usize;
+        self.routes.len().div_ceil(stages).max(1)
+    }
+
     fn take(&mut self, stage: &mut Stage, work: Work) {
         match work {
             Work::Open(route) => {
@@ -690,27 +702,20 @@ impl Runs {
     /// What to decode this round: the single-position steps at the head of up to
     /// 1/`stages` of the runs (oldest first), then the oldest prompt chunk.
     fn next_batches(&mut self, stage: &Stage) -> Vec<Vec<Input>> {
-        let stages = self
-            .routes
-            .values()
-            .map(|(_, r)| r.stages)
-            .max()
-            .unwrap_or(1)
-            .max(1) as usize;
-        let cap = self.routes.len().div_ceil(stages).max(1);
+        let cap = self.cap();
         let mut singles: Vec<(u64, SeqKey)> = Vec::new();
-        let mut chunk: Option<(u64, SeqKey)> = None;
+        let mut chunks: Vec<(u64, SeqKey, usize)> = Vec::new();
         for (key, q) in &self.waiting {
             let Some((at, input)) = q.front() else {
                 continue;
             };
-            if input_rows(&input.input, self.n_embd) == 1 {
-                singles.push((*at, *key));
-            } else if chunk.is_none_or(|(c, _)| *at < c) {
-                chunk = Some((*at, *key));
+            match input_rows(&input.input, self.n_embd) {
+                1 => singles.push((*at, *key)),
+                rows => chunks.push((*at, *key, rows)),
             }
         }
         singles.sort_unstable_by_key(|(at, _)| *at);
+        chunks.sort_unstable_by_key(|(at, ..)| *at);
         // Runs decode together only in one context: those of the oldest step's.
         let context = |key: &SeqKey| {
             self.routes
@@ -722,6 +727,13 @@ impl Runs {
             singles.retain(|(_, k)| context(k) == pool);
         }
         singles.truncate(cap);
+        if let Some((_, oldest, _)) = chunks.first() {
+            let pool = context(oldest);
+            chunks.retain(|(_, k, _)| context(k) == pool);
+        }
+        // One chunk a round, decoded alone: a prompt is then computed as it is alone
+        // (prompts of several runs in one decode part from their lone runs at once).
+        chunks.truncate(1);
         let mut batches = Vec::new();
         let mut pop = |key: &SeqKey| {
             let q = self.waiting.get_mut(key)?;
@@ -735,8 +747,9 @@ impl Runs {
         if !group.is_empty() {
             batches.push(group);
         }
-        if let Some(input) = chunk.and_then(|(_, k)| pop(&k)) {
-            batches.push(vec![input]);
+        let prefill: Vec<Input> = chunks.iter().filter_map(|(_, k, _)| pop(k)).collect();
+        if !prefill.is_empty() {
+            batches.push(prefill);
         }
         batches
     }

@@ -390,6 +390,11 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
         let together = run_batched(&mut chain, &prompts, 16);
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
             assert_eq!(a.0, t.0, "{wtype:?}: the tokens of sequence {i}");
+            // Short contexts: with a few hundred cells in the shared cache, llama.cpp's
+            // attention kernels group another sequence's cells in with these (other tiles,
+            // another split of the sums) and the logits part by about 1 % (seen: 5e-2 on
+            // logits of 4, the bench model with 200-token prompts); the bench reports where
+            // that changes a token.
             if matches!(wtype, WType::Q8_0 | WType::Q4_0) {
                 assert_eq!(
                     a.1, t.1,
@@ -405,6 +410,103 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
                         .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
                         .fold(0f32, f32::max);
                 assert!(gap < 0.05, "{wtype:?}: sequence {i}'s logits part by {gap}");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "a timing experiment, run by hand: cargo test --release -p myco-jobs --lib stage_timing -- --ignored --nocapture"]
+fn stage_timing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bench.gguf");
+    TinyLlama {
+        n_embd: 1024,
+        n_head: 16,
+        n_head_kv: 4,
+        n_ff: 2816,
+        n_layer: 8,
+        n_ctx: 2048,
+        seed: 7,
+        wtype: WType::Q4_0,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .expect("write");
+    for (first, end) in [(0, 8), (0, 4), (4, 8)] {
+        for slots in [8u32, 1] {
+            let config = StageConfig {
+                threads: 1,
+                slots,
+                ..StageConfig::new(512)
+            };
+            let mut s = Stage::load_with(&path, first, end, config).expect("load");
+            let input = |rows: usize, t: u32| {
+                if first == 0 {
+                    StageInput::Tokens(vec![t; rows])
+                } else {
+                    StageInput::Hidden(vec![0.01; rows * 1024])
+                }
+            };
+            let n = if slots == 1 { 1 } else { 8 };
+            for q in 0..n {
+                s.forward_with(q, 0, input(30, 5), false).expect("prompt");
+            }
+            if n == 8 {
+                // Varying group sizes, as the node sees them: 3 and 5, 2 and 6.
+                let t0 = std::time::Instant::now();
+                for r in 0..32 {
+                    let pos = 30 + r;
+                    let split = if r % 2 == 0 { 3 } else { 2 };
+                    for (lo, hi) in [(0, split), (split, 8)] {
+                        let steps = (lo..hi)
+                            .map(|i| Step {
+                                seq: i as u64,
+                                pos,
+                                input: input(1, 7),
+                                logits: true,
+                            })
+                            .collect();
+                        for r in s.forward_batch(steps) {
+                            r.expect("step");
+                        }
+                    }
+                }
+                let per = t0.elapsed().as_secs_f64() * 1000.0 / (32.0 * 8.0);
+                eprintln!("TIME layers {first}..{end} slots {slots} varying: {per:.3} ms a row");
+                for q in 0..n {
+                    s.forward_with(q, 0, input(30, 5), false).expect("prompt");
+                }
+            }
+            for batch in [8usize, 4, 1] {
+                if batch > n as usize {
+                    continue;
+                }
+                let t0 = std::time::Instant::now();
+                for round in 0..32 {
+                    let pos = 30 + round;
+                    for g in 0..(n as usize / batch) {
+                        let steps = (0..batch)
+                            .map(|i| Step {
+                                seq: (g * batch + i) as u64,
+                                pos,
+                                input: input(1, 7),
+                                logits: true,
+                            })
+                            .collect();
+                        for r in s.forward_batch(steps) {
+                            r.expect("step");
+                        }
+                    }
+                }
+                let per = t0.elapsed().as_secs_f64() * 1000.0 / (32.0 * n as f64);
+                eprintln!(
+                    "TIME layers {first}..{end} slots {slots} batch {batch}: {per:.3} ms a row"
+                );
+                // Reset positions for the next batch size.
+                for q in 0..n {
+                    s.forward_with(q, 0, input(30, 5), false).expect("prompt");
+                }
             }
         }
     }
