@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use common::netns::{Netns, is_root};
 use common::{Http, NodeProc, eventually, linked_home};
 use myco_benches::write_archive;
-use myco_jobs::llm::gguf::TinyLlama;
+use myco_jobs::llm::gguf::{TinyLlama, WType};
 use myco_jobs::llm::stage::ModelInfo;
 use serde_json::{Value, json};
 
@@ -83,9 +83,13 @@ impl Inputs {
         let tiny = root.join("models/tiny.gguf");
         TinyLlama::default().write(&tiny, false).unwrap();
         let tiny6 = root.join("models/tiny6.gguf");
+        // Q8_0: the stages batch the runs that meet at them, and llama.cpp multiplies Q8_0
+        // weights by a batch of rows exactly as by one row (f32 weights go through other
+        // kernels for a batch, and a run could part from its lone reference at a near-tie).
         TinyLlama {
             n_layer: PIPE_LAYERS,
             n_ctx: PIPE_CTX,
+            wtype: WType::Q8_0,
             ..TinyLlama::default()
         }
         .write(&tiny6, false)

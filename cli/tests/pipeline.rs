@@ -228,6 +228,7 @@ fn a_model_split_over_three_nodes_gives_the_whole_models_tokens_and_survives_los
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("split over 3 nodes"), "{text}");
+    assert!(text.contains("split: no node can hold it whole"), "{text}");
     for line in ["a ", "b ", "c "] {
         assert!(
             text.lines()
@@ -478,6 +479,10 @@ fn two_nodes_share_loaded_stages_a_lone_node_runs_whole_and_an_unplaceable_job_s
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("runs whole on test"), "{text}");
+    assert!(
+        text.contains("replicas: it fits whole on 1 of the 1 nodes up (test)"),
+        "{text}"
+    );
     let id = p.submit(&job(root.path(), "whole", 24, N_CTX, 1));
     let j = wait_end(&http, &p, &id);
     assert_eq!(j["state"], "done", "{j}");

@@ -172,6 +172,55 @@ pub struct PlanReply {
     /// The model's content hash, once this node has read the file.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Replicas or a split, and why.
+    #[serde(default)]
+    pub choice: Option<PlanChoice>,
+}
+
+/// How the swarm runs a model: whole on each node that can hold it (replicas), or split in
+/// layer ranges over several (a pipeline).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanChoice {
+    /// `replicas` or `split`.
+    pub mode: String,
+    /// The nodes that can hold it whole (with the KV cache for `n_ctx` tokens).
+    pub whole_on: Vec<String>,
+    pub why: String,
+}
+
+/// Replicas when some node can hold the model whole: each request then runs on one node
+/// with no hops, and requests spread over every such node; a split only for a model that fits
+/// nowhere whole.
+pub fn choose(total: u64, n_ctx: u32, nodes: &[myco_runtime::plan::NodeMemory]) -> PlanChoice {
+    let whole_on: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.free_bytes >= total)
+        .map(|n| n.name.clone())
+        .collect();
+    let gib = |b: u64| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30));
+    if whole_on.is_empty() {
+        let most = nodes.iter().map(|n| n.free_bytes).max().unwrap_or(0);
+        PlanChoice {
+            mode: "split".into(),
+            why: format!(
+                "no node can hold it whole ({} with the KV cache for {n_ctx} tokens; the most one offers is {}): requests for it run as pipeline jobs, split as below",
+                gib(total),
+                gib(most)
+            ),
+            whole_on,
+        }
+    } else {
+        PlanChoice {
+            mode: "replicas".into(),
+            why: format!(
+                "it fits whole on {} of the {} nodes up ({}): requests and infer jobs for it run whole on one node each, spread over them (an idle node without the file pulls it when jobs wait for it); a split would only add hops. A pipeline job runs it whole too",
+                whole_on.len(),
+                nodes.len(),
+                whole_on.join(", ")
+            ),
+            whole_on,
+        }
+    }
 }
 
 /// A stage's slice that its node will fetch.
@@ -272,6 +321,7 @@ async fn plan(
             },
         })
         .collect();
+    let choice = Some(choose(shape.total_bytes(), n_ctx, &nodes));
     Ok(Json(PlanReply {
         model: path
             .file_name()
@@ -284,6 +334,7 @@ async fn plan(
         kv_bytes_per_layer: shape.kv_bytes_per_layer,
         nodes,
         stages,
+        choice,
         fetches,
         error,
         sha256,
@@ -406,4 +457,35 @@ pub fn routes() -> Router<NodeHandle> {
         .route("/api/swarm/ping", get(ping))
         .route("/api/models/pull", post(pull))
         .route("/api/models/{name}", delete(remove_model))
+}
+
+#[cfg(test)]
+mod tests {
+    use myco_runtime::plan::NodeMemory;
+
+    use super::choose;
+
+    fn node(name: &str, free: u64) -> NodeMemory {
+        NodeMemory {
+            name: name.into(),
+            holds: true,
+            free_bytes: free,
+            gpu_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn replicas_where_a_node_holds_the_model_whole_else_a_split() {
+        let nodes = [node("a", 10), node("b", 6), node("c", 4)];
+        let c = choose(5, 512, &nodes);
+        assert_eq!(
+            (c.mode.as_str(), c.whole_on.clone()),
+            ("replicas", vec!["a".to_owned(), "b".to_owned()])
+        );
+        assert!(c.why.contains("2 of the 3 nodes up (a, b)"), "{}", c.why);
+        let c = choose(11, 512, &nodes);
+        assert_eq!(c.mode, "split");
+        assert!(c.whole_on.is_empty());
+        assert!(c.why.contains("no node can hold it whole"), "{}", c.why);
+    }
 }

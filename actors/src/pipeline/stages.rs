@@ -716,24 +716,43 @@ impl Runs {
         }
         singles.sort_unstable_by_key(|(at, _)| *at);
         chunks.sort_unstable_by_key(|(at, ..)| *at);
-        // Runs decode together only in one context: those of the oldest step's.
+        // Runs decode together only in one context, and in one compute step only with
+        // consecutive sequence ids there: the oldest step's run and its waiting neighbours.
         let context = |key: &SeqKey| {
             self.routes
                 .get(key)
                 .and_then(|(seq, _)| stage.context_of(*seq))
         };
         if let Some((_, oldest)) = singles.first() {
-            let pool = context(oldest);
-            singles.retain(|(_, k)| context(k) == pool);
+            if let Some((pool, id)) = context(oldest) {
+                let ids: std::collections::HashMap<i32, SeqKey> = singles
+                    .iter()
+                    .filter_map(|(_, k)| match context(k) {
+                        Some((p, i)) if p == pool => Some((i, *k)),
+                        _ => None,
+                    })
+                    .collect();
+                let mut group = vec![(0u64, *oldest)];
+                let (mut lo, mut hi) = (id, id);
+                while group.len() < cap {
+                    if let Some(k) = ids.get(&(hi + 1)) {
+                        hi += 1;
+                        group.push((0, *k));
+                    } else if let Some(k) = ids.get(&(lo - 1)) {
+                        lo -= 1;
+                        group.push((0, *k));
+                    } else {
+                        break;
+                    }
+                }
+                singles = group;
+            } else {
+                singles.truncate(1);
+            }
         }
-        singles.truncate(cap);
-        if let Some((_, oldest, _)) = chunks.first() {
-            let pool = context(oldest);
-            chunks.retain(|(_, k, _)| context(k) == pool);
-        }
-        // One chunk a round, decoded alone: a prompt is then computed as it is alone
-        // (prompts of several runs in one decode part from their lone runs at once).
         chunks.truncate(1);
+        // One chunk a round, decoded alone (above): a prompt is then computed as it is alone
+        // (prompts of several runs in one decode part from their lone runs at once).
         let mut batches = Vec::new();
         let mut pop = |key: &SeqKey| {
             let q = self.waiting.get_mut(key)?;

@@ -303,6 +303,9 @@ fn print_plan(p: &myco_actors::http::swarm::PlanReply) {
         let star = if n.holds { "*" } else { " " };
         println!("{star} {:<16} {:>12}{gpu}{note}", n.name, mib(n.free_bytes));
     }
+    if let Some(c) = &p.choice {
+        println!("{}: {}", c.mode, c.why);
+    }
     match (&p.error, p.stages.len()) {
         (Some(e), _) => println!("no plan: {e}"),
         (None, 1) => println!("runs whole on {} (it fits; no split):", p.stages[0].node),

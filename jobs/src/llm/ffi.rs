@@ -244,11 +244,11 @@ impl Context {
         Context::shared(model, n_ctx, 1, threads, capture_layer)
     }
 
-    /// A context of `n_ctx` cells shared by up to `n_seq` sequences (ids `0..n_seq`), decoded
-    /// together by [`Context::decode_rows`]. One KV buffer for all (llama.cpp's unified cache):
-    /// any subset of the sequences then goes into one compute step, and the flash-attention
-    /// kernel skips the cells of the other sequences, so a sequence's numbers do not depend on
-    /// its neighbours' cells.
+    /// A context of up to `n_seq` sequences (ids `0..n_seq`) of `n_ctx / n_seq` positions
+    /// each, decoded together by [`Context::decode_rows`]. Each sequence has a KV buffer of its
+    /// own (llama.cpp's streams, not one buffer shared by all), so its cells are where a lone
+    /// run's are and its numbers do not depend on the other sequences' cells; one compute step
+    /// takes sequences of consecutive ids (llama.cpp splits a decode of others into several).
     pub fn shared(
         model: &Arc<Model>,
         n_ctx: u32,
@@ -270,7 +270,7 @@ impl Context {
         params.n_batch = n_ctx;
         params.n_ubatch = UBATCH.min(n_ctx);
         params.n_seq_max = n_seq;
-        params.kv_unified = true;
+        params.kv_unified = false;
         params.n_threads = threads;
         params.n_threads_batch = threads;
         if let Some(cap) = capture {

@@ -15,9 +15,9 @@
 //!   output llama.cpp computes for every position costs nothing.
 //! - The last stage returns the logits of the last position.
 //! - Several sequences (runs) share one loaded stage: sequences of the same context size
-//!   share a llama.cpp context of [`StageConfig::slots`] sequences (one KV buffer, each
-//!   sequence its own cells), and [`Stage::forward_batch`] decodes a step of each of several
-//!   sequences in one llama.cpp call, as `infer`'s batcher does for whole models.
+//!   share a llama.cpp context of [`StageConfig::slots`] sequences (each with a KV buffer of
+//!   its own, as in `infer`'s batcher), and [`Stage::forward_batch`] decodes a step of each of
+//!   several sequences in one llama.cpp call (one compute step for consecutive sequence ids).
 //!
 //! Supported architectures: `llama` (Llama 3.x, Mistral, SmolLM), `qwen2`, `qwen3` and
 //! `gemma3`; others are refused by name.
@@ -396,9 +396,9 @@ impl Stage {
         self.seqs.len()
     }
 
-    /// The shared context of sequence `seq` (an id).
-    pub fn context_of(&self, seq: u64) -> Option<u64> {
-        self.seqs.get(&seq).map(|s| s.pool)
+    /// The shared context of sequence `seq`, and its sequence id there.
+    pub fn context_of(&self, seq: u64) -> Option<(u64, i32)> {
+        self.seqs.get(&seq).map(|s| (s.pool, s.id))
     }
 
     /// The llama.cpp contexts its sequences share.
@@ -643,9 +643,14 @@ impl Stage {
     fn decode(&mut self, pool: u64, group: &[Prepared]) -> Result<Vec<StageOutput>> {
         let n_embd = self.hp.n_embd;
         let last = self.end == self.hp.n_layer;
+        // In the order of their sequence ids: llama.cpp computes a step of sequences of
+        // consecutive ids at once, and hands the captured rows out in that order.
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        order.sort_by_key(|&i| group[i].id);
+        let sorted: Vec<&Prepared> = order.iter().map(|&i| &group[i]).collect();
         let mut rows = Vec::new();
         let mut embd = Vec::new();
-        for p in group {
+        for p in &sorted {
             let n = p.embd.len() / n_embd;
             for r in 0..n {
                 rows.push(ffi::Row {
@@ -663,7 +668,7 @@ impl Stage {
         let mut outputs = Vec::with_capacity(group.len());
         if last {
             let mut at = 0i32;
-            for p in group {
+            for p in &sorted {
                 at += (p.embd.len() / n_embd) as i32;
                 outputs.push(StageOutput::Logits(if p.logits {
                     ctx.logits_at(at - 1).map_err(StageError::Engine)?.to_vec()
@@ -681,12 +686,18 @@ impl Stage {
                 )));
             }
             let mut from = 0;
-            for p in group {
+            for p in &sorted {
                 let to = from + p.embd.len();
                 outputs.push(StageOutput::Hidden(h[from..to].to_vec()));
                 from = to;
             }
         }
+        // Back in the group's order.
+        let mut back: Vec<Option<StageOutput>> = (0..group.len()).map(|_| None).collect();
+        for (&i, o) in order.iter().zip(outputs) {
+            back[i] = Some(o);
+        }
+        let outputs: Vec<StageOutput> = back.into_iter().flatten().collect();
         for p in group {
             if let Some(s) = self.seqs.get_mut(&p.seq) {
                 s.len = p.pos + p.embd.len() / n_embd;

@@ -390,11 +390,6 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
         let together = run_batched(&mut chain, &prompts, 16);
         for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
             assert_eq!(a.0, t.0, "{wtype:?}: the tokens of sequence {i}");
-            // Short contexts: with a few hundred cells in the shared cache, llama.cpp's
-            // attention kernels group another sequence's cells in with these (other tiles,
-            // another split of the sums) and the logits part by about 1 % (seen: 5e-2 on
-            // logits of 4, the bench model with 200-token prompts); the bench reports where
-            // that changes a token.
             if matches!(wtype, WType::Q8_0 | WType::Q4_0) {
                 assert_eq!(
                     a.1, t.1,
