@@ -181,15 +181,22 @@ impl Runtime {
     /// Submit `tomls` in one request and wait for every job's end (each job's event stream);
     /// the time from submission to the last end, and each job's result.
     fn run(&self, api: &str, tomls: &[String]) -> (Duration, Vec<Value>) {
+        self.run_as(api, None, tomls)
+    }
+
+    /// [`Runtime::run`] with the node's API token (its owner may name any path).
+    fn run_as(&self, api: &str, token: Option<&str>, tomls: &[String]) -> (Duration, Vec<Value>) {
         self.rt.block_on(async {
             let jobs: Vec<Value> = tomls
                 .iter()
                 .map(|t| json!({ "toml": t, "base_dir": "/" }))
                 .collect();
             let started = Instant::now();
-            let reply: Value = self
-                .http
-                .post(format!("http://{api}/api/jobs"))
+            let mut post = self.http.post(format!("http://{api}/api/jobs"));
+            if let Some(t) = token {
+                post = post.bearer_auth(t);
+            }
+            let reply: Value = post
                 .json(&json!({ "jobs": jobs }))
                 .send()
                 .await
@@ -578,6 +585,14 @@ fn lone_gap(model: &Path, prompt: &str, alone: &[i64], other: i64, k: usize) -> 
     logits[alone[k] as usize] - logits[other as usize]
 }
 
+/// A node's API token (made on its first start).
+fn token(home: &Path) -> String {
+    std::fs::read_to_string(home.join("api.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 fn archive_job(input: &Path) -> String {
     format!(
         "version = 1\nkind = \"archive\"\n[archive]\ninput = {:?}\ncollection = \"scale\"\nmodel = \"{EMBED_MODEL}\"\n",
@@ -608,18 +623,20 @@ fn archive(exe: &Path, root: &Path) {
         let dir = root.join(format!("archive-{round}"));
         let home = |name: &str| linked_home(&dir, name, EMBED_MODEL).expect("./setup.sh first");
         let (h1, ha, hb) = (home("one"), home("a"), home("b"));
+        // Over HTTP a job reads only below the node's data roots.
+        let roots = ["--data-root".to_owned(), docs.display().to_string()];
         let one = || {
-            let one = start_node(exe, &h1, "one", 0, &[], None);
-            let (t, r) = rt.run(&one.api, std::slice::from_ref(&job));
+            let one = start_node(exe, &h1, "one", 0, &roots, None);
+            let (t, r) = rt.run_as(&one.api, Some(&token(&h1)), std::slice::from_ref(&job));
             (t, r[0]["chunks"].as_u64().unwrap_or(0))
         };
         let two = || {
-            let a = start_node(exe, &ha, "a", 0, &[], None);
+            let a = start_node(exe, &ha, "a", 0, &roots, None);
             std::fs::copy(ha.join("swarm.key"), hb.join("swarm.key")).unwrap();
             let _b = join(&rt, &a, || {
-                start_node(exe, &hb, "b", 1, &[], Some(&a.cluster))
+                start_node(exe, &hb, "b", 1, &roots, Some(&a.cluster))
             });
-            let (t, r) = rt.run(&a.api, std::slice::from_ref(&job));
+            let (t, r) = rt.run_as(&a.api, Some(&token(&ha)), std::slice::from_ref(&job));
             (t, r[0]["chunks"].as_u64().unwrap_or(0))
         };
         let ((t1, c1), (t2, c2)) = if round % 2 == 0 {
