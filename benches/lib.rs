@@ -785,3 +785,61 @@ pub fn write_site(dir: &Path, pages: usize, seed: u64) -> io::Result<Vec<Archive
     }
     Ok(out)
 }
+
+/// The `myco` binary of the bench's profile, built first (`cargo build --release -p myco`):
+/// the benches that run node processes run this one.
+///
+/// # Panics
+///
+/// If the build fails.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub fn myco_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "-p", "myco", "--bin", "myco"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the myco binary failed");
+    dir.join("myco")
+}
+
+/// A `myco --json node` process a bench started, killed when dropped.
+#[derive(Debug)]
+pub struct NodeProc {
+    pub child: std::process::Child,
+    pub api: String,
+    pub cluster: String,
+}
+
+impl NodeProc {
+    /// Start `cmd` (a `myco --json ... node` command, its stdout piped) and read the
+    /// addresses it prints first.
+    ///
+    /// # Panics
+    ///
+    /// If it does not start or print them.
+    #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    pub fn spawn(cmd: &mut std::process::Command) -> NodeProc {
+        use std::io::BufRead;
+        let mut child = cmd.spawn().expect("start a node process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        NodeProc {
+            child,
+            api: v["api"].as_str().unwrap().to_owned(),
+            cluster: v["cluster"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

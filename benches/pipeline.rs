@@ -24,13 +24,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
-use myco_benches::{Totals, fmt_rate, fmt_ratio};
+use myco_benches::{NodeProc, Totals, fmt_rate, fmt_ratio, myco_binary};
 use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
 use myco_jobs::llm::infer::engine::LlmModel;
 use myco_jobs::llm::infer::{Generation, InferParams, Prompt};
@@ -185,32 +184,6 @@ fn stage_whole(stage: &mut Stage, prompt: &[u32], eog: &[u32]) -> Run {
     }
 }
 
-/// The `myco` binary of this profile, built if needed.
-fn myco_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "myco", "--bin", "myco"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the myco binary failed");
-    dir.join("myco")
-}
-
-struct NodeProc {
-    child: Child,
-    api: String,
-    cluster: String,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_node(exe: &Path, home: &Path, name: &str, memory: u64, join: Option<&str>) -> NodeProc {
     let mut cmd = Command::new(exe);
     cmd.arg("--home")
@@ -225,17 +198,7 @@ fn start_node(exe: &Path, home: &Path, name: &str, memory: u64, join: Option<&st
     if let Some(j) = join {
         cmd.args(["--join", j]);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    NodeProc {
-        child,
-        api: v["api"].as_str().unwrap().to_owned(),
-        cluster: v["cluster"].as_str().unwrap().to_owned(),
-    }
+    NodeProc::spawn(&mut cmd)
 }
 
 /// Blocking HTTP calls to a node.

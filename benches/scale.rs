@@ -26,13 +26,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use myco_benches::{linked_home, median, write_archive, write_site};
+use myco_benches::{NodeProc, linked_home, median, myco_binary, write_archive, write_site};
 use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
 use myco_jobs::llm::infer::engine::LlmModel;
 use myco_jobs::llm::infer::{InferParams, Prompt};
@@ -62,32 +61,6 @@ fn bench_model() -> TinyLlama {
     }
 }
 
-/// The `myco` binary of this profile, built if needed.
-fn myco_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "myco", "--bin", "myco"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the myco binary failed");
-    dir.join("myco")
-}
-
-struct NodeProc {
-    child: Child,
-    api: String,
-    cluster: String,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `myco node` pinned to `core`, with one executor and one decode thread.
 fn start_node(
     exe: &Path,
@@ -112,19 +85,8 @@ fn start_node(
     if let Some(j) = join {
         cmd.args(["--join", j]);
     }
-    let mut child = cmd
-        .spawn()
-        .expect("taskset (util-linux) and the myco binary");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: Value = serde_json::from_str(&line).unwrap();
-    NodeProc {
-        child,
-        api: v["api"].as_str().unwrap().to_owned(),
-        cluster: v["cluster"].as_str().unwrap().to_owned(),
-    }
+    // Needs taskset (util-linux).
+    NodeProc::spawn(&mut cmd)
 }
 
 /// Start `b` in `a`'s swarm and wait until `a` sees it up.
@@ -163,19 +125,20 @@ impl Runtime {
         }
     }
 
+    async fn text(&self, url: &str) -> String {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     fn get(&self, url: &str) -> Value {
-        self.rt.block_on(async {
-            let text = self
-                .http
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            serde_json::from_str(&text).unwrap_or(Value::Null)
-        })
+        self.rt
+            .block_on(async { serde_json::from_str(&self.text(url).await).unwrap_or(Value::Null) })
     }
 
     /// Submit `tomls` in one request and wait for every job's end (each job's event stream);
@@ -234,15 +197,9 @@ impl Runtime {
             let took = started.elapsed();
             let mut results = Vec::new();
             for id in &ids {
-                let job: Value = self
-                    .http
-                    .get(format!("http://{api}/api/jobs/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let job: Value =
+                    serde_json::from_str(&self.text(&format!("http://{api}/api/jobs/{id}")).await)
+                        .unwrap_or(Value::Null);
                 assert_eq!(job["state"], "done", "job {id}: {job}");
                 if std::env::var("MYCO_SCALE_DEBUG").is_ok() {
                     let hist: Vec<String> = job["history"]
@@ -257,14 +214,8 @@ impl Runtime {
                     );
                 }
                 let text = self
-                    .http
-                    .get(format!("http://{api}/api/jobs/{id}/result"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                    .text(&format!("http://{api}/api/jobs/{id}/result"))
+                    .await;
                 // One JSON value (an LLM's result), or JSON Lines ending with a summary.
                 let last = text.trim().lines().last().unwrap_or_default();
                 results.push(serde_json::from_str(last).unwrap_or(Value::Null));

@@ -563,16 +563,6 @@ pub enum StepInput {
     Hidden(Vec<f32>),
 }
 
-impl StepInput {
-    /// Positions it covers (`n_embd` values a row of hidden states).
-    pub fn rows(&self, n_embd: usize) -> usize {
-        match self {
-            StepInput::Tokens(t) => t.len(),
-            StepInput::Hidden(h) => h.len() / n_embd.max(1),
-        }
-    }
-}
-
 /// Frames of the stage chain. Hidden states travel as f32 (4 bytes a value): stages then
 /// compute bit for bit what one node with every layer computes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
