@@ -1,0 +1,204 @@
+//! Answers: the shape of a completion or a streamed chunk, usage, and the errors of jobs that
+//! did not finish.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{error, unix_now};
+use crate::interactive;
+use crate::node::handle::NodeHandle;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flavor {
+    Chat,
+    Text,
+}
+
+impl Flavor {
+    pub(super) fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Flavor::Chat, false) => "chat.completion",
+            (Flavor::Chat, true) => "chat.completion.chunk",
+            (Flavor::Text, _) => "text_completion",
+        }
+    }
+
+    pub(super) fn id(self, job: myco_runtime::queue::JobId) -> String {
+        match self {
+            Flavor::Chat => format!("chatcmpl-{job}"),
+            Flavor::Text => format!("cmpl-{job}"),
+        }
+    }
+
+    /// One choice of a streamed chunk.
+    pub(super) fn delta(self, text: &str, finish: Option<&str>) -> serde_json::Value {
+        match self {
+            Flavor::Chat => json!({
+                "index": 0,
+                "delta": if text.is_empty() && finish.is_none() {
+                    json!({ "role": "assistant", "content": "" })
+                } else if text.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "content": text })
+                },
+                "finish_reason": finish,
+            }),
+            Flavor::Text => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        }
+    }
+}
+
+pub(super) fn finish_name(f: myco_jobs::llm::infer::Finish) -> &'static str {
+    match f {
+        myco_jobs::llm::infer::Finish::Stop => "stop",
+        myco_jobs::llm::infer::Finish::Length => "length",
+    }
+}
+
+pub(super) fn usage(g: &myco_jobs::llm::infer::Generation) -> serde_json::Value {
+    json!({
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens,
+        "total_tokens": g.prompt_tokens + g.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": g.cached_tokens },
+    })
+}
+
+pub(super) fn failed_internal(id: myco_runtime::queue::JobId) -> Response {
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        None,
+        "internal",
+        format!("lost track of job {id}"),
+    )
+}
+
+/// A finished job's generation, or the error to answer with (status, type, code, message).
+pub(super) async fn generation(
+    node: &NodeHandle,
+    rec: &myco_runtime::queue::JobRecord,
+) -> Result<myco_jobs::llm::infer::Generation, (StatusCode, &'static str, &'static str, String)> {
+    use myco_runtime::queue::JobState;
+    let id = rec.id;
+    match rec.state {
+        JobState::Done => {}
+        JobState::Cancelled => {
+            return Err((
+                StatusCode::CONFLICT,
+                "server_error",
+                "cancelled",
+                format!("request {id} was cancelled"),
+            ));
+        }
+        _ => {
+            let why = rec
+                .last_error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "unknown".into());
+            // The request's own faults are fatal in the engine: report them as the
+            // client's; anything else is the server's.
+            let fatal = rec.last_error.as_ref().is_some_and(|e| !e.is_retryable());
+            return Err(if fatal {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    why,
+                )
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "failed",
+                    why,
+                )
+            });
+        }
+    }
+    interactive::generation(node, id).await.map_err(|why| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal",
+            why,
+        )
+    })
+}
+
+pub(super) fn failed(rec: &myco_runtime::queue::JobRecord) -> Response {
+    let (status, kind, code, message) = match rec.state {
+        myco_runtime::queue::JobState::Cancelled => (
+            StatusCode::CONFLICT,
+            "server_error",
+            "cancelled",
+            format!("request {} was cancelled", rec.id),
+        ),
+        _ => {
+            let e = rec.last_error.as_ref();
+            let message = e
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| "unknown".into());
+            if e.is_some_and(|e| !e.is_retryable()) {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    message,
+                )
+            } else {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "failed",
+                    message,
+                )
+            }
+        }
+    };
+    error(status, kind, None, code, message)
+}
+
+/// The non-streaming answer for a finished job.
+pub(super) async fn finished(
+    node: &NodeHandle,
+    flavor: Flavor,
+    model: &str,
+    rec: myco_runtime::queue::JobRecord,
+) -> Response {
+    let g = match generation(node, &rec).await {
+        Ok(g) => g,
+        Err((status, kind, code, message)) => return error(status, kind, None, code, message),
+    };
+    let finish = finish_name(g.finish_reason);
+    let choice = match flavor {
+        Flavor::Chat => json!({
+            "index": 0,
+            "message": { "role": "assistant", "content": g.text },
+            "finish_reason": finish,
+        }),
+        Flavor::Text => json!({
+            "index": 0, "text": g.text, "logprobs": null, "finish_reason": finish,
+        }),
+    };
+    Json(json!({
+        "id": flavor.id(rec.id),
+        "object": flavor.object(false),
+        "created": unix_now(),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(&g),
+        // myco's own: the token ids and timings, for clients that want them.
+        "myco": {
+            "job": rec.id, "tokens": g.tokens,
+            "prompt_ms": g.prompt_ms, "generation_ms": g.generation_ms,
+        },
+    }))
+    .into_response()
+}
