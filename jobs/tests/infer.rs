@@ -143,6 +143,87 @@ fn chat_messages_use_the_models_template_and_need_one() {
     assert!(err.to_string().contains("plain.toml"), "{err}");
 }
 
+/// A Jinja template (the request's, the side file's or the GGUF's) renders as Hugging Face
+/// renders it, through minijinja: real templates, their own refusals, one BOS.
+#[test]
+fn jinja_templates_render_as_their_authors_wrote_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = model(dir.path(), false);
+    let real = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/chat_templates")
+                .join(format!("{name}.jinja")),
+        )
+        .unwrap()
+    };
+    let chat = |system: bool| {
+        let mut m = vec![Message {
+            role: "user".into(),
+            content: "hello".into(),
+        }];
+        if system {
+            m.insert(
+                0,
+                Message {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
+            );
+        }
+        Prompt::Chat(m)
+    };
+    let llama = real("meta-llama-Llama-3.2-3B-Instruct");
+    let rendered = plain.render(&chat(true), Some(&llama)).unwrap();
+    // The template writes {{ bos_token }} first; tokenizing adds the BOS, so it is left out.
+    assert!(
+        rendered.starts_with("<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: "),
+        "{rendered}"
+    );
+    assert!(
+        rendered.ends_with("Be brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+        "{rendered}"
+    );
+    let bos = plain
+        .tokenize(&rendered)
+        .iter()
+        .filter(|&&t| t == 1)
+        .count();
+    assert_eq!(bos, 1, "one BOS");
+    plain
+        .generate(
+            &chat(true),
+            &InferParams {
+                chat_template: Some(llama),
+                ..greedy(4)
+            },
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    // The template's own refusal is the error.
+    let gemma = real("google-gemma-2-2b-it");
+    let err = plain.render(&chat(true), Some(&gemma)).unwrap_err();
+    assert!(matches!(err, InferError::Template { .. }), "{err}");
+    assert!(
+        err.to_string().contains("System role not supported"),
+        "{err}"
+    );
+    let ok = plain.render(&chat(false), Some(&gemma)).unwrap();
+    assert_eq!(
+        ok,
+        "<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n"
+    );
+    // A template minijinja cannot parse goes to llama.cpp, which knows it by its marks.
+    let broken =
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }<|im_end|>\n{% endfor %}";
+    let fallback = plain.render(&chat(false), Some(broken)).unwrap();
+    assert!(
+        fallback.contains("<|im_start|>user\nhello<|im_end|>"),
+        "{fallback}"
+    );
+}
+
 #[test]
 fn bad_models_and_long_prompts_are_precise_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,8 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::types::{Finish, Generation, InferError, InferParams, Prompt};
+use super::types::{Finish, Generation, InferError, InferParams, Message, Prompt};
+use crate::llm::template;
 
 /// The process's llama.cpp backend: one per process, made on first use, logs off unless
 /// `MYCO_LLAMA_LOG` is set. Static on purpose: `llama_backend_init` is process-wide, so this
@@ -217,9 +218,11 @@ impl LlmModel {
     /// The prompt as text: chat messages go through a chat template, the first of: `asked`
     /// (the request's `chat_template`), the model's side file (`NAME.toml` beside
     /// `NAME.gguf`, with `chat_template = "..."`), the GGUF's own, and llama.cpp's built-in
-    /// template for the model's architecture ([`builtin_template`]). A template is the name of
-    /// one of llama.cpp's (`chatml`, `llama3`, `gemma`, `mistral-v7`, `phi3`, ...) or a
-    /// template text llama.cpp recognizes.
+    /// template for the model's architecture ([`builtin_template`]). A template is a Jinja
+    /// text, rendered as Hugging Face renders it ([`crate::llm::template`]), or the name of
+    /// one of llama.cpp's (`chatml`, `llama3`, `gemma`, `mistral-v7`, `phi3`, ...). A Jinja
+    /// text our engine cannot parse goes to llama.cpp, which knows common templates by their
+    /// marks; a template that refuses the conversation (`raise_exception`) is an error.
     pub fn render(&self, prompt: &Prompt, asked: Option<&str>) -> Result<String, InferError> {
         let messages = match prompt {
             Prompt::Text(t) => return Ok(t.clone()),
@@ -234,20 +237,34 @@ impl LlmModel {
             Some(t) => Some(t.to_owned()),
             None => side_template(&self.path).map_err(template_err)?,
         };
-        let template = match named {
+        let own = match named {
+            Some(t) => Some(t),
+            None => self
+                .model
+                .chat_template(None)
+                .ok()
+                .and_then(|t| t.to_string().ok()),
+        };
+        if let Some(source) = own.as_deref().filter(|t| template::is_jinja(t)) {
+            match template::ChatTemplate::new(source) {
+                Ok(t) => return self.render_jinja(&t, messages).map_err(template_err),
+                Err(why) => tracing::warn!(
+                    model = %path,
+                    "the chat template does not parse as Jinja ({why}); llama.cpp renders it"
+                ),
+            }
+        }
+        let template = match own {
             Some(t) => LlamaChatTemplate::new(&t).map_err(|e| template_err(e.to_string()))?,
-            None => match self.model.chat_template(None) {
-                Ok(t) => t,
-                Err(_) => {
-                    let arch = self
-                        .model
-                        .meta_val_str("general.architecture")
-                        .unwrap_or_default();
-                    let name = builtin_template(&arch)
-                        .ok_or_else(|| InferError::NoChatTemplate { path: path.clone() })?;
-                    LlamaChatTemplate::new(name).map_err(|e| template_err(e.to_string()))?
-                }
-            },
+            None => {
+                let arch = self
+                    .model
+                    .meta_val_str("general.architecture")
+                    .unwrap_or_default();
+                let name = builtin_template(&arch)
+                    .ok_or_else(|| InferError::NoChatTemplate { path: path.clone() })?;
+                LlamaChatTemplate::new(name).map_err(|e| template_err(e.to_string()))?
+            }
         };
         let chat = messages
             .iter()
@@ -263,6 +280,38 @@ impl LlmModel {
         self.model
             .apply_chat_template(&template, &chat, true)
             .map_err(|e| template_err(format!("`{name}`: {e}")))
+    }
+
+    /// `messages` through a Jinja chat template, with this vocabulary's BOS and EOS texts. A
+    /// BOS the template writes first is left out when tokenizing adds one (as llama.cpp's
+    /// server does), so the prompt has one BOS, not two.
+    fn render_jinja(
+        &self,
+        template: &template::ChatTemplate,
+        messages: &[Message],
+    ) -> Result<String, String> {
+        let vocab = self.model.vocab();
+        let text = |t: LlamaToken| {
+            vocab
+                .text(t)
+                .and_then(|c| c.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
+        let json = serde_json::to_string(messages).map_err(|e| e.to_string())?;
+        let out = template.render(&template::ChatInput {
+            messages: &json,
+            tools: None,
+            add_generation_prompt: true,
+            bos_token: &bos,
+            eos_token: &eos,
+            now: std::time::SystemTime::now(),
+        })?;
+        Ok(match out.strip_prefix(bos.as_str()) {
+            Some(rest) if !bos.is_empty() && vocab.should_add_bos() => rest.to_owned(),
+            _ => out,
+        })
     }
 
     /// Token ids of `text` as this model reads a prompt (with BOS, special tokens parsed).
