@@ -151,9 +151,9 @@ pub async fn generation(node: &NodeHandle, id: JobId) -> Result<Generation, Stri
 /// layers run as stages over several nodes, planned from the memory they offer.
 pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueError> {
     let task = if split(node, &task).await {
-        if task.params.grammar.is_some() {
+        if task.params.grammar.is_some() || task.prompt.extras().is_some() {
             return Err(QueueError::Invalid(format!(
-                "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode) yet",
+                "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode, a JSON schema, tools) or report log-probabilities yet",
                 task.model.name
             )));
         }

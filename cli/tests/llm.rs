@@ -708,23 +708,28 @@ fn openai_request_shapes_are_read_or_refused_by_name() {
     assert_eq!(status, 404, "{m}");
     assert_eq!(m["error"]["code"], "model_not_found");
 
-    // Not implemented yet: refused by name.
+    // What myco cannot do, or a malformed request: refused by name.
     let refused = [
         (
-            "tools",
-            serde_json::json!([{ "type": "function", "function": { "name": "f" } }]),
+            "functions",
+            serde_json::json!([{ "name": "f", "parameters": {} }]),
         ),
         ("tool_choice", serde_json::json!("auto")),
         (
-            "response_format.json_schema",
-            serde_json::json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": {} } }),
+            "tools[0].function.parameters",
+            serde_json::json!([{ "type": "function", "function": { "name": "f", "parameters": 3 } }]),
         ),
-        ("logprobs", serde_json::json!(true)),
+        (
+            "response_format.json_schema.schema",
+            serde_json::json!({ "type": "json_schema", "json_schema": { "name": "x" } }),
+        ),
+        ("logprobs", serde_json::json!(3)),
+        ("top_logprobs", serde_json::json!(21)),
         ("seed", serde_json::json!(1u64 << 33)),
     ];
     for (field, value) in refused {
         let mut req = chat(4, false);
-        let key = field.split('.').next().unwrap();
+        let key = field.split(['.', '[']).next().unwrap();
         req[key] = value;
         let (status, v) = http.post(&url, &req).unwrap();
         assert_eq!(status, 400, "{field}: {v}");
@@ -755,9 +760,9 @@ fn openai_request_shapes_are_read_or_refused_by_name() {
         { "role": "user", "content": "hi" },
         { "role": "assistant", "content": null, "tool_calls": [{ "id": "1", "type": "function", "function": { "name": "f", "arguments": "{}" } }] },
     ]);
+    // A turn that called a tool renders (the fixture's template shows its empty content).
     let (status, v) = http.post(&url, &tool_turn).unwrap();
-    assert_eq!(status, 400, "{v}");
-    assert_eq!(v["error"]["param"], "messages[1]", "{v}");
+    assert_eq!(status, 200, "{v}");
     // Plain text output asks for nothing new.
     let mut text = chat(4, false);
     text["response_format"] = serde_json::json!({ "type": "text" });

@@ -58,6 +58,7 @@ fn generates_in_every_type(arch: Arch) {
         match a.finish_reason {
             Finish::Length => assert_eq!(a.tokens.len(), N, "{what}"),
             Finish::Stop => assert!(a.tokens.len() >= 4, "{what}: {:?}", a.tokens),
+            Finish::ToolCalls => panic!("{what}: tool calls without tools"),
         }
         assert_eq!(a.tokens, b.tokens, "{what}: greedy decoding repeats itself");
         assert!(distinct.len() > 1, "{what}: one token over and over");

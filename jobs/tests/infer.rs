@@ -5,7 +5,9 @@
 
 use myco_jobs::llm::gguf::TinyLlama;
 use myco_jobs::llm::infer::engine::LlmModel;
-use myco_jobs::llm::infer::{Finish, InferError, InferParams, Message, Prompt};
+use myco_jobs::llm::infer::{
+    Extras, Finish, InferError, InferParams, Message, Prompt, ToolChoice, Tools,
+};
 
 fn greedy(max_tokens: u32) -> InferParams {
     InferParams {
@@ -589,4 +591,252 @@ fn json_mode_answers_in_json_and_a_bad_grammar_is_refused() {
         .generate(&prompt, &bad, &|| false, &mut |_, _| {})
         .unwrap_err();
     assert!(matches!(err, InferError::Grammar(_)), "{err:?}");
+}
+
+const WEATHER_TOOLS: &str = r#"[
+  {"type": "function", "function": {"name": "get_weather", "description": "The weather of a city.",
+   "parameters": {"type": "object", "properties": {
+     "city": {"type": "string", "enum": ["Paris", "Oslo", "Lyon"]},
+     "days": {"type": "integer", "minimum": 1, "maximum": 7}
+   }, "required": ["city", "days"]}}},
+  {"type": "function", "function": {"name": "get_time", "description": "The time in a city.",
+   "parameters": {"type": "object", "properties": {
+     "city": {"type": "string", "enum": ["Paris", "Oslo"]}
+   }, "required": ["city"]}}}
+]"#;
+
+fn chat_with_tools(choice: ToolChoice) -> Prompt {
+    Prompt::Turns(
+        r#"[{"role": "system", "content": "You call tools."}, {"role": "user", "content": "Weather in Paris for 3 days?"}]"#
+            .into(),
+    )
+    .with(Extras {
+        tools: Some(Tools {
+            json: WEATHER_TOOLS.into(),
+            choice,
+            parallel: false,
+        }),
+        ..Extras::default()
+    })
+}
+
+fn qwen_template() -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja"),
+    )
+    .unwrap()
+}
+
+/// Checks `args` against the weather tools' schemas (the grammar must have held the model
+/// to them): the keys required, the enums, the integer's range, nothing else.
+fn valid_arguments(name: &str, args: &str) {
+    let v: serde_json::Value = serde_json::from_str(args).unwrap();
+    let obj = v.as_object().unwrap();
+    let cities: &[&str] = if name == "get_weather" {
+        &["Paris", "Oslo", "Lyon"]
+    } else {
+        &["Paris", "Oslo"]
+    };
+    assert!(cities.contains(&obj["city"].as_str().unwrap()), "{args}");
+    if name == "get_weather" {
+        let days = obj["days"].as_i64().unwrap();
+        assert!((1..=7).contains(&days), "{args}");
+        assert_eq!(obj.len(), 2, "{args}");
+    } else {
+        assert_eq!(obj.len(), 1, "{args}");
+    }
+}
+
+/// Tools through a real template (Qwen 2.5's, Hermes' format): `required` and a named
+/// function give calls whose arguments follow the schemas (the grammar forces them even on
+/// random weights), `none` gives text, `auto` gives text or a well-formed call.
+#[test]
+fn tool_calls_follow_the_tools_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), true);
+    // The fixture's vocabulary is nearly a character a token: tools make long prompts.
+    let params = InferParams {
+        chat_template: Some(qwen_template()),
+        n_ctx: 2048,
+        ..greedy(192)
+    };
+    // The template shows the tools to the model.
+    let rendered = m
+        .render(
+            &chat_with_tools(ToolChoice::Auto),
+            params.chat_template.as_deref(),
+        )
+        .unwrap();
+    assert!(rendered.contains("<tools>"), "{rendered}");
+    assert!(rendered.contains("\"name\": \"get_weather\""), "{rendered}");
+    for (choice, want) in [
+        (ToolChoice::Required, None),
+        (ToolChoice::Function("get_time".into()), Some("get_time")),
+        (
+            ToolChoice::Function("get_weather".into()),
+            Some("get_weather"),
+        ),
+    ] {
+        let g = m
+            .generate(
+                &chat_with_tools(choice.clone()),
+                &params,
+                &|| false,
+                &mut |_, _| {},
+            )
+            .unwrap();
+        assert_eq!(g.finish_reason, Finish::ToolCalls, "{choice:?}: {}", g.text);
+        assert_eq!(g.tool_calls.len(), 1, "{choice:?}");
+        let call = &g.tool_calls[0];
+        if let Some(name) = want {
+            assert_eq!(call.name, name);
+        }
+        valid_arguments(&call.name, &call.arguments);
+        assert!(call.id.starts_with("call_"), "{}", call.id);
+    }
+    let g = m
+        .generate(
+            &chat_with_tools(ToolChoice::None),
+            &params,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert!(g.tool_calls.is_empty());
+    assert_ne!(g.finish_reason, Finish::ToolCalls);
+    let g = m
+        .generate(
+            &chat_with_tools(ToolChoice::Auto),
+            &params,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    for c in &g.tool_calls {
+        valid_arguments(&c.name, &c.arguments);
+    }
+    // An unknown function is the request's error, not the engine's.
+    let err = m
+        .generate(
+            &chat_with_tools(ToolChoice::Function("nope".into())),
+            &params,
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, InferError::Tools(_)), "{err}");
+    assert!(!err.is_retryable());
+}
+
+/// A template that knows no tools (the fixture's chatml) gets them described in a system
+/// turn, and the answer held to the generic JSON shape.
+#[test]
+fn a_template_without_tools_gets_the_generic_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), true);
+    let rendered = m
+        .render(&chat_with_tools(ToolChoice::Required), None)
+        .unwrap();
+    assert!(rendered.contains("You can call these tools"), "{rendered}");
+    let g = m
+        .generate(
+            &chat_with_tools(ToolChoice::Required),
+            &InferParams {
+                n_ctx: 2048,
+                ..greedy(96)
+            },
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(g.finish_reason, Finish::ToolCalls, "{}", g.text);
+    valid_arguments(&g.tool_calls[0].name, &g.tool_calls[0].arguments);
+}
+
+/// `response_format: json_schema`: the answer parses and follows the schema; a schema the
+/// grammar builder cannot take is the request's error.
+#[test]
+fn answers_follow_a_json_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), true);
+    let schema = r#"{"type": "object", "properties": {
+        "answer": {"type": "string", "enum": ["yes", "no"]},
+        "confidence": {"type": "integer", "minimum": 0, "maximum": 100},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}, "maxItems": 2}
+    }, "required": ["answer", "confidence", "tags"], "additionalProperties": false}"#;
+    let prompt = |schema: &str| {
+        Prompt::Chat(vec![Message {
+            role: "user".into(),
+            content: "Is the sky blue?".into(),
+        }])
+        .with(Extras {
+            schema: Some(schema.into()),
+            ..Extras::default()
+        })
+    };
+    let g = m
+        .generate(&prompt(schema), &greedy(96), &|| false, &mut |_, _| {})
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&g.text).unwrap();
+    assert!(
+        ["yes", "no"].contains(&v["answer"].as_str().unwrap()),
+        "{}",
+        g.text
+    );
+    assert!(
+        (0..=100).contains(&v["confidence"].as_i64().unwrap()),
+        "{}",
+        g.text
+    );
+    assert!(v["tags"].as_array().unwrap().len() <= 2, "{}", g.text);
+    let err = m
+        .generate(
+            &prompt(r##"{"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}"##),
+            &greedy(8),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, InferError::Schema(_)), "{err}");
+}
+
+/// Log-probabilities: one per generated token, the chosen token's first among the
+/// alternatives under greedy decoding, the alternatives in order, all at most 0.
+#[test]
+fn log_probabilities_come_with_the_likeliest_alternatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path(), true);
+    let prompt = Prompt::Text("hello swarm".into()).with(Extras {
+        logprobs: Some(3),
+        ..Extras::default()
+    });
+    let g = m
+        .generate(&prompt, &greedy(12), &|| false, &mut |_, _| {})
+        .unwrap();
+    let lps = g.logprobs.as_ref().unwrap();
+    assert_eq!(lps.len(), g.tokens.len());
+    for (lp, &t) in lps.iter().zip(&g.tokens) {
+        assert_eq!(lp.top.len(), 3);
+        assert!(lp.logprob <= 0.0);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(
+            (lp.top[0].logprob - lp.logprob).abs() < 1e-5,
+            "greedy picks the likeliest"
+        );
+        let mut piece = Vec::new();
+        m.piece(t, &mut piece);
+        assert_eq!(lp.bytes, piece);
+    }
+    // The same tokens as without log-probabilities.
+    let plain = m
+        .generate(
+            &Prompt::Text("hello swarm".into()),
+            &greedy(12),
+            &|| false,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_eq!(plain.tokens, g.tokens);
+    assert!(plain.logprobs.is_none());
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use myco_jobs::archive::{ArchiveTask, Doc, DocsOptions, DocsTask, Part};
 use myco_jobs::chunk::ChunkParams;
-use myco_jobs::llm::infer::{InferParams, InferTask, Message, Prompt};
+use myco_jobs::llm::infer::{Extras, InferParams, InferTask, Message, Prompt, ToolChoice, Tools};
 use myco_jobs::task::NoopTask;
 use myco_jobs::{Fit, JobError, JobKind, ModelRef, Task};
 use myco_runtime::queue::{NewJob, OutboxEntry, Queue, QueueOptions};
@@ -281,6 +281,23 @@ async fn write_owner(path: &Path) -> (u128, u64) {
         }),
         job(Task::Infer(infer())),
         job(Task::Pipeline(infer())),
+        // Job format 2: chat turns with a tool call and its result, tools,
+        // log-probabilities and a JSON schema.
+        job(Task::Infer(InferTask {
+            prompt: Prompt::Turns(
+                r#"[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},{"role":"tool","content":"cold","tool_call_id":"call_1"}]"#.into(),
+            )
+            .with(Extras {
+                tools: Some(Tools {
+                    json: r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]"#.into(),
+                    choice: ToolChoice::Auto,
+                    parallel: true,
+                }),
+                logprobs: Some(2),
+                schema: None,
+            }),
+            ..infer()
+        })),
     ])
     .await
     .unwrap();

@@ -77,7 +77,20 @@ fn payload(rec: &myco_runtime::queue::JobRecord) -> Option<&str> {
 
 #[tokio::test]
 async fn a_queue_file_from_before_format_versions_opens_and_runs() {
-    let (_dir, path) = fixture("queue-v0", "owner.redb");
+    opens_and_runs("queue-v0").await;
+}
+
+/// Job format 1 (before prompts with tools, log-probabilities and JSON schemas: format 2).
+#[tokio::test]
+async fn a_queue_file_of_job_format_1_opens_and_runs() {
+    opens_and_runs("queue-v1").await;
+}
+
+/// A queue file written by an older build (`version`: its fixtures) opens on this one, and
+/// every job in it reads and runs as it was.
+#[allow(clippy::panic)] // A test's helper.
+async fn opens_and_runs(version: &str) {
+    let (_dir, path) = fixture(version, "owner.redb");
     let q = open(&path, "owner").unwrap();
     let jobs = all(&q);
     let by_payload = |p: &str| jobs.iter().find(|r| payload(r) == Some(p)).unwrap().clone();
@@ -89,6 +102,19 @@ async fn a_queue_file_from_before_format_versions_opens_and_runs() {
     assert_eq!(states.len(), 6, "every public state: {states:?}");
     assert!(jobs.iter().any(|r| r.state == JobState::Waiting));
     assert!(jobs.iter().all(|r| r.submitter == Submitter::Owner));
+    // An LLM request keeps its prompt and settings.
+    let infer = jobs.iter().find(|r| r.kind == JobKind::Infer).unwrap();
+    let Task::Infer(t) = &infer.task else {
+        panic!("{:?}", infer.task)
+    };
+    assert_eq!(
+        t.prompt,
+        myco_jobs::llm::infer::Prompt::Chat(vec![myco_jobs::llm::infer::Message {
+            role: "user".into(),
+            content: "hello".into(),
+        }])
+    );
+    assert_eq!(t.params.chat_template.as_deref(), Some("chatml"));
 
     // The last run's lease came back at open; the failed job is due again.
     assert_eq!(
@@ -298,25 +324,32 @@ async fn write_fuzz_seeds() {
     let wire = out.join("wire");
     std::fs::create_dir_all(&records).unwrap();
     std::fs::create_dir_all(&wire).unwrap();
-    let (_dir, path) = fixture("queue-v0", "owner.redb");
-    // Format 0, as the fixture holds them; then format 1, as this build writes them.
-    let mut raw: Vec<Vec<u8>> = Vec::new();
-    {
-        let db = redb::ReadOnlyDatabase::open(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        for entry in tx.open_table(JOBS).unwrap().iter().unwrap().take(6) {
-            raw.push(entry.unwrap().1.value().to_vec());
+    // Each older format as its fixture holds the records; then as this build writes them.
+    let current = myco_runtime::queue::JOB_FORMAT;
+    for version in ["queue-v0", "queue-v1"] {
+        let (_dir, path) = fixture(version, "owner.redb");
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        {
+            let db = redb::ReadOnlyDatabase::open(&path).unwrap();
+            let tx = db.begin_read().unwrap();
+            for entry in tx.open_table(JOBS).unwrap().iter().unwrap().take(6) {
+                raw.push(entry.unwrap().1.value().to_vec());
+            }
+        }
+        let old = &version["queue-".len()..];
+        for (i, bytes) in raw.iter().enumerate() {
+            let mut seed = vec![0u8];
+            seed.extend(bytes);
+            std::fs::write(records.join(format!("job-{old}-{i}")), &seed).unwrap();
+            if version == "queue-v0" {
+                let rec = myco_runtime::queue::decode(bytes).unwrap();
+                let mut seed = vec![0u8];
+                seed.extend(format::encode(current, &rec).unwrap());
+                std::fs::write(records.join(format!("job-v{current}-{i}")), &seed).unwrap();
+            }
         }
     }
-    for (i, bytes) in raw.iter().enumerate() {
-        let mut seed = vec![0u8];
-        seed.extend(bytes);
-        std::fs::write(records.join(format!("job-v0-{i}")), &seed).unwrap();
-        let rec = myco_runtime::queue::decode(bytes).unwrap();
-        let mut seed = vec![0u8];
-        seed.extend(format::encode(myco_runtime::queue::JOB_FORMAT, &rec).unwrap());
-        std::fs::write(records.join(format!("job-v1-{i}")), &seed).unwrap();
-    }
+    let (_dir, path) = fixture("queue-v0", "owner.redb");
     let mut seed = vec![2u8];
     seed.extend(format::wrap(1, b"{\"a\":1}\n"));
     std::fs::write(records.join("result-v1"), &seed).unwrap();

@@ -16,7 +16,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     hint: String,
-    problems: Option<serde_json::Value>,
+    problems: Option<Box<serde_json::Value>>,
     /// Seconds for a `Retry-After` header (a 503 the client should retry).
     retry_after: Option<u32>,
 }
@@ -64,7 +64,7 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code, "message": self.message, "hint": self.hint }
         });
         if let Some(p) = self.problems {
-            body["error"]["problems"] = p;
+            body["error"]["problems"] = *p;
         }
         let mut r = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after {
@@ -132,7 +132,7 @@ impl From<SubmitError> for ApiError {
                 code: "invalid_spec",
                 message: format!("job {index}: {error}"),
                 hint: "fix the fields named above; nothing was enqueued".into(),
-                problems: serde_json::to_value(&error.problems).ok(),
+                problems: serde_json::to_value(&error.problems).ok().map(Box::new),
                 retry_after: None,
             },
             SubmitError::Outside { index, outside } => ApiError::new(

@@ -170,6 +170,11 @@ struct Prepared {
 }
 
 fn prepare(path: &Path, task: &InferTask) -> Result<Prepared, JobError> {
+    if task.prompt.extras().is_some() {
+        return Err(JobError::fatal(
+            "a pipeline's last stage samples without a grammar and reports no log-probabilities: tools, JSON schemas and logprobs are not supported for pipeline jobs yet; run the model as an `infer` job on a node that holds it whole",
+        ));
+    }
     let info = ModelInfo::read(path).map_err(|e| JobError::fatal(e.to_string()))?;
     let vocab = LlmModel::load_vocab(path).map_err(JobError::from)?;
     let text = vocab
@@ -330,6 +335,8 @@ pub async fn run(
                         .flatten()
                         .collect(),
                     replaced,
+                    tool_calls: Vec::new(),
+                    logprobs: None,
                 };
                 let mut out = serde_json::to_vec(&generation)
                     .map_err(|e| JobError::fatal(format!("encoding the result: {e}")))?;

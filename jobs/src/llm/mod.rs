@@ -15,3 +15,4 @@ pub mod infer;
 #[cfg(feature = "pipeline")]
 pub mod stage;
 pub mod template;
+pub mod tools;

@@ -224,9 +224,11 @@ pub(crate) fn ready_key(priority: i32, seq: u64) -> (u32, u64) {
 pub const QUEUE_FORMAT: u64 = 1;
 pub(crate) const META_FORMAT: &str = "format";
 
-/// Stored job records: format 0 (bare bincode of [`JobRecordV0`]) and 1 (versioned, with
-/// `submitter`).
-pub const JOB_FORMAT: u16 = 1;
+/// Stored job records: format 0 (bare bincode of [`JobRecordV0`]), 1 (versioned, with
+/// `submitter`) and 2 (an LLM prompt may be chat turns with tool calls, or carry tools,
+/// log-probabilities and a JSON schema: `Prompt::Turns` and `Prompt::With`, appended, so 1
+/// reads as 2 unchanged, and a build of format 1 refuses 2 by its version).
+pub const JOB_FORMAT: u16 = 2;
 /// Stored outbox entries: format 0 (bare bincode) and 1 (versioned), of one layout.
 pub const OUTBOX_FORMAT: u16 = 1;
 /// Stored leaf results: format 0 (bare JSON Lines) and 1 (versioned JSON Lines).

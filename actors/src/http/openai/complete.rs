@@ -60,16 +60,26 @@ pub(super) async fn complete(
             );
         }
     };
-    if let Some((param, why)) = unsupported(&req) {
-        return bad_request(param, format!("{param}: {why}"));
-    }
+    let extras = match extras(&req, flavor == Flavor::Chat) {
+        Ok(e) => e,
+        Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
+    };
+    // How the answer is told: tool calls are read from the whole output, so a request that
+    // may call tools streams its text (or its calls) once generation ends.
+    let shape = Shape {
+        tools: extras
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.choice != myco_jobs::llm::infer::ToolChoice::None),
+        logprobs: extras.logprobs.is_some(),
+    };
     let seed = match seed(req.seed) {
         Ok(s) => s,
         Err(why) => return bad_request("seed", why),
     };
     let prompt = match (flavor, req.messages, req.prompt) {
         (Flavor::Chat, Some(m), _) if !m.is_empty() => match messages(m) {
-            Ok(m) => myco_jobs::llm::infer::Prompt::Chat(m),
+            Ok(p) => p,
             Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
         },
         (Flavor::Chat, _, _) => {
@@ -78,6 +88,7 @@ pub(super) async fn complete(
         (Flavor::Text, _, Some(p)) => myco_jobs::llm::infer::Prompt::Text(p),
         (Flavor::Text, _, None) => return bad_request("prompt", "prompt is missing".into()),
     };
+    let prompt = prompt.with(extras);
     if req.n.is_some_and(|n| n != 1) {
         return bad_request("n", "only n = 1 is supported".into());
     }
@@ -198,7 +209,7 @@ pub(super) async fn complete(
             }
         };
         return match tokio::time::timeout(WAIT_LIMIT, wait).await {
-            Ok(Some(rec)) => finished(&node, flavor, &name, *rec).await,
+            Ok(Some(rec)) => finished(&node, flavor, &name, *rec, shape).await,
             Ok(None) => failed_internal(id),
             Err(_) => {
                 let _ = node.cancel(id).await;
@@ -247,6 +258,8 @@ pub(super) async fn complete(
         } {
             match event {
                 Followed::Progress(_) => {}
+                // Text that may turn out to be a tool call waits for the end.
+                Followed::Piece(_) if shape.tools => {}
                 Followed::Piece(p) => {
                     if let Some(text) = relay.piece(&p)
                         && !sse.send(frame(chunk(flavor.delta(&text, None)))).await
@@ -258,8 +271,27 @@ pub(super) async fn complete(
                     let out = match generation(&node, &rec).await {
                         Ok(g) => {
                             let mut out = Vec::new();
-                            if let Some(rest) = relay.rest(&g.text) {
-                                out.push(frame(chunk(flavor.delta(&rest, None))));
+                            for delta in tool_call_deltas(&g) {
+                                out.push(frame(chunk(json!({
+                                    "index": 0, "delta": delta, "finish_reason": null,
+                                }))));
+                            }
+                            let rest = if g.tool_calls.is_empty() {
+                                relay.rest(&g.text)
+                            } else {
+                                None
+                            };
+                            // Log-probabilities come whole with the last text (clients
+                            // gather a stream's `logprobs.content` lists).
+                            if rest.is_some() || shape.logprobs {
+                                let mut c = chunk(flavor.delta(rest.as_deref().unwrap_or(""), None));
+                                if flavor == Flavor::Chat && rest.is_none() {
+                                    c["choices"][0]["delta"] = json!({ "content": "" });
+                                }
+                                if shape.logprobs {
+                                    c["choices"][0]["logprobs"] = logprobs_of(flavor, &g);
+                                }
+                                out.push(frame(c));
                             }
                             let finish = finish_name(g.finish_reason);
                             let mut last = chunk(flavor.delta("", Some(finish)));

@@ -1,6 +1,7 @@
 //! The fields of chat and text completion requests that myco reads, and their checks and
 //! conversion into what an infer job takes.
 
+use myco_jobs::llm::infer::{Extras, MAX_TOP_LOGPROBS, Prompt, ToolChoice, Tools};
 use serde::Deserialize;
 
 /// `stop` is a string or a list of strings.
@@ -55,32 +56,71 @@ pub(super) struct CompletionRequest {
     pub threads: Option<u32>,
     #[serde(default)]
     pub stream: bool,
-    /// Fields myco does not implement: each is refused by name when set (a client that
-    /// asks for tools or JSON output must not get plain text it takes for them).
+    /// OpenAI's `tools`, kept as the client wrote them (the order of a schema's properties
+    /// is the order the model sees them and writes the arguments in).
     #[serde(default)]
-    pub tools: Option<serde_json::Value>,
+    pub tools: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     pub tool_choice: Option<serde_json::Value>,
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// The deprecated forms of `tools` and `tool_choice`: refused with a pointer to them.
     #[serde(default)]
     pub functions: Option<serde_json::Value>,
     #[serde(default)]
     pub function_call: Option<serde_json::Value>,
     #[serde(default)]
     pub response_format: Option<serde_json::Value>,
+    /// Chat: `true` for each token's log-probability; completions: the number of
+    /// alternatives (OpenAI's legacy form).
     #[serde(default)]
     pub logprobs: Option<serde_json::Value>,
     #[serde(default)]
     pub top_logprobs: Option<serde_json::Value>,
 }
 
-/// A chat message as OpenAI clients send it: `content` a string, a list of parts, or null.
+/// A chat message as OpenAI clients send it: `content` a string, a list of parts, or null;
+/// an assistant turn may carry the tool calls it made, a `tool` turn answers one.
 #[derive(Debug, Deserialize)]
 pub(super) struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
     #[serde(default)]
-    pub tool_calls: Option<serde_json::Value>,
+    pub tool_calls: Option<Vec<CallIn>>,
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A tool call of an earlier assistant turn.
+#[derive(Debug, Deserialize)]
+pub(super) struct CallIn {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub function: FunctionIn,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FunctionIn {
+    pub name: String,
+    /// A JSON object as text (OpenAI's form), or the object itself.
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
+}
+
+/// A turn as the chat template sees it (OpenAI's shape, keys in this order).
+#[derive(Debug, serde::Serialize)]
+struct TurnOut {
+    role: String,
+    content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,22 +140,26 @@ pub(super) struct Part {
     pub text: Option<String>,
 }
 
-/// The messages as the engine takes them (text parts joined by new lines), or the
-/// `(param, message)` of the first thing in them myco cannot do.
-pub(super) fn messages(
-    list: Vec<ChatMessage>,
-) -> Result<Vec<myco_jobs::llm::infer::Message>, (String, String)> {
-    let mut out = Vec::with_capacity(list.len());
+/// The messages as the engine takes them: plain `(role, content)` turns (text parts joined
+/// by new lines) as [`Prompt::Chat`], or, when any turn calls tools or answers a call, all
+/// of them as OpenAI's JSON ([`Prompt::Turns`], which the model's Jinja template renders).
+/// Err: the `(param, message)` of the first thing in them myco cannot do.
+pub(super) fn messages(list: Vec<ChatMessage>) -> Result<Prompt, (String, String)> {
+    let tooling = list
+        .iter()
+        .any(|m| m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) || m.role == "tool");
+    let mut plain = Vec::with_capacity(list.len());
+    let mut turns = Vec::with_capacity(list.len());
     for (i, m) in list.into_iter().enumerate() {
-        if m.tool_calls.is_some() || m.role == "tool" || m.role == "function" {
+        if m.role == "function" {
             return Err((
-                format!("messages[{i}]"),
-                "tool calls are not supported: these models answer in text".into(),
+                format!("messages[{i}].role"),
+                "`function` turns are OpenAI's deprecated form: send `tool` turns with `tool_call_id`".into(),
             ));
         }
         let content = match m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
+            None => None,
+            Some(Content::Text(t)) => Some(t),
             Some(Content::Parts(parts)) => {
                 let mut texts = Vec::with_capacity(parts.len());
                 for (j, part) in parts.into_iter().enumerate() {
@@ -137,71 +181,211 @@ pub(super) fn messages(
                         }
                     }
                 }
-                texts.join("\n")
+                Some(texts.join("\n"))
             }
         };
-        out.push(myco_jobs::llm::infer::Message {
+        if m.role == "tool" && m.tool_call_id.is_none() {
+            return Err((
+                format!("messages[{i}].tool_call_id"),
+                "a `tool` turn answers a call: give the call's id as `tool_call_id`".into(),
+            ));
+        }
+        let calls = match m.tool_calls {
+            Some(calls) if !calls.is_empty() => {
+                let mut out = Vec::with_capacity(calls.len());
+                for (j, c) in calls.into_iter().enumerate() {
+                    let arguments = match c.function.arguments {
+                        None => "{}".to_owned(),
+                        Some(serde_json::Value::String(s)) => s,
+                        Some(v @ serde_json::Value::Object(_)) => v.to_string(),
+                        Some(_) => {
+                            return Err((
+                                format!("messages[{i}].tool_calls[{j}].function.arguments"),
+                                "arguments are a JSON object, or its text".into(),
+                            ));
+                        }
+                    };
+                    out.push(serde_json::json!({
+                        "id": c.id.unwrap_or_else(|| format!("call_{i}_{j}")),
+                        "type": "function",
+                        "function": { "name": c.function.name, "arguments": arguments },
+                    }));
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        plain.push(myco_jobs::llm::infer::Message {
+            role: m.role.clone(),
+            content: content.clone().unwrap_or_default(),
+        });
+        turns.push(TurnOut {
             role: m.role,
             content,
+            name: m.name,
+            tool_calls: calls,
+            tool_call_id: m.tool_call_id,
         });
     }
-    Ok(out)
+    if !tooling {
+        // The shape every node reads (and an older node can run).
+        return Ok(Prompt::Chat(plain));
+    }
+    serde_json::to_string(&turns)
+        .map(Prompt::Turns)
+        .map_err(|e| ("messages".into(), e.to_string()))
 }
 
-/// The first field of `req` myco does not implement, if any is set (`response_format`
-/// `{"type": "text"}` and `logprobs: false` ask for nothing).
-pub(super) fn unsupported(req: &CompletionRequest) -> Option<(&'static str, &'static str)> {
+/// What a request asks for beyond its prompt: tools, log-probabilities, a JSON schema.
+/// Err: the `(param, message)` of what is wrong with them.
+pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (String, String)> {
     let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
-    if set(&req.tools) || set(&req.functions) {
-        return Some((
-            if set(&req.tools) {
-                "tools"
-            } else {
-                "functions"
-            },
-            "tool calls are not supported yet: these models answer in text",
+    if set(&req.functions) || set(&req.function_call) {
+        let param = if set(&req.functions) {
+            "functions"
+        } else {
+            "function_call"
+        };
+        return Err((
+            param.into(),
+            format!("`{param}` is OpenAI's deprecated form: send `tools` and `tool_choice`"),
         ));
     }
-    if set(&req.tool_choice) || set(&req.function_call) {
-        return Some((
-            if set(&req.tool_choice) {
-                "tool_choice"
-            } else {
-                "function_call"
+    let mut extras = Extras::default();
+    if let Some(raw) = &req.tools {
+        if !chat {
+            return Err((
+                "tools".into(),
+                "tools need /v1/chat/completions (chat messages)".into(),
+            ));
+        }
+        let json = raw.get().to_owned();
+        let list = myco_jobs::llm::tools::parse_tools(&json)?;
+        let choice = match req.tool_choice.as_ref() {
+            None | Some(serde_json::Value::Null) => ToolChoice::Auto,
+            Some(serde_json::Value::String(s)) => match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err((
+                        "tool_choice".into(),
+                        format!(
+                            "`{other}` is none of \"none\", \"auto\", \"required\", or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                        ),
+                    ));
+                }
             },
-            "tool calls are not supported yet: these models answer in text",
-        ));
+            Some(v) => {
+                let Some(name) = v
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(|n| n.as_str())
+                else {
+                    return Err((
+                        "tool_choice".into(),
+                        "name a function: {\"type\": \"function\", \"function\": {\"name\": ...}}"
+                            .into(),
+                    ));
+                };
+                if !list.iter().any(|t| t.name == name) {
+                    return Err((
+                        "tool_choice.function.name".into(),
+                        format!(
+                            "`{name}` is none of the tools ({})",
+                            list.iter()
+                                .map(|t| t.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+                ToolChoice::Function(name.to_owned())
+            }
+        };
+        extras.tools = Some(Tools {
+            json,
+            choice,
+            parallel: req.parallel_tool_calls.unwrap_or(true),
+        });
+    } else if set(&req.tool_choice)
+        && req.tool_choice.as_ref().and_then(|v| v.as_str()) != Some("none")
+    {
+        return Err(("tool_choice".into(), "tool_choice needs `tools`".into()));
     }
     if let Some(f) = req.response_format.as_ref().filter(|v| !v.is_null()) {
         match f.get("type").and_then(|t| t.as_str()) {
             Some("text" | "json_object") => {}
             Some("json_schema") => {
-                return Some((
-                    "response_format.json_schema",
-                    "JSON-schema output is not supported yet; use {\"type\": \"json_object\"} (JSON mode) and describe the fields in the prompt",
-                ));
+                let Some(schema) = f.get("json_schema").and_then(|j| j.get("schema")) else {
+                    return Err((
+                        "response_format.json_schema.schema".into(),
+                        "give the schema: {\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}".into(),
+                    ));
+                };
+                if !schema.is_object() {
+                    return Err((
+                        "response_format.json_schema.schema".into(),
+                        "the schema is a JSON object".into(),
+                    ));
+                }
+                if extras.tools.is_some() {
+                    return Err((
+                        "response_format".into(),
+                        "a JSON schema for the answer cannot go with tools".into(),
+                    ));
+                }
+                extras.schema = Some(schema.to_string());
             }
             _ => {
-                return Some(("response_format.type", "use \"text\" or \"json_object\""));
+                return Err((
+                    "response_format.type".into(),
+                    "use \"text\", \"json_object\" or \"json_schema\"".into(),
+                ));
             }
         }
     }
-    if req
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0))
-        || set(&req.top_logprobs)
-    {
-        return Some((
-            if set(&req.top_logprobs) {
-                "top_logprobs"
-            } else {
-                "logprobs"
-            },
-            "log probabilities are not supported yet",
+    let top = match req.top_logprobs.as_ref().filter(|v| !v.is_null()) {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= u64::from(MAX_TOP_LOGPROBS) => Some(n as u8),
+            _ => {
+                return Err((
+                    "top_logprobs".into(),
+                    format!("use 0 to {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+        },
+    };
+    let asked = match req.logprobs.as_ref() {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::Bool(true)) if chat => Some(top.unwrap_or(0)),
+        // The completions API's legacy form: logprobs is the number of alternatives.
+        Some(v) if !chat && v.as_u64().is_some() => match v.as_u64() {
+            Some(n) if n <= u64::from(MAX_TOP_LOGPROBS) => Some(n as u8),
+            _ => {
+                return Err(("logprobs".into(), format!("use 0 to {MAX_TOP_LOGPROBS}")));
+            }
+        },
+        Some(_) => {
+            return Err((
+                "logprobs".into(),
+                if chat {
+                    "logprobs is true or false (top_logprobs says how many alternatives)".into()
+                } else {
+                    format!("logprobs is the number of alternatives, 0 to {MAX_TOP_LOGPROBS}")
+                },
+            ));
+        }
+    };
+    if top.is_some() && asked.is_none() {
+        return Err((
+            "top_logprobs".into(),
+            "top_logprobs needs logprobs: true".into(),
         ));
     }
-    None
+    extras.logprobs = asked;
+    Ok(extras)
 }
 
 /// Whether `response_format` asks for JSON mode (`{"type": "json_object"}`).

@@ -57,6 +57,7 @@ pub(super) fn finish_name(f: myco_jobs::llm::infer::Finish) -> &'static str {
     match f {
         myco_jobs::llm::infer::Finish::Stop => "stop",
         myco_jobs::llm::infer::Finish::Length => "length",
+        myco_jobs::llm::infer::Finish::ToolCalls => "tool_calls",
     }
 }
 
@@ -165,26 +166,46 @@ pub(super) fn failed(rec: &myco_runtime::queue::JobRecord) -> Response {
     error(status, kind, None, code, message)
 }
 
+/// What a request's answer carries besides text.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    /// It may call tools.
+    pub tools: bool,
+    /// It asked for log-probabilities.
+    pub logprobs: bool,
+}
+
 /// The non-streaming answer for a finished job.
 pub(super) async fn finished(
     node: &NodeHandle,
     flavor: Flavor,
     model: &str,
     rec: myco_runtime::queue::JobRecord,
+    shape: Shape,
 ) -> Response {
     let g = match generation(node, &rec).await {
         Ok(g) => g,
         Err((status, kind, code, message)) => return error(status, kind, None, code, message),
     };
     let finish = finish_name(g.finish_reason);
+    let logprobs = if shape.logprobs {
+        logprobs_of(flavor, &g)
+    } else {
+        serde_json::Value::Null
+    };
     let choice = match flavor {
-        Flavor::Chat => json!({
-            "index": 0,
-            "message": { "role": "assistant", "content": g.text },
-            "finish_reason": finish,
-        }),
+        Flavor::Chat => {
+            let mut message = json!({ "role": "assistant", "content": g.text });
+            if !g.tool_calls.is_empty() {
+                if g.text.is_empty() {
+                    message["content"] = serde_json::Value::Null;
+                }
+                message["tool_calls"] = tool_calls_json(&g);
+            }
+            json!({ "index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish })
+        }
         Flavor::Text => json!({
-            "index": 0, "text": g.text, "logprobs": null, "finish_reason": finish,
+            "index": 0, "text": g.text, "logprobs": logprobs, "finish_reason": finish,
         }),
     };
     Json(json!({
@@ -201,4 +222,76 @@ pub(super) async fn finished(
         },
     }))
     .into_response()
+}
+
+/// OpenAI's `tool_calls` of a generation.
+pub(super) fn tool_calls_json(g: &myco_jobs::llm::infer::Generation) -> serde_json::Value {
+    g.tool_calls
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id, "type": "function",
+                "function": { "name": c.name, "arguments": c.arguments },
+            })
+        })
+        .collect()
+}
+
+/// A stream's tool-call deltas, as OpenAI sends them: for each call its index, id and name
+/// (with empty arguments), then its arguments in pieces.
+pub(super) fn tool_call_deltas(g: &myco_jobs::llm::infer::Generation) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for (index, c) in g.tool_calls.iter().enumerate() {
+        out.push(
+            json!({ "role": "assistant", "content": null, "tool_calls": [{
+                "index": index, "id": c.id, "type": "function",
+                "function": { "name": c.name, "arguments": "" },
+            }]}),
+        );
+        let chars: Vec<char> = c.arguments.chars().collect();
+        for piece in chars.chunks(24) {
+            out.push(json!({ "tool_calls": [{
+                "index": index,
+                "function": { "arguments": piece.iter().collect::<String>() },
+            }]}));
+        }
+    }
+    out
+}
+
+/// The `logprobs` of a choice: chat's `{"content": [{token, logprob, bytes,
+/// top_logprobs}]}`, or the completions API's `{tokens, token_logprobs, top_logprobs,
+/// text_offset}`.
+pub(super) fn logprobs_of(
+    flavor: Flavor,
+    g: &myco_jobs::llm::infer::Generation,
+) -> serde_json::Value {
+    let list = g.logprobs.as_deref().unwrap_or_default();
+    match flavor {
+        Flavor::Chat => json!({
+            "content": list.iter().map(|t| json!({
+                "token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                "top_logprobs": t.top.iter().map(|a| json!({
+                    "token": a.token, "logprob": a.logprob, "bytes": a.bytes,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "refusal": null,
+        }),
+        Flavor::Text => {
+            let mut offset = 0usize;
+            let mut offsets = Vec::with_capacity(list.len());
+            for t in list {
+                offsets.push(offset);
+                offset += t.token.len();
+            }
+            json!({
+                "tokens": list.iter().map(|t| t.token.clone()).collect::<Vec<_>>(),
+                "token_logprobs": list.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                "top_logprobs": list.iter().map(|t| {
+                    t.top.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect::<serde_json::Map<_, _>>()
+                }).collect::<Vec<_>>(),
+                "text_offset": offsets,
+            })
+        }
+    }
 }

@@ -46,7 +46,7 @@ use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use super::engine::{LlmModel, SamplerParams, UBATCH, backend, sampler_for};
-use super::types::{Finish, InferError};
+use super::types::{Finish, InferError, TokenLogprob};
 
 /// Prompt tokens (of all joining requests together) decoded per step: a long prompt is
 /// prefilled in pieces, so the sequences already generating keep their pace.
@@ -74,6 +74,10 @@ pub struct Request {
     pub sampling: SamplerParams,
     /// A GBNF grammar the output must follow.
     pub grammar: Option<String>,
+    /// Texts that wake the grammar (empty: it holds from the first token).
+    pub triggers: Vec<String>,
+    /// Report each token's log-probability with this many alternatives.
+    pub logprobs: Option<u8>,
     /// Set by the caller to end the request now (cancelled, or a stop string appeared).
     pub halt: Arc<AtomicBool>,
     pub events: mpsc::Sender<Event>,
@@ -89,8 +93,9 @@ pub enum Event {
         cached: u32,
         prompt_ms: f64,
     },
-    /// A sampled token (not an end-of-generation token).
-    Token(i32),
+    /// A sampled token (not an end-of-generation token), with its log-probability when the
+    /// request asked for them.
+    Token(i32, Option<TokenLogprob>),
     /// Generation ended by itself: an end-of-generation token, `max_tokens`, or the context
     /// was full.
     End(Finish),
@@ -129,8 +134,8 @@ impl Batcher {
 
     /// Hand `request` over; Err(request) when the thread has ended (idle, or its context
     /// could not be made), so that the caller starts another.
-    pub fn submit(&self, request: Request) -> Result<(), Request> {
-        self.tx.send(request).map_err(|e| e.0)
+    pub fn submit(&self, request: Request) -> Result<(), Box<Request>> {
+        self.tx.send(request).map_err(|e| Box::new(e.0))
     }
 }
 
@@ -326,7 +331,7 @@ fn common_prefix(cached: &[LlamaToken], tokens: &[i32]) -> usize {
 /// Put `req` in sequence `seq`: keep the cached prefix it shares (at most all but its last
 /// token, whose logits it needs), drop the rest of that sequence's cache.
 fn start(ctx: &mut LlamaContext<'_>, slot: &mut Slot, seq: usize, req: Request, model: &LlmModel) {
-    let sampler = match sampler_for(model, &req.sampling, req.grammar.as_deref()) {
+    let sampler = match sampler_for(model, &req.sampling, req.grammar.as_deref(), &req.triggers) {
         Ok(s) => s,
         Err(e) => {
             let _ = req.events.send(Event::Failed(e));
@@ -443,7 +448,11 @@ fn step(ctx: &LlamaContext<'_>, model: &LlmModel, s: &mut Slot) {
         return finish(s, Some(Finish::Stop));
     }
     a.generated += 1;
-    if a.req.events.send(Event::Token(token.0)).is_err() {
+    let logprob = a
+        .req
+        .logprobs
+        .map(|top| model.logprob(ctx.get_logits_ith(idx), token.0, top));
+    if a.req.events.send(Event::Token(token.0, logprob)).is_err() {
         return finish(s, None);
     }
     if a.generated >= a.req.max_tokens {

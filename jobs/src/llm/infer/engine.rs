@@ -19,8 +19,8 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::types::{Finish, Generation, InferError, InferParams, Message, Prompt};
-use crate::llm::template;
+use super::types::{Finish, Generation, InferError, InferParams, Prompt, TokenLogprob, TopLogprob};
+use crate::llm::{template, tools};
 
 /// The process's llama.cpp backend: one per process, made on first use, logs off unless
 /// `MYCO_LLAMA_LOG` is set. Static on purpose: `llama_backend_init` is process-wide, so this
@@ -224,14 +224,36 @@ impl LlmModel {
     /// text our engine cannot parse goes to llama.cpp, which knows common templates by their
     /// marks; a template that refuses the conversation (`raise_exception`) is an error.
     pub fn render(&self, prompt: &Prompt, asked: Option<&str>) -> Result<String, InferError> {
-        let messages = match prompt {
-            Prompt::Text(t) => return Ok(t.clone()),
-            Prompt::Chat(m) => m,
-        };
+        Ok(self.render_for(prompt, asked)?.0)
+    }
+
+    /// [`LlmModel::render`], and the plan for the request's tool calls (their format is the
+    /// template's; a template that knows no tools gets them described in a system turn).
+    pub fn render_for(
+        &self,
+        prompt: &Prompt,
+        asked: Option<&str>,
+    ) -> Result<(String, Option<tools::Plan>), InferError> {
         let path = self.path.display().to_string();
         let template_err = |why: String| InferError::Template {
             path: path.clone(),
             why,
+        };
+        let tools_asked = prompt
+            .tools()
+            .filter(|t| t.choice != crate::llm::infer::ToolChoice::None);
+        let messages = match prompt.base() {
+            Prompt::Text(t) => {
+                if tools_asked.is_some() {
+                    return Err(InferError::Tools(
+                        "tools need chat messages, not a plain prompt".into(),
+                    ));
+                }
+                return Ok((t.clone(), None));
+            }
+            Prompt::Chat(m) => serde_json::to_string(m).map_err(|e| template_err(e.to_string()))?,
+            Prompt::Turns(json) => json.clone(),
+            Prompt::With(..) => unreachable!("Prompt::base is never With"),
         };
         let named = match asked {
             Some(t) => Some(t.to_owned()),
@@ -245,14 +267,42 @@ impl LlmModel {
                 .ok()
                 .and_then(|t| t.to_string().ok()),
         };
-        if let Some(source) = own.as_deref().filter(|t| template::is_jinja(t)) {
-            match template::ChatTemplate::new(source) {
-                Ok(t) => return self.render_jinja(&t, messages).map_err(template_err),
-                Err(why) => tracing::warn!(
-                    model = %path,
-                    "the chat template does not parse as Jinja ({why}); llama.cpp renders it"
-                ),
+        let jinja = own
+            .as_deref()
+            .filter(|t| template::is_jinja(t))
+            .and_then(|source| match template::ChatTemplate::new(source) {
+                Ok(t) => Some((t, source)),
+                Err(why) => {
+                    tracing::warn!(
+                        model = %path,
+                        "the chat template does not parse as Jinja ({why}); llama.cpp renders it"
+                    );
+                    None
+                }
+            });
+        let format = tools::Format::of_template(jinja.as_ref().map(|(_, s)| *s));
+        let plan = match tools_asked {
+            Some(t) => tools::Plan::new(format, t)
+                .map_err(|(at, why)| InferError::Tools(format!("{at}: {why}")))?,
+            None => None,
+        };
+        // A template that knows no tools: they are described in a system turn, and earlier
+        // calls and results are shown as the JSON the model is asked to write.
+        let generic = plan
+            .as_ref()
+            .is_some_and(|p| p.format == tools::Format::Generic);
+        let messages = match (generic, tools_asked) {
+            (true, Some(t)) => {
+                tools::generic_messages(&messages, &t.json, &t.choice).map_err(InferError::Tools)?
             }
+            _ => messages,
+        };
+        if let Some((t, _)) = &jinja {
+            let shown = tools_asked.filter(|_| !generic).map(|t| t.json.as_str());
+            let text = self
+                .render_jinja(t, &messages, shown)
+                .map_err(template_err)?;
+            return Ok((text, plan));
         }
         let template = match own {
             Some(t) => LlamaChatTemplate::new(&t).map_err(|e| template_err(e.to_string()))?,
@@ -266,9 +316,10 @@ impl LlmModel {
                 LlamaChatTemplate::new(name).map_err(|e| template_err(e.to_string()))?
             }
         };
-        let chat = messages
-            .iter()
-            .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
+        let chat = tools::plain_messages(&messages)
+            .map_err(|why| template_err(format!("{why}; tool turns need a Jinja chat template (the model's own, or chat_template)")))?
+            .into_iter()
+            .map(|(role, content)| LlamaChatMessage::new(role, content))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| template_err(e.to_string()))?;
         let name = template
@@ -277,18 +328,21 @@ impl LlmModel {
             .chars()
             .take(40)
             .collect::<String>();
-        self.model
+        let text = self
+            .model
             .apply_chat_template(&template, &chat, true)
-            .map_err(|e| template_err(format!("`{name}`: {e}")))
+            .map_err(|e| template_err(format!("`{name}`: {e}")))?;
+        Ok((text, plan))
     }
 
-    /// `messages` through a Jinja chat template, with this vocabulary's BOS and EOS texts. A
-    /// BOS the template writes first is left out when tokenizing adds one (as llama.cpp's
-    /// server does), so the prompt has one BOS, not two.
+    /// `messages` (JSON) through a Jinja chat template, with `tools` (JSON) and this
+    /// vocabulary's BOS and EOS texts. A BOS the template writes first is left out when
+    /// tokenizing adds one (as llama.cpp's server does), so the prompt has one BOS, not two.
     fn render_jinja(
         &self,
         template: &template::ChatTemplate,
-        messages: &[Message],
+        messages: &str,
+        tools: Option<&str>,
     ) -> Result<String, String> {
         let vocab = self.model.vocab();
         let text = |t: LlamaToken| {
@@ -299,10 +353,9 @@ impl LlmModel {
                 .to_owned()
         };
         let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
-        let json = serde_json::to_string(messages).map_err(|e| e.to_string())?;
         let out = template.render(&template::ChatInput {
-            messages: &json,
-            tools: None,
+            messages,
+            tools,
             add_generation_prompt: true,
             bos_token: &bos,
             eos_token: &eos,
@@ -331,7 +384,13 @@ impl LlmModel {
         prompt: &Prompt,
         params: &InferParams,
     ) -> Result<Vec<i32>, InferError> {
-        let text = self.render(prompt, params.chat_template.as_deref())?;
+        Ok(self.prepare(prompt, params)?.tokens)
+    }
+
+    /// A request made ready to decode: its prompt tokens (checked against its context) and
+    /// what holds and reads its output (its grammar, or its tools' grammar and parser).
+    pub fn prepare(&self, prompt: &Prompt, params: &InferParams) -> Result<Prepared, InferError> {
+        let (text, plan) = self.render_for(prompt, params.chat_template.as_deref())?;
         let tokens = self.tokenize(&text);
         if tokens.is_empty() {
             return Err(InferError::Engine("the prompt has no tokens".into()));
@@ -343,7 +402,99 @@ impl LlmModel {
                 n_ctx,
             });
         }
-        Ok(tokens)
+        let schema = match prompt.schema() {
+            Some(_) if plan.is_some() || params.grammar.is_some() => {
+                return Err(InferError::Tools(
+                    "a JSON schema for the answer cannot go with tool calls, a grammar or JSON mode".into(),
+                ));
+            }
+            Some(s) => {
+                let schema: serde_json::Value = serde_json::from_str(s)
+                    .map_err(|e| InferError::Schema(format!("it is not JSON: {e}")))?;
+                Some(grammar_of_schema(&schema).map_err(InferError::Schema)?)
+            }
+            None => None,
+        };
+        let (grammar, triggers) = match &plan {
+            None => (schema.or_else(|| params.grammar.clone()), Vec::new()),
+            Some(_) if params.grammar.is_some() => {
+                return Err(InferError::Tools(
+                    "a request with tools cannot also have a grammar or JSON mode".into(),
+                ));
+            }
+            Some(p) => {
+                let call = grammar_of_schema(&p.schema).map_err(InferError::Tools)?;
+                let triggers = if p.lazy {
+                    vec![p.format.trigger().to_owned()]
+                } else {
+                    Vec::new()
+                };
+                (Some(p.wrap(&call)), triggers)
+            }
+        };
+        Ok(Prepared {
+            tokens,
+            grammar,
+            triggers,
+            tools: plan,
+            logprobs: prompt.logprobs(),
+        })
+    }
+
+    /// The text of generated `tokens` with special tokens written out (a tool-call format's
+    /// marks may be control tokens, which the answer's text leaves out).
+    pub fn special_text(&self, tokens: &[i32]) -> String {
+        let vocab = self.model.vocab();
+        let mut bytes = Vec::new();
+        let mut piece = Vec::new();
+        for &t in tokens {
+            piece.clear();
+            vocab.token_to_piece_into(LlamaToken(t), &mut piece, true, None);
+            bytes.extend_from_slice(&piece);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The log-probability of `token` among `logits` (the model's own distribution, before
+    /// any sampling setting), with the `top` likeliest tokens.
+    pub fn logprob(&self, logits: &[f32], token: i32, top: u8) -> TokenLogprob {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let log_z = max + sum.ln() as f32;
+        let entry = |t: i32| {
+            let mut bytes = Vec::new();
+            self.piece(t, &mut bytes);
+            let lp = logits
+                .get(t as usize)
+                .map_or(f32::NEG_INFINITY, |&l| l - log_z);
+            (String::from_utf8_lossy(&bytes).into_owned(), bytes, lp)
+        };
+        let mut best: Vec<usize> = (0..logits.len()).collect();
+        let k = usize::from(top).min(best.len());
+        if k > 0 {
+            best.select_nth_unstable_by(k - 1, |&a, &b| logits[b].total_cmp(&logits[a]));
+            best.truncate(k);
+            best.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        } else {
+            best.clear();
+        }
+        let (token_text, bytes, logprob) = entry(token);
+        TokenLogprob {
+            token: token_text,
+            bytes,
+            logprob,
+            top: best
+                .into_iter()
+                .map(|t| {
+                    let (token, bytes, logprob) = entry(t as i32);
+                    TopLogprob {
+                        token,
+                        bytes,
+                        logprob,
+                    }
+                })
+                .collect(),
+        }
     }
 
     /// Run one request. `on_token` gets each token id with the text it releases, and at the
@@ -357,11 +508,8 @@ impl LlmModel {
         cancelled: &dyn Fn() -> bool,
         on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
-        let tokens: Vec<LlamaToken> = self
-            .prompt_tokens(prompt, params)?
-            .into_iter()
-            .map(LlamaToken)
-            .collect();
+        let prepared = self.prepare(prompt, params)?;
+        let tokens: Vec<LlamaToken> = prepared.tokens.iter().copied().map(LlamaToken).collect();
         let vocab = self.model.vocab();
         let n_ctx = params.n_ctx.max(8);
         let backend = backend()?;
@@ -386,7 +534,8 @@ impl LlmModel {
         ctx.decode(&mut batch).map_err(|e| engine(&e))?;
         let prompt_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-        let mut sampler = sampler(self, params)?;
+        let mut sampler = sampler(self, params, &prepared)?;
+        let mut logprobs = prepared.logprobs.map(|_| Vec::new());
         let started = Instant::now();
         let mut pos = tokens.len() as i32;
         let mut out_tokens = Vec::new();
@@ -405,6 +554,9 @@ impl LlmModel {
             if vocab.is_eog(token) {
                 finish = Finish::Stop;
                 break;
+            }
+            if let (Some(list), Some(top)) = (logprobs.as_mut(), prepared.logprobs) {
+                list.push(self.logprob(ctx.get_logits_ith(batch.n_tokens() - 1), token.0, top));
             }
             out_tokens.push(token.0);
             piece.clear();
@@ -425,7 +577,10 @@ impl LlmModel {
             on_token(None, &rest);
         }
         let generation_ms = started.elapsed().as_secs_f64() * 1000.0;
-        Ok(Generation {
+        if let Some(list) = logprobs.as_mut() {
+            list.truncate(out_tokens.len());
+        }
+        let mut g = Generation {
             text: text.text(),
             completion_tokens: out_tokens.len() as u32,
             tokens: out_tokens,
@@ -436,7 +591,80 @@ impl LlmModel {
             generation_ms,
             stages: Vec::new(),
             replaced: Vec::new(),
-        })
+            tool_calls: Vec::new(),
+            logprobs,
+        };
+        prepared.conclude(self, &mut g);
+        Ok(g)
+    }
+}
+
+/// A request ready to decode ([`LlmModel::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub tokens: Vec<i32>,
+    /// The grammar the output follows: the request's own, JSON mode's, or its tools'.
+    pub grammar: Option<String>,
+    /// Texts that wake the grammar (empty: it holds from the first token).
+    pub triggers: Vec<String>,
+    /// How tool calls are read from the output.
+    pub tools: Option<tools::Plan>,
+    /// Alternatives to report with each token's log-probability (None: no log-probabilities).
+    pub logprobs: Option<u8>,
+}
+
+impl Prepared {
+    /// Read the tool calls out of a finished generation (its text then holds what the model
+    /// said besides them): `finish_reason` becomes `tool_calls` when there are any.
+    pub fn conclude(&self, model: &LlmModel, g: &mut Generation) {
+        let Some(plan) = &self.tools else { return };
+        let text = model.special_text(&g.tokens);
+        // Call ids differ between requests: the tokens and the time seed them.
+        let seed = {
+            let mut h = blake3::Hasher::new();
+            h.update(text.as_bytes());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            h.update(&now.to_le_bytes());
+            let b = h.finalize();
+            u64::from_le_bytes(b.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+        };
+        let (content, calls) = plan.parse(&text, seed);
+        if !calls.is_empty() {
+            g.text = content;
+            g.tool_calls = calls;
+            g.finish_reason = Finish::ToolCalls;
+        }
+    }
+}
+
+/// The GBNF grammar of a JSON schema (llama.cpp's converter); Err says what it cannot take.
+/// Between JSON tokens it allows one space at most (llama.cpp's allows up to two new lines
+/// and 20 spaces or tabs, which a weak model fills before it writes anything), so the JSON
+/// is compact.
+pub fn grammar_of_schema(schema: &serde_json::Value) -> Result<String, String> {
+    let text = schema.to_string();
+    let (made, log) = crate::llm::ffi::capture_log(|| {
+        std::panic::catch_unwind(|| llama_cpp_2::json_schema_to_grammar(&text))
+    });
+    match made {
+        Ok(Ok(g)) => Ok(g
+            .lines()
+            .map(|l| {
+                if l.starts_with("space ::=") {
+                    "space ::= \" \"?"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Ok(Err(e)) => Err(log
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map_or_else(|| e.to_string(), str::to_owned)),
+        Err(_) => Err("the JSON schema cannot be converted into a grammar".into()),
     }
 }
 
@@ -535,23 +763,40 @@ fn stop_at(bytes: &[u8], stop: &[String]) -> Option<usize> {
 
 /// The sampler chain for `p`: greedy at temperature 0, else penalties → top-k → top-p →
 /// min-p → temperature → a seeded draw; behind its grammar, if it has one.
-fn sampler(model: &LlmModel, p: &InferParams) -> Result<LlamaSampler, InferError> {
-    sampler_for(model, &p.sampling(), p.grammar.as_deref())
+fn sampler(
+    model: &LlmModel,
+    p: &InferParams,
+    prepared: &Prepared,
+) -> Result<LlamaSampler, InferError> {
+    sampler_for(
+        model,
+        &p.sampling(),
+        prepared.grammar.as_deref(),
+        &prepared.triggers,
+    )
 }
 
 /// [`sampler_chain`] for `model`, with `grammar` (GBNF, start rule `root`) first: it masks
 /// every token that would leave the grammar, and ends generation only where it is complete.
+/// With `triggers`, the grammar is lazy: it holds from the first trigger text the model
+/// writes (the trigger included), and the model writes freely until then.
 pub fn sampler_for(
     model: &LlmModel,
     p: &SamplerParams,
     grammar: Option<&str>,
+    triggers: &[String],
 ) -> Result<LlamaSampler, InferError> {
     let chain = sampler_chain(p, model.model.n_vocab());
     let Some(g) = grammar else {
         return Ok(chain);
     };
-    let (made, log) =
-        crate::llm::ffi::capture_log(|| LlamaSampler::grammar(&model.model, g, "root"));
+    let (made, log) = crate::llm::ffi::capture_log(|| {
+        if triggers.is_empty() {
+            LlamaSampler::grammar(&model.model, g, "root")
+        } else {
+            LlamaSampler::grammar_lazy(&model.model, g, "root", triggers, &[])
+        }
+    });
     let grammar = made.map_err(|e| {
         let why = log
             .lines()

@@ -18,8 +18,8 @@ mod types;
 pub use models::{GpuPolicy, Models, Served, Serving};
 pub use options::InferOptions;
 pub use types::{
-    Finish, Generation, InferError, InferParams, InferTask, JSON_GRAMMAR, Message, Prompt,
-    StageReport,
+    Extras, Finish, Generation, InferError, InferParams, InferTask, JSON_GRAMMAR, MAX_TOP_LOGPROBS,
+    Message, Prompt, StageReport, TokenLogprob, ToolCall, ToolChoice, Tools, TopLogprob,
 };
 
 /// A node's cache of loaded LLMs; without the `infer` feature there is nothing to cache.

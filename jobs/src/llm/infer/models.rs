@@ -335,7 +335,8 @@ impl Served {
         on_token: &mut dyn FnMut(Option<i32>, &str),
     ) -> Result<Generation, InferError> {
         let model = &self.entry.model;
-        let tokens = model.prompt_tokens(prompt, params)?;
+        let prepared = model.prepare(prompt, params)?;
+        let tokens = prepared.tokens.clone();
         let n_ctx = params.n_ctx.max(8);
         let threads = threads(if params.threads == 0 {
             self.serving.threads
@@ -351,7 +352,9 @@ impl Served {
                 n_ctx,
                 max_tokens: params.max_tokens,
                 sampling: params.sampling(),
-                grammar: params.grammar.clone(),
+                grammar: prepared.grammar.clone(),
+                triggers: prepared.triggers.clone(),
+                logprobs: prepared.logprobs,
                 halt: halt.clone(),
                 events: tx,
             },
@@ -370,6 +373,7 @@ impl Served {
         let mut piece = Vec::with_capacity(16);
         let (mut cached, mut prompt_ms) = (0, 0.0);
         let mut generating = Instant::now();
+        let mut logprobs = prepared.logprobs.map(|_| Vec::new());
         let finish = loop {
             if cancelled() {
                 return Err(InferError::Cancelled);
@@ -389,8 +393,11 @@ impl Served {
                     (cached, prompt_ms) = (c, ms);
                     generating = Instant::now();
                 }
-                Event::Token(t) => {
+                Event::Token(t, logprob) => {
                     out_tokens.push(t);
+                    if let (Some(list), Some(lp)) = (logprobs.as_mut(), logprob) {
+                        list.push(lp);
+                    }
                     model.piece(t, &mut piece);
                     let (new, stopped) = detok.push(&piece);
                     on_token(Some(t), &new);
@@ -406,7 +413,7 @@ impl Served {
         if !rest.is_empty() {
             on_token(None, &rest);
         }
-        Ok(Generation {
+        let mut g = Generation {
             text: detok.text(),
             completion_tokens: out_tokens.len() as u32,
             tokens: out_tokens,
@@ -417,7 +424,11 @@ impl Served {
             generation_ms: generating.elapsed().as_secs_f64() * 1000.0,
             stages: Vec::new(),
             replaced: Vec::new(),
-        })
+            tool_calls: Vec::new(),
+            logprobs,
+        };
+        prepared.conclude(model, &mut g);
+        Ok(g)
     }
 
     /// Hand `request` to the batcher for its context size and threads, starting one when
@@ -432,7 +443,7 @@ impl Served {
         let request = match batchers.get(&key) {
             Some(b) => match b.submit(request) {
                 Ok(()) => return Ok(()),
-                Err(r) => r,
+                Err(r) => *r,
             },
             None => request,
         };

@@ -103,10 +103,133 @@ pub struct Message {
 }
 
 /// What to continue: raw text, or chat messages.
+///
+/// Stored in the queue and lent to peers (bincode, by position): new variants go at the end,
+/// so that every record written before them still decodes, and a request that needs none of
+/// them keeps its old shape (an older node can still run it). What [`InferParams`] (a stored
+/// layout) cannot carry rides in [`Prompt::With`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<Message>),
+    /// Chat turns as OpenAI's API has them, as JSON (an array of `{"role", "content",
+    /// "tool_calls", "tool_call_id", "name"}`): assistant turns that called tools and the
+    /// tools' results, which only a Jinja template can render ([`crate::llm::template`]).
+    Turns(String),
+    /// A prompt with what [`InferParams`] cannot carry: tools the model may call,
+    /// log-probabilities to report, a JSON schema for the answer.
+    With(Box<Prompt>, Extras),
+}
+
+impl Prompt {
+    /// The prompt itself (inside [`Prompt::With`]).
+    pub fn base(&self) -> &Prompt {
+        match self {
+            Prompt::With(p, _) => p.base(),
+            p => p,
+        }
+    }
+
+    /// Its tools and log-probabilities, if it asks for any.
+    pub fn extras(&self) -> Option<&Extras> {
+        match self {
+            Prompt::With(_, e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The tools the model may call, if any.
+    pub fn tools(&self) -> Option<&Tools> {
+        self.extras().and_then(|e| e.tools.as_ref())
+    }
+
+    /// How many alternatives to report with each token's log-probability (None: none).
+    pub fn logprobs(&self) -> Option<u8> {
+        self.extras().and_then(|e| e.logprobs)
+    }
+
+    /// The JSON schema the answer must follow, if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.extras().and_then(|e| e.schema.as_deref())
+    }
+
+    /// `self` with `extras`, when they ask for anything.
+    pub fn with(self, extras: Extras) -> Prompt {
+        if extras == Extras::default() {
+            return self;
+        }
+        match self {
+            Prompt::With(p, _) => Prompt::With(p, extras),
+            p => Prompt::With(Box::new(p), extras),
+        }
+    }
+}
+
+/// What a request asks for beyond its prompt and sampling settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extras {
+    pub tools: Option<Tools>,
+    /// Report each generated token's log-probability, with this many of the likeliest
+    /// tokens at its place (0 to 20: OpenAI's `top_logprobs`).
+    pub logprobs: Option<u8>,
+    /// A JSON schema the answer must follow (OpenAI's `response_format: {"type":
+    /// "json_schema"}`), as JSON; the node that runs the request makes its grammar.
+    pub schema: Option<String>,
+}
+
+/// The most alternatives a token's log-probability comes with (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+
+/// Tools the model may call: OpenAI's `tools`, `tool_choice` and `parallel_tool_calls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tools {
+    /// OpenAI's `tools`, as JSON: an array of `{"type": "function", "function": {"name",
+    /// "description", "parameters"}}` (checked when the request was accepted).
+    pub json: String,
+    pub choice: ToolChoice,
+    /// Whether the model may call several tools in one answer.
+    pub parallel: bool,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToolChoice {
+    /// Text only: the tools are shown to the model, no call is parsed.
+    None,
+    /// Text or calls, as the model chooses (a call is held to the tools' schemas once it
+    /// begins).
+    Auto,
+    /// At least one call, from the first token.
+    Required,
+    /// A call of this function, from the first token.
+    Function(String),
+}
+
+/// A tool call the model made, as OpenAI's `tool_calls` has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// `call_` and a unique suffix (or the id the model gave, where its format has one).
+    pub id: String,
+    pub name: String,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
+}
+
+/// A generated token's log-probability, and the likeliest tokens at its place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the likeliest tokens at a place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 /// Why generation stopped.
@@ -117,6 +240,9 @@ pub enum Finish {
     Stop,
     /// `max_tokens` were generated, or the context is full.
     Length,
+    /// The model called tools ([`Generation::tool_calls`]).
+    #[serde(rename = "tool_calls")]
+    ToolCalls,
 }
 
 /// The result of one request.
@@ -140,6 +266,12 @@ pub struct Generation {
     /// A pipeline job: each time a stage was lost and its layers placed again, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<String>,
+    /// The tools the model called (then `text` is what it said besides, often nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// Each generated token's log-probability, when the request asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// One stage of a pipeline run, as its node reported it after loading.
@@ -189,6 +321,13 @@ pub enum InferError {
     Template { path: String, why: String },
     #[error("the grammar cannot be used: {0}; give a GBNF grammar whose start rule is `root`")]
     Grammar(String),
+    /// The request's tools cannot be used (an unknown function, a schema the grammar
+    /// builder cannot take).
+    #[error("tools: {0}")]
+    Tools(String),
+    /// The answer's JSON schema cannot be made into a grammar.
+    #[error("response_format.json_schema.schema: {0}")]
+    Schema(String),
     /// The context does not fit the model or this node (checked before loading).
     #[error("{0}")]
     Context(String),

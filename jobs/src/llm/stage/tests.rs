@@ -506,3 +506,89 @@ fn stage_timing() {
         }
     }
 }
+
+/// Pins the calling thread to `core` (through `taskset`, on the thread's own id).
+fn pin_thread(core: usize) {
+    let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = me.file_name().expect("tid").to_string_lossy().into_owned();
+    let ok = std::process::Command::new("taskset")
+        .args(["-pc", &core.to_string(), &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset")
+        .success();
+    assert!(ok, "taskset -pc {core} {tid}");
+}
+
+/// How much a second core adds on this machine to the bench model's own work, whatever the
+/// swarm does: the whole bench model decodes 8 rows a step (and 1 row) on core 0 alone, then on
+/// cores 0 and 1 at once (a model each, nothing shared). `2 x alone / together` is the most
+/// two pinned node processes can give over one here (2.0 on two independent cores).
+#[test]
+#[ignore = "an experiment that prints what two cores give here; run by hand on an idle machine"]
+fn parallel_ceiling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bench.gguf");
+    TinyLlama {
+        n_embd: 1024,
+        n_head: 16,
+        n_head_kv: 4,
+        n_ff: 2816,
+        n_layer: 8,
+        n_ctx: 2048,
+        seed: 7,
+        wtype: WType::Q4_0,
+        ..TinyLlama::default()
+    }
+    .write(&path, false)
+    .expect("write");
+    let work = |core: usize, batch: usize, start: std::sync::Arc<std::sync::Barrier>| {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            pin_thread(core);
+            let config = StageConfig {
+                threads: 1,
+                slots: 8,
+                ..StageConfig::new(512)
+            };
+            let mut s = Stage::load_with(&path, 0, 8, config).expect("load");
+            for q in 0..batch as u64 {
+                s.forward_with(q, 0, StageInput::Tokens(vec![5; 30]), false)
+                    .expect("prompt");
+            }
+            start.wait();
+            let t0 = std::time::Instant::now();
+            for round in 0..48usize {
+                let steps = (0..batch)
+                    .map(|i| Step {
+                        seq: i as u64,
+                        pos: 30 + round,
+                        input: StageInput::Tokens(vec![7]),
+                        logits: true,
+                    })
+                    .collect();
+                for r in s.forward_batch(steps) {
+                    r.expect("step");
+                }
+            }
+            t0.elapsed().as_secs_f64()
+        })
+    };
+    for batch in [8usize, 1] {
+        let mut ratios = Vec::new();
+        for _ in 0..3 {
+            let b = std::sync::Arc::new(std::sync::Barrier::new(1));
+            let alone = work(0, batch, b).join().expect("alone");
+            let b = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let (x, y) = (work(0, batch, b.clone()), work(1, batch, b));
+            let together = x.join().expect("core 0").max(y.join().expect("core 1"));
+            ratios.push(2.0 * alone / together);
+            eprintln!(
+                "CEILING batch {batch}: alone {:.1} ms, both cores at once {:.1} ms: two cores give {:.2}x one",
+                alone * 1000.0,
+                together * 1000.0,
+                2.0 * alone / together
+            );
+        }
+    }
+}
