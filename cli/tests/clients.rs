@@ -60,6 +60,10 @@ fn the_openai_and_langchain_clients_work_against_a_node() {
         .arg(node.url("/v1"))
         .arg("tiny")
         .arg(common::MODEL)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../jobs/tests/chat_templates/Qwen-Qwen2.5-7B-Instruct.jinja"),
+        )
         .env("PYTHONPATH", &clients)
         .env("TIKTOKEN_CACHE_DIR", &tiktoken)
         .env("PYTHONDONTWRITEBYTECODE", "1")
