@@ -723,6 +723,14 @@ fn openai_request_shapes_are_read_or_refused_by_name() {
             "response_format.json_schema.schema",
             serde_json::json!({ "type": "json_schema", "json_schema": { "name": "x" } }),
         ),
+        (
+            "response_format.json_schema.schema",
+            serde_json::json!({ "type": "json_schema", "json_schema": { "name": "x", "schema": { "type": "object", "properties": { "a": { "$ref": "#/nowhere" } } } } }),
+        ),
+        (
+            "tools[0].function.parameters",
+            serde_json::json!([{ "type": "function", "function": { "name": "f", "parameters": { "type": "object", "properties": { "a": { "$ref": "#/nowhere" } } } } }]),
+        ),
         ("logprobs", serde_json::json!(3)),
         ("top_logprobs", serde_json::json!(21)),
         ("seed", serde_json::json!(1u64 << 33)),

@@ -36,11 +36,17 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             "remove `gpu_layers`; to keep GPU memory free on a node, start it with --gpu-memory SIZE",
         );
     }
-    if section.is_some_and(|s| s.json || s.grammar.is_some()) {
+    if section.is_some_and(|s| {
+        s.json
+            || s.grammar.is_some()
+            || s.json_schema.is_some()
+            || s.tools.is_some()
+            || s.logprobs.is_some()
+    }) {
         p.bad(
             "pipeline.grammar",
-            "a pipeline's last stage samples without a grammar: JSON mode and grammars are not supported for pipeline jobs yet",
-            "remove `json`/`grammar`, or run the model as an `infer` job on a node that holds it whole",
+            "a pipeline's last stage samples without a grammar and reports no log-probabilities: json, grammar, json_schema, tools and logprobs are not supported for pipeline jobs yet",
+            "remove them, or run the model as an `infer` job on a node that holds it whole",
         );
     }
     super::infer::check_llm("pipeline", section, env, p).map(|t| Task::Pipeline(t).into())

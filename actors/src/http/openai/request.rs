@@ -261,6 +261,10 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
         }
         let json = raw.get().to_owned();
         let list = myco_jobs::llm::tools::parse_tools(&json)?;
+        for (i, t) in list.iter().enumerate() {
+            schema_ok(&t.parameters)
+                .map_err(|why| (format!("tools[{i}].function.parameters"), why))?;
+        }
         let choice = match req.tool_choice.as_ref() {
             None | Some(serde_json::Value::Null) => ToolChoice::Auto,
             Some(serde_json::Value::String(s)) => match s.as_str() {
@@ -329,6 +333,8 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
                         "the schema is a JSON object".into(),
                     ));
                 }
+                schema_ok(schema)
+                    .map_err(|why| ("response_format.json_schema.schema".to_owned(), why))?;
                 if extras.tools.is_some() {
                     return Err((
                         "response_format".into(),
@@ -386,6 +392,23 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
     }
     extras.logprobs = asked;
     Ok(extras)
+}
+
+/// Whether llama.cpp's grammar builder takes `schema`: checked when the request arrives, so
+/// that a schema it cannot take is a 400 naming it rather than a failed job (without the
+/// engine in this build, the node that runs the request says).
+fn schema_ok(schema: &serde_json::Value) -> Result<(), String> {
+    #[cfg(feature = "infer")]
+    {
+        myco_jobs::llm::infer::engine::grammar_of_schema(schema)
+            .map(|_| ())
+            .map_err(|why| format!("the grammar builder cannot take this schema: {why}"))
+    }
+    #[cfg(not(feature = "infer"))]
+    {
+        let _ = schema;
+        Ok(())
+    }
 }
 
 /// Whether `response_format` asks for JSON mode (`{"type": "json_object"}`).

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{InferParams, Message, Prompt};
+use super::types::{Extras, InferParams, MAX_TOP_LOGPROBS, Message, Prompt, ToolChoice, Tools};
 use crate::spec::problem::{Problem, field};
 
 /// The largest `max_tokens` a request may ask for.
@@ -70,21 +70,119 @@ pub struct InferOptions {
     /// JSON mode: the output is one JSON object.
     #[serde(default)]
     pub json: bool,
+    /// A JSON schema the answer must follow (held to it by a grammar made from it).
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+    /// Tools the model may call, as OpenAI's `tools` has them: `[{ type = "function",
+    /// function = { name, description, parameters = <a JSON schema> } }]`. The result's
+    /// `tool_calls` holds the calls (needs `messages`).
+    #[serde(default)]
+    pub tools: Option<serde_json::Value>,
+    /// `auto` (the default: text or calls, as the model chooses), `none`, `required`, or the
+    /// name of the one function to call.
+    #[serde(default)]
+    pub tool_choice: Option<String>,
+    /// Whether the model may call several tools in one answer [default: true].
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Report each generated token's log-probability with this many of the likeliest
+    /// tokens at its place (0 to 20).
+    #[serde(default)]
+    pub logprobs: Option<u8>,
 }
 
 impl InferOptions {
     /// What to continue: `prompt` or non-empty `messages`, exactly one of them. Field paths
     /// start with `field_prefix` (`infer`, or empty for an API request).
+    /// With what the request asks for beyond it ([`InferOptions::extras`]).
     pub fn prompt(&self, field_prefix: &str) -> Result<Prompt, Problem> {
-        match (&self.prompt, &self.messages) {
-            (Some(p), None) => Ok(Prompt::Text(p.clone())),
-            (None, Some(m)) if !m.is_empty() => Ok(Prompt::Chat(m.clone())),
-            _ => Err(Problem::new(
-                &field(field_prefix, "prompt"),
-                "give `prompt` or `messages` (not both, not neither)",
-                "e.g. prompt = \"Once upon a time\", or messages = [{ role = \"user\", content = \"hi\" }]",
-            )),
+        let base = match (&self.prompt, &self.messages) {
+            (Some(p), None) => Prompt::Text(p.clone()),
+            (None, Some(m)) if !m.is_empty() => Prompt::Chat(m.clone()),
+            _ => {
+                return Err(Problem::new(
+                    &field(field_prefix, "prompt"),
+                    "give `prompt` or `messages` (not both, not neither)",
+                    "e.g. prompt = \"Once upon a time\", or messages = [{ role = \"user\", content = \"hi\" }]",
+                ));
+            }
+        };
+        Ok(base.with(self.extras(field_prefix)?))
+    }
+
+    /// Tools, log-probabilities and a JSON schema, checked: the problem names its field.
+    pub fn extras(&self, field_prefix: &str) -> Result<Extras, Problem> {
+        let mut extras = Extras::default();
+        if let Some(n) = self.logprobs {
+            if n > MAX_TOP_LOGPROBS {
+                return Err(Problem::new(
+                    &field(field_prefix, "logprobs"),
+                    format!("{n} is out of range"),
+                    "use 0 to 20 (the likeliest tokens reported beside each token)",
+                ));
+            }
+            extras.logprobs = Some(n);
         }
+        if let Some(schema) = &self.json_schema {
+            if !schema.is_object() || self.json || self.grammar.is_some() || self.tools.is_some() {
+                return Err(Problem::new(
+                    &field(field_prefix, "json_schema"),
+                    "must be one JSON schema (a table), without json, grammar or tools",
+                    "e.g. json_schema = { type = \"object\", properties = { answer = { type = \"string\" } }, required = [\"answer\"] }",
+                ));
+            }
+            extras.schema = Some(schema.to_string());
+        }
+        let Some(tools) = &self.tools else {
+            if self.tool_choice.is_some() || self.parallel_tool_calls.is_some() {
+                return Err(Problem::new(
+                    &field(field_prefix, "tool_choice"),
+                    "needs `tools`",
+                    "give the tools the model may call, or leave tool_choice out",
+                ));
+            }
+            return Ok(extras);
+        };
+        if self.messages.is_none() || self.json || self.grammar.is_some() {
+            return Err(Problem::new(
+                &field(field_prefix, "tools"),
+                "tools need `messages`, and cannot go with json or grammar",
+                "give messages = [{ role = \"user\", content = \"...\" }]",
+            ));
+        }
+        let json = tools.to_string();
+        let list = crate::llm::tools::parse_tools(&json).map_err(|(at, why)| {
+            Problem::new(
+                &field(field_prefix, &at),
+                why,
+                "tools = [{ type = \"function\", function = { name = \"get_weather\", parameters = { type = \"object\", properties = { city = { type = \"string\" } } } } }]",
+            )
+        })?;
+        let choice = match self.tool_choice.as_deref() {
+            None | Some("auto") => ToolChoice::Auto,
+            Some("none") => ToolChoice::None,
+            Some("required") => ToolChoice::Required,
+            Some(name) if list.iter().any(|t| t.name == name) => ToolChoice::Function(name.into()),
+            Some(other) => {
+                return Err(Problem::new(
+                    &field(field_prefix, "tool_choice"),
+                    format!("`{other}` is none of auto, none, required and the tools' names"),
+                    format!(
+                        "the tools are: {}",
+                        list.iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        };
+        extras.tools = Some(Tools {
+            json,
+            choice,
+            parallel: self.parallel_tool_calls.unwrap_or(true),
+        });
+        Ok(extras)
     }
 
     /// The sampling and length settings, defaults applied; every out-of-range value is a
@@ -208,5 +306,73 @@ mod tests {
             ..InferOptions::default()
         };
         assert!(empty.prompt("").is_err());
+    }
+
+    #[test]
+    fn tools_schemas_and_logprobs_from_a_job_file() {
+        let o: InferOptions = toml::from_str(
+            r#"
+            messages = [{ role = "user", content = "weather?" }]
+            tool_choice = "get_weather"
+            logprobs = 2
+            [[tools]]
+            type = "function"
+            function = { name = "get_weather", parameters = { type = "object", properties = { city = { type = "string" } } } }
+            "#,
+        )
+        .unwrap();
+        let p = o.prompt("infer").unwrap();
+        let tools = p.tools().unwrap();
+        assert_eq!(tools.choice, ToolChoice::Function("get_weather".into()));
+        assert!(tools.json.contains("\"city\""), "{}", tools.json);
+        assert_eq!(p.logprobs(), Some(2));
+        assert!(matches!(p.base(), Prompt::Chat(_)));
+        let bad = |o: InferOptions| o.prompt("infer").unwrap_err().field;
+        assert_eq!(
+            bad(InferOptions {
+                tool_choice: Some("nope".into()),
+                ..o.clone()
+            }),
+            "infer.tool_choice"
+        );
+        assert_eq!(
+            bad(InferOptions {
+                tools: Some(
+                    serde_json::json!([{ "type": "function", "function": { "name": "a b" } }])
+                ),
+                ..o.clone()
+            }),
+            "infer.tools[0].function.name"
+        );
+        assert_eq!(
+            bad(InferOptions {
+                logprobs: Some(21),
+                ..o.clone()
+            }),
+            "infer.logprobs"
+        );
+        assert_eq!(
+            bad(InferOptions {
+                messages: None,
+                prompt: Some("hi".into()),
+                ..o.clone()
+            }),
+            "infer.tools"
+        );
+        let schema = InferOptions {
+            prompt: Some("hi".into()),
+            json_schema: Some(serde_json::json!({ "type": "object" })),
+            ..InferOptions::default()
+        };
+        assert_eq!(
+            schema.prompt("infer").unwrap().schema(),
+            Some(r#"{"type":"object"}"#)
+        );
+        // Nothing asked: the plain shape every node reads.
+        let plain = InferOptions {
+            prompt: Some("hi".into()),
+            ..InferOptions::default()
+        };
+        assert_eq!(plain.prompt("infer").unwrap(), Prompt::Text("hi".into()));
     }
 }
