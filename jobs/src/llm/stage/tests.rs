@@ -523,7 +523,9 @@ fn pin_thread(core: usize) {
 /// How much a second core adds on this machine to the bench model's own work, whatever the
 /// swarm does: the whole bench model decodes 8 rows a step (and 1 row) on core 0 alone, then on
 /// cores 0 and 1 at once (a model each, nothing shared). `2 x alone / together` is the most
-/// two pinned node processes can give over one here (2.0 on two independent cores).
+/// two pinned node processes can give over one here (2.0 on two independent cores). On the
+/// 2-core CI machine (2026-12-07, `cargo test --release -p myco-jobs --lib parallel_ceiling
+/// -- --ignored --nocapture`): 1.91-1.94x at 8 rows a step, 1.93-2.01x at 1.
 #[test]
 #[ignore = "an experiment that prints what two cores give here; run by hand on an idle machine"]
 fn parallel_ceiling() {
