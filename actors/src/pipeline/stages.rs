@@ -617,13 +617,34 @@ fn stage_thread(
                 Err(mpsc::TryRecvError::Disconnected) => return,
             }
         }
-        for batch in runs.next_batches(&stage) {
+        let (batches, wake) = runs.next_batches(&stage);
+        if batches.is_empty()
+            && let Some(at) = wake
+        {
+            // A group gathering: wait for its runs (or other work) until it is due.
+            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(work) => runs.take(&mut stage, work),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        }
+        for batch in batches {
             if !runs.run(&mut stage, batch) {
                 return;
             }
         }
     }
 }
+
+/// How long a group of runs waits at a stage for the rest of its runs. llama.cpp's CPU
+/// kernels multiply rows 4 at a time and the rest one by one (with the bench model's Q4_0
+/// layers: 4 rows in 2.1 ms, 3 rows in 3.2 ms), so a group of 3 that waits for its fourth
+/// run costs less than it saves, and once whole the group travels the chain together.
+const GATHER: Duration = Duration::from_millis(4);
+
+/// Rows llama.cpp's CPU kernels multiply together.
+const ROW_TILE: usize = 4;
 
 /// A stage thread's runs and the steps waiting for it.
 #[derive(Debug, Default)]
@@ -632,6 +653,11 @@ struct Runs {
     /// Each run's steps in the order they came, with when (a count) each came.
     waiting: HashMap<SeqKey, std::collections::VecDeque<(u64, Input)>>,
     arrived: u64,
+    /// When each run's oldest waiting step came.
+    since: HashMap<SeqKey, Instant>,
+    /// Runs generating here (their steps are single positions), with when each last
+    /// decoded here.
+    generating: HashMap<SeqKey, Instant>,
     next_seq: u64,
     /// Values in a row of hidden states.
     n_embd: usize,
@@ -682,6 +708,7 @@ impl Runs {
                 for input in inputs {
                     if self.routes.contains_key(&input.key) {
                         self.arrived += 1;
+                        self.since.entry(input.key).or_insert_with(Instant::now);
                         self.waiting
                             .entry(input.key)
                             .or_default()
@@ -697,12 +724,16 @@ impl Runs {
             stage.drop_sequence(seq);
         }
         self.waiting.remove(&key);
+        self.since.remove(&key);
+        self.generating.remove(&key);
     }
 
     /// What to decode this round: the single-position steps at the head of up to
-    /// 1/`stages` of the runs (oldest first), then the oldest prompt chunk.
-    fn next_batches(&mut self, stage: &Stage) -> Vec<Vec<Input>> {
+    /// 1/`stages` of the runs (oldest first), then the oldest prompt chunk; and when to look
+    /// again if a group is gathering ([`GATHER`]).
+    fn next_batches(&mut self, stage: &Stage) -> (Vec<Vec<Input>>, Option<Instant>) {
         let cap = self.cap();
+        let mut wake = None;
         let mut singles: Vec<(u64, SeqKey)> = Vec::new();
         let mut chunks: Vec<(u64, SeqKey, usize)> = Vec::new();
         for (key, q) in &self.waiting {
@@ -725,25 +756,37 @@ impl Runs {
         };
         if let Some((_, oldest)) = singles.first() {
             if let Some((pool, id)) = context(oldest) {
-                let ids: std::collections::HashMap<i32, SeqKey> = singles
+                // Groups are fixed blocks of sequence ids, a whole number of tiles: a
+                // run's group is its block, so groups do not trade runs and, once whole,
+                // travel the chain together.
+                let block = cap.div_ceil(ROW_TILE).max(1) * ROW_TILE;
+                let block_of = |i: i32| i as usize / block;
+                let mine = block_of(id);
+                let in_block = |k: &SeqKey| matches!(context(k), Some((p, i)) if p == pool && block_of(i) == mine);
+                let mut group: Vec<(u64, SeqKey)> = singles
                     .iter()
-                    .filter_map(|(_, k)| match context(k) {
-                        Some((p, i)) if p == pool => Some((i, *k)),
-                        _ => None,
-                    })
+                    .filter(|(_, k)| in_block(k))
+                    .copied()
                     .collect();
-                let mut group = vec![(0u64, *oldest)];
-                let (mut lo, mut hi) = (id, id);
-                while group.len() < cap {
-                    if let Some(k) = ids.get(&(hi + 1)) {
-                        hi += 1;
-                        group.push((0, *k));
-                    } else if let Some(k) = ids.get(&(lo - 1)) {
-                        lo -= 1;
-                        group.push((0, *k));
-                    } else {
-                        break;
-                    }
+                // Short of its block's generating runs: wait for them a little (the runs it
+                // has are not decoded this round). Only the first stage waits: were two
+                // stages each to wait for the runs the other holds, neither would get them.
+                let first = self.routes.get(oldest).is_some_and(|(_, r)| r.index == 0);
+                // Runs of the block that decoded here lately (a run that stopped, or waits
+                // for its turn elsewhere, is not waited for).
+                let generating = self
+                    .generating
+                    .iter()
+                    .filter(|(k, at)| in_block(k) && at.elapsed() < 5 * GATHER)
+                    .count();
+                let since = self.since.get(oldest).copied();
+                if first
+                    && group.len() < generating
+                    && let Some(since) = since
+                    && since.elapsed() < GATHER
+                {
+                    wake = Some(since + GATHER);
+                    group.clear();
                 }
                 singles = group;
             } else {
@@ -754,15 +797,22 @@ impl Runs {
         // One chunk a round, decoded alone (above): a prompt is then computed as it is alone
         // (prompts of several runs in one decode part from their lone runs at once).
         let mut batches = Vec::new();
+        let since = &mut self.since;
         let mut pop = |key: &SeqKey| {
             let q = self.waiting.get_mut(key)?;
             let input = q.pop_front().map(|(_, i)| i);
             if q.is_empty() {
                 self.waiting.remove(key);
+                since.remove(key);
+            } else {
+                since.insert(*key, Instant::now());
             }
             input
         };
         let group: Vec<Input> = singles.iter().filter_map(|(_, k)| pop(k)).collect();
+        for input in &group {
+            self.generating.insert(input.key, Instant::now());
+        }
         if !group.is_empty() {
             batches.push(group);
         }
@@ -770,7 +820,7 @@ impl Runs {
         if !prefill.is_empty() {
             batches.push(prefill);
         }
-        batches
+        (batches, wake)
     }
 
     /// Decode one batch and pass each output on. False if the engine panicked (the thread
