@@ -643,9 +643,6 @@ fn stage_thread(
 /// run costs less than it saves, and once whole the group travels the chain together.
 const GATHER: Duration = Duration::from_millis(4);
 
-/// Rows llama.cpp's CPU kernels multiply together.
-const ROW_TILE: usize = 4;
-
 /// A stage thread's runs and the steps waiting for it.
 #[derive(Debug, Default)]
 struct Runs {
@@ -756,10 +753,10 @@ impl Runs {
         };
         if let Some((_, oldest)) = singles.first() {
             if let Some((pool, id)) = context(oldest) {
-                // Groups are fixed blocks of sequence ids, a whole number of tiles: a
-                // run's group is its block, so groups do not trade runs and, once whole,
-                // travel the chain together.
-                let block = cap.div_ceil(ROW_TILE).max(1) * ROW_TILE;
+                // Groups are fixed blocks of sequence ids, 1/N of the runs (with 8 runs
+                // and 2 stages, 4: one whole tile, see GATHER): a run's group is its block,
+                // so groups do not trade runs and, once whole, travel the chain together.
+                let block = cap.max(1);
                 let block_of = |i: i32| i as usize / block;
                 let mine = block_of(id);
                 let in_block = |k: &SeqKey| matches!(context(k), Some((p, i)) if p == pool && block_of(i) == mine);
