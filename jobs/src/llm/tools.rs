@@ -139,6 +139,22 @@ pub fn parse_tools(json: &str) -> Result<Vec<Tool>, (String, String)> {
     Ok(out)
 }
 
+/// The tools' names, for messages: `a, b, c`.
+pub fn names(list: &[Tool]) -> String {
+    list.iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `(param, message)` of a `tool_choice` that names none of the tools.
+pub fn unknown_function(name: &str, list: &[Tool]) -> (String, String) {
+    (
+        "tool_choice.function.name".into(),
+        format!("`{name}` is none of the tools ({})", names(list)),
+    )
+}
+
 /// How one request's calls are constrained and read.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -163,16 +179,7 @@ impl Plan {
             ToolChoice::Function(name) => {
                 let t: Vec<&Tool> = list.iter().filter(|t| &t.name == name).collect();
                 if t.is_empty() {
-                    return Err((
-                        "tool_choice.function.name".into(),
-                        format!(
-                            "`{name}` is none of the tools ({})",
-                            list.iter()
-                                .map(|t| t.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
+                    return Err(unknown_function(name, &list));
                 }
                 t
             }

@@ -293,16 +293,7 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
                     ));
                 };
                 if !list.iter().any(|t| t.name == name) {
-                    return Err((
-                        "tool_choice.function.name".into(),
-                        format!(
-                            "`{name}` is none of the tools ({})",
-                            list.iter()
-                                .map(|t| t.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ));
+                    return Err(myco_jobs::llm::tools::unknown_function(name, &list));
                 }
                 ToolChoice::Function(name.to_owned())
             }

@@ -167,13 +167,7 @@ impl InferOptions {
                 return Err(Problem::new(
                     &field(field_prefix, "tool_choice"),
                     format!("`{other}` is none of auto, none, required and the tools' names"),
-                    format!(
-                        "the tools are: {}",
-                        list.iter()
-                            .map(|t| t.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    format!("the tools are: {}", crate::llm::tools::names(&list)),
                 ));
             }
         };
