@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode};
 use myco_benches::{NodeProc, Totals, fmt_rate, fmt_ratio, myco_binary};
-use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::gguf::TinyLlama;
 use myco_jobs::llm::infer::engine::LlmModel;
 use myco_jobs::llm::infer::{Generation, InferParams, Prompt};
 use myco_jobs::llm::stage::{
@@ -55,17 +55,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The bench model's shape: llama, Q4_0, n_embd 1024, 8 layers (about 51 MB).
 fn bench_model() -> TinyLlama {
-    TinyLlama {
-        n_embd: 1024,
-        n_head: 16,
-        n_head_kv: 4,
-        n_ff: 2816,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-        arch: Arch::Llama,
-        wtype: WType::Q4_0,
-    }
+    TinyLlama::bench_q4()
 }
 
 /// One generation: its tokens, the prompt time and the time after it.

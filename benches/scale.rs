@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use myco_benches::{NodeProc, linked_home, median, myco_binary, write_archive, write_site};
-use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::gguf::TinyLlama;
 use myco_jobs::llm::infer::engine::LlmModel;
 use myco_jobs::llm::infer::{InferParams, Prompt};
 use myco_jobs::llm::stage::{ModelInfo, Stage, StageConfig, StageInput, StageOutput, UBATCH};
@@ -50,17 +50,7 @@ const EMBED_MODEL: &str = "all-MiniLM-L6-v2";
 
 /// The bench model's shape: llama, Q4_0, n_embd 1024, 8 layers (about 51 MB).
 fn bench_model() -> TinyLlama {
-    TinyLlama {
-        n_embd: 1024,
-        n_head: 16,
-        n_head_kv: 4,
-        n_ff: 2816,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-        arch: Arch::Llama,
-        wtype: WType::Q4_0,
-    }
+    TinyLlama::bench_q4()
 }
 
 /// `myco node` pinned to `core`, with one executor and one decode thread.

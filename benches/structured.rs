@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use myco_benches::median;
-use myco_jobs::llm::gguf::{Arch, TinyLlama, WType};
+use myco_jobs::llm::gguf::TinyLlama;
 use myco_jobs::llm::infer::engine::LlmModel;
 use myco_jobs::llm::infer::{Extras, InferParams, Message, Prompt};
 
@@ -33,19 +33,7 @@ fn main() {
         .unwrap_or(7);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bench.gguf");
-    TinyLlama {
-        n_embd: 1024,
-        n_head: 16,
-        n_head_kv: 4,
-        n_ff: 2816,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-        arch: Arch::Llama,
-        wtype: WType::Q4_0,
-    }
-    .write(&path, true)
-    .unwrap();
+    TinyLlama::bench_q4().write(&path, true).unwrap();
     let model = LlmModel::load(&path).unwrap();
     let params = InferParams {
         max_tokens: MAX_TOKENS,

@@ -472,6 +472,23 @@ fn random_data(rng: &mut Rng, wtype: WType, n: u64, scale: f32) -> Vec<u8> {
 }
 
 impl TinyLlama {
+    /// The scaling benches' model: llama, Q4_0, n_embd 1024, 8 layers (about 51 MB), so a
+    /// token costs real work (the pipeline, scale and structured-output benches, the stage
+    /// experiments; [`TinyLlama::bench`] is the f32 one of the inference benches).
+    pub fn bench_q4() -> TinyLlama {
+        TinyLlama {
+            n_embd: 1024,
+            n_head: 16,
+            n_head_kv: 4,
+            n_ff: 2816,
+            n_layer: 8,
+            n_ctx: 2048,
+            seed: 7,
+            arch: Arch::Llama,
+            wtype: WType::Q4_0,
+        }
+    }
+
     /// The benches' size: 8 layers, n_embd 512 (about 100 MB of f32), so a token costs
     /// real work.
     pub fn bench() -> TinyLlama {
@@ -1029,5 +1046,6 @@ mod tests {
         assert!(err.contains("n_layer is 0"), "{err}");
         assert_eq!(TinyLlama::default().check(), Ok(()));
         assert_eq!(TinyLlama::bench().check(), Ok(()));
+        assert_eq!(TinyLlama::bench_q4().check(), Ok(()));
     }
 }

@@ -415,19 +415,7 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
 fn stage_timing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.gguf");
-    TinyLlama {
-        n_embd: 1024,
-        n_head: 16,
-        n_head_kv: 4,
-        n_ff: 2816,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-        wtype: WType::Q4_0,
-        ..TinyLlama::default()
-    }
-    .write(&path, false)
-    .expect("write");
+    TinyLlama::bench_q4().write(&path, false).expect("write");
     for (first, end) in [(0, 8), (0, 4), (4, 8)] {
         for slots in [8u32, 1] {
             let config = StageConfig {
@@ -531,19 +519,7 @@ fn pin_thread(core: usize) {
 fn parallel_ceiling() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.gguf");
-    TinyLlama {
-        n_embd: 1024,
-        n_head: 16,
-        n_head_kv: 4,
-        n_ff: 2816,
-        n_layer: 8,
-        n_ctx: 2048,
-        seed: 7,
-        wtype: WType::Q4_0,
-        ..TinyLlama::default()
-    }
-    .write(&path, false)
-    .expect("write");
+    TinyLlama::bench_q4().write(&path, false).expect("write");
     let work = |core: usize, batch: usize, start: std::sync::Arc<std::sync::Barrier>| {
         let path = path.clone();
         std::thread::spawn(move || {
