@@ -190,6 +190,25 @@ fn view(http: &Http, node: &NodeProc) -> HashMap<String, (String, Option<String>
         .collect()
 }
 
+/// Waits for `who`'s log to say it came down to its peer's protocol. A peer counts as up
+/// once its session opens, before its first heartbeat says which protocols it speaks, so
+/// the line may come a moment after both are up in each other's view.
+fn lowers_its_protocol(root: &Path, who: &str) {
+    let path = root.join(format!("{who}.log"));
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.contains("speaking another protocol") {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{who} never lowered its protocol:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Two nodes joined: `a` of this build, `b` speaking `b_protocols` (`OLDEST..NEWEST`).
 fn pair(root: &Path, b_protocols: &str) -> (NodeProc, NodeProc) {
     let a_home = home(root, "a", None);
@@ -293,11 +312,7 @@ fn a_node_of_the_protocol_before_works_with_this_one() {
         (va.get("b").is_some_and(|s| s.0 == "up") && vb.get("a").is_some_and(|s| s.0 == "up"))
             .then_some(())
     });
-    let log = std::fs::read_to_string(root.path().join("a.log")).unwrap();
-    assert!(
-        log.contains("speaking another protocol"),
-        "a lowers its protocol:\n{log}"
-    );
+    lowers_its_protocol(root.path(), "a");
     // b's model arrives in the old shape: no hash.
     let hash = eventually(LONG, "b's model in a's view", || hash_in_view(&ha, &a, "b"));
     assert!(hash.is_null(), "{hash}");
@@ -323,11 +338,7 @@ fn nodes_of_adjacent_protocols_work_together() {
             .then_some(())
     });
     // b came down to a's protocol, and a read it.
-    let log = std::fs::read_to_string(root.path().join("b.log")).unwrap();
-    assert!(
-        log.contains("speaking another protocol"),
-        "b lowers its protocol:\n{log}"
-    );
+    lowers_its_protocol(root.path(), "b");
     // At protocol 6 on, a model travels with its content hash.
     eventually(LONG, "b's model's hash in a's view", || {
         (hash_in_view(&ha, &a, "b")? == sha.as_str()).then_some(())
