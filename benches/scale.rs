@@ -21,7 +21,8 @@
 //!
 //! `MYCO_SCALE` unset runs both; `MYCO_SCALE_ROUNDS` sets the rounds (LLM 5, archive 3);
 //! `MYCO_SCALE_PROMPT=long` gives the LLM requests prompts of about 90 tokens instead of 30;
-//! `MYCO_SCALE_DEBUG` prints each job's history and each node's CPU time by thread;
+//! `MYCO_SCALE_DEBUG` prints each job's history, each node's CPU time by thread and its
+//! stages' use of their time (busy, gathering a group, idle);
 //! `MYCO_SCALE_FILES=N` makes the archive N files (a quick try of the bench itself). The
 //! node processes run the `myco` binary of this profile; the bench builds it first
 //! (`cargo build --release -p myco`). Run: `cargo bench -p myco-benches --bench scale`.
@@ -71,7 +72,14 @@ fn start_node(
         .args(["--workers", "1", "--threads", "1", "--no-discovery"])
         .args(extra)
         .env("MYCO_CLUSTER", "127.0.0.1:0")
-        .env("MYCO_LOG", "warn,ractor_cluster=error")
+        .env(
+            "MYCO_LOG",
+            if std::env::var("MYCO_SCALE_DEBUG").is_ok() {
+                "warn,ractor_cluster=error,myco_actors::pipeline::stages=debug"
+            } else {
+                "warn,ractor_cluster=error"
+            },
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(j) = join {

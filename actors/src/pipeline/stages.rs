@@ -603,9 +603,14 @@ fn stage_thread(
         n_embd: stage.hparams().n_embd,
         ..Runs::default()
     };
+    let mut use_ = Use::new(first, end);
     loop {
+        use_.report(&mut runs.away);
         if runs.idle() {
-            match rx.recv() {
+            let idle = Instant::now();
+            let work = rx.recv();
+            use_.idle += idle.elapsed();
+            match work {
                 Ok(work) => runs.take(&mut stage, work),
                 Err(_) => return,
             }
@@ -622,7 +627,10 @@ fn stage_thread(
             && let Some(at) = wake
         {
             // A group gathering: wait for its runs (or other work) until it is due.
-            match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+            let gathering = Instant::now();
+            let work = rx.recv_timeout(at.saturating_duration_since(Instant::now()));
+            use_.gathering += gathering.elapsed();
+            match work {
                 Ok(work) => runs.take(&mut stage, work),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -630,10 +638,70 @@ fn stage_thread(
             continue;
         }
         for batch in batches {
-            if !runs.run(&mut stage, batch) {
+            let busy = Instant::now();
+            use_.decodes += 1;
+            use_.rows += batch.len() as u64;
+            let ok = runs.run(&mut stage, batch);
+            use_.busy += busy.elapsed();
+            if !ok {
                 return;
             }
         }
+    }
+}
+
+/// How a stage thread spent its time, logged (debug) every few seconds while it works: what
+/// to look at when a split runs slower than its stages could.
+struct Use {
+    first: u32,
+    end: u32,
+    since: Instant,
+    decodes: u64,
+    rows: u64,
+    /// Decoding and passing outputs on.
+    busy: Duration,
+    /// Waiting for a group's runs ([`GATHER`]).
+    gathering: Duration,
+    /// Waiting with nothing to do.
+    idle: Duration,
+}
+
+impl Use {
+    fn new(first: u32, end: u32) -> Use {
+        Use {
+            first,
+            end,
+            since: Instant::now(),
+            decodes: 0,
+            rows: 0,
+            busy: Duration::ZERO,
+            gathering: Duration::ZERO,
+            idle: Duration::ZERO,
+        }
+    }
+
+    fn report(&mut self, away: &mut (Duration, u64)) {
+        let span = self.since.elapsed();
+        if span < Duration::from_secs(5) {
+            return;
+        }
+        if self.decodes > 0 {
+            let pct = |d: Duration| 100.0 * d.as_secs_f64() / span.as_secs_f64();
+            tracing::debug!(
+                first = self.first,
+                end = self.end,
+                decodes = self.decodes,
+                rows_per_decode = self.rows as f64 / self.decodes as f64,
+                ms_per_decode = self.busy.as_secs_f64() * 1e3 / self.decodes as f64,
+                busy_pct = pct(self.busy),
+                gathering_pct = pct(self.gathering),
+                idle_pct = pct(self.idle),
+                ms_away = away.0.as_secs_f64() * 1e3 / away.1.max(1) as f64,
+                "stage use"
+            );
+        }
+        *away = (Duration::ZERO, 0);
+        *self = Use::new(self.first, self.end);
     }
 }
 
@@ -658,6 +726,11 @@ struct Runs {
     next_seq: u64,
     /// Values in a row of hidden states.
     n_embd: usize,
+    /// When each run's last step left this stage (see [`Use`]).
+    left: HashMap<SeqKey, Instant>,
+    /// Time from a step leaving this stage to the run's next step arriving here, summed, and
+    /// how many (the rest of the ring: the other stages and the hops between).
+    away: (Duration, u64),
 }
 
 impl Runs {
@@ -703,6 +776,10 @@ impl Runs {
             Work::Close(key) => self.end(stage, key),
             Work::Steps(inputs) => {
                 for input in inputs {
+                    if let Some(left) = self.left.remove(&input.key) {
+                        self.away.0 += left.elapsed();
+                        self.away.1 += 1;
+                    }
                     if self.routes.contains_key(&input.key) {
                         self.arrived += 1;
                         self.since.entry(input.key).or_insert_with(Instant::now);
@@ -723,6 +800,7 @@ impl Runs {
         self.waiting.remove(&key);
         self.since.remove(&key);
         self.generating.remove(&key);
+        self.left.remove(&key);
     }
 
     /// What to decode this round: the single-position steps at the head of up to
@@ -867,6 +945,7 @@ impl Runs {
             };
             match pass_on(route, key, pos, rows, sample, result, n_vocab) {
                 Passed::Forward(node, target, step) => {
+                    self.left.insert(key, Instant::now());
                     match out.iter_mut().find(|(n, ..)| *n == node) {
                         Some((_, _, steps, keys)) => {
                             steps.push(step);
