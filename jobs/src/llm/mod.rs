@@ -3,7 +3,8 @@
 //! batching ([`infer`]), layer-range stages and the GGUF slices they load ([`stage`],
 //! feature `pipeline`), GGUF files themselves ([`gguf`]: the header reader, and the
 //! writer of the tiny random-weight fixtures tests make their models with), and chat
-//! templates as Hugging Face renders them ([`template`], minijinja, no llama.cpp).
+//! templates as Hugging Face renders them ([`template`], minijinja, no llama.cpp), and
+//! OpenAI's request and answer shapes ([`openai`]).
 //!
 //! What a model *is* to the swarm (its name, size, where it lives, how a name resolves) is
 //! [`crate::model`]'s. This file only declares.
@@ -12,6 +13,7 @@
 pub mod ffi;
 pub mod gguf;
 pub mod infer;
+pub mod openai;
 #[cfg(feature = "pipeline")]
 pub mod stage;
 pub mod template;

@@ -12,10 +12,10 @@ use crate::http::auth::Caller;
 use crate::node::handle::NodeHandle;
 use std::time::Duration;
 
-use super::request::*;
 use super::response::*;
 use crate::http::sse;
 use crate::interactive::{self, Follow, Followed, Relay};
+use myco_jobs::llm::openai::request::{Converted, Refusal, convert, parse};
 
 /// The longest a non-streaming request waits for its answer.
 pub(super) const WAIT_LIMIT: Duration = Duration::from_secs(900);
@@ -42,97 +42,33 @@ pub(super) async fn complete(
     body: axum::body::Bytes,
     flavor: Flavor,
 ) -> Response {
-    let req: CompletionRequest = match serde_json::from_slice(&body) {
+    let req = match parse(&body, flavor) {
         Ok(r) => r,
-        Err(e) => {
-            let shape = match flavor {
-                Flavor::Chat => {
-                    "{\"model\": ..., \"messages\": [{\"role\": \"user\", \"content\": ...}]}"
-                }
-                Flavor::Text => "{\"model\": ..., \"prompt\": ...}",
-            };
+        Err(message) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 None,
                 "invalid_body",
-                format!("cannot read the request: {e}; send {shape}"),
+                message,
             );
         }
     };
-    let extras = match extras(&req, flavor == Flavor::Chat) {
-        Ok(e) => e,
-        Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
-    };
-    // How the answer is told: tool calls are read from the whole output, so a request that
-    // may call tools streams its text (or its calls) once generation ends.
-    let shape = Shape {
-        tools: extras
-            .tools
-            .as_ref()
-            .is_some_and(|t| t.choice != myco_jobs::llm::infer::ToolChoice::None),
-        logprobs: extras.logprobs.is_some(),
-    };
-    let seed = match seed(req.seed) {
-        Ok(s) => s,
-        Err(why) => return bad_request("seed", why),
-    };
-    let prompt = match (flavor, req.messages, req.prompt) {
-        (Flavor::Chat, Some(m), _) if !m.is_empty() => match messages(m) {
-            Ok(p) => p,
-            Err((param, why)) => return bad_request(&param, format!("{param}: {why}")),
-        },
-        (Flavor::Chat, _, _) => {
-            return bad_request("messages", "messages is missing or empty".into());
-        }
-        (Flavor::Text, _, Some(p)) => myco_jobs::llm::infer::Prompt::Text(p),
-        (Flavor::Text, _, None) => return bad_request("prompt", "prompt is missing".into()),
-    };
-    let prompt = prompt.with(extras);
-    if req.n.is_some_and(|n| n != 1) {
-        return bad_request("n", "only n = 1 is supported".into());
-    }
-    // Checked as a job file's `[infer]` is: one set of rules wherever a request comes from.
-    let req_n_ctx = req.n_ctx;
-    let options = myco_jobs::llm::infer::InferOptions {
-        max_tokens: req.max_completion_tokens.or(req.max_tokens),
-        temperature: req.temperature,
-        top_k: req.top_k,
-        top_p: req.top_p,
-        min_p: req.min_p,
-        repeat_penalty: req.repeat_penalty,
-        seed: Some(seed),
-        stop: match req.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s],
-            Some(Stop::Many(v)) => v,
-        },
+    let Converted {
+        model: name,
+        prompt,
+        params,
         n_ctx: req_n_ctx,
-        chat_template: req.chat_template,
-        json: json_mode(req.response_format.as_ref()),
-        grammar: req.grammar,
-        threads: req.threads,
-        ..myco_jobs::llm::infer::InferOptions::default()
+        shape,
+        stream,
+    } = match convert(req, flavor) {
+        Ok(c) => c,
+        Err(Refusal { param, message }) => return bad_request(&param, message),
     };
-    let params = match options.params("") {
-        Ok(p) => p,
-        Err(problems) => {
-            let param = problems
-                .first()
-                .map(|p| p.field.clone())
-                .unwrap_or_default();
-            let message = problems
-                .iter()
-                .map(|p| format!("{}: {}; {}", p.field, p.message, p.hint))
-                .collect::<Vec<_>>()
-                .join("\n");
-            return bad_request(&param, message);
-        }
-    };
-    if let Some(refused) = gate_model(&caller, &req.model) {
+    if let Some(refused) = gate_model(&caller, &name) {
         return refused;
     }
-    let model = match node.find_model(&req.model).await {
+    let model = match node.find_model(&name).await {
         Ok(m) => m,
         Err(e) => {
             return error(
@@ -189,12 +125,11 @@ pub(super) async fn complete(
         &node,
         id,
         Follow {
-            cancel_on_drop: req.stream,
+            cancel_on_drop: stream,
             progress: false,
         },
     );
-    let name = req.model;
-    if !req.stream {
+    if !stream {
         // The whole answer at once: wait for the end, at most WAIT_LIMIT (then the job is
         // cancelled: it may wait for a node holding its model that never comes). A client
         // that goes away stops waiting, and the job still finishes (its result stays on

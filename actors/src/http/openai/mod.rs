@@ -8,14 +8,14 @@
 //! wherever the model is. A streaming client that disconnects cancels its job. Errors use
 //! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 //!
-//! Its files: [`request`] (the fields read and their conversion into one infer request),
-//! [`complete`] (chat and text completions as jobs, waited for or streamed), [`response`]
-//! (answers, chunks and the errors of finished jobs), [`embeddings`] and [`models`].
+//! Its files: [`complete`] (chat and text completions as jobs, waited for or streamed),
+//! [`response`] (the errors of finished jobs, and answers), [`embeddings`] and [`models`].
+//! What a request may hold and the shapes of the answers are
+//! [`myco_jobs::llm::openai`]'s: a batch's lines are read and answered by the same code.
 
 mod complete;
 mod embeddings;
 mod models;
-mod request;
 mod response;
 
 use axum::Json;

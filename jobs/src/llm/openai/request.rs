@@ -1,13 +1,14 @@
 //! The fields of chat and text completion requests that myco reads, and their checks and
 //! conversion into what an infer job takes.
 
-use myco_jobs::llm::infer::{Extras, MAX_TOP_LOGPROBS, Prompt, ToolChoice, Tools};
+use super::response::{Flavor, Shape};
+use crate::llm::infer::{Extras, MAX_TOP_LOGPROBS, Prompt, ToolChoice, Tools};
 use serde::Deserialize;
 
 /// `stop` is a string or a list of strings.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub(super) enum Stop {
+pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
@@ -16,7 +17,7 @@ pub(super) enum Stop {
 /// ignored, as OpenAI-compatible servers do). `top_k`, `min_p`, `repeat_penalty` and `n_ctx`
 /// are llama.cpp's extensions.
 #[derive(Debug, Deserialize)]
-pub(super) struct CompletionRequest {
+pub struct CompletionRequest {
     pub model: String,
     #[serde(default)]
     pub messages: Option<Vec<ChatMessage>>,
@@ -82,7 +83,7 @@ pub(super) struct CompletionRequest {
 /// A chat message as OpenAI clients send it: `content` a string, a list of parts, or null;
 /// an assistant turn may carry the tool calls it made, a `tool` turn answers one.
 #[derive(Debug, Deserialize)]
-pub(super) struct ChatMessage {
+pub struct ChatMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
@@ -96,14 +97,14 @@ pub(super) struct ChatMessage {
 
 /// A tool call of an earlier assistant turn.
 #[derive(Debug, Deserialize)]
-pub(super) struct CallIn {
+pub struct CallIn {
     #[serde(default)]
     pub id: Option<String>,
     pub function: FunctionIn,
 }
 
 #[derive(Debug, Deserialize)]
-pub(super) struct FunctionIn {
+pub struct FunctionIn {
     pub name: String,
     /// A JSON object as text (OpenAI's form), or the object itself.
     #[serde(default)]
@@ -125,7 +126,7 @@ struct TurnOut {
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub(super) enum Content {
+pub enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
@@ -133,7 +134,7 @@ pub(super) enum Content {
 /// One part of a message's content: `{"type": "text", "text": ...}`, or another type
 /// (`image_url`, `input_audio`, `file`), which these models cannot read.
 #[derive(Debug, Deserialize)]
-pub(super) struct Part {
+pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default)]
@@ -144,7 +145,7 @@ pub(super) struct Part {
 /// by new lines) as [`Prompt::Chat`], or, when any turn calls tools or answers a call, all
 /// of them as OpenAI's JSON ([`Prompt::Turns`], which the model's Jinja template renders).
 /// Err: the `(param, message)` of the first thing in them myco cannot do.
-pub(super) fn messages(list: Vec<ChatMessage>) -> Result<Prompt, (String, String)> {
+pub fn messages(list: Vec<ChatMessage>) -> Result<Prompt, (String, String)> {
     let tooling = list
         .iter()
         .any(|m| m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()) || m.role == "tool");
@@ -215,7 +216,7 @@ pub(super) fn messages(list: Vec<ChatMessage>) -> Result<Prompt, (String, String
             }
             _ => None,
         };
-        plain.push(myco_jobs::llm::infer::Message {
+        plain.push(crate::llm::infer::Message {
             role: m.role.clone(),
             content: content.clone().unwrap_or_default(),
         });
@@ -238,7 +239,7 @@ pub(super) fn messages(list: Vec<ChatMessage>) -> Result<Prompt, (String, String
 
 /// What a request asks for beyond its prompt: tools, log-probabilities, a JSON schema.
 /// Err: the `(param, message)` of what is wrong with them.
-pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (String, String)> {
+pub fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (String, String)> {
     let set = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| !v.is_null());
     if set(&req.functions) || set(&req.function_call) {
         let param = if set(&req.functions) {
@@ -260,7 +261,7 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
             ));
         }
         let json = raw.get().to_owned();
-        let list = myco_jobs::llm::tools::parse_tools(&json)?;
+        let list = crate::llm::tools::parse_tools(&json)?;
         for (i, t) in list.iter().enumerate() {
             schema_ok(&t.parameters)
                 .map_err(|why| (format!("tools[{i}].function.parameters"), why))?;
@@ -293,7 +294,7 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
                     ));
                 };
                 if !list.iter().any(|t| t.name == name) {
-                    return Err(myco_jobs::llm::tools::unknown_function(name, &list));
+                    return Err(crate::llm::tools::unknown_function(name, &list));
                 }
                 ToolChoice::Function(name.to_owned())
             }
@@ -391,7 +392,7 @@ pub(super) fn extras(req: &CompletionRequest, chat: bool) -> Result<Extras, (Str
 fn schema_ok(schema: &serde_json::Value) -> Result<(), String> {
     #[cfg(feature = "infer")]
     {
-        myco_jobs::llm::infer::engine::grammar_of_schema(schema)
+        crate::llm::infer::engine::grammar_of_schema(schema)
             .map(|_| ())
             .map_err(|why| format!("the grammar builder cannot take this schema: {why}"))
     }
@@ -403,13 +404,13 @@ fn schema_ok(schema: &serde_json::Value) -> Result<(), String> {
 }
 
 /// Whether `response_format` asks for JSON mode (`{"type": "json_object"}`).
-pub(super) fn json_mode(f: Option<&serde_json::Value>) -> bool {
+pub fn json_mode(f: Option<&serde_json::Value>) -> bool {
     f.and_then(|f| f.get("type")).and_then(|t| t.as_str()) == Some("json_object")
 }
 
 /// The seed of a request: its own, or a random one when it gives none or -1 (OpenAI's
 /// "no seed"); Err for other values outside 0..=4294967295.
-pub(super) fn seed(asked: Option<i64>) -> Result<u32, String> {
+pub fn seed(asked: Option<i64>) -> Result<u32, String> {
     match asked {
         None | Some(-1) => {
             let mut b = [0u8; 4];
@@ -422,4 +423,123 @@ pub(super) fn seed(asked: Option<i64>) -> Result<u32, String> {
             )
         }),
     }
+}
+
+/// A request myco cannot serve as given: the parameter at fault and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub param: String,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(param: impl Into<String>, message: impl Into<String>) -> Refusal {
+        Refusal {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A completion request read into what an infer job takes (all but the model, which the
+/// node resolves).
+#[derive(Debug)]
+pub struct Converted {
+    /// The model as the request names it.
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: crate::llm::infer::InferParams,
+    /// The context the request asks for (`n_ctx`), if any.
+    pub n_ctx: Option<u32>,
+    pub shape: Shape,
+    pub stream: bool,
+}
+
+/// The body of a chat (`Flavor::Chat`) or text completion request, read; Err: a message
+/// that says what was sent and the shape to send.
+pub fn parse(body: &[u8], flavor: Flavor) -> Result<CompletionRequest, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        let shape = match flavor {
+            Flavor::Chat => {
+                "{\"model\": ..., \"messages\": [{\"role\": \"user\", \"content\": ...}]}"
+            }
+            Flavor::Text => "{\"model\": ..., \"prompt\": ...}",
+        };
+        format!("cannot read the request: {e}; send {shape}")
+    })
+}
+
+/// Check a request and turn it into an infer job's prompt and parameters, by the rules a
+/// job file's `[infer]` follows: one set of rules wherever a request comes from (the API,
+/// a batch's lines).
+pub fn convert(req: CompletionRequest, flavor: Flavor) -> Result<Converted, Refusal> {
+    let chat = flavor == Flavor::Chat;
+    let extras = extras(&req, chat).map_err(|(param, why)| {
+        let message = format!("{param}: {why}");
+        Refusal::new(param, message)
+    })?;
+    // How the answer is told: tool calls are read from the whole output.
+    let shape = Shape {
+        tools: extras
+            .tools
+            .as_ref()
+            .is_some_and(|t| t.choice != ToolChoice::None),
+        logprobs: extras.logprobs.is_some(),
+    };
+    let seed = seed(req.seed).map_err(|why| Refusal::new("seed", why))?;
+    let prompt = match (flavor, req.messages, req.prompt) {
+        (Flavor::Chat, Some(m), _) if !m.is_empty() => messages(m).map_err(|(param, why)| {
+            let message = format!("{param}: {why}");
+            Refusal::new(param, message)
+        })?,
+        (Flavor::Chat, _, _) => {
+            return Err(Refusal::new("messages", "messages is missing or empty"));
+        }
+        (Flavor::Text, _, Some(p)) => Prompt::Text(p),
+        (Flavor::Text, _, None) => return Err(Refusal::new("prompt", "prompt is missing")),
+    };
+    let prompt = prompt.with(extras);
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(Refusal::new("n", "only n = 1 is supported"));
+    }
+    let options = crate::llm::infer::InferOptions {
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_k: req.top_k,
+        top_p: req.top_p,
+        min_p: req.min_p,
+        repeat_penalty: req.repeat_penalty,
+        seed: Some(seed),
+        stop: match req.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        },
+        n_ctx: req.n_ctx,
+        chat_template: req.chat_template,
+        json: json_mode(req.response_format.as_ref()),
+        grammar: req.grammar,
+        threads: req.threads,
+        ..crate::llm::infer::InferOptions::default()
+    };
+    let params = options.params("").map_err(|problems| {
+        let param = problems
+            .first()
+            .map(|p| p.field.clone())
+            .unwrap_or_default();
+        let message = problems
+            .iter()
+            .map(|p| format!("{}: {}; {}", p.field, p.message, p.hint))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Refusal::new(param, message)
+    })?;
+    Ok(Converted {
+        model: req.model,
+        prompt,
+        params,
+        n_ctx: req.n_ctx,
+        shape,
+        stream: req.stream,
+    })
 }
