@@ -17,6 +17,9 @@ pub const LIB: &str = "lib";
 /// under the home: never under `models`, whose files the node advertises.
 pub const SCRATCH: &str = "scratch";
 
+/// The files of OpenAI's `/v1/files` (batch inputs and outputs), under the home.
+pub const FILES: &str = "files";
+
 /// What a node keeps to save work, under the home: model identities (`ids/`); fetched
 /// models and slices later.
 pub const CACHE: &str = "cache";
@@ -39,6 +42,11 @@ pub fn collections_dir(home: &Path) -> PathBuf {
 /// `home/collections/NAME`: the collection `name`.
 pub fn collection_dir(home: &Path, name: &str) -> PathBuf {
     collections_dir(home).join(name)
+}
+
+/// `home/files`.
+pub fn files_dir(home: &Path) -> PathBuf {
+    home.join(FILES)
 }
 
 /// `home/scratch`.

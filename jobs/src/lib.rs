@@ -1,7 +1,7 @@
 //! myco's job layer: the `job.toml` format ([`spec`]), one module per job kind ([`kind`]:
 //! its section, validation, planning and traits), the stored [`task::Task`] enum with its
 //! classified errors ([`error`]), the models a node holds and how names resolve ([`model`]),
-//! the home layout ([`home`]), the synchronous executors ([`executor`], [`chunk`],
+//! the home layout ([`home`]), the files of OpenAI's file API ([`files`]), the synchronous executors ([`executor`], [`chunk`],
 //! [`embed`]), and the LLM half, everything that faces llama.cpp ([`llm`]: inference,
 //! layer-range stages, GGUF files).
 //!
@@ -20,6 +20,7 @@ pub mod embed;
 pub mod engines;
 pub mod error;
 pub mod executor;
+pub mod files;
 pub mod filter;
 pub mod fit;
 pub mod home;

@@ -1,7 +1,7 @@
 //! OpenAI-compatible endpoints, so existing clients and RAG tools can use a node:
 //! `POST /v1/embeddings`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
 //! `stream: true` as server-sent events, or without), `GET /v1/models` and
-//! `GET /v1/models/{id}`.
+//! `GET /v1/models/{id}`, and OpenAI's file API (`/v1/files`, see [`files`]).
 //!
 //! A request becomes an ordinary job (kind `embed` or `infer`, high priority so interactive
 //! requests go ahead of batch work), goes through the durable queue like any other, and runs
@@ -15,6 +15,7 @@
 
 mod complete;
 mod embeddings;
+mod files;
 mod models;
 mod response;
 
@@ -84,4 +85,15 @@ pub fn routes() -> axum::Router<NodeHandle> {
         .route("/v1/completions", post(complete::completions))
         .route("/v1/models", get(models::models))
         .route("/v1/models/{id}", get(models::model))
+        .route(
+            "/v1/files",
+            post(files::upload)
+                .get(files::list)
+                // An upload streams to disk: it may be larger than other bodies.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    (myco_jobs::files::MAX_FILE_BYTES + (1 << 20)) as usize,
+                )),
+        )
+        .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/v1/files/{id}/content", get(files::content))
 }
