@@ -21,7 +21,8 @@ pub fn kinds() -> Vec<JobKind> {
             JobKind::Embed | JobKind::Archive => cfg!(feature = "embed"),
             JobKind::Infer => cfg!(feature = "infer") && llm_cpu(),
             JobKind::Pipeline => cfg!(feature = "pipeline") && llm_cpu(),
-            JobKind::Chunk | JobKind::Noop => true,
+            // A batch's join writes files: it needs no engine (its children do).
+            JobKind::Chunk | JobKind::Noop | JobKind::Batch => true,
         })
         .collect()
 }

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use myco_jobs::{ChildResults, Executor, JobError, RunContext, Task};
+use myco_jobs::{Child, ChildResults, Executor, JobError, Outcome, RunContext, Task};
 use myco_runtime::cluster::wire::{StreamFrame, StreamPiece, Wire};
-use myco_runtime::queue::{INTERACTIVE_PRIORITY, OutboxEntry, Queue};
+use myco_runtime::queue::{INTERACTIVE_PRIORITY, JobState, OutboxEntry, Queue};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
@@ -126,7 +126,7 @@ impl ExecutorThread {
                     }
                     cancel.load(Ordering::Relaxed)
                 };
-                let visit = |f: &mut dyn FnMut(&[u8]) -> Result<(), JobError>| {
+                let visit = |f: &mut dyn FnMut(Child<'_>) -> Result<(), JobError>| {
                     let Some((queue, id)) = &cmd.children else {
                         return Ok(());
                     };
@@ -134,9 +134,24 @@ impl ExecutorThread {
                         JobError::retryable(format!("reading the children's results: {e}"))
                     };
                     for child in queue.children(*id).map_err(read)? {
-                        if let Some(result) = queue.result(child).map_err(read)? {
-                            f(&result)?;
-                        }
+                        let key = child.to_string();
+                        let result = queue.result(child).map_err(read)?;
+                        let rec = match result {
+                            Some(_) => None,
+                            None => queue.get(child).map_err(read)?,
+                        };
+                        let outcome = match (&result, &rec) {
+                            (Some(r), _) => Outcome::Done(r),
+                            (None, Some(r)) if r.state == JobState::Dead => {
+                                let e = r.last_error.as_ref();
+                                Outcome::Failed {
+                                    message: e.map_or("failed", |e| e.message.as_str()),
+                                    fatal: e.is_some_and(|e| !e.is_retryable()),
+                                }
+                            }
+                            _ => Outcome::Cancelled,
+                        };
+                        f(Child { id: &key, outcome })?;
                     }
                     Ok(())
                 };

@@ -489,7 +489,10 @@ pub fn join(
     let mut failed: Vec<(String, String)> = Vec::new();
     let mut boilerplate_bytes = 0;
     if let Some(children) = children {
-        children(&mut |bytes: &[u8]| {
+        children(&mut |child: crate::run::Child<'_>| {
+            let crate::run::Outcome::Done(bytes) = child.outcome else {
+                return Ok(());
+            };
             for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 if line.starts_with(b"{\"doc\"") {
                     let d: DocLine = serde_json::from_slice(line).map_err(|e| {

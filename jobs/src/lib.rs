@@ -13,6 +13,7 @@ pub mod access;
 #[cfg(feature = "embed")]
 pub mod ann;
 pub mod archive;
+pub mod batch;
 pub mod chunk;
 pub mod collection;
 #[cfg(feature = "embed")]
@@ -40,6 +41,6 @@ pub use executor::{CpuExecutor, Executor};
 pub use fit::Fit;
 pub use kind::{JobKind, KindTraits, Lane};
 pub use model::ModelRef;
-pub use run::{ChildResults, RunContext};
+pub use run::{Child, ChildResults, Outcome, RunContext};
 pub use spec::{JobSpec, Plan, Problem, SpecError};
 pub use task::Task;

@@ -5,9 +5,30 @@
 
 use crate::error::JobError;
 
-/// Visits the results of a joining parent's finished children, one result at a time.
+/// Visits a joining parent's children in order, one at a time: each one's id and how it
+/// ended.
 pub type ChildResults<'a> =
-    dyn Fn(&mut dyn FnMut(&[u8]) -> Result<(), JobError>) -> Result<(), JobError> + 'a;
+    dyn Fn(&mut dyn FnMut(Child<'_>) -> Result<(), JobError>) -> Result<(), JobError> + 'a;
+
+/// One child of a joining parent, as [`ChildResults`] visits it.
+#[derive(Debug, Clone, Copy)]
+pub struct Child<'a> {
+    /// Its job id (a ULID, as text).
+    pub id: &'a str,
+    pub outcome: Outcome<'a>,
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// Its result.
+    Done(&'a [u8]),
+    /// It failed for good: its last error, and whether that was the request's own fault
+    /// (fatal) rather than the machinery's.
+    Failed { message: &'a str, fatal: bool },
+    /// Cancelled (or not finished at all).
+    Cancelled,
+}
 
 /// What an executor sees of the attempt it runs.
 pub struct RunContext<'a> {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, ArchiveTask, DocsOptions, DocsTask};
+use crate::batch::BatchTask;
 use crate::chunk::ChunkParams;
 use crate::llm::infer::InferTask;
 use crate::model::ModelRef;
@@ -61,6 +62,10 @@ pub enum Task {
     /// (see [`DocsOptions`]). A variant of its own, appended last, so that queued
     /// `EmbedDocs` records still decode and a child without options keeps its old shape.
     EmbedDocsWith(DocsTask, DocsOptions),
+    /// Many LLM or embedding requests (a batch): a parent with a child per request (an
+    /// `Infer` or `Embed` task), which runs itself, on its owner, once they have finished
+    /// (it writes the output and error files). Appended in job format 3.
+    Batch(BatchTask),
 }
 
 /// Where an embedded text came from: a chunk of a document.
@@ -96,7 +101,7 @@ impl Task {
     /// A parent: a task that fans out into children at submit time (a chunk job over a
     /// directory, an archive).
     pub fn is_parent(&self) -> bool {
-        matches!(self, Task::Chunk { .. } | Task::Archive(_))
+        matches!(self, Task::Chunk { .. } | Task::Archive(_) | Task::Batch(_))
     }
 
     /// The documents (files, directories, glob patterns) running this task reads from the
@@ -115,7 +120,8 @@ impl Task {
             | Task::Noop(_)
             | Task::Embed { .. }
             | Task::Infer(_)
-            | Task::Pipeline(_) => Vec::new(),
+            | Task::Pipeline(_)
+            | Task::Batch(_) => Vec::new(),
         }
     }
 
@@ -245,6 +251,12 @@ impl Task {
             Task::Pipeline(t) => format!(
                 "infer {} tokens with {} in stages",
                 t.params.max_tokens, t.model.name
+            ),
+            Task::Batch(b) => format!(
+                "batch {} of {} requests to {}",
+                b.id,
+                b.lines.len(),
+                b.endpoint.url()
             ),
         }
     }

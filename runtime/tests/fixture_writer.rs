@@ -298,6 +298,25 @@ async fn write_owner(path: &Path) -> (u128, u64) {
             }),
             ..infer()
         })),
+        // Job format 3: a batch (its parent keeps the lines; its children the requests).
+        NewJob {
+            children: vec![Task::Infer(infer())],
+            ..job(Task::Batch(myco_jobs::batch::BatchTask {
+                id: "batch_fixture".into(),
+                endpoint: myco_jobs::batch::Endpoint::Chat,
+                lines: vec![myco_jobs::batch::BatchLine {
+                    custom_id: "request-1".into(),
+                    model: "fixture-llm".into(),
+                    shape: myco_jobs::batch::LineShape {
+                        logprobs: true,
+                        ..Default::default()
+                    },
+                    request: None,
+                }],
+                created_at: 1_700_000_000,
+                expires_at: 1_700_086_400,
+            }))
+        },
     ])
     .await
     .unwrap();

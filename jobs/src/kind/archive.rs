@@ -28,6 +28,7 @@ pub const TRAITS: KindTraits = KindTraits {
     streams: false,
     // The parent writes the collection from its children's results...
     joins: true,
+    joins_failed: false,
     // ...on its owner, whose collection it is.
     owner_only: true,
     gpu: Gpu::Never,

@@ -23,6 +23,7 @@ pub const TRAITS: KindTraits = KindTraits {
     lane: Lane::Batch,
     streams: false,
     joins: false,
+    joins_failed: false,
     // The parent over a directory never runs: it stays with its owner.
     owner_only: true,
     gpu: Gpu::Never,

@@ -26,6 +26,7 @@ pub const TRAITS: KindTraits = KindTraits {
     lane: Lane::Batch,
     streams: false,
     joins: false,
+    joins_failed: false,
     owner_only: false,
     gpu: Gpu::Never,
     executor: ExecutorKind::Cpu,

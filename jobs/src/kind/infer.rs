@@ -24,6 +24,7 @@ pub const TRAITS: KindTraits = KindTraits {
     lane: Lane::Executive,
     streams: true,
     joins: false,
+    joins_failed: false,
     owner_only: false,
     gpu: Gpu::IfAsked,
     executor: ExecutorKind::Cpu,

@@ -9,6 +9,7 @@
 //! [`Task::kind`]. This file holds no kind's logic, and the kind modules never import it.
 
 pub mod archive;
+pub mod batch;
 pub mod chunk;
 pub mod embed;
 pub mod infer;
@@ -137,6 +138,7 @@ kinds! {
     Archive => archive,
     Infer => infer,
     Pipeline => pipeline,
+    Batch => batch,
 }
 
 impl JobKind {
@@ -169,6 +171,7 @@ impl Task {
             Task::Archive(_) => JobKind::Archive,
             Task::Infer(_) => JobKind::Infer,
             Task::Pipeline(_) => JobKind::Pipeline,
+            Task::Batch(_) => JobKind::Batch,
         }
     }
 
@@ -201,6 +204,11 @@ impl Task {
     /// A parent that runs itself once its children have finished, with their results.
     pub fn joins(&self) -> bool {
         self.traits().joins && self.is_parent()
+    }
+
+    /// A joining parent that joins even when none of its children is done.
+    pub fn joins_failed(&self) -> bool {
+        self.joins() && self.traits().joins_failed
     }
 }
 

@@ -44,6 +44,8 @@ pub struct KindTraits {
     pub streams: bool,
     /// Its parent runs itself once its children have finished, with their results.
     pub joins: bool,
+    /// Its parent joins even when no child is done (else such a parent is dead).
+    pub joins_failed: bool,
     /// Its parent task (one that fans out into children) runs, or waits, only on the job's
     /// owner: it writes the owner's files or reads its children.
     pub owner_only: bool,

@@ -227,8 +227,9 @@ pub(crate) const META_FORMAT: &str = "format";
 /// Stored job records: format 0 (bare bincode of [`JobRecordV0`]), 1 (versioned, with
 /// `submitter`) and 2 (an LLM prompt may be chat turns with tool calls, or carry tools,
 /// log-probabilities and a JSON schema: `Prompt::Turns` and `Prompt::With`, appended, so 1
-/// reads as 2 unchanged, and a build of format 1 refuses 2 by its version).
-pub const JOB_FORMAT: u16 = 2;
+/// reads as 2 unchanged, and a build of format 1 refuses 2 by its version) and 3 (batches:
+/// `Task::Batch`, appended, so 2 reads as 3 unchanged).
+pub const JOB_FORMAT: u16 = 3;
 /// Stored outbox entries: format 0 (bare bincode) and 1 (versioned), of one layout.
 pub const OUTBOX_FORMAT: u16 = 1;
 /// Stored leaf results: format 0 (bare JSON Lines) and 1 (versioned JSON Lines).
@@ -449,7 +450,7 @@ impl Txn<'_> {
         counts.items_done += u64::from(child.task.items());
         p.children = Some(counts);
         if p.state == JobState::Waiting && counts.finished() >= counts.total {
-            if counts.done > 0 && p.task.joins() {
+            if (counts.done > 0 && p.task.joins()) || p.task.joins_failed() {
                 // It runs itself now, on its children's results.
                 let note = format!(
                     "{} of {} children done; joining their results",
