@@ -296,6 +296,64 @@ impl NodeHandle {
         Ok(self.queue.submit_as(jobs, submitter).await?)
     }
 
+    /// Read a batch's input (`bytes`, OpenAI's JSON Lines of `endpoint`) into a batch job of
+    /// id `id` whose lines may name only models `access` lets the caller use, and queue it
+    /// below interactive requests. Err(Ok): every bad line; Err(Err): the queue's refusal.
+    pub async fn submit_batch(
+        &self,
+        id: String,
+        bytes: Vec<u8>,
+        endpoint: myco_jobs::batch::Endpoint,
+        window: std::time::Duration,
+        access: Access,
+    ) -> Result<Submitted, Result<Vec<myco_jobs::batch::LineError>, SubmitError>> {
+        let remote: Vec<ModelRef> = if self.swarm.is_some() {
+            self.peer_models().await
+        } else {
+            Vec::new()
+        };
+        let models_dir = self.models_dir();
+        let collections = self.collections_dir();
+        let submitter = submitter_of(&access);
+        type Refusal = Result<Vec<myco_jobs::batch::LineError>, SubmitError>;
+        let job = tokio::task::spawn_blocking(move || -> Result<NewJob, Refusal> {
+            let refused = std::cell::OnceCell::new();
+            let env = myco_jobs::spec::env::SpecEnv {
+                base_dir: Path::new(""),
+                models_dir: &models_dir,
+                remote: &remote,
+                access: &access,
+                refused: &refused,
+            };
+            let task = myco_jobs::kind::batch::from_bytes(id, &bytes, endpoint, window, &env)
+                .map_err(Ok)?;
+            let spec = JobSpec {
+                priority: 0,
+                max_attempts: 3,
+                timeout: std::time::Duration::from_secs(600),
+                idempotency_key: None,
+                task,
+            };
+            let plan = spec
+                .plan_in(&collections)
+                .map_err(|error| Err(SubmitError::Spec { index: 0, error }))?;
+            Ok(NewJob::from_spec(&spec, plan))
+        })
+        .await
+        .map_err(|e| -> Refusal {
+            Err(QueueError::Internal(format!("planning failed: {e}")).into())
+        })??;
+        let submitted = self
+            .queue
+            .submit_as(vec![job], submitter)
+            .await
+            .map_err(|e| Err(e.into()))?;
+        submitted
+            .first()
+            .copied()
+            .ok_or_else(|| Err(QueueError::Internal("the queue accepted no job".into()).into()))
+    }
+
     /// Check that the caller may read every file job `id` (and its children) would read
     /// again: a retry or resubmit runs as the caller who asks, not as who submitted it.
     async fn check_rerun(&self, id: JobId, access: &Access) -> Result<(), SubmitError> {

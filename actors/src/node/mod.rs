@@ -334,6 +334,8 @@ impl Node {
                 &config.allowed_origins,
             ));
             let app = crate::http::router(handle.clone(), Arc::new(gate));
+            // Batches past their window stop; expired files go.
+            handle.spawn_edge(crate::http::openai::batches::sweep(handle.clone()));
             let listener = crate::http::listen::Limited::new(
                 listener,
                 config.max_connections as usize,

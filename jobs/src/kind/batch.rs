@@ -143,34 +143,49 @@ pub fn check(section: Option<&Section>, env: &SpecEnv<'_>, p: &mut Problems) -> 
             return None;
         }
     };
-    let created_at = crate::files::unix_now();
-    let lines = match batch::read_lines(&bytes, endpoint, env) {
-        Ok(lines) => lines,
+    let Ok(id) = new_id() else {
+        p.bad("batch", "no randomness for the batch's id", "try again");
+        return None;
+    };
+    match from_bytes(id, &bytes, endpoint, window, env) {
+        Ok(task) => Some(task.into()),
         Err(errors) => {
             for e in errors {
                 line_problem(p, field, &e);
             }
-            return None;
+            None
         }
-    };
-    let mut id = [0u8; 8];
-    if getrandom::fill(&mut id).is_err() {
-        p.bad("batch", "no randomness for the batch's id", "try again");
-        return None;
     }
-    Some(Checked {
-        task: Task::Batch(BatchTask {
-            id: format!(
-                "batch_{}",
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
-            endpoint,
-            lines,
-            created_at,
-            expires_at: created_at + window.as_secs(),
-        }),
-        default_key: None,
-    })
+}
+
+/// A fresh batch id: `batch_` and 24 random hex digits.
+pub fn new_id() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b)?;
+    Ok(format!(
+        "batch_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
+}
+
+/// The batch `id` of the requests in `bytes` (OpenAI's batch input lines) to `endpoint`,
+/// to finish within `window`; Err: every bad line.
+pub fn from_bytes(
+    id: String,
+    bytes: &[u8],
+    endpoint: Endpoint,
+    window: std::time::Duration,
+    env: &SpecEnv<'_>,
+) -> Result<Task, Vec<LineError>> {
+    let created_at = crate::files::unix_now();
+    let lines = batch::read_lines(bytes, endpoint, env)?;
+    Ok(Task::Batch(BatchTask {
+        id,
+        endpoint,
+        lines,
+        created_at,
+        expires_at: created_at.saturating_add(window.as_secs()),
+    }))
 }
 
 /// A line's problem as a job file's problem.

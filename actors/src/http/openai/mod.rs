@@ -1,7 +1,8 @@
 //! OpenAI-compatible endpoints, so existing clients and RAG tools can use a node:
 //! `POST /v1/embeddings`, `POST /v1/chat/completions`, `POST /v1/completions` (both with
 //! `stream: true` as server-sent events, or without), `GET /v1/models` and
-//! `GET /v1/models/{id}`, and OpenAI's file API (`/v1/files`, see [`files`]).
+//! `GET /v1/models/{id}`, OpenAI's file API (`/v1/files`, see [`files`]) and Batch API
+//! (`/v1/batches`, see [`batches`]).
 //!
 //! A request becomes an ordinary job (kind `embed` or `infer`, high priority so interactive
 //! requests go ahead of batch work), goes through the durable queue like any other, and runs
@@ -13,6 +14,7 @@
 //! What a request may hold and the shapes of the answers are
 //! [`myco_jobs::llm::openai`]'s: a batch's lines are read and answered by the same code.
 
+pub mod batches;
 mod complete;
 mod embeddings;
 mod files;
@@ -96,4 +98,7 @@ pub fn routes() -> axum::Router<NodeHandle> {
         )
         .route("/v1/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/v1/files/{id}/content", get(files::content))
+        .route("/v1/batches", post(batches::create).get(batches::list))
+        .route("/v1/batches/{id}", get(batches::retrieve))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel))
 }
