@@ -891,3 +891,121 @@ fn a_full_disk_at_the_owner_keeps_the_thiefs_outbox_until_it_recovers() {
         );
     }
 }
+
+/// Issue 31, acceptance 2: a 200-line LLM batch owned by A, B stealing lines; A is killed
+/// (-9) mid-batch and restarted: the batch completes, its output has every `custom_id`
+/// exactly once (and its error file none).
+#[test]
+fn a_batch_survives_its_owner_killed_mid_run_with_every_line_once() {
+    let _serial = serial();
+    let swarm = Swarm::new(4, &FAST.replace("lease = 3", "lease = 15"));
+    for name in ["a", "b"] {
+        let models = swarm.home(name).join("models");
+        std::fs::create_dir_all(&models).unwrap();
+        myco_jobs::llm::gguf::TinyLlama::default()
+            .write(&models.join("tiny.gguf"), true)
+            .unwrap();
+    }
+    let mut a = swarm.start("a", &[]);
+    let b = swarm.start("b", &[]);
+    let http = Http::new();
+    let formed = converge(&http, &[&a, &b], &["a", "b"]);
+    eprintln!("swarm of two formed in {formed:?}");
+
+    // 200 greedy chat requests, as an OpenAI batch input file, in a batch job file.
+    let dir = swarm.root.path().join("batch");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lines = String::new();
+    for i in 0..200 {
+        lines.push_str(
+            &serde_json::json!({
+                "custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/chat/completions",
+                "body": {
+                    "model": "tiny.gguf", "max_tokens": 24, "temperature": 0, "n_ctx": 256,
+                    "messages": [{"role": "user", "content": format!("line {i} of the batch")}],
+                },
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("requests.jsonl"), lines).unwrap();
+    let spec = serde_json::json!({
+        "toml": "version = 1\nkind = \"batch\"\n[batch]\ninput = \"requests.jsonl\"\n",
+        "base_dir": dir,
+    });
+    // The owner's request (its token, from loopback): the job file may name any path.
+    let (status, reply) = Http::owner(&a)
+        .post(&a.url("/api/jobs"), &serde_json::json!({ "jobs": [spec] }))
+        .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let batch = reply["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let children = |http: &Http, node: &NodeProc| -> Vec<Value> {
+        let url = node.url(&format!("/api/jobs?parent={batch}&limit=1000"));
+        match http.get(&url) {
+            Ok((200, v)) => v["jobs"].as_array().cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
+    eventually(Duration::from_secs(120), "b runs stolen lines", || {
+        let c = children(&http, &a);
+        let done = c.iter().filter(|j| j["state"] == "done").count();
+        let at_b = c
+            .iter()
+            .filter(|j| j["holder"].as_str().is_some_and(|h| h.starts_with("b#")))
+            .count();
+        (done >= 20 && at_b > 0).then_some(())
+    });
+    let before = children(&http, &a);
+    let done_before = before.iter().filter(|j| j["state"] == "done").count();
+    a.kill9();
+    eprintln!("killed A with {done_before} of 200 lines done");
+    eventually(Duration::from_secs(20), "b marks A down", || {
+        (status_of(&http, &b, "a").as_deref() == Some("down")).then_some(())
+    });
+    let a = swarm.start("a", &[]);
+    eventually(Duration::from_secs(20), "a and b meet again", || {
+        (sees_up(&http, &a, &["a", "b"]) && sees_up(&http, &b, &["a", "b"])).then_some(())
+    });
+    let done = eventually(Duration::from_secs(600), "the batch completes", || {
+        let (_, v) = http.get(&a.url(&format!("/api/jobs/{batch}"))).ok()?;
+        (v["state"] == "done" || v["state"] == "dead").then_some(v)
+    });
+    assert_eq!(done["state"], "done", "{done}");
+    let (status, result) = http
+        .get(&a.url(&format!("/api/jobs/{batch}/result")))
+        .unwrap();
+    assert_eq!(status, 200, "{result}");
+    eprintln!("the batch's result: {result}");
+    let written: myco_jobs::batch::Written = serde_json::from_value(result.clone()).unwrap();
+    assert_eq!((written.total, written.completed), (200, 200), "{result}");
+    assert!(written.error_file_id.is_none(), "{result}");
+    let output = std::fs::read_to_string(
+        swarm
+            .home("a")
+            .join("files")
+            .join(written.output_file_id.unwrap()),
+    )
+    .unwrap();
+    let ids: Vec<String> = output
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..200).map(|i| format!("line-{i}")).collect();
+    assert_eq!(ids, want, "every custom_id once, in input order");
+    let ran_on_b = children(&http, &a)
+        .iter()
+        .filter(|j| {
+            j["history"]
+                .as_array()
+                .is_some_and(|h| ran_on(h).as_deref() == Some("b"))
+        })
+        .count();
+    eprintln!("lines run by b: {ran_on_b} of 200");
+    assert!(ran_on_b > 0, "b ran none of the lines");
+}
