@@ -127,6 +127,15 @@ impl Target<'_> {
                     .get(id)
                     .await?
                     .ok_or_else(|| anyhow!("job {id} vanished"))?;
+                // A batch's result is its answers: its output file, then its error file.
+                if let Some(files) = h.batch_files(&rec).await {
+                    for path in files {
+                        let mut f = std::fs::File::open(&path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        std::io::copy(&mut f, sink)?;
+                    }
+                    return Ok(sink.flush()?);
+                }
                 for part in h.results(&rec).await? {
                     let queue = h.queue().clone();
                     let bytes = tokio::task::spawn_blocking(move || queue.result(part)).await??;

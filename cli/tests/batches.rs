@@ -46,3 +46,84 @@ fn the_openai_package_runs_batches_on_a_node() {
     );
     assert!(stdout.contains("all batch checks ok"), "{stdout}");
 }
+
+/// A map job (`examples/summarize.toml`, with the test's tiny model) over a copy of the
+/// example archive: `myco run` prints one answer per file, keyed by its path.
+#[test]
+fn a_map_job_over_the_example_archive_answers_every_file() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(home.join("models")).unwrap();
+    TinyLlama {
+        n_ctx: 2048,
+        ..TinyLlama::default()
+    }
+    .write(&home.join("models/tiny.gguf"), true)
+    .unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let work = root.path().join("work");
+    let mut files = Vec::new();
+    for e in walk(&examples.join("archive")) {
+        let rel = e.strip_prefix(&examples).unwrap().to_path_buf();
+        std::fs::create_dir_all(work.join(&rel).parent().unwrap()).unwrap();
+        std::fs::copy(&e, work.join(&rel)).unwrap();
+        files.push(rel.display().to_string());
+    }
+    files.sort();
+    let toml = std::fs::read_to_string(examples.join("summarize.toml"))
+        .unwrap()
+        .replace("qwen2.5-0.5b-instruct-q4_k_m.gguf", "tiny.gguf")
+        .replace("max_tokens = 128", "max_tokens = 8\nn_ctx = 1024");
+    assert!(toml.contains("tiny.gguf"), "the example names its model");
+    std::fs::write(work.join("summarize.toml"), toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_myco"))
+        .arg("--home")
+        .arg(&home)
+        .args(["run", "summarize.toml"])
+        .current_dir(&work)
+        .env("MYCO_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "myco run failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut keys: Vec<String> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys, files,
+        "one answer per file, keyed by its path:\n{stdout}"
+    );
+    for l in &lines {
+        assert_eq!(l["response"]["status_code"], 200, "{l}");
+        assert!(
+            l["response"]["body"]["choices"][0]["message"]["content"].is_string(),
+            "{l}"
+        );
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -972,29 +972,24 @@ fn a_batch_survives_its_owner_killed_mid_run_with_every_line_once() {
         (v["state"] == "done" || v["state"] == "dead").then_some(v)
     });
     assert_eq!(done["state"], "done", "{done}");
-    let (status, result) = http
+    // The batch's result is its answers (its output file, then its error file).
+    let (status, answers) = Http::owner(&a)
         .get(&a.url(&format!("/api/jobs/{batch}/result")))
         .unwrap();
-    assert_eq!(status, 200, "{result}");
-    eprintln!("the batch's result: {result}");
-    let written: myco_jobs::batch::Written = serde_json::from_value(result.clone()).unwrap();
-    assert_eq!((written.total, written.completed), (200, 200), "{result}");
-    assert!(written.error_file_id.is_none(), "{result}");
-    let output = std::fs::read_to_string(
-        swarm
-            .home("a")
-            .join("files")
-            .join(written.output_file_id.unwrap()),
-    )
-    .unwrap();
-    let ids: Vec<String> = output
+    assert_eq!(status, 200, "{answers}");
+    let lines: Vec<Value> = answers
+        .as_str()
+        .unwrap()
         .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["custom_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().all(|l| l["response"]["status_code"] == 200),
+        "every line answered"
+    );
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap().to_owned())
         .collect();
     let want: Vec<String> = (0..200).map(|i| format!("line-{i}")).collect();
     assert_eq!(ids, want, "every custom_id once, in input order");

@@ -225,8 +225,40 @@ async fn result(
             "wait for it with `myco submit --wait` or check `myco status ID`",
         ));
     }
-    let ids = node.results(&rec).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    // A batch's result is its answers: its output file, then its error file.
+    if let Some(files) = node.batch_files(&rec).await {
+        tokio::task::spawn_blocking(move || {
+            for path in files {
+                let sent = std::fs::File::open(&path).and_then(|mut f| {
+                    use std::io::Read;
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = f.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(true);
+                        }
+                        if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                });
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(sse::body(rx))
+            .map_err(ApiError::internal);
+    }
+    let ids = node.results(&rec).await?;
     let queue = node.queue().clone();
     // Reads one result at a time, so memory stays bounded whatever the job's size; ends
     // when the client goes away.

@@ -16,7 +16,8 @@ use myco_jobs::spec::Refused;
 use myco_runtime::access::{Access, Outside};
 use myco_runtime::models::ModelFile;
 use myco_runtime::queue::{
-    CancelOutcome, JobId, JobRecord, NewJob, Queue, QueueError, RetryOutcome, Submitted, Submitter,
+    CancelOutcome, JobId, JobRecord, JobState, NewJob, Queue, QueueError, RetryOutcome, Submitted,
+    Submitter,
 };
 use ractor::ActorRef;
 
@@ -436,6 +437,31 @@ impl NodeHandle {
 
     /// The jobs whose results, in order, make up `rec`'s result: a parent's children's,
     /// unless it joins them into its own; a leaf's own.
+    /// A done batch's answers: its output file, then its error file (its stored result
+    /// only says where they are). `None` for any other job.
+    pub async fn batch_files(&self, rec: &JobRecord) -> Option<Vec<PathBuf>> {
+        if !matches!(rec.task, myco_jobs::Task::Batch(_)) || rec.state != JobState::Done {
+            return None;
+        }
+        let queue = self.queue.clone();
+        let id = rec.id;
+        let store = myco_jobs::files::FileStore::of_home(&self.home);
+        tokio::task::spawn_blocking(move || {
+            let bytes = queue.result(id).ok()??;
+            let w: myco_jobs::batch::Written = serde_json::from_slice(&bytes).ok()?;
+            Some(
+                [w.output_file_id, w.error_file_id]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| store.path(&f).ok().flatten())
+                    .collect(),
+            )
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     pub async fn results(&self, rec: &JobRecord) -> Result<Vec<JobId>, QueueError> {
         let id = rec.id;
         if rec.children.is_none() || rec.task.joins() {
