@@ -207,7 +207,7 @@ function stealView(minutes, members) {
 // ---------------------------------------------------------------- queue
 
 const STATES = ['queued', 'leased', 'done', 'failed', 'dead', 'cancelled'];
-const KINDS = ['chunk', 'embed', 'archive', 'infer', 'pipeline', 'noop'];
+const KINDS = ['chunk', 'embed', 'archive', 'infer', 'pipeline', 'noop', 'batch'];
 
 function queuePage(_, params) {
   const f = {
