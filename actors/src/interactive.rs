@@ -183,7 +183,7 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
 /// this node's copy of the file) has more than one stage. Without a copy here, or without a
 /// plan at all, it is an infer job as before (which waits for a node that holds the model).
 #[cfg(feature = "pipeline")]
-async fn split(node: &NodeHandle, task: &InferTask) -> bool {
+pub(crate) async fn split(node: &NodeHandle, task: &InferTask) -> bool {
     let path = &task.model.path;
     if !path.is_absolute() || !path.is_file() {
         return false;
@@ -195,7 +195,7 @@ async fn split(node: &NodeHandle, task: &InferTask) -> bool {
 }
 
 #[cfg(not(feature = "pipeline"))]
-async fn split(_: &NodeHandle, _: &InferTask) -> bool {
+pub(crate) async fn split(_: &NodeHandle, _: &InferTask) -> bool {
     false
 }
 

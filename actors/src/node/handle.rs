@@ -317,7 +317,10 @@ impl NodeHandle {
         let collections = self.collections_dir();
         let submitter = submitter_of(&access);
         type Refusal = Result<Vec<myco_jobs::batch::LineError>, SubmitError>;
-        let job = tokio::task::spawn_blocking(move || -> Result<NewJob, Refusal> {
+        let joined = |e: tokio::task::JoinError| -> Refusal {
+            Err(QueueError::Internal(format!("planning failed: {e}")).into())
+        };
+        let task = tokio::task::spawn_blocking(move || {
             let refused = std::cell::OnceCell::new();
             let env = myco_jobs::spec::env::SpecEnv {
                 base_dir: Path::new(""),
@@ -326,8 +329,15 @@ impl NodeHandle {
                 access: &access,
                 refused: &refused,
             };
-            let task = myco_jobs::kind::batch::from_bytes(id, &bytes, endpoint, window, &env)
-                .map_err(Ok)?;
+            myco_jobs::kind::batch::from_bytes(id, &bytes, endpoint, window, &env)
+        })
+        .await
+        .map_err(joined)?
+        .map_err(Ok)?;
+        // A line whose model no node can hold whole runs in stages, as the same request
+        // would over the API (which cannot take a grammar, tools or log-probabilities yet).
+        let task = self.split_lines(task).await.map_err(Ok)?;
+        let job = tokio::task::spawn_blocking(move || -> Result<NewJob, Refusal> {
             let spec = JobSpec {
                 priority: 0,
                 max_attempts: 3,
@@ -341,9 +351,7 @@ impl NodeHandle {
             Ok(NewJob::from_spec(&spec, plan))
         })
         .await
-        .map_err(|e| -> Refusal {
-            Err(QueueError::Internal(format!("planning failed: {e}")).into())
-        })??;
+        .map_err(joined)??;
         let submitted = self
             .queue
             .submit_as(vec![job], submitter)
@@ -353,6 +361,57 @@ impl NodeHandle {
             .first()
             .copied()
             .ok_or_else(|| Err(QueueError::Internal("the queue accepted no job".into()).into()))
+    }
+
+    /// A batch's LLM lines as pipeline jobs where their model must be split (see
+    /// [`crate::interactive::split`]); Err: the lines that ask what stages cannot do.
+    async fn split_lines(
+        &self,
+        mut task: myco_jobs::Task,
+    ) -> Result<myco_jobs::Task, Vec<myco_jobs::batch::LineError>> {
+        let myco_jobs::Task::Batch(b) = &mut task else {
+            return Ok(task);
+        };
+        let mut split: std::collections::HashMap<(PathBuf, u32), bool> = Default::default();
+        let mut errors = Vec::new();
+        for (i, line) in b.lines.iter_mut().enumerate() {
+            let Some(request) = line.request.as_deref_mut() else {
+                continue;
+            };
+            let myco_jobs::Task::Infer(t) = request else {
+                continue;
+            };
+            let key = (t.model.path.clone(), t.params.n_ctx);
+            let staged = match split.get(&key) {
+                Some(s) => *s,
+                None => {
+                    let s = crate::interactive::split(self, t).await;
+                    split.insert(key, s);
+                    s
+                }
+            };
+            if !staged {
+                continue;
+            }
+            if t.params.grammar.is_some() || t.prompt.extras().is_some() {
+                errors.push(myco_jobs::batch::LineError {
+                    line: i + 1,
+                    code: "invalid_request",
+                    param: Some("body.response_format".into()),
+                    message: format!(
+                        "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode, a JSON schema, tools) or report log-probabilities yet",
+                        t.model.name
+                    ),
+                });
+                continue;
+            }
+            *request = myco_jobs::Task::Pipeline(t.clone());
+        }
+        if errors.is_empty() {
+            Ok(task)
+        } else {
+            Err(errors)
+        }
     }
 
     /// Check that the caller may read every file job `id` (and its children) would read

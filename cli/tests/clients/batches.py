@@ -182,7 +182,32 @@ try:
 except openai.BadRequestError as e:
     check("a completed batch cannot be cancelled", "completed" in str(e), e)
 
-# 4. A file with bad lines fails at once, every bad line named; nothing runs.
+# 4. A window that ends mid-run: the batch expires with what finished.
+X = 30
+xrequests = [
+    {"custom_id": f"late-{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(i + 100, 96)}
+    for i in range(X)
+]
+xb = client.batches.create(
+    input_file_id=upload(xrequests, "late.jsonl").id,
+    endpoint="/v1/chat/completions",
+    completion_window="10s",
+)
+xdone = wait(xb.id, ("expired", "completed", "failed", "cancelled"), limit=120)
+xout = lines_of(xdone.output_file_id)
+xerr = lines_of(xdone.error_file_id)
+check(
+    "a batch past its window expires, what finished in its output",
+    xdone.status == "expired"
+    and xdone.expired_at is not None
+    and len(xerr) > 0
+    and sorted([o["custom_id"] for o in xout] + [e["custom_id"] for e in xerr])
+    == sorted(r["custom_id"] for r in xrequests)
+    and any(e["error"] and e["error"]["code"] == "batch_expired" for e in xerr),
+    (xdone, len(xout), len(xerr)),
+)
+
+# 5. A file with bad lines fails at once, every bad line named; nothing runs.
 bad = [
     requests[0],
     {"custom_id": "chat-0", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(1)},

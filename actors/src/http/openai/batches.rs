@@ -271,6 +271,10 @@ pub struct CreateBatch {
 /// The longest completion window myco takes (OpenAI's is 24 h, its only one; myco also
 /// takes shorter and longer ones as durations, "1h", "7d").
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest (a window shorter than a sweep is only for trying the window out).
+const MIN_WINDOW: Duration = Duration::from_secs(10);
+/// How often lines past their batch's window are stopped.
+const SWEEP: Duration = Duration::from_secs(5);
 
 /// `POST /v1/batches`.
 pub async fn create(
@@ -317,13 +321,13 @@ pub async fn create(
         );
     };
     let window = match humantime::parse_duration(&window_text) {
-        Ok(w) if w >= Duration::from_secs(60) && w <= MAX_WINDOW => w,
+        Ok(w) if w >= MIN_WINDOW && w <= MAX_WINDOW => w,
         _ => {
             return bad(
                 "completion_window",
                 "invalid_value",
                 format!(
-                    "`{window_text}` is not a window a batch takes: use \"24h\" (or a duration from 1m to 7d)"
+                    "`{window_text}` is not a window a batch takes: use \"24h\" (or a duration from 10s to 7d)"
                 ),
             );
         }
@@ -567,10 +571,12 @@ async fn stop_lines(node: &NodeHandle, job: JobId) -> usize {
     n
 }
 
-/// Every 30 s: the lines of batches past their window are cancelled (the join then writes
-/// what finished, the rest as `batch_expired`), and files past their expiry go.
+/// Every few seconds ([`SWEEP`]): the lines of batches past their window are cancelled (the
+/// join then writes what finished, the rest as `batch_expired`); every minute, files past
+/// their expiry go.
 pub async fn sweep(node: NodeHandle) {
-    let mut every = tokio::time::interval(Duration::from_secs(30));
+    let mut every = tokio::time::interval(SWEEP);
+    let mut round = 0u64;
     loop {
         every.tick().await;
         let queue = node.queue().clone();
@@ -600,6 +606,10 @@ pub async fn sweep(node: NodeHandle) {
             if n > 0 {
                 tracing::info!(batch = %id, lines = n, "batch past its completion window: its unfinished lines are not run");
             }
+        }
+        round += 1;
+        if round % 12 != 1 {
+            continue;
         }
         let files = store(&node);
         let _ = tokio::task::spawn_blocking(move || {
