@@ -8,17 +8,20 @@
 //! (the job names the model by file name and size, and nodes only lease or steal jobs whose
 //! model they hold). Tokens come back through this node's [`Streams`](crate::streams).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use myco_jobs::JobSpec;
 use myco_jobs::Task;
 use myco_jobs::archive::ModelRef;
 use myco_jobs::llm::infer::{Generation, InferTask};
+use myco_runtime::access::Access;
 use myco_runtime::cluster::wire::StreamPiece;
-use myco_runtime::queue::{JobId, JobRecord, JobState, JobView, NewJob, QueueError};
+use myco_runtime::queue::{JobId, JobRecord, JobState, JobView, NewJob, QueueError, Submitted};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::node::handle::NodeHandle;
+use crate::node::handle::{NodeHandle, SubmitError};
 use crate::streams::Subscription;
 
 /// Interactive requests go ahead of batch jobs (which default to 0); the queue keeps them,
@@ -177,6 +180,123 @@ pub async fn submit(node: &NodeHandle, task: InferTask) -> Result<JobId, QueueEr
         .first()
         .map(|s| s.id)
         .ok_or_else(|| QueueError::Internal("the queue accepted no job".into()))
+}
+
+/// Read a batch's input (`bytes`, OpenAI's JSON Lines of `endpoint`) into a batch job of
+/// id `id` whose lines may name only models `access` lets the caller use, and queue it
+/// below interactive requests. Err(Ok): every bad line; Err(Err): the queue's refusal.
+pub async fn submit_batch(
+    node: &NodeHandle,
+    id: String,
+    bytes: Vec<u8>,
+    endpoint: myco_jobs::batch::Endpoint,
+    window: std::time::Duration,
+    access: Access,
+) -> Result<Submitted, Result<Vec<myco_jobs::batch::LineError>, SubmitError>> {
+    let remote: Vec<ModelRef> = if node.swarm().is_some() {
+        node.peer_models().await
+    } else {
+        Vec::new()
+    };
+    let models_dir = node.models_dir();
+    let collections = node.collections_dir();
+    let submitter = crate::node::handle::submitter_of(&access);
+    type Refusal = Result<Vec<myco_jobs::batch::LineError>, SubmitError>;
+    let joined = |e: tokio::task::JoinError| -> Refusal {
+        Err(QueueError::Internal(format!("planning failed: {e}")).into())
+    };
+    let task = tokio::task::spawn_blocking(move || {
+        let refused = std::cell::OnceCell::new();
+        let env = myco_jobs::spec::env::SpecEnv {
+            base_dir: Path::new(""),
+            models_dir: &models_dir,
+            remote: &remote,
+            access: &access,
+            refused: &refused,
+        };
+        myco_jobs::kind::batch::from_bytes(id, &bytes, endpoint, window, &env)
+    })
+    .await
+    .map_err(joined)?
+    .map_err(Ok)?;
+    // A line whose model no node can hold whole runs in stages, as the same request
+    // would over the API (which cannot take a grammar, tools or log-probabilities yet).
+    let task = split_lines(node, task).await.map_err(Ok)?;
+    let job = tokio::task::spawn_blocking(move || -> Result<NewJob, Refusal> {
+        let spec = JobSpec {
+            priority: 0,
+            max_attempts: 3,
+            timeout: std::time::Duration::from_secs(600),
+            idempotency_key: None,
+            task,
+        };
+        let plan = spec
+            .plan_in(&collections)
+            .map_err(|error| Err(SubmitError::Spec { index: 0, error }))?;
+        Ok(NewJob::from_spec(&spec, plan))
+    })
+    .await
+    .map_err(joined)??;
+    let submitted = node
+        .queue()
+        .submit_as(vec![job], submitter)
+        .await
+        .map_err(|e| Err(e.into()))?;
+    submitted
+        .first()
+        .copied()
+        .ok_or_else(|| Err(QueueError::Internal("the queue accepted no job".into()).into()))
+}
+
+/// A batch's LLM lines as pipeline jobs where their model must be split (see
+/// [`split`]); Err: the lines that ask what stages cannot do.
+async fn split_lines(
+    node: &NodeHandle,
+    mut task: myco_jobs::Task,
+) -> Result<myco_jobs::Task, Vec<myco_jobs::batch::LineError>> {
+    let myco_jobs::Task::Batch(b) = &mut task else {
+        return Ok(task);
+    };
+    let mut staged_models: std::collections::HashMap<(PathBuf, u32), bool> = Default::default();
+    let mut errors = Vec::new();
+    for (i, line) in b.lines.iter_mut().enumerate() {
+        let Some(request) = line.request.as_deref_mut() else {
+            continue;
+        };
+        let myco_jobs::Task::Infer(t) = request else {
+            continue;
+        };
+        let key = (t.model.path.clone(), t.params.n_ctx);
+        let staged = match staged_models.get(&key) {
+            Some(s) => *s,
+            None => {
+                let s = split(node, t).await;
+                staged_models.insert(key, s);
+                s
+            }
+        };
+        if !staged {
+            continue;
+        }
+        if t.params.grammar.is_some() || t.prompt.extras().is_some() {
+            errors.push(myco_jobs::batch::LineError {
+                line: i + 1,
+                code: "invalid_request",
+                param: Some("body.response_format".into()),
+                message: format!(
+                    "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode, a JSON schema, tools) or report log-probabilities yet",
+                    t.model.name
+                ),
+            });
+            continue;
+        }
+        *request = myco_jobs::Task::Pipeline(t.clone());
+    }
+    if errors.is_empty() {
+        Ok(task)
+    } else {
+        Err(errors)
+    }
 }
 
 /// Whether `task`'s model must be split: the plan over the nodes that hold it (read from

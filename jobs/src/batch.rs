@@ -23,81 +23,10 @@ use crate::run::{Child, ChildResults, Outcome};
 use crate::spec::env::SpecEnv;
 use crate::spec::problem::Problems;
 use crate::task::Task;
+pub use crate::task::{BatchLine, BatchTask, Endpoint, LineShape};
 
 /// The most requests a batch holds (OpenAI's limit).
 pub const MAX_LINES: usize = 50_000;
-
-/// What a batch's requests call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Endpoint {
-    Chat,
-    Completions,
-    Embeddings,
-}
-
-impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
-
-    pub fn url(self) -> &'static str {
-        match self {
-            Endpoint::Chat => "/v1/chat/completions",
-            Endpoint::Completions => "/v1/completions",
-            Endpoint::Embeddings => "/v1/embeddings",
-        }
-    }
-
-    pub fn parse(url: &str) -> Option<Endpoint> {
-        Endpoint::ALL.into_iter().find(|e| e.url() == url)
-    }
-
-    /// The endpoints, as a list for messages.
-    pub fn names() -> String {
-        Endpoint::ALL
-            .iter()
-            .map(|e| format!("`{}`", e.url()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-/// A batch as the queue stores its parent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchTask {
-    /// `batch_` and the id its creator gave it: its output files are named after it.
-    pub id: String,
-    pub endpoint: Endpoint,
-    pub lines: Vec<BatchLine>,
-    /// Unix seconds.
-    pub created_at: u64,
-    /// Unix seconds: the end of its completion window. Lines not finished by then are not
-    /// run; the output holds those that were.
-    pub expires_at: u64,
-}
-
-/// One request of a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchLine {
-    pub custom_id: String,
-    /// The model as the request names it (the answer's `model`).
-    pub model: String,
-    pub shape: LineShape,
-    /// The request's task until the batch is planned (then its child holds it: a stored
-    /// parent has `None` here).
-    pub request: Option<Box<Task>>,
-}
-
-/// What a line's answer carries besides its text or vectors.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineShape {
-    pub tools: bool,
-    pub logprobs: bool,
-    /// Embeddings: as base64 (else floats).
-    pub base64: bool,
-    /// Embeddings: the dimensions asked for.
-    pub dimensions: Option<u32>,
-    /// Embeddings: the texts' tokens, estimated (the answer's `usage`).
-    pub tokens: u32,
-}
 
 /// A line that cannot run, as OpenAI's batch `errors` name them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -690,7 +619,7 @@ mod tests {
     }
 
     #[test]
-    fn lines_become_the_requests_the_api_makes_and_plan_into_children() {
+    fn lines_become_the_requests_the_api_makes() {
         let file = format!("{}\n{}\n", chat("first", "hello"), chat("second", "bye"));
         let lines = with_env(|env| read_lines(file.as_bytes(), Endpoint::Chat, env)).unwrap();
         assert_eq!(lines.len(), 2);
@@ -706,13 +635,8 @@ mod tests {
             created_at: 1,
             expires_at: u64::MAX,
         });
-        let plan = crate::kind::batch::plan(&task, Path::new("")).unwrap();
-        assert_eq!(plan.children.len(), 2);
-        let Task::Batch(parent) = &plan.task else {
-            panic!()
-        };
-        assert!(parent.lines.iter().all(|l| l.request.is_none()));
-        assert_eq!(parent.lines[1].custom_id, "second");
+        let Task::Batch(b) = &task else { panic!() };
+        assert_eq!(b.lines[1].custom_id, "second");
     }
 
     #[test]

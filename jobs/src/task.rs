@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{self, ArchiveTask, DocsOptions, DocsTask};
-use crate::batch::BatchTask;
 use crate::chunk::ChunkParams;
 use crate::llm::infer::InferTask;
 use crate::model::ModelRef;
@@ -260,4 +259,76 @@ impl Task {
             ),
         }
     }
+}
+
+/// What a batch's requests call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
+
+    pub fn url(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+        }
+    }
+
+    pub fn parse(url: &str) -> Option<Endpoint> {
+        Endpoint::ALL.into_iter().find(|e| e.url() == url)
+    }
+
+    /// The endpoints, as a list for messages.
+    pub fn names() -> String {
+        Endpoint::ALL
+            .iter()
+            .map(|e| format!("`{}`", e.url()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A batch as the queue stores its parent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchTask {
+    /// `batch_` and the id its creator gave it: its output files are named after it.
+    pub id: String,
+    pub endpoint: Endpoint,
+    pub lines: Vec<BatchLine>,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// Unix seconds: the end of its completion window. Lines not finished by then are not
+    /// run; the output holds those that were.
+    pub expires_at: u64,
+}
+
+/// One request of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchLine {
+    pub custom_id: String,
+    /// The model as the request names it (the answer's `model`).
+    pub model: String,
+    pub shape: LineShape,
+    /// The request's task until the batch is planned (then its child holds it: a stored
+    /// parent has `None` here).
+    pub request: Option<Box<Task>>,
+}
+
+/// What a line's answer carries besides its text or vectors.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineShape {
+    pub tools: bool,
+    pub logprobs: bool,
+    /// Embeddings: as base64 (else floats).
+    pub base64: bool,
+    /// Embeddings: the dimensions asked for.
+    pub dimensions: Option<u32>,
+    /// Embeddings: the texts' tokens, estimated (the answer's `usage`).
+    pub tokens: u32,
 }

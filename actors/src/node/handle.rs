@@ -62,7 +62,7 @@ fn hide(mut error: SpecError, home: &str) -> SpecError {
 }
 
 /// Who submits, by what they may read: the owner reads anything, a client below the roots.
-fn submitter_of(access: &Access) -> Submitter {
+pub(crate) fn submitter_of(access: &Access) -> Submitter {
     match access {
         Access::Any => Submitter::Owner,
         Access::Below(_) => Submitter::Client,
@@ -297,123 +297,6 @@ impl NodeHandle {
         Ok(self.queue.submit_as(jobs, submitter).await?)
     }
 
-    /// Read a batch's input (`bytes`, OpenAI's JSON Lines of `endpoint`) into a batch job of
-    /// id `id` whose lines may name only models `access` lets the caller use, and queue it
-    /// below interactive requests. Err(Ok): every bad line; Err(Err): the queue's refusal.
-    pub async fn submit_batch(
-        &self,
-        id: String,
-        bytes: Vec<u8>,
-        endpoint: myco_jobs::batch::Endpoint,
-        window: std::time::Duration,
-        access: Access,
-    ) -> Result<Submitted, Result<Vec<myco_jobs::batch::LineError>, SubmitError>> {
-        let remote: Vec<ModelRef> = if self.swarm.is_some() {
-            self.peer_models().await
-        } else {
-            Vec::new()
-        };
-        let models_dir = self.models_dir();
-        let collections = self.collections_dir();
-        let submitter = submitter_of(&access);
-        type Refusal = Result<Vec<myco_jobs::batch::LineError>, SubmitError>;
-        let joined = |e: tokio::task::JoinError| -> Refusal {
-            Err(QueueError::Internal(format!("planning failed: {e}")).into())
-        };
-        let task = tokio::task::spawn_blocking(move || {
-            let refused = std::cell::OnceCell::new();
-            let env = myco_jobs::spec::env::SpecEnv {
-                base_dir: Path::new(""),
-                models_dir: &models_dir,
-                remote: &remote,
-                access: &access,
-                refused: &refused,
-            };
-            myco_jobs::kind::batch::from_bytes(id, &bytes, endpoint, window, &env)
-        })
-        .await
-        .map_err(joined)?
-        .map_err(Ok)?;
-        // A line whose model no node can hold whole runs in stages, as the same request
-        // would over the API (which cannot take a grammar, tools or log-probabilities yet).
-        let task = self.split_lines(task).await.map_err(Ok)?;
-        let job = tokio::task::spawn_blocking(move || -> Result<NewJob, Refusal> {
-            let spec = JobSpec {
-                priority: 0,
-                max_attempts: 3,
-                timeout: std::time::Duration::from_secs(600),
-                idempotency_key: None,
-                task,
-            };
-            let plan = spec
-                .plan_in(&collections)
-                .map_err(|error| Err(SubmitError::Spec { index: 0, error }))?;
-            Ok(NewJob::from_spec(&spec, plan))
-        })
-        .await
-        .map_err(joined)??;
-        let submitted = self
-            .queue
-            .submit_as(vec![job], submitter)
-            .await
-            .map_err(|e| Err(e.into()))?;
-        submitted
-            .first()
-            .copied()
-            .ok_or_else(|| Err(QueueError::Internal("the queue accepted no job".into()).into()))
-    }
-
-    /// A batch's LLM lines as pipeline jobs where their model must be split (see
-    /// [`crate::interactive::split`]); Err: the lines that ask what stages cannot do.
-    async fn split_lines(
-        &self,
-        mut task: myco_jobs::Task,
-    ) -> Result<myco_jobs::Task, Vec<myco_jobs::batch::LineError>> {
-        let myco_jobs::Task::Batch(b) = &mut task else {
-            return Ok(task);
-        };
-        let mut split: std::collections::HashMap<(PathBuf, u32), bool> = Default::default();
-        let mut errors = Vec::new();
-        for (i, line) in b.lines.iter_mut().enumerate() {
-            let Some(request) = line.request.as_deref_mut() else {
-                continue;
-            };
-            let myco_jobs::Task::Infer(t) = request else {
-                continue;
-            };
-            let key = (t.model.path.clone(), t.params.n_ctx);
-            let staged = match split.get(&key) {
-                Some(s) => *s,
-                None => {
-                    let s = crate::interactive::split(self, t).await;
-                    split.insert(key, s);
-                    s
-                }
-            };
-            if !staged {
-                continue;
-            }
-            if t.params.grammar.is_some() || t.prompt.extras().is_some() {
-                errors.push(myco_jobs::batch::LineError {
-                    line: i + 1,
-                    code: "invalid_request",
-                    param: Some("body.response_format".into()),
-                    message: format!(
-                        "{} is too big for any one node and runs as layer-range stages, which do not take a grammar (JSON mode, a JSON schema, tools) or report log-probabilities yet",
-                        t.model.name
-                    ),
-                });
-                continue;
-            }
-            *request = myco_jobs::Task::Pipeline(t.clone());
-        }
-        if errors.is_empty() {
-            Ok(task)
-        } else {
-            Err(errors)
-        }
-    }
-
     /// Check that the caller may read every file job `id` (and its children) would read
     /// again: a retry or resubmit runs as the caller who asks, not as who submitted it.
     async fn check_rerun(&self, id: JobId, access: &Access) -> Result<(), SubmitError> {
@@ -624,7 +507,8 @@ impl NodeHandle {
 
     /// The GGUF models the swarm holds, as jobs name a peer's model (by file name and size:
     /// each node loads its own copy).
-    async fn peer_models(&self) -> Vec<ModelRef> {
+    /// The GGUF models only peers hold.
+    pub(crate) async fn peer_models(&self) -> Vec<ModelRef> {
         self.swarm_models()
             .await
             .iter()

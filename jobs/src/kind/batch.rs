@@ -356,3 +356,46 @@ pub fn run(task: &Task, engines: &mut Engines, ctx: &RunContext<'_>) -> Result<V
         other => Err(misrouted(other, "batch")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchLine, LineShape};
+    use crate::task::NoopTask;
+
+    #[test]
+    fn a_batch_plans_into_a_child_per_line_and_keeps_only_the_lines_ids() {
+        let line = |id: &str| BatchLine {
+            custom_id: id.into(),
+            model: "m".into(),
+            shape: LineShape::default(),
+            request: Some(Box::new(Task::Noop(NoopTask {
+                payload: id.into(),
+                ..NoopTask::default()
+            }))),
+        };
+        let task = Task::Batch(BatchTask {
+            id: "batch_p".into(),
+            endpoint: Endpoint::Chat,
+            lines: vec![line("first"), line("second")],
+            created_at: 1,
+            expires_at: 2,
+        });
+        let plan = plan(&task, Path::new("")).unwrap();
+        let payloads: Vec<String> = plan
+            .children
+            .iter()
+            .map(|c| match c {
+                Task::Noop(n) => n.payload.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(payloads, ["first", "second"]);
+        let Task::Batch(parent) = &plan.task else {
+            panic!("{:?}", plan.task)
+        };
+        assert!(parent.lines.iter().all(|l| l.request.is_none()));
+        assert_eq!(parent.lines[1].custom_id, "second");
+        assert!(plan.task.is_parent() && plan.task.joins_failed());
+    }
+}

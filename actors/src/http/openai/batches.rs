@@ -403,9 +403,15 @@ pub async fn create(
         cancelling_at: None,
         model,
     };
-    match node
-        .submit_batch(id.clone(), bytes, endpoint, window, caller.access.clone())
-        .await
+    match crate::interactive::submit_batch(
+        &node,
+        id.clone(),
+        bytes,
+        endpoint,
+        window,
+        caller.access.clone(),
+    )
+    .await
     {
         Ok(submitted) => {
             rec.job = Some(submitted.id.to_string());
