@@ -87,6 +87,7 @@ async fn as_batch(http: &reqwest::Client, api: &str, bodies: &[Value]) -> (f64, 
         .json()
         .await
         .unwrap();
+    assert!(uploaded["id"].is_string(), "uploading: {uploaded}");
     let created: Value = http
         .post(format!("http://{api}/v1/batches"))
         .json(&json!({"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
@@ -175,7 +176,18 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let http = reqwest::Client::new();
+    // The node's own token (a multipart upload without one is refused, as a browser's
+    // cross-site form would be).
+    let token = std::fs::read_to_string(home.join("api.token")).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let bodies: Vec<Value> = (0..lines).map(|i| body(i, tokens)).collect();
     // Warm up: the model loaded, its contexts made.
     rt.block_on(at_once(&http, &api, &bodies[..8.min(lines)]));
