@@ -21,6 +21,7 @@
 //!
 //! `MYCO_SCALE` unset runs both; `MYCO_SCALE_ROUNDS` sets the rounds (LLM 5, archive 3);
 //! `MYCO_SCALE_PROMPT=long` gives the LLM requests prompts of about 90 tokens instead of 30;
+//! `MYCO_SCALE_TOKENS` the tokens each generates (default 64);
 //! `MYCO_SCALE_DEBUG` prints each job's history, each node's CPU time by thread and its
 //! stages' use of their time (busy, gathering a group, idle);
 //! `MYCO_SCALE_FILES=N` makes the archive N files (a quick try of the bench itself). The
@@ -43,7 +44,13 @@ use serde_json::{Value, json};
 
 /// Concurrent requests.
 const JOBS: usize = 8;
-const MAX_TOKENS: u32 = 64;
+/// Tokens a request generates: `MYCO_SCALE_TOKENS`, default 64.
+fn max_tokens() -> u32 {
+    std::env::var("MYCO_SCALE_TOKENS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(64)
+}
 const N_CTX: u32 = 512;
 const ARCHIVE_PAGES: usize = 200;
 const ARCHIVE_NOTES: usize = 120;
@@ -248,7 +255,7 @@ fn rate(took: Duration, results: &[Value]) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
-/// `JOBS` prompts whose greedy answers run the whole `MAX_TOKENS` (random weights pick an end
+/// `JOBS` prompts whose greedy answers run the whole [`max_tokens`] (random weights pick an end
 /// token now and then: a request that stops after 5 tokens would measure its overhead, not
 /// decoding), found with `infer` in this process.
 fn prompts(model: &Path) -> Vec<String> {
@@ -272,7 +279,7 @@ fn prompts(model: &Path) -> Vec<String> {
     ];
     let llm = LlmModel::load(model).unwrap();
     let params = InferParams {
-        max_tokens: MAX_TOKENS,
+        max_tokens: max_tokens(),
         temperature: 0.0,
         n_ctx: N_CTX,
         threads: 1,
@@ -291,14 +298,14 @@ fn prompts(model: &Path) -> Vec<String> {
         let g = llm
             .generate(&Prompt::Text(p.clone()), &params, &|| false, &mut |_, _| {})
             .unwrap();
-        if g.tokens.len() == MAX_TOKENS as usize {
+        if g.tokens.len() == max_tokens() as usize {
             out.push(p);
             if out.len() == JOBS {
                 return out;
             }
         }
     }
-    panic!("fewer than {JOBS} prompts run {MAX_TOKENS} tokens");
+    panic!("fewer than {JOBS} prompts run {} tokens", max_tokens());
 }
 
 /// `MYCO_SCALE_PROMPT=long`: prompts of about 90 tokens instead of 30.
@@ -308,7 +315,8 @@ fn long_prompts() -> bool {
 
 fn llm_job(kind: &str, prompt: &str) -> String {
     format!(
-        "version = 1\nkind = \"{kind}\"\nmax_attempts = 1\n[{kind}]\nmodel = \"bench\"\nprompt = {prompt:?}\ntemperature = 0.0\nmax_tokens = {MAX_TOKENS}\nn_ctx = {N_CTX}\nthreads = 1\n"
+        "version = 1\nkind = \"{kind}\"\nmax_attempts = 1\n[{kind}]\nmodel = \"bench\"\nprompt = {prompt:?}\ntemperature = 0.0\nmax_tokens = {}\nn_ctx = {N_CTX}\nthreads = 1\n",
+        max_tokens()
     )
 }
 
@@ -429,7 +437,8 @@ fn llm(exe: &Path, root: &Path) {
     }
     let med = |i: usize| median(figures.iter().map(|f| [f.0, f.1, f.2, f.3][i]).collect());
     println!(
-        "\n== scale: LLM, {JOBS} greedy requests of {MAX_TOKENS} tokens ({} prompts), bench model {} MB Q4_0 (8 layers), one thread a node, nodes pinned (one/a: core 0, b: core 1), {n} interleaved rounds ==",
+        "\n== scale: LLM, {JOBS} greedy requests of {} tokens ({} prompts), bench model {} MB Q4_0 (8 layers), one thread a node, nodes pinned (one/a: core 0, b: core 1), {n} interleaved rounds ==",
+        max_tokens(),
         if long_prompts() {
             "90-token"
         } else {

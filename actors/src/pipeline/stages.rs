@@ -605,7 +605,7 @@ fn stage_thread(
     };
     let mut use_ = Use::new(first, end);
     loop {
-        use_.report(&mut runs.away);
+        use_.report(&mut runs.away, &mut runs.forward, &mut runs.forward_cpu);
         if runs.idle() {
             let idle = Instant::now();
             let work = rx.recv();
@@ -650,6 +650,12 @@ fn stage_thread(
     }
 }
 
+/// This thread's CPU time (0 where the clock cannot be read).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec.max(0) as u64, t.tv_nsec.max(0) as u32)
+}
+
 /// How a stage thread spent its time, logged (debug) every few seconds while it works: what
 /// to look at when a split runs slower than its stages could.
 struct Use {
@@ -680,9 +686,14 @@ impl Use {
         }
     }
 
-    fn report(&mut self, away: &mut (Duration, u64)) {
+    fn report(
+        &mut self,
+        away: &mut (Duration, u64),
+        forward: &mut Duration,
+        forward_cpu: &mut Duration,
+    ) {
         let span = self.since.elapsed();
-        if span < Duration::from_secs(5) {
+        if span < Duration::from_secs(1) {
             return;
         }
         if self.decodes > 0 {
@@ -693,6 +704,8 @@ impl Use {
                 decodes = self.decodes,
                 rows_per_decode = self.rows as f64 / self.decodes as f64,
                 ms_per_decode = self.busy.as_secs_f64() * 1e3 / self.decodes as f64,
+                ms_forward = forward.as_secs_f64() * 1e3 / self.decodes as f64,
+                ms_forward_cpu = forward_cpu.as_secs_f64() * 1e3 / self.decodes as f64,
                 busy_pct = pct(self.busy),
                 gathering_pct = pct(self.gathering),
                 idle_pct = pct(self.idle),
@@ -701,6 +714,8 @@ impl Use {
             );
         }
         *away = (Duration::ZERO, 0);
+        *forward = Duration::ZERO;
+        *forward_cpu = Duration::ZERO;
         *self = Use::new(self.first, self.end);
     }
 }
@@ -731,6 +746,9 @@ struct Runs {
     /// Time from a step leaving this stage to the run's next step arriving here, summed, and
     /// how many (the rest of the ring: the other stages and the hops between).
     away: (Duration, u64),
+    /// Time in llama.cpp's decode, and this thread's CPU time in it (see [`Use`]).
+    forward: Duration,
+    forward_cpu: Duration,
 }
 
 impl Runs {
@@ -919,8 +937,12 @@ impl Runs {
         if steps.is_empty() {
             return true;
         }
+        let started = Instant::now();
+        let cpu = thread_cpu();
         let results =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.forward_batch(steps)));
+        self.forward += started.elapsed();
+        self.forward_cpu += thread_cpu().saturating_sub(cpu);
         let Ok(results) = results else {
             for (key, ..) in &meta {
                 if let Some((_, route)) = self.routes.get(key) {

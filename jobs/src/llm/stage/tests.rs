@@ -413,15 +413,26 @@ fn sequences_decoded_together_give_what_each_gives_alone() {
 #[test]
 #[ignore = "a timing experiment, run by hand: cargo test --release -p myco-jobs --lib stage_timing -- --ignored --nocapture"]
 fn stage_timing() {
+    // MYCO_TIMING_ROUNDS: tokens each sequence decodes (default 32; the scale bench's 128
+    // fill the KV cache as a real run does).
+    let rounds: usize = std::env::var("MYCO_TIMING_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(32);
+    // MYCO_TIMING_CTX: the stage's context (default 512; a node's stages have 32768).
+    let n_ctx: u32 = std::env::var("MYCO_TIMING_CTX")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(512);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.gguf");
     TinyLlama::bench_q4().write(&path, false).expect("write");
-    for (first, end) in [(0, 8), (0, 4), (4, 8)] {
+    for (first, end) in [(0, 4), (0, 8), (4, 8)] {
         for slots in [8u32, 1] {
             let config = StageConfig {
                 threads: 1,
                 slots,
-                ..StageConfig::new(512)
+                ..StageConfig::new(n_ctx)
             };
             let mut s = Stage::load_with(&path, first, end, config).expect("load");
             let input = |rows: usize, t: u32| {
@@ -466,10 +477,10 @@ fn stage_timing() {
                     continue;
                 }
                 let t0 = std::time::Instant::now();
-                for round in 0..32 {
+                for round in 0..rounds {
                     let pos = 30 + round;
                     for g in 0..(n as usize / batch) {
-                        let steps = (0..batch)
+                        let mut steps: Vec<Step> = (0..batch)
                             .map(|i| Step {
                                 seq: (g * batch + i) as u64,
                                 pos,
@@ -477,12 +488,17 @@ fn stage_timing() {
                                 logits: true,
                             })
                             .collect();
+                        // MYCO_TIMING_REVERSE: the rows in the reverse order of their ids
+                        // (a node's groups come in the order their steps arrived).
+                        if std::env::var("MYCO_TIMING_REVERSE").is_ok() {
+                            steps.reverse();
+                        }
                         for r in s.forward_batch(steps) {
                             r.expect("step");
                         }
                     }
                 }
-                let per = t0.elapsed().as_secs_f64() * 1000.0 / (32.0 * n as f64);
+                let per = t0.elapsed().as_secs_f64() * 1000.0 / (rounds as f64 * n as f64);
                 eprintln!(
                     "TIME layers {first}..{end} slots {slots} batch {batch}: {per:.3} ms a row"
                 );
