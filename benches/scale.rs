@@ -219,6 +219,59 @@ impl Runtime {
                             - job["created_ms"].as_u64().unwrap_or(0),
                         hist.join(" ")
                     );
+                    // A parent's children: who ran how many, from when to when (ms after
+                    // the parent was created), and how long each took there.
+                    let kids: Value = serde_json::from_str(
+                        &self
+                            .text(&format!(
+                                "http://{api}/api/jobs?parent={id}&all=true&limit=100000"
+                            ))
+                            .await,
+                    )
+                    .unwrap_or(Value::Null);
+                    let t0 = job["created_ms"].as_u64().unwrap_or(0);
+                    let mut per: std::collections::BTreeMap<String, (usize, u64, u64, u64)> =
+                        Default::default();
+                    for k in kids["jobs"].as_array().cloned().unwrap_or_default() {
+                        let h = k["history"].as_array().cloned().unwrap_or_default();
+                        let leased = h.iter().rev().find(|t| t["state"] == "leased");
+                        let who = leased
+                            .and_then(|t| t["note"].as_str())
+                            .unwrap_or("?")
+                            .split('#')
+                            .next()
+                            .unwrap_or("?")
+                            .to_owned();
+                        let start = leased.and_then(|t| t["at_ms"].as_u64()).unwrap_or(t0);
+                        let end = k["finished_ms"].as_u64().unwrap_or(start);
+                        if std::env::var("MYCO_SCALE_DEBUG").is_ok_and(|d| d == "2") {
+                            let ran = h
+                                .iter()
+                                .map(|t| {
+                                    format!(
+                                        "{}@{}",
+                                        t["state"].as_str().unwrap_or("?"),
+                                        t["at_ms"].as_u64().unwrap_or(0).saturating_sub(t0)
+                                    )
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ");
+                            eprintln!(
+                                "  child on {who}: {ran} done@{}",
+                                k["finished_ms"].as_u64().unwrap_or(0).saturating_sub(t0)
+                            );
+                        }
+                        let e = per.entry(who.clone()).or_insert((0, u64::MAX, 0, 0));
+                        e.0 += 1;
+                        e.1 = e.1.min(start.saturating_sub(t0));
+                        e.2 = e.2.max(end.saturating_sub(t0));
+                        e.3 += end.saturating_sub(start);
+                    }
+                    for (who, (n, first, last, sum)) in per {
+                        eprintln!(
+                            "  children run by {who}: {n}, from {first} to {last} ms, {sum} ms leased in all"
+                        );
+                    }
                 }
                 let text = self
                     .text(&format!("http://{api}/api/jobs/{id}/result"))
@@ -230,6 +283,26 @@ impl Runtime {
             (took, results)
         })
     }
+}
+
+/// A node process's CPU time by thread name, printed (MYCO_SCALE_DEBUG).
+fn cpu_report(name: &str, node: &NodeProc) {
+    let pid = node.child.id();
+    let mut per: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        *per.entry(comm).or_default() += ticks;
+    }
+    eprintln!("CPU {name} (ticks of 10 ms): {per:?}");
 }
 
 fn rounds(default: usize) -> usize {
@@ -416,23 +489,7 @@ fn llm(exe: &Path, root: &Path) {
     }
     if std::env::var("MYCO_SCALE_DEBUG").is_ok() {
         for (name, node) in [("one", &one), ("a", &a), ("b", &_b)] {
-            let pid = node.child.id();
-            let mut per: std::collections::BTreeMap<String, u64> = Default::default();
-            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-                .unwrap()
-                .flatten()
-            {
-                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-                    continue;
-                };
-                let comm = stat[open + 1..close].to_owned();
-                let f: Vec<&str> = stat[close + 2..].split(' ').collect();
-                let ticks: u64 =
-                    f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
-                *per.entry(comm).or_default() += ticks;
-            }
-            eprintln!("CPU {name} (ticks of 10 ms): {per:?}");
+            cpu_report(name, node);
         }
     }
     let med = |i: usize| median(figures.iter().map(|f| [f.0, f.1, f.2, f.3][i]).collect());
@@ -589,15 +646,22 @@ fn archive(exe: &Path, root: &Path) {
         let one = || {
             let one = start_node(exe, &h1, "one", 0, &roots, None);
             let (t, r) = rt.run_as(&one.api, Some(&token(&h1)), std::slice::from_ref(&job));
+            if std::env::var("MYCO_SCALE_DEBUG").is_ok() {
+                cpu_report("one", &one);
+            }
             (t, r[0]["chunks"].as_u64().unwrap_or(0))
         };
         let two = || {
             let a = start_node(exe, &ha, "a", 0, &roots, None);
             std::fs::copy(ha.join("swarm.key"), hb.join("swarm.key")).unwrap();
-            let _b = join(&rt, &a, || {
+            let b = join(&rt, &a, || {
                 start_node(exe, &hb, "b", 1, &roots, Some(&a.cluster))
             });
             let (t, r) = rt.run_as(&a.api, Some(&token(&ha)), std::slice::from_ref(&job));
+            if std::env::var("MYCO_SCALE_DEBUG").is_ok() {
+                cpu_report("a", &a);
+                cpu_report("b", &b);
+            }
             (t, r[0]["chunks"].as_u64().unwrap_or(0))
         };
         // What two cores give this work with no swarm at all: two lone nodes, one a core,

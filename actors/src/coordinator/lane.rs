@@ -85,9 +85,11 @@ impl LaneState {
         }
     }
 
-    /// Workers wait, nothing is buffered for them, and the steal backoff has passed.
-    pub fn starving(&self, now: Instant) -> bool {
-        !self.idle.is_empty() && self.buffer.is_empty() && now >= self.next_steal
+    /// Nothing is buffered, workers wait (or, `ahead`, even while they work: the next job
+    /// then comes while this one runs, instead of a steal's round trip after it), and the
+    /// steal backoff has passed.
+    pub fn starving(&self, now: Instant, ahead: bool) -> bool {
+        (ahead || !self.idle.is_empty()) && self.buffer.is_empty() && now >= self.next_steal
     }
 
     /// A steal brought jobs: the next may follow soon.
@@ -209,27 +211,49 @@ mod tests {
         assert_eq!(exec.want(0), 1);
     }
 
+    impl LaneState {
+        fn starving_now(&self, now: Instant) -> bool {
+            self.starving(now, false)
+        }
+    }
+
+    #[test]
+    fn a_lane_that_steals_ahead_asks_while_its_worker_is_busy_and_nothing_is_on_hand() {
+        let t0 = Instant::now();
+        let mut lane = LaneState::new(t0);
+        assert!(!lane.starving(t0, false), "no idle worker");
+        assert!(
+            lane.starving(t0, true),
+            "ahead: the next job, while this one runs"
+        );
+        lane.buffer.push_back(work(None));
+        assert!(!lane.starving(t0, true), "one on hand is enough");
+    }
+
     #[test]
     fn empty_steals_back_off_doubling_to_the_cap_and_peer_work_resets_it() {
         let t0 = Instant::now();
         let mut lane = LaneState::new(t0);
-        assert!(!lane.starving(t0), "no idle worker: not starving");
+        assert!(!lane.starving_now(t0), "no idle worker: not starving");
         let _w = worker(&mut lane);
-        assert!(lane.starving(t0));
+        assert!(lane.starving_now(t0));
         lane.stole_nothing(t0);
-        assert!(!lane.starving(t0 + STEAL_MIN * 2 - Duration::from_millis(1)));
-        assert!(lane.starving(t0 + STEAL_MIN * 2));
+        assert!(!lane.starving_now(t0 + STEAL_MIN * 2 - Duration::from_millis(1)));
+        assert!(lane.starving_now(t0 + STEAL_MIN * 2));
         for _ in 0..10 {
             lane.stole_nothing(t0);
         }
-        assert!(!lane.starving(t0 + STEAL_MAX - Duration::from_millis(1)));
-        assert!(lane.starving(t0 + STEAL_MAX), "capped at STEAL_MAX");
+        assert!(!lane.starving_now(t0 + STEAL_MAX - Duration::from_millis(1)));
+        assert!(lane.starving_now(t0 + STEAL_MAX), "capped at STEAL_MAX");
         lane.peer_has_work(t0);
-        assert!(lane.starving(t0), "peer work: steal at once");
+        assert!(lane.starving_now(t0), "peer work: steal at once");
         lane.stole(t0);
-        assert!(lane.starving(t0 + STEAL_MIN));
+        assert!(lane.starving_now(t0 + STEAL_MIN));
         lane.buffer.push_back(work(None));
-        assert!(!lane.starving(t0 + STEAL_MAX), "jobs on hand: not starving");
+        assert!(
+            !lane.starving_now(t0 + STEAL_MAX),
+            "jobs on hand: not starving"
+        );
     }
 
     #[tokio::test]

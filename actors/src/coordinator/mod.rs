@@ -576,6 +576,9 @@ impl Coordinator {
         // of the lane's kinds is queued (the idle executive would otherwise scan a queue of
         // batch work on every event).
         if kinds.is_empty() || self.queue.queued_of(&kinds) == 0 {
+            // Nothing of its own: ask a peer now, not at the next tick (a thief's worker
+            // would wait half a tick on average for each steal).
+            self.maybe_steal(myself, state);
             return;
         }
         state.lanes[l].leasing = true;
@@ -617,7 +620,10 @@ impl Coordinator {
         let now = Instant::now();
         let starving: Vec<Lane> = Lane::ALL
             .into_iter()
-            .filter(|l| state.lanes[*l as usize].starving(now))
+            // The batch lane steals one job ahead (jobs are many and short: a round trip per
+            // job would idle its worker); the executive only for idle executives (an LLM
+            // request held here waits while a peer could start it).
+            .filter(|l| state.lanes[*l as usize].starving(now, *l == Lane::Batch))
             .collect();
         if state.stealing.is_some() || state.stopping || state.peers == 0 || starving.is_empty() {
             return;
@@ -631,6 +637,9 @@ impl Coordinator {
             Lane::Batch => idle + 1,
             Lane::Executive => idle,
         };
+        if max == 0 {
+            return;
+        }
         state.stealing = Some(lane);
         let kinds = self.lane_kinds(lane);
         let mut request = stealing::StealPlan {
