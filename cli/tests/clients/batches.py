@@ -145,7 +145,7 @@ check(
 )
 
 # 3. Cancel mid-run: the lines that finished are in the output, the rest cancelled.
-M = 40
+M = 120
 crequests = [
     {"custom_id": f"long-{i}", "method": "POST", "url": "/v1/chat/completions", "body": chat_body(i, 96)}
     for i in range(M)
