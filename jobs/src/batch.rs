@@ -62,6 +62,14 @@ struct InputLine {
     body: Option<serde_json::Value>,
 }
 
+/// The first request of a batch input file (its first line that is not blank), as JSON.
+pub fn first_line(bytes: &[u8]) -> Option<serde_json::Value> {
+    let first = bytes
+        .split(|b| *b == b'\n')
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
+    serde_json::from_slice(first).ok()
+}
+
 /// The most line errors told: enough to fix a file, not a flood.
 const MAX_ERRORS: usize = 100;
 

@@ -200,11 +200,7 @@ fn line_problem(p: &mut Problems, field: &str, e: &LineError) {
 
 /// The endpoint the first line names, if it names one.
 fn first_url(bytes: &[u8]) -> Option<Endpoint> {
-    let first = bytes
-        .split(|b| *b == b'\n')
-        .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
-    let v: serde_json::Value = serde_json::from_slice(first).ok()?;
-    Endpoint::parse(v.get("url")?.as_str()?)
+    Endpoint::parse(batch::first_line(bytes)?.get("url")?.as_str()?)
 }
 
 /// The map form's requests, as an OpenAI batch input file: one per file, its path the

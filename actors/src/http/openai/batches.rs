@@ -80,6 +80,17 @@ fn save(dir: &std::path::Path, rec: &Record) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join(format!("{}.json", rec.id)))
 }
 
+/// Write `rec` off the async threads; Err: the response that says why not.
+async fn save_record(node: &NodeHandle, rec: &Record) -> Result<(), Response> {
+    let dir = dir(node);
+    let saved = rec.clone();
+    tokio::task::spawn_blocking(move || save(&dir, &saved))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(storage)
+}
+
 fn load(dir: &std::path::Path, id: &str) -> std::io::Result<Option<Record>> {
     if !valid_id(id) {
         return Ok(None);
@@ -432,14 +443,8 @@ pub async fn create(
             );
         }
     }
-    let dir = dir(&node);
-    let saved = rec.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || save(&dir, &saved))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        return storage(e);
+    if let Err(r) = save_record(&node, &rec).await {
+        return r;
     }
     Json(object_of(&node, &rec).await).into_response()
 }
@@ -455,11 +460,11 @@ fn error_out(e: &LineError) -> ErrorOut {
 
 /// The model the first line names (the batch's `model`).
 fn first_model(bytes: &[u8]) -> Option<String> {
-    let first = bytes
-        .split(|b| *b == b'\n')
-        .find(|l| !l.iter().all(u8::is_ascii_whitespace))?;
-    let v: serde_json::Value = serde_json::from_slice(first).ok()?;
-    v.get("body")?.get("model")?.as_str().map(str::to_owned)
+    myco_jobs::batch::first_line(bytes)?
+        .get("body")?
+        .get("model")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 async fn read_record(node: &NodeHandle, id: &str) -> Result<Record, Response> {
@@ -534,14 +539,8 @@ pub async fn cancel(State(node): State<NodeHandle>, Path(id): Path<String>) -> R
         }
     }
     rec.cancelling_at = Some(unix_now());
-    let dir = dir(&node);
-    let saved = rec.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || save(&dir, &saved))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()))
-    {
-        return storage(e);
+    if let Err(r) = save_record(&node, &rec).await {
+        return r;
     }
     if let Some(job) = rec.job.as_deref().and_then(|j| j.parse::<JobId>().ok()) {
         let n = stop_lines(&node, job).await;

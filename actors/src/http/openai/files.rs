@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use super::error;
+use super::{bad_request, error};
 use crate::node::handle::NodeHandle;
 
 pub(super) fn store(node: &NodeHandle) -> FileStore {
@@ -37,16 +37,6 @@ fn io_error(e: std::io::Error) -> Response {
         None,
         "storage",
         format!("the node's file store: {e}"),
-    )
-}
-
-fn bad(param: &str, message: String) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        Some(param),
-        "invalid_value",
-        message,
     )
 }
 
@@ -146,17 +136,17 @@ pub async fn upload(State(node): State<NodeHandle>, mut form: Multipart) -> Resp
                 let name = name.to_owned();
                 let text = match field.text().await {
                     Ok(t) => t,
-                    Err(e) => return bad(&name, format!("cannot read `{name}`: {e}")),
+                    Err(e) => return bad_request(&name, format!("cannot read `{name}`: {e}")),
                 };
                 match name.as_str() {
                     "purpose" => purpose = Some(text),
                     "expires_after[anchor]" if text != "created_at" => {
-                        return bad(&name, "the anchor is `created_at`".into());
+                        return bad_request(&name, "the anchor is `created_at`".into());
                     }
                     "expires_after[seconds]" => match text.trim().parse::<u64>() {
                         Ok(s) if (3600..=2_592_000).contains(&s) => seconds = Some(s),
                         _ => {
-                            return bad(
+                            return bad_request(
                                 &name,
                                 "seconds between 3600 (an hour) and 2592000 (30 days)".into(),
                             );
@@ -181,7 +171,7 @@ pub async fn upload(State(node): State<NodeHandle>, mut form: Multipart) -> Resp
     let purpose = match purpose {
         Some(p) if UPLOAD_PURPOSES.contains(&p.as_str()) => p,
         Some(p) => {
-            return bad(
+            return bad_request(
                 "purpose",
                 format!(
                     "`{p}` files have no use here: myco keeps files for batches (purpose `batch`)"
@@ -252,7 +242,7 @@ pub async fn list(State(node): State<NodeHandle>, Query(q): Query<ListQuery>) ->
     match q.order.as_deref() {
         None | Some("desc") => {}
         Some("asc") => files.reverse(),
-        Some(other) => return bad("order", format!("`{other}` is not `asc` or `desc`")),
+        Some(other) => return bad_request("order", format!("`{other}` is not `asc` or `desc`")),
     }
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
     let (files, more) = page(
