@@ -225,6 +225,15 @@ check(
     fb.status == "failed" and named == [(2, "duplicate_custom_id"), (3, "url_mismatch"), (4, "model_not_found")],
     named,
 )
+# A client's line naming a model file by path outside the node's data roots: refused.
+outside = [{"custom_id": "o", "method": "POST", "url": "/v1/chat/completions", "body": {**chat_body(4), "model": "/etc/passwd"}}]
+ob = client.batches.create(input_file_id=upload(outside, "outside.jsonl").id, endpoint="/v1/chat/completions", completion_window="24h")
+ob = client.batches.retrieve(ob.id)
+check(
+    "a model path outside the data roots is a bad line",
+    ob.status == "failed" and ob.errors.data[0].line == 1 and "data roots" in ob.errors.data[0].message,
+    ob.errors,
+)
 try:
     client.batches.create(input_file_id="file-nonexistent", endpoint="/v1/chat/completions", completion_window="24h")
     raise AssertionError("an unknown file was taken")
